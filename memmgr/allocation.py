@@ -1,0 +1,221 @@
+"""Segments, their layout in one block, and the Allocation life cycle object."""
+
+from __future__ import annotations
+
+import enum
+import operator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .errors import MemMgrError
+
+
+class Prot(enum.IntFlag):
+    """Page protection; the bits equal the kernel's PROT_READ/WRITE/EXEC."""
+
+    NONE = 0
+    R = 1
+    W = 2
+    X = 4
+    RW = 3
+    RX = 5
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """Ask for ``size`` bytes that end up with protection ``prot``.
+
+    ``zero_fill`` marks memory that starts as zeros and is never written by the
+    loader (bss); memmgr itself never writes any segment.
+    """
+
+    name: str
+    size: int
+    prot: Prot
+    zero_fill: bool = False
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A placed segment: ``offset`` from the allocation's base (page aligned), requested ``size``."""
+
+    name: str
+    offset: int
+    size: int
+    prot: Prot
+    zero_fill: bool = False
+
+
+def _round_up(n: int, page: int) -> int:
+    return -(-n // page) * page
+
+
+def layout(requests: list[SegmentRequest], page_size: int) -> tuple[list[Segment], int]:
+    """Place segments in request order, each on a page boundary; return them and the total size.
+
+    A size-0 segment takes no pages (it shares its offset with the next one).
+    Raises MemMgrError for a malformed request or one both writable and
+    executable.
+    """
+    segments = []
+    offset = 0
+    for req in requests:
+        if not isinstance(req, SegmentRequest):
+            raise MemMgrError(f"expected a SegmentRequest, got {req!r}")
+        try:
+            size = operator.index(req.size)
+        except TypeError:
+            size = -1
+        if size < 0:
+            raise MemMgrError(f"segment {req.name!r}: bad size {req.size!r}")
+        prot = Prot(req.prot)
+        if prot & ~(Prot.R | Prot.W | Prot.X):
+            raise MemMgrError(f"segment {req.name!r}: unknown protection bits {int(prot):#x}")
+        if Prot.W in prot and Prot.X in prot:
+            raise MemMgrError(
+                f"segment {req.name!r}: writable and executable at once is never allowed"
+            )
+        segments.append(Segment(req.name, offset, size, prot, bool(req.zero_fill)))
+        offset += _round_up(size, page_size)
+    return segments, offset
+
+
+def protection_runs(
+    segments: list[Segment], page_size: int
+) -> list[tuple[int, int, Prot]]:
+    """Maximal ``(offset, length, prot)`` page runs of equal final protection, in address order."""
+    runs: list[tuple[int, int, Prot]] = []
+    for seg in segments:
+        length = _round_up(seg.size, page_size)
+        if not length:
+            continue
+        if runs and runs[-1][2] == seg.prot and runs[-1][0] + runs[-1][1] == seg.offset:
+            start, prev, prot = runs[-1]
+            runs[-1] = (start, prev + length, prot)
+        else:
+            runs.append((seg.offset, length, seg.prot))
+    return runs
+
+
+class _Owner(Protocol):
+    def _finalize(self, alloc: Allocation) -> None: ...
+
+    def _release(self, alloc: Allocation) -> None: ...
+
+
+IN_FLIGHT = "in-flight"
+FINALIZED = "finalized"
+RELEASED = "released"
+
+
+class Allocation:
+    """One contiguous, page-aligned block holding several segments.
+
+    Life cycle: ``in-flight`` (every page readable and writable, nothing
+    executable) → :meth:`finalize` (each segment gets its final protection) →
+    :meth:`release` (memory returned).  Releasing an in-flight allocation
+    abandons it.  Made by a memory manager; never construct one directly.
+    """
+
+    def __init__(
+        self,
+        owner: _Owner,
+        target_base: int,
+        size: int,
+        segments: list[Segment],
+        memory: np.ndarray,
+        page_size: int,
+        low: bool,
+    ):
+        self._owner = owner
+        self.target_base = target_base
+        self.size = size
+        self.segments = segments
+        self.page_size = page_size
+        self.low = low
+        self._memory = memory
+        self._state = IN_FLIGHT
+
+    @property
+    def state(self) -> str:
+        """``"in-flight"``, ``"finalized"`` or ``"released"``."""
+        return self._state
+
+    @property
+    def memory(self) -> np.ndarray:
+        """Working memory: uint8 array of ``size`` bytes, byte ``i`` lands at ``target_base + i``.
+
+        Writable while in flight; after finalize a read-only view (read only
+        readable segments: reading a page without R faults).  Arrays obtained
+        while in flight stay writable numpy objects, but writing through them
+        after finalize into a non-writable segment crashes the process.
+        Raises MemMgrError once released.
+        """
+        if self._state == RELEASED:
+            raise MemMgrError(f"{self!r} is released; its memory is gone")
+        if self._state == FINALIZED:
+            view = self._memory.view()
+            view.flags.writeable = False
+            return view
+        return self._memory
+
+    def segment(self, name: str) -> Segment:
+        """The first segment called ``name``; KeyError if there is none."""
+        for seg in self.segments:
+            if seg.name == name:
+                return seg
+        raise KeyError(name)
+
+    def view(self, segment: Segment | int | str) -> np.ndarray:
+        """Working memory of one segment (``size`` bytes, no padding).
+
+        ``segment`` is a Segment of this allocation, its index or its name.
+        Writable while in flight, and after finalize exactly when the
+        segment's protection has W.  Raises MemMgrError once released.
+        """
+        if isinstance(segment, int):
+            seg = self.segments[segment]
+        elif isinstance(segment, str):
+            seg = self.segment(segment)
+        else:
+            seg = segment
+        if self._state == RELEASED:
+            raise MemMgrError(f"{self!r} is released; its memory is gone")
+        view = self._memory[seg.offset : seg.offset + seg.size]
+        if self._state == FINALIZED and Prot.W not in seg.prot:
+            view.flags.writeable = False
+        return view
+
+    def finalize(self) -> None:
+        """Give every segment its final protection; no page is ever writable and executable.
+
+        A second call does nothing.  Raises MemMgrError if the allocation was
+        released, or if the kernel refuses (the allocation then stays in flight
+        and should be released).
+        """
+        if self._state == RELEASED:
+            raise MemMgrError(f"cannot finalize {self!r}: already released")
+        if self._state == FINALIZED:
+            return
+        self._owner._finalize(self)
+        self._state = FINALIZED
+
+    def release(self) -> None:
+        """Return the memory (pages read as zero when reused); a second call does nothing."""
+        if self._state == RELEASED:
+            return
+        self._owner._release(self)
+        self._mark_released()
+
+    def _mark_released(self) -> None:
+        self._state = RELEASED
+        self._memory = np.zeros(0, dtype=np.uint8)
+
+    def __repr__(self) -> str:
+        names = ",".join(s.name for s in self.segments)
+        return (
+            f"<Allocation 0x{self.target_base:x}+{self.size:#x} {self._state}"
+            f"{' low' if self.low else ''} [{names}]>"
+        )

@@ -1,0 +1,39 @@
+"""rtdyld: a runtime linker for x86-64 ELF and Mach-O objects, in Python.
+
+    import rtdyld
+    ln = rtdyld.Linker()
+    ln.add_object("prog.o")
+    ln.finalize()
+    add = ln.function("add", "int(int, int)")
+"""
+
+from .errors import (
+    DuplicateSymbolError,
+    LayoutError,
+    LinkError,
+    MalformedObjectError,
+    RelocationOverflowError,
+    UndefinedSymbolError,
+    UnsupportedRelocationError,
+    UsageError,
+    ValidationError,
+)
+from .host import LibraryNotFoundError
+from .linker import Handle, Linker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DuplicateSymbolError",
+    "Handle",
+    "LayoutError",
+    "LibraryNotFoundError",
+    "LinkError",
+    "Linker",
+    "MalformedObjectError",
+    "RelocationOverflowError",
+    "UndefinedSymbolError",
+    "UnsupportedRelocationError",
+    "UsageError",
+    "ValidationError",
+]

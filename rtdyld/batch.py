@@ -1,0 +1,687 @@
+"""Link one batch: the phases between "objects added" and "memory sealed".
+
+resolve → scan → layout → fixup, all on private state.  The result is a
+:class:`LinkedBatch` holding an in-flight allocation and everything needed
+to publish it; any failure before that releases the allocation, so the
+session is exactly as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import layout as L
+from .errors import (
+    DuplicateSymbolError,
+    LayoutError,
+    LinkError,
+    MalformedObjectError,
+    RelocationOverflowError,
+    UndefinedSymbolError,
+)
+from .objfile.model import (
+    RELOC_DTYPE,
+    SEC_ABS,
+    SEC_COMMON,
+    SEC_DISCARDED,
+    SEC_UNDEF,
+    Bind,
+    ObjectFile,
+    SectionRole,
+    SymType,
+)
+from .symbols import Resolver, SymbolDef
+from .x86_64 import fixup, scan
+from .x86_64.edges import WIDTH, Edge
+
+GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
+STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
+PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
+
+
+@dataclass
+class External:
+    """A target outside the batch: an earlier batch, a user definition, the host."""
+
+    name: str
+    address: int
+    source: str  # where it came from, for traces and errors
+    size: int = 0
+
+
+@dataclass
+class PlacedSection:
+    obj: int  # index into LinkedBatch.objects
+    index: int  # index into that object's sections
+    segment: str
+    address: int = 0  # target address
+    work: int = 0  # offset into the allocation's working memory
+
+
+@dataclass
+class LinkedBatch:
+    """A linked, not yet published batch; ``tables`` is what the fixup used."""
+
+    objects: list[ObjectFile]
+    allocation: object
+    sections: list[PlacedSection]
+    definitions: dict[str, SymbolDef]
+    externals: list[External]
+    got: dict[int, int]  # canonical target id -> slot address
+    stubs: dict[int, int]  # canonical target id -> stub address
+    got_base: int
+    tables: dict = field(default_factory=dict)
+    initializers: list[int] = field(default_factory=list)
+    finalizers: list[int] = field(default_factory=list)
+    kept_groups: set[str] = field(default_factory=set)
+    segments: dict = field(default_factory=dict)
+
+    def section_address(self, obj: int, index: int) -> int:
+        for p in self.sections:
+            if p.obj == obj and p.index == index:
+                return p.address
+        raise KeyError((obj, index))
+
+
+class BatchLinker:
+    """The link of one batch.  Construct, then call :meth:`link`."""
+
+    def __init__(
+        self,
+        objects: list[ObjectFile],
+        resolver: Resolver,
+        memory,
+        kept_groups: set[str],
+        pinned: dict[tuple[str, str], int] | None = None,
+    ):
+        self.objects = objects
+        self.resolver = resolver
+        self.memory = memory
+        self.session_groups = kept_groups
+        self.pinned = pinned or {}
+
+    # ------------------------------------------------------------------ phases
+
+    def link(self) -> LinkedBatch:
+        self.select_groups()
+        self.concatenate()
+        self.resolve()
+        self.scan()
+        self.allocate()
+        try:
+            self.assign_addresses()
+            self.write_sections()
+            self.apply_fixups()
+            return self.result()
+        except BaseException:
+            self.allocation.release()
+            raise
+
+    # --- COMDAT -------------------------------------------------------------
+
+    def select_groups(self) -> None:
+        """First definition of a COMDAT signature wins, across batches too."""
+        self.kept_groups: set[str] = set()
+        self.dropped: list[set[int]] = []
+        for obj in self.objects:
+            dropped: set[int] = set()
+            for g in obj.groups:
+                if g.signature in self.session_groups or g.signature in self.kept_groups:
+                    dropped.update(g.sections)
+                else:
+                    self.kept_groups.add(g.signature)
+            self.dropped.append(dropped)
+
+    # --- one table for the whole batch ---------------------------------------
+
+    def concatenate(self) -> None:
+        secs: list[PlacedSection] = []
+        sec_gid = []
+        for oi, obj in enumerate(self.objects):
+            gid = np.full(max(1, len(obj.sections)), -1, dtype=np.int64)
+            for si, s in enumerate(obj.sections):
+                if si in self.dropped[oi]:
+                    continue
+                gid[si] = len(secs)
+                secs.append(PlacedSection(oi, si, L.segment_of(s)))
+            sec_gid.append(gid)
+        self.placed = secs
+        counts = [len(o.symbols) for o in self.objects]
+        self.sym_base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.nsyms = int(self.sym_base[-1])
+        syms = np.concatenate([o.symbols for o in self.objects]) if self.objects else None
+        self.value = syms["value"] if syms is not None else np.zeros(0, np.uint64)
+        self.size = syms["size"] if syms is not None else np.zeros(0, np.uint64)
+        self.bind = syms["bind"] if syms is not None else np.zeros(0, np.uint8)
+        self.stype = syms["type"] if syms is not None else np.zeros(0, np.uint8)
+        self.vis = syms["vis"] if syms is not None else np.zeros(0, np.uint8)
+        self.sym_obj = np.repeat(np.arange(len(self.objects)), counts)
+        gsec = np.empty(self.nsyms, dtype=np.int64)
+        for oi, obj in enumerate(self.objects):
+            local = obj.symbols["section"].astype(np.int64)
+            g = np.where(local >= 0, sec_gid[oi][np.maximum(local, 0)], local)
+            # A symbol in a dropped section is a reference to the kept copy.
+            g[(local >= 0) & (g < 0)] = SEC_DISCARDED
+            gsec[self.sym_base[oi] : self.sym_base[oi + 1]] = g
+        self.gsec = gsec
+        rel = []
+        for oi, obj in enumerate(self.objects):
+            r = obj.relocs
+            if not len(r):
+                continue
+            g = sec_gid[oi][r["section"]]
+            keep = g >= 0
+            out = np.zeros(int(keep.sum()), dtype=RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
+            for f in RELOC_DTYPE.names:
+                out[f] = r[f][keep]
+            out["section"] = g[keep]
+            out["obj"] = oi
+            out["lsym"] = r["sym"][keep]
+            out["sym"] = r["sym"][keep] + self.sym_base[oi]
+            s2 = r["sym2"][keep]
+            out["sym2"] = np.where(s2 >= 0, s2 + self.sym_base[oi], -1)
+            rel.append(out)
+        self.relocs = np.concatenate(rel) if rel else np.zeros(0, dtype=RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
+
+    def name_of(self, gsym: int) -> str:
+        oi = int(self.sym_obj[gsym])
+        return self.objects[oi].describe_symbol(gsym - int(self.sym_base[oi]))
+
+    def where(self, k: int) -> str:
+        """'obj: section+0xoff' for relocation k."""
+        r = self.relocs[k]
+        p = self.placed[int(r["section"])]
+        obj = self.objects[p.obj]
+        return f"{obj.name}: {obj.sections[p.index].name}+{int(r['offset']):#x}"
+
+    def rtype_name(self, k: int) -> str:
+        r = self.relocs[k]
+        return self.objects[int(r["obj"])].reloc_type_name(int(r["rtype"]))
+
+    # --- symbol resolution ------------------------------------------------------
+
+    def resolve(self) -> None:
+        n = self.nsyms
+        canon = np.arange(n, dtype=np.int64)
+        named = np.flatnonzero((self.bind != Bind.LOCAL))
+        defs: dict[str, int] = {}
+        commons: dict[str, list[int]] = {}
+        refs: dict[str, list[int]] = {}
+        strong = {}
+        for i in named.tolist():
+            oi = int(self.sym_obj[i])
+            name = self.objects[oi].names[i - int(self.sym_base[oi])]
+            if not name:
+                continue
+            sec = int(self.gsec[i])
+            if sec >= 0 or sec == SEC_ABS:
+                weak = int(self.bind[i]) == Bind.WEAK
+                prev = defs.get(name)
+                if prev is None:
+                    defs[name] = i
+                    strong[name] = not weak
+                elif not weak and strong[name]:
+                    raise DuplicateSymbolError(
+                        f"duplicate symbol {name!r}: defined in {self._definer(prev)} and in {self._definer(i)}"
+                    )
+                elif not weak:
+                    defs[name], strong[name] = i, True
+            elif sec == SEC_COMMON:
+                commons.setdefault(name, []).append(i)
+            else:
+                refs.setdefault(name, []).append(i)
+        # Tentative definitions merge into one zero-filled object unless a real one exists.
+        self.commons: dict[str, tuple[int, int, int]] = {}  # name -> (canonical sym, size, align)
+        for name, idx in commons.items():
+            if name in defs and strong[name]:
+                for i in idx:
+                    refs.setdefault(name, []).append(i)
+                continue
+            if name in defs:  # a weak definition loses to a tentative one
+                refs.setdefault(name, []).append(defs.pop(name))
+            size = int(max(self.size[i] for i in idx))
+            align = int(max(self.value[i] for i in idx)) or 1
+            defs[name] = idx[0]
+            strong[name] = True
+            self.commons[name] = (idx[0], size, align)
+            for i in idx[1:]:
+                canon[i] = idx[0]
+        self.defs = defs
+        # Earlier batches win over weak definitions here; strong ones clash.
+        self.externals: list[External] = []
+        ext_index: dict[str, int] = {}
+        missing: dict[str, list[int]] = {}
+
+        def external(name: str, d: SymbolDef | None, address=None, source=""):
+            if name not in ext_index:
+                ext_index[name] = n + len(self.externals)
+                if d is not None:
+                    self.externals.append(External(name, d.address, d.origin, d.size))
+                else:
+                    self.externals.append(External(name, address, source))
+            return ext_index[name]
+
+        for name, i in list(defs.items()):
+            earlier = self.resolver.published.get(name)
+            if earlier is None:
+                continue
+            if strong[name] and earlier.bind != Bind.WEAK:
+                raise DuplicateSymbolError(
+                    f"duplicate symbol {name!r}: defined in {self._definer(i)} and already "
+                    f"loaded from {earlier.origin}"
+                )
+            if not strong[name] or earlier.bind != Bind.WEAK:
+                canon[i] = external(name, earlier)
+                del defs[name]
+                refs.setdefault(name, []).append(i)
+        for name, def_i in defs.items():
+            for i in refs.pop(name, []):
+                canon[i] = canon[def_i]
+            # weak definitions that lost to the winner
+        for i in named.tolist():
+            oi = int(self.sym_obj[i])
+            name = self.objects[oi].names[i - int(self.sym_base[oi])]
+            if name in defs and (self.gsec[i] >= 0 or self.gsec[i] == SEC_ABS) and i != defs[name]:
+                canon[i] = canon[defs[name]]
+        self.got_ext = None
+        for name, idx in refs.items():
+            if any(canon[i] >= n for i in idx):
+                ext = int(canon[idx[0]]) if canon[idx[0]] >= n else None
+                if ext is not None:
+                    canon[idx] = ext
+                    continue
+            if name == GOT_SYMBOL:
+                e = external(name, None, 0, "the batch's GOT")
+                self.got_ext = e
+                canon[idx] = e
+                continue
+            prefix = self.objects[int(self.sym_obj[idx[0]])].symbol_prefix
+            d = self.resolver.resolve(name, prefix)
+            if d is not None:
+                canon[idx] = external(name, d)
+            elif all(int(self.bind[i]) == Bind.WEAK for i in idx):
+                canon[idx] = external(name, None, 0, "weak undefined")
+            else:
+                missing[name] = idx
+        if missing:
+            self._undefined(missing)
+        self.canon = canon
+        self._check_discarded_locals()
+
+    def _definer(self, i: int) -> str:
+        oi = int(self.sym_obj[i])
+        sec = int(self.gsec[i])
+        where = ""
+        if sec >= 0:
+            p = self.placed[sec]
+            where = f" ({self.objects[oi].sections[p.index].name})"
+        return f"{self.objects[oi].name}{where}"
+
+    def _undefined(self, missing: dict[str, list[int]]) -> None:
+        referrers: dict[str, list[str]] = {}
+        lines = []
+        sym_of_reloc = self.relocs["sym"]
+        for name, idx in sorted(missing.items()):
+            who = []
+            for i in idx:
+                hit = np.flatnonzero(sym_of_reloc == i)
+                oi = int(self.sym_obj[i])
+                if len(hit):
+                    who.append(f"{self.where(int(hit[0]))}")
+                else:
+                    who.append(self.objects[oi].name)
+            referrers[name] = who
+            lines.append(f"  {name!r}, referenced by {', '.join(who)}")
+        hint = (
+            "define them with Linker.define(name, address_or_callback), add the objects "
+            "that define them, or load the library that has them (Linker.load_library / -l NAME)"
+        )
+        noun = "symbol" if len(missing) == 1 else "symbols"
+        raise UndefinedSymbolError(
+            f"undefined {noun}: {', '.join(sorted(missing))}\n" + "\n".join(lines) + f"\n  hint: {hint}",
+            referrers,
+        )
+
+    def _check_discarded_locals(self) -> None:
+        """Relocations against local symbols of dropped COMDAT sections.
+
+        Unwind tables of a dropped copy still point at it; those entries are
+        harmless if left unrelocated.  Anything else is a malformed group.
+        """
+        if not len(self.relocs):
+            self.relocs_keep = np.ones(0, dtype=bool)
+            return
+        tgt = self.canon[self.relocs["sym"]]
+        internal = tgt < self.nsyms
+        bad = np.zeros(len(self.relocs), dtype=bool)
+        bad[internal] = self.gsec[tgt[internal]] == SEC_DISCARDED
+        if not np.any(bad):
+            return
+        roles = np.array([self.objects[p.obj].sections[p.index].role for p in self.placed])
+        in_eh = roles[self.relocs["section"]] == SectionRole.EH_FRAME
+        if np.any(bad & ~in_eh):
+            k = int(np.flatnonzero(bad & ~in_eh)[0])
+            raise MalformedObjectError(
+                f"{self.where(k)}: {self.rtype_name(k)} refers to {self.name_of(int(self.relocs['sym'][k]))!r} "
+                "in a discarded COMDAT group section"
+            )
+        self.relocs = self.relocs[~bad]
+
+    # --- scan ---------------------------------------------------------------
+
+    def scan(self) -> None:
+        r = self.relocs
+        kind = r["kind"]
+        tgt = self.canon[r["sym"]] if len(r) else np.zeros(0, np.int64)
+        self.target = tgt
+        n = self.nsyms
+        internal = tgt < n
+        if len(r):
+            internal[internal] &= self.gsec[tgt[internal]] != SEC_ABS
+        self.internal = internal
+        self.low = bool(np.any(scan.needs_low_memory(kind, internal)))
+        try:
+            lo, hi = self.memory.reach_range(low=self.low)
+        except Exception as e:
+            raise LayoutError(f"cannot reserve memory for the batch: {e}") from None
+        self.reach = (lo, hi)
+        ext_addr = np.array([e.address for e in self.externals] or [0], dtype=np.uint64)
+        ext_ok = scan.in_reach(ext_addr, lo, hi)
+        if self.got_ext is not None:
+            ext_ok[self.got_ext - n] = True
+        reachable = internal.copy()
+        ext = ~internal & (tgt >= n)
+        reachable[ext] = ext_ok[tgt[ext] - n]
+        # Absolute symbols are reachable if their value is.
+        absolute = ~internal & (tgt < n)
+        if np.any(absolute):
+            reachable[absolute] = scan.in_reach(self.value[tgt[absolute]], lo, hi)
+        opcode = np.zeros(len(r), dtype=np.uint8)
+        modrm = np.zeros(len(r), dtype=np.uint8)
+        relaxable = kind == Edge.GOTDelta32Relaxable
+        if np.any(relaxable):
+            opcode[relaxable] = self._bytes_before(relaxable, 2)
+            modrm[relaxable] = self._bytes_before(relaxable, 1)
+        far_data = np.isin(kind, [int(k) for k in PC32_DATA]) & ~reachable
+        branch_like = np.zeros(len(r), dtype=bool)
+        if np.any(far_data):
+            b1 = self._bytes_before(far_data, 1)
+            b2 = self._bytes_before(far_data, 2)
+            is_branch = (kind[far_data] == Edge.Delta32) & (
+                (b1 == 0xE8) | (b1 == 0xE9) | ((b2 == 0x0F) & (b1 >= 0x80) & (b1 <= 0x8F))
+            )
+            branch_like[far_data] = is_branch
+            stuck = np.flatnonzero(far_data)[~is_branch]
+            if len(stuck):
+                self._unreachable(int(stuck[0]))
+        self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
+
+    def _bytes_before(self, mask: np.ndarray, back: int) -> np.ndarray:
+        """The byte ``back`` bytes before each masked fixup, from the object's bytes."""
+        idx = np.flatnonzero(mask)
+        out = np.zeros(len(idx), dtype=np.uint8)
+        secs = self.relocs["section"][idx]
+        offs = self.relocs["offset"][idx].astype(np.int64) - back
+        for s in np.unique(secs).tolist():
+            p = self.placed[s]
+            data = self.objects[p.obj].sections[p.index].data
+            if not len(data):
+                continue
+            buf = np.frombuffer(data, dtype=np.uint8)
+            m = (secs == s) & (offs >= 0)
+            out[m] = buf[offs[m]]
+        return out
+
+    def _unreachable(self, k: int) -> None:
+        r = self.relocs[k]
+        t = int(self.target[k])
+        e = self.externals[t - self.nsyms] if t >= self.nsyms else None
+        name = e.name if e else self.name_of(int(r["sym"]))
+        addr = e.address if e else int(self.value[t])
+        source = f" in {e.source}" if e and e.source else ""
+        lo, hi = self.reach
+        msg = (
+            f"{self.where(k)}: {self.rtype_name(k)} against {name!r} (at {addr:#x}{source}) needs the code "
+            f"within ±2 GiB of it, but the batch is placed at {lo:#x}-{hi:#x}"
+        )
+        if self.low:
+            j = int(np.flatnonzero(scan.needs_low_memory(self.relocs["kind"], self.internal))[0])
+            msg += (
+                f", below 2 GiB, because {self.where(j)} stores an absolute 32-bit address "
+                f"({self.rtype_name(j)} against {self.name_of(int(self.relocs['sym'][j]))!r}) as code built "
+                "without PIC does. Both constraints cannot be met at once: rebuild with -fPIC or -fPIE"
+            )
+        else:
+            msg += "; rebuild with -fPIC so the reference goes through the GOT"
+        raise LayoutError(msg)
+
+    # --- layout -------------------------------------------------------------
+
+    def allocate(self) -> None:
+        from memmgr import Prot, SegmentRequest
+
+        plans = L.plan_segments()
+        for p in self.placed:
+            s = self.objects[p.obj].sections[p.index]
+            p.work = plans[p.segment].place(f"{p.obj}:{p.index}", s.size, s.align)
+        self.stub_off = plans[L.TEXT].place("<stubs>", STUB_SIZE * len(self.scanned.stub_targets), 8)
+        self.got_off = plans[L.RODATA].place("<GOT>", 8 * len(self.scanned.got_targets), 8)
+        self.common_off = {
+            name: plans[L.BSS].place(f"<common {name}>", size, align)
+            for name, (_, size, align) in self.commons.items()
+        }
+        prot = {L.TEXT: Prot.R | Prot.X, L.RODATA: Prot.R, L.DATA: Prot.R | Prot.W, L.BSS: Prot.R | Prot.W}
+        requests = [
+            SegmentRequest(name, plans[name].size, prot[name], zero_fill=(name == L.BSS))
+            for name in L.SEGMENT_ORDER
+        ]
+        total = sum(r.size for r in requests)
+        try:
+            self.allocation = self.memory.allocate(requests, low=self.low)
+        except Exception as e:
+            where = "below 2 GiB " if self.low else ""
+            raise LayoutError(f"cannot allocate {total} bytes {where}for the batch: {e}") from None
+        self.plans = plans
+        self.seg_offset = {s.name: s.offset for s in self.allocation.segments}
+
+    def assign_addresses(self) -> None:
+        base = self.allocation.target_base
+        for p in self.placed:
+            p.work += self.seg_offset[p.segment]
+            p.address = base + p.work
+            obj = self.objects[p.obj]
+            pin = self.pinned.get((obj.name, obj.sections[p.index].name))
+            if pin is not None:
+                p.address = pin
+        n = self.nsyms
+        self.sec_addr = np.array([p.address for p in self.placed] or [0], dtype=np.uint64)
+        self.sec_work = np.array([p.work for p in self.placed] or [0], dtype=np.int64)
+        addr = np.zeros(n + len(self.externals), dtype=np.uint64)
+        defined = self.gsec >= 0
+        addr[:n][defined] = self.sec_addr[self.gsec[defined]] + self.value[defined]
+        absolute = self.gsec == SEC_ABS
+        addr[:n][absolute] = self.value[absolute]
+        for name, (i, _, _) in self.commons.items():
+            addr[i] = base + self.seg_offset[L.BSS] + self.common_off[name]
+        self.got_base = base + self.seg_offset[L.RODATA] + self.got_off
+        self.stub_base = base + self.seg_offset[L.TEXT] + self.stub_off
+        for j, e in enumerate(self.externals):
+            addr[n + j] = e.address
+        if self.got_ext is not None:
+            addr[self.got_ext] = self.got_base
+            self.externals[self.got_ext - n].address = self.got_base
+        self.addr = addr
+        self.got = {int(t): self.got_base + 8 * i for i, t in enumerate(self.scanned.got_targets)}
+        self.stubs = {int(t): self.stub_base + STUB_SIZE * i for i, t in enumerate(self.scanned.stub_targets)}
+
+    # --- bytes --------------------------------------------------------------
+
+    def write_sections(self) -> None:
+        mem = self.allocation.memory
+        for p in self.placed:
+            s = self.objects[p.obj].sections[p.index]
+            if len(s.data):
+                mem[p.work : p.work + s.size] = np.frombuffer(s.data, dtype=np.uint8)
+        got_work = self.seg_offset[L.RODATA] + self.got_off
+        targets = self.scanned.got_targets
+        if len(targets):
+            slots = self.addr[targets]
+            mem[got_work : got_work + 8 * len(targets)] = slots.astype("<u8").view(np.uint8)
+        stub_work = self.seg_offset[L.TEXT] + self.stub_off
+        for i, t in enumerate(self.scanned.stub_targets.tolist()):
+            at = stub_work + STUB_SIZE * i
+            stub = self.stub_base + STUB_SIZE * i
+            disp = self.got[t] - (stub + 6)
+            mem[at : at + STUB_SIZE] = np.frombuffer(
+                b"\xff\x25" + disp.to_bytes(4, "little", signed=True) + b"\xcc\xcc", dtype=np.uint8
+            )
+
+    def apply_fixups(self) -> None:
+        r = self.relocs
+        if not len(r):
+            self.tables = {}
+            return
+        kind = r["kind"].copy()
+        tgt = self.target
+        sc = self.scanned
+        mem = self.allocation.memory
+        where = self.sec_work[r["section"]] + r["offset"].astype(np.int64)
+        P = self.sec_addr[r["section"]] + r["offset"]
+        S = self.addr[tgt]
+        if np.any(sc.use_stub):
+            S[sc.use_stub] = np.array([self.stubs[int(t)] for t in tgt[sc.use_stub]], dtype=np.uint64)
+        G = np.zeros(len(r), dtype=np.uint64)
+        slot = np.isin(tgt, sc.got_targets) & (sc.relax == scan.RELAX_NONE)
+        if np.any(slot):
+            G[slot] = np.searchsorted(sc.got_targets, tgt[slot]).astype(np.uint64) * np.uint64(8)
+        Z = np.zeros(len(r), dtype=np.uint64)
+        internal = tgt < self.nsyms
+        Z[internal] = self.size[tgt[internal]]
+        ext = ~internal
+        if np.any(ext):
+            ext_size = np.array([e.size for e in self.externals], dtype=np.uint64)
+            Z[ext] = ext_size[tgt[ext] - self.nsyms]
+        S2 = np.zeros(len(r), dtype=np.uint64)
+        has2 = r["sym2"] >= 0
+        if np.any(has2):
+            S2[has2] = self.addr[self.canon[r["sym2"][has2]]]
+        # Relaxed GOT loads become plain PC-relative references.
+        relaxed = sc.relax != scan.RELAX_NONE
+        kind[relaxed] = Edge.Delta32
+        jmp = sc.relax == scan.RELAX_JMP
+        where[jmp] -= 1
+        P[jmp] -= np.uint64(1)
+        value = fixup.compute(kind, S, r["addend"], P, self.got_base, G, Z, S2)
+        bad = fixup.out_of_range(kind, value)
+        if np.any(bad):
+            self._overflow(np.flatnonzero(bad), kind, value, S)
+        before = self._snapshot(where, kind, relaxed)
+        # Rewrite relaxed instructions, then store every value.
+        mov = sc.relax == scan.RELAX_MOV
+        mem[where[mov] - 2] = 0x8D
+        call = sc.relax == scan.RELAX_CALL
+        mem[where[call] - 2] = 0x67
+        mem[where[call] - 1] = 0xE8
+        mem[where[jmp] - 1] = 0xE9
+        mem[where[jmp] + 4] = 0x90
+        fixup.write(mem, where, kind, value)
+        self.tables = {
+            "relocs": r,
+            "kind": kind,
+            "target": tgt,
+            "where": where,
+            "P": P,
+            "S": S,
+            "G": G,
+            "value": value,
+            "use_stub": sc.use_stub,
+            "relax": sc.relax,
+            "before": before,
+        }
+
+    def _snapshot(self, where, kind, relaxed) -> np.ndarray:
+        """The bytes at each fixup before it is written (for traces): 8 per row."""
+        mem = self.allocation.memory
+        idx = where[:, None] + np.arange(-2, 6)[None, :]
+        idx = np.clip(idx, 0, len(mem) - 1)
+        return mem[idx]
+
+    def _overflow(self, bad: np.ndarray, kind, value, S) -> None:
+        lines = []
+        for k in bad[:5].tolist():
+            r = self.relocs[k]
+            t = int(self.target[k])
+            name = self.externals[t - self.nsyms].name if t >= self.nsyms else self.name_of(int(r["sym"]))
+            v = int(value[k].view(np.int64)) if True else 0
+            width = int(WIDTH[kind[k]]) * 8
+            lines.append(
+                f"{self.where(k)}: {self.rtype_name(k)} against {name!r}: value {v:#x} "
+                f"(S={int(S[k]):#x}, A={int(r['addend']):#x}) does not fit in {width} bits"
+            )
+        more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+        hint = ""
+        if np.any(np.isin(kind[bad], [int(Edge.Pointer32), int(Edge.Pointer32Signed)])):
+            hint = "\n  hint: absolute 32-bit relocations need their targets below 2 GiB; rebuild with -fPIC"
+        raise RelocationOverflowError(
+            "relocation overflow:\n  " + "\n  ".join(lines) + more + hint
+        )
+
+    # --- result ---------------------------------------------------------------
+
+    def result(self) -> LinkedBatch:
+        defs: dict[str, SymbolDef] = {}
+        for name, i in self.defs.items():
+            oi = int(self.sym_obj[i])
+            sec = int(self.gsec[i])
+            section = ""
+            if sec >= 0:
+                section = self.objects[oi].sections[self.placed[sec].index].name
+            elif name in self.commons:
+                section = "COMMON"
+            size = self.commons[name][1] if name in self.commons else int(self.size[i])
+            defs[name] = SymbolDef(
+                name=name,
+                address=int(self.addr[i]),
+                size=size,
+                type=int(self.stype[i]),
+                bind=int(self.bind[i]),
+                vis=int(self.vis[i]),
+                origin=self.objects[oi].name,
+                section=section,
+            )
+        init, fini = self._init_fini()
+        return LinkedBatch(
+            objects=self.objects,
+            allocation=self.allocation,
+            sections=self.placed,
+            definitions=defs,
+            externals=self.externals,
+            got=self.got,
+            stubs=self.stubs,
+            got_base=self.got_base,
+            tables=self.tables,
+            initializers=init,
+            finalizers=fini,
+            kept_groups=self.kept_groups,
+            segments={s.name: s for s in self.allocation.segments},
+        )
+
+    def _init_fini(self) -> tuple[list[tuple], list[tuple]]:
+        """(priority key, order, work offset, count, reverse) per init/fini section."""
+        init, fini = [], []
+        for order, p in enumerate(self.placed):
+            s = self.objects[p.obj].sections[p.index]
+            if s.role in (SectionRole.INIT_ARRAY, SectionRole.CTORS):
+                dest = init
+            elif s.role in (SectionRole.FINI_ARRAY, SectionRole.DTORS):
+                dest = fini
+            else:
+                continue
+            prio = s.priority if s.priority is not None else 65536
+            reverse = s.role in (SectionRole.CTORS,)
+            dest.append((prio, order, p.work, s.size // 8, reverse, s.role == SectionRole.DTORS))
+        init.sort(key=lambda t: (t[0], t[1]))
+        fini.sort(key=lambda t: (t[0], t[1]))
+        return init, fini

@@ -1,0 +1,127 @@
+"""The host process as a symbol source: dlsym, dlopen'd libraries, callbacks.
+
+cffi in ABI mode over libc/libdl, so installing rtdyld needs no compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import glob
+import os
+
+import cffi
+
+from .errors import LinkError
+
+ffi = cffi.FFI()
+ffi.cdef(
+    """
+    typedef struct { const char *dli_fname; void *dli_fbase;
+                     const char *dli_sname; void *dli_saddr; } Dl_info;
+    void *dlopen(const char *filename, int flags);
+    void *dlsym(void *handle, const char *symbol);
+    char *dlerror(void);
+    int dladdr(const void *addr, Dl_info *info);
+    int fflush(void *stream);
+    """
+)
+libc = ffi.dlopen(None)
+
+RTLD_NOW = 2
+RTLD_GLOBAL = 0x100
+RTLD_DEFAULT = ffi.NULL
+
+SYSTEM_LIB_DIRS = (
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+    "/usr/local/lib",
+)
+
+
+class LibraryNotFoundError(LinkError):
+    """``load_library`` found no loadable shared library of that name."""
+
+
+def process_symbol(name: str) -> int:
+    """Address of ``name`` in the process (RTLD_DEFAULT), or 0."""
+    return int(ffi.cast("uintptr_t", libc.dlsym(RTLD_DEFAULT, name.encode())))
+
+
+def library_symbol(handle, name: str) -> int:
+    return int(ffi.cast("uintptr_t", libc.dlsym(handle, name.encode())))
+
+
+def describe_address(addr: int) -> str:
+    """The shared object holding ``addr`` (its file name), or ""."""
+    info = ffi.new("Dl_info *")
+    if addr and libc.dladdr(ffi.cast("void *", addr), info) and info.dli_fname != ffi.NULL:
+        return os.path.basename(ffi.string(info.dli_fname).decode(errors="replace"))
+    return ""
+
+
+def _dlopen(path: str):
+    h = libc.dlopen(path.encode(), RTLD_NOW | RTLD_GLOBAL)
+    if h == ffi.NULL:
+        err = libc.dlerror()
+        return None, ffi.string(err).decode(errors="replace") if err != ffi.NULL else "dlopen failed"
+    return h, ""
+
+
+def open_library(name: str, search_dirs: tuple[str, ...] | list[str] = ()) -> tuple[object, str]:
+    """dlopen a library the way ``-l NAME`` finds one; returns (handle, path).
+
+    NAME may be a path, a file name ("libm.so.6") or a bare name ("m").  The
+    user's directories come first, then the system's; Debian's ``libm.so``
+    is a linker script, so versioned names and the loader's own search
+    (find_library gives the soname) are tried after it.
+    """
+    errors = []
+    if "/" in name or name.endswith(".so") or ".so." in name:
+        h, err = _dlopen(name)
+        if h is not None:
+            return h, name
+        raise LibraryNotFoundError(f"cannot load library {name!r}: {err}")
+    candidates = []
+    for d in list(search_dirs) + list(SYSTEM_LIB_DIRS):
+        candidates.append(os.path.join(d, f"lib{name}.so"))
+        candidates.extend(sorted(glob.glob(os.path.join(d, f"lib{name}.so.*"))))
+    soname = ctypes.util.find_library(name)
+    if soname:
+        candidates.append(soname)
+    for path in candidates:
+        if "/" in path and not os.path.exists(path):
+            continue
+        h, err = _dlopen(path)
+        if h is not None:
+            return h, path
+        errors.append(err)
+    detail = f" ({errors[-1]})" if errors else ""
+    raise LibraryNotFoundError(
+        f"cannot find library {name!r} (lib{name}.so) in {', '.join(list(search_dirs) + list(SYSTEM_LIB_DIRS))}"
+        f"{detail}"
+    )
+
+
+def callback_address(obj) -> int:
+    """An int address, a cffi function pointer/callback, or a ctypes function."""
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, ffi.CData):
+        return int(ffi.cast("uintptr_t", obj))
+    try:
+        return int(ffi.cast("uintptr_t", obj))
+    except TypeError:
+        pass
+    import ctypes
+
+    if isinstance(obj, ctypes._CFuncPtr):
+        return ctypes.cast(obj, ctypes.c_void_p).value or 0
+    raise TypeError(f"cannot take the address of {type(obj).__name__}: pass an int or a cffi callback")
+
+
+def flush_stdio() -> None:
+    libc.fflush(ffi.NULL)

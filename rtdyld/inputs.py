@@ -1,0 +1,42 @@
+"""Turn what users add (paths, bytes, file objects, IR) into ObjectFiles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import MalformedObjectError
+from .objfile.elf import is_elf, read_elf
+from .objfile.model import ObjectFile
+
+
+def read_input(src, name: str | None = None) -> tuple[bytes, str]:
+    """Bytes and display name of a path, bytes-like or binary file object."""
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise MalformedObjectError(f"{src}: cannot read: {e.strerror}") from None
+        return data, name or str(src)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src), name or "<memory>"
+    if hasattr(src, "read"):
+        data = src.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError("file objects passed to add_object must be opened in binary mode")
+        return bytes(data), name or getattr(src, "name", None) or "<file>"
+    raise TypeError(f"cannot read an object from {type(src).__name__}")
+
+
+def parse_object(data: bytes, name: str) -> ObjectFile:
+    """Dispatch on the magic number to the right reader."""
+    if is_elf(data):
+        return read_elf(data, name)
+    if data[:4] in (b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xfe\xed\xfa\xce"):
+        from .objfile.macho import read_macho
+
+        return read_macho(data, name)
+    if data[:8] in (b"!<arch>\n", b"!<thin>\n"):
+        raise MalformedObjectError(f"{name}: is an archive; add it with Linker.add_archive")
+    raise MalformedObjectError(f"{name}: not an object file (unknown magic {bytes(data[:4]).hex()})")

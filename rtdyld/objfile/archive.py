@@ -1,0 +1,302 @@
+"""Static archives: which member defines a symbol, and that member's bytes.
+
+GNU, BSD and thin ``ar`` archives are read the same way: the member headers
+are walked once (:mod:`rtdyld.objfile.archive_layout`), the symbol index is
+read in bulk (:mod:`rtdyld.objfile.archive_index`), and a member's bytes are
+a memoryview into the mapped archive, sliced only when asked for.  Thin
+members are read from disk on first use.  An archive without an index gets
+one from the caller's ``list_definitions`` the first time it is asked a
+question.
+
+Members are identified by position, never by name: one archive may hold two
+``dup.o``.  Symbol names are the raw names of the index (Mach-O C names keep
+their leading ``_``), decoded as UTF-8 with surrogate escapes so every byte
+string round-trips.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable
+from typing import Self
+
+import numpy as np
+
+from rtdyld.errors import MalformedObjectError, UsageError
+from rtdyld.objfile.archive_index import parse_index
+from rtdyld.objfile.archive_layout import (
+    NAME_ENCODING,
+    NAME_ERRORS,
+    RawMember,
+    is_archive,
+    walk,
+)
+
+ListDefinitions = Callable[[memoryview, str], list[str]]
+
+__all__ = [
+    "Archive",
+    "ArchiveCache",
+    "ListDefinitions",
+    "Member",
+    "decode_symbol",
+    "is_archive",
+    "read_archive",
+]
+
+
+class Member:
+    """One member of an archive, identified by its position in it."""
+
+    __slots__ = (
+        "_bytes",
+        "_data_offset",
+        "_path",
+        "archive",
+        "header_offset",
+        "index",
+        "name",
+        "size",
+    )
+
+    def __init__(self, archive: Archive, raw: RawMember, index: int, path: str | None):
+        self.archive = archive
+        self.name = raw.name
+        self.index = index
+        self.header_offset = raw.header_offset
+        self.size = raw.size
+        self._data_offset = raw.data_offset
+        self._path = path
+        self._bytes: bytes | None = None
+
+    @property
+    def display_name(self) -> str:
+        """``libfoo.a(member.o)``: how messages name this member."""
+        return f"{os.path.basename(self.archive.name)}({self.name})"
+
+    @property
+    def data(self) -> memoryview:
+        """The member's bytes, uncopied; a thin member is read from disk once.
+
+        Raises MalformedObjectError if a thin member's file is missing or no
+        longer has the size the archive recorded.
+        """
+        if self._path is None:
+            return self.archive._slice(self._data_offset, self.size)
+        if self._bytes is None:
+            self._bytes = self._read_thin()
+        return memoryview(self._bytes)
+
+    def _read_thin(self) -> bytes:
+        try:
+            with open(self._path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise MalformedObjectError(
+                f"{self.display_name}: cannot read the thin archive member {self._path!r}: {e.strerror or e}"
+            ) from None
+        if len(data) != self.size:
+            raise MalformedObjectError(
+                f"{self.display_name}: thin archive member {self._path!r} is "
+                f"{len(data)} bytes, but the archive recorded {self.size}; "
+                f"rebuild the archive"
+            )
+        return data
+
+    def __repr__(self) -> str:
+        return f"<Member {self.display_name} #{self.index} at {self.header_offset:#x}>"
+
+
+class Archive:
+    """A parsed archive: its members in file order and its symbol index.
+
+    Use :func:`read_archive` or :class:`ArchiveCache` to make one.  ``close``
+    (or ``with``) unmaps the file once no member view is left alive;
+    forgetting the archive is safe too.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        view: memoryview,
+        mapping: mmap.mmap | None,
+        list_definitions: ListDefinitions | None,
+        thin_dir: str,
+    ):
+        self.name = name
+        self.list_definitions = list_definitions
+        self._view: memoryview | None = view
+        self._mapping = mapping
+        layout = walk(view, name)
+        self.kind = layout.kind
+        self.has_index = layout.index_layout is not None
+        thin = self.kind == "thin"
+        self.members = [
+            Member(self, raw, i, os.path.join(thin_dir, raw.name) if thin else None)
+            for i, raw in enumerate(layout.members)
+        ]
+        self._index: dict[str, list[Member]] | None = None
+        if layout.index_layout is not None:
+            header_offsets = np.fromiter(
+                (m.header_offset for m in self.members),
+                dtype=np.uint64,
+                count=len(self.members),
+            )
+            where = f"{name}: symbol index at offset {layout.index_offset:#x}"
+            names, positions = parse_index(layout.index_layout, layout.index_data, header_offsets, where)
+            self._index = self._group(names, positions.tolist())
+
+    def definers(self, symbol: str) -> list[Member]:
+        """The members the index says define ``symbol``, in index order."""
+        return list(self._symbol_index().get(symbol, ()))
+
+    def symbols(self) -> list[str]:
+        """Every name in the index, once each, in index order."""
+        return list(self._symbol_index())
+
+    def close(self) -> None:
+        """Drop this archive's mapping; live member views keep it until they go."""
+        if self._view is None:
+            return
+        self._view.release()
+        self._view = None
+        if self._mapping is not None:
+            try:
+                self._mapping.close()
+            except BufferError:
+                pass  # a member view is still alive; the mapping goes with it
+            self._mapping = None
+
+    @property
+    def closed(self) -> bool:
+        return self._view is None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        index = "indexed" if self.has_index else "no index"
+        return f"<Archive {self.name!r} {self.kind}, {len(self.members)} members, {index}>"
+
+    def _slice(self, offset: int, size: int) -> memoryview:
+        if self._view is None:
+            raise UsageError(f"{self.name}: archive is closed")
+        return self._view[offset : offset + size]
+
+    def _symbol_index(self) -> dict[str, list[Member]]:
+        if self._index is None:
+            self._index = self._index_by_callback()
+        return self._index
+
+    def _index_by_callback(self) -> dict[str, list[Member]]:
+        if self.list_definitions is None:
+            raise UsageError(
+                f"{self.name}: the archive has no symbol index and no "
+                f"list_definitions was given to find its definitions"
+            )
+        names: list[str] = []
+        positions: list[int] = []
+        for member in self.members:
+            defined = list(self.list_definitions(member.data, member.display_name))
+            names.extend(defined)
+            positions.extend([member.index] * len(defined))
+        return self._group(names, positions)
+
+    def _group(self, names: list[str], positions: list[int]) -> dict[str, list[Member]]:
+        index: dict[str, list[Member]] = {}
+        members = self.members
+        for name, pos in zip(names, positions):
+            definers = index.setdefault(name, [])
+            member = members[pos]
+            if member not in definers:
+                definers.append(member)
+        return index
+
+
+def read_archive(
+    path_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    name: str | None = None,
+    list_definitions: ListDefinitions | None = None,
+) -> Archive:
+    """Parse the archive at a path, or in memory, without reading its members.
+
+    ``name`` is the display name (default: the path as given, or
+    ``"<memory>"``); thin members are found relative to the archive's
+    directory (for bytes, that of ``name``).  ``list_definitions(data,
+    display_name)`` is called on each member, the first time a symbol is
+    looked up, only if the archive has no index.  Raises MalformedObjectError
+    for anything malformed, naming the archive and, where known, the member.
+    """
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        display = name if name is not None else "<memory>"
+        view = memoryview(path_or_bytes).cast("B")
+        return Archive(
+            display,
+            view,
+            None,
+            list_definitions,
+            os.path.dirname(display if name else ""),
+        )
+    path = os.fspath(path_or_bytes)
+    display = name if name is not None else path
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            # mmap cannot map an empty file; it is "not an archive" all the same.
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+    except OSError as e:
+        raise MalformedObjectError(f"{display}: cannot read the archive: {e.strerror or e}") from None
+    view = memoryview(mapping) if mapping is not None else memoryview(b"")
+    try:
+        return Archive(display, view, mapping, list_definitions, os.path.dirname(path))
+    except BaseException:
+        view.release()
+        if mapping is not None:
+            mapping.close()
+        raise
+
+
+class ArchiveCache:
+    """Archives parsed once per (real path, mtime_ns, size).
+
+    A changed file is parsed again.  A ``list_definitions`` given to a later
+    ``get`` is kept if the cached archive had none.
+    """
+
+    def __init__(self) -> None:
+        self._archives: dict[str, tuple[tuple[int, int], Archive]] = {}
+
+    def get(
+        self,
+        path: str | os.PathLike[str],
+        list_definitions: ListDefinitions | None = None,
+    ) -> Archive:
+        """The parsed archive at ``path``; see :func:`read_archive` for errors."""
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(real)
+        except OSError as e:
+            raise MalformedObjectError(f"{os.fspath(path)}: cannot read the archive: {e.strerror or e}") from None
+        stamp = (st.st_mtime_ns, st.st_size)
+        cached = self._archives.get(real)
+        if cached is not None and cached[0] == stamp and not cached[1].closed:
+            archive = cached[1]
+            if archive.list_definitions is None:
+                archive.list_definitions = list_definitions
+            return archive
+        archive = read_archive(path, list_definitions=list_definitions)
+        self._archives[real] = (stamp, archive)
+        return archive
+
+    def clear(self) -> None:
+        """Forget every archive (they unmap once nothing uses them)."""
+        self._archives.clear()
+
+
+def decode_symbol(raw: bytes) -> str:
+    """Decode a raw symbol name the way archive indexes are decoded."""
+    return raw.decode(NAME_ENCODING, NAME_ERRORS)

@@ -1,0 +1,115 @@
+"""Read an archive's symbol index in bulk.
+
+Four layouts: GNU ``/`` (big-endian 32-bit count and member offsets, then
+that many NUL-terminated names), GNU ``/SYM64/`` (the same with 64-bit
+fields), and BSD ``__.SYMDEF`` / ``__.SYMDEF_64`` (a byte count of ranlib
+structs of (string index, member offset), then a byte count of the string
+table; little-endian, as on x86-64).  Offsets are read as numpy arrays and
+mapped to members with one ``searchsorted``; every count is checked against
+the bytes that hold it before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rtdyld.errors import MalformedObjectError
+from rtdyld.objfile.archive_layout import (
+    INDEX_BSD32,
+    INDEX_BSD64,
+    INDEX_GNU32,
+    INDEX_GNU64,
+    NAME_ENCODING,
+    NAME_ERRORS,
+)
+
+_WORD = {INDEX_GNU32: 4, INDEX_GNU64: 8, INDEX_BSD32: 4, INDEX_BSD64: 8}
+
+
+def parse_index(layout: str, data: memoryview, header_offsets: np.ndarray, where: str) -> tuple[list[str], np.ndarray]:
+    """Return (names, member positions), one pair per index entry, in index order.
+
+    ``header_offsets`` are the members' header offsets in file order; a
+    position is an index into it.  ``where`` names the index in messages.
+    """
+    if layout in (INDEX_GNU32, INDEX_GNU64):
+        names, offsets = _gnu(data, _WORD[layout], where)
+    else:
+        names, offsets = _bsd(data, _WORD[layout], where)
+    return names, _members_at(offsets, header_offsets, names, where)
+
+
+def _gnu(data: memoryview, word: int, where: str) -> tuple[list[str], np.ndarray]:
+    if len(data) < word:
+        raise MalformedObjectError(f"{where}: truncated ({len(data)} bytes)")
+    count = int.from_bytes(data[:word], "big")
+    table_start = word + word * count
+    if table_start > len(data):
+        raise MalformedObjectError(f"{where}: claims {count} entries but holds only {len(data)} bytes")
+    offsets = np.frombuffer(data, dtype=f">u{word}", count=count, offset=word)
+    text = bytes(data[table_start:]).decode(NAME_ENCODING, NAME_ERRORS)
+    names = text.split("\0", count)
+    if len(names) <= count:
+        raise MalformedObjectError(f"{where}: the string table holds {len(names) - 1} names for {count} entries")
+    del names[count:]
+    return names, offsets
+
+
+def _bsd(data: memoryview, word: int, where: str) -> tuple[list[str], np.ndarray]:
+    if len(data) < word:
+        raise MalformedObjectError(f"{where}: truncated ({len(data)} bytes)")
+    ranlib_bytes = int.from_bytes(data[:word], "little")
+    strtab_start = 2 * word + ranlib_bytes
+    if ranlib_bytes % (2 * word) or strtab_start > len(data):
+        raise MalformedObjectError(f"{where}: claims {ranlib_bytes} bytes of entries but holds only {len(data)} bytes")
+    count = ranlib_bytes // (2 * word)
+    entries = np.frombuffer(data, dtype=np.dtype(f"<u{word}"), count=2 * count, offset=word).reshape(count, 2)
+    strx, offsets = entries[:, 0], entries[:, 1]
+    strtab_size = int.from_bytes(data[strtab_start - word : strtab_start], "little")
+    if strtab_start + strtab_size > len(data):
+        raise MalformedObjectError(
+            f"{where}: claims a {strtab_size}-byte string table but only "
+            f"{len(data) - strtab_start} bytes follow the entries"
+        )
+    bad = np.flatnonzero(strx >= strtab_size)
+    if len(bad):
+        raise MalformedObjectError(
+            f"{where}: entry {int(bad[0])} has string index {int(strx[bad[0]])}, "
+            f"past the {strtab_size}-byte string table"
+        )
+    strtab = bytes(data[strtab_start : strtab_start + strtab_size])
+    return _names_at(strtab, strx.astype(np.int64)), offsets
+
+
+def _names_at(strtab: bytes, strx: np.ndarray) -> list[str]:
+    """The NUL-terminated strings starting at each of ``strx``.
+
+    Split the table once; an index into the middle of a string (a shared
+    suffix) is the only case sliced on its own.
+    """
+    if not len(strx):
+        return []
+    pieces = strtab.split(b"\0")
+    lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+    starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
+    which = np.searchsorted(starts, strx, side="right") - 1
+    chosen = [pieces[i] for i in which.tolist()]
+    for k in np.flatnonzero(starts[which] != strx).tolist():
+        x = int(strx[k])
+        chosen[k] = strtab[x:].split(b"\0", 1)[0]
+    return b"\0".join(chosen).decode(NAME_ENCODING, NAME_ERRORS).split("\0")
+
+
+def _members_at(offsets: np.ndarray, header_offsets: np.ndarray, names: list[str], where: str) -> np.ndarray:
+    offsets = offsets.astype(np.uint64)
+    pos = np.searchsorted(header_offsets, offsets)
+    hit = np.zeros(len(offsets), dtype=bool)
+    inside = pos < len(header_offsets)
+    hit[inside] = header_offsets[pos[inside]] == offsets[inside]
+    bad = np.flatnonzero(~hit)
+    if len(bad):
+        k = int(bad[0])
+        raise MalformedObjectError(
+            f"{where}: the entry for {names[k]!r} points at offset {int(offsets[k]):#x}, where no member header starts"
+        )
+    return pos

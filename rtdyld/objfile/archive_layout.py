@@ -1,0 +1,204 @@
+"""Walk the member headers of a Unix ``ar`` archive.
+
+One pass over the 60-byte headers, GNU, BSD and thin alike: it finds where
+each member's bytes are, resolves its name (``name/``, ``/123`` through the
+``//`` table, ``#1/N`` with the name after the header) and sets aside the
+symbol index and long-name table.  Member bytes are never read here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rtdyld.errors import MalformedObjectError
+
+ARCH_MAGIC = b"!<arch>\n"
+THIN_MAGIC = b"!<thin>\n"
+HEADER_SIZE = 60
+HEADER_END = b"`\n"
+
+# How the symbol index is laid out, by the name of the member holding it.
+INDEX_GNU32 = "gnu32"
+INDEX_GNU64 = "gnu64"
+INDEX_BSD32 = "bsd32"
+INDEX_BSD64 = "bsd64"
+INDEX_LAYOUTS = {
+    b"/": INDEX_GNU32,
+    b"/SYM64/": INDEX_GNU64,
+    b"__.SYMDEF": INDEX_BSD32,
+    b"__.SYMDEF SORTED": INDEX_BSD32,
+    b"__.SYMDEF_64": INDEX_BSD64,
+    b"__.SYMDEF_64 SORTED": INDEX_BSD64,
+}
+LONG_NAMES = b"//"
+BSD_LONG_NAME = b"#1/"
+
+# Names are file names: decoded as the OS decodes them, so any byte survives.
+NAME_ENCODING = "utf-8"
+NAME_ERRORS = "surrogateescape"
+
+
+@dataclass(frozen=True, slots=True)
+class RawMember:
+    """Where one member is: ``data_offset`` is meaningless for thin members."""
+
+    name: str
+    header_offset: int
+    data_offset: int
+    size: int
+
+
+@dataclass(slots=True)
+class Layout:
+    kind: str  # "gnu" | "bsd" | "thin"
+    members: list[RawMember]
+    index_layout: str | None  # INDEX_* or None
+    index_data: memoryview | None
+    index_offset: int  # header offset of the index member, for messages
+
+
+def is_archive(data: bytes | bytearray | memoryview) -> bool:
+    """True if ``data`` starts with the magic of a regular or thin archive."""
+    head = bytes(data[:8])
+    return head == ARCH_MAGIC or head == THIN_MAGIC
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode(NAME_ENCODING, NAME_ERRORS)
+
+
+def _number(field: bytes) -> int | None:
+    text = field.strip(b" ")
+    return int(text) if text.isdigit() else None
+
+
+def walk(view: memoryview, archive: str) -> Layout:
+    """Read every member header of the archive in ``view``.
+
+    Raises MalformedObjectError, naming ``archive`` and the member where it
+    is known, for a bad magic, a truncated or garbled header, a size past
+    the end of the file, or a long name that is not in the long-name table.
+    """
+    magic = bytes(view[:8])
+    if magic == THIN_MAGIC:
+        thin = True
+    elif magic == ARCH_MAGIC:
+        thin = False
+    else:
+        raise MalformedObjectError(
+            f"{archive}: not an archive (starts with {magic!r}, expected {ARCH_MAGIC!r} or {THIN_MAGIC!r})"
+        )
+
+    end = len(view)
+    members: list[RawMember] = []
+    long_names: bytes | None = None
+    index_layout: str | None = None
+    index_data: memoryview | None = None
+    index_offset = -1
+    saw_gnu = saw_bsd = False
+
+    pos = len(magic)
+    while pos < end:
+        if end - pos < HEADER_SIZE:
+            raise MalformedObjectError(
+                f"{archive}: truncated member header at offset {pos:#x} ({end - pos} of {HEADER_SIZE} bytes)"
+            )
+        header = bytes(view[pos : pos + HEADER_SIZE])
+        field = header[:16].rstrip(b" ")
+        if header[58:60] != HEADER_END:
+            raise MalformedObjectError(
+                f"{archive}: garbled member header at offset {pos:#x} "
+                f"(ends in {header[58:60]!r}, expected {HEADER_END!r})"
+            )
+        size = _number(header[48:58])
+        if size is None:
+            raise MalformedObjectError(
+                f"{archive}: member {_decode(field)!r} at offset {pos:#x} has "
+                f"a non-numeric size {header[48:58].decode('latin-1')!r}"
+            )
+        data_offset = pos + HEADER_SIZE
+
+        if field in INDEX_LAYOUTS or field == LONG_NAMES:
+            special = field
+            name = _decode(field)
+        elif field.startswith(BSD_LONG_NAME):
+            saw_bsd = True
+            name_size = _number(field[3:])
+            if name_size is None or name_size > size:
+                raise MalformedObjectError(
+                    f"{archive}: member at offset {pos:#x} has a bad BSD long "
+                    f"name {_decode(field)!r} (member size {size})"
+                )
+            if data_offset + name_size > end:
+                raise MalformedObjectError(
+                    f"{archive}: the name of the member at offset {pos:#x} runs past the end of the archive"
+                )
+            raw = bytes(view[data_offset : data_offset + name_size]).split(b"\0", 1)[0]
+            special = raw if raw in INDEX_LAYOUTS else None
+            name = _decode(raw)
+            data_offset += name_size
+            size -= name_size
+        elif field.startswith(b"/") and field[1:].isdigit():
+            saw_gnu = True
+            special = None
+            name = _decode(_long_name(long_names, int(field[1:]), archive, pos))
+        elif field.startswith(b"/"):
+            raise MalformedObjectError(
+                f"{archive}: member at offset {pos:#x} has an unknown special name {_decode(field)!r}"
+            )
+        else:
+            special = None
+            if field.endswith(b"/"):
+                saw_gnu = True
+                field = field[:-1]
+            name = _decode(field)
+
+        has_bytes = special is not None or not thin
+        if has_bytes and data_offset + size > end:
+            who = f"{archive}({name})" if special is None else f"{archive}: {name!r}"
+            raise MalformedObjectError(
+                f"{who}: member size {size} at offset {pos:#x} runs past the end of the archive ({end} bytes)"
+            )
+
+        if special == LONG_NAMES:
+            saw_gnu = True
+            if long_names is None:
+                long_names = bytes(view[data_offset : data_offset + size])
+        elif special is not None:
+            if field.startswith(BSD_LONG_NAME) or special.startswith(b"__"):
+                saw_bsd = True
+            else:
+                saw_gnu = True
+            if index_layout is None:
+                index_layout = INDEX_LAYOUTS[special]
+                index_data = view[data_offset : data_offset + size]
+                index_offset = pos
+        else:
+            members.append(RawMember(name, pos, data_offset, size))
+
+        next_pos = data_offset + size if has_bytes else data_offset
+        pos = next_pos + (next_pos & 1)
+
+    if thin:
+        kind = "thin"
+    elif saw_bsd or (members and not saw_gnu):
+        kind = "bsd"
+    else:
+        kind = "gnu"
+    return Layout(kind, members, index_layout, index_data, index_offset)
+
+
+def _long_name(table: bytes | None, offset: int, archive: str, pos: int) -> bytes:
+    """The name at ``offset`` of the GNU long-name table: up to "/\\n" or "\\n"."""
+    if table is None:
+        raise MalformedObjectError(
+            f"{archive}: member at offset {pos:#x} is named /{offset}, but no long-name table (//) precedes it"
+        )
+    if offset >= len(table):
+        raise MalformedObjectError(
+            f"{archive}: member at offset {pos:#x} is named /{offset}, past the "
+            f"end of the {len(table)}-byte long-name table"
+        )
+    stop = table.find(b"\n", offset)
+    raw = table[offset : stop if stop >= 0 else len(table)]
+    return raw[:-1] if raw.endswith(b"/") else raw

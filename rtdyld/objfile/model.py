@@ -1,0 +1,159 @@
+"""The format-neutral object model every reader produces.
+
+An :class:`ObjectFile` is a list of loadable sections plus two tables held as
+numpy structured arrays: symbols and relocations.  Relocations are already
+mapped to x86-64 edge kinds (:mod:`rtdyld.x86_64.edges`) with the readers'
+format quirks folded into the addend, so everything after the reader is
+format-blind.  Per-entry Python objects are built only on request (traces,
+error messages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+from typing import Mapping
+
+import numpy as np
+
+# --- symbols -----------------------------------------------------------------
+
+# Special values of the ``section`` column of the symbol table.
+SEC_UNDEF = -1  # defined elsewhere
+SEC_ABS = -2  # ``value`` is an absolute address
+SEC_COMMON = -3  # tentative definition: ``value`` = alignment, ``size`` = size
+SEC_DISCARDED = -4  # defined in a section we do not load (debug info, a dropped COMDAT)
+
+
+class Bind(IntEnum):
+    LOCAL = 0
+    GLOBAL = 1
+    WEAK = 2
+
+
+class SymType(IntEnum):
+    NOTYPE = 0
+    OBJECT = 1
+    FUNC = 2
+    SECTION = 3
+    FILE = 4
+    TLS = 5
+    IFUNC = 6
+
+
+class Visibility(IntEnum):
+    DEFAULT = 0
+    INTERNAL = 1
+    HIDDEN = 2
+    PROTECTED = 3
+
+
+SYM_DTYPE = np.dtype(
+    [
+        ("value", "<u8"),  # offset within ``section``; see SEC_* for the others
+        ("size", "<u8"),
+        ("section", "<i4"),  # index into ObjectFile.sections, or SEC_*
+        ("bind", "u1"),
+        ("type", "u1"),
+        ("vis", "u1"),
+    ]
+)
+
+# --- relocations ---------------------------------------------------------------
+
+RELOC_DTYPE = np.dtype(
+    [
+        ("section", "<i4"),  # the section being patched (index into sections)
+        ("offset", "<u8"),  # where in that section
+        ("kind", "u1"),  # rtdyld.x86_64.edges.Edge
+        ("rtype", "<u4"),  # the type as the object wrote it, for traces
+        ("sym", "<i4"),  # target symbol (index into the symbol table)
+        ("sym2", "<i4"),  # subtrahend symbol for Difference kinds, else -1
+        ("addend", "<i8"),  # format quirks (PLT32 -4, SIGNED_N, ...) already applied
+    ]
+)
+
+
+def empty_relocs(n: int = 0) -> np.ndarray:
+    r = np.zeros(n, dtype=RELOC_DTYPE)
+    r["sym2"] = -1
+    return r
+
+
+# --- sections ----------------------------------------------------------------
+
+
+class SectionFlags(IntFlag):
+    NONE = 0
+    WRITE = 1
+    EXEC = 2
+    ZERO_FILL = 4  # no file bytes: .bss, __zerofill
+    TLS = 8
+    MERGE = 16
+    STRINGS = 32
+
+
+class SectionRole(IntEnum):
+    NORMAL = 0
+    INIT_ARRAY = 1  # pointers run at finalize, in priority order
+    FINI_ARRAY = 2  # pointers run at removal, reverse order
+    CTORS = 3  # legacy .ctors: run in reverse order
+    DTORS = 4
+    EH_FRAME = 5
+
+
+@dataclass
+class Section:
+    """One loadable section of an object."""
+
+    name: str  # as the object names it (".text.foo", "__TEXT,__text")
+    data: bytes | memoryview  # file bytes; empty for ZERO_FILL
+    size: int
+    align: int
+    flags: SectionFlags
+    role: SectionRole = SectionRole.NORMAL
+    priority: int | None = None  # init/fini priority (".init_array.00101" -> 101)
+    group: int | None = None  # index into ObjectFile.groups (COMDAT)
+    source_index: int = -1  # the format's own section number, for messages
+
+
+@dataclass
+class Group:
+    """A COMDAT group: keep one copy per signature, drop the others."""
+
+    signature: str
+    sections: list[int]
+
+
+@dataclass
+class ObjectFile:
+    """A relocatable object, read into tables.
+
+    ``symbols`` and ``names`` are parallel; ``relocs`` is sorted by
+    (section, offset).  ``symbol_prefix`` is the format's global-name
+    decoration ("_" for Mach-O C symbols): host look-ups strip exactly it.
+    """
+
+    name: str
+    format: str  # "elf" or "macho"
+    sections: list[Section]
+    symbols: np.ndarray  # SYM_DTYPE
+    names: list[str]
+    relocs: np.ndarray  # RELOC_DTYPE
+    groups: list[Group] = field(default_factory=list)
+    symbol_prefix: str = ""
+    rtype_names: Mapping[int, str] = field(default_factory=dict)
+    subsections_via_symbols: bool = False
+
+    def reloc_type_name(self, rtype: int) -> str:
+        return self.rtype_names.get(int(rtype), f"type {int(rtype)}")
+
+    def describe_symbol(self, index: int) -> str:
+        """A readable name even for nameless section symbols."""
+        name = self.names[index] if 0 <= index < len(self.names) else ""
+        if name:
+            return name
+        sec = int(self.symbols["section"][index])
+        if 0 <= sec < len(self.sections):
+            return self.sections[sec].name
+        return f"<symbol {index}>"

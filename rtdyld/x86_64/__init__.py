@@ -1,0 +1,1 @@
+"""Everything specific to x86-64: edge kinds, GOT and stubs, fixups."""

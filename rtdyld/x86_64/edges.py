@@ -1,0 +1,64 @@
+"""x86-64 edge kinds: the relocation vocabulary shared by every reader.
+
+Readers translate their format's relocation types into these kinds (as
+JITLink does), so the fixup code never knows ELF from Mach-O.  Formulas use
+the psABI's names: S symbol address, A addend, P place, GOT the batch's GOT
+base, G a slot's offset within the GOT, L a stub (PLT) address, Z the
+symbol's size, S2 the subtrahend of a Mach-O SUBTRACTOR pair.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+
+class Edge(IntEnum):
+    NONE = 0
+    Pointer64 = 1  # S + A
+    Pointer32 = 2  # S + A, zero-extended 32 bits
+    Pointer32Signed = 3  # S + A, sign-extended 32 bits
+    Pointer16 = 4  # S + A, 16 bits (signed or unsigned)
+    Pointer8 = 5  # S + A, 8 bits (signed or unsigned)
+    Delta64 = 6  # S + A - P
+    Delta32 = 7  # S + A - P
+    Delta16 = 8  # S + A - P
+    Delta8 = 9  # S + A - P
+    Branch32 = 10  # S + A - P, through a stub when S is out of reach
+    GOTDelta32 = 11  # GOT + G + A - P
+    GOTDelta32Relaxable = 12  # as GOTDelta32; the load may become a lea
+    GOTOffset64 = 13  # G + A
+    GOTDelta64 = 14  # GOT + G + A - P
+    GOTBaseOffset64 = 15  # S + A - GOT
+    GOTBaseDelta32 = 16  # GOT + A - P
+    GOTBaseDelta64 = 17  # GOT + A - P
+    PLTOffset64 = 18  # L + A - GOT
+    Size32 = 19  # Z + A
+    Size64 = 20  # Z + A
+    Difference64 = 21  # S - S2 + A
+    Difference32 = 22  # S - S2 + A
+
+
+N_EDGES = len(Edge)
+
+# Bytes written by each kind (index = Edge value).
+WIDTH = np.array(
+    [0, 8, 4, 4, 2, 1, 8, 4, 2, 1, 4, 4, 4, 8, 8, 8, 4, 8, 8, 4, 8, 8, 4],
+    dtype=np.int64,
+)
+assert len(WIDTH) == N_EDGES
+
+# Kinds whose value depends on a GOT slot for the target.
+NEEDS_GOT_SLOT = frozenset(
+    {Edge.GOTDelta32, Edge.GOTDelta32Relaxable, Edge.GOTOffset64, Edge.GOTDelta64}
+)
+# Kinds whose value depends on the GOT base (so the batch needs a GOT at all).
+USES_GOT_BASE = NEEDS_GOT_SLOT | {
+    Edge.GOTBaseOffset64,
+    Edge.GOTBaseDelta32,
+    Edge.GOTBaseDelta64,
+    Edge.PLTOffset64,
+}
+# Kinds that store an absolute 32-bit address: code using them must live low.
+ABSOLUTE_32 = frozenset({Edge.Pointer32, Edge.Pointer32Signed})

@@ -1,0 +1,93 @@
+"""Compute, range-check and write relocation values, one edge kind at a time.
+
+All arithmetic is on uint64 arrays, wrapping like the hardware; a value is
+interpreted as signed only for range checks.  Nothing is written until every
+value of the batch has passed its check, so an overflow leaves the working
+memory untouched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .edges import WIDTH, Edge
+
+U = np.uint64
+
+# Accepted value ranges per kind, as (low, high) inclusive on the signed view.
+_I32 = (-(1 << 31), (1 << 31) - 1)
+_RANGE = {
+    Edge.Pointer32: (0, (1 << 32) - 1),
+    Edge.Pointer32Signed: _I32,
+    Edge.Pointer16: (-(1 << 15), (1 << 16) - 1),
+    Edge.Pointer8: (-(1 << 7), (1 << 8) - 1),
+    Edge.Delta32: _I32,
+    Edge.Delta16: (-(1 << 15), (1 << 15) - 1),
+    Edge.Delta8: (-(1 << 7), (1 << 7) - 1),
+    Edge.Branch32: _I32,
+    Edge.GOTDelta32: _I32,
+    Edge.GOTDelta32Relaxable: _I32,
+    Edge.GOTBaseDelta32: _I32,
+    Edge.Size32: (0, (1 << 32) - 1),
+    Edge.Difference32: (-(1 << 31), (1 << 32) - 1),
+}
+
+
+def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
+    """The value of every relocation, by the psABI formula of its kind.
+
+    ``S`` is already the stub address where a stub is used, ``G`` the GOT
+    slot's offset (meaningful only for GOT kinds), ``GOT`` a scalar.
+    """
+    A = A.astype(np.int64).view(U)
+    GOT = U(GOT)
+    v = np.zeros(len(kind), dtype=U)
+    for k in np.unique(kind):
+        m = kind == k
+        s, a, p = S[m], A[m], P[m]
+        k = Edge(int(k))
+        if k in (Edge.Pointer64, Edge.Pointer32, Edge.Pointer32Signed, Edge.Pointer16, Edge.Pointer8):
+            v[m] = s + a
+        elif k in (Edge.Delta64, Edge.Delta32, Edge.Delta16, Edge.Delta8, Edge.Branch32):
+            v[m] = s + a - p
+        elif k in (Edge.GOTDelta32, Edge.GOTDelta32Relaxable, Edge.GOTDelta64):
+            v[m] = GOT + G[m] + a - p
+        elif k == Edge.GOTOffset64:
+            v[m] = G[m] + a
+        elif k == Edge.GOTBaseOffset64:
+            v[m] = s + a - GOT
+        elif k in (Edge.GOTBaseDelta32, Edge.GOTBaseDelta64):
+            v[m] = GOT + a - p
+        elif k == Edge.PLTOffset64:
+            v[m] = s + a - GOT  # L = S: no lazy PLT, the 64-bit call reaches anything
+        elif k in (Edge.Size32, Edge.Size64):
+            v[m] = Z[m] + a
+        elif k in (Edge.Difference64, Edge.Difference32):
+            v[m] = s - S2[m] + a
+        else:
+            raise AssertionError(f"unhandled edge kind {k!r}")
+    return v
+
+
+def out_of_range(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Mask of relocations whose value does not fit the field."""
+    signed = value.view(np.int64)
+    bad = np.zeros(len(kind), dtype=bool)
+    for k, (lo, hi) in _RANGE.items():
+        m = kind == k
+        if np.any(m):
+            bad[m] = (signed[m] < lo) | (signed[m] > hi)
+    return bad
+
+
+def write(memory: np.ndarray, where: np.ndarray, kind: np.ndarray, value: np.ndarray) -> None:
+    """Store each value little-endian in WIDTH[kind] bytes at ``where``."""
+    width = WIDTH[kind]
+    for w in (1, 2, 4, 8):
+        m = width == w
+        if not np.any(m):
+            continue
+        at = where[m]
+        v = value[m]
+        for b in range(w):
+            memory[at + b] = ((v >> U(8 * b)) & U(0xFF)).astype(np.uint8)

@@ -1,0 +1,75 @@
+"""Decide, before layout, which targets need a GOT slot or a stub.
+
+mold's shape: scan first, apply later.  A target is *in reach* when every
+byte of the region the batch will be placed in is within a signed 32-bit
+displacement of it; internal targets always are (one batch is one
+allocation).  Branches to targets out of reach go through a stub; GOT loads
+of targets in reach are relaxed to ``lea`` (and ``call``/``jmp *GOT`` to direct
+ones), as JITLink and lld do, so such targets need no slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .edges import ABSOLUTE_32, NEEDS_GOT_SLOT, Edge
+
+# Keep a margin so that the region's own size and instruction lengths never
+# turn an "in reach" verdict into an overflow.
+REACH = (1 << 31) - (64 << 20)
+
+# Opcode bytes (at offset-2, offset-1 of the displacement) we can relax.
+MOV_LOAD, LEA = 0x8B, 0x8D
+RELAX_NONE, RELAX_MOV, RELAX_CALL, RELAX_JMP = 0, 1, 2, 3
+
+
+@dataclass
+class ScanResult:
+    got_targets: np.ndarray  # unique canonical target ids that get a GOT slot
+    stub_targets: np.ndarray  # unique canonical target ids that get a stub
+    use_stub: np.ndarray  # bool per relocation: S is the target's stub
+    relax: np.ndarray  # RELAX_* per relocation
+
+
+def needs_low_memory(kind: np.ndarray, internal_target: np.ndarray) -> np.ndarray:
+    """Relocations that store an absolute 32-bit address of the batch's own code or data."""
+    return np.isin(kind, list(ABSOLUTE_32)) & internal_target
+
+
+def in_reach(addresses: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Which of ``addresses`` every byte of [lo, hi) can reach with a rel32."""
+    # User-space addresses are below 2^47, so int64 differences cannot wrap.
+    a = addresses.astype(np.uint64).view(np.int64)
+    return (np.abs(a - np.int64(lo)) < REACH) & (np.abs(a - np.int64(hi)) < REACH)
+
+
+def scan(
+    kind: np.ndarray,
+    target: np.ndarray,
+    reachable: np.ndarray,
+    opcode: np.ndarray,
+    modrm: np.ndarray,
+    branch_like: np.ndarray,
+) -> ScanResult:
+    """Classify relocations.
+
+    ``target`` is each relocation's canonical target id, ``reachable`` says
+    per relocation whether that target is in reach, ``opcode``/``modrm`` are
+    the two bytes before the fixup (0 where not applicable), ``branch_like``
+    marks Delta32 fixups that are the operand of a call/jmp (which a stub can
+    serve as well as a PLT entry would).
+    """
+    relaxable = kind == Edge.GOTDelta32Relaxable
+    rip = (modrm & 0xC7) == 0x05
+    relax = np.zeros(len(kind), dtype=np.uint8)
+    can = relaxable & reachable & rip
+    relax[can & (opcode == MOV_LOAD)] = RELAX_MOV
+    relax[can & (opcode == 0xFF) & (modrm == 0x15)] = RELAX_CALL
+    relax[can & (opcode == 0xFF) & (modrm == 0x25)] = RELAX_JMP
+    needs_slot = np.isin(kind, [int(k) for k in NEEDS_GOT_SLOT]) & (relax == RELAX_NONE)
+    use_stub = ((kind == Edge.Branch32) | branch_like) & ~reachable
+    got_targets = np.unique(np.concatenate([target[needs_slot], target[use_stub]]))
+    stub_targets = np.unique(target[use_stub])
+    return ScanResult(got_targets=got_targets, stub_targets=stub_targets, use_stub=use_stub, relax=relax)
