@@ -83,8 +83,7 @@ def assemble(
     if proc.returncode != 0 or not proc.stdout:
         message = proc.stderr.decode("utf-8", "replace").strip()
         message = message.replace(_INLINE_ASM, name)
-        if message.startswith("error: "):
-            message = message[len("error: "):]
+        message = message.removeprefix("error: ")
         if not message.startswith(name + ":"):
             message = f"{name}: {message or 'the assembler failed'}"
         raise MalformedObjectError(message)

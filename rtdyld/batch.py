@@ -77,6 +77,7 @@ class LinkedBatch:
     finalizers: list[int] = field(default_factory=list)
     kept_groups: set[str] = field(default_factory=set)
     segments: dict = field(default_factory=dict)
+    pulls: dict = field(default_factory=dict)  # id(object) -> archives.Pull
 
     def section_address(self, obj: int, index: int) -> int:
         for p in self.sections:
@@ -158,6 +159,7 @@ class BatchLinker:
         self.stype = syms["type"] if syms is not None else np.zeros(0, np.uint8)
         self.vis = syms["vis"] if syms is not None else np.zeros(0, np.uint8)
         self.sym_obj = np.repeat(np.arange(len(self.objects)), counts)
+        self.names = [name for o in self.objects for name in o.names]
         gsec = np.empty(self.nsyms, dtype=np.int64)
         for oi, obj in enumerate(self.objects):
             local = obj.symbols["section"].astype(np.int64)
@@ -205,19 +207,20 @@ class BatchLinker:
     def resolve(self) -> None:
         n = self.nsyms
         canon = np.arange(n, dtype=np.int64)
-        named = np.flatnonzero((self.bind != Bind.LOCAL))
+        named = np.flatnonzero(self.bind != Bind.LOCAL).tolist()
+        names, gsec, bind = self.names, self.gsec, self.bind
+        sec_of = gsec[named].tolist() if named else []
+        weak_of = (bind[named] == Bind.WEAK).tolist() if named else []
         defs: dict[str, int] = {}
+        strong: dict[str, bool] = {}
         commons: dict[str, list[int]] = {}
         refs: dict[str, list[int]] = {}
-        strong = {}
-        for i in named.tolist():
-            oi = int(self.sym_obj[i])
-            name = self.objects[oi].names[i - int(self.sym_base[oi])]
+        losers: list[tuple[str, int]] = []  # weak or duplicate-weak definitions that did not win
+        for i, sec, weak in zip(named, sec_of, weak_of):
+            name = names[i]
             if not name:
                 continue
-            sec = int(self.gsec[i])
             if sec >= 0 or sec == SEC_ABS:
-                weak = int(self.bind[i]) == Bind.WEAK
                 prev = defs.get(name)
                 if prev is None:
                     defs[name] = i
@@ -227,7 +230,10 @@ class BatchLinker:
                         f"duplicate symbol {name!r}: defined in {self._definer(prev)} and in {self._definer(i)}"
                     )
                 elif not weak:
+                    losers.append((name, prev))
                     defs[name], strong[name] = i, True
+                else:
+                    losers.append((name, i))
             elif sec == SEC_COMMON:
                 commons.setdefault(name, []).append(i)
             else:
@@ -236,79 +242,67 @@ class BatchLinker:
         self.commons: dict[str, tuple[int, int, int]] = {}  # name -> (canonical sym, size, align)
         for name, idx in commons.items():
             if name in defs and strong[name]:
-                for i in idx:
-                    refs.setdefault(name, []).append(i)
+                refs.setdefault(name, []).extend(idx)
                 continue
             if name in defs:  # a weak definition loses to a tentative one
-                refs.setdefault(name, []).append(defs.pop(name))
-            size = int(max(self.size[i] for i in idx))
-            align = int(max(self.value[i] for i in idx)) or 1
+                losers.append((name, defs.pop(name)))
+            size = int(self.size[idx].max())
+            align = int(self.value[idx].max()) or 1
             defs[name] = idx[0]
             strong[name] = True
             self.commons[name] = (idx[0], size, align)
-            for i in idx[1:]:
-                canon[i] = idx[0]
-        self.defs = defs
-        # Earlier batches win over weak definitions here; strong ones clash.
+            refs.setdefault(name, []).extend(idx[1:])
+        for name, i in losers:
+            refs.setdefault(name, []).append(i)
         self.externals: list[External] = []
-        ext_index: dict[str, int] = {}
-        missing: dict[str, list[int]] = {}
-
-        def external(name: str, d: SymbolDef | None, address=None, source=""):
-            if name not in ext_index:
-                ext_index[name] = n + len(self.externals)
-                if d is not None:
-                    self.externals.append(External(name, d.address, d.origin, d.size))
-                else:
-                    self.externals.append(External(name, address, source))
-            return ext_index[name]
-
-        for name, i in list(defs.items()):
-            earlier = self.resolver.published.get(name)
-            if earlier is None:
-                continue
+        self._ext_index: dict[str, int] = {}
+        # Earlier batches win over weak definitions here; strong ones clash.
+        published = self.resolver.published
+        for name in [m for m in defs if m in published]:
+            earlier = published[name]
+            i = defs[name]
             if strong[name] and earlier.bind != Bind.WEAK:
                 raise DuplicateSymbolError(
                     f"duplicate symbol {name!r}: defined in {self._definer(i)} and already "
                     f"loaded from {earlier.origin}"
                 )
             if not strong[name] or earlier.bind != Bind.WEAK:
-                canon[i] = external(name, earlier)
                 del defs[name]
                 refs.setdefault(name, []).append(i)
-        for name, def_i in defs.items():
-            for i in refs.pop(name, []):
-                canon[i] = canon[def_i]
-            # weak definitions that lost to the winner
-        for i in named.tolist():
-            oi = int(self.sym_obj[i])
-            name = self.objects[oi].names[i - int(self.sym_base[oi])]
-            if name in defs and (self.gsec[i] >= 0 or self.gsec[i] == SEC_ABS) and i != defs[name]:
-                canon[i] = canon[defs[name]]
+                self.commons.pop(name, None)
+        self.defs = defs
         self.got_ext = None
+        missing: dict[str, list[int]] = {}
         for name, idx in refs.items():
-            if any(canon[i] >= n for i in idx):
-                ext = int(canon[idx[0]]) if canon[idx[0]] >= n else None
-                if ext is not None:
-                    canon[idx] = ext
-                    continue
+            d = defs.get(name)
+            if d is not None:
+                canon[idx] = d
+                continue
             if name == GOT_SYMBOL:
-                e = external(name, None, 0, "the batch's GOT")
-                self.got_ext = e
-                canon[idx] = e
+                self.got_ext = self._external(name, None, 0, "the batch's GOT")
+                canon[idx] = self.got_ext
                 continue
             prefix = self.objects[int(self.sym_obj[idx[0]])].symbol_prefix
-            d = self.resolver.resolve(name, prefix)
-            if d is not None:
-                canon[idx] = external(name, d)
-            elif all(int(self.bind[i]) == Bind.WEAK for i in idx):
-                canon[idx] = external(name, None, 0, "weak undefined")
+            found = self.resolver.resolve(name, prefix)
+            if found is not None:
+                canon[idx] = self._external(name, found)
+            elif not np.any(bind[idx] != Bind.WEAK):
+                canon[idx] = self._external(name, None, 0, "weak undefined")
             else:
                 missing[name] = idx
         if missing:
             self._undefined(missing)
         self.canon = canon
         self._check_discarded_locals()
+
+    def _external(self, name: str, d: SymbolDef | None, address: int = 0, source: str = "") -> int:
+        if name not in self._ext_index:
+            self._ext_index[name] = self.nsyms + len(self.externals)
+            if d is not None:
+                self.externals.append(External(name, d.address, d.origin, d.size))
+            else:
+                self.externals.append(External(name, address, source))
+        return self._ext_index[name]
 
     def _definer(self, i: int) -> str:
         oi = int(self.sym_obj[i])
@@ -632,25 +626,24 @@ class BatchLinker:
 
     def result(self) -> LinkedBatch:
         defs: dict[str, SymbolDef] = {}
-        for name, i in self.defs.items():
-            oi = int(self.sym_obj[i])
-            sec = int(self.gsec[i])
-            section = ""
-            if sec >= 0:
-                section = self.objects[oi].sections[self.placed[sec].index].name
-            elif name in self.commons:
-                section = "COMMON"
-            size = self.commons[name][1] if name in self.commons else int(self.size[i])
-            defs[name] = SymbolDef(
-                name=name,
-                address=int(self.addr[i]),
-                size=size,
-                type=int(self.stype[i]),
-                bind=int(self.bind[i]),
-                vis=int(self.vis[i]),
-                origin=self.objects[oi].name,
-                section=section,
-            )
+        idx = np.fromiter(self.defs.values(), dtype=np.int64, count=len(self.defs))
+        cols = zip(
+            self.defs.keys(),
+            self.addr[idx].tolist(),
+            self.size[idx].tolist(),
+            self.stype[idx].tolist(),
+            self.bind[idx].tolist(),
+            self.vis[idx].tolist(),
+            self.sym_obj[idx].tolist(),
+            self.gsec[idx].tolist(),
+        )
+        for name, address, size, stype, bind, vis, oi, sec in cols:
+            obj = self.objects[oi]
+            if name in self.commons:
+                section, size = "COMMON", self.commons[name][1]
+            else:
+                section = obj.sections[self.placed[sec].index].name if sec >= 0 else ""
+            defs[name] = SymbolDef(name, address, size, stype, bind, vis, obj.name, section)
         init, fini = self._init_fini()
         return LinkedBatch(
             objects=self.objects,

@@ -7,6 +7,7 @@ import threading
 import weakref
 
 from . import host, initfini
+from .archives import ArchiveSet, Pull
 from .batch import BatchLinker, LinkedBatch
 from .errors import LinkError, UndefinedSymbolError, UsageError
 from .inputs import parse_object, read_input
@@ -75,6 +76,8 @@ class Linker:
         self.resolver = resolver if resolver is not None else Resolver()
         self.run_initializers = run_initializers
         self.pending: list[ObjectFile] = []
+        self.pending_pulls: list[tuple[ObjectFile, Pull]] = []
+        self.archives = ArchiveSet()
         self.handles: list[Handle] = []
         self.kept_groups: set[str] = set()
         self.library_dirs: list[str] = []
@@ -101,6 +104,47 @@ class Linker:
         data, display = compile_module(module, name, reloc=reloc, code_model=code_model, opt=opt, triple=triple)
         return self.add_object(data, name=display)
 
+    def add_archive(self, path, whole: bool = False) -> None:
+        """Register a static archive: members are loaded at finalize only when
+        they define a symbol still undefined (all of them with ``whole=True``)."""
+        with self._lock:
+            ar = self.archives.add(path)
+            if whole:
+                self.pending_pulls.extend(self.archives.whole(ar))
+
+    def add_file(self, path: str, triple: str | None = None) -> None:
+        """Add an input the way the command line does, by its kind:
+        LLVM IR (.ll/.bc), assembly (.s), an archive, or an object."""
+        import os
+
+        ext = os.path.splitext(str(path))[1]
+        if ext in (".ll", ".bc"):
+            data, _ = read_input(path)
+            self.add_module(data if ext == ".bc" else data.decode(), name=str(path), triple=triple)
+        elif ext in (".s", ".S"):
+            from .asm import assemble
+
+            data, name = assemble(open(path).read(), name=str(path), triple=triple)
+            self.add_object(data, name=name)
+        else:
+            with open(path, "rb") as f:
+                magic = f.read(8)
+            if magic in (b"!<arch>\n", b"!<thin>\n"):
+                self.add_archive(path)
+            else:
+                self.add_object(path)
+
+    def link_library(self, name: str, static: bool = False) -> str:
+        """``-l NAME``: dlopen libNAME.so, or link libNAME.a lazily when only the
+        archive exists or ``static`` is set.  Returns the path used."""
+        from .libsearch import find_library
+
+        kind, where = find_library(name, self.library_dirs, static)
+        if kind == "archive":
+            self.add_archive(where)
+            return where
+        return self.load_library(where)
+
     def load_library(self, name: str) -> str:
         """dlopen a shared library (``"m"`` like ``-lm``) as a symbol source; returns its path."""
         handle, path = host.open_library(name, self.library_dirs)
@@ -118,17 +162,28 @@ class Linker:
         """Link the pending batch and publish its symbols; returns its handle."""
         with self._lock:
             objects, self.pending = self.pending, []
-            try:
-                linked = BatchLinker(objects, self.resolver, self.memory, self.kept_groups, self.pinned).link()
-            except LinkError:
-                raise
+            whole, self.pending_pulls = self.pending_pulls, []
+            pulls = whole + self.archives.pull(objects + [o for o, _ in whole], self._outranks_archives)
+            objects = objects + [o for o, _ in pulls]
+            linked = BatchLinker(objects, self.resolver, self.memory, self.kept_groups, self.pinned).link()
+            linked.pulls = {id(o): p for o, p in pulls}
             handle = self._publish(linked)
+            for _, p in pulls:
+                self.archives.loaded.add(self.archives.key(p.member))
             return handle
+
+    def _outranks_archives(self, name: str, prefix: str) -> bool:
+        """Earlier batches and user definitions come before archives in the chain."""
+        r = self.resolver
+        if name in r.published or name in r.user:
+            return True
+        return bool(prefix) and name.startswith(prefix) and name[len(prefix):] in r.user
 
     def abort(self) -> None:
         """Discard everything added since the last finalize."""
         with self._lock:
             self.pending = []
+            self.pending_pulls = []
 
     def _publish(self, linked: LinkedBatch) -> Handle:
         alloc = linked.allocation
@@ -164,6 +219,8 @@ class Linker:
                 if self.resolver.published.get(name) is d:
                     del self.resolver.published[name]
             self.kept_groups -= linked.kept_groups
+            for p in linked.pulls.values():
+                self.archives.loaded.discard(self.archives.key(p.member))
             linked.allocation.release()
             handle.removed = True
             self.handles.remove(handle)

@@ -552,6 +552,10 @@ def test_bsd_string_index_past_table():
     )
 
 
+def test_bsd_unterminated_string():
+    _bad(_symdef([(0, 8)], b"foo"), r"symbol index at offset 0x8: name at offset 0 is not NUL-terminated")
+
+
 def test_absurd_bsd_counts():
     _bad(
         _symdef([], b"", ranlib_bytes=0xFFFFFFF8),

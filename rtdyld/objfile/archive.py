@@ -234,13 +234,7 @@ def read_archive(
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         display = name if name is not None else "<memory>"
         view = memoryview(path_or_bytes).cast("B")
-        return Archive(
-            display,
-            view,
-            None,
-            list_definitions,
-            os.path.dirname(display if name else ""),
-        )
+        return Archive(display, view, None, list_definitions, os.path.dirname(name or ""))
     path = os.fspath(path_or_bytes)
     display = name if name is not None else path
     try:

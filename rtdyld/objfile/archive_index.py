@@ -22,6 +22,7 @@ from rtdyld.objfile.archive_layout import (
     NAME_ENCODING,
     NAME_ERRORS,
 )
+from rtdyld.objfile.strtab import read_names
 
 _WORD = {INDEX_GNU32: 4, INDEX_GNU64: 8, INDEX_BSD32: 4, INDEX_BSD64: 8}
 
@@ -77,27 +78,11 @@ def _bsd(data: memoryview, word: int, where: str) -> tuple[list[str], np.ndarray
             f"{where}: entry {int(bad[0])} has string index {int(strx[bad[0]])}, "
             f"past the {strtab_size}-byte string table"
         )
-    strtab = bytes(data[strtab_start : strtab_start + strtab_size])
-    return _names_at(strtab, strx.astype(np.int64)), offsets
-
-
-def _names_at(strtab: bytes, strx: np.ndarray) -> list[str]:
-    """The NUL-terminated strings starting at each of ``strx``.
-
-    Split the table once; an index into the middle of a string (a shared
-    suffix) is the only case sliced on its own.
-    """
-    if not len(strx):
-        return []
-    pieces = strtab.split(b"\0")
-    lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
-    starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
-    which = np.searchsorted(starts, strx, side="right") - 1
-    chosen = [pieces[i] for i in which.tolist()]
-    for k in np.flatnonzero(starts[which] != strx).tolist():
-        x = int(strx[k])
-        chosen[k] = strtab[x:].split(b"\0", 1)[0]
-    return b"\0".join(chosen).decode(NAME_ENCODING, NAME_ERRORS).split("\0")
+    try:
+        names = read_names(data[strtab_start : strtab_start + strtab_size], strx)
+    except ValueError as e:
+        raise MalformedObjectError(f"{where}: {e}") from None
+    return names, offsets
 
 
 def _members_at(offsets: np.ndarray, header_offsets: np.ndarray, names: list[str], where: str) -> np.ndarray:

@@ -255,6 +255,8 @@ class _Reader:
         filesize = len(self.mv)
         if s.align > _MAX_ALIGN_LOG2:
             raise self.fail(f"{where} has alignment 2**{s.align}")
+        if s.addr + s.size >= 1 << 63:
+            raise self.fail(f"{where} address range [{s.addr:#x}, +{s.size:#x}) is out of range")
         if not s.zero_fill and s.offset + s.size > filesize:
             raise self.fail(
                 f"{where} data (offset {s.offset:#x}, size {s.size:#x}) runs past the end of the file"

@@ -39,7 +39,6 @@ LC_VERSION_MIN_IPHONEOS = 0x25
 LC_VERSION_MIN_TVOS = 0x2F
 LC_VERSION_MIN_WATCHOS = 0x30
 LC_BUILD_VERSION = 0x32
-LC_SEGMENT = 0x1
 
 # cmd, cmdsize, segname, vmaddr, vmsize, fileoff, filesize, maxprot,
 # initprot, nsects, flags
