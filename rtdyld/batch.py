@@ -49,6 +49,7 @@ class External:
     address: int
     source: str  # where it came from, for traces and errors
     size: int = 0
+    definition: SymbolDef | None = None  # for batches depending on earlier ones
 
 
 @dataclass
@@ -96,9 +97,11 @@ class BatchLinker:
         memory,
         kept_groups: set[str],
         pinned: dict[tuple[str, str], int] | None = None,
+        pending=None,
     ):
         self.objects = objects
         self.resolver = resolver
+        self.pending = pending
         self.memory = memory
         self.session_groups = kept_groups
         self.pinned = pinned or {}
@@ -270,6 +273,7 @@ class BatchLinker:
                 del defs[name]
                 refs.setdefault(name, []).append(i)
                 self.commons.pop(name, None)
+                self._external(name, earlier)
         self.defs = defs
         self.got_ext = None
         missing: dict[str, list[int]] = {}
@@ -283,7 +287,7 @@ class BatchLinker:
                 canon[idx] = self.got_ext
                 continue
             prefix = self.objects[int(self.sym_obj[idx[0]])].symbol_prefix
-            found = self.resolver.resolve(name, prefix)
+            found = self.resolver.resolve(name, prefix, self.pending)
             if found is not None:
                 canon[idx] = self._external(name, found)
             elif not np.any(bind[idx] != Bind.WEAK):
@@ -299,7 +303,7 @@ class BatchLinker:
         if name not in self._ext_index:
             self._ext_index[name] = self.nsyms + len(self.externals)
             if d is not None:
-                self.externals.append(External(name, d.address, d.origin, d.size))
+                self.externals.append(External(name, d.address, d.origin, d.size, d))
             else:
                 self.externals.append(External(name, address, source))
         return self._ext_index[name]
@@ -375,9 +379,33 @@ class BatchLinker:
         if len(r):
             internal[internal] &= self.gsec[tgt[internal]] != SEC_ABS
         self.internal = internal
+        # Code built without PIC must live low; so must code whose 32-bit
+        # PC-relative data references only reach targets that live low.
         self.low = bool(np.any(scan.needs_low_memory(kind, internal)))
+        reachable, stuck, branch_like = self._reachability(self.low)
+        if len(stuck) and not self.low:
+            low_reachable, low_stuck, low_branch = self._reachability(True)
+            if not len(low_stuck):
+                self.low = True
+                reachable, stuck, branch_like = low_reachable, low_stuck, low_branch
+            else:
+                self._reachability(False)
+        if len(stuck):
+            self._unreachable(int(stuck[0]))
+        opcode = np.zeros(len(r), dtype=np.uint8)
+        modrm = np.zeros(len(r), dtype=np.uint8)
+        relaxable = kind == Edge.GOTDelta32Relaxable
+        if np.any(relaxable):
+            opcode[relaxable] = self._bytes_before(relaxable, 2)
+            modrm[relaxable] = self._bytes_before(relaxable, 1)
+        self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
+
+    def _reachability(self, low: bool):
+        """Per relocation: is the target in reach from the region ``low`` picks;
+        which 32-bit data references cannot reach; which fixups are branches."""
+        kind, tgt, n, internal = self.relocs["kind"], self.target, self.nsyms, self.internal
         try:
-            lo, hi = self.memory.reach_range(low=self.low)
+            lo, hi = self.memory.reach_range(low=low)
         except Exception as e:
             raise LayoutError(f"cannot reserve memory for the batch: {e}") from None
         self.reach = (lo, hi)
@@ -388,18 +416,12 @@ class BatchLinker:
         reachable = internal.copy()
         ext = ~internal & (tgt >= n)
         reachable[ext] = ext_ok[tgt[ext] - n]
-        # Absolute symbols are reachable if their value is.
         absolute = ~internal & (tgt < n)
         if np.any(absolute):
             reachable[absolute] = scan.in_reach(self.value[tgt[absolute]], lo, hi)
-        opcode = np.zeros(len(r), dtype=np.uint8)
-        modrm = np.zeros(len(r), dtype=np.uint8)
-        relaxable = kind == Edge.GOTDelta32Relaxable
-        if np.any(relaxable):
-            opcode[relaxable] = self._bytes_before(relaxable, 2)
-            modrm[relaxable] = self._bytes_before(relaxable, 1)
         far_data = np.isin(kind, [int(k) for k in PC32_DATA]) & ~reachable
-        branch_like = np.zeros(len(r), dtype=bool)
+        branch_like = np.zeros(len(kind), dtype=bool)
+        stuck = np.zeros(0, dtype=np.int64)
         if np.any(far_data):
             b1 = self._bytes_before(far_data, 1)
             b2 = self._bytes_before(far_data, 2)
@@ -408,9 +430,7 @@ class BatchLinker:
             )
             branch_like[far_data] = is_branch
             stuck = np.flatnonzero(far_data)[~is_branch]
-            if len(stuck):
-                self._unreachable(int(stuck[0]))
-        self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
+        return reachable, stuck, branch_like
 
     def _bytes_before(self, mask: np.ndarray, back: int) -> np.ndarray:
         """The byte ``back`` bytes before each masked fixup, from the object's bytes."""

@@ -1,36 +1,110 @@
-"""The ``rtdyld`` command."""
+"""The ``rtdyld`` command: run, and the debugging views of a link (trace,
+symbols, map, check)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from dataclasses import asdict
 
-from .errors import LinkError
+from .errors import LinkError, UsageError
 
 DESCRIPTION = """\
 rtdyld links x86-64 relocatable objects into this process and runs or inspects them.
 
 subcommands:
-  run      link objects, archives and LLVM IR, call main(argc, argv), exit with its status
+  run      link objects, archives, assembly and LLVM IR, call main(argc, argv), exit with its status
+  trace    link and print every relocation applied, with the bytes and instructions it changed
+  symbols  link and print the final symbol map (--undefined: what is missing, without linking)
+  map      link and print the memory layout: segments, sections, GOT, stubs, padding
+  check    link and verify the '# rtdyld-check:' lines of the assembly inputs
+
+Inputs are relocatable objects (.o), static archives (.a), x86-64 assembly (.s,
+assembled for --triple; foo.s is the object foo.o), LLVM IR (.ll) and bitcode (.bc).
+Run 'rtdyld COMMAND --help' for a command's options.
 """
+
+INSPECT_EPILOG = """\
+addresses:
+  Without --target-addr the batch is linked into this process (and not run).
+  With it, the batch is laid out on paper from ADDR: working memory is private,
+  nothing executes, initializers do not run, and every address is the same on
+  every run.  References to targets more than ~2 GiB from the 1 GiB window
+  starting at ADDR go through stubs (calls) or fail (data).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one ``rtdyld: error:`` line and exit status 1."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"rtdyld: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(1)
+
+
+def _address(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad address {text!r}: expected a number such as 0x10000") from None
+    if value < 0 or value >= 1 << 64:
+        raise argparse.ArgumentTypeError(f"address {text} is not a 64-bit address")
+    return value
+
+
+def _name_address(text: str) -> tuple[str, int]:
+    name, eq, addr = text.rpartition("=")
+    if not eq or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=ADDR, got {text!r}")
+    return name, _address(addr)
+
+
+def _section_address(text: str) -> tuple[str, str, int]:
+    where, eq, addr = text.rpartition("=")
+    file, comma, section = where.partition(",")
+    if not eq or not comma or not file or not section:
+        raise argparse.ArgumentTypeError(f"expected FILE,SECTION=ADDR, got {text!r}")
+    return file, section, _address(addr)
 
 
 def _add_link_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="object files (.o), LLVM IR (.ll) or bitcode (.bc)")
+                   help="objects (.o), archives (.a), assembly (.s), LLVM IR (.ll) or bitcode (.bc)")
     p.add_argument("-l", dest="libraries", action="append", default=[], metavar="NAME",
-                   help="load shared library libNAME.so (searched in -L dirs, then the system's)")
+                   help="link library NAME: libNAME.so (dlopen'ed), or libNAME.a when only the archive "
+                   "exists (searched in -L dirs, then the system's)")
     p.add_argument("-L", dest="library_dirs", action="append", default=[], metavar="DIR",
                    help="add DIR to the library search path")
+    p.add_argument("--triple", metavar="TRIPLE",
+                   help="target triple for .s and IR inputs (default: the host's; "
+                   "x86_64-apple-macosx10.15 makes Mach-O)")
+    p.add_argument("--define-abs", dest="define_abs", action="append", default=[], type=_name_address,
+                   metavar="NAME=ADDR", help="define NAME as the absolute address ADDR")
     p.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
 
 
+def _add_layout_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-addr", dest="target_addr", type=_address, metavar="ADDR",
+                   help="lay the batch out from the page-aligned address ADDR without mapping it "
+                   "(deterministic addresses, nothing runs)")
+    p.add_argument("--map-section", dest="map_section", action="append", default=[], type=_section_address,
+                   metavar="FILE,SECTION=ADDR",
+                   help="give section SECTION of object FILE the target address ADDR (e.g. foo.o,.text=0x1000; "
+                   "a Mach-O section is foo.o,__TEXT,__text=...)")
+
+
+def _add_format_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text tables (default) or one JSON object per line")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rtdyld", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="rtdyld", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    fmt = argparse.RawDescriptionHelpFormatter
+
     run = sub.add_parser(
         "run",
         help="link inputs and call main(argc, argv)",
@@ -40,6 +114,83 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_link_options(run)
     run.add_argument("--entry", default="main", metavar="SYM", help="entry point (default: main)")
+
+    trace = sub.add_parser(
+        "trace",
+        help="print every relocation applied",
+        formatter_class=fmt,
+        epilog=INSPECT_EPILOG,
+        description="Link the inputs (without running them, unless --run) and print every relocation "
+        "applied: object, section, offset, target address P, relocation type, symbol, S, A, the value "
+        "written, the bytes before and after, and the instruction holding the fixup before and after. "
+        "Then the GOT slots and stubs made, the externals with the resolver that supplied each, and "
+        "the archive members loaded. Relaxed GOT loads are marked on their row.",
+    )
+    _add_link_options(trace)
+    _add_layout_options(trace)
+    _add_format_option(trace)
+    trace.add_argument("--noexec", action="store_true",
+                       help="lay the batch out on paper (from --target-addr, default 0x10000), never mapped")
+    trace.add_argument("--run", action="store_true",
+                       help="after the trace, call the entry point as 'rtdyld run' does (arguments after --)")
+    trace.add_argument("--entry", default="main", metavar="SYM", help="entry point for --run (default: main)")
+    trace.add_argument("--symbol", metavar="NAME", help="only relocations against NAME (wildcards allowed)")
+    trace.add_argument("--section", metavar="NAME", help="only relocations in sections called NAME")
+    trace.add_argument("--object", metavar="NAME", help="only relocations in object NAME (foo.o, libz.a(deflate.o))")
+    trace.add_argument("--type", metavar="TYPE", help="only relocations of TYPE (R_X86_64_PLT32, or just PLT32)")
+    trace.add_argument("--no-disasm", dest="disasm", action="store_false",
+                       help="do not disassemble the instructions around each fixup")
+
+    symbols = sub.add_parser(
+        "symbols",
+        help="print the final symbol map",
+        formatter_class=fmt,
+        epilog=INSPECT_EPILOG,
+        description="Link the inputs and print every symbol the batch defines (address, size, type, "
+        "binding, visibility, defining object and section) and every external it uses with where it "
+        "came from (a library path, the process, a user definition, an earlier batch). With --undefined, "
+        "do not link: list each name the inputs reference but do not define, where it would come from "
+        "or MISSING, and who references it; missing names are not an error.",
+    )
+    _add_link_options(symbols)
+    _add_layout_options(symbols)
+    _add_format_option(symbols)
+    symbols.add_argument("--undefined", action="store_true",
+                         help="list the names the inputs need from elsewhere, without failing on missing ones")
+    symbols.add_argument("--locals", action="store_true", help="include local symbols")
+
+    mapc = sub.add_parser(
+        "map",
+        help="print the memory layout",
+        formatter_class=fmt,
+        epilog=INSPECT_EPILOG,
+        description="Link the inputs and print the memory layout like a linker map file: each segment "
+        "with its protection and size, the sections placed in it with their objects, the stub area, the "
+        "GOT, tentative definitions and padding; then sections pinned with --map-section.",
+    )
+    _add_link_options(mapc)
+    _add_layout_options(mapc)
+    _add_format_option(mapc)
+
+    check = sub.add_parser(
+        "check",
+        help="verify the check lines of the inputs",
+        formatter_class=fmt,
+        epilog=INSPECT_EPILOG,
+        description="Link the inputs and evaluate the '# rtdyld-check: EXPR = EXPR' and "
+        "'# jitlink-check: ...' lines of the .s inputs (or of the --check files) in LLVM's "
+        "RuntimeDyldChecker language: symbols, *{N}ADDR memory reads, section_addr(FILE, SECTION), "
+        "got_addr(FILE, SYMBOL), stub_addr(FILE, [SECTION,] SYMBOL), decode_operand(LABEL, N), "
+        "next_pc(LABEL). Prints each failing check with both sides' values and a summary; exits 1 "
+        "if any check fails or a checked file has none.",
+    )
+    _add_link_options(check)
+    _add_layout_options(check)
+    check.add_argument("--check", dest="check_files", action="append", default=[], metavar="FILE",
+                       help="read checks from FILE instead of from the .s inputs (repeatable)")
+    check.add_argument("--check-prefix", dest="check_prefixes", action="append", default=[], metavar="NAME",
+                       help="look for 'NAME:' lines (repeatable; default: rtdyld-check and jitlink-check)")
+    check.add_argument("-v", "--verbose", action="store_true", help="print passing checks too")
     return parser
 
 
@@ -50,27 +201,74 @@ def split_program_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def add_inputs(ln, inputs: list[str]) -> None:
-    for path in inputs:
-        ext = os.path.splitext(path)[1]
-        if ext in (".ll", ".bc"):
-            with open(path, "rb") as f:
-                data = f.read()
-            ln.add_module(data if ext == ".bc" else data.decode(), name=path)
-        else:
-            ln.add_object(path)
+# --- building the link ------------------------------------------------------------
 
 
-def cmd_run(args, program_args: list[str]) -> int:
-    from . import host
+def _memory(args, noexec: bool = False):
+    """VirtualMemory for --target-addr/--noexec, else None (this process's memory)."""
+    base = getattr(args, "target_addr", None)
+    if base is None and not noexec:
+        return None
+    from memmgr import VirtualMemory
+
+    try:
+        return VirtualMemory() if base is None else VirtualMemory(base=base)
+    except ValueError as e:
+        raise UsageError(f"--target-addr {base:#x}: {e}") from None
+
+
+def make_linker(args, memory=None, run_initializers: bool = False):
+    """A Linker with the inputs, libraries and definitions of the command line added."""
     from .linker import Linker
 
-    ln = Linker()
+    ln = Linker(memory=memory, run_initializers=run_initializers)
     ln.library_dirs.extend(args.library_dirs)
+    for name, address in args.define_abs:
+        ln.define(name, address)
+    for file, section, address in getattr(args, "map_section", []):
+        ln.pinned[(file, section)] = address
     for lib in args.libraries:
-        ln.load_library(lib)
-    add_inputs(ln, args.inputs)
-    ln.finalize()
+        ln.link_library(lib)
+    for path in args.inputs:
+        ln.add_file(path, triple=args.triple)
+    return ln
+
+
+def _check_pins(args, batch) -> None:
+    """Every --map-section must have named a loaded section."""
+    from .symmap import BatchSymbols
+
+    view = BatchSymbols(batch)
+    for file, section, address in getattr(args, "map_section", []):
+        try:
+            oi = view.object_index(file)
+        except KeyError:
+            names = ", ".join(o.name for o in batch.objects)
+            raise UsageError(f"--map-section {file},{section}: no object {file!r} in the link (objects: {names})")
+        if not any(o.name == file for o in batch.objects):
+            raise UsageError(f"--map-section {file},{section}: name the object as {batch.objects[oi].name!r}")
+        try:
+            view.placed_section(oi, section)
+        except KeyError:
+            names = ", ".join(s.name for s in batch.objects[oi].sections)
+            raise UsageError(f"--map-section {file},{section}: {file} has no loaded section {section!r} "
+                             f"(sections: {names})") from None
+
+
+def _link(args, memory=None, run_initializers: bool = False):
+    ln = make_linker(args, memory, run_initializers)
+    try:
+        handle = ln.finalize()
+        _check_pins(args, handle.batch)
+    except BaseException:
+        ln.close()
+        raise
+    return ln, handle
+
+
+def _call_entry(ln, args, program_args: list[str]) -> int:
+    from . import host
+
     main = ln.function(args.entry, "int(int, char **)")
     argv = [args.inputs[0], *program_args]
     keep = [host.ffi.new("char[]", a.encode()) for a in argv]
@@ -81,24 +279,141 @@ def cmd_run(args, program_args: list[str]) -> int:
     return status & 0xFF
 
 
-COMMANDS = {"run": cmd_run}
+def _no_program_args(command: str, program_args: list[str]) -> None:
+    if program_args:
+        raise UsageError(f"{command}: arguments after -- are only for 'run' and 'trace --run'")
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def cmd_run(args, program_args: list[str]) -> int:
+    ln = make_linker(args, run_initializers=True)
+    ln.finalize()
+    return _call_entry(ln, args, program_args)
+
+
+def cmd_trace(args, program_args: list[str]) -> int:
+    from .trace import build_trace, format_json, format_table
+
+    if args.run and (args.noexec or args.target_addr is not None or args.map_section):
+        raise UsageError("trace: --run cannot be combined with --noexec, --target-addr or --map-section")
+    if not args.run:
+        _no_program_args("trace", program_args)
+    ln, handle = _link(args, _memory(args, args.noexec), run_initializers=args.run)
+    try:
+        trace = build_trace(handle.batch, disassemble=args.disasm).filter(
+            symbol=args.symbol, section=args.section, object=args.object, type=args.type
+        )
+        sys.stdout.write(format_json(trace) if args.format == "json" else format_table(trace))
+        if args.run:
+            return _call_entry(ln, args, program_args)
+    finally:
+        if not args.run:
+            ln.close()
+    return 0
+
+
+def cmd_symbols(args, program_args: list[str]) -> int:
+    from .symmap import pending_objects, symbol_map, undefined_references
+
+    _no_program_args("symbols", program_args)
+    if args.undefined:
+        ln = make_linker(args, _memory(args), run_initializers=False)
+        found = undefined_references(pending_objects(ln), ln.resolver)
+        ln.abort()
+        if args.format == "json":
+            for u in found:
+                print(json.dumps({"name": u.name, "status": u.status, "missing": u.missing,
+                                  "address": u.found.address if u.found else None, "referrers": u.referrers}))
+            return 0
+        missing = sum(u.missing for u in found)
+        rows = [(u.name, f"{u.found.address:#x}" if u.found else "-", u.status, ", ".join(u.referrers))
+                for u in found]
+        _print_table(("NAME", "ADDRESS", "FROM", "REFERENCED BY"), rows)
+        print(f"{len(found)} undefined name{'s' if len(found) != 1 else ''}, {missing} missing")
+        return 0
+    ln, handle = _link(args, _memory(args))
+    try:
+        rows = symbol_map(handle.batch, locals=args.locals)
+        if args.format == "json":
+            for r in rows:
+                print(json.dumps(asdict(r)))
+            return 0
+        _print_table(
+            ("ADDRESS", "SIZE", "TYPE", "BIND", "VIS", "NAME", "DEFINED IN"),
+            [(f"{r.address:#018x}", f"{r.size:#x}", r.type or "-", r.bind, r.vis or "-", r.name,
+              r.origin if r.external else f"{r.origin}({r.section})") for r in rows],
+        )
+    finally:
+        ln.close()
+    return 0
+
+
+def cmd_map(args, program_args: list[str]) -> int:
+    from .mapfile import format_map, memory_map
+
+    _no_program_args("map", program_args)
+    ln, handle = _link(args, _memory(args))
+    try:
+        m = memory_map(handle.batch)
+        sys.stdout.write(json.dumps(m.to_json()) + "\n" if args.format == "json" else format_map(m))
+    finally:
+        ln.close()
+    return 0
+
+
+def cmd_check(args, program_args: list[str]) -> int:
+    from .checkenv import run_checks
+
+    _no_program_args("check", program_args)
+    files = args.check_files or [p for p in args.inputs if os.path.splitext(p)[1] in (".s", ".S")]
+    if not files:
+        raise UsageError("check: no .s input holds checks; name the file with --check FILE")
+    prefixes = args.check_prefixes or ["rtdyld-check", "jitlink-check"]
+    ln, handle = _link(args, _memory(args))
+    try:
+        return run_checks(ln, handle.batch, files, prefixes, verbose=args.verbose)
+    finally:
+        ln.close()
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+    for row in (header, *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+COMMANDS = {"run": cmd_run, "trace": cmd_trace, "symbols": cmd_symbols, "map": cmd_map, "check": cmd_check}
+
+
+def _one_line(message: str) -> str:
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, program_args = split_program_args(argv)
     parser = build_parser()
-    args = parser.parse_args(own)
+    try:
+        args = parser.parse_args(own)
+    except SystemExit as e:
+        return int(e.code or 0)
     if not args.command:
         parser.print_help()
         return 1
     try:
         return COMMANDS[args.command](args, program_args)
     except (LinkError, OSError) as e:
-        if getattr(args, "debug", False):
+        if args.debug:
             raise
-        msg = str(e).replace("\n", "\n  ") if "\n" in str(e) else str(e)
-        print(f"rtdyld: error: {msg}", file=sys.stderr)
+        print(f"rtdyld: error: {_one_line(str(e))}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"rtdyld: error: internal error: {type(e).__name__}: {_one_line(str(e))} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 
 

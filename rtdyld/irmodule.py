@@ -13,6 +13,8 @@ def _llvm():
 
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    # Without the parser, inline asm makes LLVM abort the whole process.
+    llvm.initialize_native_asmparser()
     return llvm
 
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import weakref
 
 from . import host, initfini
 from .archives import ArchiveSet, Pull
 from .batch import BatchLinker, LinkedBatch
-from .errors import LinkError, UndefinedSymbolError, UsageError
+from .errors import LinkError, UndefinedSymbolError, UsageError, ValidationError
 from .inputs import parse_object, read_input
 from .objfile.model import ObjectFile
-from .symbols import Library, Resolver, SymbolDef
+from .symbols import Dylib, Library, SymbolDef
 
 _default_memory = None
 _default_lock = threading.Lock()
@@ -33,23 +34,31 @@ def default_memory():
 class Handle:
     """A finalized batch.  Stays loaded until removed (never by garbage collection)."""
 
-    def __init__(self, linker: Linker, batch: LinkedBatch, number: int):
+    def __init__(self, linker: Linker, parts: list[tuple[Dylib, LinkedBatch]], number: int):
         self._linker = linker
-        self.batch = batch
+        self.parts = parts
         self.number = number
         self.removed = False
+        self.dependents: set[Handle] = set()  # live batches that refer into this one
+
+    @property
+    def batch(self) -> LinkedBatch:
+        return self.parts[0][1]
 
     @property
     def symbols(self) -> dict[str, SymbolDef]:
-        return self.batch.definitions
+        out: dict[str, SymbolDef] = {}
+        for _, b in self.parts:
+            out.update(b.definitions)
+        return out
 
     @property
     def objects(self) -> list[str]:
-        return [o.name for o in self.batch.objects]
+        return [o.name for _, b in self.parts for o in b.objects]
 
-    def remove(self) -> None:
+    def remove(self, force: bool = False) -> None:
         """Run finalizers, unpublish the symbols and give the memory back."""
-        self._linker.remove(self)
+        self._linker.remove(self, force=force)
 
     def __enter__(self) -> Handle:
         return self
@@ -67,117 +76,198 @@ class Linker:
     """A linking session.
 
     Objects, modules and archives added since the last :meth:`finalize` form
-    one batch.  ``finalize`` links the batch all-or-nothing: on any error the
-    session is exactly as it was before it.
+    one batch.  ``finalize`` links it all-or-nothing: on any error the batch
+    is discarded and the session is exactly as it was before the batch began.
     """
 
-    def __init__(self, memory=None, resolver: Resolver | None = None, run_initializers: bool = True):
+    def __init__(self, memory=None, resolver: Dylib | None = None, run_initializers: bool = True):
         self.memory = memory if memory is not None else default_memory()
-        self.resolver = resolver if resolver is not None else Resolver()
+        self.main = resolver if resolver is not None else Dylib("main")
         self.run_initializers = run_initializers
-        self.pending: list[ObjectFile] = []
-        self.pending_pulls: list[tuple[ObjectFile, Pull]] = []
-        self.archives = ArchiveSet()
+        self.pending: list[tuple[ObjectFile, Dylib]] = []
+        self.pending_pulls: list[tuple[ObjectFile, Pull, Dylib]] = []
         self.handles: list[Handle] = []
         self.kept_groups: set[str] = set()
         self.library_dirs: list[str] = []
         self.pinned: dict[tuple[str, str], int] = {}
+        self.validators: list = []
+        self.dylibs: dict[str, Dylib] = {self.main.name: self.main}
         self._lock = threading.RLock()
         self._batches = 0
         _live_linkers.add(self)
 
+    @property
+    def resolver(self) -> Dylib:
+        return self.main
+
+    def _dylib(self, dylib: Dylib | None) -> Dylib:
+        return self.main if dylib is None else dylib
+
+    @staticmethod
+    def _archives(dylib: Dylib) -> ArchiveSet:
+        if not hasattr(dylib, "archives"):
+            dylib.archives = ArchiveSet()
+        return dylib.archives
+
+    # --- namespaces ----------------------------------------------------------------
+
+    def create_dylib(self, name: str) -> Dylib:
+        """A new, independent namespace; set its search order with ``link_order``."""
+        with self._lock:
+            if name in self.dylibs:
+                raise UsageError(f"a dylib named {name!r} already exists")
+            d = Dylib(name)
+            self.dylibs[name] = d
+            return d
+
     # --- inputs ---------------------------------------------------------------
 
-    def add_object(self, src, name: str | None = None) -> ObjectFile:
+    def add_object(self, src, name: str | None = None, dylib: Dylib | None = None) -> ObjectFile:
         """Add a relocatable object (path, bytes or binary file) to the batch."""
         data, display = read_input(src, name)
         obj = parse_object(data, display)
         with self._lock:
-            self.pending.append(obj)
+            self.pending.append((obj, self._dylib(dylib)))
         return obj
 
     def add_module(self, module, name: str | None = None, reloc: str = "pic", code_model: str = "small",
-                   opt: int = 2, triple: str | None = None) -> ObjectFile:
-        """Compile LLVM IR (text, bitcode or llvmlite module) and add the object."""
-        from .irmodule import compile_module
+                   opt: int = 2, triple: str | None = None, dylib: Dylib | None = None,
+                   cache=None) -> ObjectFile:
+        """Compile LLVM IR (text, bitcode or llvmlite module) and add the object.
+        With ``cache`` (an ObjectCache), llvmlite compiles only on a miss."""
+        if cache is not None:
+            data, display, _hit = cache.compile(module, name, reloc=reloc, code_model=code_model, opt=opt,
+                                                triple=triple)
+        else:
+            from .irmodule import compile_module
 
-        data, display = compile_module(module, name, reloc=reloc, code_model=code_model, opt=opt, triple=triple)
-        return self.add_object(data, name=display)
+            data, display = compile_module(module, name, reloc=reloc, code_model=code_model, opt=opt,
+                                           triple=triple)
+        return self.add_object(data, name=display, dylib=dylib)
 
-    def add_archive(self, path, whole: bool = False) -> None:
+    def add_archive(self, path, whole: bool = False, dylib: Dylib | None = None) -> None:
         """Register a static archive: members are loaded at finalize only when
         they define a symbol still undefined (all of them with ``whole=True``)."""
+        d = self._dylib(dylib)
         with self._lock:
-            ar = self.archives.add(path)
+            archives = self._archives(d)
+            ar = archives.add(path)
             if whole:
-                self.pending_pulls.extend(self.archives.whole(ar))
+                self.pending_pulls.extend((o, p, d) for o, p in archives.whole(ar))
 
-    def add_file(self, path: str, triple: str | None = None) -> None:
+    def add_file(self, path: str, triple: str | None = None, dylib: Dylib | None = None) -> None:
         """Add an input the way the command line does, by its kind:
         LLVM IR (.ll/.bc), assembly (.s), an archive, or an object."""
-        import os
-
         ext = os.path.splitext(str(path))[1]
         if ext in (".ll", ".bc"):
             data, _ = read_input(path)
-            self.add_module(data if ext == ".bc" else data.decode(), name=str(path), triple=triple)
+            self.add_module(data if ext == ".bc" else data.decode(), name=str(path), triple=triple, dylib=dylib)
         elif ext in (".s", ".S"):
             from .asm import assemble
 
-            data, name = assemble(open(path).read(), name=str(path), triple=triple)
-            self.add_object(data, name=name)
+            with open(path) as f:
+                data, name = assemble(f.read(), name=str(path), triple=triple)
+            self.add_object(data, name=name, dylib=dylib)
         else:
             with open(path, "rb") as f:
                 magic = f.read(8)
             if magic in (b"!<arch>\n", b"!<thin>\n"):
-                self.add_archive(path)
+                self.add_archive(path, dylib=dylib)
             else:
-                self.add_object(path)
+                self.add_object(path, dylib=dylib)
 
-    def link_library(self, name: str, static: bool = False) -> str:
+    def link_library(self, name: str, static: bool = False, dylib: Dylib | None = None) -> str:
         """``-l NAME``: dlopen libNAME.so, or link libNAME.a lazily when only the
         archive exists or ``static`` is set.  Returns the path used."""
         from .libsearch import find_library
 
         kind, where = find_library(name, self.library_dirs, static)
         if kind == "archive":
-            self.add_archive(where)
+            self.add_archive(where, dylib=dylib)
             return where
-        return self.load_library(where)
+        return self.load_library(where, dylib=dylib)
 
-    def load_library(self, name: str) -> str:
+    def load_library(self, name: str, dylib: Dylib | None = None) -> str:
         """dlopen a shared library (``"m"`` like ``-lm``) as a symbol source; returns its path."""
         handle, path = host.open_library(name, self.library_dirs)
         with self._lock:
-            self.resolver.libraries.append(Library(name, path, handle))
+            self._dylib(dylib).add_library(Library(name, path, handle))
         return path
 
-    def define(self, name: str, target) -> None:
+    def define(self, name: str, target, dylib: Dylib | None = None) -> None:
         """Make ``name`` resolve to an address or a cffi callback (kept alive)."""
-        self.resolver.define(name, target)
+        self._dylib(dylib).define(name, target)
+
+    def add_validator(self, fn) -> None:
+        """``fn(view)`` sees each linked batch before it is published or made
+        executable (see :mod:`rtdyld.validators`); raising rejects the batch."""
+        self.validators.append(fn)
 
     # --- linking ----------------------------------------------------------------
 
     def finalize(self) -> Handle:
-        """Link the pending batch and publish its symbols; returns its handle."""
+        """Link the pending batch and publish its symbols; returns its handle.
+
+        All-or-nothing: if any step fails (including a validator), the batch's
+        memory is released, nothing is published, and the pending inputs are
+        discarded, leaving the session as it was before they were added.
+        """
         with self._lock:
             objects, self.pending = self.pending, []
             whole, self.pending_pulls = self.pending_pulls, []
-            pulls = whole + self.archives.pull(objects + [o for o, _ in whole], self._outranks_archives)
-            objects = objects + [o for o, _ in pulls]
-            linked = BatchLinker(objects, self.resolver, self.memory, self.kept_groups, self.pinned).link()
-            linked.pulls = {id(o): p for o, p in pulls}
-            handle = self._publish(linked)
-            for _, p in pulls:
-                self.archives.loaded.add(self.archives.key(p.member))
-            return handle
+            groups: dict[Dylib, list[ObjectFile]] = {}
+            for obj, d in objects:
+                groups.setdefault(d, []).append(obj)
+            for _, _, d in whole:
+                groups.setdefault(d, [])
+            if not groups:
+                groups[self.main] = []
+            linked: list[tuple[Dylib, LinkedBatch]] = []
+            try:
+                for d, objs in groups.items():
+                    linked.append((d, self._link_group(d, objs, whole, linked)))
+            except BaseException:
+                for _, lb in linked:
+                    lb.allocation.release()
+                raise
+            return self._publish(linked)
 
-    def _outranks_archives(self, name: str, prefix: str) -> bool:
-        """Earlier batches and user definitions come before archives in the chain."""
-        r = self.resolver
-        if name in r.published or name in r.user:
-            return True
-        return bool(prefix) and name.startswith(prefix) and name[len(prefix):] in r.user
+    def _link_group(self, dylib: Dylib, objs: list[ObjectFile], whole, done) -> LinkedBatch:
+        mine = [(o, p) for o, p, d in whole if d is dylib]
+        archives = self._archives(dylib)
+        pulls = mine + archives.pull(objs + [o for o, _ in mine], lambda n, pre: dylib.own(n, pre) is not None)
+        kept = set(self.kept_groups)
+        for _, lb in done:
+            kept |= lb.kept_groups
+        in_flight = {d: lb for d, lb in done}
+
+        def pending(other: Dylib, name: str):
+            lb = in_flight.get(other)
+            return lb.definitions.get(name) if lb else None
+
+        lb = BatchLinker(objs + [o for o, _ in pulls], dylib, self.memory, kept, self.pinned, pending).link()
+        lb.pulls = {id(o): p for o, p in pulls}
+        try:
+            self._validate(lb)
+        except BaseException:
+            lb.allocation.release()
+            raise
+        return lb
+
+    def _validate(self, lb: LinkedBatch) -> None:
+        if not self.validators:
+            return
+        from .validators import batch_view
+
+        view = batch_view(lb)
+        for fn in self.validators:
+            try:
+                fn(view)
+            except ValidationError:
+                raise
+            except Exception as e:
+                name = getattr(fn, "__name__", repr(fn))
+                raise ValidationError(f"validator {name} rejected the batch: {e}") from e
 
     def abort(self) -> None:
         """Discard everything added since the last finalize."""
@@ -185,21 +275,32 @@ class Linker:
             self.pending = []
             self.pending_pulls = []
 
-    def _publish(self, linked: LinkedBatch) -> Handle:
-        alloc = linked.allocation
+    def _publish(self, parts: list[tuple[Dylib, LinkedBatch]]) -> Handle:
+        done = []
         try:
-            alloc.finalize()
+            for _, lb in parts:
+                lb.allocation.finalize()
+                done.append(lb)
         except Exception as e:
-            alloc.release()
+            for _, lb in parts:
+                lb.allocation.release()
             raise LinkError(f"cannot apply memory protections: {e}") from None
         self._batches += 1
-        handle = Handle(self, linked, self._batches)
-        for d in linked.definitions.values():
-            d.batch = handle
-        if self.run_initializers and self._executable():
-            initfini.call_all(initfini.initializer_order(alloc.memory, linked.initializers))
-        self.resolver.published.update(linked.definitions)
-        self.kept_groups |= linked.kept_groups
+        handle = Handle(self, parts, self._batches)
+        for dylib, lb in parts:
+            for d in lb.definitions.values():
+                d.batch = handle
+            for e in lb.externals:
+                owner = e.definition.batch if e.definition is not None else None
+                if isinstance(owner, Handle) and owner is not handle:
+                    owner.dependents.add(handle)
+            if self.run_initializers and self._executable():
+                initfini.call_all(initfini.initializer_order(lb.allocation.memory, lb.initializers))
+            dylib.published.update(lb.definitions)
+            self.kept_groups |= lb.kept_groups
+            archives = self._archives(dylib)
+            for p in lb.pulls.values():
+                archives.loaded.add(archives.key(p.member))
         self.handles.append(handle)
         return handle
 
@@ -208,46 +309,55 @@ class Linker:
 
         return isinstance(self.memory, MemoryManager)
 
-    def remove(self, handle: Handle) -> None:
+    def remove(self, handle: Handle, force: bool = False) -> None:
+        """Unload a batch.  Refused while live batches refer to it, unless ``force``."""
         with self._lock:
             if handle.removed:
                 return
-            linked = handle.batch
-            if self.run_initializers and self._executable():
-                initfini.call_all(initfini.finalizer_order(linked.allocation.memory, linked.finalizers))
-            for name, d in linked.definitions.items():
-                if self.resolver.published.get(name) is d:
-                    del self.resolver.published[name]
-            self.kept_groups -= linked.kept_groups
-            for p in linked.pulls.values():
-                self.archives.loaded.discard(self.archives.key(p.member))
-            linked.allocation.release()
+            users = [h for h in handle.dependents if not h.removed]
+            if users and not force:
+                names = "; ".join(f"#{h.number} ({', '.join(h.objects)})" for h in users)
+                raise UsageError(
+                    f"cannot remove batch #{handle.number} ({', '.join(handle.objects)}): still referenced by "
+                    f"{names}; remove those first or pass force=True"
+                )
+            for dylib, lb in reversed(handle.parts):
+                if self.run_initializers and self._executable():
+                    initfini.call_all(initfini.finalizer_order(lb.allocation.memory, lb.finalizers))
+                for name, d in lb.definitions.items():
+                    if dylib.published.get(name) is d:
+                        del dylib.published[name]
+                self.kept_groups -= lb.kept_groups
+                archives = self._archives(dylib)
+                for p in lb.pulls.values():
+                    archives.loaded.discard(archives.key(p.member))
+                lb.allocation.release()
             handle.removed = True
             self.handles.remove(handle)
 
     def close(self) -> None:
         """Remove every batch, newest first."""
         for h in reversed(list(self.handles)):
-            h.remove()
+            h.remove(force=True)
 
     # --- look-ups -------------------------------------------------------------------
 
-    def lookup(self, name: str) -> int:
-        """Address of a symbol published by a finalized batch."""
-        d = self.resolver.lookup(name)
+    def symbol(self, name: str, dylib: Dylib | None = None) -> SymbolDef:
+        d = self._dylib(dylib).lookup(name)
         if d is None:
-            raise UndefinedSymbolError(f"symbol {name!r} is not defined by any finalized batch", {name: []})
-        return d.address
-
-    def symbol(self, name: str) -> SymbolDef:
-        d = self.resolver.lookup(name)
-        if d is None:
-            raise UndefinedSymbolError(f"symbol {name!r} is not defined by any finalized batch", {name: []})
+            where = f" in dylib {dylib.name!r}" if dylib is not None else ""
+            raise UndefinedSymbolError(
+                f"symbol {name!r} is not defined by any finalized batch{where}", {name: []}
+            )
         return d
 
-    def function(self, name: str, signature: str):
+    def lookup(self, name: str, dylib: Dylib | None = None) -> int:
+        """Address of a symbol published by a finalized batch."""
+        return self.symbol(name, dylib).address
+
+    def function(self, name: str, signature: str, dylib: Dylib | None = None):
         """A cffi callable for ``name`` with a C signature such as ``"int(int, int)"``."""
-        addr = self.lookup(name)
+        addr = self.lookup(name, dylib)
         paren = signature.find("(")
         if paren <= 0:
             raise UsageError(f"bad signature {signature!r}: expected e.g. 'int(int, int)'")
@@ -256,6 +366,19 @@ class Linker:
             return host.ffi.cast(ptype, addr)
         except Exception as e:
             raise UsageError(f"bad signature {signature!r}: {e}") from None
+
+    def snapshot(self) -> dict:
+        """What a failed batch must leave unchanged: symbols, memory, mappings."""
+        from memmgr import read_maps
+
+        return {
+            "symbols": {d.name: {n: s.address for n, s in d.published.items()} for d in self.dylibs.values()},
+            "handles": [h.number for h in self.handles],
+            "allocations": sorted((a.target_base, a.size) for a in self.memory.live_allocations()),
+            "reservations": sorted(self.memory.reservations()),
+            "maps": [(m.start, m.end, m.perms) for m in read_maps() if self.memory.contains(m.start)],
+            "kept_groups": sorted(self.kept_groups),
+        }
 
 
 _live_linkers: weakref.WeakSet[Linker] = weakref.WeakSet()

@@ -1,22 +1,28 @@
-"""The global symbol table and the resolver chain behind it.
+"""Symbol namespaces (dylibs) and the resolver chain behind them.
 
-Undefined names are looked up in order: this batch → earlier batches →
-user definitions (``Linker.define``) → libraries loaded by name → the
-process.  For Mach-O objects, whose C names carry a leading underscore, the
-user/library/process steps also try the name with exactly one leading
-underscore removed.
+A :class:`Dylib` is one namespace, like an ORC JITDylib: the definitions its
+batches published, the user's ``define`` calls, and a *link order* saying
+where else to look.  An undefined name in a batch is looked up in order:
+this batch → the dylib's earlier batches → its user definitions → archives
+(pulled on demand, see :mod:`rtdyld.archives`) → each entry of the link
+order (other dylibs, libraries loaded by name, the process).  For Mach-O
+objects, whose C names carry a leading underscore, user definitions and the
+host are also tried with exactly one leading underscore removed.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from . import host
 
+PROCESS = "process"
 
-@dataclass
+
+@dataclass(eq=False)
 class SymbolDef:
-    """A published definition: where a name lives and who put it there."""
+    """A definition: where a name lives and who put it there."""
 
     name: str
     address: int
@@ -36,14 +42,43 @@ class Library:
     handle: object = field(repr=False)
 
 
-class Resolver:
-    """Symbols visible to new batches: published, user-defined, libraries, process."""
+def _host_names(name: str, prefix: str) -> list[str]:
+    if prefix and name.startswith(prefix) and len(name) > len(prefix):
+        return [name, name[len(prefix) :]]
+    return [name]
 
-    def __init__(self) -> None:
+
+class Dylib:
+    """An independent symbol namespace with its own search order."""
+
+    def __init__(self, name: str = "main") -> None:
+        self.name = name
         self.published: dict[str, SymbolDef] = {}
         self.user: dict[str, SymbolDef] = {}
         self.libraries: list[Library] = []
+        self._order: list | None = None  # None: own libraries, then the process
         self._keepalive: dict[str, object] = {}
+        self.lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"<rtdyld.Dylib {self.name!r}: {len(self.published)} symbols>"
+
+    # --- configuration ----------------------------------------------------------
+
+    def link_order(self, order: list | None = None) -> list:
+        """Set (or read) where this dylib looks after itself: other Dylibs, loaded
+        library names or paths, and ``"process"``; searched in that order."""
+        if order is not None:
+            for entry in order:
+                if not isinstance(entry, (Dylib, str)):
+                    raise TypeError(f"link order entries are Dylibs, library names or 'process', not {entry!r}")
+            self._order = list(order)
+        return self.order()
+
+    def order(self) -> list:
+        if self._order is not None:
+            return list(self._order)
+        return [*self.libraries, PROCESS]
 
     def define(self, name: str, target) -> SymbolDef:
         address = host.callback_address(target)
@@ -53,29 +88,69 @@ class Resolver:
         self.user[name] = d
         return d
 
-    def resolve(self, name: str, prefix: str = "") -> SymbolDef | None:
-        """Find ``name`` outside the batch being linked, or None."""
+    def add_library(self, lib: Library) -> None:
+        self.libraries.append(lib)
+
+    # --- look-ups -----------------------------------------------------------------
+
+    def own(self, name: str, prefix: str = "") -> SymbolDef | None:
+        """Published or user-defined here (no link order)."""
         d = self.published.get(name)
         if d is not None:
             return d
-        names = [name]
-        if prefix and name.startswith(prefix) and len(name) > len(prefix):
-            names.append(name[len(prefix) :])
-        for n in names:
+        for n in _host_names(name, prefix):
             d = self.user.get(n)
             if d is not None:
                 return d
-        for lib in self.libraries:
-            for n in names:
-                addr = host.library_symbol(lib.handle, n)
-                if addr:
-                    return SymbolDef(name=n, address=addr, origin=lib.path)
-        for n in names:
-            addr = host.process_symbol(n)
-            if addr:
-                return SymbolDef(name=n, address=addr, origin=host.describe_address(addr) or "process")
+        return None
+
+    def resolve(self, name: str, prefix: str = "", pending=None) -> SymbolDef | None:
+        """Find ``name`` outside this dylib's batch in flight, or None.
+
+        ``pending(dylib, name)`` lets the batch being linked offer its own
+        not-yet-published definitions of other dylibs in the link order.
+        """
+        d = self.own(name, prefix)
+        if d is not None:
+            return d
+        return self.resolve_in_order(name, prefix, pending)
+
+    def resolve_in_order(self, name: str, prefix: str = "", pending=None) -> SymbolDef | None:
+        for entry in self.order():
+            if isinstance(entry, Dylib):
+                d = pending(entry, name) if pending else None
+                d = d or entry.own(name, prefix)
+            elif isinstance(entry, Library):
+                d = _from_handle(entry.handle, entry.path, name, prefix)
+            elif entry == PROCESS:
+                d = _from_process(name, prefix)
+            else:
+                lib = next((x for x in self.libraries if entry in (x.name, x.path)), None)
+                d = _from_handle(lib.handle, lib.path, name, prefix) if lib else None
+            if d is not None:
+                return d
         return None
 
     def lookup(self, name: str) -> SymbolDef | None:
         """A published symbol by its plain or Mach-O-decorated name."""
         return self.published.get(name) or self.published.get("_" + name)
+
+
+def _from_handle(handle, path: str, name: str, prefix: str) -> SymbolDef | None:
+    for n in _host_names(name, prefix):
+        addr = host.library_symbol(handle, n)
+        if addr:
+            return SymbolDef(name=n, address=addr, origin=path)
+    return None
+
+
+def _from_process(name: str, prefix: str) -> SymbolDef | None:
+    for n in _host_names(name, prefix):
+        addr = host.process_symbol(n)
+        if addr:
+            return SymbolDef(name=n, address=addr, origin=host.describe_address(addr) or "process")
+    return None
+
+
+# The name the first design used; a Dylib is the resolver of its batches.
+Resolver = Dylib

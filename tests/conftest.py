@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fixtures_build import Builder  # noqa: E402
+from fixtures_build import Builder
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class WXGuard:
 
     def __init__(self) -> None:
         self.host_ranges = {(m.start, m.end) for m in read_maps() if m.writable_and_executable}
+        self.reported: set[tuple[int, int]] = set()
 
     def allow_page_of(self, addr: int) -> None:
         m = mapping_of(addr)
@@ -76,8 +77,15 @@ class WXGuard:
             self.host_ranges.add((m.start, m.end))
 
     def violations(self) -> list[Mapping]:
-        """Writable+executable mappings the host did not make."""
-        return [m for m in read_maps() if m.writable_and_executable and (m.start, m.end) not in self.host_ranges]
+        """Writable+executable mappings the host did not make, not yet reported."""
+        known = self.host_ranges | self.reported
+        return [m for m in read_maps() if m.writable_and_executable and (m.start, m.end) not in known]
+
+    def report(self) -> list[Mapping]:
+        """The violations, each returned once, so one leak fails one test."""
+        bad = self.violations()
+        self.reported.update((m.start, m.end) for m in bad)
+        return bad
 
 
 # Taken at import, before any test module imports rtdyld.
@@ -100,7 +108,7 @@ def make_callback(decl: str, fn):
 @pytest.fixture(autouse=True)
 def no_wx_mappings():
     yield
-    bad = WX_GUARD.violations()
+    bad = WX_GUARD.report()
     assert not bad, "writable and executable mappings:\n" + "\n".join(map(str, bad))
 
 

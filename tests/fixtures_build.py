@@ -177,6 +177,6 @@ class Builder:
     def _run(cmd: list[str]) -> None:
         if shutil.which(cmd[0]) is None:
             raise BuildError(f"{cmd[0]} is not installed")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             raise BuildError(f"{' '.join(cmd)} failed:\n{proc.stderr}")

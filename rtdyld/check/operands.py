@@ -62,6 +62,8 @@ _MERGING_SSE = frozenset(
     ["sqrtss", "sqrtsd", "rcpss", "rsqrtss", "cvtsi2ss", "cvtsi2sd", "cvtss2sd", "cvtsd2ss", "roundss", "roundsd"]
 )
 _DEST_INDEX = ("rdi", "edi")
+_ACCUMULATORS = ("rax", "eax", "ax")
+_PREDICATED = ("cmp", "pcmp", "pclmul")
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ def decode(code: bytes, address: int = 0) -> Instruction:
     code = bytes(code[:MAX_INSTRUCTION_SIZE])
     if code[:1] == bytes([_LOCK]):
         return Instruction(address, 1, "lock", ())
+    if code[:2] in (b"\xf2\xf0", b"\xf3\xf0"):
+        return Instruction(address, 1, "xacquire" if code[0] == 0xF2 else "xrelease", ())
     intel, att = _disassemblers()
     insn = next(intel.disasm(code, address, 1), None)
     if insn is None:
@@ -234,9 +238,19 @@ def _mcinst_operands(insn) -> list[Operand]:
         return [_imm(mem.disp), _reg(seg)]
     if first in _STRING:
         return _string_operands(insn)
-    if first is not None and 0x91 <= first <= 0x97 and insn.mnemonic == "xchg":
-        name = insn.reg_name(ops[0].reg)
+    if first is not None and 0x90 <= first <= 0x97 and insn.mnemonic == "xchg":
+        names = [insn.reg_name(o.reg) for o in ops]
+        name = next((n for n in names if n not in _ACCUMULATORS), names[0])
         return [_reg(name), _reg(name)]
+    if first in (0x86, 0x87) and all(o.type == _X86_OP_REG for o in ops):
+        # XCHG64rr: two defs, then the two uses tied to them.
+        a, b = insn.reg_name(ops[1].reg), insn.reg_name(ops[0].reg)
+        return [_reg(a), _reg(b), _reg(a), _reg(b)]
+    if first is not None and 0xD8 <= first <= 0xDF:
+        regs = [o for o in ops if o.type == _X86_OP_REG]
+        if len(regs) > 1:
+            # x87: st(0) is implicit when another stack register is named.
+            ops = [o for o in ops if not (o.type == _X86_OP_REG and insn.reg_name(o.reg) == "st(0)")]
     if first in _SHIFT_BY_ONE:
         ops = [o for o in ops if o.type != _X86_OP_IMM]
     elif first in _SHIFT_BY_CL or second in (0xA5, 0xAD):
@@ -271,6 +285,10 @@ def _mcinst_operands(insn) -> list[Operand]:
         elif op.type == _X86_OP_MEM:
             out.extend(_memory(insn, op))
 
+    predicate = insn.mnemonic.removeprefix("v").startswith(_PREDICATED)
+    if predicate and insn.imm_size and not any(o.type == _X86_OP_IMM for o in insn.operands):
+        # A predicate folded into the mnemonic (cmpltps) is still an operand.
+        out.append(_imm(_raw_immediate(insn)))
     if second is not None and (0x40 <= second <= 0x4F or 0x90 <= second <= 0x9F):
         out.append(_imm(second & 0xF))
     return out

@@ -17,7 +17,10 @@ What is loaded, and how it maps onto the model:
   before the batch is sealed, so it never needs to be writable once running.
   S_CSTRING_LITERALS are MERGE|STRINGS; S_MOD_INIT_FUNC_POINTERS and
   S_MOD_TERM_FUNC_POINTERS get the INIT_ARRAY and FINI_ARRAY roles, and
-  __TEXT,__eh_frame the EH_FRAME role (read-only).
+  __TEXT,__eh_frame the EH_FRAME role (read-only).  The FDE pointers that
+  the assembler resolved without relocations become explicit edges
+  (:mod:`rtdyld.objfile.macho_ehframe`), so the section survives being
+  placed apart from the code it describes.
 * Thread-local storage: only S_THREAD_LOCAL_REGULAR and
   S_THREAD_LOCAL_ZEROFILL (the initial image of the variables) carry the TLS
   flag.  __thread_vars (S_THREAD_LOCAL_VARIABLES) holds ordinary descriptors
@@ -34,7 +37,8 @@ What is loaded, and how it maps onto the model:
   section is appended after the nlist entries; non-extern (section-relative)
   relocations target it.
 
-Relocations are decoded in :mod:`rtdyld.objfile.macho_relocs`.
+Relocations are decoded in :mod:`rtdyld.objfile.macho_relocs`; the record
+layouts and constants live in :mod:`rtdyld.objfile.macho_format`.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import numpy as np
 
 from rtdyld.errors import MalformedObjectError
 from rtdyld.objfile import macho_format as mf
+from rtdyld.objfile.macho_ehframe import implicit_eh_frame_edges
 from rtdyld.objfile.macho_relocs import read_relocations
 from rtdyld.objfile.model import (
     SEC_ABS,
@@ -97,11 +102,7 @@ class RawSection:
 
     @property
     def loaded(self) -> bool:
-        return not (
-            self.segname == "__DWARF"
-            or self.flags & mf.S_ATTR_DEBUG
-            or self.name in _DROPPED_SECTIONS
-        )
+        return not (self.segname == "__DWARF" or self.flags & mf.S_ATTR_DEBUG or self.name in _DROPPED_SECTIONS)
 
 
 def is_macho(data: bytes | memoryview) -> bool:
@@ -151,9 +152,9 @@ class _Reader:
         self.read_header()
         sections = self.read_sections()
         symbols, names = self.read_symbols(len(sections))
-        relocs = read_relocations(
-            self.name, self.mv, self.raw_sections, names, nsyms=len(symbols) - len(sections)
-        )
+        nsyms = len(symbols) - len(sections)
+        relocs = read_relocations(self.name, self.mv, self.raw_sections, names, nsyms)
+        relocs = self.add_eh_frame_edges(relocs, nsyms)
         return ObjectFile(
             name=self.name,
             format="macho",
@@ -165,6 +166,17 @@ class _Reader:
             rtype_names=mf.RELOC_NAMES,
             subsections_via_symbols=bool(self.flags & mf.MH_SUBSECTIONS_VIA_SYMBOLS),
         )
+
+    def add_eh_frame_edges(self, relocs: np.ndarray, nsyms: int) -> np.ndarray:
+        eh = next((s for s in self.raw_sections if s.index >= 0 and s.name == "__TEXT,__eh_frame"), None)
+        if eh is None or eh.zero_fill:
+            return relocs
+        explicit = relocs["offset"][relocs["section"] == eh.index]
+        implicit = implicit_eh_frame_edges(self.name, self.mv, eh, self.raw_sections, nsyms, explicit)
+        if not len(implicit):
+            return relocs
+        merged = np.concatenate([relocs, implicit])
+        return merged[np.lexsort((merged["offset"], merged["section"]))]
 
     def read_header(self) -> None:
         mv = self.mv
@@ -188,18 +200,14 @@ class _Reader:
         start = mf.MACH_HEADER_64.size
         end = start + sizeofcmds
         if end > len(mv):
-            raise self.fail(
-                f"load commands ({sizeofcmds} bytes) run past the end of the file ({len(mv)} bytes)"
-            )
+            raise self.fail(f"load commands ({sizeofcmds} bytes) run past the end of the file ({len(mv)} bytes)")
         off = start
         for i in range(ncmds):
             if off + mf.LOAD_COMMAND.size > end:
                 raise self.fail(f"load command {i} at offset {off:#x} is past the end of the load commands")
             cmd, cmdsize = mf.LOAD_COMMAND.unpack_from(mv, off)
             if cmdsize < mf.LOAD_COMMAND.size or off + cmdsize > end:
-                raise self.fail(
-                    f"load command {i} (cmd {cmd:#x}) at offset {off:#x} has a bad cmdsize {cmdsize}"
-                )
+                raise self.fail(f"load command {i} (cmd {cmd:#x}) at offset {off:#x} has a bad cmdsize {cmdsize}")
             self.read_command(i, cmd, mv[off : off + cmdsize])
             off += cmdsize
 
@@ -353,8 +361,7 @@ class _Reader:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise self.fail(
-                f"symbol {i} ({names[i]!r}) has section number {int(n_sect[i])};"
-                f" the object has {len(raw)} sections"
+                f"symbol {i} ({names[i]!r}) has section number {int(n_sect[i])}; the object has {len(raw)} sections"
             )
         sect = np.where(in_sect, n_sect, 0)
         bad = in_sect & ((n_value < sec_addr[sect]) | (n_value > sec_end[sect]))
@@ -408,13 +415,11 @@ class _Reader:
         filesize = len(self.mv)
         if symoff + nsyms * mf.NLIST_64.itemsize > filesize:
             raise self.fail(
-                f"symbol table (offset {symoff:#x}, {nsyms} entries) runs past the end of the file"
-                f" ({filesize} bytes)"
+                f"symbol table (offset {symoff:#x}, {nsyms} entries) runs past the end of the file ({filesize} bytes)"
             )
         if stroff + strsize > filesize:
             raise self.fail(
-                f"string table (offset {stroff:#x}, {strsize} bytes) runs past the end of the file"
-                f" ({filesize} bytes)"
+                f"string table (offset {stroff:#x}, {strsize} bytes) runs past the end of the file ({filesize} bytes)"
             )
         if self.dysymtab is not None:
             for label, (first, count) in zip(
@@ -433,9 +438,7 @@ class _Reader:
         bad = strx >= max(len(strtab), 1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise self.fail(
-                f"symbol {i} has string index {int(strx[i])} past the string table ({len(strtab)} bytes)"
-            )
+            raise self.fail(f"symbol {i} has string index {int(strx[i])} past the string table ({len(strtab)} bytes)")
         nul = np.flatnonzero(np.frombuffer(strtab, np.uint8) == 0)
         after = np.searchsorted(nul, strx)
         bad = (after == len(nul)) & (strx != 0)

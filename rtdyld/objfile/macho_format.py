@@ -154,6 +154,8 @@ X86_64_RELOC_TLV = 9
 
 # The rtype rtdyld stores for a SUBTRACTOR/UNSIGNED pair, read as one edge.
 RTYPE_SUBTRACTOR_PAIR = 0x105
+# ... and for an __eh_frame pointer the assembler resolved without a relocation.
+RTYPE_IMPLICIT_EH_FRAME = 0x200
 
 RELOC_NAMES: dict[int, str] = {
     X86_64_RELOC_UNSIGNED: "X86_64_RELOC_UNSIGNED",
@@ -167,4 +169,5 @@ RELOC_NAMES: dict[int, str] = {
     X86_64_RELOC_SIGNED_4: "X86_64_RELOC_SIGNED_4",
     X86_64_RELOC_TLV: "X86_64_RELOC_TLV",
     RTYPE_SUBTRACTOR_PAIR: "X86_64_RELOC_SUBTRACTOR+X86_64_RELOC_UNSIGNED",
+    RTYPE_IMPLICIT_EH_FRAME: "implicit __eh_frame pointer",
 }

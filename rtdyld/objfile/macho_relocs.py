@@ -98,7 +98,7 @@ class _Decoder:
         self.length = (info >> 25) & 3
         self.extern = ((info >> 27) & 1).astype(bool)
         self.rtype = info >> 28
-        self.buf = np.frombuffer(mv, np.uint8)
+        self.mv = mv
 
     # --- messages ----------------------------------------------------------------------
 
@@ -224,7 +224,11 @@ class _Decoder:
     def contents(self, width: np.ndarray) -> np.ndarray:
         """The implicit addend stored in each field, sign-extended to int64."""
         offsets = np.array([s.offset for s in self.raw], np.int64)[self.rsec] + self.address
-        idx = np.minimum(offsets[:, None] + np.arange(8), len(self.buf) - 1)
-        raw = np.ascontiguousarray(self.buf[idx]).view("<i8").ravel()
-        low = (raw & 0xFFFFFFFF).astype(np.uint32).view(np.int32).astype(np.int64)
-        return np.where(width == 8, raw, low)
+        out = np.empty(len(offsets), np.int64)
+        for size, dtype in ((8, "<i8"), (4, "<i4")):
+            mask = width == size
+            if mask.any():
+                # Element k of this overlapping view is the field starting at byte k.
+                fields = np.ndarray((len(self.mv) - size + 1,), dtype, buffer=self.mv, strides=(1,))
+                out[mask] = fields[offsets[mask]]
+        return out

@@ -1,0 +1,74 @@
+"""Plain-text tables and the summary rows every benchmark hands back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .timing import Measurement
+
+MISSING = "—"
+
+
+@dataclass
+class Row:
+    """One case of one benchmark: rtdyld and each peer on the same input."""
+
+    benchmark: str
+    case: str
+    relocs: int
+    rtdyld: Measurement
+    peers: dict[str, Measurement | None] = field(default_factory=dict)  # None: skipped
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
+def ratio(rtdyld: Measurement, peer: Measurement | None) -> str:
+    """rtdyld's median over the peer's: above 1 means rtdyld is slower."""
+    if peer is None or not (peer.ok and rtdyld.ok and peer.times and rtdyld.times):
+        return MISSING
+    return f"{rtdyld.median / peer.median:.2f}"
+
+
+def rate(per_second: float) -> str:
+    if per_second >= 1e6:
+        return f"{per_second / 1e6:.2f}M"
+    return f"{per_second / 1e3:.0f}k"
+
+
+def timing(m: Measurement | None) -> str:
+    """A median in ms, or why there is none."""
+    if m is None:
+        return MISSING
+    if not m.ok:
+        return "WRONG"
+    return ms(m.median)
+
+
+def table(headers: list[str], rows: list[list[str]], title: str = "") -> str:
+    """Columns sized to their widest cell; the first column left-aligned, the rest right."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+
+    def line(cells) -> str:
+        out = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(out).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    body = [line(headers), rule] + [line(r) for r in rows]
+    return "\n".join(([title] if title else []) + body)
+
+
+def summary(rows: list[Row], peer_names: list[str]) -> str:
+    """One line per case: rtdyld's median, each peer's, and rtdyld/peer."""
+    headers = ["benchmark", "case", "relocs", "rtdyld ms"]
+    for name in peer_names:
+        headers += [f"{name} ms", f"rtdyld/{name}"]
+    lines = []
+    for r in rows:
+        cells = [r.benchmark, r.case, str(r.relocs), timing(r.rtdyld)]
+        for name in peer_names:
+            peer = r.peers.get(name)
+            cells += [timing(peer), ratio(r.rtdyld, peer)]
+        lines.append(cells)
+    return table(headers, lines, "Summary (medians; rtdyld/peer > 1 means rtdyld is slower)")

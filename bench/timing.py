@@ -1,0 +1,89 @@
+"""Repeated, verified timing of one engine loading one object."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from .engines import Engine
+from .gen import Generated
+
+
+class EngineFailed(Exception):
+    """The engine could not link the object at all (not a wrong result)."""
+
+
+@dataclass
+class Measurement:
+    engine: str
+    relocs: int
+    times: list[float]  # seconds per timed run, warm-up excluded
+    results: tuple[int, int]  # what bench_check and bench_pad_ok returned
+    check: str  # "ok", or what was wrong with the results
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the median run
+
+    @property
+    def median(self) -> float:
+        """The middle run (the lower one of an even count), so its phases add up to it."""
+        return statistics.median_low(self.times)
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+    @property
+    def ok(self) -> bool:
+        return self.check == "ok"
+
+    @property
+    def relocs_per_second(self) -> float:
+        return self.relocs / self.median
+
+
+def measure(engine: Engine, gen: Generated, runs: int, budget: float, warmup: int = 1) -> Measurement:
+    """Link ``gen`` ``warmup + n`` times, each in a fresh session, and verify the first link.
+
+    ``n`` is ``runs``, fewer when the warm-up shows that ``runs`` links would
+    take longer than ``budget`` seconds, and never less than one.
+    """
+    times: list[float] = []
+    results, check = (0, 0), "not run"
+    with engine.instrument() as log:
+        i, planned = 0, warmup + runs
+        while i < planned:
+            state = engine.prepare(gen)
+            try:
+                gc.collect()
+                if log is not None:
+                    log.new_run()
+                t0 = time.perf_counter()
+                try:
+                    engine.link(state, gen)
+                except RuntimeError as e:
+                    raise EngineFailed(str(e).strip() or type(e).__name__) from None
+                elapsed = time.perf_counter() - t0
+                if i == 0:
+                    results = engine.run_checks(state)
+                    check = _verdict(results, gen)
+            finally:
+                engine.release(state)
+            if i < warmup:
+                if i == warmup - 1:
+                    planned = warmup + max(1, min(runs, int(budget / max(elapsed, 1e-9))))
+            else:
+                times.append(elapsed)
+            i += 1
+        phases = log.run(warmup + times.index(statistics.median_low(times))) if log is not None else {}
+    return Measurement(engine.name, gen.relocs, times, results, check, phases)
+
+
+def _verdict(results: tuple[int, int], gen: Generated) -> str:
+    check, pad_ok = results
+    wrong = []
+    if check != gen.expected_check:
+        wrong.append(f"bench_check returned {check:#x}, expected {gen.expected_check:#x}")
+    if pad_ok != gen.expected_pad_ok:
+        wrong.append(f"bench_pad_ok returned {pad_ok}, expected {gen.expected_pad_ok}")
+    return "; ".join(wrong) or "ok"

@@ -1,0 +1,108 @@
+"""The on-disk format of one object-cache entry, and atomic file replacement.
+
+An entry is a fixed header, a JSON metadata block and the object bytes::
+
+    magic "RTDYLDOC" | format u32 | key 32 bytes | meta length u32 |
+    object length u64 | sha256(meta + object) 32 bytes | meta | object
+
+All integers are little-endian.  The lengths must account for the whole file
+and the checksum must match, so a truncated, extended or bit-flipped entry is
+refused rather than handed to the linker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+
+MAGIC = b"RTDYLDOC"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sI32sIQ32s")
+TEMP_PREFIX = ".tmp-"  # temporary files being written; never entries
+
+
+class CorruptEntry(Exception):
+    """An entry whose header, lengths or checksum do not hold."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A verified cache entry."""
+
+    key: bytes
+    module: str
+    symbols: tuple[str, ...]
+    data: bytes
+
+
+def encode(key: bytes, data: bytes, module: str, symbols: list[str], settings: dict) -> bytes:
+    """The bytes of an entry for object ``data`` stored under ``key``."""
+    meta = json.dumps({"module": module, "symbols": sorted(symbols), "settings": settings},
+                      sort_keys=True).encode()
+    checksum = hashlib.sha256(meta + data).digest()
+    return HEADER.pack(MAGIC, FORMAT_VERSION, key, len(meta), len(data), checksum) + meta + data
+
+
+def decode(blob: bytes, key: bytes) -> Entry:
+    """The entry in ``blob``, which must be stored under ``key``; raises CorruptEntry."""
+    if len(blob) < HEADER.size:
+        raise CorruptEntry(f"{len(blob)} bytes, shorter than the {HEADER.size}-byte header")
+    magic, version, stored_key, meta_len, data_len, checksum = HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise CorruptEntry(f"bad magic {magic!r}")
+    if version != FORMAT_VERSION:
+        raise CorruptEntry(f"format version {version}, expected {FORMAT_VERSION}")
+    if stored_key != key:
+        raise CorruptEntry("stored under another key")
+    if HEADER.size + meta_len + data_len != len(blob):
+        raise CorruptEntry(f"header promises {HEADER.size + meta_len + data_len} bytes, file has {len(blob)}")
+    body = memoryview(blob)[HEADER.size:]
+    if hashlib.sha256(body).digest() != checksum:
+        raise CorruptEntry("checksum mismatch")
+    try:
+        meta = json.loads(bytes(body[:meta_len]))
+        module = meta["module"]
+        symbols = tuple(meta["symbols"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptEntry(f"unreadable metadata: {e}") from None
+    return Entry(key, str(module), symbols, bytes(body[meta_len:]))
+
+
+def atomic_write(path: str, blob: bytes) -> None:
+    """Replace ``path`` with ``blob`` so that readers see the old file or the
+    whole new one, never a part: a synced temporary file in the same
+    directory, renamed over the target."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    # The rename is durable only once the directory itself is synced.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+

@@ -1,0 +1,125 @@
+"""`rtdyld run`: link objects and IR, call main(argc, argv), exit with its status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from fixtures_build import C_FLAG_SETS, FIXTURES, REPO
+
+PIE = C_FLAG_SETS["O2-pie"]
+
+
+def rtdyld_run(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "rtdyld", "run", *map(str, args)],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_error_line(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("rtdyld: error: "), lines[0]
+    for word in words:
+        assert word in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def prog(build):
+    return [build.cc("prog/main.c", *PIE), build.cc("prog/util.c", *PIE)]
+
+
+def test_run_passes_argv_and_returns_status(prog):
+    proc = rtdyld_run(*prog, "--", "x", "yy")
+    assert proc.stdout == "argc=3\nargv[1]=x\nargv[2]=yy\nargv0=set argv_end=null\n"
+    assert proc.stderr == "hello from util.c\n"
+    assert proc.returncode == 40 + len("x") + len("yy")
+
+
+def test_run_without_arguments(prog):
+    proc = rtdyld_run(*prog)
+    assert proc.stdout == "argc=1\nargv0=set argv_end=null\n"
+    assert proc.returncode == 40
+
+
+def test_run_arguments_that_look_like_options(prog):
+    proc = rtdyld_run(*prog, "--", "-l", "--entry")
+    assert proc.stdout.startswith("argc=3\nargv[1]=-l\nargv[2]=--entry\n")
+    assert proc.returncode == 40 + 2 + 7
+
+
+def test_run_entry(prog):
+    proc = rtdyld_run("--entry", "alt_main", *prog, "--", "a")
+    assert proc.stdout == "alt_main argc=2\n"
+    assert proc.returncode == 5
+
+
+def test_run_ir_quickstart():
+    proc = rtdyld_run("fixtures/hello.ll")
+    assert proc.stdout == "hello from rtdyld!\n"
+    assert proc.returncode == 0
+
+
+def test_run_bitcode(build):
+    proc = rtdyld_run(build.bitcode_path(FIXTURES / "hello.ll"))
+    assert proc.stdout == "hello from rtdyld!\n"
+    assert proc.returncode == 0
+
+
+def test_run_with_libm(build):
+    proc = rtdyld_run("-l", "m", build.cc("prog/cosine.c", *PIE), "--", "0.5")
+    assert proc.stdout == "cos=0.877583\n", proc.stderr
+    assert proc.returncode == 0
+
+
+def test_run_with_library_directory(build):
+    lib = build.shared_lib("prog/twice_lib.c", "rtdyldtwice")
+    proc = rtdyld_run("-L", lib.parent, "-l", "rtdyldtwice", build.cc("prog/use_twice.c", *PIE))
+    assert proc.stdout == "twice=42\n", proc.stderr
+    assert proc.returncode == 0
+
+
+def test_run_runs_destructors(build):
+    proc = rtdyld_run(build.cc("prog/fini.c", *PIE))
+    assert proc.stdout == "fini ran\n"
+    assert proc.returncode == 0
+
+
+def test_error_undefined_symbol(build):
+    obj = build.cc("prog/undefined.c", *PIE)
+    assert_error_line(rtdyld_run(obj), "not_defined_anywhere")
+
+
+def test_error_missing_input(tmp_path):
+    missing = tmp_path / "no-such-object.o"
+    assert_error_line(rtdyld_run(missing), str(missing))
+
+
+def test_error_missing_library(prog):
+    assert_error_line(rtdyld_run("-l", "rtdyld_no_such_library", *prog), "rtdyld_no_such_library")
+
+
+def test_error_malformed_input(tmp_path):
+    bad = tmp_path / "garbage.o"
+    bad.write_bytes(b"\x7fELF" + bytes(20))
+    assert_error_line(rtdyld_run(bad), str(bad))
+
+
+def test_debug_shows_traceback(build):
+    proc = rtdyld_run("--debug", build.cc("prog/undefined.c", *PIE))
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr
+    assert "UndefinedSymbolError" in proc.stderr
+    assert "not_defined_anywhere" in proc.stderr
