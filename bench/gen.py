@@ -119,8 +119,20 @@ def _calibrate(reloc: str, code_model: str) -> tuple[int, int]:
 def _key(kind: str, relocs: int, reloc: str, code_model: str, seed: int) -> str:
     import llvmlite.binding as llvm
 
-    parts = [kind, GEN_VERSION, relocs, reloc, code_model, seed, LOADS, CALLS, LEAVES, GLOBALS,
-             ".".join(map(str, llvm.llvm_version_info)), llvm.get_default_triple()]
+    parts = [
+        kind,
+        GEN_VERSION,
+        relocs,
+        reloc,
+        code_model,
+        seed,
+        LOADS,
+        CALLS,
+        LEAVES,
+        GLOBALS,
+        ".".join(map(str, llvm.llvm_version_info)),
+        llvm.get_default_triple(),
+    ]
     digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
     return f"{kind}-{relocs}-{reloc}-{code_model}-{digest}"
 

@@ -29,6 +29,7 @@ def run(session: Session) -> list[Row]:
             str(len(m.times)),
             report.timing(m),
             report.ms(m.best),
+            report.ms(m.cpu_median),
             report.rate(m.relocs_per_second),
             report.ratio(rt, m) if m is not rt else "1.00",
             m.check,
@@ -39,7 +40,7 @@ def run(session: Session) -> list[Row]:
         f"link_object: {gen.relocs} relocations, {gen.units} functions, "
         f"{len(gen.data) / 2**20:.1f} MiB object ({RELOC_MODEL}/{CODE_MODEL})"
     )
-    headers = ["engine", "runs", "median ms", "min ms", "relocs/s", "rtdyld/engine", "check"]
+    headers = ["engine", "runs", "median ms", "min ms", "cpu ms", "relocs/s", "rtdyld/engine", "check"]
     print(report.table(headers, lines, title))
     values = {m.results[0] for m in measured}
     if len(values) == 1:

@@ -46,12 +46,12 @@ def timing(m: Measurement | None) -> str:
     return ms(m.median)
 
 
-def table(headers: list[str], rows: list[list[str]], title: str = "") -> str:
-    """Columns sized to their widest cell; the first column left-aligned, the rest right."""
+def table(headers: list[str], rows: list[list[str]], title: str = "", left: int = 1) -> str:
+    """Columns sized to their widest cell; the first ``left`` columns left-aligned, the rest right."""
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
 
     def line(cells) -> str:
-        out = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        out = [str(c).ljust(w) if i < left else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
         return "  ".join(out).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
@@ -71,4 +71,4 @@ def summary(rows: list[Row], peer_names: list[str]) -> str:
             peer = r.peers.get(name)
             cells += [timing(peer), ratio(r.rtdyld, peer)]
         lines.append(cells)
-    return table(headers, lines, "Summary (medians; rtdyld/peer > 1 means rtdyld is slower)")
+    return table(headers, lines, "Summary (medians; rtdyld/peer > 1 means rtdyld is slower)", left=2)

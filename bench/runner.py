@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import platform
-import sys
 
 from . import BENCHMARKS, report
 from .report import Row
@@ -17,8 +16,13 @@ def parse_args(argv: list[str] | None) -> tuple[Options, list[str]]:
     p.add_argument("--quick", action="store_true", help="fewer sizes and runs")
     p.add_argument("--runs", type=int, help="timed runs per engine and case (default 7, 3 with --quick)")
     p.add_argument("--max-relocs", type=int, metavar="N", help="cap every object at N relocations")
-    p.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME",
-                   help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
+    )
     args = p.parse_args(argv)
     runs = args.runs if args.runs is not None else (3 if args.quick else 7)
     if runs < 1:

@@ -19,7 +19,8 @@ class EngineFailed(Exception):
 class Measurement:
     engine: str
     relocs: int
-    times: list[float]  # seconds per timed run, warm-up excluded
+    times: list[float]  # wall-clock seconds per timed run, warm-up excluded
+    cpu: list[float]  # this process's CPU seconds per timed run (steadier on a busy machine)
     results: tuple[int, int]  # what bench_check and bench_pad_ok returned
     check: str  # "ok", or what was wrong with the results
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the median run
@@ -28,6 +29,10 @@ class Measurement:
     def median(self) -> float:
         """The middle run (the lower one of an even count), so its phases add up to it."""
         return statistics.median_low(self.times)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median_low(self.cpu)
 
     @property
     def best(self) -> float:
@@ -49,6 +54,7 @@ def measure(engine: Engine, gen: Generated, runs: int, budget: float, warmup: in
     take longer than ``budget`` seconds, and never less than one.
     """
     times: list[float] = []
+    cpu: list[float] = []
     results, check = (0, 0), "not run"
     with engine.instrument() as log:
         i, planned = 0, warmup + runs
@@ -58,12 +64,12 @@ def measure(engine: Engine, gen: Generated, runs: int, budget: float, warmup: in
                 gc.collect()
                 if log is not None:
                     log.new_run()
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 try:
                     engine.link(state, gen)
                 except RuntimeError as e:
                     raise EngineFailed(str(e).strip() or type(e).__name__) from None
-                elapsed = time.perf_counter() - t0
+                elapsed, used = time.perf_counter() - t0, time.process_time() - c0
                 if i == 0:
                     results = engine.run_checks(state)
                     check = _verdict(results, gen)
@@ -74,9 +80,10 @@ def measure(engine: Engine, gen: Generated, runs: int, budget: float, warmup: in
                     planned = warmup + max(1, min(runs, int(budget / max(elapsed, 1e-9))))
             else:
                 times.append(elapsed)
+                cpu.append(used)
             i += 1
         phases = log.run(warmup + times.index(statistics.median_low(times))) if log is not None else {}
-    return Measurement(engine.name, gen.relocs, times, results, check, phases)
+    return Measurement(engine.name, gen.relocs, times, cpu, results, check, phases)
 
 
 def _verdict(results: tuple[int, int], gen: Generated) -> str:

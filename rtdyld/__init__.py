@@ -19,18 +19,22 @@ from .errors import (
     ValidationError,
 )
 from .host import LibraryNotFoundError
+from .cache import ObjectCache
 from .linker import Handle, Linker
+from .symbols import Dylib
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DuplicateSymbolError",
+    "Dylib",
     "Handle",
     "LayoutError",
     "LibraryNotFoundError",
     "LinkError",
     "Linker",
     "MalformedObjectError",
+    "ObjectCache",
     "RelocationOverflowError",
     "UndefinedSymbolError",
     "UnsupportedRelocationError",

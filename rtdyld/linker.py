@@ -91,6 +91,7 @@ class Linker:
         self.library_dirs: list[str] = []
         self.pinned: dict[tuple[str, str], int] = {}
         self.validators: list = []
+        self.caches: list = []  # object caches used, to explain missing symbols
         self.dylibs: dict[str, Dylib] = {self.main.name: self.main}
         self._lock = threading.RLock()
         self._batches = 0
@@ -136,6 +137,8 @@ class Linker:
         """Compile LLVM IR (text, bitcode or llvmlite module) and add the object.
         With ``cache`` (an ObjectCache), llvmlite compiles only on a miss."""
         if cache is not None:
+            if cache not in self.caches:
+                self.caches.append(cache)
             data, display, _hit = cache.compile(module, name, reloc=reloc, code_model=code_model, opt=opt,
                                                 triple=triple)
         else:
@@ -155,13 +158,14 @@ class Linker:
             if whole:
                 self.pending_pulls.extend((o, p, d) for o, p in archives.whole(ar))
 
-    def add_file(self, path: str, triple: str | None = None, dylib: Dylib | None = None) -> None:
+    def add_file(self, path: str, triple: str | None = None, dylib: Dylib | None = None, cache=None) -> None:
         """Add an input the way the command line does, by its kind:
         LLVM IR (.ll/.bc), assembly (.s), an archive, or an object."""
         ext = os.path.splitext(str(path))[1]
         if ext in (".ll", ".bc"):
             data, _ = read_input(path)
-            self.add_module(data if ext == ".bc" else data.decode(), name=str(path), triple=triple, dylib=dylib)
+            self.add_module(data if ext == ".bc" else data.decode(), name=str(path), triple=triple, dylib=dylib,
+                            cache=cache)
         elif ext in (".s", ".S"):
             from .asm import assemble
 
@@ -226,9 +230,13 @@ class Linker:
             try:
                 for d, objs in groups.items():
                     linked.append((d, self._link_group(d, objs, whole, linked)))
-            except BaseException:
+            except BaseException as e:
                 for _, lb in linked:
                     lb.allocation.release()
+                if isinstance(e, UndefinedSymbolError) and self.caches:
+                    from .cache import explain_undefined
+
+                    raise explain_undefined(e, self.caches) from None
                 raise
             return self._publish(linked)
 

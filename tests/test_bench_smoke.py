@@ -1,0 +1,70 @@
+"""The benchmarks run end to end on tiny objects and print their tables.
+
+Nothing here looks at how long anything took: only that every benchmark ran,
+that rtdyld's links gave the right results, and that the summary has a ratio
+against a peer measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RATIO = re.compile(r"^\d+\.\d\d$")
+
+
+def table_after(title: str, out: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the table printed under ``title``; columns split on runs of spaces."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    header = re.split(r"\s{2,}", lines[start + 1].strip())
+    assert set(lines[start + 2].replace(" ", "")) == {"-"}, lines[start + 2]
+    rows = []
+    for line in lines[start + 3 :]:
+        if not line.strip() or line.startswith(("note:", "error:")):
+            break
+        rows.append(re.split(r"\s{2,}", line.strip()))
+    return header, rows
+
+
+def test_quick_run_prints_summary_with_ratios(tmp_path):
+    env = {**os.environ, "RTDYLD_BENCH_CACHE": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--max-relocs", "2000", "--runs", "1"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "WRONG" not in out and "error:" not in out, out
+
+    header, rows = table_after("link_object:", out)
+    engines = {r[0]: r for r in rows}
+    assert engines["rtdyld"][header.index("check")] == "ok", out
+    assert "MCJIT" in engines, out
+
+    header, rows = table_after("Summary", out)
+    assert header[:4] == ["benchmark", "case", "relocs", "rtdyld ms"], header
+    assert "rtdyld/MCJIT" in header, header
+    assert {r[0] for r in rows} == {"link_object", "scaling"}, rows
+    for row in rows:
+        assert len(row) == len(header), (header, row)
+        assert RATIO.match(row[header.index("rtdyld/MCJIT")]), (header, row)
+
+
+def test_generated_object_has_the_requested_relocation_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("RTDYLD_BENCH_CACHE", str(tmp_path))
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import gen
+
+    made = gen.make(1_500)
+    assert gen.count_relocs(made.data) == made.relocs == 1_500
+    assert gen.make_object(1_500) == made.data  # from the cache, same bytes
