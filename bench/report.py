@@ -24,10 +24,12 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}"
 
 
-def ratio(rtdyld: Measurement, peer: Measurement | None) -> str:
-    """rtdyld's median over the peer's: above 1 means rtdyld is slower."""
+def ratio(rtdyld: Measurement, peer: Measurement | None, cpu: bool = False) -> str:
+    """rtdyld's median (wall clock, or CPU time) over the peer's: above 1 means rtdyld is slower."""
     if peer is None or not (peer.ok and rtdyld.ok and peer.times and rtdyld.times):
         return MISSING
+    if cpu:
+        return f"{rtdyld.cpu_median / peer.cpu_median:.2f}"
     return f"{rtdyld.median / peer.median:.2f}"
 
 

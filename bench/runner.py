@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import platform
 
 from . import BENCHMARKS, report
@@ -58,7 +59,9 @@ def _header(options: Options) -> str:
             return "not installed"
 
     mode = "quick" if options.quick else "full"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"rtdyld benchmarks ({mode}, up to {options.runs} timed runs after 1 warm-up) on {platform.machine()}, "
-        f"Python {platform.python_version()}, numpy {ver('numpy')}, llvmlite {ver('llvmlite')}\n"
+        f"rtdyld benchmarks ({mode}, up to {options.runs} timed runs after 1 warm-up) on {platform.machine()} "
+        f"with {os.cpu_count()} CPUs (load average {load:.1f}), Python {platform.python_version()}, "
+        f"numpy {ver('numpy')}, llvmlite {ver('llvmlite')}\n"
     )

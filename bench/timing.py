@@ -55,35 +55,39 @@ def measure(engine: Engine, gen: Generated, runs: int, budget: float, warmup: in
     """
     times: list[float] = []
     cpu: list[float] = []
-    results, check = (0, 0), "not run"
+    results: tuple[int, int] | None = None
     with engine.instrument() as log:
-        i, planned = 0, warmup + runs
-        while i < planned:
-            state = engine.prepare(gen)
-            try:
-                gc.collect()
-                if log is not None:
-                    log.new_run()
-                c0, t0 = time.process_time(), time.perf_counter()
-                try:
-                    engine.link(state, gen)
-                except RuntimeError as e:
-                    raise EngineFailed(str(e).strip() or type(e).__name__) from None
-                elapsed, used = time.perf_counter() - t0, time.process_time() - c0
-                if i == 0:
-                    results = engine.run_checks(state)
-                    check = _verdict(results, gen)
-            finally:
-                engine.release(state)
+        for i in range(warmup + runs):
+            elapsed, used, checked = _link_once(engine, gen, log, verify=results is None)
+            results = results or checked
             if i < warmup:
                 if i == warmup - 1:
-                    planned = warmup + max(1, min(runs, int(budget / max(elapsed, 1e-9))))
-            else:
-                times.append(elapsed)
-                cpu.append(used)
-            i += 1
+                    runs = max(1, min(runs, int(budget / max(elapsed, 1e-9))))
+                continue
+            times.append(elapsed)
+            cpu.append(used)
+            if len(times) == runs:
+                break
         phases = log.run(warmup + times.index(statistics.median_low(times))) if log is not None else {}
-    return Measurement(engine.name, gen.relocs, times, cpu, results, check, phases)
+    return Measurement(engine.name, gen.relocs, times, cpu, results, _verdict(results, gen), phases)
+
+
+def _link_once(engine: Engine, gen: Generated, log, verify: bool) -> tuple[float, float, tuple[int, int] | None]:
+    """Wall and CPU seconds of one link in a fresh session, and the check results if ``verify``."""
+    state = engine.prepare(gen)
+    try:
+        gc.collect()
+        if log is not None:
+            log.new_run()
+        c0, t0 = time.process_time(), time.perf_counter()
+        try:
+            engine.link(state, gen)
+        except RuntimeError as e:
+            raise EngineFailed(str(e).strip() or type(e).__name__) from None
+        elapsed, used = time.perf_counter() - t0, time.process_time() - c0
+        return elapsed, used, engine.run_checks(state) if verify else None
+    finally:
+        engine.release(state)
 
 
 def _verdict(results: tuple[int, int], gen: Generated) -> str:

@@ -7,6 +7,7 @@
     add = ln.function("add", "int(int, int)")
 """
 
+from .cache import ObjectCache
 from .errors import (
     DuplicateSymbolError,
     LayoutError,
@@ -19,7 +20,6 @@ from .errors import (
     ValidationError,
 )
 from .host import LibraryNotFoundError
-from .cache import ObjectCache
 from .linker import Handle, Linker
 from .symbols import Dylib
 

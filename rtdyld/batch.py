@@ -16,7 +16,6 @@ from . import layout as L
 from .errors import (
     DuplicateSymbolError,
     LayoutError,
-    LinkError,
     MalformedObjectError,
     RelocationOverflowError,
     UndefinedSymbolError,
@@ -26,11 +25,9 @@ from .objfile.model import (
     SEC_ABS,
     SEC_COMMON,
     SEC_DISCARDED,
-    SEC_UNDEF,
     Bind,
     ObjectFile,
     SectionRole,
-    SymType,
 )
 from .symbols import Resolver, SymbolDef
 from .x86_64 import fixup, scan
@@ -404,9 +401,11 @@ class BatchLinker:
         """Per relocation: is the target in reach from the region ``low`` picks;
         which 32-bit data references cannot reach; which fixups are branches."""
         kind, tgt, n, internal = self.relocs["kind"], self.target, self.nsyms, self.internal
+        from memmgr import MemMgrError
+
         try:
             lo, hi = self.memory.reach_range(low=low)
-        except Exception as e:
+        except MemMgrError as e:
             raise LayoutError(f"cannot reserve memory for the batch: {e}") from None
         self.reach = (lo, hi)
         ext_addr = np.array([e.address for e in self.externals] or [0], dtype=np.uint64)
@@ -474,7 +473,7 @@ class BatchLinker:
     # --- layout -------------------------------------------------------------
 
     def allocate(self) -> None:
-        from memmgr import Prot, SegmentRequest
+        from memmgr import MemMgrError, Prot, SegmentRequest
 
         plans = L.plan_segments()
         for p in self.placed:
@@ -494,7 +493,7 @@ class BatchLinker:
         total = sum(r.size for r in requests)
         try:
             self.allocation = self.memory.allocate(requests, low=self.low)
-        except Exception as e:
+        except MemMgrError as e:
             where = "below 2 GiB " if self.low else ""
             raise LayoutError(f"cannot allocate {total} bytes {where}for the batch: {e}") from None
         self.plans = plans
@@ -628,7 +627,7 @@ class BatchLinker:
             r = self.relocs[k]
             t = int(self.target[k])
             name = self.externals[t - self.nsyms].name if t >= self.nsyms else self.name_of(int(r["sym"]))
-            v = int(value[k].view(np.int64)) if True else 0
+            v = int(value[k].view(np.int64))
             width = int(WIDTH[kind[k]]) * 8
             lines.append(
                 f"{self.where(k)}: {self.rtype_name(k)} against {name!r}: value {v:#x} "
@@ -637,7 +636,10 @@ class BatchLinker:
         more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
         hint = ""
         if np.any(np.isin(kind[bad], [int(Edge.Pointer32), int(Edge.Pointer32Signed)])):
-            hint = "\n  hint: absolute 32-bit relocations need their targets below 2 GiB; rebuild with -fPIC"
+            hint = (
+                "\n  hint: absolute 32-bit relocations need their targets below 4 GiB (R_X86_64_32) "
+                "or 2 GiB (R_X86_64_32S); rebuild with -fPIC"
+            )
         raise RelocationOverflowError(
             "relocation overflow:\n  " + "\n  ".join(lines) + more + hint
         )

@@ -8,9 +8,13 @@ which is where the linker wrote (for an in-process link the same pages).
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable
+
 from .batch import LinkedBatch
-from .check.model import CheckError
-from .symmap import BatchSymbols
+from .check import CheckError, evaluate, extract_checks
+from .errors import UsageError
+from .symmap import GOT_SYMBOL, BatchSymbols
 
 
 class LinkCheckEnv:
@@ -28,6 +32,8 @@ class LinkCheckEnv:
         self.view = BatchSymbols(batch)
 
     def symbol_address(self, name: str) -> int:
+        if name == GOT_SYMBOL:
+            return self.batch.got_base
         try:
             return self.view.symbol_address(name)
         except KeyError:
@@ -72,7 +78,7 @@ class LinkCheckEnv:
         for t in self.view.targets_named(symbol):
             if t in self.batch.got:
                 return self.batch.got[t]
-        raise CheckError(f"no GOT entry for {symbol!r} in {file}{self._why_none(symbol)}")
+        raise CheckError(f"no GOT entry for {symbol!r} in {file}{self._why_none(symbol, 'direct or relaxed')}")
 
     def stub_address(self, file: str, section: str | None, symbol: str) -> int:
         oi = self._object(file)
@@ -84,7 +90,7 @@ class LinkCheckEnv:
         for t in self.view.targets_named(symbol):
             if t in self.batch.stubs:
                 return self.batch.stubs[t]
-        raise CheckError(f"no stub for {symbol!r} in {file}{self._why_none(symbol)}")
+        raise CheckError(f"no stub for {symbol!r} in {file}{self._why_none(symbol, 'in reach')}")
 
     def _object(self, file: str) -> int:
         try:
@@ -93,10 +99,55 @@ class LinkCheckEnv:
             names = ", ".join(o.name for o in self.batch.objects)
             raise CheckError(f"no object {file!r} in the link (objects: {names})") from None
 
-    def _why_none(self, symbol: str) -> str:
+    def _why_none(self, symbol: str, reason: str) -> str:
         if not self.view.targets_named(symbol):
             return ": no relocation refers to it"
-        return ": the target is in reach, so none was needed"
+        return f": every reference to it is {reason}"
 
 
-__all__ = ["LinkCheckEnv"]
+def run_checks(linker, batch: LinkedBatch, files: Iterable[str], prefixes: Iterable[str],
+               verbose: bool = False, out=None) -> int:
+    """Evaluate the checks of ``files`` against a linked batch, print each
+    failure (each pass too with ``verbose``) and a summary line; return the
+    exit status: 0 if every check passed and every file had checks, else 1."""
+    out = out if out is not None else sys.stdout
+    prefixes = list(prefixes)
+    env = LinkCheckEnv(linker, batch)
+    passed = failed = 0
+    empty: list[str] = []
+    files = list(files)
+    for path in files:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError as e:
+            raise UsageError(f"cannot read check file {path}: {e.strerror or e}") from None
+        checks = extract_checks(text, prefixes, source=str(path))
+        if not checks:
+            empty.append(str(path))
+            print(f"{path}: error: no checks (no line with {' or '.join(p + ':' for p in prefixes)})", file=out)
+            continue
+        for check in checks:
+            try:
+                result = evaluate(check, env)
+            except CheckError as e:
+                failed += 1
+                print(f"{e}", file=out)
+                continue
+            if result.passed:
+                passed += 1
+                if verbose:
+                    print(result.message, file=out)
+            else:
+                failed += 1
+                print(result.message, file=out)
+    total = passed + failed
+    summary = (f"{total} check{'s' if total != 1 else ''} in {len(files)} file{'s' if len(files) != 1 else ''}: "
+               f"{passed} passed, {failed} failed")
+    if empty:
+        summary += f"; {len(empty)} file{'s' if len(empty) != 1 else ''} without checks"
+    print(summary, file=out)
+    return 0 if not failed and not empty else 1
+
+
+__all__ = ["LinkCheckEnv", "run_checks"]

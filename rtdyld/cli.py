@@ -388,7 +388,12 @@ COMMANDS = {"run": cmd_run, "trace": cmd_trace, "symbols": cmd_symbols, "map": c
 
 
 def _one_line(message: str) -> str:
-    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    """A multi-line message as one line: its lines joined by "; " (by a space after a colon)."""
+    out = ""
+    for part in (p.strip() for p in message.splitlines()):
+        if part:
+            out += (" " if out.endswith(":") else "; " if out else "") + part
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,6 +226,7 @@ class Linker:
                 groups.setdefault(d, [])
             if not groups:
                 groups[self.main] = []
+            groups = _providers_first(groups)
             linked: list[tuple[Dylib, LinkedBatch]] = []
             try:
                 for d, objs in groups.items():
@@ -387,6 +388,24 @@ class Linker:
             "maps": [(m.start, m.end, m.perms) for m in read_maps() if self.memory.contains(m.start)],
             "kept_groups": sorted(self.kept_groups),
         }
+
+
+def _providers_first(groups: dict) -> dict:
+    """Order per-dylib groups so a dylib in another's link order links first:
+    its in-flight definitions are then known when the consumer resolves."""
+    ordered: dict = {}
+
+    def visit(d, seen=()):
+        if d in ordered or d in seen:
+            return
+        for dep in d.order():
+            if isinstance(dep, Dylib) and dep in groups:
+                visit(dep, (*seen, d))
+        ordered[d] = groups[d]
+
+    for d in groups:
+        visit(d)
+    return ordered
 
 
 _live_linkers: weakref.WeakSet[Linker] = weakref.WeakSet()

@@ -53,6 +53,7 @@ class FixupRecord:
     bytes_after: str
     insn_before: str
     insn_after: str
+    target: int | None  # the target's own address (S is the stub's when one is used)
     source: str  # who supplied the target: an object, a library, "process", "user definition"
     stub: int | None = None
     got: int | None = None
@@ -384,6 +385,7 @@ class _Builder:
                     bytes_after=_hex(after[lo:hi]),
                     insn_before=insn_before,
                     insn_after=insn_after,
+                    target=self.view.target_address(tgt),
                     source=self.view.target_source(tgt),
                     stub=S if stub else None,
                     got=slot,
@@ -443,14 +445,15 @@ def format_table(trace: Trace) -> str:
             if f.insn_before or f.insn_after:
                 out.append(f"    before  {f.insn_before or '?'}")
                 out.append(f"    after   {f.insn_after or '?'}")
-            via = [f"from {f.source}"]
+            where = f" = {f.target:#x}" if f.target is not None else ""
+            via = [f"{f.symbol}{where} from {f.source}"]
             if f.stub is not None:
                 via.append(f"via stub {f.stub:#x}")
             if f.got is not None:
                 via.append(f"GOT slot {f.got:#x}")
             if f.relax:
                 via.append(f"relaxed: {f.relax}")
-            out.append(f"    {f.symbol}: {'; '.join(via)}")
+            out.append(f"    {'; '.join(via)}")
     if trace.got:
         out.append("")
         out.append(f"GOT slots ({len(trace.got)}):")

@@ -142,14 +142,6 @@ class Builder:
             self._ir[key] = tm.emit_object(module)
         return self._ir[key]
 
-    def ir_path(self, source: str | Path, **kwargs: str | int | None) -> Path:
-        """As :meth:`ir`, written to a ``.o`` file."""
-        data = self.ir(source, **kwargs)
-        out = self.root / f"{self._ir_source(source).stem}-{_key(data)}.o"
-        if not out.exists():
-            out.write_bytes(data)
-        return out
-
     def bitcode_path(self, source: str | Path) -> Path:
         """The IR fixture as a ``.bc`` file."""
         text = self.ir_text(source)

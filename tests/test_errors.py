@@ -174,6 +174,8 @@ def test_lookup_of_unknown_symbol(build):
     ln.finalize()
     with pytest.raises(rtdyld.UndefinedSymbolError, match="no_such_symbol_here"):
         ln.lookup("no_such_symbol_here")
+    with pytest.raises(rtdyld.UndefinedSymbolError, match="no_such_function_here"):
+        ln.function("no_such_function_here", "int(void)")
 
 
 def test_duplicate_strong_definitions_name_both_objects(build):

@@ -247,10 +247,14 @@ def _mcinst_operands(insn) -> list[Operand]:
         a, b = insn.reg_name(ops[1].reg), insn.reg_name(ops[0].reg)
         return [_reg(a), _reg(b), _reg(a), _reg(b)]
     if first is not None and 0xD8 <= first <= 0xDF:
-        regs = [o for o in ops if o.type == _X86_OP_REG]
-        if len(regs) > 1:
-            # x87: st(0) is implicit when another stack register is named.
-            ops = [o for o in ops if not (o.type == _X86_OP_REG and insn.reg_name(o.reg) == "st(0)")]
+        # x87: fnstsw's ax is implicit, and so is st(0) when a second stack
+        # register is named.
+        names = [insn.reg_name(o.reg) if o.type == _X86_OP_REG else None for o in ops]
+        if "ax" in names:
+            del ops[names.index("ax")]
+            del names[names.index("ax")]
+        if sum(n is not None for n in names) == 2 and "st(0)" in names:
+            del ops[names.index("st(0)")]
     if first in _SHIFT_BY_ONE:
         ops = [o for o in ops if o.type != _X86_OP_IMM]
     elif first in _SHIFT_BY_CL or second in (0xA5, 0xAD):

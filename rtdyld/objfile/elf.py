@@ -50,7 +50,7 @@ def is_elf(data: bytes | memoryview) -> bool:
 class _Header:
     """The section-header fields we use, as plain ints."""
 
-    __slots__ = ("name", "type", "flags", "offset", "size", "link", "info", "align", "entsize")
+    __slots__ = ("align", "entsize", "flags", "info", "link", "name", "offset", "size", "type")
 
     def __init__(self, name, h):
         self.name = name
@@ -302,7 +302,7 @@ class _ElfReader:
         info = raw["r_info"]
         rtype = (info & 0xFFFFFFFF).astype(np.int64)
         sym = (info >> 32).astype(np.int64)
-        where = lambda k: f"{sec.name}+{int(raw['r_offset'][k]):#x}"  # noqa: E731
+        where = lambda k: f"{sec.name}+{int(raw['r_offset'][k]):#x}"
         bad = sym >= len(symbols)
         if np.any(bad):
             k = int(np.flatnonzero(bad)[0])

@@ -10,9 +10,9 @@ error messages).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
-from typing import Mapping
 
 import numpy as np
 
