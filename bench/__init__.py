@@ -9,4 +9,6 @@ that prints its own tables; adding one is that module plus its name below.
 BENCHMARKS = (
     "link_object",
     "scaling",
+    "archives",
+    "soak",
 )

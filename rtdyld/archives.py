@@ -10,19 +10,22 @@ once per session; removing the batch that holds it makes it available again.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from .inputs import parse_object
 from .objfile.archive import Archive, ArchiveCache, Member
-from .objfile.model import SEC_ABS, SEC_UNDEF, Bind, ObjectFile
+from .objfile.model import SEC_ABS, SEC_COMMON, SEC_UNDEF, Bind, ObjectFile
 
 
 def defined_globals(obj: ObjectFile) -> list[str]:
-    """Names an object defines for others (global or weak, in a section or absolute)."""
+    """Names an object defines for others: global or weak, in a section,
+    absolute, or tentative (a common symbol satisfies a reference, as in ld)."""
     s = obj.symbols
-    m = ((s["section"] >= 0) | (s["section"] == SEC_ABS)) & (s["bind"] != Bind.LOCAL)
+    sec = s["section"]
+    m = ((sec >= 0) | (sec == SEC_ABS) | (sec == SEC_COMMON)) & (s["bind"] != Bind.LOCAL)
     return [obj.names[i] for i in np.flatnonzero(m).tolist() if obj.names[i]]
 
 
@@ -55,23 +58,29 @@ class ArchiveSet:
         self.archives: list[Archive] = []
         self.loaded: set[tuple[int, int]] = set()  # (id(archive), header_offset)
 
-    def add(self, path) -> Archive:
-        ar = self.cache.get(path, list_definitions=list_member_definitions)
-        if ar not in self.archives:
-            self.archives.append(ar)
-        return ar
+    def open(self, path) -> Archive:
+        # Absolute, so thin members still resolve after the process changes directory.
+        return self.cache.get(os.path.abspath(path), list_definitions=list_member_definitions)
+
+    def register(self, ar: Archive) -> None:
+        """Make ``ar`` part of the search order (a rebuilt file replaces its old self)."""
+        self.archives = [a for a in self.archives if a is not ar and a.name != ar.name]
+        self.archives.append(ar)
 
     @staticmethod
     def key(member: Member) -> tuple[int, int]:
         return (id(member.archive), member.header_offset)
 
-    def pull(self, objects: list[ObjectFile], is_defined_elsewhere) -> list[tuple[ObjectFile, Pull]]:
+    def pull(self, objects: list[ObjectFile], is_defined_elsewhere, extra: list[Archive] = ()
+             ) -> list[tuple[ObjectFile, Pull]]:
         """Members to add to a batch of ``objects``, with the reason for each.
 
         ``is_defined_elsewhere(name, prefix)`` says whether an earlier batch, a
         user definition (anything that outranks archives) already has it.
+        ``extra`` are archives registered by the batch itself, searched last.
         """
-        if not self.archives:
+        search = [a for a in self.archives if a not in extra] + list(extra)
+        if not search:
             return []
         defined: set[str] = set()
         wanted: dict[str, str] = {}  # name -> first referrer
@@ -93,7 +102,7 @@ class ArchiveSet:
                 if is_defined_elsewhere(name, prefix_of[name]):
                     del wanted[name]
                     continue
-                member = self._first_definer(name, taken)
+                member = self._first_definer(search, name, taken)
                 del wanted[name]
                 if member is None:
                     continue
@@ -103,8 +112,8 @@ class ArchiveSet:
                 work.append(obj)
         return pulled
 
-    def _first_definer(self, name: str, taken: set) -> Member | None:
-        for ar in self.archives:
+    def _first_definer(self, search: list[Archive], name: str, taken: set) -> Member | None:
+        for ar in search:
             for m in ar.definers(name):
                 k = self.key(m)
                 if k in self.loaded:

@@ -63,9 +63,7 @@ def _module_asm(source: str) -> str:
     return "".join(f'module asm "{_escape(line)}"\n' for line in source.splitlines())
 
 
-def assemble(
-    source: str, name: str = "input.s", triple: str | None = None
-) -> tuple[bytes, str]:
+def assemble(source: str, name: str = "input.s", triple: str | None = None) -> tuple[bytes, str]:
     """Assemble x86-64 AT&T ``source`` into a relocatable object.
 
     ``triple`` picks the object format (``x86_64-unknown-linux-gnu`` → ELF,
@@ -74,8 +72,9 @@ def assemble(
     An assembly error raises :class:`MalformedObjectError` carrying the
     assembler's message with ``name`` and the line and column it points at.
     """
+    # -P: a file in the caller's working directory must not shadow llvmlite.
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, triple or ""],
+        [sys.executable, "-P", "-c", _CHILD, triple or ""],
         input=_module_asm(source).encode("ascii"),
         capture_output=True,
         check=False,

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from dataclasses import asdict
 
 from .errors import LinkError, UsageError
@@ -34,6 +35,10 @@ addresses:
   every run.  References to targets more than ~2 GiB from the 1 GiB window
   starting at ADDR go through stubs (calls) or fail (data).
 """
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 79)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,6 +82,8 @@ def _add_link_options(p: argparse.ArgumentParser) -> None:
                    "exists (searched in -L dirs, then the system's)")
     p.add_argument("-L", dest="library_dirs", action="append", default=[], metavar="DIR",
                    help="add DIR to the library search path")
+    p.add_argument("--static", action="store_true",
+                   help="make every -l link the archive libNAME.a, never the shared library")
     p.add_argument("--triple", metavar="TRIPLE",
                    help="target triple for .s and IR inputs (default: the host's; "
                    "x86_64-apple-macosx10.15 makes Mach-O)")
@@ -120,11 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print every relocation applied",
         formatter_class=fmt,
         epilog=INSPECT_EPILOG,
-        description="Link the inputs (without running them, unless --run) and print every relocation "
+        description=_wrap("Link the inputs (without running them, unless --run) and print every relocation "
         "applied: object, section, offset, target address P, relocation type, symbol, S, A, the value "
         "written, the bytes before and after, and the instruction holding the fixup before and after. "
         "Then the GOT slots and stubs made, the externals with the resolver that supplied each, and "
-        "the archive members loaded. Relaxed GOT loads are marked on their row.",
+        "the archive members loaded. Relaxed GOT loads are marked on their row."),
     )
     _add_link_options(trace)
     _add_layout_options(trace)
@@ -146,11 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the final symbol map",
         formatter_class=fmt,
         epilog=INSPECT_EPILOG,
-        description="Link the inputs and print every symbol the batch defines (address, size, type, "
+        description=_wrap("Link the inputs and print every symbol the batch defines (address, size, type, "
         "binding, visibility, defining object and section) and every external it uses with where it "
         "came from (a library path, the process, a user definition, an earlier batch). With --undefined, "
         "do not link: list each name the inputs reference but do not define, where it would come from "
-        "or MISSING, and who references it; missing names are not an error.",
+        "or MISSING, and who references it; missing names are not an error."),
     )
     _add_link_options(symbols)
     _add_layout_options(symbols)
@@ -164,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the memory layout",
         formatter_class=fmt,
         epilog=INSPECT_EPILOG,
-        description="Link the inputs and print the memory layout like a linker map file: each segment "
+        description=_wrap("Link the inputs and print the memory layout like a linker map file: each segment "
         "with its protection and size, the sections placed in it with their objects, the stub area, the "
-        "GOT, tentative definitions and padding; then sections pinned with --map-section.",
+        "GOT, tentative definitions and padding; then sections pinned with --map-section."),
     )
     _add_link_options(mapc)
     _add_layout_options(mapc)
@@ -177,12 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify the check lines of the inputs",
         formatter_class=fmt,
         epilog=INSPECT_EPILOG,
-        description="Link the inputs and evaluate the '# rtdyld-check: EXPR = EXPR' and "
+        description=_wrap("Link the inputs and evaluate the '# rtdyld-check: EXPR = EXPR' and "
         "'# jitlink-check: ...' lines of the .s inputs (or of the --check files) in LLVM's "
         "RuntimeDyldChecker language: symbols, *{N}ADDR memory reads, section_addr(FILE, SECTION), "
-        "got_addr(FILE, SYMBOL), stub_addr(FILE, [SECTION,] SYMBOL), decode_operand(LABEL, N), "
+        "got_addr(FILE, SYMBOL), stub_addr(FILE[/SECTION], SYMBOL), decode_operand(LABEL, N), "
         "next_pc(LABEL). Prints each failing check with both sides' values and a summary; exits 1 "
-        "if any check fails or a checked file has none.",
+        "if any check fails or a checked file has none."),
     )
     _add_link_options(check)
     _add_layout_options(check)
@@ -228,7 +235,7 @@ def make_linker(args, memory=None, run_initializers: bool = False):
     for file, section, address in getattr(args, "map_section", []):
         ln.pinned[(file, section)] = address
     for lib in args.libraries:
-        ln.link_library(lib)
+        ln.link_library(lib, static=args.static)
     for path in args.inputs:
         ln.add_file(path, triple=args.triple)
     return ln
@@ -239,12 +246,14 @@ def _check_pins(args, batch) -> None:
     from .symmap import BatchSymbols
 
     view = BatchSymbols(batch)
-    for file, section, address in getattr(args, "map_section", []):
+    for file, section, _address in getattr(args, "map_section", []):
         try:
             oi = view.object_index(file)
         except KeyError:
             names = ", ".join(o.name for o in batch.objects)
-            raise UsageError(f"--map-section {file},{section}: no object {file!r} in the link (objects: {names})")
+            raise UsageError(
+                f"--map-section {file},{section}: no object {file!r} in the link (objects: {names})"
+            ) from None
         if not any(o.name == file for o in batch.objects):
             raise UsageError(f"--map-section {file},{section}: name the object as {batch.objects[oi].name!r}")
         try:

@@ -86,6 +86,7 @@ class Linker:
         self.run_initializers = run_initializers
         self.pending: list[tuple[ObjectFile, Dylib]] = []
         self.pending_pulls: list[tuple[ObjectFile, Pull, Dylib]] = []
+        self.pending_archives: list[tuple[object, Dylib]] = []  # registered when the batch lands
         self.handles: list[Handle] = []
         self.kept_groups: set[str] = set()
         self.library_dirs: list[str] = []
@@ -154,7 +155,8 @@ class Linker:
         d = self._dylib(dylib)
         with self._lock:
             archives = self._archives(d)
-            ar = archives.add(path)
+            ar = archives.open(path)
+            self.pending_archives.append((ar, d))
             if whole:
                 self.pending_pulls.extend((o, p, d) for o, p in archives.whole(ar))
 
@@ -219,10 +221,13 @@ class Linker:
         with self._lock:
             objects, self.pending = self.pending, []
             whole, self.pending_pulls = self.pending_pulls, []
+            new_archives, self.pending_archives = self.pending_archives, []
             groups: dict[Dylib, list[ObjectFile]] = {}
             for obj, d in objects:
                 groups.setdefault(d, []).append(obj)
             for _, _, d in whole:
+                groups.setdefault(d, [])
+            for _, d in new_archives:
                 groups.setdefault(d, [])
             if not groups:
                 groups[self.main] = []
@@ -230,7 +235,8 @@ class Linker:
             linked: list[tuple[Dylib, LinkedBatch]] = []
             try:
                 for d, objs in groups.items():
-                    linked.append((d, self._link_group(d, objs, whole, linked)))
+                    mine = [a for a, owner in new_archives if owner is d]
+                    linked.append((d, self._link_group(d, objs, whole, linked, mine)))
             except BaseException as e:
                 for _, lb in linked:
                     lb.allocation.release()
@@ -239,12 +245,15 @@ class Linker:
 
                     raise explain_undefined(e, self.caches) from None
                 raise
-            return self._publish(linked)
+            handle = self._publish(linked)
+            for ar, d in new_archives:
+                self._archives(d).register(ar)
+            return handle
 
-    def _link_group(self, dylib: Dylib, objs: list[ObjectFile], whole, done) -> LinkedBatch:
+    def _link_group(self, dylib: Dylib, objs: list[ObjectFile], whole, done, new_archives) -> LinkedBatch:
         mine = [(o, p) for o, p, d in whole if d is dylib]
         archives = self._archives(dylib)
-        pulls = mine + archives.pull(objs + [o for o, _ in mine], lambda n, pre: dylib.own(n, pre) is not None)
+        pulls = mine + archives.pull(objs + [o for o, _ in mine], self._outranks_archives(dylib), new_archives)
         kept = set(self.kept_groups)
         for _, lb in done:
             kept |= lb.kept_groups
@@ -262,6 +271,17 @@ class Linker:
             lb.allocation.release()
             raise
         return lb
+
+    @staticmethod
+    def _outranks_archives(dylib: Dylib):
+        """Earlier batches, user definitions and the dylibs of the link order come
+        before archives in the chain; libraries and the process after them."""
+        others = [d for d in dylib.order() if isinstance(d, Dylib)]
+
+        def defined(name: str, prefix: str) -> bool:
+            return dylib.own(name, prefix) is not None or any(d.own(name, prefix) for d in others)
+
+        return defined
 
     def _validate(self, lb: LinkedBatch) -> None:
         if not self.validators:
@@ -283,6 +303,7 @@ class Linker:
         with self._lock:
             self.pending = []
             self.pending_pulls = []
+            self.pending_archives = []
 
     def _publish(self, parts: list[tuple[Dylib, LinkedBatch]]) -> Handle:
         done = []
@@ -387,6 +408,7 @@ class Linker:
             "reservations": sorted(self.memory.reservations()),
             "maps": [(m.start, m.end, m.perms) for m in read_maps() if self.memory.contains(m.start)],
             "kept_groups": sorted(self.kept_groups),
+            "archives": {d.name: [a.name for a in self._archives(d).archives] for d in self.dylibs.values()},
         }
 
 

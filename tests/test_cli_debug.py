@@ -135,6 +135,23 @@ def test_symbols_undefined_json(capsys, tmp_path):
     assert not rows["maybe"]["missing"] and not rows["puts"]["missing"]
 
 
+def test_symbols_undefined_follows_archive_members(capsys, tmp_path):
+    from rtdyld.asm import assemble
+
+    helper, _ = assemble("  .text\n  .globl helper\nhelper:\n  jmp deep_missing@PLT\n", "helper.s")
+    (tmp_path / "helper.o").write_bytes(helper)
+    subprocess.run(["ar", "rcs", str(tmp_path / "libh.a"), str(tmp_path / "helper.o")], check=True)
+    user = tmp_path / "user.s"
+    user.write_text("  .text\n  .globl main\nmain:\n  call helper\n  ret\n")
+    code, out, err = rtdyld(capsys, "symbols", "--undefined", "-L", tmp_path, "-l", "h", user)
+    assert code == 0, err
+    assert [line.split() for line in out.splitlines()] == [
+        ["NAME", "ADDRESS", "FROM", "REFERENCED", "BY"],
+        ["deep_missing", "-", "MISSING", "libh.a(helper.o)"],
+        ["1", "undefined", "name,", "1", "missing"],
+    ]
+
+
 def test_symbols_without_undefined_fails_on_missing(capsys, tmp_path):
     src = tmp_path / "needs.s"
     src.write_text(UNDEFINED_SRC)

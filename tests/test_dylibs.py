@@ -9,10 +9,13 @@ Sessions that share a dylib see each other's finalized batches.
 from __future__ import annotations
 
 import pytest
+from cffi import FFI
 from fixtures_build import FIXTURES
 
 import rtdyld
 from rtdyld.symbols import Dylib
+
+ffi = FFI()
 
 LIFECYCLE = FIXTURES / "lifecycle"
 
@@ -45,7 +48,9 @@ def test_same_name_in_two_dylibs_does_not_clash(ln):
     one, two, handle = load_providers(ln)
     assert ln.function("answer", "int(void)", dylib=one)() == 101
     assert ln.function("answer", "int(void)", dylib=two)() == 202
-    assert ln.lookup("shared_value", dylib=one) != ln.lookup("shared_value", dylib=two)
+    for dylib, value in ((one, 100), (two, 200)):
+        address = ln.lookup("shared_value", dylib=dylib)
+        assert bytes(ffi.buffer(ffi.cast("char *", address), 4)) == value.to_bytes(4, "little")
     assert set(handle.symbols) == {"answer", "shared_value"}
     assert handle.objects == ["provider_one", "provider_two"]
     with pytest.raises(rtdyld.UndefinedSymbolError, match="answer"):
@@ -92,6 +97,26 @@ def test_link_order_picks_the_provider(ln):
         assert address == ln.lookup("shared_value", dylib=provider)
 
 
+def test_batch_across_dylibs_is_removed_from_each(ln):
+    one, two, providers = load_providers(ln)
+    user = ln.create_dylib("user")
+    user.link_order([two, "process"])
+    ln.add_module(ir("consumer.ll"), name="consumer", dylib=user)
+    consumer = ln.finalize()
+    assert providers.dependents == {consumer}
+
+    with pytest.raises(rtdyld.LinkError, match="consumer"):
+        providers.remove()
+    assert ln.function("ask", "int(void)", dylib=user)() == ASK_TWO
+    consumer.remove()
+    providers.remove()
+    for dylib in (one, two, user):
+        assert dylib.published == {}
+    for name, dylib in (("answer", one), ("shared_value", two), ("ask", user)):
+        with pytest.raises(rtdyld.UndefinedSymbolError, match=dylib.name):
+            ln.lookup(name, dylib=dylib)
+
+
 def test_link_order_is_searched_in_order(ln):
     one, two, _ = load_providers(ln)
     first_two = ln.create_dylib("first_two")
@@ -101,14 +126,43 @@ def test_link_order_is_searched_in_order(ln):
     assert ln.function("ask", "int(void)", dylib=first_two)() == ASK_TWO
 
 
-def test_provider_in_the_same_batch_as_its_consumer(ln):
+@pytest.mark.parametrize("consumer_first", [False, True], ids=["provider-first", "consumer-first"])
+def test_provider_in_the_same_batch_as_its_consumer(ln, consumer_first):
     one = ln.create_dylib("one")
     user = ln.create_dylib("user")
     user.link_order([one, "process"])
-    ln.add_module(ir("consumer.ll"), name="consumer", dylib=user)
-    ln.add_module(ir("provider_one.ll"), name="provider_one", dylib=one)
+    inputs = [("provider_one.ll", one), ("consumer.ll", user)]
+    for name, dylib in reversed(inputs) if consumer_first else inputs:
+        ln.add_module(ir(name), name=name, dylib=dylib)
     ln.finalize()
     assert ln.function("ask", "int(void)", dylib=user)() == ASK_ONE
+
+
+def ping(n: int) -> int:
+    return 1 if n <= 0 else pong(n - 1) * 2
+
+
+def pong(n: int) -> int:
+    return 2 if n <= 0 else ping(n - 1) + 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=rtdyld.UndefinedSymbolError,
+    reason="the dylibs of one batch link one after another, so two that need each other cannot link",
+)
+@pytest.mark.parametrize("order", [("ping.ll", "pong.ll"), ("pong.ll", "ping.ll")], ids=["ping-first", "pong-first"])
+def test_dylibs_that_need_each_other_in_one_batch(ln, order):
+    p = ln.create_dylib("p")
+    q = ln.create_dylib("q")
+    p.link_order([q, "process"])
+    q.link_order([p, "process"])
+    home = {"ping.ll": p, "pong.ll": q}
+    for name in order:
+        ln.add_module(ir(name), name=name, dylib=home[name])
+    ln.finalize()
+    assert ln.function("ping", "int64_t(int64_t)", dylib=p)(5) == ping(5)
+    assert ln.function("pong", "int64_t(int64_t)", dylib=q)(5) == pong(5)
 
 
 def test_process_is_reached_only_through_the_link_order(ln):

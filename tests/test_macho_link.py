@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import re
 import shlex
 import struct
 import subprocess
@@ -38,6 +37,7 @@ from rtdyld.asm import assemble
 from rtdyld.objfile.macho import read_macho
 from rtdyld.objfile.model import SymType
 from rtdyld.symmap import BatchSymbols
+from rtdyld.x86_64.edges import WIDTH
 
 MACHO = "x86_64-apple-macosx10.15"
 MACHO_DIR = FIXTURES / "macho"
@@ -181,6 +181,21 @@ def test_names_are_published_as_written_and_found_without_the_underscore(linker)
         ln.lookup("__main")
 
 
+def test_duplicate_and_undefined_names_are_reported_as_written(linker):
+    ln = linker()
+    ln.add_object(emit(ADD_IR), name="first.o")
+    ln.add_object(emit(ADD_IR), name="second.o")
+    with pytest.raises(rtdyld.DuplicateSymbolError) as e:
+        ln.finalize()
+    for part in ("'_add'", "first.o", "second.o"):
+        assert part in str(e.value)
+    ln.add_object(emit(ARCHIVE_MEMBERS["unused.o"]), name="unused.o")
+    with pytest.raises(rtdyld.UndefinedSymbolError) as e:
+        ln.finalize()
+    assert "'_nowhere', referenced by unused.o: __TEXT,__text+0x" in str(e.value)
+    assert ln.handles == []
+
+
 # --- constructors, commons, weak definitions -------------------------------------------
 
 CTORS_IR = """
@@ -213,13 +228,80 @@ define i32 @get_trace() {
 """
 
 
+def init_func_order(obj) -> list[str]:
+    """The functions an object's __mod_init_func lists, in section order."""
+    index = [s.name for s in obj.sections].index("__DATA,__mod_init_func")
+    relocs = obj.relocs[obj.relocs["section"] == index]
+    return [obj.describe_symbol(int(r["sym"])) for r in sorted(relocs, key=lambda r: int(r["offset"]))]
+
+
 @pytest.mark.parametrize("reloc", IR_RELOCS)
-def test_global_ctors_run_from_mod_init_func_in_order(linker, reloc):
+def test_global_ctors_run_from_mod_init_func(linker, reloc):
     ln = linker()
     obj = ln.add_object(emit(CTORS_IR, reloc=reloc), name="ctors.o")
-    assert "__DATA,__mod_init_func" in [s.name for s in obj.sections]
+    order = init_func_order(obj)
+    assert sorted(order) == ["_first", "_second"]
     ln.finalize()
-    assert ln.function("get_trace", "int(void)")() == 12
+    # dyld runs __mod_init_func front to back, and so does rtdyld.  (LLVM
+    # lists llvm.global_ctors backwards there unless the target machine is
+    # told to use init arrays, which llvmlite's is not; the ELF build of the
+    # same IR puts them backwards in .ctors, which runs back to front.)
+    want = 0
+    for name in order:
+        want = want * 10 + {"_first": 1, "_second": 2}[name]
+    assert ln.function("get_trace", "int(void)")() == want
+
+
+INIT_TERM_ASM = """
+    .text
+    .globl _get_trace
+_get_trace:
+    movl _trace(%rip), %eax
+    retq
+_step1:
+    movl $1, %edi
+    jmp Lstep
+_step2:
+    movl $2, %edi
+    jmp Lstep
+_step3:
+    movl $3, %edi
+Lstep:
+    imull $10, _trace(%rip), %eax
+    addl %edi, %eax
+    movl %eax, _trace(%rip)
+    retq
+_fini1:
+    movl $1, %edi
+    jmp _record
+_fini2:
+    movl $2, %edi
+    jmp _record
+    .mod_init_func
+    .quad _step1
+    .quad _step2
+    .quad _step3
+    .mod_term_func
+    .quad _fini1
+    .quad _fini2
+    .data
+_trace:
+    .long 0
+"""
+
+
+def test_mod_init_and_term_func_order(linker, callback):
+    recorded = []
+    ln = linker()
+    ln.define("record", callback("void(int)", recorded.append))
+    data, _ = assemble(INIT_TERM_ASM, name="initterm.s", triple=MACHO)
+    ln.add_object(data, name="initterm.o")
+    h = ln.finalize()
+    assert ln.function("get_trace", "int(void)")() == 123
+    assert recorded == []
+    h.remove()
+    # Terminators run back to front, as dyld runs them.
+    assert recorded == [2, 1]
 
 
 def test_initializers_can_be_left_alone(linker):
@@ -246,6 +328,7 @@ define i32 @get_mixed() {
 
 COMMON_GET_IR = """
 @shared = common global i64 0, align 8
+@aligned = common global [3 x i64] zeroinitializer, align 64
 
 define i64 @get_shared() {
   %v = load i64, ptr @shared
@@ -270,6 +353,8 @@ def test_common_symbols(linker, reloc, code_model):
     ln.function("set_shared", "void(int64_t)")(-12345678901)
     assert ln.function("get_shared", "int64_t(void)")() == -12345678901
     assert ctypes.c_int64.from_address(shared.address).value == -12345678901
+    aligned = ln.symbol("aligned")
+    assert (aligned.section, aligned.size, aligned.address % 64) == ("COMMON", 24, 0)
     mixed = ln.symbol("mixed")
     assert (mixed.origin, mixed.section) == ("mixed.o", "__DATA,__data")
     assert ln.function("get_mixed", "int(void)")() == 77
@@ -305,7 +390,9 @@ WEAK_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("modules", "winner"), WEAK_CASES, ids=["weak-strong", "strong-weak", "weak-weak", "weak-weak2"])
+@pytest.mark.parametrize(
+    ("modules", "winner"), WEAK_CASES, ids=["weak-strong", "strong-weak", "weak-weak", "weak-weak-reversed"]
+)
 @pytest.mark.parametrize("reloc", IR_RELOCS)
 def test_weak_definitions(linker, reloc, modules, winner):
     ln = linker()
@@ -318,6 +405,36 @@ def test_weak_definitions(linker, reloc, modules, winner):
     assert ln.function("pick", "int(void)")() == winner
     winner_tag = next(tag for tag, value, _ in modules if value == winner)
     assert ln.symbol("pick").origin == ln.symbol("wval").origin == f"{winner_tag}.o"
+
+
+WEAK_UNDEFINED_IR = """
+@missing = extern_weak global i32
+declare extern_weak i32 @missing_fn()
+
+define ptr @get_missing() {
+  ret ptr @missing
+}
+
+define i32 @call_if_present() {
+  %present = icmp ne ptr @missing_fn, null
+  br i1 %present, label %call, label %absent
+call:
+  %r = call i32 @missing_fn()
+  ret i32 %r
+absent:
+  ret i32 -7
+}
+"""
+
+
+@pytest.mark.parametrize(("reloc", "code_model"), COMBOS, ids=COMBO_IDS)
+def test_weak_undefined_references_are_null(linker, reloc, code_model):
+    ln = linker()
+    obj = ln.add_object(emit(WEAK_UNDEFINED_IR, reloc, code_model), name="weakref.o")
+    assert {"_missing", "_missing_fn"} <= set(obj.names)
+    ln.finalize()
+    assert ln.function("get_missing", "void *(void)")() == ffi.NULL
+    assert ln.function("call_if_present", "int(void)")() == -7
 
 
 # --- the host, user definitions and Python callbacks ---------------------------------------
@@ -361,16 +478,53 @@ def test_calls_to_the_host(linker, reloc, code_model, capfd):
     assert ln.function("main", "int(int, char **)")(1, ffi.NULL) == 6
     host.flush_stdio()
     assert capfd.readouterr().out == "puts from Mach-O\nprintf: 5 macho 2.500 !\n"
-    sources = {e.name: e.address for e in h.batch.externals}
+    resolved = {e.name: e.address for e in h.batch.externals}
     # Exactly one underscore comes off: _puts is puts, ___errno_location is
     # __errno_location, and __exit is _exit, not exit.
     for macho_name, host_name in (("_puts", "puts"), ("_printf", "printf"), ("_strlen", "strlen"),
                                   ("___errno_location", "__errno_location"), ("__exit", "_exit")):
-        assert sources[macho_name] == host.process_symbol(host_name), macho_name
+        assert resolved[macho_name] == host.process_symbol(host_name), macho_name
     assert host.process_symbol("_exit") != host.process_symbol("exit")
     assert read_pointers(ln.lookup("exit_ptr"), 1) == [host.process_symbol("_exit")]
     errno_addr = ln.function("errno_addr", "int *(void)")()
     assert int(ffi.cast("uintptr_t", errno_addr)) == int(ffi.cast("uintptr_t", libc.__errno_location()))
+
+
+HOST_DATA_IR = """
+@stdout = external global ptr
+@puts_ptr = global ptr @puts
+
+declare i32 @puts(ptr)
+
+define ptr @stdout_addr() {
+  ret ptr @stdout
+}
+
+define ptr @stdout_value() {
+  %v = load ptr, ptr @stdout
+  ret ptr %v
+}
+
+define ptr @puts_addr() {
+  ret ptr @puts
+}
+"""
+
+
+@pytest.mark.parametrize(("reloc", "code_model"), COMBOS, ids=COMBO_IDS)
+def test_host_data_and_function_addresses(linker, reloc, code_model):
+    ln = linker()
+    ln.add_object(emit(HOST_DATA_IR, reloc, code_model), name="hostdata.o")
+    ln.finalize()
+    stdout, puts = host.process_symbol("stdout"), host.process_symbol("puts")
+
+    def call(name: str) -> int:
+        return int(ffi.cast("uintptr_t", ln.function(name, "void *(void)")()))
+
+    assert call("stdout_addr") == stdout
+    assert call("stdout_value") == ctypes.c_void_p.from_address(stdout).value
+    # A function's address is the host's, never a stub's, from code and from data alike.
+    assert call("puts_addr") == read_pointers(ln.lookup("puts_ptr"), 1)[0] == puts
 
 
 UNDERSCORED_IR = """
@@ -490,15 +644,17 @@ class Linked:
         return d, self(label) + length + d
 
     def relocation_kinds(self) -> set[tuple[str, bool, int]]:
-        """(type without X86_64_RELOC_, against a symbol?, field width) of every relocation."""
-        from rtdyld.x86_64.edges import WIDTH
+        return relocation_kinds(self.obj)
 
-        out = set()
-        for r in self.obj.relocs:
-            name = self.obj.reloc_type_name(int(r["rtype"])).replace("X86_64_RELOC_", "")
-            extern = int(self.obj.symbols["type"][r["sym"]]) != SymType.SECTION
-            out.add((name, extern, int(WIDTH[r["kind"]])))
-        return out
+
+def relocation_kinds(obj) -> set[tuple[str, bool, int]]:
+    """(type without X86_64_RELOC_, against a symbol?, field width) of every relocation."""
+    out = set()
+    for r in obj.relocs:
+        name = obj.reloc_type_name(int(r["rtype"])).replace("X86_64_RELOC_", "")
+        extern = int(obj.symbols["type"][r["sym"]]) != SymType.SECTION
+        out.add((name, extern, int(WIDTH[r["kind"]])))
+    return out
 
 
 def test_unsigned(linker):
@@ -599,8 +755,9 @@ def test_branch(linker):
     stub = L.stub("_far")
     assert stub is not None and L.stub("_near") is None and L.stub("_helper") is None
     assert len(L.batch.stubs) == 1
-    targets = {label: L.disp(label, 1, 5)[1] for label in ("call_local", "call_near", "call_far", "jmp_far", "jmp_near")}
-    assert targets == {"call_local": L("_helper"), "call_near": near, "call_far": stub, "jmp_far": stub, "jmp_near": near}
+    want = {"call_local": L("_helper"), "call_near": near, "call_far": stub, "jmp_far": stub, "jmp_near": near}
+    # call and jmp rel32 are 5 bytes, the field at byte 1.
+    assert {label: L.disp(label, 1, 5)[1] for label in want} == want
     # The stub is jmp *slot(%rip), and the slot holds the far target.
     assert L.read(stub, 2) == b"\xff\x25"
     slot = stub + 6 + L.i32(stub + 2)
@@ -647,8 +804,8 @@ def test_subtractor(linker):
     assert L.relocation_kinds() == {("SUBTRACTOR+UNSIGNED", True, 8), ("SUBTRACTOR+UNSIGNED", True, 4),
                                     ("SUBTRACTOR+UNSIGNED", False, 8), ("SUBTRACTOR+UNSIGNED", False, 4)}
     fn, d, far = L("_fn"), L("_d"), L("far_end") - 1
-    # __TEXT,__mystuff and __DATA,__data are placed in different segments.
-    assert abs(far - d) > 0x1000
+    segments = {L.view.section_name(p): p.segment for p in L.batch.sections}
+    assert segments["__TEXT,__mystuff"] != segments["__DATA,__data"]
     quads = {
         "q_d_fn": d - fn,
         "q_fn_d": fn - d + 5,
@@ -711,12 +868,12 @@ def test_tlv_from_ir_is_unsupported(linker):
 CHECKED = sorted(p.name for p in MACHO_DIR.glob("*.s") if "# rtdyld-check:" in p.read_text())
 
 
-def rtdyld_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def rtdyld_cli(*args: str | Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
         [sys.executable, "-m", "rtdyld", *map(str, args)],
         check=False,
-        cwd=cwd,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -725,19 +882,23 @@ def rtdyld_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def test_every_relocation_type_has_a_checked_fixture():
-    text = "".join((MACHO_DIR / name).read_text() for name in CHECKED)
-    for what in ("RELOC_UNSIGNED", "RELOC_SIGNED,", "SIGNED_1", "SIGNED_2", "SIGNED_4", "RELOC_BRANCH",
-                 "RELOC_GOT_LOAD", "RELOC_GOT:", "RELOC_SUBTRACTOR"):
-        assert what in text, what
     assert CHECKED == ["branch.s", "got.s", "got_load.s", "signed.s", "subtractor.s", "unsigned.s"]
+    kinds = set().union(*(relocation_kinds(read_macho(assemble_fixture(name), name)) for name in CHECKED))
+    types = {rtype for rtype, _, _ in kinds}
+    assert types == {"UNSIGNED", "SIGNED", "SIGNED_1", "SIGNED_2", "SIGNED_4", "BRANCH", "GOT_LOAD", "GOT",
+                     "SUBTRACTOR+UNSIGNED"}
+    for rtype in ("UNSIGNED", "SUBTRACTOR+UNSIGNED"):
+        assert {(rtype, extern, width) for extern in (True, False) for width in (4, 8)} <= kinds, rtype
+    for rtype in ("SIGNED", "SIGNED_1", "SIGNED_2", "SIGNED_4"):
+        assert {(rtype, True, 4), (rtype, False, 4)} <= kinds, rtype
 
 
 @pytest.mark.parametrize("name", CHECKED)
 def test_rtdyld_check(name):
     proc = rtdyld_cli("check", "--triple", MACHO, *fixture_args(name), MACHO_DIR / name)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    nchecks = (MACHO_DIR / name).read_text().count("# rtdyld-check:")
-    assert re.search(rf"\b{nchecks}\b", proc.stdout), proc.stdout
+    n = (MACHO_DIR / name).read_text().count("# rtdyld-check:")
+    assert f"{n} passed, 0 failed" in proc.stdout, proc.stdout
 
 
 def test_rtdyld_check_fails_a_wrong_macho_check(tmp_path):
@@ -753,7 +914,7 @@ def test_rtdyld_check_fails_a_wrong_macho_check(tmp_path):
     assert "wrong.txt:1" not in proc.stdout + proc.stderr
 
 
-def test_rtdyld_check_reports_tlv(tmp_path):
+def test_rtdyld_check_reports_tlv():
     proc = rtdyld_cli("check", "--triple", MACHO, "--target-addr", "0x10000", MACHO_DIR / "tlv.s")
     assert proc.returncode == 1
     assert "X86_64_RELOC_TLV" in proc.stderr and "Traceback" not in proc.stderr
@@ -828,15 +989,14 @@ def test_good_image_is_accepted(linker, image):
 
 
 def test_truncated_load_command(linker, image):
-    off, cmd, size = image.commands[0]
+    off, cmd, _ = image.commands[0]
     assert cmd == 0x19
     # cmdsize too small for the segment's section headers.
     rejected(linker, image.patched("<I", off + 4, 72), "load command 0", "LC_SEGMENT_64", "truncated")
-    symtab = next(c for c in image.commands if c[1] == 0x2)
-    # An LC_SYMTAB of 16 bytes cannot hold its four fields.
-    data = bytearray(image.data)
-    struct.pack_into("<I", data, symtab[0] + 4, 8)
-    assert "LC_SYMTAB" in rejected(linker, bytes(data), "load command", "truncated")
+    number, (symtab, _, _) = next((i, c) for i, c in enumerate(image.commands) if c[1] == 0x2)
+    rejected(
+        linker, image.patched("<I", symtab + 4, 8), f"load command {number} (LC_SYMTAB)", "truncated", "cmdsize 8 < 24"
+    )
     # The file ends in the middle of the load commands.
     rejected(linker, bytes(image.data[: off + 40]), "load commands", "past the end of the file")
 
@@ -849,15 +1009,15 @@ def test_relocation_past_its_section(linker, image):
         linker,
         image.patched("<i", first, text["size"] - 2),
         "__TEXT,__text",
-        f"offset {text['size'] - 2:#x}",
-        "past the end of the section",
+        f"offset {text['size'] - 2:#x}: X86_64_RELOC_",
+        "4-byte field runs past the end of the section",
     )
 
 
 def test_symbol_with_a_bad_section_number(linker, image):
     main = image.nlist("_main")
     rejected(linker, image.patched("<B", main + 5, 200), "'_main'", "section number 200")
-    rejected(linker, image.patched("<B", main + 5, 0), "'_main'")
+    rejected(linker, image.patched("<B", main + 5, 0), "'_main'", "section number 0")
 
 
 # --- archives of Mach-O objects ------------------------------------------------------------
@@ -904,18 +1064,34 @@ define i32 @unused() {
 """,
 }
 
+ARCHIVE_BOTH_IR = """
+declare i32 @add(i32, i32)
+declare i32 @mul(i32, i32)
+
+define i32 @both(i32 %x) {
+  %a = call i32 @add(i32 %x, i32 %x)
+  %m = call i32 @mul(i32 %a, i32 3)
+  ret i32 %m
+}
+"""
+
 ARCHIVE_SYMDEF = [("_add", 0), ("_helper", 1), ("_bias", 1), ("_mul", 2), ("_unused", 3)]
 
 
 @pytest.mark.parametrize(
-    "layout",
-    [{}, {"sorted": True, "use_64": True, "long_names": True}],
-    ids=["symdef", "symdef64-sorted-longnames"],
+    ("symdef", "layout"),
+    [
+        (ARCHIVE_SYMDEF, {}),
+        (ARCHIVE_SYMDEF, {"sorted": True, "use_64": True, "long_names": True}),
+        # No __.SYMDEF: the members themselves say what they define.
+        (None, {}),
+    ],
+    ids=["symdef", "symdef64-sorted-longnames", "no-index"],
 )
 @pytest.mark.parametrize("reloc", IR_RELOCS)
-def test_bsd_archive_of_macho_members(linker, tmp_path, reloc, layout):
+def test_bsd_archive_of_macho_members(linker, tmp_path, reloc, symdef, layout):
     members = [(name, emit(ir, reloc)) for name, ir in ARCHIVE_MEMBERS.items()]
-    lib = write_bsd_archive(tmp_path / "libmacho.a", members, ARCHIVE_SYMDEF, **layout)
+    lib = write_bsd_archive(tmp_path / "libmacho.a", members, symdef, **layout)
     ln = linker()
     ln.add_archive(lib)
     ln.add_object(emit(ARCHIVE_PROG_IR, reloc), name="prog.o")
@@ -924,9 +1100,7 @@ def test_bsd_archive_of_macho_members(linker, tmp_path, reloc, layout):
     assert ln.function("main", "int(int, char **)")(5, ffi.NULL) == 1015
     assert ln.symbol("helper").origin == "libmacho.a(helper.o)"
     # A later batch pulls what it needs and no more; add.o is already loaded.
-    ln.add_object(emit("declare i32 @mul(i32, i32)\ndeclare i32 @add(i32, i32)\n"
-                       "define i32 @both(i32 %x) {\n  %a = call i32 @add(i32 %x, i32 %x)\n"
-                       "  %m = call i32 @mul(i32 %a, i32 3)\n  ret i32 %m\n}\n", reloc), name="both.o")
+    ln.add_object(emit(ARCHIVE_BOTH_IR, reloc), name="both.o")
     second = ln.finalize()
     assert second.objects == ["both.o", "libmacho.a(mul.o)"]
     assert ln.function("both", "int(int)")(1) == 3 * 1002
@@ -967,4 +1141,4 @@ def test_rtdyld_symbols_shows_names_as_written(host_object):
     assert by_name["_main"][6] == f"{host_object}(__TEXT,__text)"
     assert by_name["_main"][2:4] == ["FUNC", "GLOBAL"]
     for name in ("_puts", "_printf", "_strlen", "__exit", "___errno_location"):
-        assert by_name[name][4] == "EXTERNAL", name
+        assert by_name[name][3] == "EXTERNAL" and "libc" in by_name[name][6], name

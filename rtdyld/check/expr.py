@@ -215,8 +215,7 @@ class _Parser:
         start = self.pos
         found = self.text.find(stop, start, self.end)
         if found < 0:
-            self.pos = self.end
-            raise self.fail(f"expected '{stop}' after {what}")
+            raise self.fail(f"expected '{stop}' after {what}", start)
         self.pos = found
         value = self.text[start:found].strip()
         if not value:

@@ -1,0 +1,379 @@
+"""Link a small program against Debian's libz.a and libbz2.a: rtdyld, cold, against MCJIT.
+
+rtdyld is given the program object and the archives, as ``rtdyld run
+prog.o libz.a`` would be.  Every timed run is a new Linker, so each run reads
+the archive indexes again (their cache belongs to the session) and lazy
+extraction decides which members to load.  MCJIT cannot read archives: it is
+handed object files, the program's and (a) exactly the members rtdyld
+pulled, or (b) every member of the archives, then ``finalize_object``.  The
+member bytes are extracted before timing; turning bytes into LLVM object
+files is timed, as reading them is for rtdyld.
+
+Each engine's first link is checked by calling the program through it: the
+drivers compress a buffer, which must equal what Python's zlib and bz2 make.
+An MCJIT link that cannot resolve a symbol ends the process inside LLVM, so
+each MCJIT variant is first tried in a child process; one that fails there
+is reported as ``failed: reason`` and not timed.
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import gc
+import hashlib
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import report
+from .engines import MCJIT
+from .gen import cache_dir
+from .report import Row
+from .session import Session
+from .timing import Measurement
+
+REPO = Path(__file__).resolve().parent.parent
+DRIVERS = REPO / "fixtures" / "archive_link"
+SYSTEM_LIBS = Path("/usr/lib/x86_64-linux-gnu")
+CFLAGS = ("-O2", "-fPIE")
+SAMPLE_SIZE = 64 * 1024
+ZLIB_LEVEL = 6
+BZ2_BLOCK_SIZE = 9
+PEER = "MCJIT"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    drivers: tuple[str, ...]  # C files in fixtures/archive_link
+    archives: tuple[str, ...]  # file names in SYSTEM_LIBS
+
+
+CASES = (
+    Case("libz.a", ("zdriver.c",), ("libz.a",)),
+    Case("libbz2.a", ("bzdriver.c",), ("libbz2.a",)),
+    Case("libz.a + libbz2.a", ("zdriver.c", "bzdriver.c"), ("libz.a", "libbz2.a")),
+)
+
+
+@dataclass
+class Inputs:
+    """What one case links: the program objects and the archives, and MCJIT's object lists."""
+
+    case: Case
+    programs: list[tuple[str, bytes]]
+    archives: list[Path]
+    pulled: list[bytes]  # the members rtdyld loads, in its order
+    every: list[bytes]  # every member of the archives
+    relocs: dict[str, int]  # relocations in each object list: "rtdyld", "pulled", "all"
+
+
+def run(session: Session) -> list[Row]:
+    reason = _unavailable()
+    if reason:
+        session.note(f"archives skipped: {reason}")
+        return []
+    rows: list[Row] = []
+    for case in CASES:
+        rows += _run_case(session, _inputs(case))
+    return rows
+
+
+def _unavailable() -> str | None:
+    missing = [name for c in CASES for name in c.archives if not (SYSTEM_LIBS / name).exists()]
+    if missing:
+        return f"{', '.join(sorted(set(missing)))} not installed (sh .ci/test-deps.sh installs them)"
+    try:
+        subprocess.run(["gcc", "--version"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "gcc is needed to compile the driver programs"
+    return None
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+def _compile(source: str) -> bytes:
+    src = DRIVERS / source
+    text = src.read_bytes()
+    key = hashlib.sha256(text + "\0".join(CFLAGS).encode()).hexdigest()[:16]
+    out = cache_dir() / f"archives-{src.stem}-{key}.o"
+    if not out.exists():
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run(["gcc", "-c", *CFLAGS, str(src), "-o", str(tmp)], check=True, capture_output=True)
+        tmp.replace(out)
+    return out.read_bytes()
+
+
+def _inputs(case: Case) -> Inputs:
+    from rtdyld import Linker
+    from rtdyld.inputs import parse_object
+    from rtdyld.objfile.archive import read_archive
+
+    programs = [(f"{Path(d).stem}.o", _compile(d)) for d in case.drivers]
+    archives = [SYSTEM_LIBS / a for a in case.archives]
+    ln = Linker()
+    try:
+        handle = _link_rtdyld(ln, programs, archives)
+        pulled = [bytes(handle.batch.pulls[id(o)].member.data) for o in handle.batch.objects
+                  if id(o) in handle.batch.pulls]
+        rtdyld_relocs = sum(len(o.relocs) for o in handle.batch.objects)
+    finally:
+        ln.close()
+    every = [bytes(m.data) for a in archives for m in read_archive(a).members]
+
+    def relocs(objects: list[bytes]) -> int:
+        return sum(len(parse_object(d, "<member>").relocs) for d in objects)
+
+    program_relocs = relocs([d for _, d in programs])
+    counts = {
+        "rtdyld": rtdyld_relocs,
+        "pulled": program_relocs + relocs(pulled),
+        "all": program_relocs + relocs(every),
+    }
+    return Inputs(case, programs, archives, pulled, every, counts)
+
+
+# --- checking a link through its drivers ---------------------------------------------------------
+
+
+def _sample() -> bytes:
+    rng = random.Random(2024)
+    words = ("archive", "member", "symbol", "index", "lazy", "extraction", "relocation", "section", "deflate")
+    text = " ".join(rng.choice(words) for _ in range(SAMPLE_SIZE // 6)).encode()
+    return text[: SAMPLE_SIZE // 2] + rng.randbytes(SAMPLE_SIZE // 2)
+
+
+def check_link(case: Case, address: Callable[[str], int]) -> tuple[tuple[int, int], str]:
+    """Compress the sample through the linked drivers: the output sizes, and
+    "ok" or what differed from Python's zlib/bz2."""
+    import cffi
+
+    ffi = cffi.FFI()
+    data = _sample()
+    cap = len(data) + len(data) // 100 + 1024
+    sizes, wrong = [0, 0], []
+    if "zdriver.c" in case.drivers:
+        fn = ffi.cast("long(*)(unsigned char *, unsigned long, unsigned char *, unsigned long, int)",
+                      address("zd_compress"))
+        out = bytearray(cap)
+        n = fn(ffi.from_buffer("unsigned char[]", out), cap, ffi.from_buffer("unsigned char[]", data), len(data),
+               ZLIB_LEVEL)
+        sizes[0] = n
+        if n < 0 or bytes(out[:n]) != zlib.compress(data, ZLIB_LEVEL):
+            wrong.append(f"compress2 gave {n} bytes unlike zlib.compress")
+    if "bzdriver.c" in case.drivers:
+        fn = ffi.cast("long(*)(char *, unsigned int, char *, unsigned int, int)", address("bzd_compress"))
+        out = bytearray(cap)
+        n = fn(ffi.from_buffer(out), cap, ffi.from_buffer(data), len(data), BZ2_BLOCK_SIZE)
+        sizes[1] = n
+        if n < 0 or bytes(out[:n]) != bz2.compress(data, BZ2_BLOCK_SIZE):
+            wrong.append(f"BZ2_bzBuffToBuffCompress gave {n} bytes unlike bz2.compress")
+    return (sizes[0], sizes[1]), "; ".join(wrong) or "ok"
+
+
+# --- the engines ----------------------------------------------------------------------------------
+
+
+def _link_rtdyld(ln, programs: list[tuple[str, bytes]], archives: list[Path]):
+    for name, data in programs:
+        ln.add_object(data, name=name)
+    for path in archives:
+        ln.add_archive(path)
+    return ln.finalize()
+
+
+@dataclass
+class _Timed:
+    """One engine on one case: make a session (untimed), link (timed), look up, release (untimed)."""
+
+    prepare: Callable[[], object]
+    link: Callable[[object], object]
+    address: Callable[[object, str], int]
+    release: Callable[[object], None]
+
+
+def _rtdyld(inputs: Inputs) -> _Timed:
+    from rtdyld import Linker
+
+    return _Timed(
+        prepare=Linker,
+        link=lambda ln: _link_rtdyld(ln, inputs.programs, inputs.archives),
+        address=lambda ln, name: ln.lookup(name),
+        release=lambda ln: ln.close(),
+    )
+
+
+def _llvm():
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    return llvm
+
+
+def _mcjit(objects: list[bytes]) -> _Timed:
+    llvm = _llvm()
+
+    def prepare():
+        tm = llvm.Target.from_default_triple().create_target_machine(reloc="pic", codemodel="small")
+        return llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+
+    def link(ee) -> None:
+        for data in objects:
+            ee.add_object_file(llvm.ObjectFileRef.from_data(data))
+        ee.finalize_object()
+
+    return _Timed(prepare, link, lambda ee, name: ee.get_function_address(name), lambda ee: ee.close())
+
+
+def _measure(engine: str, timed: _Timed, case: Case, relocs: int, runs: int, budget: float) -> Measurement:
+    """Wall and CPU seconds of up to ``runs`` links after one warm-up, each in a
+    new session; the warm-up link is the one checked."""
+    times: list[float] = []
+    cpu: list[float] = []
+    results, check = (0, 0), "not run"
+    i, planned = 0, 1 + runs
+    while i < planned:
+        state = timed.prepare()
+        try:
+            gc.collect()
+            c0, t0 = time.process_time(), time.perf_counter()
+            timed.link(state)
+            elapsed, used = time.perf_counter() - t0, time.process_time() - c0
+            if i == 0:
+                results, check = check_link(case, functools.partial(timed.address, state))
+                planned = 1 + max(1, min(runs, int(budget / max(elapsed, 1e-9))))
+            else:
+                times.append(elapsed)
+                cpu.append(used)
+        finally:
+            timed.release(state)
+        i += 1
+    return Measurement(engine=engine, relocs=relocs, times=times, cpu=cpu, results=results, check=check)
+
+
+def _probe_mcjit(case: Case, objects: list[bytes]) -> str | None:
+    """Link with MCJIT in a child process first: None if it links and runs, else why not."""
+    with tempfile.TemporaryDirectory(prefix="rtdyld-bench-") as d:
+        paths = []
+        for i, data in enumerate(objects):
+            p = Path(d) / f"{i}.o"
+            p.write_bytes(data)
+            paths.append(str(p))
+        code = "import sys; from bench.archives import probe; sys.exit(probe(sys.argv[1], sys.argv[2:]))"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        proc = subprocess.run([sys.executable, "-c", code, case.name, *paths], check=False, cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)
+    if proc.returncode == 0:
+        return None
+    lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    why = lines[-1] if lines else f"exit status {proc.returncode}"
+    return why.removeprefix("LLVM ERROR: ")
+
+
+def probe(case_name: str, paths: list[str]) -> int:
+    """The child side of :func:`_probe_mcjit`: link ``paths`` with MCJIT and check the drivers."""
+    case = next(c for c in CASES if c.name == case_name)
+    timed = _mcjit([Path(p).read_bytes() for p in paths])
+    ee = timed.prepare()
+    timed.link(ee)
+    missing = [s for s in _entries(case) if not timed.address(ee, s)]
+    if missing:
+        print(f"{', '.join(missing)} not found after finalize_object")
+        return 1
+    _, check = check_link(case, functools.partial(timed.address, ee))
+    print(check)
+    return 0 if check == "ok" else 1
+
+
+def _entries(case: Case) -> list[str]:
+    return [{"zdriver.c": "zd_compress", "bzdriver.c": "bzd_compress"}[d] for d in case.drivers]
+
+
+# --- the case ---------------------------------------------------------------------------------------
+
+
+def _run_case(session: Session, inputs: Inputs) -> list[Row]:
+    opts = session.options
+    case = inputs.case
+    rt = _measure("rtdyld", _rtdyld(inputs), case, inputs.relocs["rtdyld"], opts.runs, opts.budget)
+    if not rt.ok:
+        session.wrong.append(f"{case.name}: {rt.check}")
+    programs = [d for _, d in inputs.programs]
+    variants = {
+        "pulled": (f"{PEER}, the members rtdyld pulled", programs + inputs.pulled),
+        "all": (f"{PEER}, every member", programs + inputs.every),
+    }
+    peers: dict[str, Measurement | str | None] = {}
+    reason = MCJIT().unavailable()
+    for key, (label, objects) in variants.items():
+        if reason:
+            peers[key] = None
+            session.note(f"{PEER} skipped: {reason}")
+            continue
+        failed = _probe_mcjit(case, objects)
+        if failed:
+            peers[key] = f"failed: {failed}"
+            session.note(f"{label} on {case.name} failed: {failed}")
+            continue
+        m = _measure(label, _mcjit(objects), case, inputs.relocs[key], opts.runs, opts.budget)
+        if not m.ok:
+            session.note(f"{label} linked {case.name} wrongly: {m.check}")
+        peers[key] = m
+    print(report.table(*_table(inputs, rt, variants, peers), _title(inputs)))
+    print()
+    return [
+        Row("archives", f"{case.name}, {PEER} given {key} members", rt.relocs, rt,
+            {PEER: m if isinstance(m, Measurement) else None})
+        for key, m in peers.items()
+    ]
+
+
+def _title(inputs: Inputs) -> str:
+    c = inputs.case
+    return (
+        f"archives: {' + '.join(c.drivers)} against {c.name} (cold: a new session per run; "
+        f"rtdyld pulls {len(inputs.pulled)} of {len(inputs.every)} members)"
+    )
+
+
+def _table(inputs: Inputs, rt: Measurement, variants, peers) -> tuple[list[str], list[list[str]]]:
+    headers = ["engine", "objects", "relocs", "runs", "median ms", "min ms", "cpu ms", "rtdyld/engine",
+               "rtdyld/engine cpu", "check"]
+    lines = [_line("rtdyld (program + archives)", f"{len(inputs.programs)} + {len(inputs.pulled)}", rt, rt)]
+    for key, (label, objects) in variants.items():
+        m = peers[key]
+        if isinstance(m, Measurement):
+            lines.append(_line(label, str(len(objects)), m, rt))
+        else:
+            dash = report.MISSING
+            lines.append([label, str(len(objects)), str(inputs.relocs[key]), "0", dash, dash, dash, dash, dash,
+                          m or "skipped"])
+    return headers, lines
+
+
+def _line(label: str, objects: str, m: Measurement, rt: Measurement) -> list[str]:
+    timed = bool(m.times) and bool(rt.times)
+    dash = report.MISSING
+    return [
+        label,
+        objects,
+        str(m.relocs),
+        str(len(m.times)),
+        report.timing(m) if m.times else dash,
+        report.ms(min(m.times)) if m.times else dash,
+        report.ms(statistics.median_low(m.cpu)) if m.cpu else dash,
+        f"{statistics.median_low(rt.times) / statistics.median_low(m.times):.2f}" if timed else dash,
+        f"{statistics.median_low(rt.cpu) / statistics.median_low(m.cpu):.2f}" if timed else dash,
+        m.check,
+    ]
