@@ -10,11 +10,14 @@ calls every function through the table and folds the results, and
 should.  Both results are worked out here in Python as well, so a link can be
 checked without a second linker.
 
-Every unit contributes the same number of relocations and every padding
-entry exactly one (an R_X86_64_64 in .data.rel.ro), so the count is
-``per_unit * units + padding + fixed``.  Two small probe compiles per
-(reloc, code_model) give ``per_unit`` and ``fixed``; the object is then
-compiled once at the target count and checked with rtdyld's ELF reader.
+Every padding entry adds exactly one relocation (an R_X86_64_64 in
+.data.rel.ro) and, with PIC and the small code model, every unit the same
+number, so the count is ``per_unit * units + padding + fixed``.  Two small
+probe compiles per (reloc, code_model) estimate ``per_unit`` and ``fixed``;
+the object is compiled at the estimate, counted with rtdyld's ELF reader,
+and recompiled with the padding corrected where the estimate was off (the
+other code models share GOT and base-address set-up within a function, so
+their count per unit varies a little).
 Objects are cached on disk, keyed by every parameter and the LLVM version.
 """
 
@@ -83,10 +86,17 @@ def make(relocs: int = 50_000, reloc: str = "pic", code_model: str = "small", se
     per_unit, fixed = _calibrate(reloc, code_model)
     units = max(1, (relocs - fixed) // per_unit)
     padding = relocs - fixed - per_unit * units
-    gen = _build(units, padding, reloc, code_model, seed)
-    if gen.relocs != relocs and 0 <= padding + relocs - gen.relocs:
-        gen = _build(units, padding + relocs - gen.relocs, reloc, code_model, seed)
-    if gen.relocs != relocs:
+    for _ in range(4):
+        gen = _build(units, padding, reloc, code_model, seed)
+        if gen.relocs == relocs:
+            break
+        padding += relocs - gen.relocs
+        if padding < 0:
+            cut = -padding // per_unit + 1
+            units, padding = units - cut, padding + cut * per_unit
+            if units < 1:
+                raise ValueError(f"cannot make an object as small as {relocs} relocations ({reloc}/{code_model})")
+    else:
         raise RuntimeError(f"generated object has {gen.relocs} relocations, wanted {relocs}")
     _store(key, gen)
     return gen

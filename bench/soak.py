@@ -8,7 +8,7 @@ range), the RSS and the live allocations; at the end, their growth since the
 warm-up.  A leak of one page or one mapping per cycle shows up as thousands.
 
     python bench/soak.py [--cycles N] [--every N]
-    python -m bench --only soak          (1,000 cycles with --quick)
+    python -m bench --only soak          (300 cycles with --quick)
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from pathlib import Path
 
 CYCLE_IR = Path(__file__).resolve().parent.parent / "fixtures" / "lifecycle" / "cycle.ll"
 CYCLES = 10_000
-QUICK_CYCLES = 1_000
 WARM_UP = 100
 EVERY = 1_000
+# --quick: enough to see a page or a mapping lost per cycle.
+QUICK_CYCLES = 300
+QUICK_WARM_UP = 20
+QUICK_EVERY = 100
 # Growth after the warm-up still called flat: allocator noise, not a leak.
 MAPPING_SLACK = 2
 RSS_SLACK = 8 << 20
@@ -146,7 +149,10 @@ def soak(cycles: int = CYCLES, every: int = EVERY, warm_up: int = WARM_UP, out=p
 
 def run(session) -> list:
     """The ``python -m bench`` entry: a soak, no timing rows."""
-    result = soak(QUICK_CYCLES if session.options.quick else CYCLES)
+    if session.options.quick:
+        result = soak(QUICK_CYCLES, QUICK_EVERY, QUICK_WARM_UP)
+    else:
+        result = soak(CYCLES, EVERY, WARM_UP)
     print()
     session.wrong.extend(result.wrong)
     if not result.flat:

@@ -637,8 +637,8 @@ class BatchLinker:
         hint = ""
         if np.any(np.isin(kind[bad], [int(Edge.Pointer32), int(Edge.Pointer32Signed)])):
             hint = (
-                "\n  hint: absolute 32-bit relocations need their targets below 4 GiB (R_X86_64_32) "
-                "or 2 GiB (R_X86_64_32S); rebuild with -fPIC"
+                "\n  hint: absolute 32-bit relocations need their targets below 4 GiB "
+                "(below 2 GiB when sign-extended); rebuild with -fPIC"
             )
         raise RelocationOverflowError(
             "relocation overflow:\n  " + "\n  ".join(lines) + more + hint

@@ -324,12 +324,12 @@ def cmd_trace(args, program_args: list[str]) -> int:
 
 
 def cmd_symbols(args, program_args: list[str]) -> int:
-    from .symmap import pending_objects, symbol_map, undefined_references
+    from .symmap import symbol_map, undefined_references
 
     _no_program_args("symbols", program_args)
     if args.undefined:
         ln = make_linker(args, _memory(args), run_initializers=False)
-        found = undefined_references(pending_objects(ln), ln.resolver)
+        found = undefined_references(ln.pending_objects(), ln.resolver)
         ln.abort()
         if args.format == "json":
             for u in found:

@@ -96,7 +96,19 @@ class Linker:
         self.dylibs: dict[str, Dylib] = {self.main.name: self.main}
         self._lock = threading.RLock()
         self._batches = 0
+        self._reserve()
         _live_linkers.add(self)
+
+    def _reserve(self) -> None:
+        """Reserve address space now, so that no batch, failed or not, is the
+        one that changes the session's reservations."""
+        from memmgr import MemMgrError
+
+        for low in (False, True):
+            try:
+                self.memory.reach_range(low=low)
+            except MemMgrError:
+                pass  # reported by the batch that needs it
 
     @property
     def resolver(self) -> Dylib:
@@ -250,10 +262,23 @@ class Linker:
                 self._archives(d).register(ar)
             return handle
 
-    def _link_group(self, dylib: Dylib, objs: list[ObjectFile], whole, done, new_archives) -> LinkedBatch:
+    def pending_objects(self, dylib: Dylib | None = None) -> list[ObjectFile]:
+        """The objects the next finalize would link into ``dylib`` (default: the
+        main one): those added and the archive members they would pull in.
+        Nothing is loaded or registered."""
+        d = self._dylib(dylib)
+        with self._lock:
+            objs = [o for o, owner in self.pending if owner is d]
+            new_archives = [a for a, owner in self.pending_archives if owner is d]
+            return objs + [o for o, _ in self._pulls(d, objs, self.pending_pulls, new_archives)]
+
+    def _pulls(self, dylib: Dylib, objs: list[ObjectFile], whole, new_archives) -> list[tuple[ObjectFile, Pull]]:
         mine = [(o, p) for o, p, d in whole if d is dylib]
         archives = self._archives(dylib)
-        pulls = mine + archives.pull(objs + [o for o, _ in mine], self._outranks_archives(dylib), new_archives)
+        return mine + archives.pull(objs + [o for o, _ in mine], self._outranks_archives(dylib), new_archives)
+
+    def _link_group(self, dylib: Dylib, objs: list[ObjectFile], whole, done, new_archives) -> LinkedBatch:
+        pulls = self._pulls(dylib, objs, whole, new_archives)
         kept = set(self.kept_groups)
         for _, lb in done:
             kept |= lb.kept_groups

@@ -6,7 +6,7 @@ and address of a canonical target id (as ``LinkedBatch.tables["target"]``
 holds them), the address of any named symbol, local ones included, and who
 supplied each external.  :func:`undefined_references` resolves the names a
 set of objects needs without linking and without raising, for
-``rtdyld symbols --undefined``.
+``rtdyld symbols --undefined`` (over ``Linker.pending_objects()``).
 """
 
 from __future__ import annotations
@@ -246,20 +246,6 @@ class Undefined:
         return "weak undefined (address 0)" if self.weak else "MISSING"
 
 
-def pending_objects(linker) -> list[ObjectFile]:
-    """The objects the linker's next batch in its main dylib would link: those
-    added, and the archive members they would pull in.  Nothing is loaded or
-    changed."""
-    dylib = linker.main
-    objects = [o for o, d in linker.pending if d is dylib]
-    whole = [o for o, _, d in linker.pending_pulls if d is dylib]
-    archives = getattr(dylib, "archives", None)
-    if archives is None:
-        return objects + whole
-    pulled = archives.pull(objects + whole, lambda name, prefix: dylib.own(name, prefix) is not None)
-    return objects + whole + [o for o, _ in pulled]
-
-
 def undefined_references(objects: list[ObjectFile], resolver: Dylib) -> list[Undefined]:
     """Resolve what ``objects`` need from outside themselves, as a batch of
     them would, without raising: missing names come back with ``missing`` set."""
@@ -296,7 +282,6 @@ __all__ = [
     "SymbolRow",
     "Undefined",
     "matches_object",
-    "pending_objects",
     "symbol_map",
     "undefined_references",
 ]

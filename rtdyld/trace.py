@@ -204,7 +204,7 @@ class _Decoder:
             if op.type == x86.X86_OP_MEM and op.mem.base == x86.X86_REG_RIP:
                 target = (insn.address + insn.size + op.mem.disp) & 0xFFFFFFFFFFFFFFFF
                 return f"  # {target:#x}{self._name(target)}"
-            if op.type == x86.X86_OP_IMM and insn.group(self._cs.CS_GRP_JUMP) | insn.group(self._cs.CS_GRP_CALL):
+            if op.type == x86.X86_OP_IMM and (insn.group(self._cs.CS_GRP_JUMP) or insn.group(self._cs.CS_GRP_CALL)):
                 return self._name(op.imm & 0xFFFFFFFFFFFFFFFF)
         return ""
 
