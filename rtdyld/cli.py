@@ -21,6 +21,7 @@ subcommands:
   symbols  link and print the final symbol map (--undefined: what is missing, without linking)
   map      link and print the memory layout: segments, sections, GOT, stubs, padding
   check    link and verify the '# rtdyld-check:' lines of the assembly inputs
+  cache    show (stats) or empty (clear) an object cache made by --cache
 
 Inputs are relocatable objects (.o), static archives (.a), x86-64 assembly (.s,
 assembled for --triple; foo.s is the object foo.o), LLVM IR (.ll) and bitcode (.bc).
@@ -89,6 +90,8 @@ def _add_link_options(p: argparse.ArgumentParser) -> None:
                    "x86_64-apple-macosx10.15 makes Mach-O)")
     p.add_argument("--define-abs", dest="define_abs", action="append", default=[], type=_name_address,
                    metavar="NAME=ADDR", help="define NAME as the absolute address ADDR")
+    p.add_argument("--cache", metavar="DIR",
+                   help="keep objects compiled from LLVM IR in DIR and reuse them (compiles only on a miss)")
     p.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
 
 
@@ -198,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--check-prefix", dest="check_prefixes", action="append", default=[], metavar="NAME",
                        help="look for 'NAME:' lines (repeatable; default: rtdyld-check and jitlink-check)")
     check.add_argument("-v", "--verbose", action="store_true", help="print passing checks too")
+    cachep = sub.add_parser(
+        "cache", help="show or empty an object cache",
+        description="'stats' prints the entries and bytes of the object cache in DIR (made by --cache); "
+        "'clear' empties it, leaving files the cache did not write alone.",
+    )
+    cachep.add_argument("action", choices=("stats", "clear"))
+    cachep.add_argument("directory", metavar="DIR")
+    cachep.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
     return parser
 
 
@@ -236,8 +247,13 @@ def make_linker(args, memory=None, run_initializers: bool = False):
         ln.pinned[(file, section)] = address
     for lib in args.libraries:
         ln.link_library(lib, static=args.static)
+    cache = None
+    if getattr(args, "cache", None):
+        from .cache import ObjectCache
+
+        cache = ObjectCache(args.cache)
     for path in args.inputs:
-        ln.add_file(path, triple=args.triple)
+        ln.add_file(path, triple=args.triple, cache=cache)
     return ln
 
 
@@ -393,7 +409,22 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
-COMMANDS = {"run": cmd_run, "trace": cmd_trace, "symbols": cmd_symbols, "map": cmd_map, "check": cmd_check}
+def cmd_cache(args, program_args: list[str]) -> int:
+    from .cache import cache_clear_main, cache_stats_main
+
+    _no_program_args("cache", program_args)
+    print(cache_stats_main(args.directory) if args.action == "stats" else cache_clear_main(args.directory))
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "trace": cmd_trace,
+    "symbols": cmd_symbols,
+    "map": cmd_map,
+    "check": cmd_check,
+    "cache": cmd_cache,
+}
 
 
 def _one_line(message: str) -> str:

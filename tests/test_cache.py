@@ -416,3 +416,25 @@ def test_linker_add_module_uses_the_cache(tmp_path, no_emit):
         with ln.finalize():
             assert ln.function("g", "int(int)")(1) == expected(1, 4) + 100
     assert (cache.misses, cache.hits, cache.compiles) == (2, 2, 2)
+
+
+def test_command_line_run_with_cache_then_stats_and_clear(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    cache_dir = tmp_path / "objcache"
+
+    def rtdyld(*args):
+        return subprocess.run([sys.executable, "-m", "rtdyld", *args], cwd=repo, capture_output=True, text=True)
+
+    for _ in range(2):
+        run = rtdyld("run", "--cache", str(cache_dir), "fixtures/hello.ll")
+        assert run.returncode == 0, run.stderr
+        assert run.stdout == "hello from rtdyld!\n"
+    assert len(list(cache_dir.glob("*.obj"))) == 1
+    stats = rtdyld("cache", "stats", str(cache_dir))
+    assert stats.returncode == 0 and "1 entry" in stats.stdout
+    cleared = rtdyld("cache", "clear", str(cache_dir))
+    assert cleared.returncode == 0 and "removed 1 entry" in cleared.stdout
+    assert not list(cache_dir.glob("*.obj"))
