@@ -27,8 +27,8 @@ Verified against LLVM 14's disassembler for calls, jumps, conditional jumps,
 loads and stores (including SSE and AVX moves), ``lea``, ``movabs``, moves of
 immediates, ALU operations with memory, register and immediate operands,
 shifts, ``imul``, ``cmov``, ``setcc``, conversions, x87 and string
-instructions, and for every distinct instruction form in a C library's code
-(about 15,000).  Instructions outside those follow the same rules but are not
+instructions, and for the code of a C library (about 20,000 distinct
+instruction forms).  Instructions outside those follow the same rules but are not
 guaranteed; LLVM itself renumbers a few of them between releases.
 """
 
