@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 
 import pytest
+from cli_helpers import fixture_args, rtdyld
 from fixtures_build import FIXTURES
-
-from rtdyld.cli import main
 
 ASM = FIXTURES / "asm"
 
@@ -46,17 +44,8 @@ FIXTURE_OF = {
 CHECK_LINE = re.compile(r"^\s*#\s*(rtdyld|jitlink)-check:", re.MULTILINE)
 
 
-def fixture_args(path) -> list[str]:
-    for line in path.read_text().splitlines():
-        if line.startswith("# ARGS:"):
-            return shlex.split(line[len("# ARGS:"):])
-    raise AssertionError(f"{path} has no # ARGS: line")
 
 
-def rtdyld(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def check_fixture(capsys, name: str, *extra: str) -> str:

@@ -5,31 +5,20 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import shlex
 import subprocess
 import sys
 
 import pytest
+from cli_helpers import fixture_args, rtdyld
 from fixtures_build import FIXTURES, REPO
-
-from rtdyld.cli import main
 
 ASM = FIXTURES / "asm"
 MAP_DEMO = ASM / "map_demo.s"
 COMMANDS = ("run", "trace", "symbols", "map", "check")
 
 
-def fixture_args(path) -> list[str]:
-    for line in path.read_text().splitlines():
-        if line.startswith("# ARGS:"):
-            return shlex.split(line[len("# ARGS:"):])
-    raise AssertionError(f"{path} has no # ARGS: line")
 
 
-def rtdyld(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_error_line(code: int, out: str, err: str, *words: str) -> None:

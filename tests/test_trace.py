@@ -7,31 +7,19 @@ is mapped executable.
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 
 import pytest
+from cli_helpers import fixture_args, rtdyld
 from fixtures_build import FIXTURES, REPO
-
-from rtdyld.cli import main
 
 ASM = FIXTURES / "asm"
 DEMO = ASM / "trace_demo.s"
 GOLDEN = REPO / "tests" / "golden" / "trace_demo.txt"
 
 
-def fixture_args(path) -> list[str]:
-    """The options on a fixture's ``# ARGS:`` line."""
-    for line in path.read_text().splitlines():
-        if line.startswith("# ARGS:"):
-            return shlex.split(line[len("# ARGS:"):])
-    raise AssertionError(f"{path} has no # ARGS: line")
 
 
-def rtdyld(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def trace_json(capsys, *args) -> list[dict]:
