@@ -339,6 +339,18 @@ def cmd_trace(args, program_args: list[str]) -> int:
     return 0
 
 
+def _print_pulls(batch) -> None:
+    """Which archive members were loaded, and for which undefined symbol of whom."""
+    pulls = [(o.name, batch.pulls[id(o)]) for o in batch.objects if id(o) in batch.pulls]
+    if not pulls:
+        return
+    print("\narchive members loaded:")
+    _print_table(
+        ("MEMBER", "FOR SYMBOL", "REFERENCED BY"),
+        [(name, p.symbol or "-", p.referrer) for name, p in pulls],
+    )
+
+
 def cmd_symbols(args, program_args: list[str]) -> int:
     from .symmap import symbol_map, undefined_references
 
@@ -370,6 +382,7 @@ def cmd_symbols(args, program_args: list[str]) -> int:
             [(f"{r.address:#018x}", f"{r.size:#x}", r.type or "-", r.bind, r.vis or "-", r.name,
               r.origin if r.external else f"{r.origin}({r.section})") for r in rows],
         )
+        _print_pulls(handle.batch)
     finally:
         ln.close()
     return 0

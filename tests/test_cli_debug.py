@@ -141,6 +141,31 @@ def test_symbols_undefined_follows_archive_members(capsys, tmp_path):
     ]
 
 
+def test_symbols_says_which_member_defined_what_and_why_it_was_pulled(capsys, tmp_path):
+    from rtdyld.asm import assemble
+
+    helper, _ = assemble("  .text\n  .globl helper\nhelper:\n  jmp leaf@PLT\n", "helper.s")
+    leaf, _ = assemble("  .text\n  .globl leaf\nleaf:\n  ret\n", "leaf.s")
+    unused, _ = assemble("  .text\n  .globl unused\nunused:\n  jmp nowhere@PLT\n", "unused.s")
+    for name, data in (("helper.o", helper), ("leaf.o", leaf), ("unused.o", unused)):
+        (tmp_path / name).write_bytes(data)
+    subprocess.run(["ar", "rcs", str(tmp_path / "libh.a"), *(str(tmp_path / n) for n in
+                    ("helper.o", "leaf.o", "unused.o"))], check=True)
+    user = tmp_path / "user.s"
+    user.write_text("  .text\n  .globl main\nmain:\n  call helper\n  ret\n")
+    code, out, err = rtdyld(capsys, "symbols", user, tmp_path / "libh.a")
+    assert code == 0, err
+    table, pulls = out.split("archive members loaded:")
+    defined_in = {line.split()[5]: line.split()[6] for line in table.splitlines()[1:] if line.strip()}
+    assert defined_in["helper"] == "libh.a(helper.o)(.text)"
+    assert defined_in["leaf"] == "libh.a(leaf.o)(.text)"
+    assert [line.split() for line in pulls.strip().splitlines()] == [
+        ["MEMBER", "FOR", "SYMBOL", "REFERENCED", "BY"],
+        ["libh.a(helper.o)", "helper", "user.o"],
+        ["libh.a(leaf.o)", "leaf", "libh.a(helper.o)"],
+    ]
+
+
 def test_symbols_without_undefined_fails_on_missing(capsys, tmp_path):
     src = tmp_path / "needs.s"
     src.write_text(UNDEFINED_SRC)
