@@ -77,12 +77,6 @@ class LinkedBatch:
     segments: dict = field(default_factory=dict)
     pulls: dict = field(default_factory=dict)  # id(object) -> archives.Pull
 
-    def section_address(self, obj: int, index: int) -> int:
-        for p in self.sections:
-            if p.obj == obj and p.index == index:
-                return p.address
-        raise KeyError((obj, index))
-
 
 class BatchLinker:
     """The link of one batch.  Construct, then call :meth:`link`."""
@@ -590,10 +584,10 @@ class BatchLinker:
         bad = fixup.out_of_range(kind, value)
         if np.any(bad):
             self._overflow(np.flatnonzero(bad), kind, value, S)
-        before = self._snapshot(where, kind, relaxed)
+        before = self._snapshot(where)
         # Rewrite relaxed instructions, then store every value.
         mov = sc.relax == scan.RELAX_MOV
-        mem[where[mov] - 2] = 0x8D
+        mem[where[mov] - 2] = scan.LEA
         call = sc.relax == scan.RELAX_CALL
         mem[where[call] - 2] = 0x67
         mem[where[call] - 1] = 0xE8
@@ -614,7 +608,7 @@ class BatchLinker:
             "before": before,
         }
 
-    def _snapshot(self, where, kind, relaxed) -> np.ndarray:
+    def _snapshot(self, where) -> np.ndarray:
         """The bytes at each fixup before it is written (for traces): 8 per row."""
         mem = self.allocation.memory
         idx = where[:, None] + np.arange(-2, 6)[None, :]
