@@ -146,9 +146,16 @@ class Linker:
 
     def add_module(self, module, name: str | None = None, reloc: str = "pic", code_model: str = "small",
                    opt: int = 2, triple: str | None = None, dylib: Dylib | None = None,
-                   cache=None) -> ObjectFile:
+                   cache=None, lazy: bool = False) -> ObjectFile:
         """Compile LLVM IR (text, bitcode or llvmlite module) and add the object.
-        With ``cache`` (an ObjectCache), llvmlite compiles only on a miss."""
+        With ``cache`` (an ObjectCache), llvmlite compiles only on a miss.
+        With ``lazy``, each function is compiled and linked when first called
+        (see :mod:`rtdyld.lazy_module`); the globals are added now."""
+        if lazy:
+            from .lazy_module import add_lazy_module
+
+            return add_lazy_module(self, module, name, reloc=reloc, code_model=code_model, opt=opt,
+                                   triple=triple, dylib=dylib)
         if cache is not None:
             if cache not in self.caches:
                 self.caches.append(cache)
@@ -215,6 +222,31 @@ class Linker:
     def define(self, name: str, target, dylib: Dylib | None = None) -> None:
         """Make ``name`` resolve to an address or a cffi callback (kept alive)."""
         self._dylib(dylib).define(name, target)
+
+    # --- indirection: stubs, hot swap, lazy compilation -----------------------------
+
+    @property
+    def stubs(self):
+        """The session's indirect stubs (:class:`rtdyld.lazy.StubsManager`)."""
+        from .lazy import stubs_of
+
+        return stubs_of(self)
+
+    def replace(self, name: str, new, keep_old: bool = False, dylib: Dylib | None = None) -> Handle:
+        """Hot swap: link a new definition of ``name`` (object or module) and
+        re-point its stub; the old batch goes once unreferenced unless ``keep_old``."""
+        from .hotswap import replace
+
+        return replace(self, name, new, keep_old=keep_old, dylib=dylib)
+
+    def add_lazy(self, name: str, compile_fn, signature: str | None = None, fallback=None,
+                 dylib: Dylib | None = None):
+        """Publish ``name`` now; ``compile_fn()`` runs on its first call and returns
+        an address or what defines ``name`` (object, IR, llvmlite module).
+        Returns the stub's address, or a cffi callable with ``signature``."""
+        from .compile_callbacks import add_lazy
+
+        return add_lazy(self, name, compile_fn, signature=signature, fallback=fallback, dylib=dylib)
 
     def add_validator(self, fn) -> None:
         """``fn(view)`` sees each linked batch before it is published or made
