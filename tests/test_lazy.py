@@ -119,7 +119,7 @@ def test_stub_is_published_code_rx_slot_rw_and_update_is_one_slot_store(build, m
     code_map, slot_map = maps.mapping_of(stub), maps.mapping_of(ln.stubs.stub("version").slot_address)
     assert code_map.perms == "r-xp" and slot_map.perms == "rw-p"
     slot = ln.stubs.stub("version").slot_address
-    assert disasm(bytes((ctypes_bytes(stub, 6))), stub) == [f"jmp qword ptr [rip + {slot - stub - 6:#x}]"]
+    assert disasm(ctypes_bytes(stub, 6), stub) == [f"jmp qword ptr [rip + {slot - stub - 6:#x}]"]
 
     ln.add_object(build.cc(LAZY / "loop.c", *PIE))
     ln.finalize()
