@@ -71,3 +71,25 @@ def test_generated_object_has_the_requested_relocation_count(tmp_path, monkeypat
     made = gen.make(1_500)
     assert gen.count_relocs(made.data) == made.relocs == 1_500
     assert gen.make_object(1_500) == made.data  # from the cache, same bytes
+
+
+def test_stubs_benchmark_quick_run_prints_both_tables(tmp_path):
+    env = {**os.environ, "RTDYLD_BENCH_CACHE": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--runs", "1", "--only", "stubs"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "error:" not in out, out
+    header, rows = table_after("stubs: loop(", out)
+    assert header[:3] == ["callee", "direct ms", "stub ms"], header
+    assert [r[0] for r in rows] == ["add", "xorshift x3"], rows
+    assert all(RATIO.match(r[header.index("stub/direct")]) for r in rows), rows
+    header, rows = table_after("stubs: first calls", out)
+    assert [r[0] for r in rows][:2] == ["compile (IR -> object, llvmlite)", "link + resolver (rest of the call)"]
