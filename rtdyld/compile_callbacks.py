@@ -95,7 +95,15 @@ def _resolve(function_id: int) -> int:
             fn.compiling = None
             fn.compilations += 1
         stubs = fn.linker.stubs
-        stubs.update(fn.name, address, fn.dylib, handle=handle)
+        with stubs._lock:
+            current = stubs.target(fn.name, fn.dylib)
+            if current == fn.trampoline:
+                stubs.update(fn.name, address, fn.dylib, handle=handle)
+            else:
+                # Replaced (Linker.replace, stubs.update) while compiling: the
+                # newer definition wins; this call goes there too.
+                stubs.retire(handle)
+                address = current
         fn.handle = handle
         fn.address = address
         return address

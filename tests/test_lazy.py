@@ -524,3 +524,15 @@ def test_toy_lazy_jit_example_runs():
     assert "fib(20) = 6765" in lines, proc.stdout
     assert "compiled: fib" in lines, proc.stdout
     assert "never called, never compiled: unused" in lines, proc.stdout
+
+
+def test_a_replacement_made_during_compilation_wins():
+    ln = rtdyld.Linker()
+
+    def compile_fn():
+        ln.replace("late", "define i64 @late() {\n  ret i64 2\n}\n")
+        return "define i64 @late() {\n  ret i64 1\n}\n"
+
+    late = ln.add_lazy("late", compile_fn, signature="int64_t()")
+    assert late() == 2
+    assert late() == 2
