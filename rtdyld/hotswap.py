@@ -37,11 +37,13 @@ def as_object(src, name: str, opt: int = 2) -> ObjectFile:
         return src
     if isinstance(src, (bytes, bytearray, memoryview)) and bytes(src[:2]) != b"BC":
         return parse_object(bytes(src), f"<{name}>")
-    if isinstance(src, (str, os.PathLike)) and _is_path(src):
-        data, display = read_input(src)
-        return parse_object(data, display)
     from .irmodule import compile_module
 
+    if isinstance(src, (str, os.PathLike)) and _is_path(src):
+        data, display = read_input(src)
+        if os.path.splitext(str(src))[1] in (".ll", ".bc"):
+            data, display = compile_module(data if data[:2] == b"BC" else data.decode(), display, opt=opt)
+        return parse_object(data, display)
     ir = src if isinstance(src, (str, bytes, bytearray)) or _is_module_ref(src) else str(src)
     data, display = compile_module(ir, f"<{name}>", opt=opt)
     return parse_object(data, display)

@@ -536,3 +536,31 @@ def test_a_replacement_made_during_compilation_wins():
     late = ln.add_lazy("late", compile_fn, signature="int64_t()")
     assert late() == 2
     assert late() == 2
+
+
+def test_replace_accepts_an_ir_file(tmp_path):
+    ln = rtdyld.Linker()
+    path = tmp_path / "v7.ll"
+    path.write_text(version_ir(7))
+    ln.stubs.create("version", 1)
+    ln.replace("version", str(path))
+    assert ln.function("version", "long()")() == 7
+    ln.replace("version", path)
+    assert ln.function("version", "long()")() == 7
+
+
+def test_callers_in_another_dylib_bind_to_the_stub(build):
+    ln = rtdyld.Linker()
+    ln.stubs.create("version", 1)
+    ln.replace("version", version_ir(1))
+    other = ln.create_dylib("other")
+    other.link_order([ln.main])
+    ln.add_object(build.cc(LAZY / "loop.c", *PIE), dylib=other)
+    h = ln.finalize()
+    assert [e.address for _, lb in h.parts for e in lb.externals if e.name == "version"] == [
+        ln.stubs.address("version")
+    ]
+    call_many = ln.function("call_many", "long(long)", dylib=other)
+    assert call_many(3) == 3
+    ln.replace("version", version_ir(5))
+    assert call_many(3) == 15
