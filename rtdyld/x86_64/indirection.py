@@ -16,6 +16,9 @@ once sealed (no page is ever flipped back to writable):
   ``uint64_t callback(uint64_t id)`` (a cffi callback into Python) with the
   stack 16-byte aligned, restores the registers and jumps to the address the
   callback returned, so the interrupted call proceeds as if it had been direct.
+  Only the low 128 bits of the vector registers are saved: that covers every
+  psABI argument except 256/512-bit vectors (``__m256`` in ymm), which lazy
+  functions therefore must not take.
 """
 
 from __future__ import annotations
