@@ -79,6 +79,11 @@ class Linker:
     Objects, modules and archives added since the last :meth:`finalize` form
     one batch.  ``finalize`` links it all-or-nothing: on any error the batch
     is discarded and the session is exactly as it was before the batch began.
+
+    ``debugger`` and ``perf_map`` register each batch with GDB's JIT interface
+    and append it to perf's map file; ``None`` reads ``RTDYLD_GDB`` and
+    ``RTDYLD_PERF_MAP`` (and turns the debugger on when the process is
+    traced).  See :mod:`rtdyld.batch_runtime`.
     """
 
     def __init__(self, memory=None, resolver: Dylib | None = None, run_initializers: bool = True,
