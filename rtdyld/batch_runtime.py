@@ -9,7 +9,9 @@ finalizers, then the debugger and the unwinder forget the code, and only
 then is the memory released.
 
 Debugger registration is opt-in (``Linker(debugger=True)`` or
-``RTDYLD_GDB=1``) and automatic when the process is being traced; the perf
+``RTDYLD_GDB=1``) and automatic for batches loaded while the process is being
+traced (checked at each load, so a debugger attached later sees the batches
+loaded after it attached); the perf
 map is opt-in (``Linker(perf_map=True)`` or ``RTDYLD_PERF_MAP=1``).  Neither
 costs anything, nor imports anything, when off.
 """
@@ -41,11 +43,11 @@ class BatchRuntime:
     """The per-session hooks; ``None`` options come from the environment."""
 
     def __init__(self, debugger: bool | None = None, perf_map: bool | None = None):
-        if debugger is None:
-            debugger = _env_flag("RTDYLD_GDB") or being_traced()
+        if debugger is None and _env_flag("RTDYLD_GDB"):
+            debugger = True
         if perf_map is None:
             perf_map = _env_flag("RTDYLD_PERF_MAP")
-        self.debugger = bool(debugger)
+        self.debugger = debugger  # None: whenever the process is traced
         self.perf_map = bool(perf_map)
         self._registered: dict[int, list] = {}  # id(LinkedBatch) -> undo actions, newest last
 
@@ -54,7 +56,7 @@ class BatchRuntime:
         undo = self._registered.setdefault(id(lb), [])
         if unwind.register(lb.eh_frame):
             undo.append(lambda: unwind.deregister(lb.eh_frame))
-        if self.debugger:
+        if self.debugging():
             from . import gdb_jit
 
             entry = gdb_jit.register(lb)
@@ -64,6 +66,9 @@ class BatchRuntime:
             from . import perfmap
 
             perfmap.append(lb)
+
+    def debugging(self) -> bool:
+        return self.debugger if self.debugger is not None else being_traced()
 
     def unloading(self, lb) -> None:
         """Before the batch's finalizers: its C++ static destructors."""

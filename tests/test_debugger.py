@@ -127,17 +127,19 @@ def test_descriptor_list_follows_batches(build):
 def test_debugger_registration_is_opt_in(monkeypatch):
     monkeypatch.delenv("RTDYLD_GDB", raising=False)
     monkeypatch.delenv("RTDYLD_PERF_MAP", raising=False)
-    monkeypatch.setattr(batch_runtime, "being_traced", lambda: False)
+    traced = False
+    monkeypatch.setattr(batch_runtime, "being_traced", lambda: traced)
     rt = batch_runtime.BatchRuntime()
-    assert not rt.debugger and not rt.perf_map
+    assert not rt.debugging() and not rt.perf_map
+    traced = True  # a debugger attached after the session began
+    assert rt.debugging()
+    assert not batch_runtime.BatchRuntime(debugger=False).debugging()
+    traced = False
     monkeypatch.setenv("RTDYLD_GDB", "1")
     monkeypatch.setenv("RTDYLD_PERF_MAP", "1")
     rt = batch_runtime.BatchRuntime()
-    assert rt.debugger and rt.perf_map
-    assert not batch_runtime.BatchRuntime(debugger=False, perf_map=False).debugger
-    monkeypatch.delenv("RTDYLD_GDB")
-    monkeypatch.setattr(batch_runtime, "being_traced", lambda: True)
-    assert batch_runtime.BatchRuntime().debugger
+    assert rt.debugging() and rt.perf_map
+    assert not batch_runtime.BatchRuntime(debugger=False, perf_map=False).perf_map
 
 
 def test_not_traced_under_pytest():
