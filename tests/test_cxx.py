@@ -19,6 +19,7 @@ from fixtures_build import REPO
 
 import rtdyld
 from rtdyld import unwind
+from rtdyld.objfile.model import SymType
 
 ffi = FFI()
 MODELS = {"pic": ("-O2", "-fPIC"), "default": ("-O2",)}
@@ -277,26 +278,90 @@ def test_run_links_stdcxx_from_the_command_line(build, tmp_path):
     assert proc.stdout == f"hello 2 {-2000 - ord('n')}\nbye\n"
 
 
-def test_unwind_sections_of_llvmlite_objects_stay_contiguous(build):
-    """LLVM pads records to 4 bytes, not 8: the concatenation must not leave
-    zero padding, which the unwinder would read as the terminator."""
-    ir = textwrap.dedent("""
-        declare void @ext(i32)
-        define void @f1(i32 %x) { call void @ext(i32 %x) ret void }
-        define void @f2(i32 %x) { call void @ext(i32 %x) call void @ext(i32 1) ret void }
-    """)
+# A hand-written .eh_frame whose records are padded to 4 bytes only (the
+# DWARF minimum): a CIE of 24 bytes and an FDE of 20, 44 in all, in a section
+# aligned to 8.  Placed at its own alignment after another such section, a
+# 4-byte zero gap would end the unwinder's walk before the second one.
+HANDMADE_EH_FRAME = """
+    .text
+    .globl {name}
+{name}:
+    ret
+    .section .eh_frame,"a",@progbits
+    .p2align 3
+cie:
+    .long cie_end - cie_start
+cie_start:
+    .long 0
+    .byte 1
+    .asciz "zR"
+    .uleb128 1
+    .sleb128 -8
+    .uleb128 16
+    .uleb128 1
+    .byte 0x1b
+    .byte 0x0c, 7, 8
+    .byte 0x90, 1
+    .p2align 2
+cie_end:
+fde:
+    .long fde_end - fde_start
+fde_start:
+    .long fde_start - cie
+    .long {name} - .
+    .long 1
+    .uleb128 0
+    .p2align 2
+fde_end:
+"""
+
+
+def unwinder_function_start(pc: int) -> int:
+    """Where libgcc's own FDE lookup says the function holding ``pc`` starts (0: no FDE)."""
+    ffi_ = FFI()
+    ffi_.cdef("struct bases { void *tbase, *dbase, *func; };"
+              "const void *_Unwind_Find_FDE(void *pc, struct bases *bases);")
+    lib = ffi_.dlopen("libgcc_s.so.1")
+    bases = ffi_.new("struct bases *")
+    if lib._Unwind_Find_FDE(ffi_.cast("void *", pc), bases) == ffi_.NULL:
+        return 0
+    return int(ffi_.cast("uintptr_t", bases.func))
+
+
+def test_records_padded_to_four_bytes_stay_contiguous(tmp_path):
+    from rtdyld.asm import assemble
+
     ln = rtdyld.Linker(run_initializers=False)
-    ln.define("ext", 0x1000)
-    ln.add_module(ir, name="m1.ll")
-    ln.add_module(ir.replace("@f1", "@g1").replace("@f2", "@g2"), name="m2.ll")
+    for name in ("first_fn", "second_fn"):
+        data, display = assemble(HANDMADE_EH_FRAME.format(name=name), name=f"{name}.s")
+        ln.add_object(data, name=display)
     h = ln.finalize()
     try:
+        sizes = [h.batch.objects[p.obj].sections[p.index].size for p in h.batch.sections
+                 if h.batch.objects[p.obj].sections[p.index].name == ".eh_frame"]
+        assert sizes == [44, 44]
         records = eh_frame_records(h.batch)
-        covered = {name for name in ("f1", "f2", "g1", "g2")
-                   if any(b == ln.lookup(name) for kind, b, _ in records if kind == "fde")}
-        assert covered == {"f1", "f2", "g1", "g2"}
+        assert [r[0] for r in records] == ["fde" if i % 2 else "cie" for i in range(4)]
+        for name in ("first_fn", "second_fn"):
+            assert unwinder_function_start(ln.lookup(name)) == ln.lookup(name)
     finally:
         h.remove()
+
+
+def test_the_unwinder_finds_every_linked_function(build):
+    ln = new_linker()
+    ln.add_object(build.cxx("shapes_a.cpp", "-O2", "-fPIC"))
+    h1 = ln.finalize()
+    ln.add_object(build.cxx("shapes_b.cpp", "-O2", "-fPIC"))
+    h2 = ln.finalize()
+    funcs = {n: d.address for h in (h1, h2) for n, d in h.symbols.items() if d.type == SymType.FUNC and d.size}
+    assert "_ZN11AccumulatorIiE3addEi" in funcs and "shapes_checked_sum" in funcs
+    for name, addr in funcs.items():
+        assert unwinder_function_start(addr + 1) == addr, name
+    h2.remove()
+    addr = funcs["shapes_checked_sum"]
+    assert unwinder_function_start(addr + 1) == 0  # deregistered with its batch
+    h1.remove()
 
 
 def test_no_eh_frame_no_registration():
