@@ -1,9 +1,10 @@
 #!/bin/sh
 # System packages the test suite links against (Debian's static zlib and
-# bzip2 archives, gdb for the debugger test).  Installed only when missing.
+# bzip2 archives, g++ for the C++ fixtures, gdb for the debugger test).
+# Installed only when missing.
 set -e
 need=""
-for pkg in zlib1g-dev libbz2-dev binutils gcc; do
+for pkg in zlib1g-dev libbz2-dev binutils gcc g++ gdb; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
 done
 if [ -n "$need" ]; then

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import cxxabi, unwind
 from . import layout as L
 from .errors import (
     DuplicateSymbolError,
@@ -76,6 +77,8 @@ class LinkedBatch:
     kept_groups: set[str] = field(default_factory=set)
     segments: dict = field(default_factory=dict)
     pulls: dict = field(default_factory=dict)  # id(object) -> archives.Pull
+    eh_frame: unwind.EhFrameImage | None = None  # registered with the unwinder when published
+    dso_handle: int = 0  # the batch's private __dso_handle, 0 if nothing refers to it
 
 
 class BatchLinker:
@@ -267,6 +270,7 @@ class BatchLinker:
                 self._external(name, earlier)
         self.defs = defs
         self.got_ext = None
+        self.dso_ext = None
         missing: dict[str, list[int]] = {}
         for name, idx in refs.items():
             d = defs.get(name)
@@ -276,6 +280,9 @@ class BatchLinker:
             if name == GOT_SYMBOL:
                 self.got_ext = self._external(name, None, 0, "the batch's GOT")
                 canon[idx] = self.got_ext
+                continue
+            if name == cxxabi.DSO_HANDLE:  # private to the batch, see rtdyld.cxxabi
+                self.dso_ext = canon[idx] = self._external(name, None, 0, "the batch's DSO handle")
                 continue
             prefix = self.objects[int(self.sym_obj[idx[0]])].symbol_prefix
             found = self.resolver.resolve(name, prefix, self.pending)
@@ -350,6 +357,7 @@ class BatchLinker:
             return
         roles = np.array([self.objects[p.obj].sections[p.index].role for p in self.placed])
         in_eh = roles[self.relocs["section"]] == SectionRole.EH_FRAME
+        self.dropped_eh = self.relocs[bad & in_eh][["section", "offset"]]
         if np.any(bad & ~in_eh):
             k = int(np.flatnonzero(bad & ~in_eh)[0])
             raise MalformedObjectError(
@@ -404,8 +412,9 @@ class BatchLinker:
         self.reach = (lo, hi)
         ext_addr = np.array([e.address for e in self.externals] or [0], dtype=np.uint64)
         ext_ok = scan.in_reach(ext_addr, lo, hi)
-        if self.got_ext is not None:
-            ext_ok[self.got_ext - n] = True
+        for owned in (self.got_ext, self.dso_ext):
+            if owned is not None:
+                ext_ok[owned - n] = True
         reachable = internal.copy()
         ext = ~internal & (tgt >= n)
         reachable[ext] = ext_ok[tgt[ext] - n]
@@ -472,7 +481,11 @@ class BatchLinker:
         plans = L.plan_segments()
         for p in self.placed:
             s = self.objects[p.obj].sections[p.index]
-            p.work = plans[p.segment].place(f"{p.obj}:{p.index}", s.size, s.align)
+            if not unwind.is_unwind_section(self.objects[p.obj], p.index):
+                p.work = plans[p.segment].place(f"{p.obj}:{p.index}", s.size, s.align)
+        self.eh_frame = unwind.place(plans, self.placed, self.objects)
+        if self.dso_ext is not None:
+            self.dso_off = plans[L.RODATA].place("<__dso_handle>", cxxabi.DSO_HANDLE_SIZE, 8)
         self.stub_off = plans[L.TEXT].place("<stubs>", STUB_SIZE * len(self.scanned.stub_targets), 8)
         self.got_off = plans[L.RODATA].place("<GOT>", 8 * len(self.scanned.got_targets), 8)
         self.common_off = {
@@ -519,6 +532,11 @@ class BatchLinker:
         if self.got_ext is not None:
             addr[self.got_ext] = self.got_base
             self.externals[self.got_ext - n].address = self.got_base
+        if self.dso_ext is not None:
+            addr[self.dso_ext] = self.externals[self.dso_ext - n].address = base + self.seg_offset[L.RODATA] + self.dso_off
+        if self.eh_frame is not None:
+            self.eh_frame.work = self.seg_offset[L.RODATA] + self.eh_frame.segment_offset
+            self.eh_frame.address = base + self.eh_frame.work
         self.addr = addr
         self.got = {int(t): self.got_base + 8 * i for i, t in enumerate(self.scanned.got_targets)}
         self.stubs = {int(t): self.stub_base + STUB_SIZE * i for i, t in enumerate(self.scanned.stub_targets)}
@@ -549,6 +567,7 @@ class BatchLinker:
         r = self.relocs
         if not len(r):
             self.tables = {}
+            self._finish_eh_frame()
             return
         kind = r["kind"].copy()
         tgt = self.target
@@ -594,6 +613,7 @@ class BatchLinker:
         mem[where[jmp] - 1] = 0xE9
         mem[where[jmp] + 4] = 0x90
         fixup.write(mem, where, kind, value)
+        self._finish_eh_frame()
         self.tables = {
             "relocs": r,
             "kind": kind,
@@ -607,6 +627,11 @@ class BatchLinker:
             "relax": sc.relax,
             "before": before,
         }
+
+    def _finish_eh_frame(self) -> None:
+        d = getattr(self, "dropped_eh", None)
+        dropped = self.sec_work[d["section"]] + d["offset"].astype(np.int64) if d is not None else []
+        unwind.finish(self.eh_frame, self.allocation.memory, dropped)
 
     def _snapshot(self, where) -> np.ndarray:
         """The bytes at each fixup before it is written (for traces): 8 per row."""
@@ -675,6 +700,8 @@ class BatchLinker:
             finalizers=fini,
             kept_groups=self.kept_groups,
             segments={s.name: s for s in self.allocation.segments},
+            eh_frame=self.eh_frame,
+            dso_handle=int(self.addr[self.dso_ext]) if self.dso_ext is not None else 0,
         )
 
     def _init_fini(self) -> tuple[list[tuple], list[tuple]]:

@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_link_options(run)
     run.add_argument("--entry", default="main", metavar="SYM", help="entry point (default: main)")
+    run.add_argument("--perf-map", dest="perf_map", action="store_true",
+                     help="append the linked functions to /tmp/perf-<pid>.map so 'perf report' names them")
 
     trace = sub.add_parser(
         "trace",
@@ -239,7 +241,7 @@ def make_linker(args, memory=None, run_initializers: bool = False):
     """A Linker with the inputs, libraries and definitions of the command line added."""
     from .linker import Linker
 
-    ln = Linker(memory=memory, run_initializers=run_initializers)
+    ln = Linker(memory=memory, run_initializers=run_initializers, perf_map=getattr(args, "perf_map", None) or None)
     ln.library_dirs.extend(args.library_dirs)
     for name, address in args.define_abs:
         ln.define(name, address)

@@ -10,6 +10,7 @@ import weakref
 from . import host, initfini
 from .archives import ArchiveSet, Pull
 from .batch import BatchLinker, LinkedBatch
+from .batch_runtime import BatchRuntime
 from .errors import LinkError, UndefinedSymbolError, UsageError, ValidationError
 from .inputs import parse_object, read_input
 from .objfile.model import ObjectFile
@@ -78,9 +79,15 @@ class Linker:
     Objects, modules and archives added since the last :meth:`finalize` form
     one batch.  ``finalize`` links it all-or-nothing: on any error the batch
     is discarded and the session is exactly as it was before the batch began.
+
+    ``debugger`` and ``perf_map`` register each batch with GDB's JIT interface
+    and append it to perf's map file; ``None`` reads ``RTDYLD_GDB`` and
+    ``RTDYLD_PERF_MAP`` (and turns the debugger on when the process is
+    traced).  See :mod:`rtdyld.batch_runtime`.
     """
 
-    def __init__(self, memory=None, resolver: Dylib | None = None, run_initializers: bool = True):
+    def __init__(self, memory=None, resolver: Dylib | None = None, run_initializers: bool = True,
+                 debugger: bool | None = None, perf_map: bool | None = None):
         self.memory = memory if memory is not None else default_memory()
         self.main = resolver if resolver is not None else Dylib("main")
         self.run_initializers = run_initializers
@@ -96,6 +103,7 @@ class Linker:
         self.dylibs: dict[str, Dylib] = {self.main.name: self.main}
         self._lock = threading.RLock()
         self._batches = 0
+        self.runtime = BatchRuntime(debugger=debugger, perf_map=perf_map)  # unwinder, C++ ABI, gdb, perf
         self._reserve()
         _live_linkers.add(self)
 
@@ -381,6 +389,8 @@ class Linker:
                 owner = e.definition.batch if e.definition is not None else None
                 if isinstance(owner, Handle) and owner is not handle:
                     owner.dependents.add(handle)
+            if self._executable():
+                self.runtime.loaded(lb)
             if self.run_initializers and self._executable():
                 initfini.call_all(initfini.initializer_order(lb.allocation.memory, lb.initializers))
             dylib.published.update(lb.definitions)
@@ -409,8 +419,12 @@ class Linker:
                     f"{names}; remove those first or pass force=True"
                 )
             for dylib, lb in reversed(handle.parts):
+                if self._executable():
+                    self.runtime.unloading(lb)
                 if self.run_initializers and self._executable():
                     initfini.call_all(initfini.finalizer_order(lb.allocation.memory, lb.finalizers))
+                if self._executable():
+                    self.runtime.unloaded(lb)
                 for name, d in lb.definitions.items():
                     if dylib.published.get(name) is d:
                         del dylib.published[name]

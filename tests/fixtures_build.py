@@ -18,6 +18,7 @@ import llvmlite.binding as llvm
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 C_DIR = FIXTURES / "c"
+CXX_DIR = FIXTURES / "cxx"
 IR_DIR = FIXTURES / "ir"
 
 # The C matrix: optimisation level x code generation model.  gcc's default on
@@ -83,6 +84,16 @@ class Builder:
         if key not in self._objects:
             out = self.root / f"{src.stem}-{key}.o"
             self._run(["gcc", "-c", *flags, "-o", str(out), str(src)])
+            self._objects[key] = out
+        return self._objects[key]
+
+    def cxx(self, source: str | Path, *flags: str) -> Path:
+        """Compile a C++ file (a path, or a name relative to fixtures/cxx) with g++."""
+        src = Path(source) if Path(source).is_absolute() else CXX_DIR / source
+        key = _key(str(src), src.read_bytes(), *[p.read_bytes() for p in sorted(src.parent.glob("*.h"))], *flags)
+        if key not in self._objects:
+            out = self.root / f"{src.stem}-{key}.o"
+            self._run(["g++", "-c", *flags, "-o", str(out), str(src)])
             self._objects[key] = out
         return self._objects[key]
 

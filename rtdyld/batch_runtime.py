@@ -1,0 +1,80 @@
+"""What the process must learn when a batch is loaded and forget when it goes.
+
+A sealed batch is announced to the unwinder (so exceptions and
+``backtrace()`` cross its frames) and, when asked for, to a debugger (GDB's
+JIT interface) and a profiler (perf's map file).  Removal undoes it in the
+reverse order: C++ static destructors (``__cxa_finalize`` on the batch's
+``__dso_handle``) run while everything is still in place, then the batch's
+finalizers, then the debugger and the unwinder forget the code, and only
+then is the memory released.
+
+Debugger registration is opt-in (``Linker(debugger=True)`` or
+``RTDYLD_GDB=1``) and automatic for batches loaded while the process is being
+traced (checked at each load, so a debugger attached later sees the batches
+loaded after it attached); the perf
+map is opt-in (``Linker(perf_map=True)`` or ``RTDYLD_PERF_MAP=1``).  Neither
+costs anything, nor imports anything, when off.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import cxxabi, unwind
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "yes", "true", "on")
+
+
+def being_traced() -> bool:
+    """True when a debugger (or strace) is attached: TracerPid is not 0."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    return line.split()[1] != "0"
+    except OSError:
+        pass
+    return False
+
+
+class BatchRuntime:
+    """The per-session hooks; ``None`` options come from the environment."""
+
+    def __init__(self, debugger: bool | None = None, perf_map: bool | None = None):
+        if debugger is None and _env_flag("RTDYLD_GDB"):
+            debugger = True
+        if perf_map is None:
+            perf_map = _env_flag("RTDYLD_PERF_MAP")
+        self.debugger = debugger  # None: whenever the process is traced
+        self.perf_map = bool(perf_map)
+        self._registered: dict[int, list] = {}  # id(LinkedBatch) -> undo actions, newest last
+
+    def loaded(self, lb) -> None:
+        """The batch is sealed; its initializers have not run yet."""
+        undo = self._registered.setdefault(id(lb), [])
+        if unwind.register(lb.eh_frame):
+            undo.append(lambda: unwind.deregister(lb.eh_frame))
+        if self.debugging():
+            from . import gdb_jit
+
+            entry = gdb_jit.register(lb)
+            if entry is not None:
+                undo.append(lambda: gdb_jit.unregister(entry))
+        if self.perf_map:
+            from . import perfmap
+
+            perfmap.append(lb)
+
+    def debugging(self) -> bool:
+        return self.debugger if self.debugger is not None else being_traced()
+
+    def unloading(self, lb) -> None:
+        """Before the batch's finalizers: its C++ static destructors."""
+        cxxabi.finalize(lb.dso_handle)
+
+    def unloaded(self, lb) -> None:
+        """After the finalizers, before the memory is released."""
+        for action in reversed(self._registered.pop(id(lb), [])):
+            action()

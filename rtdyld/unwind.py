@@ -1,0 +1,157 @@
+"""Unwind tables: lay out a batch's ``.eh_frame`` and register it with the unwinder.
+
+libgcc's ``__register_frame(begin)`` takes the start of a whole ``.eh_frame``
+image and walks it record by record until a zero length word, exactly as it
+walks the ``.eh_frame`` a static linker builds (there the terminator comes
+from ``crtend.o``).  So the batch's ELF ``.eh_frame`` sections are placed
+back to back in the read-only segment, followed by four zero bytes, and the
+whole run is registered once per batch.
+
+Records are 4-byte aligned (LLVM pads them to 4, GCC to 8) and the sections
+are only concatenated, so every CIE pointer, which is an offset back within
+the same section, stays valid.  The first section keeps its alignment; the
+others follow with alignment 4 so that no zero padding can end the walk early.
+
+FDEs of a discarded COMDAT copy lose their relocations (see
+``BatchLinker._check_discarded_locals``): their initial location would then
+decode to an address inside the batch's own tables and widen the range the
+unwinder files the batch under.  Such an FDE gets a zero CIE pointer, which
+makes every unwinder pass treat it as a CIE that nothing refers to: skipped.
+
+Only ELF sections take part: Mach-O unwind data is for Mach-O targets.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import host
+from . import layout as L
+from .objfile.model import ObjectFile, SectionRole
+
+TERMINATOR = 4  # bytes of zero length word ending the image
+
+
+@dataclass
+class EhFrameImage:
+    """The batch's concatenated ``.eh_frame``: ``size`` includes the terminator."""
+
+    work: int  # offset into the allocation (set once segments are placed)
+    address: int
+    size: int
+    segment_offset: int  # offset within the read-only segment, before placement
+
+
+def is_unwind_section(obj: ObjectFile, index: int) -> bool:
+    return obj.format == "elf" and obj.sections[index].role == SectionRole.EH_FRAME
+
+
+def place(plans, placed, objects) -> EhFrameImage | None:
+    """Place every ELF ``.eh_frame`` of the batch contiguously in the read-only
+    segment, then the terminator.  The caller has placed everything else."""
+    first = None
+    end = 0
+    for p in placed:
+        if not is_unwind_section(objects[p.obj], p.index):
+            continue
+        s = objects[p.obj].sections[p.index]
+        p.segment = L.RODATA
+        p.work = plans[L.RODATA].place(f"{p.obj}:{p.index}", s.size, s.align if first is None else 4)
+        first = p.work if first is None else first
+        end = p.work + s.size
+    if first is None:
+        return None
+    plans[L.RODATA].place("<eh_frame terminator>", TERMINATOR, 4)
+    return EhFrameImage(work=0, address=0, size=end + TERMINATOR - first, segment_offset=first)
+
+
+def finish(image: EhFrameImage | None, memory: np.ndarray, dropped_offsets: np.ndarray) -> None:
+    """Write the terminator and neutralise FDEs whose target was discarded.
+
+    ``dropped_offsets`` are allocation offsets of relocations that were not
+    applied because their target lies in a dropped COMDAT section."""
+    if image is None:
+        return
+    end = image.work + image.size
+    memory[end - TERMINATOR : end] = 0
+    if not len(dropped_offsets):
+        return
+    words = memory[image.work : end]
+    starts, cie_ptrs = _records(words)
+    rel = np.asarray(dropped_offsets, dtype=np.int64) - image.work
+    rel = rel[(rel >= 0) & (rel < len(words))]
+    if not len(rel) or not len(starts):
+        return
+    owner = np.searchsorted(starts, rel, side="right") - 1
+    for rec in np.unique(owner[owner >= 0]).tolist():
+        at = int(cie_ptrs[rec])
+        words[at : at + 4] = 0
+
+
+def _records(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start offsets of the records and the offsets of their CIE-pointer fields."""
+    starts, ids = [], []
+    off = 0
+    n = len(data)
+    while off + 4 <= n:
+        length = int(data[off : off + 4].view("<u4")[0])
+        if length == 0:
+            break
+        idf = off + 4
+        if length == 0xFFFFFFFF:  # 64-bit DWARF: an 8-byte length follows
+            if off + 12 > n:
+                break
+            length = int(data[off + 4 : off + 12].view("<u8")[0])
+            idf = off + 12
+        starts.append(off)
+        ids.append(idf)
+        off = idf + length
+    return np.array(starts, dtype=np.int64), np.array(ids, dtype=np.int64)
+
+
+# --- registration with the process unwinder ----------------------------------------
+
+_lock = threading.Lock()
+_unwinder: tuple | None = None
+
+
+def _functions():
+    """(__register_frame, __deregister_frame) from libgcc_s, which is the
+    unwinder libstdc++ throws through; loaded if the process lacks it.
+    (None, None) when there is no libgcc_s: nothing could throw then."""
+    global _unwinder
+    with _lock:
+        if _unwinder is None:
+            try:
+                handle, _ = host.open_library("libgcc_s.so.1")
+            except host.LibraryNotFoundError:
+                _unwinder = (None, None)
+            else:
+                reg = host.library_symbol(handle, "__register_frame")
+                dereg = host.library_symbol(handle, "__deregister_frame")
+                if reg and dereg:
+                    _unwinder = (host.ffi.cast("void (*)(void *)", reg), host.ffi.cast("void (*)(void *)", dereg))
+                else:
+                    _unwinder = (None, None)
+        return _unwinder
+
+
+def register(image: EhFrameImage | None) -> bool:
+    """Hand the sealed image to the unwinder; True if it was registered."""
+    if image is None or image.size <= TERMINATOR:
+        return False
+    reg, _ = _functions()
+    if reg is None:
+        return False
+    reg(host.ffi.cast("void *", image.address))
+    return True
+
+
+def deregister(image: EhFrameImage | None) -> None:
+    """Forget the image; must run before its memory is released."""
+    _, dereg = _functions()
+    if image is not None and dereg is not None:
+        dereg(host.ffi.cast("void *", image.address))
