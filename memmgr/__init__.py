@@ -42,7 +42,7 @@ from __future__ import annotations
 from .allocation import Allocation, Prot, Segment, SegmentRequest
 from .errors import AllocationError, MemMgrError
 from .libc import PAGE_SIZE
-from .manager import MemoryManager
+from .manager import MemoryManager, live_managers
 from .procmaps import Mapping, read_maps
 from .virtual import VirtualMemory
 
@@ -57,5 +57,6 @@ __all__ = [
     "Segment",
     "SegmentRequest",
     "VirtualMemory",
+    "live_managers",
     "read_maps",
 ]
