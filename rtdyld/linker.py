@@ -78,6 +78,16 @@ class Linker:
     Objects, modules and archives added since the last :meth:`finalize` form
     one batch.  ``finalize`` links it all-or-nothing: on any error the batch
     is discarded and the session is exactly as it was before the batch began.
+
+    Thread safe: one re-entrant lock (``_lock``) serialises every change to
+    the session (adding inputs, ``define``, ``finalize``, ``abort``,
+    ``remove``, ``close``) and every look-up, so a look-up sees a batch either
+    fully published or not at all, and one racing ``remove`` either finds the
+    symbol or raises UndefinedSymbolError.  Parsing and compiling inputs
+    happen outside the lock.  Initializers and finalizers of linked code run
+    under it: they may call back into the linker from their own thread, but
+    must not wait for another thread that uses it.  The memory manager has
+    its own lock, always taken inside this one.
     """
 
     def __init__(self, memory=None, resolver: Dylib | None = None, run_initializers: bool = True):
@@ -109,6 +119,12 @@ class Linker:
                 self.memory.reach_range(low=low)
             except MemMgrError:
                 pass  # reported by the batch that needs it
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The session's lock.  Hold it around ``add_*`` … ``finalize`` so that no
+        other thread's inputs join the batch, or around look-ups that must agree."""
+        return self._lock
 
     @property
     def resolver(self) -> Dylib:
@@ -150,8 +166,9 @@ class Linker:
         """Compile LLVM IR (text, bitcode or llvmlite module) and add the object.
         With ``cache`` (an ObjectCache), llvmlite compiles only on a miss."""
         if cache is not None:
-            if cache not in self.caches:
-                self.caches.append(cache)
+            with self._lock:
+                if cache not in self.caches:
+                    self.caches.append(cache)
             data, display, _hit = cache.compile(module, name, reloc=reloc, code_model=code_model, opt=opt,
                                                 triple=triple)
         else:
@@ -214,12 +231,14 @@ class Linker:
 
     def define(self, name: str, target, dylib: Dylib | None = None) -> None:
         """Make ``name`` resolve to an address or a cffi callback (kept alive)."""
-        self._dylib(dylib).define(name, target)
+        with self._lock:
+            self._dylib(dylib).define(name, target)
 
     def add_validator(self, fn) -> None:
         """``fn(view)`` sees each linked batch before it is published or made
         executable (see :mod:`rtdyld.validators`); raising rejects the batch."""
-        self.validators.append(fn)
+        with self._lock:
+            self.validators.append(fn)
 
     # --- linking ----------------------------------------------------------------
 
@@ -392,13 +411,15 @@ class Linker:
 
     def close(self) -> None:
         """Remove every batch, newest first."""
-        for h in reversed(list(self.handles)):
-            h.remove(force=True)
+        with self._lock:
+            for h in reversed(list(self.handles)):
+                h.remove(force=True)
 
     # --- look-ups -------------------------------------------------------------------
 
     def symbol(self, name: str, dylib: Dylib | None = None) -> SymbolDef:
-        d = self._dylib(dylib).lookup(name)
+        with self._lock:
+            d = self._dylib(dylib).lookup(name)
         if d is None:
             where = f" in dylib {dylib.name!r}" if dylib is not None else ""
             raise UndefinedSymbolError(
@@ -426,15 +447,16 @@ class Linker:
         """What a failed batch must leave unchanged: symbols, memory, mappings."""
         from memmgr import read_maps
 
-        return {
-            "symbols": {d.name: {n: s.address for n, s in d.published.items()} for d in self.dylibs.values()},
-            "handles": [h.number for h in self.handles],
-            "allocations": sorted((a.target_base, a.size) for a in self.memory.live_allocations()),
-            "reservations": sorted(self.memory.reservations()),
-            "maps": [(m.start, m.end, m.perms) for m in read_maps() if self.memory.contains(m.start)],
-            "kept_groups": sorted(self.kept_groups),
-            "archives": {d.name: [a.name for a in self._archives(d).archives] for d in self.dylibs.values()},
-        }
+        with self._lock:
+            return {
+                "symbols": {d.name: {n: s.address for n, s in d.published.items()} for d in self.dylibs.values()},
+                "handles": [h.number for h in self.handles],
+                "allocations": sorted((a.target_base, a.size) for a in self.memory.live_allocations()),
+                "reservations": sorted(self.memory.reservations()),
+                "maps": [(m.start, m.end, m.perms) for m in read_maps() if self.memory.contains(m.start)],
+                "kept_groups": sorted(self.kept_groups),
+                "archives": {d.name: [a.name for a in self._archives(d).archives] for d in self.dylibs.values()},
+            }
 
 
 def _providers_first(groups: dict) -> dict:
