@@ -340,7 +340,8 @@ class Linker:
                 raise
             except Exception as e:
                 name = getattr(fn, "__name__", repr(fn))
-                raise ValidationError(f"validator {name} rejected the batch: {e}") from e
+                objects = ", ".join(o.name for o in lb.objects)
+                raise ValidationError(f"validator {name} rejected the batch of {objects}: {e}") from e
 
     def abort(self) -> None:
         """Discard everything added since the last finalize."""
