@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fixtures_build import C_FLAG_SETS
@@ -43,26 +44,19 @@ def memory():
 
 
 def run_threads(targets) -> list[BaseException]:
-    """Run each callable in its own thread; the exceptions they raised."""
-    errors: list[BaseException] = []
+    """Run each callable in its own thread, all starting together; the exceptions they raised."""
     start = threading.Barrier(len(targets))
 
-    def wrap(fn):
+    def after_start(fn):
         def run():
             start.wait()
-            try:
-                fn()
-            except BaseException as e:
-                errors.append(e)
+            fn()
 
         return run
 
-    threads = [threading.Thread(target=wrap(fn)) for fn in targets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return errors
+    with ThreadPoolExecutor(len(targets)) as pool:
+        futures = [pool.submit(after_start(fn)) for fn in targets]
+    return [f.exception() for f in futures if f.exception() is not None]
 
 
 def worker_name(w: int, j: int) -> str:
