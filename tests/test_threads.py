@@ -183,6 +183,27 @@ def test_lookup_racing_remove_sees_the_symbol_or_a_clean_error(build, memory, bu
     assert unreleased_memory([memory]) == []
 
 
+def test_linkers_in_threads_compile_ir_and_share_one_memory_manager(memory, busy_switching):
+    ir = "define i32 @{name}(i32 %x) {{\n  %r = mul i32 %x, {k}\n  ret i32 %r\n}}\n"
+
+    def worker(w: int):
+        def run():
+            ln = rtdyld.Linker(memory=memory)
+            for i in range(6):
+                name = f"ir_{w}_{i}"
+                ln.add_module(ir.format(name=name, k=w * 10 + i), name=f"{name}.ll")
+                handle = ln.finalize()
+                assert ln.function(name, "int(int)")(3) == 3 * (w * 10 + i)
+                handle.remove()
+            assert ln.handles == []
+
+        return run
+
+    assert run_threads([worker(w) for w in range(WORKERS)]) == []
+    assert memory.live_allocations() == []
+    assert unreleased_memory([memory]) == []
+
+
 def test_release_from_two_threads_returns_the_range_once(memory, busy_switching):
     from memmgr import PAGE_SIZE, Prot, SegmentRequest
 
