@@ -35,6 +35,10 @@ Life cycle (as in LLVM JITLink)
         range is handed out again) and returns the range to the free list.
         Releasing an in-flight allocation abandons it; releasing twice does
         nothing; finalizing after release raises :class:`MemMgrError`.
+
+Every MemoryManager is thread safe and registered, weakly, so that
+:func:`live_managers` can list every reservation of the process (for checks
+that released memory really was given back).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ that no live allocation holds must be mapped PROT_NONE (so a stale pointer into
 removed code faults instead of running it) and hold no resident page (so the
 contents of removed or aborted batches are gone, not just hidden).  The
 reservations are found through :func:`memmgr.live_managers`; residency comes
-from ``mincore(2)``, read through cffi in ABI mode.
+from ``mincore(2)``, read through cffi in ABI mode.  And between tests no
+allocation is still in flight: a batch that failed or was aborted released
+its memory instead of leaving it behind, writable.
 """
 
 from __future__ import annotations
@@ -89,6 +91,20 @@ def unreleased_memory(managers: list[MemoryManager] | None = None) -> list[str]:
     return out
 
 
+def abandoned_allocations(managers: list[MemoryManager] | None = None) -> list[str]:
+    """Allocations still in flight: a batch that failed or was aborted without releasing its memory.
+
+    Between tests nothing is being linked, so every live allocation must have
+    been finalized (a loaded batch) or released.
+    """
+    return [
+        f"allocation still in flight (never finalized nor released): {a!r}"
+        for mm in (live_managers() if managers is None else managers)
+        for a in mm.live_allocations()
+        if a.state == "in-flight"
+    ]
+
+
 class ReleaseGuard:
     """Reports each unreleased range once, so one leak fails one test."""
 
@@ -96,6 +112,6 @@ class ReleaseGuard:
         self.reported: set[str] = set()
 
     def report(self) -> list[str]:
-        bad = [v for v in unreleased_memory() if v not in self.reported]
+        bad = [v for v in unreleased_memory() + abandoned_allocations() if v not in self.reported]
         self.reported.update(bad)
         return bad

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cffi import FFI
-from invariants import unreleased_memory
+from invariants import abandoned_allocations, unreleased_memory
 
 import rtdyld
 from memmgr import PAGE_SIZE, MemoryManager, Prot, SegmentRequest, libc, live_managers, read_maps
@@ -79,3 +79,13 @@ def test_removed_and_failed_batches_leave_no_memory(build):
             ln.finalize()
         assert mm.live_allocations() == []
         assert unreleased_memory([mm]) == []
+
+
+def test_checker_reports_an_allocation_left_in_flight():
+    with MemoryManager(reserve_size=SMALL, low_reserve_size=SMALL) as mm:
+        alloc = _rw(mm)
+        assert abandoned_allocations([mm]) == [
+            f"allocation still in flight (never finalized nor released): {alloc!r}"
+        ]
+        alloc.finalize()
+        assert abandoned_allocations([mm]) == []
