@@ -1,6 +1,6 @@
 """The fix an error message suggests, where there is an obvious one.
 
-Only ever called on the error path: finding which system library defines a
+Only ever called on the error path: finding which system library provides a
 missing symbol dlopens that library (locally, so that nothing it defines
 joins the process's global scope and changes later links).
 """
@@ -8,14 +8,14 @@ joins the process's global scope and changes later links).
 from __future__ import annotations
 
 import functools
-import os
 
 from . import host
 
 # ``-l`` name and soname of the libraries a C or C++ program most often
-# forgets to link, most specific first: libstdc++ also reaches libm and libc
-# through its dependencies, so a symbol is credited only to the library that
-# really holds it (dladdr).
+# forgets to link.  dlsym on a library searches its dependencies too, as the
+# linker does once the library is loaded, so libstdc++ also provides libm's
+# and libgcc_s's symbols: the list goes from the fewest dependencies to the
+# most, and each symbol is credited to the first library that provides it.
 SYSTEM_LIBRARIES = (
     ("m", "libm.so.6"),
     ("pthread", "libpthread.so.0"),
@@ -36,7 +36,7 @@ def _open(soname: str):
 
 
 def library_defining(name: str, prefix: str = "") -> tuple[str, str] | None:
-    """``(l_name, soname)`` of the common system library that defines ``name``, or None.
+    """``(l_name, soname)`` of the first common system library that provides ``name``, or None.
 
     ``prefix`` is the object's symbol prefix (``"_"`` for Mach-O); the name is
     also tried without it.
@@ -49,8 +49,7 @@ def library_defining(name: str, prefix: str = "") -> tuple[str, str] | None:
         if handle is None:
             continue
         for n in names:
-            addr = host.library_symbol(handle, n)
-            if addr and os.path.basename(host.describe_address(addr)).startswith(f"lib{lname}.so"):
+            if host.library_symbol(handle, n):
                 return lname, soname
     return None
 
@@ -68,7 +67,7 @@ def undefined_hints(names: list[str], prefix_of=lambda name: "") -> list[str]:
     hints = []
     for (lname, soname), found in by_library.items():
         hints.append(
-            f"link with -l {lname} (Linker.load_library({lname!r})): {soname} defines {_names(found)}"
+            f"link with -l {lname} (Linker.load_library({lname!r})): {soname} provides {_names(found)}"
         )
     if elsewhere:
         it = "it" if len(elsewhere) == 1 else "them"

@@ -106,7 +106,7 @@ def test_undefined_symbol_in_a_system_library_suggests_linking_it(build):
     assert error_of(ln, rtdyld.UndefinedSymbolError) == (
         "undefined symbol: BZ2_bzlibVersion\n"
         f"  'BZ2_bzlibVersion', referenced by {path}: .text+{offset:#x}\n"
-        "  hint: link with -l bz2 (Linker.load_library('bz2')): libbz2.so.1.0 defines 'BZ2_bzlibVersion'"
+        "  hint: link with -l bz2 (Linker.load_library('bz2')): libbz2.so.1.0 provides 'BZ2_bzlibVersion'"
     )
     # The suggestion works, and looking it up made nothing visible to the process.
     assert host.process_symbol("BZ2_bzlibVersion") == 0

@@ -15,8 +15,8 @@ from rtdyld import suggest
         ("zlibVersion", "", ("z", "libz.so.1")),
         ("BZ2_bzlibVersion", "", ("bz2", "libbz2.so.1.0")),
         ("__cxa_throw", "", ("stdc++", "libstdc++.so.6")),
-        # libstdc++ reaches libc through its dependencies; printf is still not libstdc++'s.
-        ("printf", "", None),
+        # libgcc_s comes with libstdc++: loading libstdc++ makes it available.
+        ("_Unwind_Resume", "", ("stdc++", "libstdc++.so.6")),
         ("_cos", "", None),
         ("rtdyld_defined_nowhere", "", None),
     ],
@@ -27,7 +27,7 @@ def test_library_defining(name, prefix, library):
 
 def test_undefined_hints_group_by_library():
     assert suggest.undefined_hints(["cos", "nowhere_a", "sin", "nowhere_b"]) == [
-        "link with -l m (Linker.load_library('m')): libm.so.6 defines 'cos', 'sin'",
+        "link with -l m (Linker.load_library('m')): libm.so.6 provides 'cos', 'sin'",
         (
             "define 'nowhere_a', 'nowhere_b' with Linker.define(name, address_or_callback) "
             "or add an object or archive that defines them"
