@@ -7,7 +7,7 @@ import os
 import threading
 import weakref
 
-from . import host, initfini
+from . import host, initfini, suggest
 from .archives import ArchiveSet, Pull
 from .batch import BatchLinker, LinkedBatch
 from .errors import LinkError, UndefinedSymbolError, UsageError, ValidationError
@@ -79,7 +79,7 @@ class Linker:
     one batch.  ``finalize`` links it all-or-nothing: on any error the batch
     is discarded and the session is exactly as it was before the batch began.
 
-    Thread safe: one re-entrant lock (``_lock``) serialises every change to
+    Thread safe: one re-entrant lock (:attr:`lock`) serialises every change to
     the session (adding inputs, ``define``, ``finalize``, ``abort``,
     ``remove``, ``close``) and every look-up, so a look-up sees a batch either
     fully published or not at all, and one racing ``remove`` either finds the
@@ -421,10 +421,12 @@ class Linker:
     def symbol(self, name: str, dylib: Dylib | None = None) -> SymbolDef:
         with self._lock:
             d = self._dylib(dylib).lookup(name)
+            if d is None:
+                hint = suggest.lookup_hint(name, self._dylib(dylib), self.dylibs.values())
         if d is None:
             where = f" in dylib {dylib.name!r}" if dylib is not None else ""
             raise UndefinedSymbolError(
-                f"symbol {name!r} is not defined by any finalized batch{where}", {name: []}
+                f"symbol {name!r} is not defined by any finalized batch{where}{hint}", {name: []}
             )
         return d
 

@@ -7,6 +7,7 @@ joins the process's global scope and changes later links).
 
 from __future__ import annotations
 
+import difflib
 import functools
 
 from . import host
@@ -23,6 +24,8 @@ SYSTEM_LIBRARIES = (
     ("rt", "librt.so.1"),
     ("z", "libz.so.1"),
     ("bz2", "libbz2.so.1.0"),
+    ("atomic", "libatomic.so.1"),  # gcc's runtime: __atomic_* calls for wide types
+    ("gomp", "libgomp.so.1"),  # gcc's runtime: code built with -fopenmp
     ("stdc++", "libstdc++.so.6"),
 )
 
@@ -122,6 +125,23 @@ def listing(objects, most: int = 3) -> str:
     return ", ".join(names) + more
 
 
+# Beyond this many published names, finding near misses costs more than a
+# failed look-up should.
+_MAX_NEAR_MISS_CANDIDATES = 20000
+
+
+def lookup_hint(name: str, dylib, dylibs) -> str:
+    """``"; ..."`` naming the dylibs that do publish ``name``, or published names close to it; else ""."""
+    elsewhere = [d.name for d in dylibs if d is not dylib and d.lookup(name) is not None]
+    if elsewhere:
+        return f"; dylib {_names(elsewhere)} publishes it: pass dylib=linker.dylibs[{elsewhere[0]!r}]"
+    known = dylib.published
+    if len(known) > _MAX_NEAR_MISS_CANDIDATES:
+        return ""
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.8)
+    return f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
+
+
 def _names(names: list[str]) -> str:
     return ", ".join(repr(n) for n in names)
 
@@ -132,6 +152,7 @@ __all__ = [
     "duplicate_hint",
     "library_defining",
     "listing",
+    "lookup_hint",
     "overflow_hint",
     "undefined_hints",
 ]

@@ -255,3 +255,24 @@ def test_batch_that_does_not_fit_says_how_to_make_room(build):
             "  hint: remove batches no longer needed, or give the Linker a MemoryManager(reserve_size=...) "
             "with more room"
         )
+
+
+def test_lookup_of_a_missing_symbol_points_at_the_likely_one(build):
+    ln = rtdyld.Linker()
+    side = ln.create_dylib("side")
+    ln.add_object(build.cc("errors/ok.c", *PIE))
+    ln.add_object(build.cc_text("int only_on_the_side(void) { return 7; }\n", *PIE, stem="side"), dylib=side)
+    ln.finalize()
+    with pytest.raises(rtdyld.UndefinedSymbolError) as exc:
+        ln.function("ok_fnuc", "int(int)")
+    assert str(exc.value) == "symbol 'ok_fnuc' is not defined by any finalized batch; did you mean 'ok_func'?"
+    with pytest.raises(rtdyld.UndefinedSymbolError) as exc:
+        ln.lookup("only_on_the_side")
+    assert str(exc.value) == (
+        "symbol 'only_on_the_side' is not defined by any finalized batch; dylib 'side' publishes it: "
+        "pass dylib=linker.dylibs['side']"
+    )
+    assert ln.function("only_on_the_side", "int(void)", dylib=ln.dylibs["side"])() == 7
+    with pytest.raises(rtdyld.UndefinedSymbolError) as exc:
+        ln.lookup("nothing_like_it")
+    assert str(exc.value) == "symbol 'nothing_like_it' is not defined by any finalized batch"

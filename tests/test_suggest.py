@@ -15,6 +15,8 @@ from rtdyld import suggest
         ("zlibVersion", "", ("z", "libz.so.1")),
         ("BZ2_bzlibVersion", "", ("bz2", "libbz2.so.1.0")),
         ("__cxa_throw", "", ("stdc++", "libstdc++.so.6")),
+        ("__atomic_load", "", ("atomic", "libatomic.so.1")),
+        ("GOMP_parallel", "", ("gomp", "libgomp.so.1")),
         # libgcc_s comes with libstdc++: loading libstdc++ makes it available.
         ("_Unwind_Resume", "", ("stdc++", "libstdc++.so.6")),
         ("_cos", "", None),

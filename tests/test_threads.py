@@ -104,7 +104,8 @@ def test_concurrent_link_lookup_call_remove(build, memory, busy_switching):
                     assert memory.contains(ln.lookup(other))
                     seen_others[w] += 1
                 except rtdyld.UndefinedSymbolError as e:
-                    assert str(e) == f"symbol {other!r} is not defined by any finalized batch"
+                    # ...possibly naming a near miss: another worker's symbol.
+                    assert str(e).startswith(f"symbol {other!r} is not defined by any finalized batch")
                 if i % 5 == 1:
                     with ln.lock:
                         ln.add_object(objects[w, 0], name="aborted.o")
