@@ -89,3 +89,22 @@ def test_checker_reports_an_allocation_left_in_flight():
         ]
         alloc.finalize()
         assert abandoned_allocations([mm]) == []
+
+
+def test_the_guard_after_every_test_reports_a_leak_once(monkeypatch):
+    import conftest
+
+    with MemoryManager(reserve_size=SMALL, low_reserve_size=SMALL) as mm:
+        alloc = _rw(mm)
+        base = alloc.target_base
+        monkeypatch.setattr(MemoryManager, "_scrub", staticmethod(lambda base, size: None))
+        alloc.release()
+        monkeypatch.undo()
+        first = conftest.RELEASE_GUARD.report()
+        where = f"free range of a memory manager, 0x{base:x}-0x{base + 2 * PAGE_SIZE:x}"
+        assert [v for v in first if f"0x{base:x}-" in v] == [
+            f"{where}: still accessible (rw-)",
+            f"{where}: 2 page(s) of the free range still resident (committed)",
+        ]
+        assert conftest.RELEASE_GUARD.report() == []  # one leak fails one test
+        MemoryManager._scrub(base, 2 * PAGE_SIZE)
