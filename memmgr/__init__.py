@@ -35,6 +35,10 @@ Life cycle (as in LLVM JITLink)
         range is handed out again) and returns the range to the free list.
         Releasing an in-flight allocation abandons it; releasing twice does
         nothing; finalizing after release raises :class:`MemMgrError`.
+
+Every MemoryManager is thread safe and registered, weakly, so that
+:func:`live_managers` can list every reservation of the process (for checks
+that released memory really was given back).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from __future__ import annotations
 from .allocation import Allocation, Prot, Segment, SegmentRequest
 from .errors import AllocationError, MemMgrError
 from .libc import PAGE_SIZE
-from .manager import MemoryManager
+from .manager import MemoryManager, live_managers
 from .procmaps import Mapping, read_maps
 from .virtual import VirtualMemory
 
@@ -57,5 +61,6 @@ __all__ = [
     "Segment",
     "SegmentRequest",
     "VirtualMemory",
+    "live_managers",
     "read_maps",
 ]

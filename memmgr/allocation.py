@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import operator
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -117,6 +118,10 @@ class Allocation:
     executable) → :meth:`finalize` (each segment gets its final protection) →
     :meth:`release` (memory returned).  Releasing an in-flight allocation
     abandons it.  Made by a memory manager; never construct one directly.
+
+    Thread safe: a per-allocation lock makes each state change atomic, so two
+    threads releasing (or finalizing and releasing) at once cannot return the
+    range twice or protect pages already handed to someone else.
     """
 
     def __init__(
@@ -137,6 +142,7 @@ class Allocation:
         self.low = low
         self._memory = memory
         self._state = IN_FLIGHT
+        self._lock = threading.Lock()
 
     @property
     def state(self) -> str:
@@ -195,19 +201,21 @@ class Allocation:
         released, or if the kernel refuses (the allocation then stays in flight
         and should be released).
         """
-        if self._state == RELEASED:
-            raise MemMgrError(f"cannot finalize {self!r}: already released")
-        if self._state == FINALIZED:
-            return
-        self._owner._finalize(self)
-        self._state = FINALIZED
+        with self._lock:
+            if self._state == RELEASED:
+                raise MemMgrError(f"cannot finalize {self!r}: already released")
+            if self._state == FINALIZED:
+                return
+            self._owner._finalize(self)
+            self._state = FINALIZED
 
     def release(self) -> None:
         """Return the memory (pages read as zero when reused); a second call does nothing."""
-        if self._state == RELEASED:
-            return
-        self._owner._release(self)
-        self._mark_released()
+        with self._lock:
+            if self._state == RELEASED:
+                return
+            self._owner._release(self)
+            self._mark_released()
 
     def _mark_released(self) -> None:
         self._state = RELEASED

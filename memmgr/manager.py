@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Self
 
@@ -14,6 +15,17 @@ from .errors import AllocationError, MemMgrError
 from .reservation import Reservation
 
 _MIN_RESERVE = 16 << 20
+
+# Every manager of the process, so that invariant checks can find all
+# reservations; weak, so that registering keeps nothing alive.
+_registry: weakref.WeakSet[MemoryManager] = weakref.WeakSet()
+_registry_lock = threading.Lock()
+
+
+def live_managers() -> list[MemoryManager]:
+    """Every MemoryManager of this process not yet garbage collected (closed ones included)."""
+    with _registry_lock:
+        return list(_registry)
 
 
 def _sizes(size: int) -> list[int]:
@@ -61,6 +73,8 @@ class MemoryManager:
         self._live: dict[int, Allocation] = {}
         self._closed = False
         self._lock = threading.RLock()
+        with _registry_lock:
+            _registry.add(self)
 
     # -- reservations -------------------------------------------------------
 
@@ -141,6 +155,15 @@ class MemoryManager:
             r = self._low if low else self._main
             return r.free_blocks() if r is not None else []
 
+    def all_free_blocks(self) -> list[tuple[int, int]]:
+        """Free ``(address, size)`` blocks of every reservation, taken at one instant.
+
+        Every such byte was never handed out or has been released: it must be
+        inaccessible (PROT_NONE) and hold no memory.
+        """
+        with self._lock:
+            return [b for r in (self._main, self._low) if r is not None for b in r.free_blocks()]
+
     # -- allocations --------------------------------------------------------
 
     def allocate(self, requests: Iterable[SegmentRequest], low: bool = False) -> Allocation:
@@ -190,6 +213,8 @@ class MemoryManager:
 
     def _release(self, alloc: Allocation) -> None:
         with self._lock:
+            if id(alloc) not in self._live:
+                return  # released by close() meanwhile; the reservation is gone
             if alloc.size:
                 r = self._low if alloc.low else self._main
                 assert r is not None

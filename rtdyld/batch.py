@@ -14,6 +14,7 @@ import numpy as np
 
 from . import cxxabi, unwind
 from . import layout as L
+from . import suggest
 from .errors import (
     DuplicateSymbolError,
     LayoutError,
@@ -225,6 +226,7 @@ class BatchLinker:
                 elif not weak and strong[name]:
                     raise DuplicateSymbolError(
                         f"duplicate symbol {name!r}: defined in {self._definer(prev)} and in {self._definer(i)}"
+                        f"\n  hint: {suggest.duplicate_hint(name)}"
                     )
                 elif not weak:
                     losers.append((name, prev))
@@ -259,9 +261,10 @@ class BatchLinker:
             earlier = published[name]
             i = defs[name]
             if strong[name] and earlier.bind != Bind.WEAK:
+                batch = f"batch #{earlier.batch.number}" if hasattr(earlier.batch, "number") else "that batch"
                 raise DuplicateSymbolError(
                     f"duplicate symbol {name!r}: defined in {self._definer(i)} and already "
-                    f"loaded from {earlier.origin}"
+                    f"loaded from {earlier.origin} ({batch})\n  hint: {suggest.duplicate_hint(name, batch)}"
                 )
             if not strong[name] or earlier.bind != Bind.WEAK:
                 del defs[name]
@@ -330,13 +333,11 @@ class BatchLinker:
                     who.append(self.objects[oi].name)
             referrers[name] = who
             lines.append(f"  {name!r}, referenced by {', '.join(who)}")
-        hint = (
-            "define them with Linker.define(name, address_or_callback), add the objects "
-            "that define them, or load the library that has them (Linker.load_library / -l NAME)"
-        )
+        prefixes = {name: self.objects[int(self.sym_obj[idx[0]])].symbol_prefix for name, idx in missing.items()}
+        hints = "".join(f"\n  hint: {h}" for h in suggest.undefined_hints(sorted(missing), prefixes.get))
         noun = "symbol" if len(missing) == 1 else "symbols"
         raise UndefinedSymbolError(
-            f"undefined {noun}: {', '.join(sorted(missing))}\n" + "\n".join(lines) + f"\n  hint: {hint}",
+            f"undefined {noun}: {', '.join(sorted(missing))}\n" + "\n".join(lines) + hints,
             referrers,
         )
 
@@ -502,7 +503,10 @@ class BatchLinker:
             self.allocation = self.memory.allocate(requests, low=self.low)
         except MemMgrError as e:
             where = "below 2 GiB " if self.low else ""
-            raise LayoutError(f"cannot allocate {total} bytes {where}for the batch: {e}") from None
+            raise LayoutError(
+                f"no room {where}for the batch of {suggest.listing(self.objects)} ({total} bytes): {e}"
+                f"\n  hint: {suggest.allocation_hint(self.low)}"
+            ) from None
         self.plans = plans
         self.seg_offset = {s.name: s.offset for s in self.allocation.segments}
 
@@ -653,12 +657,8 @@ class BatchLinker:
                 f"(S={int(S[k]):#x}, A={int(r['addend']):#x}) does not fit in {width} bits"
             )
         more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
-        hint = ""
-        if np.any(np.isin(kind[bad], [int(Edge.Pointer32), int(Edge.Pointer32Signed)])):
-            hint = (
-                "\n  hint: absolute 32-bit relocations need their targets below 4 GiB "
-                "(below 2 GiB when sign-extended); rebuild with -fPIC"
-            )
+        hint = suggest.overflow_hint(np.unique(kind[bad]).tolist())
+        hint = f"\n  hint: {hint}" if hint else ""
         raise RelocationOverflowError(
             "relocation overflow:\n  " + "\n  ".join(lines) + more + hint
         )

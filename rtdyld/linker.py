@@ -7,7 +7,7 @@ import os
 import threading
 import weakref
 
-from . import host, initfini
+from . import host, initfini, suggest
 from .archives import ArchiveSet, Pull
 from .batch import BatchLinker, LinkedBatch
 from .batch_runtime import BatchRuntime
@@ -84,6 +84,16 @@ class Linker:
     and append it to perf's map file; ``None`` reads ``RTDYLD_GDB`` and
     ``RTDYLD_PERF_MAP`` (and turns the debugger on when the process is
     traced).  See :mod:`rtdyld.batch_runtime`.
+
+    Thread safe: one re-entrant lock (:attr:`lock`) serialises every change to
+    the session (adding inputs, ``define``, ``finalize``, ``abort``,
+    ``remove``, ``close``) and every look-up, so a look-up sees a batch either
+    fully published or not at all, and one racing ``remove`` either finds the
+    symbol or raises UndefinedSymbolError.  Parsing and compiling inputs
+    happen outside the lock.  Initializers and finalizers of linked code run
+    under it: they may call back into the linker from their own thread, but
+    must not wait for another thread that uses it.  The memory manager has
+    its own lock, always taken inside this one.
     """
 
     def __init__(self, memory=None, resolver: Dylib | None = None, run_initializers: bool = True,
@@ -117,6 +127,12 @@ class Linker:
                 self.memory.reach_range(low=low)
             except MemMgrError:
                 pass  # reported by the batch that needs it
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The session's lock.  Hold it around ``add_*`` … ``finalize`` so that no
+        other thread's inputs join the batch, or around look-ups that must agree."""
+        return self._lock
 
     @property
     def resolver(self) -> Dylib:
@@ -165,8 +181,9 @@ class Linker:
             return add_lazy_module(self, module, name, reloc=reloc, code_model=code_model, opt=opt,
                                    triple=triple, dylib=dylib)
         if cache is not None:
-            if cache not in self.caches:
-                self.caches.append(cache)
+            with self._lock:
+                if cache not in self.caches:
+                    self.caches.append(cache)
             data, display, _hit = cache.compile(module, name, reloc=reloc, code_model=code_model, opt=opt,
                                                 triple=triple)
         else:
@@ -229,7 +246,8 @@ class Linker:
 
     def define(self, name: str, target, dylib: Dylib | None = None) -> None:
         """Make ``name`` resolve to an address or a cffi callback (kept alive)."""
-        self._dylib(dylib).define(name, target)
+        with self._lock:
+            self._dylib(dylib).define(name, target)
 
     # --- indirection: stubs, hot swap, lazy compilation -----------------------------
 
@@ -259,7 +277,8 @@ class Linker:
     def add_validator(self, fn) -> None:
         """``fn(view)`` sees each linked batch before it is published or made
         executable (see :mod:`rtdyld.validators`); raising rejects the batch."""
-        self.validators.append(fn)
+        with self._lock:
+            self.validators.append(fn)
 
     # --- linking ----------------------------------------------------------------
 
@@ -361,7 +380,8 @@ class Linker:
                 raise
             except Exception as e:
                 name = getattr(fn, "__name__", repr(fn))
-                raise ValidationError(f"validator {name} rejected the batch: {e}") from e
+                objects = ", ".join(o.name for o in lb.objects)
+                raise ValidationError(f"validator {name} rejected the batch of {objects}: {e}") from e
 
     def abort(self) -> None:
         """Discard everything added since the last finalize."""
@@ -438,17 +458,21 @@ class Linker:
 
     def close(self) -> None:
         """Remove every batch, newest first."""
-        for h in reversed(list(self.handles)):
-            h.remove(force=True)
+        with self._lock:
+            for h in reversed(list(self.handles)):
+                h.remove(force=True)
 
     # --- look-ups -------------------------------------------------------------------
 
     def symbol(self, name: str, dylib: Dylib | None = None) -> SymbolDef:
-        d = self._dylib(dylib).lookup(name)
+        with self._lock:
+            d = self._dylib(dylib).lookup(name)
+            if d is None:
+                hint = suggest.lookup_hint(name, self._dylib(dylib), self.dylibs.values())
         if d is None:
             where = f" in dylib {dylib.name!r}" if dylib is not None else ""
             raise UndefinedSymbolError(
-                f"symbol {name!r} is not defined by any finalized batch{where}", {name: []}
+                f"symbol {name!r} is not defined by any finalized batch{where}{hint}", {name: []}
             )
         return d
 
@@ -472,15 +496,16 @@ class Linker:
         """What a failed batch must leave unchanged: symbols, memory, mappings."""
         from memmgr import read_maps
 
-        return {
-            "symbols": {d.name: {n: s.address for n, s in d.published.items()} for d in self.dylibs.values()},
-            "handles": [h.number for h in self.handles],
-            "allocations": sorted((a.target_base, a.size) for a in self.memory.live_allocations()),
-            "reservations": sorted(self.memory.reservations()),
-            "maps": [(m.start, m.end, m.perms) for m in read_maps() if self.memory.contains(m.start)],
-            "kept_groups": sorted(self.kept_groups),
-            "archives": {d.name: [a.name for a in self._archives(d).archives] for d in self.dylibs.values()},
-        }
+        with self._lock:
+            return {
+                "symbols": {d.name: {n: s.address for n, s in d.published.items()} for d in self.dylibs.values()},
+                "handles": [h.number for h in self.handles],
+                "allocations": sorted((a.target_base, a.size) for a in self.memory.live_allocations()),
+                "reservations": sorted(self.memory.reservations()),
+                "maps": [(m.start, m.end, m.perms) for m in read_maps() if self.memory.contains(m.start)],
+                "kept_groups": sorted(self.kept_groups),
+                "archives": {d.name: [a.name for a in self._archives(d).archives] for d in self.dylibs.values()},
+            }
 
 
 def _providers_first(groups: dict) -> dict:

@@ -8,6 +8,10 @@ Those are recorded as they appear — the ones present before any test runs,
 and the page of every callback made through the ``callback`` fixture — and
 only an exact match with a recorded range is tolerated, so an rtdyld mapping
 that merges with one of them is still caught.
+
+The same fixture checks that released memory was given back: every free byte
+of every memory manager's reservations is PROT_NONE and not resident (see
+``invariants.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fixtures_build import Builder
+from invariants import ReleaseGuard
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,16 @@ def make_callback(decl: str, fn):
     return cb
 
 
+RELEASE_GUARD = ReleaseGuard()
+
+
 @pytest.fixture(autouse=True)
 def no_wx_mappings():
     yield
     bad = WX_GUARD.report()
     assert not bad, "writable and executable mappings:\n" + "\n".join(map(str, bad))
+    kept = RELEASE_GUARD.report()
+    assert not kept, "released memory not given back:\n" + "\n".join(kept)
 
 
 @pytest.fixture(scope="session")

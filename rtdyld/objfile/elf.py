@@ -127,8 +127,12 @@ class _ElfReader:
     def _read_section_headers(self) -> list[_Header]:
         elf = ELFFile(io.BytesIO(bytes(self.data)))
         n = elf.num_sections()
-        if n * 64 > len(self.data):
-            raise ValueError(f"{n} section headers cannot fit in {len(self.data)} bytes")
+        shoff = elf.header["e_shoff"]
+        if shoff + n * 64 > len(self.data):
+            raise ValueError(
+                f"the table at offset {shoff:#x} ({n} entries of 64 bytes) runs past the end of "
+                f"the file ({len(self.data)} bytes)"
+            )
         headers = []
         for i in range(n):
             sec = elf.get_section(i)
