@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import tls
 from . import layout as L
 from .errors import (
     DuplicateSymbolError,
@@ -390,6 +391,7 @@ class BatchLinker:
             opcode[relaxable] = self._bytes_before(relaxable, 2)
             modrm[relaxable] = self._bytes_before(relaxable, 1)
         self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
+        self.scanned = tls.keep_tls_calls(self, self.scanned)
 
     def _reachability(self, low: bool):
         """Per relocation: is the target in reach from the region ``low`` picks;
@@ -470,11 +472,12 @@ class BatchLinker:
         from memmgr import MemMgrError, Prot, SegmentRequest
 
         plans = L.plan_segments()
-        for p in self.placed:
+        for p in tls.image_first(self, self.placed):
             s = self.objects[p.obj].sections[p.index]
             p.work = plans[p.segment].place(f"{p.obj}:{p.index}", s.size, s.align)
         self.stub_off = plans[L.TEXT].place("<stubs>", STUB_SIZE * len(self.scanned.stub_targets), 8)
         self.got_off = plans[L.RODATA].place("<GOT>", 8 * len(self.scanned.got_targets), 8)
+        self.tls = tls.plan(self, plans[L.RODATA])
         self.common_off = {
             name: plans[L.BSS].place(f"<common {name}>", size, align)
             for name, (_, size, align) in self.commons.items()
@@ -574,6 +577,7 @@ class BatchLinker:
         has2 = r["sym2"] >= 0
         if np.any(has2):
             S2[has2] = self.addr[self.canon[r["sym2"][has2]]]
+        S = tls.resolve(self, kind, S, P, G, Z, S2, where)
         # Relaxed GOT loads become plain PC-relative references.
         relaxed = sc.relax != scan.RELAX_NONE
         kind[relaxed] = Edge.Delta32
