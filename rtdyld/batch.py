@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import tls
+from . import ifunc, tls
 from . import layout as L
 from .errors import (
     DuplicateSymbolError,
@@ -77,6 +77,7 @@ class LinkedBatch:
     kept_groups: set[str] = field(default_factory=set)
     segments: dict = field(default_factory=dict)
     pulls: dict = field(default_factory=dict)  # id(object) -> archives.Pull
+    ifunc: object = None  # ifunc.IfuncPlan when the batch defines IFUNC symbols it uses
 
 
 class BatchLinker:
@@ -392,6 +393,7 @@ class BatchLinker:
             modrm[relaxable] = self._bytes_before(relaxable, 1)
         self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
         self.scanned = tls.keep_tls_calls(self, self.scanned)
+        self.scanned, self.ifunc = ifunc.plan(self, self.scanned)
 
     def _reachability(self, low: bool):
         """Per relocation: is the target in reach from the region ``low`` picks;
@@ -679,6 +681,7 @@ class BatchLinker:
             finalizers=fini,
             kept_groups=self.kept_groups,
             segments={s.name: s for s in self.allocation.segments},
+            ifunc=ifunc.finish(self),
         )
 
     def _init_fini(self) -> tuple[list[tuple], list[tuple]]:
