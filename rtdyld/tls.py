@@ -140,16 +140,15 @@ def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
     tls = np.isin(kind, _TLS_KINDS)
     lo, filesz, memsz, align = _image_extent(batch, tp)
     img_addr = batch.allocation.target_base + lo
-    if np.any(tls):
-        _check_targets(batch, tls, tp, img_addr, memsz)
-    if memsz == 0:
+    if not np.any(tls):
+        # Nothing reaches the variables (another batch cannot): no thread needs a copy.
         return S
+    _check_targets(batch, tls, tp)
+    memsz = max(memsz, 1)  # the loader ignores an empty PT_TLS; zero-sized variables still need a module
     off = S - np.uint64(img_addr)  # meaningful where tls
     init = _relocated_image(batch, tp, kind, S, P, G, Z, S2, where, lo, filesz)
     tp.module = _load(batch, init, memsz, align, tp.static)
     batch.allocation.add_release_hook(tp.module.close)
-    if not np.any(tls):
-        return S
     mem = batch.allocation.memory
     base_work = batch.seg_offset["rodata"] + tp.got_off
     base_addr = batch.allocation.target_base + base_work
@@ -168,16 +167,14 @@ def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
         mem[base_work : base_work + 8 * len(words)] = np.array(words, dtype="<u8").view(np.uint8)
     S = S.copy()
     gd = kind == Edge.TLSGDDelta32
-    if np.any(gd):
-        S[gd] = np.uint64(base_addr) + np.searchsorted(tp.gd_targets, batch.target[gd]).astype(np.uint64) * np.uint64(
-            16
-        )
+    pair = np.searchsorted(tp.gd_targets, batch.target[gd]).astype(np.uint64)
+    S[gd] = np.uint64(base_addr) + pair * np.uint64(16)
     ld = kind == Edge.TLSLDDelta32
     S[ld] = np.uint64(base_addr + 16 * len(tp.gd_targets))
     ie = kind == Edge.GOTTPOffDelta32
-    if np.any(ie):
-        ie_base = base_addr + 16 * (len(tp.gd_targets) + tp.local_dynamic)
-        S[ie] = np.uint64(ie_base) + np.searchsorted(tp.ie_targets, batch.target[ie]).astype(np.uint64) * np.uint64(8)
+    ie_base = base_addr + 16 * (len(tp.gd_targets) + tp.local_dynamic)
+    slot = np.searchsorted(tp.ie_targets, batch.target[ie]).astype(np.uint64)
+    S[ie] = np.uint64(ie_base) + slot * np.uint64(8)
     le = (kind == Edge.TPOffset32) | (kind == Edge.TPOffset64)
     S[le] = off[le] + tpoff
     dtp = (kind == Edge.DTPOffset32) | (kind == Edge.DTPOffset64)
@@ -197,7 +194,7 @@ def _image_extent(batch, tp: TlsPlan) -> tuple[int, int, int, int]:
     return lo, init_end - lo, end - lo, max(s.align for s in secs)
 
 
-def _check_targets(batch, tls, tp: TlsPlan, img_addr: int, memsz: int) -> None:
+def _check_targets(batch, tls, tp: TlsPlan) -> None:
     tgt = batch.target
     n = batch.nsyms
     internal = tgt < n

@@ -225,6 +225,15 @@ def test_batch_without_tls_loads_no_module(build, ln, maps):
     handle.remove()
 
 
+def test_unreferenced_tls_definitions_load_no_module(build, ln, maps):
+    """Only the batch's own code can reach its variables; none does here."""
+    before = _tls_modules(maps)
+    ln.add_object(str(build.cc("errors/tls_def.c", "-O2", "-fPIC")))
+    handle = ln.finalize()
+    assert _tls_modules(maps) == before
+    handle.remove()
+
+
 def test_static_tls_that_does_not_fit_is_a_link_error(build, ln):
     """Initial/local exec need glibc's static surplus; 4 MiB never fits, and the session is unharmed."""
     path = str(
