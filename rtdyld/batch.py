@@ -78,6 +78,7 @@ class LinkedBatch:
     segments: dict = field(default_factory=dict)
     pulls: dict = field(default_factory=dict)  # id(object) -> archives.Pull
     ifunc: object = None  # ifunc.IfuncPlan when the batch defines IFUNC symbols it uses
+    tls: object = None  # tls.TlsPlan when the batch has thread-local storage
 
 
 class BatchLinker:
@@ -682,6 +683,7 @@ class BatchLinker:
             kept_groups=self.kept_groups,
             segments={s.name: s for s in self.allocation.segments},
             ifunc=ifunc.finish(self),
+            tls=self.tls,
         )
 
     def _init_fini(self) -> tuple[list[tuple], list[tuple]]:

@@ -102,7 +102,9 @@ class TlsPlan:
     local_dynamic: bool  # the batch needs the {module, 0} pair
     static: bool  # the batch uses initial or local exec
     got_off: int  # of the TLS GOT entries within the read-only data segment
+    got_size: int
     module: object = None  # TlsModule once loaded (or the static stand-in)
+    got_address: int = 0
 
 
 @dataclass
@@ -129,7 +131,7 @@ def plan(batch, rodata) -> TlsPlan | None:
     ld = bool(np.any(kind == Edge.TLSLDDelta32))
     size = 16 * (len(gd) + ld) + 8 * len(ie)
     got_off = rodata.place("<TLS GOT>", size, 16)
-    return TlsPlan(sections, gd, ie, ld, bool(np.any(np.isin(kind, _STATIC))), got_off)
+    return TlsPlan(sections, gd, ie, ld, bool(np.any(np.isin(kind, _STATIC))), got_off, size)
 
 
 def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
@@ -151,6 +153,7 @@ def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
     batch.allocation.add_release_hook(tp.module.close)
     mem = batch.allocation.memory
     base_work = batch.seg_offset["rodata"] + tp.got_off
+    tp.got_address = batch.allocation.target_base + base_work
     base_addr = batch.allocation.target_base + base_work
     modid = np.uint64(tp.module.modid)
     tpoff = np.int64(tp.module.tp_offset or 0).view(np.uint64) if tp.static else np.uint64(0)

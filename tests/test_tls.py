@@ -328,3 +328,17 @@ def test_error_fixtures_now_link(build, ln, sources, flags):
     else:
         assert ln.function("tls_read", "int(void)")() == 3
     handle.remove()
+
+
+def test_map_shows_the_tls_image_and_got(build, capsys):
+    objs = [build.cc(TLS / src, "-O2", "-fPIC") for src in ("counters.c", "other.c")]
+    code, out, err = run_cli(capsys, "map", "--target-addr", "0x10000", *objs)
+    assert code == 0, err
+    rodata = out.split("segment rodata")[1].split("segment data")[0]
+    lines = [line.split() for line in rodata.splitlines()[1:] if line.strip()]
+    # The image first, initialised data before zero-fill, then the TLS GOT:
+    # four general-dynamic pairs and the local-dynamic one.
+    assert [ln[2] for ln in lines[:3]] == [".tdata", ".tdata", ".tbss"]
+    got = next(ln for ln in lines if "*TLS" in ln)
+    assert got[1] == "0x50"
+    assert "5 module/offset pairs" in " ".join(got)
