@@ -28,7 +28,7 @@ import numpy as np
 
 from . import layout as L
 from .errors import LinkError, RelocationOverflowError
-from .objfile.model import SymType
+from .objfile.model import SectionFlags, SymType
 from .x86_64 import fixup, scan
 from .x86_64.edges import NEEDS_GOT_SLOT, Edge
 
@@ -91,6 +91,18 @@ def plan(batch, scanned: scan.ScanResult) -> tuple[scan.ScanResult, IfuncPlan | 
     got_targets = np.unique(np.concatenate([tgt[needs_slot], tgt[use_stub]]))
     stub_targets = np.unique(tgt[use_stub])
     deferred = is_if & ~in_code & np.isin(kind, _S_PLUS)
+    tls_sec = np.array(
+        [bool(batch.objects[p.obj].sections[p.index].flags & SectionFlags.TLS) for p in batch.placed] or [False]
+    )
+    in_tls = deferred & tls_sec[batch.relocs["section"]] if len(tgt) else deferred
+    if np.any(in_tls):
+        # The TLS image is handed to the loader before any resolver can run.
+        k = int(np.flatnonzero(in_tls)[0])
+        raise IfuncError(
+            f"{batch.where(k)}: {batch.rtype_name(k)} against the IFUNC "
+            f"{batch.name_of(int(batch.relocs['sym'][k]))!r}: a thread-local initialiser cannot hold "
+            "a resolved IFUNC address"
+        )
     targets = np.unique(np.concatenate([tgt[is_if], np.array(defined, dtype=np.int64)]))
     names = {name: i for name, i in batch.defs.items() if i in set(targets.tolist())}
     out = scan.ScanResult(got_targets=got_targets, stub_targets=stub_targets, use_stub=use_stub, relax=relax)

@@ -117,3 +117,20 @@ def test_trace_does_not_run_resolvers(build, capsys):
     code, out, err = run_cli(capsys, "trace", "--target-addr", "0x10000", "--define-abs", "ifunc_choice=0x1234", path)
     assert code == 0, err
     assert "picked" in out
+
+
+def test_ifunc_in_a_thread_local_initialiser_is_refused(build, ln):
+    src = (
+        "static int one(int x) { return x + 1; }\n"
+        "static void *pick(void) { return (void *)one; }\n"
+        "int f(int) __attribute__((ifunc(\"pick\")));\n"
+        "__thread int (*tfp)(int) = f;\n"
+        "int g(int x) { return tfp(x); }\n"
+    )
+    path = str(build.cc_text(src, "-O2", "-fPIC", stem="ifunc_tls"))
+    ln.add_object(path)
+    with pytest.raises(IfuncError) as exc:
+        ln.finalize()
+    msg = str(exc.value)
+    for part in (path, ".tdata+0x0", "R_X86_64_64", "'f'", "thread-local initialiser"):
+        assert part in msg
