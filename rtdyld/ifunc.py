@@ -104,7 +104,8 @@ def plan(batch, scanned: scan.ScanResult) -> tuple[scan.ScanResult, IfuncPlan | 
             "a resolved IFUNC address"
         )
     targets = np.unique(np.concatenate([tgt[is_if], np.array(defined, dtype=np.int64)]))
-    names = {name: i for name, i in batch.defs.items() if i in set(targets.tolist())}
+    wanted = set(targets.tolist())
+    names = {name: i for name, i in batch.defs.items() if i in wanted}
     out = scan.ScanResult(got_targets=got_targets, stub_targets=stub_targets, use_stub=use_stub, relax=relax)
     return out, IfuncPlan(targets=targets, deferred=deferred, names=names)
 
