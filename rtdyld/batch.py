@@ -555,6 +555,7 @@ class BatchLinker:
         r = self.relocs
         if not len(r):
             self.tables = {}
+            tls.resolve_unreferenced(self)
             return
         kind = r["kind"].copy()
         tgt = self.target

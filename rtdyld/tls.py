@@ -18,6 +18,13 @@ slot; local exec has it as an immediate.  Sequences may be padded
 as ``call *__tls_get_addr@GOTPCREL(%rip)``, or in the large code model
 through ``@PLTOFF``: since nothing is rewritten, all of them behave alike.
 
+A later batch may reach the variables of an earlier one (same memory
+manager) by general dynamic, and by initial exec when that block is static:
+a batch that exports thread-local symbols asks for static TLS when it fits,
+for the -fPIE code that reaches them by initial exec.  Local models stay
+within their batch, as they do within a shared object; variables of shared
+libraries are refused (``dlsym`` gives one thread's copy, not a module).
+
 Each TLS edge kind names an entry (a GOT pair, a slot, an offset); before
 the formulas run, :func:`resolve` replaces S by that entry, as a stub
 replaces S for a branch.
@@ -35,7 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import LinkError, RelocationOverflowError
-from .objfile.model import SectionFlags
+from .objfile.model import SectionFlags, SymType
+from .tls_module import TlsModule, TlsModuleError
 from .x86_64 import fixup
 from .x86_64.edges import TLS_KINDS, Edge
 
@@ -44,7 +52,7 @@ _STATIC = [int(Edge.TPOffset32), int(Edge.TPOffset64), int(Edge.GOTTPOffDelta32)
 
 
 class TlsReferenceError(LinkError):
-    """A TLS relocation whose target is not a thread-local variable of the batch."""
+    """A TLS relocation whose target no batch's TLS block holds, or one its model cannot reach."""
 
 
 def _is_tls(batch, p) -> bool:
@@ -100,7 +108,6 @@ class TlsPlan:
     gd_targets: np.ndarray  # canonical targets with a general-dynamic GOT pair
     ie_targets: np.ndarray  # canonical targets with an initial-exec GOT slot
     local_dynamic: bool  # the batch needs the {module, 0} pair
-    static: bool  # the batch uses initial or local exec
     got_off: int  # of the TLS GOT entries within the read-only data segment
     got_size: int
     module: object = None  # TlsModule once loaded (or the static stand-in)
@@ -131,7 +138,7 @@ def plan(batch, rodata) -> TlsPlan | None:
     ld = bool(np.any(kind == Edge.TLSLDDelta32))
     size = 16 * (len(gd) + ld) + 8 * len(ie)
     got_off = rodata.place("<TLS GOT>", size, 16)
-    return TlsPlan(sections, gd, ie, ld, bool(np.any(np.isin(kind, _STATIC))), got_off, size)
+    return TlsPlan(sections, gd, ie, ld, got_off, size)
 
 
 def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
@@ -140,32 +147,36 @@ def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
     if tp is None:
         return S
     tls = np.isin(kind, _TLS_KINDS)
+    exported = any(batch.stype[i] == SymType.TLS and batch.gsec[i] >= 0 for i in batch.defs.values())
+    if not np.any(tls) and not exported:
+        # Nothing can reach the variables: no thread needs a copy.
+        return S
     lo, filesz, memsz, align = _image_extent(batch, tp)
     img_addr = batch.allocation.target_base + lo
-    if not np.any(tls):
-        # Nothing reaches the variables (another batch cannot): no thread needs a copy.
-        return S
-    _check_targets(batch, tls, tp)
-    memsz = max(memsz, 1)  # the loader ignores an empty PT_TLS; zero-sized variables still need a module
-    off = S - np.uint64(img_addr)  # meaningful where tls
-    init = _relocated_image(batch, tp, kind, S, P, G, Z, S2, where, lo, filesz)
-    tp.module = _load(batch, init, memsz, align, tp.static)
-    batch.allocation.add_release_hook(tp.module.close)
+    own = _check_targets(batch, tls, tp)
+    # Per target: (module id, offset in its block, block's offset from the thread pointer or None).
+    where_of: dict[int, tuple[int, int, int | None]] = {}
+    if np.any(own) or exported:
+        init = _relocated_image(batch, tp, kind, S, P, G, Z, S2, where, lo, filesz)
+        tp.module = _load_for(batch, init, memsz, align, bool(np.any(np.isin(kind[own], _STATIC))), exported)
+        batch.allocation.add_release_hook(tp.module.close)
+        _register(batch, tp.module, img_addr, memsz)
+        for t, o in zip(batch.target[own].tolist(), (S[own] - np.uint64(img_addr)).tolist()):
+            where_of[t] = (tp.module.modid, o, tp.module.tp_offset)
+    where_of.update(_foreign(batch, tls & ~own, kind))
     mem = batch.allocation.memory
     base_work = batch.seg_offset["rodata"] + tp.got_off
-    tp.got_address = batch.allocation.target_base + base_work
     base_addr = batch.allocation.target_base + base_work
-    modid = np.uint64(tp.module.modid)
-    tpoff = np.int64(tp.module.tp_offset or 0).view(np.uint64) if tp.static else np.uint64(0)
-    # The offset of each target symbol in the block (A belongs to the formula, not the entry).
-    target_off = dict(zip(batch.target[tls].tolist(), off[tls].tolist()))
+    tp.got_address = base_addr
     words = []
     for t in tp.gd_targets.tolist():
-        words += [modid, np.uint64(target_off[t])]
+        modid, o, _ = where_of[t]
+        words += [modid, o]
     if tp.local_dynamic:
-        words += [modid, np.uint64(0)]
+        words += [tp.module.modid, 0]
     for t in tp.ie_targets.tolist():
-        words.append(tpoff + np.uint64(target_off[t]))
+        _, o, tpoff = where_of[t]
+        words.append((tpoff + o) & 0xFFFFFFFFFFFFFFFF)
     if words:
         mem[base_work : base_work + 8 * len(words)] = np.array(words, dtype="<u8").view(np.uint8)
     S = S.copy()
@@ -178,11 +189,80 @@ def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
     ie_base = base_addr + 16 * (len(tp.gd_targets) + tp.local_dynamic)
     slot = np.searchsorted(tp.ie_targets, batch.target[ie]).astype(np.uint64)
     S[ie] = np.uint64(ie_base) + slot * np.uint64(8)
+    off = S - np.uint64(img_addr)
     le = (kind == Edge.TPOffset32) | (kind == Edge.TPOffset64)
-    S[le] = off[le] + tpoff
+    if np.any(le):
+        S[le] = off[le] + np.int64(tp.module.tp_offset).view(np.uint64)
     dtp = (kind == Edge.DTPOffset32) | (kind == Edge.DTPOffset64)
     S[dtp] = off[dtp]
     return S
+
+
+def resolve_unreferenced(batch) -> None:
+    """:func:`resolve` for a batch without relocations, whose variables only later batches can reach."""
+    none = np.zeros(0, dtype=np.uint64)
+    resolve(batch, np.zeros(0, dtype=np.uint8), none, none, none, none, none, np.zeros(0, dtype=np.int64))
+
+
+def _load_for(batch, init: bytes, memsz: int, align: int, static: bool, exported: bool):
+    """The batch's module; static when its code needs it, and if it fits, when later batches may
+    reach its variables (their -fPIE code does so by initial exec)."""
+    # The loader ignores an empty PT_TLS; zero-sized variables still need a module.
+    memsz = max(memsz, 1)
+    if static or not exported:
+        return _load(batch, init, memsz, align, static)
+    try:
+        return _load(batch, init, memsz, align, True)
+    except TlsModuleError:
+        return _load(batch, init, memsz, align, False)
+
+
+# Live TLS blocks by the memory they were linked through: (image start, end, module).
+# A later batch finds the block of a variable an earlier batch defined here.
+_BLOCKS: dict[int, list[tuple[int, int, object]]] = {}
+
+
+def _register(batch, module, lo: int, size: int) -> None:
+    entry = (lo, lo + size, module)
+    blocks = _BLOCKS.setdefault(id(batch.memory), [])
+    blocks.append(entry)
+
+    def forget() -> None:
+        if entry in blocks:
+            blocks.remove(entry)
+
+    batch.allocation.add_release_hook(forget)
+
+
+def _foreign(batch, mask, kind) -> dict[int, tuple[int, int, int | None]]:
+    """Where the variables of earlier batches that ``mask`` reaches live; raises for the others."""
+    out = {}
+    n = batch.nsyms
+    blocks = _BLOCKS.get(id(batch.memory), [])
+    for k in np.flatnonzero(mask).tolist():
+        t = int(batch.target[k])
+        e = batch.externals[t - n]
+        found = next(((lo, m) for lo, hi, m in blocks if lo <= e.address < hi), None)
+        why = ""
+        if found is None:
+            src = f" (found in {e.source})" if e.source else ""
+            why = (
+                f"{src}: not a thread-local variable of this batch or of an earlier one; variables of "
+                "shared libraries are reached through their own accessors"
+            )
+        elif kind[k] not in (Edge.TLSGDDelta32, Edge.GOTTPOffDelta32):
+            why = " (defined in an earlier batch): a local-exec or local-dynamic reference must stay in its batch"
+        elif kind[k] == Edge.GOTTPOffDelta32 and found[1].tp_offset is None:
+            why = (
+                " (defined in an earlier batch): initial exec needs that batch's TLS at a fixed offset from "
+                "the thread pointer, but it only uses the dynamic models; build this object with -fPIC "
+                "(general dynamic) or that one with -ftls-model=initial-exec"
+            )
+        if why:
+            raise TlsReferenceError(f"{batch.where(k)}: {batch.rtype_name(k)} against {e.name!r}{why}")
+        lo, m = found
+        out[t] = (m.modid, e.address - lo, m.tp_offset)
+    return out
 
 
 def _image_extent(batch, tp: TlsPlan) -> tuple[int, int, int, int]:
@@ -197,27 +277,26 @@ def _image_extent(batch, tp: TlsPlan) -> tuple[int, int, int, int]:
     return lo, init_end - lo, end - lo, max(s.align for s in secs)
 
 
-def _check_targets(batch, tls, tp: TlsPlan) -> None:
+def _check_targets(batch, tls, tp: TlsPlan) -> np.ndarray:
+    """TLS relocations against variables of this batch (the others must be external)."""
     tgt = batch.target
     n = batch.nsyms
     internal = tgt < n
     sec = np.full(len(tgt), -1, dtype=np.int64)
     sec[internal] = batch.gsec[tgt[internal]]
-    ok = np.isin(sec, tp.sections)
-    bad = tls & ~ok
+    own = tls & np.isin(sec, tp.sections)
+    bad = tls & ~own & internal
     if np.any(bad):
         k = int(np.flatnonzero(bad)[0])
-        t = int(tgt[k])
-        name = batch.externals[t - n].name if t >= n else batch.name_of(int(batch.relocs["sym"][k]))
-        where = f" (found in {batch.externals[t - n].source})" if t >= n and batch.externals[t - n].source else ""
         raise TlsReferenceError(
-            f"{batch.where(k)}: {batch.rtype_name(k)} against {name!r}{where}: not a thread-local variable "
-            "of this batch; thread-local variables must be defined in the batch that uses them"
+            f"{batch.where(k)}: {batch.rtype_name(k)} against {batch.name_of(int(batch.relocs['sym'][k]))!r}: "
+            "not a thread-local variable"
         )
     inside = np.flatnonzero(tls & np.isin(batch.relocs["section"], tp.sections))
     if len(inside):
         k = int(inside[0])
         raise TlsReferenceError(f"{batch.where(k)}: {batch.rtype_name(k)} inside a TLS section is not supported")
+    return own
 
 
 def _relocated_image(batch, tp, kind, S, P, G, Z, S2, where, lo: int, filesz: int) -> bytes:
@@ -241,8 +320,6 @@ def _load(batch, init: bytes, memsz: int, align: int, static: bool):
 
     if not isinstance(batch.memory, MemoryManager):
         return StaticPlacement(1, -(-memsz // align) * -align)
-    from .tls_module import TlsModule
-
     return TlsModule(
         init,
         memsz,

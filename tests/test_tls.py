@@ -225,15 +225,6 @@ def test_batch_without_tls_loads_no_module(build, ln, maps):
     handle.remove()
 
 
-def test_unreferenced_tls_definitions_load_no_module(build, ln, maps):
-    """Only the batch's own code can reach its variables; none does here."""
-    before = _tls_modules(maps)
-    ln.add_object(str(build.cc("errors/tls_def.c", "-O2", "-fPIC")))
-    handle = ln.finalize()
-    assert _tls_modules(maps) == before
-    handle.remove()
-
-
 def test_static_tls_that_does_not_fit_is_a_link_error(build, ln):
     """Initial/local exec need glibc's static surplus; 4 MiB never fits, and the session is unharmed."""
     path = str(
@@ -267,17 +258,72 @@ def test_static_tls_that_does_not_fit_is_a_link_error(build, ln):
     handle.remove()
 
 
-def test_tls_variable_of_another_batch_is_refused(build, ln):
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(("-fPIC",), ("-fPIC",)), (("-fPIC",), ("-fPIE",)), (("-fPIE",), ("-fno-pic",))],
+    ids=["gd-gd", "gd-ie", "le-ie"],
+)
+def test_variable_of_an_earlier_batch(build, ln, first, second):
+    """General dynamic and initial exec reach another batch's block; threads see their own copies."""
+    ln.add_object(str(build.cc(TLS / "other.c", "-O2", *first)))
+    provider = ln.finalize()
+    ln.add_object(str(build.cc(TLS / "counters.c", "-O2", *second)))
+    handle, results = threads_around_link(lambda: ln.finalize(), lambda: check_counters(ln))
+    for i, (start, end, _) in results.items():
+        assert (start, end) == expected(i), f"thread {i}"
+    with pytest.raises(rtdyld.UsageError):
+        provider.remove()  # still referenced
+    handle.remove()
+    provider.remove()
+
+
+def test_initial_exec_into_a_dynamic_block_is_refused(build, ln):
+    """A block too big for the static surplus falls back to the dynamic models: general
+    dynamic still reaches it from a later batch, initial exec cannot, and says why."""
+    big = "__thread char huge[1 << 22] = {7};\n"
+    ln.add_object(str(build.cc_text(big, "-O2", "-fPIC", stem="huge_provider")))
+    provider = ln.finalize()
+    user = "extern __thread char huge[1 << 22];\nint peek(int i) { return huge[i]; }\n"
+    ie = str(build.cc_text(user, "-O2", "-fPIE", stem="huge_ie"))
+    ln.add_object(ie)
+    with pytest.raises(TlsReferenceError) as exc:
+        ln.finalize()
+    msg = str(exc.value)
+    for part in (ie, "R_X86_64_GOTTPOFF", "'huge'", "only uses the dynamic models", "-fPIC"):
+        assert part in msg
+    ln.add_object(str(build.cc_text(user, "-O2", "-fPIC", stem="huge_gd")))
+    handle = ln.finalize()
+    assert ln.function("peek", "int(int)")(0) == 7
+    handle.remove()
+    provider.remove()
+
+
+def test_local_exec_reference_to_another_batch_is_refused(build, ln):
     ln.add_object(str(build.cc(TLS / "other.c", "-O2", "-fPIC")))
     first = ln.finalize()
-    path = str(build.cc(TLS / "counters.c", "-O2", "-fPIC"))
+    src = 'extern __thread long tls_other __attribute__((tls_model("local-exec")));\nlong peek(void) { return tls_other; }\n'
+    path = str(build.cc_text(src, "-O2", "-fPIE", stem="le_extern"))
     ln.add_object(path)
     with pytest.raises(TlsReferenceError) as exc:
         ln.finalize()
     msg = str(exc.value)
-    for part in (path, ".text+0x", "R_X86_64_TLSGD", "'tls_other'", "thread-local variables must be defined"):
+    for part in (path, ".text+0x", "R_X86_64_TPOFF32", "'tls_other'", "must stay in its batch"):
         assert part in msg
     first.remove()
+
+
+def test_host_variable_is_refused(build, ln, libc):
+    """dlsym gives one thread's address of a library's variable: no use as a TLS target."""
+    src = "extern __thread int host_tls;\nint peek(void) { return host_tls; }\n"
+    path = str(build.cc_text(src, "-O2", "-fPIC", stem="host_tls"))
+    cell = ffi.new("int *")
+    ln.define("host_tls", int(ffi.cast("uintptr_t", cell)))
+    ln.add_object(path)
+    with pytest.raises(TlsReferenceError) as exc:
+        ln.finalize()
+    msg = str(exc.value)
+    for part in (path, "R_X86_64_TLSGD", "'host_tls'", "user definition", "not a thread-local variable"):
+        assert part in msg
 
 
 def test_trace_prints_tls_relocations(build, capsys):
