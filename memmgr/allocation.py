@@ -101,7 +101,7 @@ def protection_runs(
 
 
 class _Owner(Protocol):
-    def _finalize(self, alloc: Allocation) -> None: ...
+    def _finalize(self, alloc: Allocation, segments: list[Segment]) -> None: ...
 
     def _release(self, alloc: Allocation) -> None: ...
 
@@ -143,6 +143,8 @@ class Allocation:
         self._memory = memory
         self._state = IN_FLIGHT
         self._lock = threading.Lock()
+        self._sealed: set[str] = set()
+        self._release_hooks: list = []
 
     @property
     def state(self) -> str:
@@ -190,7 +192,7 @@ class Allocation:
         if self._state == RELEASED:
             raise MemMgrError(f"{self!r} is released; its memory is gone")
         view = self._memory[seg.offset : seg.offset + seg.size]
-        if self._state == FINALIZED and Prot.W not in seg.prot:
+        if (self._state == FINALIZED or seg.name in self._sealed) and Prot.W not in seg.prot:
             view.flags.writeable = False
         return view
 
@@ -206,8 +208,32 @@ class Allocation:
                 raise MemMgrError(f"cannot finalize {self!r}: already released")
             if self._state == FINALIZED:
                 return
-            self._owner._finalize(self)
+            self._owner._finalize(self, [s for s in self.segments if s.name not in self._sealed])
             self._state = FINALIZED
+
+    def finalize_segments(self, names) -> None:
+        """Give the named segments their final protection now; the rest stay in flight.
+
+        For work that must run code of the allocation before its data is
+        sealed (an IFUNC resolver whose result goes into data).  Sealed
+        segments are no longer writable through the working memory; a later
+        :meth:`finalize` seals the others.  No page is ever writable and
+        executable.  Raises MemMgrError unless in flight, or for an unknown name.
+        """
+        with self._lock:
+            if self._state != IN_FLIGHT:
+                raise MemMgrError(f"cannot finalize segments of {self!r}: not in flight")
+            names = set(names)
+            unknown = names - {s.name for s in self.segments}
+            if unknown:
+                raise MemMgrError(f"{self!r} has no segment {min(unknown)!r}")
+            picked = [s for s in self.segments if s.name in names and s.name not in self._sealed]
+            self._owner._finalize(self, picked)
+            self._sealed |= names
+
+    def add_release_hook(self, fn) -> None:
+        """Call ``fn()`` once, when the allocation is released (resources tied to its life)."""
+        self._release_hooks.append(fn)
 
     def release(self) -> None:
         """Return the memory (pages read as zero when reused); a second call does nothing."""
@@ -220,6 +246,9 @@ class Allocation:
     def _mark_released(self) -> None:
         self._state = RELEASED
         self._memory = np.zeros(0, dtype=np.uint8)
+        hooks, self._release_hooks = self._release_hooks, []
+        for fn in reversed(hooks):
+            fn()
 
     def __repr__(self) -> str:
         names = ",".join(s.name for s in self.segments)

@@ -10,7 +10,7 @@ from typing import Self
 import numpy as np
 
 from . import libc, placement
-from .allocation import Allocation, Prot, SegmentRequest, layout, protection_runs
+from .allocation import Allocation, Prot, Segment, SegmentRequest, layout, protection_runs
 from .errors import AllocationError, MemMgrError
 from .reservation import Reservation
 
@@ -201,8 +201,8 @@ class MemoryManager:
         with self._lock:
             return list(self._live.values())
 
-    def _finalize(self, alloc: Allocation) -> None:
-        runs = protection_runs(alloc.segments, self.page_size)
+    def _finalize(self, alloc: Allocation, segments: list[Segment]) -> None:
+        runs = protection_runs(segments, self.page_size)
         # Pages are only RW in flight, and each mprotect sets a run's final
         # protection in one step, so no page is ever W and X.  Executable runs
         # go last: code becomes runnable only once its data is sealed.

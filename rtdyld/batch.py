@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import cxxabi, unwind
+from . import cxxabi, ifunc, suggest, tls, unwind
 from . import layout as L
-from . import suggest
 from .errors import (
     DuplicateSymbolError,
     LayoutError,
@@ -80,6 +79,8 @@ class LinkedBatch:
     pulls: dict = field(default_factory=dict)  # id(object) -> archives.Pull
     eh_frame: unwind.EhFrameImage | None = None  # registered with the unwinder when published
     dso_handle: int = 0  # the batch's private __dso_handle, 0 if nothing refers to it
+    ifunc: object = None  # ifunc.IfuncPlan when the batch defines IFUNC symbols it uses
+    tls: object = None  # tls.TlsPlan when the batch has thread-local storage
 
 
 class BatchLinker:
@@ -399,6 +400,8 @@ class BatchLinker:
             opcode[relaxable] = self._bytes_before(relaxable, 2)
             modrm[relaxable] = self._bytes_before(relaxable, 1)
         self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
+        self.scanned = tls.keep_tls_calls(self, self.scanned)
+        self.scanned, self.ifunc = ifunc.plan(self, self.scanned)
 
     def _reachability(self, low: bool):
         """Per relocation: is the target in reach from the region ``low`` picks;
@@ -480,7 +483,7 @@ class BatchLinker:
         from memmgr import MemMgrError, Prot, SegmentRequest
 
         plans = L.plan_segments()
-        for p in self.placed:
+        for p in tls.image_first(self, self.placed):
             s = self.objects[p.obj].sections[p.index]
             if not unwind.is_unwind_section(self.objects[p.obj], p.index):
                 p.work = plans[p.segment].place(f"{p.obj}:{p.index}", s.size, s.align)
@@ -489,6 +492,7 @@ class BatchLinker:
             self.dso_off = plans[L.RODATA].place("<__dso_handle>", cxxabi.DSO_HANDLE_SIZE, 8)
         self.stub_off = plans[L.TEXT].place("<stubs>", STUB_SIZE * len(self.scanned.stub_targets), 8)
         self.got_off = plans[L.RODATA].place("<GOT>", 8 * len(self.scanned.got_targets), 8)
+        self.tls = tls.plan(self, plans[L.RODATA])
         self.common_off = {
             name: plans[L.BSS].place(f"<common {name}>", size, align)
             for name, (_, size, align) in self.commons.items()
@@ -572,6 +576,7 @@ class BatchLinker:
         if not len(r):
             self.tables = {}
             self._finish_eh_frame()
+            tls.resolve_unreferenced(self)
             return
         kind = r["kind"].copy()
         tgt = self.target
@@ -597,6 +602,7 @@ class BatchLinker:
         has2 = r["sym2"] >= 0
         if np.any(has2):
             S2[has2] = self.addr[self.canon[r["sym2"][has2]]]
+        S = tls.resolve(self, kind, S, P, G, Z, S2, where)
         # Relaxed GOT loads become plain PC-relative references.
         relaxed = sc.relax != scan.RELAX_NONE
         kind[relaxed] = Edge.Delta32
@@ -702,6 +708,8 @@ class BatchLinker:
             segments={s.name: s for s in self.allocation.segments},
             eh_frame=self.eh_frame,
             dso_handle=int(self.addr[self.dso_ext]) if self.dso_ext is not None else 0,
+            ifunc=ifunc.finish(self),
+            tls=self.tls,
         )
 
     def _init_fini(self) -> tuple[list[tuple], list[tuple]]:

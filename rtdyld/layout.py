@@ -19,6 +19,8 @@ SEGMENT_ORDER = (TEXT, RODATA, DATA, BSS)
 
 def segment_of(section: Section) -> str:
     f = section.flags
+    if f & SectionFlags.TLS:
+        return RODATA  # the template each thread's copy is made from (rtdyld.tls)
     if f & SectionFlags.EXEC:
         return TEXT
     if f & SectionFlags.ZERO_FILL:

@@ -7,7 +7,7 @@ import os
 import threading
 import weakref
 
-from . import host, initfini, suggest
+from . import host, ifunc, initfini, suggest
 from .archives import ArchiveSet, Pull
 from .batch import BatchLinker, LinkedBatch
 from .batch_runtime import BatchRuntime
@@ -394,11 +394,14 @@ class Linker:
         done = []
         try:
             for _, lb in parts:
+                ifunc.bind(lb, self._executable())
                 lb.allocation.finalize()
                 done.append(lb)
         except Exception as e:
             for _, lb in parts:
                 lb.allocation.release()
+            if isinstance(e, LinkError):
+                raise
             raise LinkError(f"cannot apply memory protections: {e}") from None
         self._batches += 1
         handle = Handle(self, parts, self._batches)

@@ -80,6 +80,13 @@ def memory_map(batch: LinkedBatch) -> MemoryMap:
         n = len(batch.got)
         by_segment[_segment_at(batch, batch.got_base)].append(
             MapItem(batch.got_base, 8 * n, "got", "*GOT*", align=8, note=f"{n} slot{'s' if n != 1 else ''}"))
+    if batch.tls is not None and batch.tls.got_address and batch.tls.got_size:
+        t = batch.tls
+        n = len(t.gd_targets) + t.local_dynamic
+        by_segment[_segment_at(batch, t.got_address)].append(
+            MapItem(t.got_address, t.got_size, "got", "*TLS GOT*", align=16,
+                    note=f"{n} module/offset pair{'s' if n != 1 else ''}, {len(t.ie_targets)} TP-offset slot"
+                    f"{'s' if len(t.ie_targets) != 1 else ''}"))
     for d in batch.definitions.values():
         if d.section == "COMMON":
             by_segment[_segment_at(batch, d.address)].append(

@@ -116,6 +116,47 @@ def test_finalized_code_runs(mm):
     assert call_int(alloc.target_base) == 42
 
 
+def test_finalize_segments_seals_code_first_then_the_rest(mm):
+    """Code can run while data is still writable (IFUNC resolvers); never W and X at once."""
+    alloc = mm.allocate([SegmentRequest("text", len(RET42), Prot.RX), SegmentRequest("got", 8, Prot.R)])
+    alloc.memory[: len(RET42)] = np.frombuffer(RET42, np.uint8)
+    text, got = alloc.segments
+    alloc.finalize_segments(["text"])
+    assert alloc.state == "in-flight"
+    assert perms_at(alloc.target_base + text.offset) == "r-xp"
+    assert perms_at(alloc.target_base + got.offset) == "rw-p"
+    assert not alloc.view("text").flags.writeable
+    assert_no_wx(mm)
+    alloc.view("got")[:] = np.frombuffer(call_int(alloc.target_base).to_bytes(8, "little"), np.uint8)
+    alloc.finalize()
+    assert perms_at(alloc.target_base + got.offset) == "r--p"
+    assert perms_at(alloc.target_base + text.offset) == "r-xp"
+    assert bytes(alloc.view("got")) == (42).to_bytes(8, "little")
+    with pytest.raises(MemMgrError, match="not in flight"):
+        alloc.finalize_segments(["got"])
+    fresh = mm.allocate([SegmentRequest("text", 1, Prot.RX)])
+    with pytest.raises(MemMgrError, match="no segment 'nope'"):
+        fresh.finalize_segments(["nope"])
+    fresh.release()
+    alloc.release()
+
+
+def test_release_hooks_run_once_newest_first(mm):
+    calls = []
+    alloc = mm.allocate([SegmentRequest("data", 8, Prot.RW)])
+    alloc.add_release_hook(lambda: calls.append("first"))
+    alloc.add_release_hook(lambda: calls.append("second"))
+    alloc.finalize()
+    assert calls == []
+    alloc.release()
+    alloc.release()
+    assert calls == ["second", "first"]
+    closed = mm.allocate([SegmentRequest("data", 8, Prot.RW)])
+    closed.add_release_hook(lambda: calls.append("at close"))
+    mm.close()
+    assert calls[-1] == "at close"
+
+
 def test_release_drops_pages_and_reuses_range(mm):
     first = mm.allocate([SegmentRequest("data", 2 * PAGE_SIZE, Prot.RW)])
     first.memory[:] = 0xAB

@@ -320,7 +320,8 @@ class _ElfReader:
             t = int(rtype[k])
             tname = T.R_X86_64.get(t, f"relocation type {t}")
             why = (
-                "thread-local storage relocations are not supported yet"
+                "this thread-local storage relocation is not supported (TLS descriptors: "
+                "build with -mtls-dialect=gnu)"
                 if t in T.TLS_TYPES
                 else "this relocation type is not supported"
             )

@@ -38,13 +38,24 @@ class Edge(IntEnum):
     Size64 = 20  # Z + A
     Difference64 = 21  # S - S2 + A
     Difference32 = 22  # S - S2 + A
+    # Thread-local storage.  The batch's TLS pass (rtdyld.tls) replaces S by
+    # the entry the kind names before the formula runs, as a stub replaces S
+    # for branches: a GOT pair or slot for the GOT kinds, an offset for the
+    # others.
+    TLSGDDelta32 = 23  # S + A - P, S = GOT pair {module, offset of the symbol}
+    TLSLDDelta32 = 24  # S + A - P, S = GOT pair {module, 0}
+    GOTTPOffDelta32 = 25  # S + A - P, S = GOT slot holding the symbol's offset from the thread pointer
+    TPOffset32 = 26  # S + A, S = the symbol's offset from the thread pointer, sign-extended
+    TPOffset64 = 27  # S + A, as TPOffset32
+    DTPOffset32 = 28  # S + A, S = the symbol's offset in its module's TLS block
+    DTPOffset64 = 29  # S + A, as DTPOffset32
 
 
 N_EDGES = len(Edge)
 
 # Bytes written by each kind (index = Edge value).
 WIDTH = np.array(
-    [0, 8, 4, 4, 2, 1, 8, 4, 2, 1, 4, 4, 4, 8, 8, 8, 4, 8, 8, 4, 8, 8, 4],
+    [0, 8, 4, 4, 2, 1, 8, 4, 2, 1, 4, 4, 4, 8, 8, 8, 4, 8, 8, 4, 8, 8, 4, 4, 4, 4, 4, 8, 4, 8],
     dtype=np.int64,
 )
 assert len(WIDTH) == N_EDGES
@@ -60,5 +71,17 @@ USES_GOT_BASE = NEEDS_GOT_SLOT | {
     Edge.GOTBaseDelta64,
     Edge.PLTOffset64,
 }
+# Kinds that reach thread-local storage.
+TLS_KINDS = frozenset(
+    {
+        Edge.TLSGDDelta32,
+        Edge.TLSLDDelta32,
+        Edge.GOTTPOffDelta32,
+        Edge.TPOffset32,
+        Edge.TPOffset64,
+        Edge.DTPOffset32,
+        Edge.DTPOffset64,
+    }
+)
 # Kinds that store an absolute 32-bit address: code using them must live low.
 ABSOLUTE_32 = frozenset({Edge.Pointer32, Edge.Pointer32Signed})

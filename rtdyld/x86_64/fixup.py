@@ -30,7 +30,20 @@ _RANGE = {
     Edge.GOTBaseDelta32: _I32,
     Edge.Size32: (0, (1 << 32) - 1),
     Edge.Difference32: (-(1 << 31), (1 << 32) - 1),
+    Edge.TLSGDDelta32: _I32,
+    Edge.TLSLDDelta32: _I32,
+    Edge.GOTTPOffDelta32: _I32,
+    Edge.TPOffset32: _I32,
+    Edge.DTPOffset32: _I32,
 }
+_POINTER_LIKE = (
+    Edge.Pointer64, Edge.Pointer32, Edge.Pointer32Signed, Edge.Pointer16, Edge.Pointer8,
+    Edge.TPOffset32, Edge.TPOffset64, Edge.DTPOffset32, Edge.DTPOffset64,
+)
+_DELTA_LIKE = (
+    Edge.Delta64, Edge.Delta32, Edge.Delta16, Edge.Delta8, Edge.Branch32,
+    Edge.TLSGDDelta32, Edge.TLSLDDelta32, Edge.GOTTPOffDelta32,
+)
 
 
 def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
@@ -46,9 +59,9 @@ def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
         m = kind == k
         s, a, p = S[m], A[m], P[m]
         k = Edge(int(k))
-        if k in (Edge.Pointer64, Edge.Pointer32, Edge.Pointer32Signed, Edge.Pointer16, Edge.Pointer8):
+        if k in _POINTER_LIKE:
             v[m] = s + a
-        elif k in (Edge.Delta64, Edge.Delta32, Edge.Delta16, Edge.Delta8, Edge.Branch32):
+        elif k in _DELTA_LIKE:
             v[m] = s + a - p
         elif k in (Edge.GOTDelta32, Edge.GOTDelta32Relaxable, Edge.GOTDelta64):
             v[m] = GOT + G[m] + a - p

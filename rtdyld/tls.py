@@ -1,0 +1,329 @@
+"""Thread-local storage for a batch: the TLS image, its GOT entries, the TLS fixups.
+
+Scheme.  The batch's TLS sections (.tdata, then .tbss) are laid out as one
+image at the start of the read-only data segment, so the ordinary fixup
+pass can address them and relocate pointers inside .tdata.  That image is
+only the template: each thread's copy lives in a block the process's loader
+owns (see :mod:`rtdyld.tls_module` for why), which gives the batch a module
+id for the dynamic models and, when the batch uses the static ones, a fixed
+offset from the thread pointer.
+
+No instruction is rewritten: every model gcc and clang emit works as
+compiled.  General and local dynamic call the process's real
+``__tls_get_addr`` with a GOT pair ``{module id, offset}`` (``{module id,
+0}`` for local dynamic, whose DTPOFF offsets are then added to the block
+address).  Initial exec loads the offset from the thread pointer from a GOT
+slot; local exec has it as an immediate.  Sequences may be padded
+(``data16``, ``rex64``), call ``__tls_get_addr`` directly, through a stub, or
+as ``call *__tls_get_addr@GOTPCREL(%rip)``, or in the large code model
+through ``@PLTOFF``: since nothing is rewritten, all of them behave alike.
+
+A later batch may reach the variables of an earlier one (same memory
+manager) by general dynamic, and by initial exec when that block is static:
+a batch that exports thread-local symbols asks for static TLS when it fits,
+for the -fPIE code that reaches them by initial exec.  Local models stay
+within their batch, as they do within a shared object; variables of shared
+libraries are refused (``dlsym`` gives one thread's copy, not a module).
+
+Each TLS edge kind names an entry (a GOT pair, a slot, an offset); before
+the formulas run, :func:`resolve` replaces S by that entry, as a stub
+replaces S for a branch.
+
+Links that do not run (``rtdyld trace``/``check``) never load a module: the
+image is placed as a static executable's would be (module 1, the block
+right below the thread pointer), so the values shown are those a
+statically linked program would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import LinkError, RelocationOverflowError
+from .objfile.model import SectionFlags, SymType
+from .tls_module import TlsModule, TlsModuleError
+from .x86_64 import fixup
+from .x86_64.edges import TLS_KINDS, Edge
+
+_TLS_KINDS = [int(k) for k in TLS_KINDS]
+_STATIC = [int(Edge.TPOffset32), int(Edge.TPOffset64), int(Edge.GOTTPOffDelta32)]
+
+
+class TlsReferenceError(LinkError):
+    """A TLS relocation whose target no batch's TLS block holds, or one its model cannot reach."""
+
+
+def _is_tls(batch, p) -> bool:
+    return bool(batch.objects[p.obj].sections[p.index].flags & SectionFlags.TLS)
+
+
+def image_first(batch, placed: list) -> list:
+    """``placed`` in layout order: TLS data, then TLS zero-fill, then the rest.
+
+    Laid out first in their segment, the TLS sections form one contiguous
+    image, initialised bytes before zero-fill as PT_TLS requires.
+    """
+
+    def rank(p) -> int:
+        s = batch.objects[p.obj].sections[p.index]
+        if not s.flags & SectionFlags.TLS:
+            return 2
+        return 1 if s.flags & SectionFlags.ZERO_FILL else 0
+
+    return sorted(placed, key=rank)
+
+
+def keep_tls_calls(batch, scanned):
+    """Never relax the ``call *__tls_get_addr@GOTPCREL(%rip)`` of a TLS sequence.
+
+    gcc pads the general-dynamic call with ``data16 rex64`` prefixes; turned
+    into ``addr32 call rel32`` those would leave a 0x66 prefix on a direct
+    call, which AMD processors honour (a 16-bit call).  The psABI only lets a
+    linker rewrite such a call together with its TLSGD/TLSLD instruction,
+    so the call keeps its GOT slot.
+    """
+    r = batch.relocs
+    if len(r) < 2:
+        return scanned
+    prev = np.zeros(len(r), dtype=bool)
+    prev[1:] = (
+        np.isin(r["kind"][:-1], [int(Edge.TLSGDDelta32), int(Edge.TLSLDDelta32)])
+        & (r["section"][:-1] == r["section"][1:])
+        & (r["obj"][:-1] == r["obj"][1:])
+    )
+    stop = prev & (scanned.relax != 0)
+    if not np.any(stop):
+        return scanned
+    relax = scanned.relax.copy()
+    relax[stop] = 0
+    got = np.unique(np.concatenate([scanned.got_targets, batch.target[stop]]))
+    return type(scanned)(got_targets=got, stub_targets=scanned.stub_targets, use_stub=scanned.use_stub, relax=relax)
+
+
+@dataclass
+class TlsPlan:
+    sections: np.ndarray  # global section ids of the TLS sections
+    gd_targets: np.ndarray  # canonical targets with a general-dynamic GOT pair
+    ie_targets: np.ndarray  # canonical targets with an initial-exec GOT slot
+    local_dynamic: bool  # the batch needs the {module, 0} pair
+    got_off: int  # of the TLS GOT entries within the read-only data segment
+    got_size: int
+    module: object = None  # TlsModule once loaded (or the static stand-in)
+    got_address: int = 0
+
+
+@dataclass
+class StaticPlacement:
+    """The TLS block as a static executable would have it: module 1, just below %fs."""
+
+    modid: int
+    tp_offset: int
+
+    def close(self) -> None:
+        pass
+
+
+def plan(batch, rodata) -> TlsPlan | None:
+    """Reserve the batch's TLS GOT entries in ``rodata`` (a SegmentPlan); None without TLS."""
+    kind = batch.relocs["kind"]
+    tls = np.isin(kind, _TLS_KINDS)
+    sections = np.array([i for i, p in enumerate(batch.placed) if _is_tls(batch, p)], dtype=np.int64)
+    if not np.any(tls) and not len(sections):
+        return None
+    tgt = batch.target
+    gd = np.unique(tgt[kind == Edge.TLSGDDelta32])
+    ie = np.unique(tgt[kind == Edge.GOTTPOffDelta32])
+    ld = bool(np.any(kind == Edge.TLSLDDelta32))
+    size = 16 * (len(gd) + ld) + 8 * len(ie)
+    got_off = rodata.place("<TLS GOT>", size, 16)
+    return TlsPlan(sections, gd, ie, ld, got_off, size)
+
+
+def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
+    """Load the batch's TLS block, fill its GOT entries, return S with TLS targets replaced."""
+    tp: TlsPlan | None = batch.tls
+    if tp is None:
+        return S
+    tls = np.isin(kind, _TLS_KINDS)
+    exported = any(batch.stype[i] == SymType.TLS and batch.gsec[i] >= 0 for i in batch.defs.values())
+    if not np.any(tls) and not exported:
+        # Nothing can reach the variables: no thread needs a copy.
+        return S
+    lo, filesz, memsz, align = _image_extent(batch, tp)
+    img_addr = batch.allocation.target_base + lo
+    own = _check_targets(batch, tls, tp)
+    # Per target: (module id, offset in its block, block's offset from the thread pointer or None).
+    where_of: dict[int, tuple[int, int, int | None]] = {}
+    if np.any(own) or exported:
+        init = _relocated_image(batch, tp, kind, S, P, G, Z, S2, where, lo, filesz)
+        tp.module = _load_for(batch, init, memsz, align, bool(np.any(np.isin(kind[own], _STATIC))), exported)
+        batch.allocation.add_release_hook(tp.module.close)
+        _register(batch, tp.module, img_addr, memsz)
+        for t, o in zip(batch.target[own].tolist(), (S[own] - np.uint64(img_addr)).tolist()):
+            where_of[t] = (tp.module.modid, o, tp.module.tp_offset)
+    where_of.update(_foreign(batch, tls & ~own, kind))
+    mem = batch.allocation.memory
+    base_work = batch.seg_offset["rodata"] + tp.got_off
+    base_addr = batch.allocation.target_base + base_work
+    tp.got_address = base_addr
+    words = []
+    for t in tp.gd_targets.tolist():
+        modid, o, _ = where_of[t]
+        words += [modid, o]
+    if tp.local_dynamic:
+        words += [tp.module.modid, 0]
+    for t in tp.ie_targets.tolist():
+        _, o, tpoff = where_of[t]
+        words.append((tpoff + o) & 0xFFFFFFFFFFFFFFFF)
+    if words:
+        mem[base_work : base_work + 8 * len(words)] = np.array(words, dtype="<u8").view(np.uint8)
+    S = S.copy()
+    gd = kind == Edge.TLSGDDelta32
+    pair = np.searchsorted(tp.gd_targets, batch.target[gd]).astype(np.uint64)
+    S[gd] = np.uint64(base_addr) + pair * np.uint64(16)
+    ld = kind == Edge.TLSLDDelta32
+    S[ld] = np.uint64(base_addr + 16 * len(tp.gd_targets))
+    ie = kind == Edge.GOTTPOffDelta32
+    ie_base = base_addr + 16 * (len(tp.gd_targets) + tp.local_dynamic)
+    slot = np.searchsorted(tp.ie_targets, batch.target[ie]).astype(np.uint64)
+    S[ie] = np.uint64(ie_base) + slot * np.uint64(8)
+    off = S - np.uint64(img_addr)
+    le = (kind == Edge.TPOffset32) | (kind == Edge.TPOffset64)
+    if np.any(le):
+        S[le] = off[le] + np.int64(tp.module.tp_offset).view(np.uint64)
+    dtp = (kind == Edge.DTPOffset32) | (kind == Edge.DTPOffset64)
+    S[dtp] = off[dtp]
+    return S
+
+
+def resolve_unreferenced(batch) -> None:
+    """:func:`resolve` for a batch without relocations, whose variables only later batches can reach."""
+    none = np.zeros(0, dtype=np.uint64)
+    resolve(batch, np.zeros(0, dtype=np.uint8), none, none, none, none, none, np.zeros(0, dtype=np.int64))
+
+
+def _load_for(batch, init: bytes, memsz: int, align: int, static: bool, exported: bool):
+    """The batch's module; static when its code needs it, and if it fits, when later batches may
+    reach its variables (their -fPIE code does so by initial exec)."""
+    # The loader ignores an empty PT_TLS; zero-sized variables still need a module.
+    memsz = max(memsz, 1)
+    if static or not exported:
+        return _load(batch, init, memsz, align, static)
+    try:
+        return _load(batch, init, memsz, align, True)
+    except TlsModuleError:
+        return _load(batch, init, memsz, align, False)
+
+
+# Live TLS blocks by the memory they were linked through: (image start, end, module).
+# A later batch finds the block of a variable an earlier batch defined here.
+_BLOCKS: dict[int, list[tuple[int, int, object]]] = {}
+
+
+def _register(batch, module, lo: int, size: int) -> None:
+    entry = (lo, lo + size, module)
+    blocks = _BLOCKS.setdefault(id(batch.memory), [])
+    blocks.append(entry)
+
+    def forget() -> None:
+        if entry in blocks:
+            blocks.remove(entry)
+
+    batch.allocation.add_release_hook(forget)
+
+
+def _foreign(batch, mask, kind) -> dict[int, tuple[int, int, int | None]]:
+    """Where the variables of earlier batches that ``mask`` reaches live; raises for the others."""
+    out = {}
+    n = batch.nsyms
+    blocks = _BLOCKS.get(id(batch.memory), [])
+    for k in np.flatnonzero(mask).tolist():
+        t = int(batch.target[k])
+        e = batch.externals[t - n]
+        found = next(((lo, m) for lo, hi, m in blocks if lo <= e.address < hi), None)
+        why = ""
+        if found is None:
+            src = f" (found in {e.source})" if e.source else ""
+            why = (
+                f"{src}: not a thread-local variable of this batch or of an earlier one; variables of "
+                "shared libraries are reached through their own accessors"
+            )
+        elif kind[k] not in (Edge.TLSGDDelta32, Edge.GOTTPOffDelta32):
+            why = " (defined in an earlier batch): a local-exec or local-dynamic reference must stay in its batch"
+        elif kind[k] == Edge.GOTTPOffDelta32 and found[1].tp_offset is None:
+            why = (
+                " (defined in an earlier batch): initial exec needs that batch's TLS at a fixed offset from "
+                "the thread pointer, but it only uses the dynamic models; build this object with -fPIC "
+                "(general dynamic) or that one with -ftls-model=initial-exec"
+            )
+        if why:
+            raise TlsReferenceError(f"{batch.where(k)}: {batch.rtype_name(k)} against {e.name!r}{why}")
+        lo, m = found
+        out[t] = (m.modid, e.address - lo, m.tp_offset)
+    return out
+
+
+def _image_extent(batch, tp: TlsPlan) -> tuple[int, int, int, int]:
+    """(work offset, initialised size, total size, alignment) of the TLS image."""
+    if not len(tp.sections):
+        return 0, 0, 0, 1
+    secs = [batch.objects[batch.placed[g].obj].sections[batch.placed[g].index] for g in tp.sections.tolist()]
+    works = [batch.placed[g].work for g in tp.sections.tolist()]
+    lo = min(works)
+    end = max(w + s.size for w, s in zip(works, secs))
+    init_end = max([w + s.size for w, s in zip(works, secs) if not s.flags & SectionFlags.ZERO_FILL] or [lo])
+    return lo, init_end - lo, end - lo, max(s.align for s in secs)
+
+
+def _check_targets(batch, tls, tp: TlsPlan) -> np.ndarray:
+    """TLS relocations against variables of this batch (the others must be external)."""
+    tgt = batch.target
+    n = batch.nsyms
+    internal = tgt < n
+    sec = np.full(len(tgt), -1, dtype=np.int64)
+    sec[internal] = batch.gsec[tgt[internal]]
+    own = tls & np.isin(sec, tp.sections)
+    bad = tls & ~own & internal
+    if np.any(bad):
+        k = int(np.flatnonzero(bad)[0])
+        raise TlsReferenceError(
+            f"{batch.where(k)}: {batch.rtype_name(k)} against {batch.name_of(int(batch.relocs['sym'][k]))!r}: "
+            "not a thread-local variable"
+        )
+    inside = np.flatnonzero(tls & np.isin(batch.relocs["section"], tp.sections))
+    if len(inside):
+        k = int(inside[0])
+        raise TlsReferenceError(f"{batch.where(k)}: {batch.rtype_name(k)} inside a TLS section is not supported")
+    return own
+
+
+def _relocated_image(batch, tp, kind, S, P, G, Z, S2, where, lo: int, filesz: int) -> bytes:
+    """The initialised part of the image with the relocations inside it applied."""
+    img = batch.allocation.memory[lo : lo + filesz].copy()
+    inside = np.isin(batch.relocs["section"], tp.sections) & ~np.isin(kind, _TLS_KINDS)
+    if np.any(inside):
+        k = kind[inside]
+        v = fixup.compute(
+            k, S[inside], batch.relocs["addend"][inside], P[inside], batch.got_base, G[inside], Z[inside], S2[inside]
+        )
+        if np.any(fixup.out_of_range(k, v)):
+            j = int(np.flatnonzero(inside)[np.flatnonzero(fixup.out_of_range(k, v))[0]])
+            raise RelocationOverflowError(f"{batch.where(j)}: {batch.rtype_name(j)} does not fit its field")
+        fixup.write(img, where[inside] - lo, k, v)
+    return img.tobytes()
+
+
+def _load(batch, init: bytes, memsz: int, align: int, static: bool):
+    from memmgr import MemoryManager
+
+    if not isinstance(batch.memory, MemoryManager):
+        return StaticPlacement(1, -(-memsz // align) * -align)
+    return TlsModule(
+        init,
+        memsz,
+        align,
+        static,
+        ", ".join(o.name for o in batch.objects[:3]) + (", ..." if len(batch.objects) > 3 else ""),
+    )
