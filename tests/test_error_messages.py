@@ -29,7 +29,7 @@ ffi = FFI()
 R_X86_64_PC32 = 2
 R_X86_64_PLT32 = 4
 R_X86_64_32 = 10
-R_X86_64_TPOFF32 = 23
+R_X86_64_GOTPC32_TLSDESC = 34
 
 
 def reloc_offset(path, rtype: int, section: str = ".text") -> int:
@@ -69,14 +69,14 @@ def test_malformed_object_names_the_archive_member(build, tmp_path):
 
 
 def test_unsupported_relocation_is_named_with_its_place_and_symbol(build):
-    path = build.cc("errors/tls.c", *PIE)
-    offset = reloc_offset(path, R_X86_64_TPOFF32)
+    path = build.cc("errors/tls.c", "-O2", "-fPIC", "-mtls-dialect=gnu2")
+    offset = reloc_offset(path, R_X86_64_GOTPC32_TLSDESC)
     ln = rtdyld.Linker()
     with pytest.raises(rtdyld.UnsupportedRelocationError) as exc:
         ln.add_object(path)
     assert str(exc.value) == (
-        f"{path}: .text+{offset:#x}: R_X86_64_TPOFF32 against 'tls_counter': "
-        "thread-local storage relocations are not supported yet"
+        f"{path}: .text+{offset:#x}: R_X86_64_GOTPC32_TLSDESC against 'tls_counter': "
+        "this thread-local storage relocation is not supported (TLS descriptors: build with -mtls-dialect=gnu)"
     )
 
 
