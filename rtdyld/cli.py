@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_link_options(run)
     run.add_argument("--entry", default="main", metavar="SYM", help="entry point (default: main)")
+    run.add_argument("--link-cache", dest="link_cache", metavar="DIR",
+                     help="link from (and fill) the link cache in DIR: repeated links skip reading and "
+                     "relocating what did not change (default: $RTDYLD_LINK_CACHE, else none)")
 
     trace = sub.add_parser(
         "trace",
@@ -239,7 +242,7 @@ def make_linker(args, memory=None, run_initializers: bool = False):
     """A Linker with the inputs, libraries and definitions of the command line added."""
     from .linker import Linker
 
-    ln = Linker(memory=memory, run_initializers=run_initializers)
+    ln = Linker(memory=memory, run_initializers=run_initializers, link_cache=getattr(args, "link_cache", False))
     ln.library_dirs.extend(args.library_dirs)
     for name, address in args.define_abs:
         ln.define(name, address)
