@@ -11,4 +11,5 @@ BENCHMARKS = (
     "scaling",
     "archives",
     "soak",
+    "warm_link",
 )

@@ -28,6 +28,7 @@ corrupt ones; ``events`` says why, most recent last.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -84,6 +85,26 @@ def _code_identity() -> str:
     return h.hexdigest()
 
 
+@cache
+def _prime() -> None:
+    """Pay once per process, when a cache is opened, the lazy set-up a first
+    warm link would otherwise pay inside the link: the code identity, cffi's
+    parsing of the C types the host look-ups use, numpy's lazily imported
+    helpers, and the model's field annotations."""
+    import numpy as np
+    from memmgr import libc
+
+    from .. import host
+    from ..objfile import model
+
+    _code_identity()
+    host.describe_address(host.process_symbol("malloc"))
+    libc.ffi.typeof("char *")
+    np.unique(np.zeros(2, dtype=np.uint8))
+    for cls in (model.ObjectFile, model.Section, model.Group):
+        tables.enum_fields(cls)
+
+
 class LinkCache:
     """Link-cache entries in ``directory``, shared safely between processes."""
 
@@ -96,7 +117,7 @@ class LinkCache:
                       for layer in LAYERS}
         self.events: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
-        _code_identity()
+        _prime()
 
     def __repr__(self) -> str:
         return f"<rtdyld.LinkCache {self.directory}>"
@@ -110,25 +131,32 @@ class LinkCache:
     # --- objects ------------------------------------------------------------------
 
     def parse(self, data: bytes, name: str) -> ObjectFile:
-        """``parse_object(data, name)``, from the cache when these bytes were read before."""
+        """``parse_object(data, name)``; when these bytes were read before, an
+        object whose tables are loaded from the cache only if something asks
+        for them (a warm batch never does)."""
         content = digest(data)
         key = hashlib.sha256(json.dumps({**self.identity(), "object": content}, sort_keys=True).encode()).digest()
-        entry = self.read_entry("objects", key)
-        obj = None
-        if entry is not None:
-            meta, blobs = entry
-            try:
-                obj = tables.object_from_doc(meta["object"], tables.unnamed(blobs, "b", meta["nblobs"]), name)
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
-                self.note("objects", "corrupt", str(e))
-                self.discard("objects", key)
-                obj = None
-            else:
-                self._count("objects", "hits")
-        if obj is None:
+        if os.path.exists(self._path("objects", key)):
+            self._count("objects", "hits")
+            obj = tables.LazyObject(name, functools.partial(self._load_object, key, data, name))
+        else:
+            self._count("objects", "misses")
             obj = parse_object(data, name)
             self._store_object(key, obj)
         setattr(obj, DIGEST_ATTR, content)
+        return obj
+
+    def _load_object(self, key: bytes, data: bytes, name: str) -> ObjectFile:
+        entry = self.read_entry("objects", key)
+        if entry is not None:
+            meta, blobs = entry
+            try:
+                return tables.object_from_doc(meta["object"], tables.unnamed(blobs, "b", meta["nblobs"]), name)
+            except (CorruptEntry, KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+                self.note("objects", "corrupt", str(e))
+                self.discard("objects", key)
+        obj = parse_object(data, name)
+        self._store_object(key, obj)
         return obj
 
     def _store_object(self, key: bytes, obj: ObjectFile) -> None:

@@ -28,7 +28,9 @@ import hashlib
 import json
 
 import numpy as np
+from memmgr import MemMgrError, Prot, SegmentRequest
 
+from ..archives import Pull
 from ..batch import External, LinkedBatch, PlacedSection
 from ..symbols import SymbolDef
 from ..x86_64 import scan
@@ -144,8 +146,6 @@ class BatchPlan:
                 raise _Stale(f"{symbol!r}, which pulled an archive member, is now defined elsewhere")
 
     def _allocate(self, meta: dict) -> LinkedBatch:
-        from memmgr import MemMgrError, Prot, SegmentRequest
-
         requests = [SegmentRequest(name, size, Prot(prot), zero_fill=zf) for name, _off, size, prot, zf in
                     meta["segments"]]
         try:
@@ -187,8 +187,6 @@ class BatchPlan:
         lb.kept_groups = set(meta["kept"])
         lb.segments = {seg.name: seg for seg in lb.allocation.segments}
         pulls = {}
-        from ..archives import Pull
-
         for oi, ar, off_, index, name, size, symbol, referrer in meta["pulls"]:
             member = CachedMember(self.search[ar], off_, index, name, size)
             pulls[id(objects[oi])] = Pull(member, symbol, referrer)

@@ -71,7 +71,7 @@ def decode(doc, blobs: list):
     if "$m" in doc:
         return {decode(k, blobs): decode(v, blobs) for k, v in doc["$m"]}
     cls = getattr(model, doc["$d"])
-    kinds = _enum_fields(cls)
+    kinds = enum_fields(cls)
     args = {}
     for k, v in doc.items():
         if k == "$d":
@@ -90,7 +90,7 @@ def _add(blobs: list, value) -> int:
 
 
 @cache
-def _enum_fields(cls) -> dict[str, type]:
+def enum_fields(cls) -> dict[str, type]:
     out = {}
     for name, hint in typing.get_type_hints(cls).items():
         for t in (hint, *typing.get_args(hint)):
