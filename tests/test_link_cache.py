@@ -211,6 +211,10 @@ def test_a_user_definition_of_a_pulled_symbol_misses(tmp_path, user_value):
     assert h.objects == hr.objects
     ln.close()
     ref.close()
+    # The cold link replaced the entry: the same session shape now links warm.
+    ln, _ = _link(cache, prog, ar, user_value[1], lambda ln: ln.define("helper", lib.lookup("helper")))
+    assert _outcome(cache)["hits"] == 1
+    ln.close()
     lib.close()
 
 
@@ -265,7 +269,8 @@ def test_a_damaged_entry_misses(tmp_path, user_value, damage):
             data = bytearray()
         entry.write_bytes(bytes(data))
     ln, _ = _link(cache, prog, ar, user_value[1])
-    assert cache.stats["batches"]["corrupt"] == 1 and cache.stats["objects"]["corrupt"] == 1
+    # The batch, and the tables of the program and of the two members it pulls.
+    assert cache.stats["batches"]["corrupt"] == 1 and cache.stats["objects"]["corrupt"] == 3
     assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
     ln.close()
     ln, _ = _link(cache, prog, ar, user_value[1])  # the cold link wrote the entries again
@@ -344,3 +349,46 @@ def test_run_command_with_a_link_cache(tmp_path, capsys):
         code, _out, err = run_rtdyld(capsys, "run", "--link-cache", tmp_path / "cache", main, ar)
         assert (code, err) == (11, "")
     assert len(list((tmp_path / "cache").glob("batches/*.ent"))) == 1
+
+
+def test_a_thin_archive_is_linked_but_never_cached(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    thin = build_gnu_archive(tmp_path / "src" / "libthin.a",
+                             [tmp_path / "src" / n for n in ("helper.o", "slots.o", "unused.o")], thin=True)
+    cache = LinkCache(tmp_path / "cache")
+    for _ in range(2):
+        ln, _ = _link(cache, prog, thin, user_value[1])
+        assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+        ln.close()
+    assert (cache.stats["batches"]["hits"], cache.stats["batches"]["stores"]) == (0, 0)
+
+
+def test_a_later_batch_pulls_from_archives_of_an_earlier_one(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    late = compile_c("extern int never_pulled(void);\nint late(void) { return never_pulled() + 1; }",
+                     tmp_path / "late.o", *CFLAGS)
+    cache = LinkCache(tmp_path / "cache")
+    for _ in range(2):
+        ln, _ = _link(cache, prog, ar, user_value[1])
+        ln.add_object(late)
+        h = ln.finalize()
+        assert ln.function("late", "int(void)")() == 2
+        assert h.objects == [str(late), "libsmall.a(unused.o)"]
+        ln.close()
+    assert (cache.stats["batches"]["hits"], cache.stats["batches"]["stores"]) == (2, 2)
+
+
+def test_a_remembered_digest_is_not_trusted_once_the_file_changed(tmp_path, monkeypatch):
+    from rtdyld.linkcache import digests
+
+    monkeypatch.setattr(digests, "SETTLE_NS", 0)
+    f = tmp_path / "input.a"
+    f.write_bytes(b"!<arch>\nfirst")
+    store = digests.StatDigests(str(tmp_path / "stat"))
+    first = store.file_digest(f)
+    assert first == digests.digest(b"!<arch>\nfirst")
+    assert len(list((tmp_path / "stat").iterdir())) == 1
+    st = f.stat()
+    f.write_bytes(b"!<arch>\nother")  # same size; put the old mtime back
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert store.file_digest(f) == digests.digest(b"!<arch>\nother")

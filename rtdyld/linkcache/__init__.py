@@ -92,6 +92,7 @@ def _prime() -> None:
     parsing of the C types the host look-ups use, numpy's lazily imported
     helpers, and the model's field annotations."""
     import numpy as np
+
     from memmgr import libc
 
     from .. import host
@@ -138,7 +139,7 @@ class LinkCache:
         key = hashlib.sha256(json.dumps({**self.identity(), "object": content}, sort_keys=True).encode()).digest()
         if os.path.exists(self._path("objects", key)):
             self._count("objects", "hits")
-            obj = tables.LazyObject(name, functools.partial(self._load_object, key, data, name))
+            obj = tables.LazyObject.deferred(name, functools.partial(self._load_object, key, data, name))
         else:
             self._count("objects", "misses")
             obj = parse_object(data, name)
@@ -180,10 +181,14 @@ class LinkCache:
             content = self.digests.file_digest(real)
         except OSError as e:
             raise MalformedObjectError(f"{real}: cannot read the archive: {e.strerror or e}") from None
-        if magic not in (b"!<arch>\n", b"!<thin>\n"):
-            return archives.open(path)  # the reader reports what it is not
+        if magic != b"!<arch>\n":
+            # A thin archive's members are other files its digest does not
+            # cover: it is read as usual, and batches using it are not cached.
+            # Anything else is left for the reader to report.
+            return archives.open(path)
         from ..archives import list_member_definitions
 
+        archives.parse = self.parse
         return DeferredArchive(real, list_member_definitions, content)
 
     # --- batches -------------------------------------------------------------------------

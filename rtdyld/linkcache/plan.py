@@ -28,6 +28,7 @@ import hashlib
 import json
 
 import numpy as np
+
 from memmgr import MemMgrError, Prot, SegmentRequest
 
 from ..archives import Pull
@@ -164,7 +165,7 @@ class BatchPlan:
         lb.externals = [e if e is not None else External(meta["externals"][j][0], got_base, "the batch's GOT")
                         for j, e in enumerate(lb.externals)]
         skeletons = _Skeletons(blobs, meta["nobjblobs"])
-        objects = [self.objs[value] if kind == "own" else tables.LazyObject(value, skeletons.loader(k))
+        objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
                    for kind, value, k in meta["objects"]]
         lb.objects = objects
         s = meta["sections"]

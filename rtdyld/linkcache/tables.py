@@ -38,9 +38,10 @@ def encode(value, blobs: list) -> object:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$b": _add(blobs, value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        cls = type(value)
-        if getattr(model, cls.__name__, None) is not cls:
-            raise Uncacheable(f"{cls.__name__} is not a model class")
+        # The model class itself, also for a LazyObject standing in for an ObjectFile.
+        cls = next((c for c in type(value).__mro__ if getattr(model, c.__name__, None) is c), None)
+        if cls is None:
+            raise Uncacheable(f"{type(value).__name__} is not a model class")
         return {"$d": cls.__name__, **{f.name: encode(getattr(value, f.name), blobs) for f in dataclasses.fields(value)}}
     if isinstance(value, (list, tuple)):
         if value and all(type(v) is str for v in value):
@@ -138,9 +139,13 @@ class LazyObject(model.ObjectFile):
     use: a warm link keeps the archive members it pulled only for the names
     and section lists that maps and listings may ask for."""
 
-    def __init__(self, name: str, load) -> None:
+    @classmethod
+    def deferred(cls, name: str, load) -> LazyObject:
+        """An object called ``name`` whose other fields ``load()`` makes."""
+        self = cls.__new__(cls)
         self.name = name
         self._load = load
+        return self
 
     def __getattr__(self, attr: str):
         load = self.__dict__.pop("_load", None)
