@@ -352,7 +352,7 @@ def test_run_command_with_a_link_cache(tmp_path, capsys):
 
 
 def test_a_thin_archive_is_linked_but_never_cached(tmp_path, user_value):
-    prog, ar = _program(tmp_path / "src")
+    prog, _ar = _program(tmp_path / "src")
     thin = build_gnu_archive(tmp_path / "src" / "libthin.a",
                              [tmp_path / "src" / n for n in ("helper.o", "slots.o", "unused.o")], thin=True)
     cache = LinkCache(tmp_path / "cache")
@@ -392,3 +392,21 @@ def test_a_remembered_digest_is_not_trusted_once_the_file_changed(tmp_path, monk
     f.write_bytes(b"!<arch>\nother")  # same size; put the old mtime back
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert store.file_digest(f) == digests.digest(b"!<arch>\nother")
+
+
+def test_dylibs_linked_in_one_finalize_link_warm(tmp_path):
+    lib_o = compile_c("int base_value(void) { return 40; }", tmp_path / "lib.o", *CFLAGS)
+    app_o = compile_c("extern int base_value(void);\nint app(void) { return base_value() + 2; }",
+                      tmp_path / "app.o", *CFLAGS)
+    cache = LinkCache(tmp_path / "cache")
+    for _ in range(2):
+        ln = Linker(link_cache=cache)
+        lib = ln.create_dylib("lib")
+        ln.main.link_order([lib, "process"])
+        ln.add_object(lib_o, dylib=lib)
+        ln.add_object(app_o)
+        h = ln.finalize()
+        assert ln.function("app", "int(void)")() == 42
+        assert h.objects == [str(lib_o), str(app_o)]
+        ln.close()
+    assert (cache.stats["batches"]["stores"], cache.stats["batches"]["hits"]) == (2, 2)

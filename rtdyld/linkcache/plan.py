@@ -36,7 +36,7 @@ from ..batch import External, LinkedBatch, PlacedSection
 from ..symbols import SymbolDef
 from ..x86_64 import scan
 from . import image, tables
-from .container import FORMAT_VERSION, CorruptEntry, pack
+from .container import FORMAT_VERSION, pack
 from .deferred import CachedMember
 
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
@@ -77,8 +77,8 @@ class BatchPlan:
         except _Stale as e:
             self.cache.note("batches", "stale", str(e))
             return None
-        except (CorruptEntry, KeyError, IndexError, TypeError, ValueError) as e:
-            self.cache.note("batches", "corrupt", str(e))
+        except Exception as e:  # noqa: BLE001 - an entry that does not restore is a miss, whatever the cause
+            self.cache.note("batches", "corrupt", f"{type(e).__name__}: {e}")
             self.cache.discard("batches", self.key)
             return None
 
