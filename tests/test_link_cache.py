@@ -410,3 +410,22 @@ def test_dylibs_linked_in_one_finalize_link_warm(tmp_path):
         assert h.objects == [str(lib_o), str(app_o)]
         ln.close()
     assert (cache.stats["batches"]["stores"], cache.stats["batches"]["hits"]) == (2, 2)
+
+
+@pytest.mark.parametrize("index", [True, False])
+def test_archive_member_tables_and_index_are_remembered(tmp_path, user_value, index):
+    prog, _ = _program(tmp_path / "src")
+    ar = build_gnu_archive(tmp_path / "src" / "libnoindex.a",
+                           [tmp_path / "src" / n for n in ("helper.o", "slots.o", "unused.o")], index=index)
+    cache = LinkCache(tmp_path / "cache")
+    results = []
+    for _ in range(2):
+        # A validator keeps the batch cold, so the archive is opened both times.
+        ln, h = _link(cache, prog, ar, user_value[1], lambda ln: ln.add_validator(lambda view: None))
+        results.append((_calls(ln), h.objects))
+        archive = ln._archives(ln.main).archives[0]
+        results.append([(m.name, m.header_offset, m.size) for m in archive.members])
+        results.append({n: [m.index for m in archive.definers(n)] for n in ("helper", "slots", "never_pulled")})
+        ln.close()
+    assert results[:3] == results[3:]
+    assert cache.stats["archives"]["hits"] == 1 and cache.stats["archives"]["stores"] == 1

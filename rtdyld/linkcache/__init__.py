@@ -36,9 +36,12 @@ import threading
 import warnings
 from functools import cache
 
+import numpy as np
+
 from ..cache_entry import TEMP_PREFIX, atomic_write
 from ..errors import MalformedObjectError
 from ..inputs import parse_object
+from ..objfile.archive_layout import RawMember
 from ..objfile.model import ObjectFile
 from . import tables
 from .container import FORMAT_VERSION, CorruptEntry, pack, unpack
@@ -48,7 +51,7 @@ from .plan import DIGEST_ATTR, BatchPlan, make_plan
 
 ENV = "RTDYLD_LINK_CACHE"
 ENTRY_SUFFIX = ".ent"
-LAYERS = ("objects", "batches")
+LAYERS = ("objects", "archives", "batches")
 
 __all__ = ["ENV", "LinkCache", "open_link_cache"]
 
@@ -164,7 +167,7 @@ class LinkCache:
         blobs: list = []
         try:
             doc = tables.object_doc(obj, blobs)
-        except tables.Uncacheable as e:
+        except (tables.Uncacheable, TypeError, ValueError) as e:
             self.note("objects", "unstored", f"{obj.name}: {e}")
             return
         self.write_entry("objects", key, pack(key, {"object": doc, "nblobs": len(blobs)},
@@ -189,7 +192,59 @@ class LinkCache:
         from ..archives import list_member_definitions
 
         archives.parse = self.parse
-        return DeferredArchive(real, list_member_definitions, content)
+        return DeferredArchive(real, list_member_definitions, content, self)
+
+    def _archive_key(self, content: str) -> bytes:
+        return hashlib.sha256(json.dumps({**self.identity(), "archive": content}, sort_keys=True).encode()).digest()
+
+    def load_archive(self, content: str):
+        """``(kind, has_index, raw members, index names, index positions)`` of the
+        archive whose bytes have sha256 ``content``, or None."""
+        key = self._archive_key(content)
+        entry = self.read_entry("archives", key)
+        if entry is None:
+            return None
+        meta, blobs = entry
+        try:
+            bl = tables.unnamed(blobs, "b", meta["nblobs"])
+            names = tables.decode(meta["members"], bl)
+            offsets = blobs["at"].tolist()
+            raw = [RawMember(n, h, d, z) for n, (h, d, z) in zip(names, offsets, strict=True)]
+            index_names = positions = None
+            if meta["index"] is not None:
+                index_names = tables.decode(meta["index"], bl)
+                positions = blobs["p"].tolist()
+                if len(positions) != len(index_names) or any(not 0 <= p < len(raw) for p in positions):
+                    raise ValueError("index positions out of range")
+        except (CorruptEntry, KeyError, IndexError, TypeError, ValueError) as e:
+            self.note("archives", "corrupt", str(e))
+            self.discard("archives", key)
+            return None
+        self._count("archives", "hits")
+        return meta["kind"], meta["has_index"], raw, index_names, positions
+
+    def store_archive(self, ar) -> None:
+        """Remember an opened archive's member table and symbol index."""
+        key = self._archive_key(ar.content_digest)
+        blobs: list = []
+        index = ar._index
+        pairs = [(name, m.index) for name, members in index.items() for m in members] if index is not None else []
+        try:
+            meta = {
+                "kind": ar.kind,
+                "has_index": ar.has_index,
+                "members": tables.encode([m.name for m in ar.members], blobs),
+                "index": tables.encode([n for n, _ in pairs], blobs) if index is not None else None,
+            }
+        except tables.Uncacheable as e:
+            self.note("archives", "unstored", str(e))
+            return
+        meta["nblobs"] = len(blobs)
+        named = tables.named(blobs, "b")
+        named["at"] = np.array([(m.header_offset, m._data_offset, m.size) for m in ar.members] or
+                               np.zeros((0, 3)), dtype=np.int64).reshape(-1, 3)
+        named["p"] = np.array([p for _, p in pairs], dtype=np.int64)
+        self.write_entry("archives", key, pack(key, meta, named))
 
     # --- batches -------------------------------------------------------------------------
 

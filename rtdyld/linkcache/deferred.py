@@ -14,7 +14,7 @@ import mmap
 import os
 
 from ..errors import MalformedObjectError
-from ..objfile.archive import Archive
+from ..objfile.archive import Archive, Member
 from .digests import digest
 
 # Attributes Archive.__init__ sets from the file; asking for one opens it.
@@ -25,11 +25,12 @@ class DeferredArchive(Archive):
     """An :class:`Archive` opened on first use.  ``content_digest`` is the
     sha256 of its bytes: as planned when added, then as actually read."""
 
-    def __init__(self, path: str, list_definitions, content_digest: str) -> None:
+    def __init__(self, path: str, list_definitions, content_digest: str, tables=None) -> None:
         self.name = path
         self.path = path
         self.list_definitions = list_definitions
         self.content_digest = content_digest
+        self.tables = tables  # where member tables and symbol indexes are kept (a LinkCache), if anywhere
         self.opened = False
 
     def __getattr__(self, attr: str):
@@ -48,7 +49,26 @@ class DeferredArchive(Archive):
             raise MalformedObjectError(f"{self.path}: cannot read the archive: {e.strerror or e}") from None
         view = memoryview(mapping) if mapping is not None else memoryview(b"")
         self.content_digest = digest(view)
-        Archive.__init__(self, self.name, view, mapping, self.list_definitions, os.path.dirname(self.path))
+        known = self.tables.load_archive(self.content_digest) if self.tables is not None else None
+        if known is None:
+            Archive.__init__(self, self.name, view, mapping, self.list_definitions, os.path.dirname(self.path))
+            if self._index is not None and self.tables is not None:
+                self.tables.store_archive(self)
+            return
+        kind, has_index, raw, names, positions = known
+        self._view, self._mapping = view, mapping
+        self.kind, self.has_index = kind, has_index
+        self.members = [Member(self, r, i, None) for i, r in enumerate(raw)]
+        self._index = self._group(names, positions) if names is not None else None
+
+    def _index_by_callback(self):
+        # An archive without a symbol index is indexed by reading every member:
+        # worth remembering.
+        index = super()._index_by_callback()
+        self._index = index
+        if self.tables is not None:
+            self.tables.store_archive(self)
+        return index
 
     def close(self) -> None:
         if self.__dict__.get("opened"):

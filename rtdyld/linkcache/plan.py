@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 
 import numpy as np
 
@@ -204,6 +205,11 @@ class BatchPlan:
             meta, blobs = self._capture(lb)
         except tables.Uncacheable as e:
             self.cache.note("batches", "unstored", str(e))
+            return
+        except Exception as e:  # noqa: BLE001 - failing to cache must never fail a link that worked
+            self.cache.note("batches", "unstored", f"{type(e).__name__}: {e}")
+            warnings.warn(f"link cache {self.cache.directory}: cannot capture the batch: {e}", RuntimeWarning,
+                          stacklevel=2)
             return
         self.cache.write_entry("batches", self.key, pack(self.key, meta, blobs))
 
