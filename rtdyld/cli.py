@@ -262,6 +262,8 @@ def make_linker(args, memory=None, run_initializers: bool = False):
 
 def _check_pins(args, batch) -> None:
     """Every --map-section must have named a loaded section."""
+    if not getattr(args, "map_section", []):
+        return
     from .symmap import BatchSymbols
 
     view = BatchSymbols(batch)

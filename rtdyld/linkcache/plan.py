@@ -24,6 +24,7 @@ Any difference is a miss, and the batch is linked cold.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import warnings
@@ -72,6 +73,10 @@ class BatchPlan:
         entry = self.cache.read_entry("batches", self.key)
         if entry is None:
             return None
+        # Restoring makes many small acyclic objects; a collection in the middle
+        # of it (a full one, in a young process) would cost more than the rest.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             meta, blobs = entry
             return self._restore(meta, blobs)
@@ -82,15 +87,20 @@ class BatchPlan:
             self.cache.note("batches", "corrupt", f"{type(e).__name__}: {e}")
             self.cache.discard("batches", self.key)
             return None
+        finally:
+            if collecting:
+                gc.enable()
 
     def _restore(self, meta: dict, blobs: dict) -> LinkedBatch:
         dylib = self.dylib
-        defs = meta["definitions"]
-        names = tables.decode(defs["name"], tables.unnamed(blobs, "d", defs["nblobs"]))
+        columns = tables.unnamed(blobs, "c", meta["ncolumnblobs"])
+        defs = tables.decode_columns(meta["definitions"], columns)
+        names = defs["name"]
         if not dylib.published.keys().isdisjoint(names):
             raise _Stale("a name the batch defines is now published by another batch")
         ext_addr, externals = self._externals(meta)
-        self._check_pulls(meta)
+        pulls = tables.decode_columns(meta["pulls"], columns)
+        self._check_pulls(meta, pulls)
         res = image.Residual(**{f: blobs["r_" + f] for f in image.Residual.__dataclass_fields__})
         lb = self._allocate(meta)
         try:
@@ -102,7 +112,7 @@ class BatchPlan:
             if not image.apply(res, mem, base, meta["got_off"], ext_addr):
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             lb.externals = externals
-            self._finish(lb, meta, blobs, names, base)
+            self._finish(lb, meta, blobs, defs, pulls, tables.decode_columns(meta["sections"], columns), base)
         except BaseException:
             lb.allocation.release()
             raise
@@ -141,9 +151,9 @@ class BatchPlan:
                     raise _Stale("an outside symbol moved in or out of 32-bit reach")
         return addr, out
 
-    def _check_pulls(self, meta: dict) -> None:
+    def _check_pulls(self, meta: dict, pulls: dict) -> None:
         outranks = self.linker._outranks_archives(self.dylib)
-        for _obj, _ar, _off, _index, _name, _size, symbol, _referrer in meta["pulls"]:
+        for symbol in pulls["symbol"]:
             if symbol and outranks(symbol, meta["prefix"]):
                 raise _Stale(f"{symbol!r}, which pulled an archive member, is now defined elsewhere")
 
@@ -160,7 +170,8 @@ class BatchPlan:
         return LinkedBatch(objects=[], allocation=alloc, sections=[], definitions={}, externals=[], got={},
                            stubs={}, got_base=0)
 
-    def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, names: list[str], base: int) -> None:
+    def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, defs: dict, pulls: dict, s: dict,
+                base: int) -> None:
         got_base = base + meta["got_off"]
         lb.got_base = got_base
         lb.externals = [e if e is not None else External(meta["externals"][j][0], got_base, "the batch's GOT")
@@ -169,11 +180,9 @@ class BatchPlan:
         objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
                    for kind, value, k in meta["objects"]]
         lb.objects = objects
-        s = meta["sections"]
         lb.sections = [PlacedSection(o, i, seg, base + w, w) for o, i, seg, w in
                        zip(s["obj"], s["index"], s["segment"], s["work"])]
-        defs = meta["definitions"]
-        cols = [defs[f] if f != "name" else names for f in _SYMBOL_FIELDS]
+        cols = [defs[f] for f in _SYMBOL_FIELDS]
         off = blobs["d_off"]
         rel = blobs["d_rel"]
         addresses = np.where(rel, off.view(np.uint64) + np.uint64(base), off.view(np.uint64)).tolist()
@@ -188,11 +197,13 @@ class BatchPlan:
         lb.finalizers = [tuple(x) for x in meta["fini"]]
         lb.kept_groups = set(meta["kept"])
         lb.segments = {seg.name: seg for seg in lb.allocation.segments}
-        pulls = {}
-        for oi, ar, off_, index, name, size, symbol, referrer in meta["pulls"]:
+        loaded = {}
+        for oi, ar, off_, index, name, size, symbol, referrer in zip(
+                pulls["obj"], pulls["archive"], pulls["header_offset"], pulls["index"], pulls["name"],
+                pulls["size"], pulls["symbol"], pulls["referrer"]):
             member = CachedMember(self.search[ar], off_, index, name, size)
-            pulls[id(objects[oi])] = Pull(member, symbol, referrer)
-        lb.pulls = pulls
+            loaded[id(objects[oi])] = Pull(member, symbol, referrer)
+        lb.pulls = loaded
 
     # --- cold -------------------------------------------------------------------------
 
@@ -248,7 +259,7 @@ class BatchPlan:
         blobs.update(tables.named(skel, "o"))
         blobs["skeletons"] = json.dumps(docs).encode()
         position = {id(a): i for i, a in enumerate(self.search)}
-        pulls = []
+        pulled = []
         for oi, o in enumerate(lb.objects):
             p = lb.pulls.get(id(o))
             if p is None:
@@ -257,16 +268,20 @@ class BatchPlan:
             ar = position.get(id(m.archive))
             if ar is None:
                 raise tables.Uncacheable(f"{m.display_name} comes from an archive outside the search order")
-            pulls.append([oi, ar, m.header_offset, m.index, m.name, m.size, p.symbol, p.referrer])
+            pulled.append((oi, ar, m.header_offset, m.index, m.name, m.size, p.symbol, p.referrer))
+        pull_fields = ("obj", "archive", "header_offset", "index", "name", "size", "symbol", "referrer")
+        cblobs: list = []
+        pulls = tables.encode_columns({f: [row[i] for row in pulled] for i, f in enumerate(pull_fields)}, cblobs)
         defs = list(lb.definitions.values())
-        dblobs: list = []
-        columns = {f: [getattr(d, f) for d in defs] for f in _SYMBOL_FIELDS}
-        for f, col in columns.items():
-            if any(isinstance(v, int) and not isinstance(v, bool) and type(v) is not int for v in col):
-                columns[f] = [int(v) for v in col]
-        columns["name"] = tables.encode([d.name for d in defs] or [], dblobs)
-        columns["nblobs"] = len(dblobs)
-        blobs.update(tables.named(dblobs, "d"))
+        columns = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS}
+        definitions = tables.encode_columns(columns, cblobs)
+        sections = tables.encode_columns({
+            "obj": [p.obj for p in lb.sections],
+            "index": [p.index for p in lb.sections],
+            "segment": [p.segment for p in lb.sections],
+            "work": [p.work for p in lb.sections],
+        }, cblobs)
+        blobs.update(tables.named(cblobs, "c"))
         rel = np.array([d.section != "" for d in defs], dtype=bool)
         off = np.array([d.address for d in defs], dtype=np.uint64)
         off[rel] -= np.uint64(base)
@@ -280,13 +295,9 @@ class BatchPlan:
             "got_off": lb.got_base - base,
             "got": [[int(t), a - base] for t, a in lb.got.items()],
             "stubs": [[int(t), a - base] for t, a in lb.stubs.items()],
-            "sections": {
-                "obj": [p.obj for p in lb.sections],
-                "index": [p.index for p in lb.sections],
-                "segment": [p.segment for p in lb.sections],
-                "work": [p.work for p in lb.sections],
-            },
-            "definitions": columns,
+            "sections": sections,
+            "definitions": definitions,
+            "ncolumnblobs": len(cblobs),
             "externals": externals,
             "prefix": prefixes.pop() if prefixes else "",
             "objects": objects,
@@ -299,6 +310,11 @@ class BatchPlan:
         if any(p.address != base + p.work for p in lb.sections):
             raise tables.Uncacheable("a section placed outside the batch's memory")
         return meta, blobs
+
+
+def _plain(v):
+    # numpy and enum integers are stored as the ints they are.
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class _Skeletons:

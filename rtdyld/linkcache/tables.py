@@ -156,3 +156,23 @@ class LazyObject(model.ObjectFile):
             if f.name != "name":
                 self.__dict__[f.name] = getattr(full, f.name)
         return getattr(self, attr)
+
+
+def encode_columns(columns: dict[str, list], blobs: list) -> dict:
+    """Table columns as compactly as :func:`encode` allows: integer columns as
+    one array each, string columns as one packed blob, anything else as JSON."""
+    out = {}
+    for name, col in columns.items():
+        if col and all(type(v) is int for v in col):
+            out[name] = encode(np.array(col, dtype=np.int64), blobs)
+        else:
+            out[name] = encode(list(col), blobs)
+    return out
+
+
+def decode_columns(doc: dict, blobs: list) -> dict[str, list]:
+    out = {}
+    for name, value in doc.items():
+        v = decode(value, blobs)
+        out[name] = v.tolist() if isinstance(v, np.ndarray) else v
+    return out
