@@ -429,3 +429,32 @@ def test_archive_member_tables_and_index_are_remembered(tmp_path, user_value, in
         ln.close()
     assert results[:3] == results[3:]
     assert cache.stats["archives"]["hits"] == 1 and cache.stats["archives"]["stores"] == 1
+
+
+def test_an_entry_that_does_not_restore_misses(tmp_path, user_value):
+    from rtdyld.linkcache.container import pack
+
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    (entry,) = (tmp_path / "cache").glob("batches/*.ent")
+    key = bytes.fromhex(entry.stem)
+    entry.write_bytes(pack(key, {"segments": [["text", 0, 1 << 40, 5, False]]}, {}))  # checksum fine, content not
+    ln, _ = _link(cache, prog, ar, user_value[1])
+    assert cache.stats["batches"]["corrupt"] == 1
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+
+
+def test_only_run_uses_the_link_cache_from_the_environment(tmp_path, capsys, monkeypatch):
+    from cli_helpers import rtdyld as run_rtdyld
+
+    main = compile_c("extern int helper(int);\nint main(void) { return helper(2); }", tmp_path / "main.o", *CFLAGS)
+    _, ar = _program(tmp_path / "src")
+    monkeypatch.setenv("RTDYLD_LINK_CACHE", str(tmp_path / "env-cache"))
+    code, out, _err = run_rtdyld(capsys, "symbols", main, ar)
+    assert code == 0 and "helper" in out
+    assert not (tmp_path / "env-cache").exists()
+    code, _out, _err = run_rtdyld(capsys, "run", main, ar)
+    assert code == 11
+    assert len(list((tmp_path / "env-cache").glob("batches/*.ent"))) == 1
