@@ -458,3 +458,35 @@ def test_only_run_uses_the_link_cache_from_the_environment(tmp_path, capsys, mon
     code, _out, _err = run_rtdyld(capsys, "run", main, ar)
     assert code == 11
     assert len(list((tmp_path / "env-cache").glob("batches/*.ent"))) == 1
+
+
+def test_object_tables_round_trip_field_by_field(tmp_path):
+    import dataclasses
+
+    from rtdyld.inputs import parse_object
+    from rtdyld.linkcache import tables
+    from rtdyld.linkcache.container import pack
+    from rtdyld.objfile.archive import read_archive
+
+    src = "int g = 3;\nstatic int h(int x) { return x + g; }\nint (*p)(int) = h;\n" \
+          "__attribute__((constructor)) static void c(void) { g = 4; }\ninline int f(int x) { return h(x); }\n" \
+          "int use(int x) { return f(x); }\n"
+    objs = [parse_object(compile_c(src, tmp_path / "a.o", "-O0", "-fPIC", "-std=gnu89").read_bytes(), "a.o")]
+    lib = Path("/usr/lib/x86_64-linux-gnu/libz.a")
+    if lib.exists():
+        objs += [parse_object(m.data, m.display_name) for m in read_archive(lib).members[:4]]
+    for obj in objs:
+        blobs: list = []
+        doc = tables.object_doc(obj, blobs)
+        meta, stored = unpack(pack(b"k" * 32, {"o": doc}, tables.named(blobs, "b")), b"k" * 32)
+        back = tables.object_from_doc(meta["o"], tables.unnamed(stored, "b", len(blobs)), obj.name)
+        for f in dataclasses.fields(obj):
+            a, b = getattr(obj, f.name), getattr(back, f.name)
+            if isinstance(a, np.ndarray):
+                assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f.name
+            elif f.name == "sections":
+                for sa, sb in zip(a, b, strict=True):
+                    assert dataclasses.replace(sa, data=b"") == dataclasses.replace(sb, data=b"")
+                    assert bytes(sa.data) == bytes(sb.data) and type(sb.flags) is type(sa.flags)
+            else:
+                assert a == b, f.name

@@ -287,7 +287,8 @@ class LinkCache:
 
     def write_entry(self, layer: str, key: bytes, blob: bytes) -> None:
         try:
-            atomic_write(self._path(layer, key), blob)
+            # Not synced: entries are checked on every read, so one a crash damaged is just a miss.
+            atomic_write(self._path(layer, key), blob, durable=False)
         except OSError as e:
             self.note(layer, "unstored", str(e))
             warnings.warn(f"link cache {self.directory}: cannot store an entry: {e}", RuntimeWarning, stacklevel=3)

@@ -67,7 +67,7 @@ class StatDigests:
         if before - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLE_NS and os.stat(real).st_ctime_ns == st.st_ctime_ns:
             try:
                 atomic_write(self._record_path(real),
-                             json.dumps({"path": real, "ident": ident, "digest": value}).encode())
+                             json.dumps({"path": real, "ident": ident, "digest": value}).encode(), durable=False)
             except OSError:
                 pass  # only the fast path is lost
         return value

@@ -38,12 +38,16 @@ def encode(value, blobs: list) -> object:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$b": _add(blobs, value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        # The model class itself, also for a LazyObject standing in for an ObjectFile.
-        cls = next((c for c in type(value).__mro__ if getattr(model, c.__name__, None) is c), None)
+        cls = _model_class(value)
         if cls is None:
             raise Uncacheable(f"{type(value).__name__} is not a model class")
         return {"$d": cls.__name__, **{f.name: encode(getattr(value, f.name), blobs) for f in dataclasses.fields(value)}}
     if isinstance(value, (list, tuple)):
+        if len(value) > 1 and _model_class(value[0]) is not None and all(type(v) is type(value[0]) for v in value):
+            # Many records of one class (sections): a column per field.
+            cls = _model_class(value[0])
+            columns = {f.name: [getattr(v, f.name) for v in value] for f in dataclasses.fields(cls)}
+            return {"$c": cls.__name__, "n": len(value), "cols": encode_columns(columns, blobs)}
         if value and all(type(v) is str for v in value):
             raw = [v.encode("utf-8", "surrogateescape") for v in value]
             if any(_SEP in r for r in raw):
@@ -51,7 +55,7 @@ def encode(value, blobs: list) -> object:
             return {"$s": _add(blobs, _SEP.join(raw)), "n": len(raw)}
         return [encode(v, blobs) for v in value]
     if isinstance(value, Mapping):
-        return {"$m": [[encode(k, blobs), encode(v, blobs)] for k, v in value.items()]}
+        return {"$m": [encode(list(value.keys()), blobs), encode(list(value.values()), blobs)]}
     raise Uncacheable(f"cannot store a {type(value).__name__}")
 
 
@@ -70,7 +74,19 @@ def decode(doc, blobs: list):
             return []
         return bytes(blobs[doc["$s"]]).decode("utf-8", "surrogateescape").split("\0")
     if "$m" in doc:
-        return {decode(k, blobs): decode(v, blobs) for k, v in doc["$m"]}
+        keys, values = doc["$m"]
+        return dict(zip(_plain_list(decode(keys, blobs)), _plain_list(decode(values, blobs)), strict=True))
+    if "$c" in doc:
+        cls = getattr(model, doc["$c"])
+        kinds = enum_fields(cls)
+        columns = decode_columns(doc["cols"], blobs)
+        for name, enum in kinds.items():
+            if name in columns:
+                columns[name] = [v if v is None else enum(v) for v in columns[name]]
+        names = list(columns)
+        if any(len(c) != doc["n"] for c in columns.values()):
+            raise ValueError(f"{doc['$c']} columns of unequal length")
+        return [cls(**dict(zip(names, row))) for row in zip(*columns.values())]
     cls = getattr(model, doc["$d"])
     kinds = enum_fields(cls)
     args = {}
@@ -83,6 +99,18 @@ def decode(doc, blobs: list):
             v = enum(v)
         args[k] = v
     return cls(**args)
+
+
+def _model_class(value) -> type | None:
+    """The model dataclass ``value`` is an instance of (also for a LazyObject
+    standing in for an ObjectFile), or None."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return None
+    return next((c for c in type(value).__mro__ if getattr(model, c.__name__, None) is c), None)
+
+
+def _plain_list(v) -> list:
+    return v.tolist() if isinstance(v, np.ndarray) else v
 
 
 def _add(blobs: list, value) -> int:
@@ -163,7 +191,7 @@ def encode_columns(columns: dict[str, list], blobs: list) -> dict:
     one array each, string columns as one packed blob, anything else as JSON."""
     out = {}
     for name, col in columns.items():
-        if col and all(type(v) is int for v in col):
+        if col and all(isinstance(v, int) and not isinstance(v, bool) for v in col):
             out[name] = encode(np.array(col, dtype=np.int64), blobs)
         else:
             out[name] = encode(list(col), blobs)
