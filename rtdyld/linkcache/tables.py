@@ -43,12 +43,13 @@ def encode(value, blobs: list) -> object:
             raise Uncacheable(f"{type(value).__name__} is not a model class")
         return {"$d": cls.__name__, **{f.name: encode(getattr(value, f.name), blobs) for f in dataclasses.fields(value)}}
     if isinstance(value, (list, tuple)):
-        if len(value) > 1 and _model_class(value[0]) is not None and all(type(v) is type(value[0]) for v in value):
+        kinds = set(map(type, value))
+        if len(value) > 1 and len(kinds) == 1 and _model_class(value[0]) is not None:
             # Many records of one class (sections): a column per field.
             cls = _model_class(value[0])
             columns = {f.name: [getattr(v, f.name) for v in value] for f in dataclasses.fields(cls)}
             return {"$c": cls.__name__, "n": len(value), "cols": encode_columns(columns, blobs)}
-        if value and all(type(v) is str for v in value):
+        if kinds == {str}:
             raw = [v.encode("utf-8", "surrogateescape") for v in value]
             if any(_SEP in r for r in raw):
                 raise Uncacheable("a string holds a NUL byte")
@@ -191,7 +192,8 @@ def encode_columns(columns: dict[str, list], blobs: list) -> dict:
     one array each, string columns as one packed blob, anything else as JSON."""
     out = {}
     for name, col in columns.items():
-        if col and all(isinstance(v, int) and not isinstance(v, bool) for v in col):
+        kinds = set(map(type, col))
+        if kinds and all(issubclass(k, int) and k is not bool for k in kinds):
             out[name] = encode(np.array(col, dtype=np.int64), blobs)
         else:
             out[name] = encode(list(col), blobs)
