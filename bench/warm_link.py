@@ -409,16 +409,17 @@ def _run_case(session: Session, case: Case, runs: int) -> Row:
 
 
 def _print_table(case: Case, objects, warm: Measurement, cold: Measurement, peers, failed, steps) -> None:
-    headers = ["engine", "runs", "median ms", "min ms", "cpu ms", "warm/engine", "check"]
+    headers = ["engine", "runs", "median ms", "min ms", "cpu ms", "warm/engine", "(cpu)", "check"]
     lines = []
     for m in (warm, cold, *[p for p in peers.values() if p is not None]):
         ok = bool(m.times) and bool(warm.times)
         lines.append([m.engine, str(len(m.times)), report.timing(m) if m.times else report.MISSING,
                       report.ms(m.best) if m.times else report.MISSING,
                       report.ms(m.cpu_median) if m.cpu else report.MISSING,
-                      f"{warm.median / m.median:.2f}" if ok else report.MISSING, m.check])
+                      f"{warm.median / m.median:.2f}" if ok else report.MISSING,
+                      f"{warm.cpu_median / m.cpu_median:.2f}" if ok and m.cpu_median else report.MISSING, m.check])
     for name, why in failed.items():
-        lines.append([name, "0", *[report.MISSING] * 4, f"failed: {why}"])
+        lines.append([name, "0", *[report.MISSING] * 5, f"failed: {why}"])
     title = (f"warm_link: {case.name} ({len(objects)} objects: the program and the members pulled, "
              f"{warm.relocs} relocations; rtdyld warm = a new process per run, from the first input read)")
     print(report.table(headers, lines, title))
