@@ -5,15 +5,21 @@ lands: every fixup whose value depends only on addresses inside the batch
 and on the distances between them (PC-relative calls and loads within the
 batch, GOT-relative forms, stubs, sizes) is final once written and stays in
 the image.  What remains are *residual* fixups: values that move with the
-batch's base (absolute pointers to its own code and data) or with an
-external symbol (host functions, earlier batches, user definitions).  They
-are found without knowing any formula: every fixup is computed a second time
-with the batch shifted and each external moved by its own distinct amount,
-and those whose value changed are residual.  At load they are computed
-again, vectorised, with the new base and external addresses by the same
-:func:`rtdyld.x86_64.fixup.compute`, range-checked, and written; GOT slots
-likewise.  Anything the capture cannot classify with certainty makes the
-batch uncacheable (:class:`Uncacheable`), never approximately cached.
+batch's base (absolute pointers to its own code and data, GOT slots) or with
+an external symbol (host functions, earlier batches, user definitions).
+
+Every psABI formula is linear in the addresses it uses, so each residual
+value is ``const + cb * base + ext[j]`` (``cb`` in -1, 0, 1; ``j`` the one
+external it names, if any).  The coefficients are found without knowing any
+formula: every fixup is computed again by :func:`rtdyld.x86_64.fixup.compute`
+with the batch moved, then with the externals moved, and the differences
+give ``cb`` and whether ``ext[j]`` counts; the capture then checks that the
+linear form reproduces every value the cold link wrote.  At load the values
+are three vectorised operations, range-checked with
+:func:`~rtdyld.x86_64.fixup.out_of_range` and written with
+:func:`~rtdyld.x86_64.fixup.write`.  Anything the capture cannot classify
+with certainty makes the batch uncacheable (:class:`Uncacheable`), never
+approximately cached.
 """
 
 from __future__ import annotations
@@ -32,25 +38,19 @@ U = np.uint64
 REL, ABS, EXT = 0, 1, 2  # how an address moves: with the batch, never, with external j
 _SIZE = (int(Edge.Size32), int(Edge.Size64))
 _DIFFERENCE = (int(Edge.Difference32), int(Edge.Difference64))
-_SHIFT = 0x1_0000_0000  # the batch's trial move; external j moves by (j + 2) times this
+_SHIFT = 0x1_0000_0000  # trial moves: the batch by this, the externals by three times this
 
 
 @dataclasses.dataclass
 class Residual:
-    """Fixups and GOT slots to recompute at load, as arrays."""
+    """Fixups (GOT slots among them, as Pointer64) to recompute at load:
+    ``value = const + cb * base + (ext[j] if j >= 0)``."""
 
-    where: np.ndarray
-    kind: np.ndarray
-    A: np.ndarray
-    P: np.ndarray  # offset from the base
-    G: np.ndarray
-    Z: np.ndarray
-    s_class: np.ndarray
-    s_value: np.ndarray  # offset from the base (REL), address (ABS), external index (EXT)
-    s2: np.ndarray  # offset from the base of S2 (Difference kinds), else 0
-    got_where: np.ndarray
-    got_class: np.ndarray
-    got_value: np.ndarray
+    where: np.ndarray  # int64 offset into the allocation
+    kind: np.ndarray  # uint8 Edge
+    const: np.ndarray  # uint64
+    cb: np.ndarray  # int8
+    j: np.ndarray  # int32 external index, -1 for none
 
 
 def external_roles(lb: LinkedBatch) -> list[str]:
@@ -122,15 +122,13 @@ def _addresses(cls, val, base: int, ext: np.ndarray) -> np.ndarray:
     return out
 
 
-def _trial_externals(n: int) -> np.ndarray:
-    return (np.arange(n, dtype=np.uint64) + U(2)) * U(_SHIFT)
-
-
 def capture(lb: LinkedBatch, roles: list[str]) -> Residual:
     """The residual fixups of a freshly linked (not yet finalized) batch."""
     base = lb.allocation.target_base
     nsyms = sum(len(o.symbols) for o in lb.objects)
     mem = lb.allocation.memory
+    here = np.array([e.address for e in lb.externals] or [0], dtype=U)
+    parts = []
     t = lb.tables
     if t:
         try:
@@ -152,49 +150,60 @@ def capture(lb: LinkedBatch, roles: list[str]) -> Residual:
                 raise Uncacheable("a difference against a symbol outside the batch")
         P_off = (P - U(base)).view(np.int64)
         got_off = lb.got_base - base
-        moved = _residual_values(kind, s_class, s_value, A, P_off, G, Z, s2, got_off, base + _SHIFT,
-                                 _trial_externals(len(lb.externals)))
-        residual = moved != value
-        here = np.array([e.address for e in lb.externals] or [0], dtype=U)
-        if not np.array_equal(_residual_values(kind, s_class, s_value, A, P_off, G, Z, s2, got_off, base, here),
-                              value):
+
+        def at(b: int, ext: np.ndarray) -> np.ndarray:
+            S_ = _addresses(s_class, s_value, b, ext)
+            return fixup.compute(kind, S_, A, P_off.view(U) + U(b), b + got_off, G, Z, s2.view(U) + U(b))
+
+        if not np.array_equal(at(base, here), value):
             raise Uncacheable("the fixups cannot be recomputed from the batch's tables")
-        sel = np.flatnonzero(residual)
-        res = {"where": where[sel].astype(np.int64), "kind": kind[sel].astype(np.uint8),
-               "A": A[sel].astype(np.int64), "P": P_off[sel], "G": G[sel].astype(U), "Z": Z[sel],
-               "s_class": s_class[sel], "s_value": s_value[sel], "s2": s2[sel]}
-    else:
-        res = {"where": np.zeros(0, np.int64), "kind": np.zeros(0, np.uint8), "A": np.zeros(0, np.int64),
-               "P": np.zeros(0, np.int64), "G": np.zeros(0, U), "Z": np.zeros(0, U),
-               "s_class": np.zeros(0, np.uint8), "s_value": np.zeros(0, np.int64), "s2": np.zeros(0, np.int64)}
+        j = np.where(s_class == EXT, s_value, -1)
+        parts.append(_linear(where.astype(np.int64), kind.astype(np.uint8), value, j, base, here,
+                             at(base + _SHIFT, here), at(base, here + U(3 * _SHIFT))))
     got_t = np.array(sorted(lb.got, key=lb.got.get), dtype=np.int64)
-    got_where = np.array([lb.got[x] - base for x in got_t.tolist()], dtype=np.int64)
-    got_addr = np.zeros(len(got_t), dtype=U)
-    for i, w in enumerate(got_where.tolist()):
-        got_addr[i] = mem[w : w + 8].view("<u8")[0]
-    got_class, got_value = _classify(lb, got_t, got_addr, nsyms, roles)
-    return Residual(**res, got_where=got_where, got_class=got_class, got_value=got_value)
+    if len(got_t):
+        got_where = np.array([lb.got[x] - base for x in got_t.tolist()], dtype=np.int64)
+        idx = got_where[:, None] + np.arange(8)[None, :]
+        slots = mem[idx].copy().view("<u8").reshape(-1).astype(U)
+        g_class, g_value = _classify(lb, got_t, slots, nsyms, roles)
+        g_j = np.where(g_class == EXT, g_value, -1)
+        kind64 = np.full(len(got_t), int(Edge.Pointer64), dtype=np.uint8)
+        parts.append(_linear(got_where, kind64, slots, g_j, base, here,
+                             _addresses(g_class, g_value, base + _SHIFT, here),
+                             _addresses(g_class, g_value, base, here + U(3 * _SHIFT))))
+    if not parts:
+        return Residual(np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, U), np.zeros(0, np.int8),
+                        np.zeros(0, np.int32))
+    return Residual(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Residual)))
 
 
-def _residual_values(kind, s_class, s_value, A, P_off, G, Z, s2, got_off: int, base: int,
-                     ext: np.ndarray) -> np.ndarray:
-    S = _addresses(s_class, s_value, base, ext)
-    P = P_off.view(U) + U(base)
-    S2 = s2.view(U) + U(base)
-    return fixup.compute(kind, S, A, P, base + got_off, G, Z, S2)
+def _linear(where, kind, value, j, base: int, here: np.ndarray, moved_batch, moved_ext) -> Residual:
+    """The entries among ``value`` that move, each as ``const + cb*base + ext[j]``."""
+    db = (moved_batch - value).view(np.int64)
+    cb = np.zeros(len(value), dtype=np.int8)
+    cb[db == _SHIFT] = 1
+    cb[db == -_SHIFT] = -1
+    ce = (moved_ext - value).view(np.int64)
+    uses_ext = ce == 3 * _SHIFT
+    if np.any((db != 0) & (cb == 0)) or np.any((ce != 0) & ~uses_ext) or np.any(uses_ext & (j < 0)):
+        raise Uncacheable("a fixup value that is not linear in the addresses it uses")
+    j = np.where(uses_ext, j, -1).astype(np.int32)
+    sel = np.flatnonzero((cb != 0) | uses_ext)
+    const = value[sel] - cb[sel].astype(np.int64).view(U) * U(base)
+    has = j[sel] >= 0
+    const[has] -= here[j[sel][has]]
+    return Residual(where[sel], kind[sel], const, cb[sel], j[sel])
 
 
-def apply(res: Residual, mem: np.ndarray, base: int, got_off: int, ext: np.ndarray) -> bool:
-    """Write the residual fixups and GOT slots for a batch at ``base`` whose
-    externals are at ``ext``; False (nothing written) if a value does not fit."""
-    if len(res.kind):
-        value = _residual_values(res.kind, res.s_class, res.s_value, res.A, res.P, res.G, res.Z, res.s2,
-                                 got_off, base, ext)
-        if np.any(fixup.out_of_range(res.kind, value)):
-            return False
-        fixup.write(mem, res.where, res.kind, value)
-    if len(res.got_where):
-        slots = _addresses(res.got_class, res.got_value, base, ext)
-        at = res.got_where[:, None] + np.arange(8)[None, :]
-        mem[at] = slots.astype("<u8").view(np.uint8).reshape(-1, 8)
+def apply(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
+    """Write the residual fixups for a batch at ``base`` whose externals are at
+    ``ext``; False (nothing written) if a value does not fit its field."""
+    if not len(res.kind):
+        return True
+    value = res.const + res.cb.astype(np.int64).view(U) * U(base)
+    has = res.j >= 0
+    value[has] += ext[res.j[has]]
+    if np.any(fixup.out_of_range(res.kind, value)):
+        return False
+    fixup.write(mem, res.where, res.kind, value)
     return True

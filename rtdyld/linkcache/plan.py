@@ -109,7 +109,7 @@ class BatchPlan:
             image_bytes = np.frombuffer(blobs["image"], dtype=np.uint8)
             mem = alloc.memory
             mem[: len(image_bytes)] = image_bytes
-            if not image.apply(res, mem, base, meta["got_off"], ext_addr):
+            if not image.apply(res, mem, base, ext_addr):
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             lb.externals = externals
             self._finish(lb, meta, blobs, defs, pulls, tables.decode_columns(meta["sections"], columns), base)
