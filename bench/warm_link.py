@@ -80,7 +80,7 @@ def run(session: Session) -> list[Row]:
         return []
     runs = session.options.runs
     rows = []
-    for case in _cases(session.options.quick):
+    for case in _cases(session):
         rows.append(_run_case(session, case, runs))
     return rows
 
@@ -91,12 +91,14 @@ def _unavailable() -> str | None:
     return None
 
 
-def _cases(quick: bool) -> list[Case]:
+def _cases(session: Session) -> list[Case]:
     cases = []
     for name, driver, archive, entry in (("libz.a", "zdriver.c", "libz.a", "zd_compress"),
                                          ("libbz2.a", "bzdriver.c", "libbz2.a", "bzd_compress")):
         if (SYSTEM_LIBS / archive).exists():
             cases.append(Case(name, (_driver_object(driver),), (SYSTEM_LIBS / archive,), (entry,)))
+        else:
+            session.note(f"warm_link {name} skipped: not installed (sh .ci/test-deps.sh installs it)")
     prog, ar = _generated_archive()
     cases.append(Case("generated", (prog,), (ar,), ("wg_run",)))
     return cases
