@@ -490,3 +490,23 @@ def test_object_tables_round_trip_field_by_field(tmp_path):
                     assert bytes(sa.data) == bytes(sb.data) and type(sb.flags) is type(sa.flags)
             else:
                 assert a == b, f.name
+
+
+def test_an_outside_symbol_moving_into_reach_misses(tmp_path, user_value):
+    from rtdyld.linker import default_memory
+    from rtdyld.x86_64.scan import in_reach
+
+    prog, ar = _program(tmp_path / "src")
+    lo, hi = default_memory().reach_range()
+    assert not in_reach(np.array([user_value[1]], dtype=np.uint64), lo, hi)[0]  # the heap is far from the code
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    near = Linker()
+    near.add_object(compile_c("int near_value = 8;", tmp_path / "near.o", *CFLAGS))
+    near.finalize()
+    ln, h = _link(cache, prog, ar, near.lookup("near_value"))
+    assert _outcome(cache)["stale"] == 1
+    assert any("reach" in why for _, what, why in cache.events if what == "stale")
+    assert _calls(ln)[1] == 8
+    ln.close()
+    near.close()
