@@ -504,7 +504,7 @@ def test_an_outside_symbol_moving_into_reach_misses(tmp_path, user_value):
     near = Linker()
     near.add_object(compile_c("int near_value = 8;", tmp_path / "near.o", *CFLAGS))
     near.finalize()
-    ln, h = _link(cache, prog, ar, near.lookup("near_value"))
+    ln, _ = _link(cache, prog, ar, near.lookup("near_value"))
     assert _outcome(cache)["stale"] == 1
     assert any("reach" in why for _, what, why in cache.events if what == "stale")
     assert _calls(ln)[1] == 8
