@@ -12,4 +12,5 @@ BENCHMARKS = (
     "archives",
     "soak",
     "stubs",
+    "warm_link",
 )

@@ -57,6 +57,7 @@ class ArchiveSet:
         self.cache = ArchiveCache()
         self.archives: list[Archive] = []
         self.loaded: set[tuple[int, int]] = set()  # (id(archive), header_offset)
+        self.parse = parse_object  # member bytes -> ObjectFile; a link cache puts its own here
 
     def open(self, path) -> Archive:
         # Absolute, so thin members still resolve after the process changes directory.
@@ -107,7 +108,7 @@ class ArchiveSet:
                 if member is None:
                     continue
                 taken.add(self.key(member))
-                obj = parse_object(member.data, member.display_name)
+                obj = self.parse(member.data, member.display_name)
                 pulled.append((obj, Pull(member, name, referrer)))
                 work.append(obj)
         return pulled
@@ -128,5 +129,5 @@ class ArchiveSet:
         for m in ar.members:
             if self.key(m) in self.loaded:
                 continue
-            out.append((parse_object(m.data, m.display_name), Pull(m, "", "--whole-archive")))
+            out.append((self.parse(m.data, m.display_name), Pull(m, "", "--whole-archive")))
         return out

@@ -72,17 +72,20 @@ def decode(blob: bytes, key: bytes) -> Entry:
     return Entry(key, str(module), symbols, bytes(body[meta_len:]))
 
 
-def atomic_write(path: str, blob: bytes) -> None:
+def atomic_write(path: str, blob: bytes, durable: bool = True) -> None:
     """Replace ``path`` with ``blob`` so that readers see the old file or the
-    whole new one, never a part: a synced temporary file in the same
-    directory, renamed over the target."""
+    whole new one, never a part: a temporary file in the same directory,
+    renamed over the target.  ``durable`` syncs it to disk first (and the
+    directory after); without, a crash may leave a damaged file, which is
+    fine for entries whose readers check them and treat damage as a miss."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -90,7 +93,8 @@ def atomic_write(path: str, blob: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 def _fsync_directory(directory: str) -> None:

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--entry", default="main", metavar="SYM", help="entry point (default: main)")
     run.add_argument("--perf-map", dest="perf_map", action="store_true",
                      help="append the linked functions to /tmp/perf-<pid>.map so 'perf report' names them")
+    run.add_argument("--link-cache", dest="link_cache", metavar="DIR",
+                     help="link from (and fill) the link cache in DIR: repeated links skip reading and "
+                     "relocating what did not change (default: $RTDYLD_LINK_CACHE, else none)")
 
     trace = sub.add_parser(
         "trace",
@@ -241,7 +244,8 @@ def make_linker(args, memory=None, run_initializers: bool = False):
     """A Linker with the inputs, libraries and definitions of the command line added."""
     from .linker import Linker
 
-    ln = Linker(memory=memory, run_initializers=run_initializers, perf_map=getattr(args, "perf_map", None) or None)
+    ln = Linker(memory=memory, run_initializers=run_initializers,
+                perf_map=getattr(args, "perf_map", None) or None, link_cache=getattr(args, "link_cache", False))
     ln.library_dirs.extend(args.library_dirs)
     for name, address in args.define_abs:
         ln.define(name, address)
@@ -261,6 +265,8 @@ def make_linker(args, memory=None, run_initializers: bool = False):
 
 def _check_pins(args, batch) -> None:
     """Every --map-section must have named a loaded section."""
+    if not getattr(args, "map_section", []):
+        return
     from .symmap import BatchSymbols
 
     view = BatchSymbols(batch)

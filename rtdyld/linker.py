@@ -13,6 +13,7 @@ from .batch import BatchLinker, LinkedBatch
 from .batch_runtime import BatchRuntime
 from .errors import LinkError, UndefinedSymbolError, UsageError, ValidationError
 from .inputs import parse_object, read_input
+from .linkcache import open_link_cache
 from .objfile.model import ObjectFile
 from .symbols import Dylib, Library, SymbolDef
 
@@ -97,8 +98,10 @@ class Linker:
     """
 
     def __init__(self, memory=None, resolver: Dylib | None = None, run_initializers: bool = True,
-                 debugger: bool | None = None, perf_map: bool | None = None):
+                 debugger: bool | None = None, perf_map: bool | None = None, link_cache=None):
         self.memory = memory if memory is not None else default_memory()
+        # A directory (or LinkCache) to link repeated batches from disk; None: $RTDYLD_LINK_CACHE.
+        self.link_cache = open_link_cache(link_cache)
         self.main = resolver if resolver is not None else Dylib("main")
         self.run_initializers = run_initializers
         self.pending: list[tuple[ObjectFile, Dylib]] = []
@@ -163,7 +166,7 @@ class Linker:
     def add_object(self, src, name: str | None = None, dylib: Dylib | None = None) -> ObjectFile:
         """Add a relocatable object (path, bytes or binary file) to the batch."""
         data, display = read_input(src, name)
-        obj = parse_object(data, display)
+        obj = self.link_cache.parse(data, display) if self.link_cache else parse_object(data, display)
         with self._lock:
             self.pending.append((obj, self._dylib(dylib)))
         return obj
@@ -199,7 +202,7 @@ class Linker:
         d = self._dylib(dylib)
         with self._lock:
             archives = self._archives(d)
-            ar = archives.open(path)
+            ar = self.link_cache.open_archive(archives, path) if self.link_cache else archives.open(path)
             self.pending_archives.append((ar, d))
             if whole:
                 self.pending_pulls.extend((o, p, d) for o, p in archives.whole(ar))
@@ -337,6 +340,12 @@ class Linker:
         return mine + archives.pull(objs + [o for o, _ in mine], self._outranks_archives(dylib), new_archives)
 
     def _link_group(self, dylib: Dylib, objs: list[ObjectFile], whole, done, new_archives) -> LinkedBatch:
+        if self.link_cache is not None:
+            return self.link_cache.hook_link(self, dylib, objs, whole, done, new_archives,
+                                             lambda: self._link_group_cold(dylib, objs, whole, done, new_archives))
+        return self._link_group_cold(dylib, objs, whole, done, new_archives)
+
+    def _link_group_cold(self, dylib: Dylib, objs: list[ObjectFile], whole, done, new_archives) -> LinkedBatch:
         pulls = self._pulls(dylib, objs, whole, new_archives)
         kept = set(self.kept_groups)
         for _, lb in done:

@@ -1,0 +1,432 @@
+"""Warm links: the same program and archives linked again, in a new process, from the link cache.
+
+For each case — a driver against Debian's libz.a, one against libbz2.a, and
+one against a generated archive of ``MEMBERS`` C objects (over 20,000
+relocations) — one child process links cold with an empty link cache and
+fills it; then each timed run is a NEW child process that links the same
+inputs warm.  The child times itself from the first input read (add_object)
+until finalize has published the symbols, and reports how many batches the
+cache served, so a run that was not warm is reported as such, not timed.
+Each child's link is checked by calling into it (the libz and libbz2 drivers
+must compress exactly like Python's zlib and bz2; the generated program must
+return what Python works out).
+
+The peers link, in this (the parent) process, the program objects and
+exactly the archive members rtdyld pulled, the bytes extracted beforehand:
+MCJIT (``add_object_file`` + ``finalize_object``), LLJIT with RuntimeDyld and
+LLJIT with JITLink.  Each peer is first tried in a child process, since a
+failed LLVM link can end the process.  The ratio column is rtdyld warm over
+the peer, medians of wall clock.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import report
+from .archives import CASES as ARCHIVE_CASES
+from .archives import SYSTEM_LIBS, check_link
+from .archives import _compile as compile_driver
+from .gen import cache_dir
+from .report import Row
+from .session import Session
+from .timing import Measurement
+
+REPO = Path(__file__).resolve().parent.parent
+MEMBERS = 120
+CALLS = 60  # cross-member calls and global loads per member
+TABLE = 80  # absolute function pointers per member: residual fixups in the warm image
+GEN_VERSION = 1
+MASK = (1 << 64) - 1
+GEN_ARG = 7
+PEERS = ("MCJIT", "LLJIT", "JITLink")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    programs: tuple[Path, ...]
+    archives: tuple[Path, ...]
+    entries: tuple[str, ...]  # symbols called by the check
+
+    def check(self, address) -> str:
+        """"ok" or what a link through ``address(name)`` got wrong."""
+        if self.name == "generated":
+            import cffi
+
+            fn = cffi.FFI().cast("unsigned long(*)(unsigned long)", address("wg_run"))
+            got, want = int(fn(GEN_ARG)), _generated_result(GEN_ARG)
+            return "ok" if got == want else f"wg_run gave {got:#x}, not {want:#x}"
+        archive_case = next(c for c in ARCHIVE_CASES if c.name == self.name)
+        return check_link(archive_case, address)[1]
+
+
+def run(session: Session) -> list[Row]:
+    reason = _unavailable()
+    if reason:
+        session.note(f"warm_link skipped: {reason}")
+        return []
+    runs = session.options.runs
+    rows = []
+    for case in _cases(session):
+        rows.append(_run_case(session, case, runs))
+    return rows
+
+
+def _unavailable() -> str | None:
+    if shutil.which("gcc") is None or shutil.which("ar") is None:
+        return "gcc and ar are needed to build the programs and the generated archive"
+    return None
+
+
+def _cases(session: Session) -> list[Case]:
+    cases = []
+    for name, driver, archive, entry in (("libz.a", "zdriver.c", "libz.a", "zd_compress"),
+                                         ("libbz2.a", "bzdriver.c", "libbz2.a", "bzd_compress")):
+        if (SYSTEM_LIBS / archive).exists():
+            cases.append(Case(name, (_driver_object(driver),), (SYSTEM_LIBS / archive,), (entry,)))
+        else:
+            session.note(f"warm_link {name} skipped: not installed (sh .ci/test-deps.sh installs it)")
+    prog, ar = _generated_archive()
+    cases.append(Case("generated", (prog,), (ar,), ("wg_run",)))
+    return cases
+
+
+def _driver_object(source: str) -> Path:
+    data = compile_driver(source)
+    out = cache_dir() / f"warm-{hashlib.sha256(data).hexdigest()[:16]}-{Path(source).stem}.o"
+    if not out.exists():
+        out.write_bytes(data)
+    return out
+
+
+# --- the generated archive ---------------------------------------------------------------------
+
+
+def _member_source(i: int) -> str:
+    lines = ["extern unsigned long " + ", ".join(f"wg_g{(i + 2 * k + 1) % MEMBERS}" for k in range(CALLS)) + ";"]
+    lines += [f"unsigned long wg_leaf{j}(unsigned long);" for j in range(MEMBERS)]
+    lines += [f"unsigned long wg_g{i} = {i * 7 + 1}UL;",
+              f"unsigned long wg_leaf{i}(unsigned long x) {{ return x ^ {0x9E3779B97F4A7C15 * (i + 1) & MASK:#x}UL; }}",
+              f"unsigned long wg_f{i}(unsigned long x) {{", "    unsigned long acc = x;"]
+    lines += [f"    acc = acc * 3 + wg_leaf{(i + k + 1) % MEMBERS}(acc) + wg_g{(i + 2 * k + 1) % MEMBERS};"
+              for k in range(CALLS)]
+    lines += ["    return acc;", "}",
+              f"unsigned long (*const wg_tab{i}[])(unsigned long) = {{"
+              + ", ".join(f"wg_leaf{(i * 5 + k) % MEMBERS}" for k in range(TABLE)) + "};",
+              f"unsigned long wg_t{i}(unsigned long x) {{",
+              "    unsigned long acc = 0;",
+              f"    for (int k = 0; k < {TABLE}; k++) acc = acc * 5 + wg_tab{i}[k](x + k);",
+              "    return acc;", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _driver_source() -> str:
+    decls = [f"unsigned long wg_f{i}(unsigned long); unsigned long wg_t{i}(unsigned long);" for i in range(MEMBERS)]
+    body = [f"    acc = acc * 31 + wg_f{i}(x) + wg_t{i}(x);" for i in range(MEMBERS)]
+    return "\n".join([*decls, "unsigned long wg_run(unsigned long x) {", "    unsigned long acc = 0;", *body,
+                      "    return acc;", "}"]) + "\n"
+
+
+def _leaf(i: int, x: int) -> int:
+    return x ^ (0x9E3779B97F4A7C15 * (i + 1) & MASK)
+
+
+def _generated_result(x: int) -> int:
+    acc = 0
+    for i in range(MEMBERS):
+        f = x
+        for k in range(CALLS):
+            f = (f * 3 + _leaf((i + k + 1) % MEMBERS, f) + ((i + 2 * k + 1) % MEMBERS) * 7 + 1) & MASK
+        t = 0
+        for k in range(TABLE):
+            t = (t * 5 + _leaf((i * 5 + k) % MEMBERS, (x + k) & MASK)) & MASK
+        acc = (acc * 31 + f + t) & MASK
+    return acc
+
+
+def _generated_archive() -> tuple[Path, Path]:
+    """The driver object and the archive, built once and kept in the bench cache."""
+    key = hashlib.sha256(f"{GEN_VERSION} {MEMBERS} {CALLS} {TABLE}".encode()).hexdigest()[:16]
+    d = cache_dir() / f"warm-generated-{key}"
+    prog, ar = d / "wg_driver.o", d / "libwarmgen.a"
+    if ar.exists() and prog.exists():
+        return prog, ar
+    tmp = Path(tempfile.mkdtemp(prefix="warm-generated-", dir=cache_dir()))
+    flags = ["-O1", "-fPIC", "-c"]
+    objs = []
+    for i in range(MEMBERS):
+        src = tmp / f"wg{i}.c"
+        src.write_text(_member_source(i))
+        objs.append(tmp / f"wg{i}.o")
+        subprocess.run(["gcc", *flags, str(src), "-o", str(objs[-1])], check=True, capture_output=True)
+    (tmp / "wg_driver.c").write_text(_driver_source())
+    subprocess.run(["gcc", *flags, str(tmp / "wg_driver.c"), "-o", str(tmp / "wg_driver.o")], check=True,
+                   capture_output=True)
+    subprocess.run(["ar", "rcs", str(tmp / "libwarmgen.a"), *map(str, objs)], check=True, capture_output=True)
+    try:
+        tmp.rename(d)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another run built it first
+    return prog, ar
+
+
+# --- the child processes -----------------------------------------------------------------------
+
+
+def child(argv: list[str]) -> int:
+    """``python -c 'from bench.warm_link import child; child(sys.argv[1:])' CACHE CASE PROG... -- ARCHIVE...``:
+    one link with the cache, timed from the first input read; prints JSON."""
+    from rtdyld import Linker
+
+    cache_dir_, name, rest = argv[0], argv[1], argv[2:]
+    split = rest.index("--")
+    programs, archives = rest[:split], rest[split + 1 :]
+    case = Case(name, tuple(map(Path, programs)), tuple(map(Path, archives)), ())
+    s0 = time.perf_counter()
+    ln = Linker(link_cache=cache_dir_)
+    setup = time.perf_counter() - s0
+    gc.collect()
+    c0, t0 = time.process_time(), time.perf_counter()
+    for p in programs:
+        ln.add_object(p)
+    t1 = time.perf_counter()
+    for a in archives:
+        ln.add_archive(a)
+    t2 = time.perf_counter()
+    handle = ln.finalize()
+    t3, c3 = time.perf_counter(), time.process_time()
+    stats = ln.link_cache.stats
+    out = {
+        "seconds": t3 - t0,
+        "cpu": c3 - c0,
+        "steps": {"add_object": t1 - t0, "add_archive": t2 - t1, "finalize": t3 - t2},
+        "setup": setup,
+        "warm": stats["batches"]["hits"] == 1,
+        "stored": stats["batches"]["stores"] == 1,
+        "check": case.check(ln.lookup),
+        "objects": handle.objects,
+        "relocs": sum(len(o.relocs) for o in handle.batch.objects) if handle.batch.tables else None,
+    }
+    print(json.dumps(out))
+    return 0
+
+
+def _run_child(cache: Path, case: Case) -> dict:
+    code = "import sys; from bench.warm_link import child; sys.exit(child(sys.argv[1:]))"
+    args = [str(cache), case.name, *map(str, case.programs), "--", *map(str, case.archives)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.pop("RTDYLD_LINK_CACHE", None)
+    proc = subprocess.run([sys.executable, "-c", code, *args], check=False, cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"exit status {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- peers -------------------------------------------------------------------------------------
+
+
+def _pulled(case: Case) -> tuple[list[bytes], int]:
+    """The bytes of the program objects and of the members rtdyld pulls, and their relocations."""
+    from rtdyld import Linker
+
+    ln = Linker(link_cache=False)
+    try:
+        for p in case.programs:
+            ln.add_object(p)
+        for a in case.archives:
+            ln.add_archive(a)
+        h = ln.finalize()
+        b = h.batch
+        members = [bytes(b.pulls[id(o)].member.data) for o in b.objects if id(o) in b.pulls]
+        relocs = sum(len(o.relocs) for o in b.objects)
+    finally:
+        ln.close()
+    return [p.read_bytes() for p in case.programs] + members, relocs
+
+
+def _llvm():
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    return llvm
+
+
+def _peer(name: str, objects: list[bytes], entries: tuple[str, ...]):
+    """(prepare, link, address, release) for one peer over ``objects``."""
+    llvm = _llvm()
+
+    def machine():
+        return llvm.Target.from_default_triple().create_target_machine(reloc="pic", codemodel="small")
+
+    if name == "MCJIT":
+        def link(ee):
+            for data in objects:
+                ee.add_object_file(llvm.ObjectFileRef.from_data(data))
+            ee.finalize_object()
+            return ee
+
+        return (lambda: llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine()), link,
+                lambda ee, s: ee.get_function_address(s), lambda ee: ee.close())
+
+    jit_link = name == "JITLink"
+    counter = iter(range(1 << 30))
+
+    def prepare():
+        return [llvm.create_lljit_compiler(machine(), use_jit_link=jit_link), None]
+
+    def link_lljit(state):
+        builder = llvm.JITLibraryBuilder()
+        for data in objects:
+            builder.add_object_img(data)
+        builder.add_current_process()
+        for e in entries:
+            builder.export_symbol(e)
+        state[1] = builder.link(state[0], f"warm{next(counter)}")
+        return state
+
+    def release(state):
+        if state[1] is not None:
+            state[1].close()
+        state[0].close()
+
+    return prepare, link_lljit, lambda state, s: state[1][s], release
+
+
+def _peer_unavailable(name: str) -> str | None:
+    try:
+        llvm = _llvm()
+    except ImportError:
+        return "llvmlite is not installed"
+    if name != "MCJIT" and not (hasattr(llvm, "create_lljit_compiler") and hasattr(llvm, "JITLibraryBuilder")):
+        return "this llvmlite has no LLJIT API"
+    return None
+
+
+def probe(argv: list[str]) -> int:
+    """The child side of :func:`_probe`: link the objects with one peer and check the case."""
+    name, case_name, entries, paths = argv[0], argv[1], argv[2].split(","), argv[3:]
+    prepare, link, address, _release = _peer(name, [Path(p).read_bytes() for p in paths], tuple(entries))
+    state = link(prepare())
+    case = Case(case_name, (), (), tuple(entries))
+    verdict = case.check(functools.partial(address, state))
+    print(verdict)
+    return 0 if verdict == "ok" else 1
+
+
+def _probe(name: str, case: Case, objects: list[bytes]) -> str | None:
+    with tempfile.TemporaryDirectory(prefix="rtdyld-warm-") as d:
+        paths = []
+        for i, data in enumerate(objects):
+            p = Path(d) / f"{i}.o"
+            p.write_bytes(data)
+            paths.append(str(p))
+        code = "import sys; from bench.warm_link import probe; sys.exit(probe(sys.argv[1:]))"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        proc = subprocess.run([sys.executable, "-c", code, name, case.name, ",".join(case.entries), *paths],
+                              check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode == 0:
+        return None
+    lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    return (lines[-1] if lines else f"exit status {proc.returncode}").removeprefix("LLVM ERROR: ")
+
+
+def _measure_peer(name: str, case: Case, objects: list[bytes], relocs: int, runs: int) -> Measurement:
+    prepare, link, address, release = _peer(name, objects, case.entries)
+    times, cpu, check = [], [], "not run"
+    for i in range(1 + runs):
+        state = prepare()
+        try:
+            gc.collect()
+            c0, t0 = time.process_time(), time.perf_counter()
+            state = link(state)
+            elapsed, used = time.perf_counter() - t0, time.process_time() - c0
+            if i == 0:
+                check = case.check(functools.partial(address, state))
+            else:
+                times.append(elapsed)
+                cpu.append(used)
+        finally:
+            release(state)
+    return Measurement(engine=name, relocs=relocs, times=times, cpu=cpu, results=(0, 0), check=check)
+
+
+# --- one case ----------------------------------------------------------------------------------
+
+
+def _run_case(session: Session, case: Case, runs: int) -> Row:
+    objects, relocs = _pulled(case)
+    with tempfile.TemporaryDirectory(prefix="rtdyld-link-cache-") as d:
+        cache = Path(d)
+        cold = _run_child(cache, case)
+        if not cold["stored"]:
+            session.note(f"warm_link {case.name}: the cold link stored no batch")
+        warm_runs = [_run_child(cache, case) for _ in range(runs)]
+    not_warm = [r for r in warm_runs if not r["warm"]]
+    if not_warm:
+        session.note(f"warm_link {case.name}: {len(not_warm)} of {runs} runs missed the cache")
+    timed = [r for r in warm_runs if r["warm"]]
+    bad = [r["check"] for r in [cold, *warm_runs] if r["check"] != "ok"]
+    check = bad[0] if bad else "ok"
+    if bad:
+        session.wrong.append(f"warm_link {case.name}: {check}")
+    warm = Measurement("rtdyld warm", relocs, [r["seconds"] for r in timed], [r["cpu"] for r in timed], (0, 0),
+                       check)
+    steps = {k: statistics.median_low([r["steps"][k] for r in timed]) for k in timed[0]["steps"]} if timed else {}
+    if timed:
+        steps["session set-up, untimed"] = statistics.median_low([r["setup"] for r in timed])
+    peers: dict[str, Measurement | None] = {}
+    failed: dict[str, str] = {}
+    for name in PEERS:
+        why = _peer_unavailable(name)
+        if why:
+            session.note(f"{name} skipped: {why}")
+            peers[name] = None
+            continue
+        why = _probe(name, case, objects)
+        if why:
+            session.note(f"{name} on {case.name} failed: {why}")
+            failed[name] = why
+            peers[name] = None
+            continue
+        peers[name] = _measure_peer(name, case, objects, relocs, runs)
+    cold_m = Measurement("rtdyld cold (fill run)", relocs, [cold["seconds"]], [cold["cpu"]], (0, 0), cold["check"])
+    _print_table(case, objects, warm, cold_m, peers, failed, steps)
+    return Row("warm_link", f"{case.name}, warm, new process", relocs, warm, peers)
+
+
+def _print_table(case: Case, objects, warm: Measurement, cold: Measurement, peers, failed, steps) -> None:
+    headers = ["engine", "runs", "median ms", "min ms", "cpu ms", "warm/engine", "(cpu)", "check"]
+    lines = []
+    for m in (warm, cold, *[p for p in peers.values() if p is not None]):
+        ok = bool(m.times) and bool(warm.times)
+        lines.append([m.engine, str(len(m.times)), report.timing(m) if m.times else report.MISSING,
+                      report.ms(m.best) if m.times else report.MISSING,
+                      report.ms(m.cpu_median) if m.cpu else report.MISSING,
+                      f"{warm.median / m.median:.2f}" if ok else report.MISSING,
+                      f"{warm.cpu_median / m.cpu_median:.2f}" if ok and m.cpu_median else report.MISSING, m.check])
+    for name, why in failed.items():
+        lines.append([name, "0", *[report.MISSING] * 5, f"failed: {why}"])
+    title = (f"warm_link: {case.name} ({len(objects)} objects: the program and the members pulled, "
+             f"{warm.relocs} relocations; rtdyld warm = a new process per run, from the first input read)")
+    print(report.table(headers, lines, title))
+    if steps:
+        print("rtdyld warm, median per step: " + ", ".join(f"{k} {report.ms(v)} ms" for k, v in steps.items()))
+        print("(session set-up: Linker(link_cache=DIR) in the new process, as the peers' engine creation is "
+              "untimed; it includes the once-per-process priming of lazily initialised libraries)")
+    print()

@@ -1,0 +1,328 @@
+"""The link cache: link the same inputs again, in a new process, from disk.
+
+``Linker(link_cache=DIR)`` (``rtdyld run --link-cache DIR``, or the
+``RTDYLD_LINK_CACHE`` environment variable) keeps three kinds of entries in
+``DIR``, each under a key that makes a stale entry impossible to use:
+
+``objects/``
+    the parsed tables of each object added, keyed by the sha256 of its bytes
+    and the reader's identity, so ``add_object`` skips the reader;
+``batches/``
+    the image of each finalized batch (see :mod:`.image` and :mod:`.plan`):
+    its bytes after every fixup that does not depend on where the batch or
+    its outside symbols land, the layout, symbol table, init/fini lists,
+    archive members pulled, and a table of residual fixups re-applied at
+    load.  A warm finalize reads no archive and parses no member;
+``stat/``
+    the digest of each archive under its file identity (:mod:`.digests`), so
+    a warm link hashes nothing it has hashed before.
+
+The reader's identity is the rtdyld version, the cache format, and the size
+and mtime of every module of rtdyld and memmgr: editing the linker
+invalidates everything.  Entries are written atomically (temporary file and
+rename), so processes may share a directory; a truncated or damaged entry is
+a miss, deleted and rewritten by the cold link that follows.  ``stats``
+counts, per layer, hits, misses, stale entries (the session differed) and
+corrupt ones; ``events`` says why, most recent last.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import threading
+import warnings
+from functools import cache
+
+import numpy as np
+
+from ..cache_entry import TEMP_PREFIX, atomic_write
+from ..errors import MalformedObjectError
+from ..inputs import parse_object
+from ..objfile.archive_layout import RawMember
+from ..objfile.model import ObjectFile
+from . import tables
+from .container import FORMAT_VERSION, CorruptEntry, pack, unpack
+from .deferred import DeferredArchive
+from .digests import StatDigests, digest
+from .plan import DIGEST_ATTR, BatchPlan, make_plan
+
+ENV = "RTDYLD_LINK_CACHE"
+ENTRY_SUFFIX = ".ent"
+LAYERS = ("objects", "archives", "batches")
+
+__all__ = ["ENV", "LinkCache", "open_link_cache"]
+
+
+def open_link_cache(setting) -> LinkCache | None:
+    """The cache a Linker's ``link_cache`` argument asks for: a LinkCache as
+    is, a directory, None for the environment's choice, False for none."""
+    if setting is False:
+        return None
+    if setting is None:
+        setting = os.environ.get(ENV) or None
+        if setting is None:
+            return None
+    if isinstance(setting, LinkCache):
+        return setting
+    return LinkCache(setting)
+
+
+@cache
+def _code_identity() -> str:
+    import memmgr
+
+    from .. import __file__ as rtdyld_init
+
+    h = hashlib.sha256()
+    for top in (os.path.dirname(rtdyld_init), os.path.dirname(memmgr.__file__)):
+        for root, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for fn in sorted(files):
+                if fn.endswith(".py"):
+                    st = os.stat(os.path.join(root, fn))
+                    h.update(f"{os.path.relpath(os.path.join(root, fn), top)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                             .encode())
+    return h.hexdigest()
+
+
+@cache
+def _prime() -> None:
+    """Pay once per process, when a cache is opened, the lazy set-up a first
+    warm link would otherwise pay inside the link: the code identity, cffi's
+    parsing of the C types the host look-ups use, numpy's lazily imported
+    helpers, and the model's field annotations."""
+    import numpy as np
+
+    from memmgr import libc
+
+    from .. import host
+    from ..objfile import model
+
+    _code_identity()
+    host.describe_address(host.process_symbol("malloc"))
+    libc.ffi.typeof("char *")
+    np.unique(np.zeros(2, dtype=np.uint8))
+    for cls in (model.ObjectFile, model.Section, model.Group):
+        tables.enum_fields(cls)
+
+
+class LinkCache:
+    """Link-cache entries in ``directory``, shared safely between processes."""
+
+    def __init__(self, directory) -> None:
+        self.directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
+        for layer in LAYERS:
+            os.makedirs(os.path.join(self.directory, layer), exist_ok=True)
+        self.digests = StatDigests(os.path.join(self.directory, "stat"))
+        self.stats = {layer: dict.fromkeys(("hits", "misses", "stale", "corrupt", "stores", "unstored"), 0)
+                      for layer in LAYERS}
+        self.events: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+        _prime()
+
+    def __repr__(self) -> str:
+        return f"<rtdyld.LinkCache {self.directory}>"
+
+    def identity(self) -> dict:
+        """What every key includes: the code that would make the entry."""
+        from .. import __version__
+
+        return {"rtdyld": __version__, "format": FORMAT_VERSION, "code": _code_identity()}
+
+    # --- objects ------------------------------------------------------------------
+
+    def parse(self, data: bytes, name: str) -> ObjectFile:
+        """``parse_object(data, name)``; when these bytes were read before, an
+        object whose tables are loaded from the cache only if something asks
+        for them (a warm batch never does)."""
+        content = digest(data)
+        key = hashlib.sha256(json.dumps({**self.identity(), "object": content}, sort_keys=True).encode()).digest()
+        if os.path.exists(self._path("objects", key)):
+            self._count("objects", "hits")
+            obj = tables.LazyObject.deferred(name, functools.partial(self._load_object, key, data, name))
+        else:
+            self._count("objects", "misses")
+            obj = parse_object(data, name)
+            self._store_object(key, obj)
+        setattr(obj, DIGEST_ATTR, content)
+        return obj
+
+    def _load_object(self, key: bytes, data: bytes, name: str) -> ObjectFile:
+        entry = self.read_entry("objects", key)
+        if entry is not None:
+            meta, blobs = entry
+            try:
+                return tables.object_from_doc(meta["object"], tables.unnamed(blobs, "b", meta["nblobs"]), name)
+            except (CorruptEntry, KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+                self.note("objects", "corrupt", str(e))
+                self.discard("objects", key)
+        obj = parse_object(data, name)
+        self._store_object(key, obj)
+        return obj
+
+    def _store_object(self, key: bytes, obj: ObjectFile) -> None:
+        blobs: list = []
+        try:
+            doc = tables.object_doc(obj, blobs)
+        except (tables.Uncacheable, TypeError, ValueError) as e:
+            self.note("objects", "unstored", f"{obj.name}: {e}")
+            return
+        self.write_entry("objects", key, pack(key, {"object": doc, "nblobs": len(blobs)},
+                                              tables.named(blobs, "b")))
+
+    # --- archives ----------------------------------------------------------------------
+
+    def open_archive(self, archives, path) -> DeferredArchive:
+        """An archive for ``archives`` (an ArchiveSet) read only if a cold link needs it."""
+        real = os.path.abspath(path)
+        try:
+            with open(real, "rb") as f:
+                magic = f.read(8)
+            content = self.digests.file_digest(real)
+        except OSError as e:
+            raise MalformedObjectError(f"{real}: cannot read the archive: {e.strerror or e}") from None
+        if magic != b"!<arch>\n":
+            # A thin archive's members are other files its digest does not
+            # cover: it is read as usual, and batches using it are not cached.
+            # Anything else is left for the reader to report.
+            return archives.open(path)
+        from ..archives import list_member_definitions
+
+        archives.parse = self.parse
+        return DeferredArchive(real, list_member_definitions, content, self)
+
+    def _archive_key(self, content: str) -> bytes:
+        return hashlib.sha256(json.dumps({**self.identity(), "archive": content}, sort_keys=True).encode()).digest()
+
+    def load_archive(self, content: str):
+        """``(kind, has_index, raw members, index names, index positions)`` of the
+        archive whose bytes have sha256 ``content``, or None."""
+        key = self._archive_key(content)
+        entry = self.read_entry("archives", key)
+        if entry is None:
+            return None
+        meta, blobs = entry
+        try:
+            bl = tables.unnamed(blobs, "b", meta["nblobs"])
+            names = tables.decode(meta["members"], bl)
+            offsets = blobs["at"].tolist()
+            raw = [RawMember(n, h, d, z) for n, (h, d, z) in zip(names, offsets, strict=True)]
+            index_names = positions = None
+            if meta["index"] is not None:
+                index_names = tables.decode(meta["index"], bl)
+                positions = blobs["p"].tolist()
+                if len(positions) != len(index_names) or any(not 0 <= p < len(raw) for p in positions):
+                    raise ValueError("index positions out of range")
+        except (CorruptEntry, KeyError, IndexError, TypeError, ValueError) as e:
+            self.note("archives", "corrupt", str(e))
+            self.discard("archives", key)
+            return None
+        self._count("archives", "hits")
+        return meta["kind"], meta["has_index"], raw, index_names, positions
+
+    def store_archive(self, ar) -> None:
+        """Remember an opened archive's member table and symbol index."""
+        key = self._archive_key(ar.content_digest)
+        blobs: list = []
+        index = ar._index
+        pairs = [(name, m.index) for name, members in index.items() for m in members] if index is not None else []
+        try:
+            meta = {
+                "kind": ar.kind,
+                "has_index": ar.has_index,
+                "members": tables.encode([m.name for m in ar.members], blobs),
+                "index": tables.encode([n for n, _ in pairs], blobs) if index is not None else None,
+            }
+        except tables.Uncacheable as e:
+            self.note("archives", "unstored", str(e))
+            return
+        meta["nblobs"] = len(blobs)
+        named = tables.named(blobs, "b")
+        named["at"] = np.array([(m.header_offset, m._data_offset, m.size) for m in ar.members] or
+                               np.zeros((0, 3)), dtype=np.int64).reshape(-1, 3)
+        named["p"] = np.array([p for _, p in pairs], dtype=np.int64)
+        self.write_entry("archives", key, pack(key, meta, named))
+
+    # --- batches -------------------------------------------------------------------------
+
+    def plan(self, linker, dylib, objs, whole, done, new_archives) -> BatchPlan | None:
+        return make_plan(self, linker, dylib, objs, whole, done, new_archives)
+
+    def hook_link(self, linker, dylib, objs, whole, done, new_archives, link_cold):
+        """The batch from the cache, or ``link_cold()``'s, which is then stored."""
+        plan = self.plan(linker, dylib, objs, whole, done, new_archives)
+        if plan is None:
+            return link_cold()
+        lb = plan.load()
+        if lb is not None:
+            self._count("batches", "hits")
+            return lb
+        lb = link_cold()
+        plan.store(lb)
+        return lb
+
+    # --- entries -------------------------------------------------------------------------
+
+    def _path(self, layer: str, key: bytes) -> str:
+        return os.path.join(self.directory, layer, key.hex() + ENTRY_SUFFIX)
+
+    def read_entry(self, layer: str, key: bytes) -> tuple[dict, dict] | None:
+        """A verified entry's ``(meta, blobs)``, or None (a miss, counted)."""
+        path = self._path(layer, key)
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+        except OSError:
+            self._count(layer, "misses")
+            return None
+        try:
+            return unpack(blob, key)
+        except CorruptEntry as e:
+            self.note(layer, "corrupt", str(e))
+            self.discard(layer, key)
+            return None
+
+    def write_entry(self, layer: str, key: bytes, blob: bytes) -> None:
+        try:
+            # Not synced: entries are checked on every read, so one a crash damaged is just a miss.
+            atomic_write(self._path(layer, key), blob, durable=False)
+        except OSError as e:
+            self.note(layer, "unstored", str(e))
+            warnings.warn(f"link cache {self.directory}: cannot store an entry: {e}", RuntimeWarning, stacklevel=3)
+            return
+        self._count(layer, "stores")
+
+    def discard(self, layer: str, key: bytes) -> None:
+        try:
+            os.unlink(self._path(layer, key))
+        except OSError:
+            pass
+
+    def note(self, layer: str, what: str, why: str) -> None:
+        """Count a miss of kind ``what`` (stale, corrupt, unstored) and keep the reason."""
+        with self._lock:
+            self.stats[layer][what] += 1
+            if what in ("stale", "corrupt"):
+                self.stats[layer]["misses"] += 1
+            self.events.append((layer, what, why))
+
+    def _count(self, layer: str, what: str) -> None:
+        with self._lock:
+            self.stats[layer][what] += 1
+
+    def clear(self) -> int:
+        """Delete every entry and stat record; returns the entries removed."""
+        removed = 0
+        for layer in (*LAYERS, "stat"):
+            d = os.path.join(self.directory, layer)
+            for fn in os.listdir(d) if os.path.isdir(d) else ():
+                if fn.endswith((ENTRY_SUFFIX, ".json")) or fn.startswith(TEMP_PREFIX):
+                    try:
+                        os.unlink(os.path.join(d, fn))
+                    except FileNotFoundError:
+                        continue
+                    removed += fn.endswith(ENTRY_SUFFIX)
+        return removed

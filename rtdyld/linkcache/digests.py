@@ -1,0 +1,73 @@
+"""Content digests of inputs, with a stat-based fast path that cannot go stale.
+
+Every cache key is built from the sha256 of the bytes an input had when it
+was read.  Hashing a large archive on every run costs more than the warm
+link itself, so the digest of a file is remembered under its identity
+``(device, inode, size, mtime_ns, ctime_ns)``.  Any write to a file changes
+its ctime, which user space cannot set back; the remembered digest is used
+only while the identity is unchanged, and only if the file had already been
+stable for :data:`SETTLE_NS` when it was hashed — a file written again within
+the kernel's timestamp granularity of that moment could otherwise keep its
+identity (git's "racily clean" problem).  Such a file is simply hashed again
+next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+from ..cache_entry import atomic_write
+
+SETTLE_NS = 2_000_000_000
+_FIELDS = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+
+
+def digest(data) -> str:
+    """sha256 of ``data``, hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class StatDigests:
+    """Remembered file digests in ``directory``, one small record per real path."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+
+    def _record_path(self, real: str) -> str:
+        return os.path.join(self.directory, digest(real.encode("utf-8", "surrogateescape")) + ".json")
+
+    def file_digest(self, path) -> str:
+        """The sha256 of the file's current bytes; read and hashed only when
+        its identity changed since a settled record was made.  Raises OSError."""
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        ident = [getattr(st, f) for f in _FIELDS]
+        record = self._record_path(real)
+        try:
+            with open(record, "rb") as f:
+                doc = json.loads(f.read())
+            if doc["path"] == real and doc["ident"] == ident and isinstance(doc["digest"], str):
+                return doc["digest"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return self.rehash(real)
+
+    def rehash(self, real: str) -> str:
+        """Hash the file now, and remember it if it has settled."""
+        before = time.time_ns()
+        with open(real, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+        value = digest(data)
+        ident = [getattr(st, f) for f in _FIELDS]
+        if before - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLE_NS and os.stat(real).st_ctime_ns == st.st_ctime_ns:
+            try:
+                atomic_write(self._record_path(real),
+                             json.dumps({"path": real, "ident": ident, "digest": value}).encode(), durable=False)
+            except OSError:
+                pass  # only the fast path is lost
+        return value

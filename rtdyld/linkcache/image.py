@@ -1,0 +1,212 @@
+"""A finalized batch as a relocatable image: capture after a cold link, restore in a new process.
+
+A batch is one allocation, so its segments keep their distances wherever it
+lands: every fixup whose value depends only on addresses inside the batch
+and on the distances between them (PC-relative calls and loads within the
+batch, GOT-relative forms, stubs, sizes) is final once written and stays in
+the image.  What remains are *residual* fixups: values that move with the
+batch's base (absolute pointers to its own code and data, GOT slots) or with
+an external symbol (host functions, earlier batches, user definitions).
+
+Every psABI formula is linear in the addresses it uses, so each residual
+value is ``const + cb * base + ext[j]`` (``cb`` in -1, 0, 1; ``j`` the one
+external it names, if any).  The coefficients are found without knowing any
+formula: every fixup is computed again by :func:`rtdyld.x86_64.fixup.compute`
+with the batch moved, then with the externals moved, and the differences
+give ``cb`` and whether ``ext[j]`` counts; the capture then checks that the
+linear form reproduces every value the cold link wrote.  At load the values
+are three vectorised operations, range-checked with
+:func:`~rtdyld.x86_64.fixup.out_of_range` and written with
+:func:`~rtdyld.x86_64.fixup.write`.  Anything the capture cannot classify
+with certainty makes the batch uncacheable (:class:`Uncacheable`), never
+approximately cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..batch import GOT_SYMBOL, LinkedBatch
+from ..objfile.model import SEC_ABS
+from ..x86_64 import fixup
+from ..x86_64.edges import Edge
+from .tables import Uncacheable
+
+U = np.uint64
+REL, ABS, EXT = 0, 1, 2  # how an address moves: with the batch, never, with external j
+_SIZE = (int(Edge.Size32), int(Edge.Size64))
+_DIFFERENCE = (int(Edge.Difference32), int(Edge.Difference64))
+_SHIFT = 0x1_0000_0000  # trial moves: the batch by this, the externals by three times this
+
+
+@dataclasses.dataclass
+class Residual:
+    """Fixups (GOT slots among them, as Pointer64) to recompute at load:
+    ``value = const + cb * base + (ext[j] if j >= 0)``."""
+
+    where: np.ndarray  # int64 offset into the allocation
+    kind: np.ndarray  # uint8 Edge
+    const: np.ndarray  # uint64
+    cb: np.ndarray  # int8
+    j: np.ndarray  # int32 external index, -1 for none
+
+
+def external_roles(lb: LinkedBatch) -> list[str]:
+    """Per external: ``resolved`` (a definition outside the batch), ``got``
+    (the batch's own GOT symbol), ``dso`` (its private ``__dso_handle``) or
+    ``none`` (a weak reference left at 0).  ``got`` and ``dso`` move with the batch."""
+    out = []
+    for e in lb.externals:
+        if e.definition is not None:
+            out.append("resolved")
+        elif e.name == GOT_SYMBOL and e.address == lb.got_base:
+            out.append("got")
+        elif lb.dso_handle and e.address == lb.dso_handle:
+            out.append("dso")
+        elif e.address == 0:
+            out.append("none")
+        else:
+            raise Uncacheable(f"external {e.name!r} of unknown kind")
+    return out
+
+
+def _symbol_is_abs(lb: LinkedBatch, targets: np.ndarray) -> np.ndarray:
+    counts = [len(o.symbols) for o in lb.objects]
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    out = np.zeros(len(targets), dtype=bool)
+    oi = np.searchsorted(starts, targets, side="right") - 1
+    for o in np.unique(oi).tolist():
+        m = oi == o
+        sec = lb.objects[o].symbols["section"][targets[m] - starts[o]]
+        out[m] = sec == SEC_ABS
+    return out
+
+
+def _classify(lb: LinkedBatch, targets: np.ndarray, addresses: np.ndarray, nsyms: int, roles: list[str],
+              via_stub: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Class and stored value of the address each target resolved to."""
+    base = lb.allocation.target_base
+    n = len(targets)
+    cls = np.full(n, REL, dtype=np.uint8)
+    val = (addresses - U(base)).view(np.int64).copy()
+    stub = via_stub if via_stub is not None else np.zeros(n, dtype=bool)
+    ext = (targets >= nsyms) & ~stub
+    if np.any(ext):
+        j = targets[ext] - nsyms
+        role = np.array(roles, dtype=object)[j]
+        moving = role == "resolved"
+        fixed = role == "none"
+        idx = np.flatnonzero(ext)
+        cls[idx[moving]] = EXT
+        val[idx[moving]] = j[moving]
+        cls[idx[fixed]] = ABS
+        val[idx[fixed]] = addresses[idx[fixed]].view(np.int64)
+    internal = (targets < nsyms) & ~stub
+    if np.any(internal):
+        idx = np.flatnonzero(internal)
+        absolute = _symbol_is_abs(lb, targets[idx])
+        cls[idx[absolute]] = ABS
+        val[idx[absolute]] = addresses[idx[absolute]].view(np.int64)
+    rel = cls == REL
+    if np.any(rel & ((val < 0) | (val > lb.allocation.size))):
+        raise Uncacheable("an address taken as the batch's own lies outside it")
+    return cls, val
+
+
+def _addresses(cls, val, base: int, ext: np.ndarray) -> np.ndarray:
+    out = val.view(U).copy()
+    rel = cls == REL
+    out[rel] += U(base)
+    e = cls == EXT
+    if np.any(e):
+        out[e] = ext[val[e]]
+    return out
+
+
+def capture(lb: LinkedBatch, roles: list[str]) -> Residual:
+    """The residual fixups of a freshly linked (not yet finalized) batch."""
+    base = lb.allocation.target_base
+    nsyms = sum(len(o.symbols) for o in lb.objects)
+    mem = lb.allocation.memory
+    here = np.array([e.address for e in lb.externals] or [0], dtype=U)
+    parts = []
+    t = lb.tables
+    if t:
+        try:
+            kind, target, where = t["kind"], t["target"], t["where"]
+            P, S, G, value, use_stub = t["P"], t["S"], t["G"], t["value"], t["use_stub"]
+            A = t["relocs"]["addend"]
+        except (KeyError, ValueError) as e:
+            raise Uncacheable(f"the batch's fixup tables lack {e}") from None
+        s_class, s_value = _classify(lb, target, S, nsyms, roles, use_stub)
+        Z = np.zeros(len(kind), dtype=U)
+        size = np.isin(kind, _SIZE)
+        Z[size] = value[size] - A[size].view(U)
+        s2 = np.zeros(len(kind), dtype=np.int64)
+        diff = np.isin(kind, _DIFFERENCE)
+        if np.any(diff):
+            S2 = S[diff] + A[diff].view(U) - value[diff]
+            s2[diff] = (S2 - U(base)).view(np.int64)
+            if np.any((s2[diff] < 0) | (s2[diff] > lb.allocation.size)):
+                raise Uncacheable("a difference against a symbol outside the batch")
+        P_off = (P - U(base)).view(np.int64)
+        got_off = lb.got_base - base
+
+        def at(b: int, ext: np.ndarray) -> np.ndarray:
+            S_ = _addresses(s_class, s_value, b, ext)
+            return fixup.compute(kind, S_, A, P_off.view(U) + U(b), b + got_off, G, Z, s2.view(U) + U(b))
+
+        if not np.array_equal(at(base, here), value):
+            raise Uncacheable("the fixups cannot be recomputed from the batch's tables")
+        j = np.where(s_class == EXT, s_value, -1)
+        parts.append(_linear(where.astype(np.int64), kind.astype(np.uint8), value, j, base, here,
+                             at(base + _SHIFT, here), at(base, here + U(3 * _SHIFT))))
+    got_t = np.array(sorted(lb.got, key=lb.got.get), dtype=np.int64)
+    if len(got_t):
+        got_where = np.array([lb.got[x] - base for x in got_t.tolist()], dtype=np.int64)
+        idx = got_where[:, None] + np.arange(8)[None, :]
+        slots = mem[idx].copy().view("<u8").reshape(-1).astype(U)
+        g_class, g_value = _classify(lb, got_t, slots, nsyms, roles)
+        g_j = np.where(g_class == EXT, g_value, -1)
+        kind64 = np.full(len(got_t), int(Edge.Pointer64), dtype=np.uint8)
+        parts.append(_linear(got_where, kind64, slots, g_j, base, here,
+                             _addresses(g_class, g_value, base + _SHIFT, here),
+                             _addresses(g_class, g_value, base, here + U(3 * _SHIFT))))
+    if not parts:
+        return Residual(np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, U), np.zeros(0, np.int8),
+                        np.zeros(0, np.int32))
+    return Residual(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Residual)))
+
+
+def _linear(where, kind, value, j, base: int, here: np.ndarray, moved_batch, moved_ext) -> Residual:
+    """The entries among ``value`` that move, each as ``const + cb*base + ext[j]``."""
+    db = (moved_batch - value).view(np.int64)
+    cb = np.zeros(len(value), dtype=np.int8)
+    cb[db == _SHIFT] = 1
+    cb[db == -_SHIFT] = -1
+    ce = (moved_ext - value).view(np.int64)
+    uses_ext = ce == 3 * _SHIFT
+    if np.any((db != 0) & (cb == 0)) or np.any((ce != 0) & ~uses_ext) or np.any(uses_ext & (j < 0)):
+        raise Uncacheable("a fixup value that is not linear in the addresses it uses")
+    j = np.where(uses_ext, j, -1).astype(np.int32)
+    sel = np.flatnonzero((cb != 0) | uses_ext)
+    const = value[sel] - cb[sel].astype(np.int64).view(U) * U(base)
+    has = j[sel] >= 0
+    const[has] -= here[j[sel][has]]
+    return Residual(where[sel], kind[sel], const, cb[sel], j[sel])
+
+
+def apply(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
+    """Write the residual fixups for a batch at ``base`` whose externals are at
+    ``ext``; False (nothing written) if a value does not fit its field."""
+    if not len(res.kind):
+        return True
+    value = res.const + res.cb.astype(np.int64).view(U) * U(base)
+    has = res.j >= 0
+    value[has] += ext[res.j[has]]
+    if np.any(fixup.out_of_range(res.kind, value)):
+        return False
+    fixup.write(mem, res.where, res.kind, value)
+    return True

@@ -1,0 +1,391 @@
+"""One batch's trip through the link cache: its key, the warm load, the store.
+
+The key covers what the batch's bytes are made of: the digests and names of
+its objects, the digests of every archive it may pull from (with the members
+the session already loaded from them), the COMDAT groups the session already
+kept, the rtdyld version and code, and the cache format.  What the key cannot
+cover is the rest of the session, which decides where outside names resolve
+and which archive members get pulled; the entry records those decisions and
+:meth:`BatchPlan.load` checks each of them again:
+
+- every name the batch resolved outside itself resolves to a provider with
+  the same origin, size, binding and type (only its address may differ), and
+  lies within 32-bit reach of the batch's memory exactly when it did, so the
+  GOT, stub and relaxation decisions are unchanged;
+- a weak reference left undefined is still undefined;
+- every symbol that pulled an archive member is still not defined by
+  anything that outranks archives;
+- no name the batch defines has been published by another batch since;
+- every residual fixup still fits its field at the new addresses.
+
+Any difference is a miss, and the batch is linked cold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import warnings
+
+import numpy as np
+
+from memmgr import MemMgrError, Prot, SegmentRequest
+
+from ..archives import Pull
+from ..batch import External, LinkedBatch, PlacedSection
+from .. import unwind
+from ..symbols import SymbolDef
+from ..x86_64 import scan
+from . import image, tables
+from .container import FORMAT_VERSION, pack
+from .deferred import CachedMember
+
+DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
+_SYMBOL_FIELDS = tuple(f.name for f in dataclasses.fields(SymbolDef) if f.name not in ("address", "batch"))
+
+
+def batch_key(identity: dict, parts: dict) -> bytes:
+    h = hashlib.sha256(b"rtdyld link cache: batch\0")
+    h.update(json.dumps({**identity, **parts}, sort_keys=True).encode())
+    return h.digest()
+
+
+class BatchPlan:
+    """Construct with :func:`make_plan`; then :meth:`load`, or :meth:`store` after a cold link."""
+
+    def __init__(self, cache, linker, dylib, objs, search, archives, pending, key: bytes) -> None:
+        self.cache = cache
+        self.linker = linker
+        self.dylib = dylib
+        self.objs = objs
+        self.search = search
+        self.archives = archives
+        self.pending = pending
+        self.key = key
+        self.planned_digests = [a.content_digest for a in search]
+
+    # --- warm -------------------------------------------------------------------------
+
+    def load(self) -> LinkedBatch | None:
+        """The batch from the cache, allocated and fixed up but not finalized;
+        None on a miss (the reason is counted)."""
+        entry = self.cache.read_entry("batches", self.key)
+        if entry is None:
+            return None
+        # Restoring makes many small acyclic objects; a collection in the middle
+        # of it (a full one, in a young process) would cost more than the rest.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            meta, blobs = entry
+            return self._restore(meta, blobs)
+        except _Stale as e:
+            self.cache.note("batches", "stale", str(e))
+            return None
+        except Exception as e:  # noqa: BLE001 - an entry that does not restore is a miss, whatever the cause
+            self.cache.note("batches", "corrupt", f"{type(e).__name__}: {e}")
+            self.cache.discard("batches", self.key)
+            return None
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _restore(self, meta: dict, blobs: dict) -> LinkedBatch:
+        dylib = self.dylib
+        columns = tables.unnamed(blobs, "c", meta["ncolumnblobs"])
+        defs = tables.decode_columns(meta["definitions"], columns)
+        names = defs["name"]
+        if not dylib.published.keys().isdisjoint(names):
+            raise _Stale("a name the batch defines is now published by another batch")
+        ext_addr, externals = self._externals(meta)
+        pulls = tables.decode_columns(meta["pulls"], columns)
+        self._check_pulls(meta, pulls)
+        res = image.Residual(**{f: blobs["r_" + f] for f in image.Residual.__dataclass_fields__})
+        lb = self._allocate(meta)
+        try:
+            alloc = lb.allocation
+            base = alloc.target_base
+            image_bytes = np.frombuffer(blobs["image"], dtype=np.uint8)
+            mem = alloc.memory
+            mem[: len(image_bytes)] = image_bytes
+            if not image.apply(res, mem, base, ext_addr):
+                raise _Stale("a residual fixup no longer fits at the new addresses")
+            lb.externals = externals
+            self._finish(lb, meta, blobs, defs, pulls, tables.decode_columns(meta["sections"], columns), base)
+        except BaseException:
+            lb.allocation.release()
+            raise
+        return lb
+
+    def _externals(self, meta: dict) -> tuple[np.ndarray, list[External]]:
+        prefix = meta["prefix"]
+        recorded = meta["externals"]
+        addr = np.zeros(max(1, len(recorded)), dtype=np.uint64)
+        out: list[External] = []
+        check = []
+        for j, (name, role, origin, size, bind, stype, reach) in enumerate(recorded):
+            if role in ("got", "dso"):
+                out.append(None)  # filled once the batch has an address
+                continue
+            d = self.dylib.resolve(name, prefix, self.pending)
+            if role == "none":
+                if d is not None:
+                    raise _Stale(f"weak reference {name!r} is now defined ({d.origin})")
+                out.append(External(name, 0, "weak undefined"))
+                continue
+            if d is None:
+                raise _Stale(f"{name!r} no longer resolves")
+            if (d.origin, d.size, d.bind, d.type) != (origin, size, bind, stype):
+                raise _Stale(f"{name!r} now resolves to {d.origin}, not {origin}")
+            addr[j] = d.address
+            out.append(External(name, d.address, d.origin, d.size, d))
+            check.append((j, reach))
+        if check:
+            idx = np.array([j for j, _ in check], dtype=np.int64)
+            want = np.array([r for _, r in check], dtype=np.uint8)
+            for bit, low in ((1, False), (2, True)):
+                lo, hi = self.linker.memory.reach_range(low=low)
+                got = scan.in_reach(addr[idx], lo, hi)
+                if not np.array_equal(got, (want & bit) != 0):
+                    raise _Stale("an outside symbol moved in or out of 32-bit reach")
+        return addr, out
+
+    def _check_pulls(self, meta: dict, pulls: dict) -> None:
+        outranks = self.linker._outranks_archives(self.dylib)
+        for symbol in pulls["symbol"]:
+            if symbol and outranks(symbol, meta["prefix"]):
+                raise _Stale(f"{symbol!r}, which pulled an archive member, is now defined elsewhere")
+
+    def _allocate(self, meta: dict) -> LinkedBatch:
+        requests = [SegmentRequest(name, size, Prot(prot), zero_fill=zf) for name, _off, size, prot, zf in
+                    meta["segments"]]
+        try:
+            alloc = self.linker.memory.allocate(requests, low=meta["low"])
+        except MemMgrError as e:
+            raise _Stale(f"cannot allocate: {e}") from None
+        if [s.offset for s in alloc.segments] != [s[1] for s in meta["segments"]]:
+            alloc.release()
+            raise _Stale("the memory manager lays segments out differently")
+        return LinkedBatch(objects=[], allocation=alloc, sections=[], definitions={}, externals=[], got={},
+                           stubs={}, got_base=0)
+
+    def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, defs: dict, pulls: dict, s: dict,
+                base: int) -> None:
+        got_base = base + meta["got_off"]
+        lb.got_base = got_base
+        if meta["dso_handle"] is not None:
+            lb.dso_handle = base + meta["dso_handle"]
+        own = {"got": (got_base, "the batch's GOT"), "dso": (lb.dso_handle, "the batch's DSO handle")}
+        lb.externals = [e if e is not None else External(meta["externals"][j][0], *own[meta["externals"][j][1]])
+                        for j, e in enumerate(lb.externals)]
+        skeletons = _Skeletons(blobs, meta["nobjblobs"])
+        objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
+                   for kind, value, k in meta["objects"]]
+        lb.objects = objects
+        lb.sections = [PlacedSection(o, i, seg, base + w, w) for o, i, seg, w in
+                       zip(s["obj"], s["index"], s["segment"], s["work"])]
+        cols = [defs[f] for f in _SYMBOL_FIELDS]
+        off = blobs["d_off"]
+        rel = blobs["d_rel"]
+        addresses = np.where(rel, off.view(np.uint64) + np.uint64(base), off.view(np.uint64)).tolist()
+        definitions = {}
+        for address, row in zip(addresses, zip(*cols)):
+            d = SymbolDef(address=address, **dict(zip(_SYMBOL_FIELDS, row)))
+            definitions[d.name] = d
+        lb.definitions = definitions
+        lb.got = {t: base + o for t, o in meta["got"]}
+        lb.stubs = {t: base + o for t, o in meta["stubs"]}
+        lb.initializers = [tuple(x) for x in meta["init"]]
+        lb.finalizers = [tuple(x) for x in meta["fini"]]
+        lb.kept_groups = set(meta["kept"])
+        if meta["eh_frame"] is not None:
+            work, size, segment_offset = meta["eh_frame"]
+            lb.eh_frame = unwind.EhFrameImage(work, base + work, size, segment_offset)
+        lb.segments = {seg.name: seg for seg in lb.allocation.segments}
+        loaded = {}
+        for oi, ar, off_, index, name, size, symbol, referrer in zip(
+                pulls["obj"], pulls["archive"], pulls["header_offset"], pulls["index"], pulls["name"],
+                pulls["size"], pulls["symbol"], pulls["referrer"]):
+            member = CachedMember(self.search[ar], off_, index, name, size)
+            loaded[id(objects[oi])] = Pull(member, symbol, referrer)
+        lb.pulls = loaded
+
+    # --- cold -------------------------------------------------------------------------
+
+    def store(self, lb: LinkedBatch) -> None:
+        """Remember a batch just linked cold (before it is finalized)."""
+        if [a.content_digest for a in self.search] != self.planned_digests:
+            self.cache.note("batches", "unstored", "an archive changed while the batch was linked")
+            return
+        try:
+            meta, blobs = self._capture(lb)
+        except tables.Uncacheable as e:
+            self.cache.note("batches", "unstored", str(e))
+            return
+        except Exception as e:  # noqa: BLE001 - failing to cache must never fail a link that worked
+            self.cache.note("batches", "unstored", f"{type(e).__name__}: {e}")
+            warnings.warn(f"link cache {self.cache.directory}: cannot capture the batch: {e}", RuntimeWarning,
+                          stacklevel=2)
+            return
+        self.cache.write_entry("batches", self.key, pack(self.key, meta, blobs))
+
+    def _capture(self, lb: LinkedBatch) -> tuple[dict, dict]:
+        alloc = lb.allocation
+        base = alloc.target_base
+        prefixes = {o.symbol_prefix for o in lb.objects}
+        if len(prefixes) > 1:
+            raise tables.Uncacheable("objects of different formats in one batch")
+        # A TLS module is loaded and IFUNC resolvers run anew in every process:
+        # neither is a fixed-up byte the image could hold.
+        if lb.tls is not None:
+            raise tables.Uncacheable("the batch has thread-local storage")
+        if lb.ifunc is not None:
+            raise tables.Uncacheable("the batch defines IFUNC symbols")
+        roles = image.external_roles(lb)
+        res = image.capture(lb, roles)
+        blobs: dict = {"r_" + f: getattr(res, f) for f in image.Residual.__dataclass_fields__}
+        end = max([s.offset + s.size for s in alloc.segments if not s.zero_fill] or [0])
+        blobs["image"] = alloc.memory[:end].tobytes()
+        externals = []
+        for e, role in zip(lb.externals, roles):
+            d = e.definition
+            reach = 0
+            if d is not None:
+                for bit, low in ((1, False), (2, True)):
+                    lo, hi = self.linker.memory.reach_range(low=low)
+                    reach |= bit * bool(scan.in_reach(np.array([d.address], dtype=np.uint64), lo, hi)[0])
+                externals.append([e.name, role, d.origin, d.size, d.bind, d.type, reach])
+            else:
+                externals.append([e.name, role, "", 0, 0, 0, 0])
+        own = {id(o): i for i, o in enumerate(self.objs)}
+        skel: list = []
+        docs = []
+        objects = []
+        for o in lb.objects:
+            if id(o) in own:
+                objects.append(["own", own[id(o)], -1])
+            else:
+                objects.append(["member", o.name, len(docs)])
+                docs.append(tables.object_doc(tables.skeleton(o), skel))
+        blobs.update(tables.named(skel, "o"))
+        blobs["skeletons"] = json.dumps(docs).encode()
+        position = {id(a): i for i, a in enumerate(self.search)}
+        pulled = []
+        for oi, o in enumerate(lb.objects):
+            p = lb.pulls.get(id(o))
+            if p is None:
+                continue
+            m = p.member
+            ar = position.get(id(m.archive))
+            if ar is None:
+                raise tables.Uncacheable(f"{m.display_name} comes from an archive outside the search order")
+            pulled.append((oi, ar, m.header_offset, m.index, m.name, m.size, p.symbol, p.referrer))
+        pull_fields = ("obj", "archive", "header_offset", "index", "name", "size", "symbol", "referrer")
+        cblobs: list = []
+        pulls = tables.encode_columns({f: [row[i] for row in pulled] for i, f in enumerate(pull_fields)}, cblobs)
+        defs = list(lb.definitions.values())
+        columns = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS}
+        definitions = tables.encode_columns(columns, cblobs)
+        sections = tables.encode_columns({
+            "obj": [p.obj for p in lb.sections],
+            "index": [p.index for p in lb.sections],
+            "segment": [p.segment for p in lb.sections],
+            "work": [p.work for p in lb.sections],
+        }, cblobs)
+        blobs.update(tables.named(cblobs, "c"))
+        rel = np.array([d.section != "" for d in defs], dtype=bool)
+        off = np.array([d.address for d in defs], dtype=np.uint64)
+        off[rel] -= np.uint64(base)
+        if np.any(rel & (off > np.uint64(alloc.size))):
+            raise tables.Uncacheable("a definition outside the batch's memory")
+        blobs["d_off"] = off.view(np.int64)
+        blobs["d_rel"] = rel
+        meta = {
+            "segments": [[s.name, s.offset, s.size, int(s.prot), bool(s.zero_fill)] for s in alloc.segments],
+            "low": bool(alloc.low),
+            "got_off": lb.got_base - base,
+            "got": [[int(t), a - base] for t, a in lb.got.items()],
+            "stubs": [[int(t), a - base] for t, a in lb.stubs.items()],
+            "sections": sections,
+            "definitions": definitions,
+            "ncolumnblobs": len(cblobs),
+            "externals": externals,
+            "prefix": prefixes.pop() if prefixes else "",
+            "objects": objects,
+            "nobjblobs": len(skel),
+            "pulls": pulls,
+            "init": [list(x) for x in lb.initializers],
+            "fini": [list(x) for x in lb.finalizers],
+            "kept": sorted(lb.kept_groups),
+            "eh_frame": ([lb.eh_frame.work, lb.eh_frame.size, lb.eh_frame.segment_offset]
+                         if lb.eh_frame is not None else None),
+            "dso_handle": lb.dso_handle - base if lb.dso_handle else None,
+        }
+        if any(p.address != base + p.work for p in lb.sections):
+            raise tables.Uncacheable("a section placed outside the batch's memory")
+        return meta, blobs
+
+
+def _plain(v):
+    # numpy and enum integers are stored as the ints they are.
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class _Skeletons:
+    """The pulled members' skeletons of one entry, parsed when first asked for."""
+
+    def __init__(self, blobs: dict, count: int) -> None:
+        self.blobs = blobs
+        self.count = count
+        self.docs = None
+
+    def loader(self, k: int):
+        def load():
+            if self.docs is None:
+                self.docs = json.loads(bytes(self.blobs["skeletons"]))
+            return tables.object_from_doc(self.docs[k], tables.unnamed(self.blobs, "o", self.count), "")
+
+        return load
+
+
+class _Stale(Exception):
+    """The session differs from the one the entry was made in."""
+
+
+def make_plan(cache, linker, dylib, objs, whole, done, new_archives) -> BatchPlan | None:
+    """The plan for linking ``objs`` into ``dylib``, or None when the batch
+    must not use the cache (validators, pinned sections, whole archives,
+    inputs the cache did not read)."""
+    if linker.validators or linker.pinned or any(d is dylib for _, _, d in whole):
+        return None
+    digests = [getattr(o, DIGEST_ATTR, None) for o in objs]
+    if None in digests:
+        return None
+    archives = linker._archives(dylib)
+    search = [a for a in archives.archives if a not in new_archives] + list(new_archives)
+    arch = []
+    for a in search:
+        dg = a.__dict__.get("content_digest")
+        if dg is None:
+            return None
+        loaded = sorted(off for aid, off in archives.loaded if aid == id(a))
+        arch.append([a.name, dg, loaded])
+    kept = set(linker.kept_groups)
+    for _, lb in done:
+        kept |= lb.kept_groups
+    in_flight = {d: lb for d, lb in done}
+
+    def pending(other, name: str):
+        lb = in_flight.get(other)
+        return lb.definitions.get(name) if lb else None
+
+    key = batch_key(cache.identity(), {
+        "objects": [[o.name, dg] for o, dg in zip(objs, digests)],
+        "archives": arch,
+        "kept": sorted(kept),
+        "memory": type(linker.memory).__name__,
+        "format": FORMAT_VERSION,
+    })
+    return BatchPlan(cache, linker, dylib, objs, search, archives, pending, key)

@@ -1,0 +1,208 @@
+"""Object files as cache entries, generically over the model's dataclasses.
+
+An :class:`~rtdyld.objfile.model.ObjectFile` is written field by field, so a
+reader that adds or changes fields needs no change here: numpy arrays and
+byte strings become blobs, lists of strings one packed blob, dataclasses
+(sections, groups) JSON objects tagged with their class, enums their integer
+values — restored to the enum the field is annotated with.  A value of any
+other kind makes the object uncacheable rather than half stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from enum import Enum
+from functools import cache
+
+import numpy as np
+
+from ..objfile import model
+
+_SEP = b"\0"
+
+
+class Uncacheable(Exception):
+    """A value the cache format cannot hold; the caller does not cache."""
+
+
+def encode(value, blobs: list) -> object:
+    """A JSON-able form of ``value``; arrays and bytes are added to ``blobs``."""
+    if value is None or isinstance(value, (bool, str, float)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return {"$a": _add(blobs, value)}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$b": _add(blobs, value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        cls = _model_class(value)
+        if cls is None:
+            raise Uncacheable(f"{type(value).__name__} is not a model class")
+        return {"$d": cls.__name__, **{f.name: encode(getattr(value, f.name), blobs) for f in dataclasses.fields(value)}}
+    if isinstance(value, (list, tuple)):
+        kinds = set(map(type, value))
+        if len(value) > 1 and len(kinds) == 1 and _model_class(value[0]) is not None:
+            # Many records of one class (sections): a column per field.
+            cls = _model_class(value[0])
+            columns = {f.name: [getattr(v, f.name) for v in value] for f in dataclasses.fields(cls)}
+            return {"$c": cls.__name__, "n": len(value), "cols": encode_columns(columns, blobs)}
+        if kinds == {str}:
+            raw = [v.encode("utf-8", "surrogateescape") for v in value]
+            if any(_SEP in r for r in raw):
+                raise Uncacheable("a string holds a NUL byte")
+            return {"$s": _add(blobs, _SEP.join(raw)), "n": len(raw)}
+        return [encode(v, blobs) for v in value]
+    if isinstance(value, Mapping):
+        return {"$m": [encode(list(value.keys()), blobs), encode(list(value.values()), blobs)]}
+    raise Uncacheable(f"cannot store a {type(value).__name__}")
+
+
+def decode(doc, blobs: list):
+    """The value :func:`encode` made ``doc`` from; ``blobs`` in the order added."""
+    if isinstance(doc, list):
+        return [decode(v, blobs) for v in doc]
+    if not isinstance(doc, dict):
+        return doc
+    if "$a" in doc:
+        return blobs[doc["$a"]]
+    if "$b" in doc:
+        return blobs[doc["$b"]]
+    if "$s" in doc:
+        if doc["n"] == 0:
+            return []
+        return bytes(blobs[doc["$s"]]).decode("utf-8", "surrogateescape").split("\0")
+    if "$m" in doc:
+        keys, values = doc["$m"]
+        return dict(zip(_plain_list(decode(keys, blobs)), _plain_list(decode(values, blobs)), strict=True))
+    if "$c" in doc:
+        cls = getattr(model, doc["$c"])
+        kinds = enum_fields(cls)
+        columns = decode_columns(doc["cols"], blobs)
+        for name, enum in kinds.items():
+            if name in columns:
+                columns[name] = [v if v is None else enum(v) for v in columns[name]]
+        names = list(columns)
+        if any(len(c) != doc["n"] for c in columns.values()):
+            raise ValueError(f"{doc['$c']} columns of unequal length")
+        return [cls(**dict(zip(names, row))) for row in zip(*columns.values())]
+    cls = getattr(model, doc["$d"])
+    kinds = enum_fields(cls)
+    args = {}
+    for k, v in doc.items():
+        if k == "$d":
+            continue
+        v = decode(v, blobs)
+        enum = kinds.get(k)
+        if enum is not None and v is not None:
+            v = enum(v)
+        args[k] = v
+    return cls(**args)
+
+
+def _model_class(value) -> type | None:
+    """The model dataclass ``value`` is an instance of (also for a LazyObject
+    standing in for an ObjectFile), or None."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return None
+    return next((c for c in type(value).__mro__ if getattr(model, c.__name__, None) is c), None)
+
+
+def _plain_list(v) -> list:
+    return v.tolist() if isinstance(v, np.ndarray) else v
+
+
+def _add(blobs: list, value) -> int:
+    blobs.append(value)
+    return len(blobs) - 1
+
+
+@cache
+def enum_fields(cls) -> dict[str, type]:
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        for t in (hint, *typing.get_args(hint)):
+            if isinstance(t, type) and issubclass(t, Enum):
+                out[name] = t
+                break
+    return out
+
+
+def named(blobs: list, prefix: str) -> dict:
+    """``blobs`` under the names :func:`unnamed` reads them back from."""
+    return {f"{prefix}{i}": b for i, b in enumerate(blobs)}
+
+
+def unnamed(blobs: dict, prefix: str, count: int) -> list:
+    return [blobs[f"{prefix}{i}"] for i in range(count)]
+
+
+def object_doc(obj: model.ObjectFile, blobs: list) -> dict:
+    """An object's tables, without its display name (that is the caller's)."""
+    doc = encode(obj, blobs)
+    doc.pop("name", None)
+    return doc
+
+
+def object_from_doc(doc: dict, blobs: list, name: str) -> model.ObjectFile:
+    return decode({**doc, "name": name}, blobs)
+
+
+def skeleton(obj: model.ObjectFile) -> model.ObjectFile:
+    """``obj`` with only what a linked batch keeps of an archive member after a
+    warm link: its name and its sections' names, sizes and flags."""
+    return dataclasses.replace(
+        obj,
+        sections=[dataclasses.replace(s, data=b"") for s in obj.sections],
+        symbols=obj.symbols[:0],
+        names=[],
+        relocs=obj.relocs[:0],
+        groups=[],
+    )
+
+
+class LazyObject(model.ObjectFile):
+    """An :class:`ObjectFile` known by name, its other fields decoded on first
+    use: a warm link keeps the archive members it pulled only for the names
+    and section lists that maps and listings may ask for."""
+
+    @classmethod
+    def deferred(cls, name: str, load) -> LazyObject:
+        """An object called ``name`` whose other fields ``load()`` makes."""
+        self = cls.__new__(cls)
+        self.name = name
+        self._load = load
+        return self
+
+    def __getattr__(self, attr: str):
+        load = self.__dict__.pop("_load", None)
+        if load is None or attr.startswith("__"):
+            raise AttributeError(attr)
+        full = load()
+        for f in dataclasses.fields(full):
+            if f.name != "name":
+                self.__dict__[f.name] = getattr(full, f.name)
+        return getattr(self, attr)
+
+
+def encode_columns(columns: dict[str, list], blobs: list) -> dict:
+    """Table columns as compactly as :func:`encode` allows: integer columns as
+    one array each, string columns as one packed blob, anything else as JSON."""
+    out = {}
+    for name, col in columns.items():
+        kinds = set(map(type, col))
+        if kinds and all(issubclass(k, int) and k is not bool for k in kinds):
+            out[name] = encode(np.array(col, dtype=np.int64), blobs)
+        else:
+            out[name] = encode(list(col), blobs)
+    return out
+
+
+def decode_columns(doc: dict, blobs: list) -> dict[str, list]:
+    out = {}
+    for name, value in doc.items():
+        v = decode(value, blobs)
+        out[name] = v.tolist() if isinstance(v, np.ndarray) else v
+    return out

@@ -1,0 +1,549 @@
+"""The link cache: a warm link equals the cold one, and nothing stale is ever used.
+
+Each test links a tiny program against a tiny archive twice with the same
+cache directory — in this process or in fresh ones — and checks what the
+warm link gives (calls, symbols, bytes, initializers, removal), or changes
+one thing between the links and checks the cache misses and the result is
+the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cffi
+import numpy as np
+import pytest
+from archive_tools import build_gnu_archive, compile_c
+from fixtures_build import REPO
+
+import rtdyld
+from rtdyld import Linker
+from rtdyld.linkcache import LinkCache
+from rtdyld.linkcache.container import unpack
+from rtdyld.x86_64.edges import WIDTH
+
+CFLAGS = ("-O2", "-fPIC")
+ffi = cffi.FFI()
+
+PROG = r"""
+#include <stdlib.h>
+#include <string.h>
+extern int helper(int);
+extern int user_value;
+extern int *slots[];
+int ctor_ran;
+__attribute__((constructor)) static void boot(void) { ctor_ran = 40 + (int)strlen("ab"); }
+int run(int x) { return helper(x) + *slots[1] + atoi("5") * 1000  /* glibc: strtol */; }
+int get_user(void) { return user_value; }
+int get_ctor(void) { return ctor_ran; }
+"""
+
+HELPER = r"""
+int counter = 5;
+int helper(int x) { return x * %d + counter; }
+"""
+
+SLOTS = r"""
+extern int counter;
+static int local_a = 11, local_b = 22;
+int *slots[] = { &local_a, &local_b, &counter };
+"""
+
+UNUSED = r"""
+int never_pulled(void) { return 1; }
+"""
+
+
+def _program(tmp: Path, factor: int = 3, prog: str = PROG) -> tuple[Path, Path]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    p = compile_c(prog, tmp / "prog.o", *CFLAGS)
+    members = [
+        compile_c(HELPER % factor, tmp / "helper.o", *CFLAGS),
+        compile_c(SLOTS, tmp / "slots.o", *CFLAGS),
+        compile_c(UNUSED, tmp / "unused.o", *CFLAGS),
+    ]
+    ar = tmp / "libsmall.a"
+    if ar.exists():
+        ar.unlink()
+    build_gnu_archive(ar, members)
+    return p, ar
+
+
+@pytest.fixture
+def user_value():
+    buf = ffi.new("int *", 7)
+    return buf, int(ffi.cast("uintptr_t", buf))
+
+
+def _link(cache, prog: Path, ar: Path, user_address: int, extra=None):
+    ln = Linker(link_cache=cache)
+    ln.define("user_value", user_address)
+    if extra:
+        extra(ln)
+    ln.add_object(prog)
+    ln.add_archive(ar)
+    return ln, ln.finalize()
+
+
+def _reference(prog: Path, ar: Path, user_address: int, extra=None) -> tuple[int, int, int]:
+    """What a link without the cache gives."""
+    ln, _ = _link(False, prog, ar, user_address, extra)
+    try:
+        return _calls(ln)
+    finally:
+        ln.close()
+
+
+def _calls(ln) -> tuple[int, int, int]:
+    return (ln.function("run", "int(int)")(4), ln.function("get_user", "int(void)")(),
+            ln.function("get_ctor", "int(void)")())
+
+
+def _outcome(cache: LinkCache) -> dict:
+    return dict(cache.stats["batches"])
+
+
+def test_warm_link_gives_the_cold_result(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    cold, hc = _link(cache, prog, ar, user_value[1])
+    assert _outcome(cache)["stores"] == 1
+    warm, hw = _link(cache, prog, ar, user_value[1])
+    try:
+        assert _outcome(cache)["hits"] == 1
+        assert _calls(warm) == _calls(cold) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+        assert sorted(hw.symbols) == sorted(hc.symbols)
+        assert hw.objects == hc.objects == [str(prog), "libsmall.a(helper.o)", "libsmall.a(slots.o)"]
+        for name, d in hc.symbols.items():
+            w = hw.symbols[name]
+            assert (w.size, w.type, w.bind, w.origin, w.section) == (d.size, d.type, d.bind, d.origin, d.section)
+            assert w.address - hw.batch.allocation.target_base == d.address - hc.batch.allocation.target_base
+        # The same bytes, apart from the fields that hold addresses of the batch or of outside symbols.
+        bc, bw = hc.batch.allocation, hw.batch.allocation
+        assert [(s.name, s.offset, s.size) for s in bc.segments] == [(s.name, s.offset, s.size) for s in bw.segments]
+        end = max(s.offset + s.size for s in bc.segments if not s.zero_fill)
+        mc, mw = bc.memory[:end], hw.batch.allocation.memory[:end]
+        moved = _address_fields(hc.batch)[:end]
+        assert 0 < moved.sum() < end // 4
+        assert np.array_equal(mc[~moved], mw[~moved])
+        assert not np.array_equal(mc[moved], mw[moved])
+        pulls = sorted((p.member.display_name, p.symbol) for p in hw.batch.pulls.values())
+        assert pulls == sorted((p.member.display_name, p.symbol) for p in hc.batch.pulls.values())
+        assert bytes(next(iter(hw.batch.pulls.values())).member.data)[:4] == b"\x7fELF"
+    finally:
+        warm.close()
+        cold.close()
+
+
+def _address_fields(lb) -> np.ndarray:
+    """Bytes of ``lb`` holding an absolute address or a distance to something outside it."""
+    t = lb.tables
+    mask = np.zeros(len(lb.allocation.memory), dtype=bool)
+    nsyms = sum(len(o.symbols) for o in lb.objects)
+    base, size = lb.allocation.target_base, lb.allocation.size
+    for k in range(len(t["kind"])):
+        v = int(t["value"][k])
+        outside = int(t["target"][k]) >= nsyms and not t["use_stub"][k]
+        if outside or base <= v < base + size:
+            mask[int(t["where"][k]) : int(t["where"][k]) + int(WIDTH[t["kind"][k]])] = True
+    for addr in lb.got.values():
+        mask[addr - base : addr - base + 8] = True
+    return mask
+
+
+def test_warm_batch_can_be_removed_and_relinked(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    ln, h = _link(cache, prog, ar, user_value[1])
+    ln.close()
+    ln, h = _link(cache, prog, ar, user_value[1])
+    assert _outcome(cache)["hits"] == 1
+    h.remove()
+    assert "run" not in ln.main.published
+    ln.add_object(prog)
+    h2 = ln.finalize()  # the archive's members are free to be pulled again
+    assert _calls(ln)[0] == 4 * 3 + 5 + 22 + 5000
+    assert _outcome(cache)["hits"] == 2
+    h2.remove()
+
+
+def test_a_modified_object_misses(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    prog2 = compile_c(PROG.replace("* 1000", "* 2000"), tmp_path / "prog2.o", *CFLAGS)
+    os.replace(prog2, prog)
+    ln, _ = _link(cache, prog, ar, user_value[1])
+    assert (_outcome(cache)["hits"], _outcome(cache)["misses"]) == (0, 2)
+    assert _calls(ln)[0] == 4 * 3 + 5 + 22 + 10000
+    ln.close()
+
+
+def test_a_modified_archive_member_misses(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    _program(tmp_path / "src", factor=9)
+    ln, _ = _link(cache, prog, ar, user_value[1])
+    assert _outcome(cache)["hits"] == 0
+    assert _calls(ln)[0] == 4 * 9 + 5 + 22 + 5000
+    ln.close()
+
+
+def test_a_user_definition_of_a_pulled_symbol_misses(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    lib = Linker()
+    lib.add_object(compile_c("int helper(int x) { return -x; }", tmp_path / "h.o", *CFLAGS))
+    lib.finalize()
+    ln, h = _link(cache, prog, ar, user_value[1], lambda ln: ln.define("helper", lib.lookup("helper")))
+    assert _outcome(cache)["stale"] == 1
+    assert any("pulled an archive member" in why for _, what, why in cache.events if what == "stale")
+    ref, hr = _link(False, prog, ar, user_value[1], lambda ln: ln.define("helper", lib.lookup("helper")))
+    assert _calls(ln) == _calls(ref)
+    assert h.objects == hr.objects
+    ln.close()
+    ref.close()
+    # The cold link replaced the entry: the same session shape now links warm.
+    ln, _ = _link(cache, prog, ar, user_value[1], lambda ln: ln.define("helper", lib.lookup("helper")))
+    assert _outcome(cache)["hits"] == 1
+    ln.close()
+    lib.close()
+
+
+def test_a_moved_user_definition_is_patched(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    other = ffi.new("int *", 99)
+    ln, _ = _link(cache, prog, ar, int(ffi.cast("uintptr_t", other)))
+    assert _outcome(cache)["hits"] == 1
+    assert _calls(ln)[1] == 99
+    ln.close()
+
+
+def test_a_user_definition_replacing_the_process_misses(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    fake = Linker()
+    fake.add_object(compile_c("long strtol(const char *s, char **end, int base) { return 7; }", tmp_path / "s.o", *CFLAGS))
+    fake.finalize()
+    ln, _ = _link(cache, prog, ar, user_value[1], lambda ln: ln.define("strtol", fake.lookup("strtol")))
+    assert _outcome(cache)["stale"] == 1
+    assert _calls(ln)[0] == 4 * 3 + 5 + 22 + 7000
+    ln.close()
+    fake.close()
+
+
+def test_another_rtdyld_version_misses(tmp_path, user_value, monkeypatch):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    monkeypatch.setattr(rtdyld, "__version__", rtdyld.__version__ + ".post1")
+    ln, _ = _link(cache, prog, ar, user_value[1])
+    assert cache.stats["batches"]["hits"] == 0 and cache.stats["objects"]["hits"] == 0
+    assert _calls(ln)[0] == 4 * 3 + 5 + 22 + 5000
+    ln.close()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
+def test_a_damaged_entry_misses(tmp_path, user_value, damage):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    for entry in (tmp_path / "cache").glob("*/*.ent"):
+        data = bytearray(entry.read_bytes())
+        if damage == "flip":
+            data[len(data) // 2] ^= 0x40
+        elif damage == "truncate":
+            del data[len(data) - 100 :]
+        else:
+            data = bytearray()
+        entry.write_bytes(bytes(data))
+    ln, _ = _link(cache, prog, ar, user_value[1])
+    # The batch, and the tables of the program and of the two members it pulls.
+    assert cache.stats["batches"]["corrupt"] == 1 and cache.stats["objects"]["corrupt"] == 3
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+    ln, _ = _link(cache, prog, ar, user_value[1])  # the cold link wrote the entries again
+    assert cache.stats["batches"]["hits"] == 1
+    ln.close()
+
+
+def test_a_trace_or_validator_bypasses_the_cache(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    seen = []
+    ln, h = _link(cache, prog, ar, user_value[1], lambda ln: ln.add_validator(seen.append))
+    assert len(seen) == 1 and cache.stats["batches"]["hits"] == 0
+    assert h.batch.tables
+    ln.close()
+
+
+_CHILD = textwrap.dedent("""
+    import json, sys, cffi
+    from rtdyld import Linker
+    ffi = cffi.FFI()
+    value = ffi.new("int *", 7)
+    ln = Linker(link_cache=sys.argv[1])
+    ln.define("user_value", int(ffi.cast("uintptr_t", value)))
+    ln.add_object(sys.argv[2])
+    ln.add_archive(sys.argv[3])
+    h = ln.finalize()
+    print(json.dumps({"run": ln.function("run", "int(int)")(4), "ctor": ln.function("get_ctor", "int(void)")(),
+                      "symbols": sorted(h.symbols), "stats": ln.link_cache.stats["batches"]}))
+""")
+
+
+def _child(cache: Path, prog: Path, ar: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.pop("RTDYLD_LINK_CACHE", None)
+    return subprocess.Popen([sys.executable, "-c", _CHILD, str(cache), str(prog), str(ar)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(p: subprocess.Popen) -> dict:
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    return json.loads(out)
+
+
+def test_warm_link_in_a_fresh_process(tmp_path):
+    prog, ar = _program(tmp_path / "src")
+    first = _result(_child(tmp_path / "cache", prog, ar))
+    second = _result(_child(tmp_path / "cache", prog, ar))
+    assert first["stats"]["stores"] == 1 and first["stats"]["hits"] == 0
+    assert second["stats"]["hits"] == 1 and second["stats"]["stores"] == 0
+    assert first["run"] == second["run"] == 4 * 3 + 5 + 22 + 5000
+    assert first["ctor"] == second["ctor"] == 42
+    assert first["symbols"] == second["symbols"]
+
+
+def test_concurrent_writers_leave_whole_entries(tmp_path):
+    prog, ar = _program(tmp_path / "src")
+    cache = tmp_path / "cache"
+    results = [_result(p) for p in [_child(cache, prog, ar) for _ in range(4)]]
+    assert {r["run"] for r in results} == {4 * 3 + 5 + 22 + 5000}
+    entries = sorted(cache.glob("batches/*.ent"))
+    assert len(entries) == 1
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".tmp-")]
+    unpack(entries[0].read_bytes(), bytes.fromhex(entries[0].stem))
+    assert _result(_child(cache, prog, ar))["stats"]["hits"] == 1
+
+
+def test_run_command_with_a_link_cache(tmp_path, capsys):
+    from cli_helpers import rtdyld as run_rtdyld
+
+    main = compile_c("extern int helper(int);\nint main(void) { return helper(2); }", tmp_path / "main.o", *CFLAGS)
+    _, ar = _program(tmp_path / "src")
+    for _ in range(2):
+        code, _out, err = run_rtdyld(capsys, "run", "--link-cache", tmp_path / "cache", main, ar)
+        assert (code, err) == (11, "")
+    assert len(list((tmp_path / "cache").glob("batches/*.ent"))) == 1
+
+
+def test_a_thin_archive_is_linked_but_never_cached(tmp_path, user_value):
+    prog, _ar = _program(tmp_path / "src")
+    thin = build_gnu_archive(tmp_path / "src" / "libthin.a",
+                             [tmp_path / "src" / n for n in ("helper.o", "slots.o", "unused.o")], thin=True)
+    cache = LinkCache(tmp_path / "cache")
+    for _ in range(2):
+        ln, _ = _link(cache, prog, thin, user_value[1])
+        assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+        ln.close()
+    assert (cache.stats["batches"]["hits"], cache.stats["batches"]["stores"]) == (0, 0)
+
+
+def test_a_later_batch_pulls_from_archives_of_an_earlier_one(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    late = compile_c("extern int never_pulled(void);\nint late(void) { return never_pulled() + 1; }",
+                     tmp_path / "late.o", *CFLAGS)
+    cache = LinkCache(tmp_path / "cache")
+    for _ in range(2):
+        ln, _ = _link(cache, prog, ar, user_value[1])
+        ln.add_object(late)
+        h = ln.finalize()
+        assert ln.function("late", "int(void)")() == 2
+        assert h.objects == [str(late), "libsmall.a(unused.o)"]
+        ln.close()
+    assert (cache.stats["batches"]["hits"], cache.stats["batches"]["stores"]) == (2, 2)
+
+
+def test_a_remembered_digest_is_not_trusted_once_the_file_changed(tmp_path, monkeypatch):
+    from rtdyld.linkcache import digests
+
+    monkeypatch.setattr(digests, "SETTLE_NS", 0)
+    f = tmp_path / "input.a"
+    f.write_bytes(b"!<arch>\nfirst")
+    store = digests.StatDigests(str(tmp_path / "stat"))
+    first = store.file_digest(f)
+    assert first == digests.digest(b"!<arch>\nfirst")
+    assert len(list((tmp_path / "stat").iterdir())) == 1
+    st = f.stat()
+    f.write_bytes(b"!<arch>\nother")  # same size; put the old mtime back
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert store.file_digest(f) == digests.digest(b"!<arch>\nother")
+
+
+def test_dylibs_linked_in_one_finalize_link_warm(tmp_path):
+    lib_o = compile_c("int base_value(void) { return 40; }", tmp_path / "lib.o", *CFLAGS)
+    app_o = compile_c("extern int base_value(void);\nint app(void) { return base_value() + 2; }",
+                      tmp_path / "app.o", *CFLAGS)
+    cache = LinkCache(tmp_path / "cache")
+    for _ in range(2):
+        ln = Linker(link_cache=cache)
+        lib = ln.create_dylib("lib")
+        ln.main.link_order([lib, "process"])
+        ln.add_object(lib_o, dylib=lib)
+        ln.add_object(app_o)
+        h = ln.finalize()
+        assert ln.function("app", "int(void)")() == 42
+        assert h.objects == [str(lib_o), str(app_o)]
+        ln.close()
+    assert (cache.stats["batches"]["stores"], cache.stats["batches"]["hits"]) == (2, 2)
+
+
+@pytest.mark.parametrize("index", [True, False])
+def test_archive_member_tables_and_index_are_remembered(tmp_path, user_value, index):
+    prog, _ = _program(tmp_path / "src")
+    ar = build_gnu_archive(tmp_path / "src" / "libnoindex.a",
+                           [tmp_path / "src" / n for n in ("helper.o", "slots.o", "unused.o")], index=index)
+    cache = LinkCache(tmp_path / "cache")
+    results = []
+    for _ in range(2):
+        # A validator keeps the batch cold, so the archive is opened both times.
+        ln, h = _link(cache, prog, ar, user_value[1], lambda ln: ln.add_validator(lambda view: None))
+        results.append((_calls(ln), h.objects))
+        archive = ln._archives(ln.main).archives[0]
+        results.append([(m.name, m.header_offset, m.size) for m in archive.members])
+        results.append({n: [m.index for m in archive.definers(n)] for n in ("helper", "slots", "never_pulled")})
+        ln.close()
+    assert results[:3] == results[3:]
+    assert cache.stats["archives"]["hits"] == 1 and cache.stats["archives"]["stores"] == 1
+
+
+def test_an_entry_that_does_not_restore_misses(tmp_path, user_value):
+    from rtdyld.linkcache.container import pack
+
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    (entry,) = (tmp_path / "cache").glob("batches/*.ent")
+    key = bytes.fromhex(entry.stem)
+    entry.write_bytes(pack(key, {"segments": [["text", 0, 1 << 40, 5, False]]}, {}))  # checksum fine, content not
+    ln, _ = _link(cache, prog, ar, user_value[1])
+    assert cache.stats["batches"]["corrupt"] == 1
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+
+
+def test_only_run_uses_the_link_cache_from_the_environment(tmp_path, capsys, monkeypatch):
+    from cli_helpers import rtdyld as run_rtdyld
+
+    main = compile_c("extern int helper(int);\nint main(void) { return helper(2); }", tmp_path / "main.o", *CFLAGS)
+    _, ar = _program(tmp_path / "src")
+    monkeypatch.setenv("RTDYLD_LINK_CACHE", str(tmp_path / "env-cache"))
+    code, out, _err = run_rtdyld(capsys, "symbols", main, ar)
+    assert code == 0 and "helper" in out
+    assert not (tmp_path / "env-cache").exists()
+    code, _out, _err = run_rtdyld(capsys, "run", main, ar)
+    assert code == 11
+    assert len(list((tmp_path / "env-cache").glob("batches/*.ent"))) == 1
+
+
+def test_object_tables_round_trip_field_by_field(tmp_path):
+    import dataclasses
+
+    from rtdyld.inputs import parse_object
+    from rtdyld.linkcache import tables
+    from rtdyld.linkcache.container import pack
+    from rtdyld.objfile.archive import read_archive
+
+    src = "int g = 3;\nstatic int h(int x) { return x + g; }\nint (*p)(int) = h;\n" \
+          "__attribute__((constructor)) static void c(void) { g = 4; }\ninline int f(int x) { return h(x); }\n" \
+          "int use(int x) { return f(x); }\n"
+    objs = [parse_object(compile_c(src, tmp_path / "a.o", "-O0", "-fPIC", "-std=gnu89").read_bytes(), "a.o")]
+    lib = Path("/usr/lib/x86_64-linux-gnu/libz.a")
+    if lib.exists():
+        objs += [parse_object(m.data, m.display_name) for m in read_archive(lib).members[:4]]
+    for obj in objs:
+        blobs: list = []
+        doc = tables.object_doc(obj, blobs)
+        meta, stored = unpack(pack(b"k" * 32, {"o": doc}, tables.named(blobs, "b")), b"k" * 32)
+        back = tables.object_from_doc(meta["o"], tables.unnamed(stored, "b", len(blobs)), obj.name)
+        for f in dataclasses.fields(obj):
+            a, b = getattr(obj, f.name), getattr(back, f.name)
+            if isinstance(a, np.ndarray):
+                assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f.name
+            elif f.name == "sections":
+                for sa, sb in zip(a, b, strict=True):
+                    assert dataclasses.replace(sa, data=b"") == dataclasses.replace(sb, data=b"")
+                    assert bytes(sa.data) == bytes(sb.data) and type(sb.flags) is type(sa.flags)
+            else:
+                assert a == b, f.name
+
+
+def test_an_outside_symbol_moving_into_reach_misses(tmp_path, user_value):
+    from rtdyld.linker import default_memory
+    from rtdyld.x86_64.scan import in_reach
+
+    prog, ar = _program(tmp_path / "src")
+    lo, hi = default_memory().reach_range()
+    assert not in_reach(np.array([user_value[1]], dtype=np.uint64), lo, hi)[0]  # the heap is far from the code
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    near = Linker()
+    near.add_object(compile_c("int near_value = 8;", tmp_path / "near.o", *CFLAGS))
+    near.finalize()
+    ln, _ = _link(cache, prog, ar, near.lookup("near_value"))
+    assert _outcome(cache)["stale"] == 1
+    assert any("reach" in why for _, what, why in cache.events if what == "stale")
+    assert _calls(ln)[1] == 8
+    ln.close()
+    near.close()
+
+
+def test_a_cxx_batch_links_warm_with_its_unwind_tables_and_dso_handle(build, tmp_path):
+    objs = [build.cxx(n, "-O2", "-fPIC") for n in ("shapes_a.cpp", "shapes_b.cpp", "statics.cpp")]
+    cache = LinkCache(tmp_path / "cache")
+    handles = []
+    for _ in range(2):
+        ln = Linker(link_cache=cache)
+        ln.link_library("stdc++")
+        for o in objs:
+            ln.add_object(o)
+        h = ln.finalize()
+        checked = ln.function("shapes_checked_sum", "int(int *, int)")
+        # -7 makes the callee throw; the caller in the other object catches it.
+        assert checked(ffi.new("int[]", [1, -7, 3]), 3) == -1000 - (-7)
+        handles.append(h)
+    assert _outcome(cache)["stores"] == 1 and _outcome(cache)["hits"] == 1, cache.events
+    cold, warm = (h.batch for h in handles)
+    assert warm.eh_frame is not None and warm.dso_handle
+    base_c, base_w = cold.allocation.target_base, warm.allocation.target_base
+    assert (warm.eh_frame.address - base_w, warm.eh_frame.size) == (cold.eh_frame.address - base_c, cold.eh_frame.size)
+    assert warm.dso_handle - base_w == cold.dso_handle - base_c
+    for h in handles:
+        h.remove()
+
+
+def test_a_batch_with_thread_locals_is_linked_but_never_cached(build, tmp_path):
+    obj = build.cc(REPO / "fixtures" / "tls" / "counters.c", "-O2", "-fPIC")
+    other = build.cc(REPO / "fixtures" / "tls" / "other.c", "-O2", "-fPIC")
+    cache = LinkCache(tmp_path / "cache")
+    for _ in range(2):
+        ln = Linker(link_cache=cache)
+        ln.add_object(obj)
+        ln.add_object(other)
+        with ln.finalize():
+            assert ln.function("tls_bump", "long(long)")(5) > 0
+    assert _outcome(cache)["hits"] == 0 and _outcome(cache)["unstored"] == 2
