@@ -1,26 +1,23 @@
 """Read x86-64 ELF relocatable objects into the format-neutral model.
 
-pyelftools parses the ELF header and section headers (including the
-SHN_XINDEX escapes for large section counts); the symbol and relocation
-tables, which can hold hundreds of thousands of entries, are read in bulk as
-numpy structured arrays over the section bytes.  Every index and offset is
+The section header table (including the SHN_XINDEX escapes for large section
+counts, see :mod:`.elf_headers`), the symbol and the relocation tables are
+read in bulk as numpy structured arrays over the file's bytes, uncopied.  Every index and offset is
 checked before use: malformed input raises MalformedObjectError naming the
 object and the offending section or entry.
 """
 
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.enums import ENUM_SH_TYPE_AMD64, ENUM_SH_TYPE_BASE
 
 from ..errors import MalformedObjectError, UnsupportedRelocationError
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
+from .elf_headers import HeaderError, read_section_headers
+from .elf_headers import SectionHeader as _Header
 from .model import (
     RELOC_DTYPE,
     SEC_ABS,
@@ -36,7 +33,6 @@ from .model import (
 )
 from .strtab import read_names
 
-_SH_TYPE = {**ENUM_SH_TYPE_BASE, **ENUM_SH_TYPE_AMD64}
 _PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
 # A .bss may be large but not absurd: bigger than this is a corrupt header,
 # rejected before anything is reserved.
@@ -45,24 +41,6 @@ MAX_ZERO_FILL = 1 << 36
 
 def is_elf(data: bytes | memoryview) -> bool:
     return bytes(data[:4]) == b"\x7fELF"
-
-
-class _Header:
-    """The section-header fields we use, as plain ints."""
-
-    __slots__ = ("align", "entsize", "flags", "info", "link", "name", "offset", "size", "type")
-
-    def __init__(self, name, h):
-        self.name = name
-        t = h["sh_type"]
-        self.type = t if isinstance(t, int) else _SH_TYPE.get(t, -1)
-        self.flags = int(h["sh_flags"])
-        self.offset = int(h["sh_offset"])
-        self.size = int(h["sh_size"])
-        self.link = int(h["sh_link"])
-        self.info = int(h["sh_info"])
-        self.align = int(h["sh_addralign"]) or 1
-        self.entsize = int(h["sh_entsize"])
 
 
 def read_elf(data: bytes | memoryview, name: str) -> ObjectFile:
@@ -95,10 +73,8 @@ class _ElfReader:
         if e_type != T.ET_REL:
             raise self.fail(f"not a relocatable object (e_type {e_type}); rtdyld links .o files")
         try:
-            self.headers = self._read_section_headers()
-        except (ELFError, ValueError, KeyError, IndexError, TypeError, AssertionError) as e:
-            raise self.fail(f"bad section headers: {e}") from None
-        except Exception as e:  # construct's StreamError and friends
+            self.headers = read_section_headers(d)
+        except HeaderError as e:
             raise self.fail(f"bad section headers: {e}") from None
         for i, h in enumerate(self.headers):
             if h.type != T.SHT_NOBITS and i and h.type != 0:
@@ -123,17 +99,6 @@ class _ElfReader:
             groups=self.groups,
             rtype_names=T.R_X86_64,
         )
-
-    def _read_section_headers(self) -> list[_Header]:
-        elf = ELFFile(io.BytesIO(bytes(self.data)))
-        n = elf.num_sections()
-        if n * 64 > len(self.data):
-            raise ValueError(f"{n} section headers cannot fit in {len(self.data)} bytes")
-        headers = []
-        for i in range(n):
-            sec = elf.get_section(i)
-            headers.append(_Header(sec.name if i else "", sec.header))
-        return headers
 
     def _bytes(self, h: _Header) -> memoryview:
         return memoryview(self.data)[h.offset : h.offset + h.size]
