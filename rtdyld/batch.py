@@ -584,7 +584,6 @@ class BatchLinker:
         bad = fixup.out_of_range(kind, value)
         if np.any(bad):
             self._overflow(np.flatnonzero(bad), kind, value, S)
-        before = self._snapshot(where)
         # Rewrite relaxed instructions, then store every value.
         mov = sc.relax == scan.RELAX_MOV
         mem[where[mov] - 2] = scan.LEA
@@ -605,15 +604,7 @@ class BatchLinker:
             "value": value,
             "use_stub": sc.use_stub,
             "relax": sc.relax,
-            "before": before,
         }
-
-    def _snapshot(self, where) -> np.ndarray:
-        """The bytes at each fixup before it is written (for traces): 8 per row."""
-        mem = self.allocation.memory
-        idx = where[:, None] + np.arange(-2, 6)[None, :]
-        idx = np.clip(idx, 0, len(mem) - 1)
-        return mem[idx]
 
     def _overflow(self, bad: np.ndarray, kind, value, S) -> None:
         lines = []
