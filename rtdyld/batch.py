@@ -23,6 +23,7 @@ from .errors import (
 from .objfile.model import (
     RELOC_DTYPE,
     SEC_ABS,
+    SYM_DTYPE,
     SEC_COMMON,
     SEC_DISCARDED,
     Bind,
@@ -36,6 +37,14 @@ from .x86_64.edges import WIDTH, Edge
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
 PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
+# The batch's relocations: an object's, plus which object and its own symbol number.
+BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
+
+
+def _joined(tables: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    if len(tables) == 1:
+        return tables[0]
+    return np.concatenate(tables) if tables else np.zeros(0, dtype=dtype)
 
 
 @dataclass
@@ -132,6 +141,7 @@ class BatchLinker:
     # --- one table for the whole batch ---------------------------------------
 
     def concatenate(self) -> None:
+        """Every object's tables joined into one, in batch-wide numbering."""
         secs: list[PlacedSection] = []
         sec_gid = []
         for oi, obj in enumerate(self.objects):
@@ -143,43 +153,44 @@ class BatchLinker:
                 secs.append(PlacedSection(oi, si, L.segment_of(s)))
             sec_gid.append(gid)
         self.placed = secs
+        # Object-local section numbers become batch-wide ones through one table.
+        gid_of = np.concatenate(sec_gid) if sec_gid else np.zeros(1, np.int64)
+        sec_base = np.concatenate([[0], np.cumsum([len(g) for g in sec_gid])]).astype(np.int64)
         counts = [len(o.symbols) for o in self.objects]
         self.sym_base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.nsyms = int(self.sym_base[-1])
-        syms = np.concatenate([o.symbols for o in self.objects]) if self.objects else None
-        self.value = syms["value"] if syms is not None else np.zeros(0, np.uint64)
-        self.size = syms["size"] if syms is not None else np.zeros(0, np.uint64)
-        self.bind = syms["bind"] if syms is not None else np.zeros(0, np.uint8)
-        self.stype = syms["type"] if syms is not None else np.zeros(0, np.uint8)
-        self.vis = syms["vis"] if syms is not None else np.zeros(0, np.uint8)
+        syms = _joined([o.symbols for o in self.objects], SYM_DTYPE)
+        self.value = syms["value"]
+        self.size = syms["size"]
+        self.bind = syms["bind"]
+        self.stype = syms["type"]
+        self.vis = syms["vis"]
         self.sym_obj = np.repeat(np.arange(len(self.objects)), counts)
         self.names = [name for o in self.objects for name in o.names]
-        gsec = np.empty(self.nsyms, dtype=np.int64)
-        for oi, obj in enumerate(self.objects):
-            local = obj.symbols["section"].astype(np.int64)
-            g = np.where(local >= 0, sec_gid[oi][np.maximum(local, 0)], local)
-            # A symbol in a dropped section is a reference to the kept copy.
-            g[(local >= 0) & (g < 0)] = SEC_DISCARDED
-            gsec[self.sym_base[oi] : self.sym_base[oi + 1]] = g
+        local = syms["section"].astype(np.int64)
+        defined = local >= 0
+        gsec = local.copy()
+        gsec[defined] = gid_of[sec_base[self.sym_obj[defined]] + local[defined]]
+        # A symbol in a dropped section is a reference to the kept copy.
+        gsec[defined & (gsec < 0)] = SEC_DISCARDED
         self.gsec = gsec
-        rel = []
-        for oi, obj in enumerate(self.objects):
-            r = obj.relocs
-            if not len(r):
-                continue
-            g = sec_gid[oi][r["section"]]
-            keep = g >= 0
-            out = np.zeros(int(keep.sum()), dtype=RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
-            for f in RELOC_DTYPE.names:
-                out[f] = r[f][keep]
-            out["section"] = g[keep]
-            out["obj"] = oi
-            out["lsym"] = r["sym"][keep]
-            out["sym"] = r["sym"][keep] + self.sym_base[oi]
-            s2 = r["sym2"][keep]
-            out["sym2"] = np.where(s2 >= 0, s2 + self.sym_base[oi], -1)
-            rel.append(out)
-        self.relocs = np.concatenate(rel) if rel else np.zeros(0, dtype=RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
+        r = _joined([o.relocs for o in self.objects], RELOC_DTYPE)
+        robj = np.repeat(np.arange(len(self.objects)), [len(o.relocs) for o in self.objects])
+        g = gid_of[sec_base[robj] + r["section"]]
+        keep = g >= 0
+        if not np.all(keep):
+            r, robj, g = r[keep], robj[keep], g[keep]
+        out = np.empty(len(r), dtype=BATCH_RELOC_DTYPE)
+        for f in ("offset", "kind", "rtype", "addend"):
+            out[f] = r[f]
+        base = self.sym_base[robj]
+        out["section"] = g
+        out["obj"] = robj
+        out["lsym"] = r["sym"]
+        out["sym"] = r["sym"] + base
+        s2 = r["sym2"]
+        out["sym2"] = np.where(s2 >= 0, s2 + base, -1)
+        self.relocs = out
 
     def name_of(self, gsym: int) -> str:
         oi = int(self.sym_obj[gsym])

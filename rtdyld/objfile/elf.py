@@ -37,6 +37,7 @@ _PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
 # A .bss may be large but not absurd: bigger than this is a corrupt header,
 # rejected before anything is reserved.
 MAX_ZERO_FILL = 1 << 36
+_WIDTH = WIDTH.astype(np.uint64)
 
 
 def is_elf(data: bytes | memoryview) -> bool:
@@ -256,25 +257,34 @@ class _ElfReader:
             raw = self._table(h, T.ELF64_RELA if rela else T.ELF64_REL, "relocation")
             parts.append(self._convert_relocs(raw, rela, target, symbols))
         if not parts:
-            r = np.zeros(0, dtype=RELOC_DTYPE)
-            return r
-        relocs = np.concatenate(parts)
-        order = np.lexsort((relocs["offset"], relocs["section"]))
-        return relocs[order]
+            return np.zeros(0, dtype=RELOC_DTYPE)
+        # Columns are joined and (rarely) sorted as plain arrays; the packed
+        # record array is built once, at the end.
+        cols = {f: np.concatenate([p[f] for p in parts]) if len(parts) > 1 else parts[0][f] for f in parts[0]}
+        section, offset = cols["section"], cols["offset"]
+        dsec = np.diff(section)
+        if not np.all((dsec > 0) | ((dsec == 0) & (offset[1:] >= offset[:-1]))):
+            order = np.lexsort((offset, section))
+            cols = {f: c[order] for f, c in cols.items()}
+        out = np.empty(len(section), dtype=RELOC_DTYPE)
+        for f, c in cols.items():
+            out[f] = c
+        out["sym2"] = -1
+        return out
 
-    def _convert_relocs(self, raw, rela: bool, target: int, symbols) -> np.ndarray:
+    def _convert_relocs(self, raw, rela: bool, target: int, symbols) -> dict[str, np.ndarray]:
+        """One relocation section as columns of RELOC_DTYPE (all but sym2)."""
         sec = self.sections[target]
         info = raw["r_info"]
-        rtype = (info & 0xFFFFFFFF).astype(np.int64)
-        sym = (info >> 32).astype(np.int64)
+        rtype = (info & 0xFFFFFFFF).astype(np.uint32)
+        sym = info >> 32
         where = lambda k: f"{sec.name}+{int(raw['r_offset'][k]):#x}"
         bad = sym >= len(symbols)
         if np.any(bad):
             k = int(np.flatnonzero(bad)[0])
             raise self.fail(f"{where(k)}: relocation refers to symbol {int(sym[k])}, past the symbol table")
-        kinds = np.full(len(raw), T.UNSUPPORTED, dtype=np.uint8)
-        known = rtype < len(T.ELF_EDGE)
-        kinds[known] = T.ELF_EDGE[rtype[known]]
+        kinds = T.ELF_EDGE[np.minimum(rtype, len(T.ELF_EDGE) - 1)]
+        kinds[rtype >= len(T.ELF_EDGE)] = T.UNSUPPORTED
         bad = kinds == T.UNSUPPORTED
         if np.any(bad):
             k = int(np.flatnonzero(bad)[0])
@@ -289,38 +299,41 @@ class _ElfReader:
             raise UnsupportedRelocationError(
                 f"{self.name}: {where(k)}: {tname} against {symname or '<section>'!r}: {why}"
             )
-        keep = kinds != Edge.NONE
-        out = np.zeros(int(keep.sum()), dtype=RELOC_DTYPE)
-        out["section"] = target
-        out["offset"] = raw["r_offset"][keep]
-        out["kind"] = kinds[keep]
-        out["rtype"] = rtype[keep]
-        out["sym"] = sym[keep]
-        out["sym2"] = -1
-        width = WIDTH[out["kind"]]
-        end = out["offset"].astype(np.uint64) + width.astype(np.uint64)
-        past = (end > np.uint64(sec.size)) | (out["offset"] > np.uint64(sec.size))
+        offset = raw["r_offset"]
+        addend = raw["r_addend"] if rela else None
+        none = kinds == Edge.NONE
+        if np.any(none):
+            keep = ~none
+            kinds, rtype, sym, offset = kinds[keep], rtype[keep], sym[keep], offset[keep]
+            addend = addend[keep] if rela else None
+        end = offset + _WIDTH[kinds]
+        past = (end > np.uint64(sec.size)) | (offset > np.uint64(sec.size))
         if np.any(past):
             k = int(np.flatnonzero(past)[0])
             raise self.fail(
-                f"{sec.name}+{int(out['offset'][k]):#x}: {T.R_X86_64[int(out['rtype'][k])]} "
+                f"{sec.name}+{int(offset[k]):#x}: {T.R_X86_64[int(rtype[k])]} "
                 f"writes past the end of the section (size {sec.size:#x})"
             )
-        if rela:
-            out["addend"] = raw["r_addend"][keep]
-        else:
-            out["addend"] = _implicit_addends(sec, out)
-        return out
+        if not rela:
+            addend = _implicit_addends(sec, kinds, offset)
+        return {
+            "section": np.full(len(kinds), target, dtype=np.int32),
+            "offset": offset,
+            "kind": kinds,
+            "rtype": rtype,
+            "sym": sym,
+            "addend": addend,
+        }
 
 
-def _implicit_addends(sec: Section, relocs: np.ndarray) -> np.ndarray:
+def _implicit_addends(sec: Section, kind: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """SHT_REL addends live in the bytes being patched: gather them in bulk."""
     if sec.flags & SectionFlags.ZERO_FILL:
-        return np.zeros(len(relocs), dtype=np.int64)
+        return np.zeros(len(kind), dtype=np.int64)
     buf = np.frombuffer(sec.data, dtype=np.uint8)
-    width = WIDTH[relocs["kind"]]
-    off = relocs["offset"].astype(np.int64)
-    value = np.zeros(len(relocs), dtype=np.uint64)
+    width = WIDTH[kind]
+    off = offset.astype(np.int64)
+    value = np.zeros(len(kind), dtype=np.uint64)
     for k in range(8):
         m = width > k
         value[m] |= buf[off[m] + k].astype(np.uint64) << np.uint64(8 * k)
@@ -329,7 +342,7 @@ def _implicit_addends(sec: Section, relocs: np.ndarray) -> np.ndarray:
         m = width == w
         sh = np.int64(64 - 8 * w)
         signed[m] = (signed[m] << sh) >> sh
-    unsigned32 = relocs["kind"] == Edge.Pointer32
+    unsigned32 = kind == Edge.Pointer32
     signed[unsigned32] = value[unsigned32].astype(np.int64)
     return signed
 
