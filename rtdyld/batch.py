@@ -23,9 +23,9 @@ from .errors import (
 from .objfile.model import (
     RELOC_DTYPE,
     SEC_ABS,
-    SYM_DTYPE,
     SEC_COMMON,
     SEC_DISCARDED,
+    SYM_DTYPE,
     Bind,
     ObjectFile,
     SectionRole,
@@ -442,7 +442,7 @@ class BatchLinker:
         out = np.zeros(len(idx), dtype=np.uint8)
         secs = self.relocs["section"][idx]
         offs = self.relocs["offset"][idx].astype(np.int64) - back
-        for s in np.unique(secs).tolist():
+        for s in scan.sorted_unique(secs).tolist():
             p = self.placed[s]
             data = self.objects[p.obj].sections[p.index].data
             if not len(data):

@@ -42,7 +42,7 @@ def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
     A = A.astype(np.int64).view(U)
     GOT = U(GOT)
     v = np.zeros(len(kind), dtype=U)
-    for k in np.unique(kind):
+    for k in np.flatnonzero(np.bincount(kind)):
         m = kind == k
         s, a, p = S[m], A[m], P[m]
         k = Edge(int(k))

@@ -45,6 +45,12 @@ def in_reach(addresses: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return (np.abs(a - np.int64(lo)) < REACH) & (np.abs(a - np.int64(hi)) < REACH)
 
 
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` without its first-call import of numpy.ma (start-up time)."""
+    s = np.sort(a)
+    return s[np.concatenate(([True], s[1:] != s[:-1]))] if len(s) else s
+
+
 def scan(
     kind: np.ndarray,
     target: np.ndarray,
@@ -70,6 +76,6 @@ def scan(
     relax[can & (opcode == 0xFF) & (modrm == 0x25)] = RELAX_JMP
     needs_slot = np.isin(kind, [int(k) for k in NEEDS_GOT_SLOT]) & (relax == RELAX_NONE)
     use_stub = ((kind == Edge.Branch32) | branch_like) & ~reachable
-    got_targets = np.unique(np.concatenate([target[needs_slot], target[use_stub]]))
-    stub_targets = np.unique(target[use_stub])
+    got_targets = sorted_unique(np.concatenate([target[needs_slot], target[use_stub]]))
+    stub_targets = sorted_unique(target[use_stub])
     return ScanResult(got_targets=got_targets, stub_targets=stub_targets, use_stub=use_stub, relax=relax)
