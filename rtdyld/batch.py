@@ -42,9 +42,15 @@ BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4"
 
 
 def _joined(tables: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """The tables end to end (np.concatenate re-derives the record dtype per call, slowly)."""
     if len(tables) == 1:
         return tables[0]
-    return np.concatenate(tables) if tables else np.zeros(0, dtype=dtype)
+    out = np.empty(sum(len(t) for t in tables), dtype=dtype)
+    at = 0
+    for t in tables:
+        out[at : at + len(t)] = t
+        at += len(t)
+    return out
 
 
 @dataclass

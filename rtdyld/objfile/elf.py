@@ -9,6 +9,7 @@ object and the offending section or entry.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -146,19 +147,7 @@ class _ElfReader:
                 continue
             if h.type == T.SHT_NOBITS and h.size > MAX_ZERO_FILL:
                 raise self.fail(f"section [{i}] {h.name!r} claims {h.size} bytes of zero-fill")
-            flags = SectionFlags.NONE
-            if h.flags & T.SHF_WRITE:
-                flags |= SectionFlags.WRITE
-            if h.flags & T.SHF_EXECINSTR:
-                flags |= SectionFlags.EXEC
-            if h.flags & T.SHF_TLS:
-                flags |= SectionFlags.TLS
-            if h.flags & T.SHF_MERGE:
-                flags |= SectionFlags.MERGE
-            if h.flags & T.SHF_STRINGS:
-                flags |= SectionFlags.STRINGS
-            if h.type == T.SHT_NOBITS:
-                flags |= SectionFlags.ZERO_FILL
+            flags = _section_flags(h.flags, h.type == T.SHT_NOBITS)
             role, priority = _role(h)
             self.model_index[i] = len(self.sections)
             self.sections.append(
@@ -204,7 +193,7 @@ class _ElfReader:
         special = (shndx >= T.SHN_LORESERVE) & (shndx <= 0xFFFF) & (raw["st_shndx"] != T.SHN_XINDEX)
         regular = ~special & (shndx != T.SHN_UNDEF)
         bad = regular & (shndx >= len(self.headers))
-        if np.any(bad):
+        if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise self.fail(f"symbol {i} ({self.names[i]!r}) has bad section index {int(shndx[i])}")
         sec = np.full(len(raw), SEC_UNDEF, dtype=np.int32)
@@ -212,7 +201,7 @@ class _ElfReader:
         sec[special & (shndx == T.SHN_ABS)] = SEC_ABS
         sec[special & (shndx == T.SHN_COMMON)] = SEC_COMMON
         odd = special & (shndx != T.SHN_ABS) & (shndx != T.SHN_COMMON)
-        if np.any(odd):
+        if odd.any():
             i = int(np.flatnonzero(odd)[0])
             raise self.fail(f"symbol {i} ({self.names[i]!r}) has unsupported section index {int(shndx[i]):#x}")
         bind = T.BIND_MAP[raw["st_info"] >> 4]
@@ -227,11 +216,11 @@ class _ElfReader:
         out["vis"] = raw["st_other"] & 3
         # Defined symbols must lie within their section (value == size marks an end label).
         defined = sec >= 0
-        if np.any(defined):
+        if defined.any():
             sizes = np.array([s.size for s in self.sections] or [0], dtype=np.uint64)
             over = defined.copy()
             over[defined] = out["value"][defined] > sizes[sec[defined]]
-            if np.any(over):
+            if over.any():
                 i = int(np.flatnonzero(over)[0])
                 raise self.fail(
                     f"symbol {self.names[i]!r} at {int(out['value'][i]):#x} lies past the end of "
@@ -280,13 +269,13 @@ class _ElfReader:
         sym = info >> 32
         where = lambda k: f"{sec.name}+{int(raw['r_offset'][k]):#x}"
         bad = sym >= len(symbols)
-        if np.any(bad):
+        if bad.any():
             k = int(np.flatnonzero(bad)[0])
             raise self.fail(f"{where(k)}: relocation refers to symbol {int(sym[k])}, past the symbol table")
         kinds = T.ELF_EDGE[np.minimum(rtype, len(T.ELF_EDGE) - 1)]
         kinds[rtype >= len(T.ELF_EDGE)] = T.UNSUPPORTED
         bad = kinds == T.UNSUPPORTED
-        if np.any(bad):
+        if bad.any():
             k = int(np.flatnonzero(bad)[0])
             t = int(rtype[k])
             tname = T.R_X86_64.get(t, f"relocation type {t}")
@@ -302,13 +291,13 @@ class _ElfReader:
         offset = raw["r_offset"]
         addend = raw["r_addend"] if rela else None
         none = kinds == Edge.NONE
-        if np.any(none):
+        if none.any():
             keep = ~none
             kinds, rtype, sym, offset = kinds[keep], rtype[keep], sym[keep], offset[keep]
             addend = addend[keep] if rela else None
         end = offset + _WIDTH[kinds]
         past = (end > np.uint64(sec.size)) | (offset > np.uint64(sec.size))
-        if np.any(past):
+        if past.any():
             k = int(np.flatnonzero(past)[0])
             raise self.fail(
                 f"{sec.name}+{int(offset[k]):#x}: {T.R_X86_64[int(rtype[k])]} "
@@ -345,6 +334,30 @@ def _implicit_addends(sec: Section, kind: np.ndarray, offset: np.ndarray) -> np.
     unsigned32 = kind == Edge.Pointer32
     signed[unsigned32] = value[unsigned32].astype(np.int64)
     return signed
+
+
+_FLAG_BITS = (
+    (T.SHF_WRITE, SectionFlags.WRITE),
+    (T.SHF_EXECINSTR, SectionFlags.EXEC),
+    (T.SHF_TLS, SectionFlags.TLS),
+    (T.SHF_MERGE, SectionFlags.MERGE),
+    (T.SHF_STRINGS, SectionFlags.STRINGS),
+)
+_FLAG_MASK = sum(bit for bit, _ in _FLAG_BITS)
+
+
+@functools.cache
+def _flags_of(sh_flags: int, zero_fill: bool) -> SectionFlags:
+    flags = SectionFlags.NONE
+    for bit, flag in _FLAG_BITS:
+        if sh_flags & bit:
+            flags |= flag
+    return flags | SectionFlags.ZERO_FILL if zero_fill else flags
+
+
+def _section_flags(sh_flags: int, zero_fill: bool) -> SectionFlags:
+    # IntFlag arithmetic costs microseconds per operation: compute each combination once.
+    return _flags_of(sh_flags & _FLAG_MASK, zero_fill)
 
 
 def _role(h: _Header) -> tuple[SectionRole, int | None]:
