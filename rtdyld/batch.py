@@ -30,6 +30,7 @@ from .objfile.model import (
     ObjectFile,
     SectionRole,
 )
+from .objfile.records import join
 from .symbols import Resolver, SymbolDef
 from .x86_64 import fixup, scan
 from .x86_64.edges import WIDTH, Edge
@@ -39,18 +40,6 @@ STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
 PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
 # The batch's relocations: an object's, plus which object and its own symbol number.
 BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
-
-
-def _joined(tables: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
-    """The tables end to end (np.concatenate re-derives the record dtype per call, slowly)."""
-    if len(tables) == 1:
-        return tables[0]
-    out = np.empty(sum(len(t) for t in tables), dtype=dtype)
-    at = 0
-    for t in tables:
-        out[at : at + len(t)] = t
-        at += len(t)
-    return out
 
 
 @dataclass
@@ -165,7 +154,7 @@ class BatchLinker:
         counts = [len(o.symbols) for o in self.objects]
         self.sym_base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.nsyms = int(self.sym_base[-1])
-        syms = _joined([o.symbols for o in self.objects], SYM_DTYPE)
+        syms = join([o.symbols for o in self.objects], SYM_DTYPE)
         self.value = syms["value"]
         self.size = syms["size"]
         self.bind = syms["bind"]
@@ -180,7 +169,7 @@ class BatchLinker:
         # A symbol in a dropped section is a reference to the kept copy.
         gsec[defined & (gsec < 0)] = SEC_DISCARDED
         self.gsec = gsec
-        r = _joined([o.relocs for o in self.objects], RELOC_DTYPE)
+        r = join([o.relocs for o in self.objects], RELOC_DTYPE)
         robj = np.repeat(np.arange(len(self.objects)), [len(o.relocs) for o in self.objects])
         g = gid_of[sec_base[robj] + r["section"]]
         keep = g >= 0

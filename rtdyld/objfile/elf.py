@@ -32,6 +32,7 @@ from .model import (
     SectionFlags,
     SectionRole,
 )
+from .records import join
 from .strtab import read_names
 
 _PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
@@ -39,6 +40,7 @@ _PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
 # rejected before anything is reserved.
 MAX_ZERO_FILL = 1 << 36
 _WIDTH = WIDTH.astype(np.uint64)
+_NONE = int(Edge.NONE)
 
 
 def is_elf(data: bytes | memoryview) -> bool:
@@ -231,7 +233,10 @@ class _ElfReader:
     # --- relocations ------------------------------------------------------------
 
     def _read_relocations(self, symbols: np.ndarray) -> np.ndarray:
-        parts = []
+        # Every SHT_RELA section of the object is converted in one pass (the
+        # per-call cost of numpy, not the row count, dominates for archive
+        # members); SHT_REL, which x86-64 compilers do not emit, one by one.
+        rela, rela_targets, parts = [], [], []
         for i, h in enumerate(self.headers):
             if h.type not in (T.SHT_RELA, T.SHT_REL):
                 continue
@@ -242,9 +247,15 @@ class _ElfReader:
                 continue  # debug info and other sections we do not load
             if h.link != self.symtab_index:
                 raise self.fail(f"relocation section [{i}] {h.name!r} does not use the symbol table")
-            rela = h.type == T.SHT_RELA
-            raw = self._table(h, T.ELF64_RELA if rela else T.ELF64_REL, "relocation")
-            parts.append(self._convert_relocs(raw, rela, target, symbols))
+            if h.type == T.SHT_RELA:
+                rela.append(self._table(h, T.ELF64_RELA, "relocation"))
+                rela_targets.append(target)
+            else:
+                raw = self._table(h, T.ELF64_REL, "relocation")
+                parts.append(self._convert_relocs(raw, False, np.full(len(raw), target, dtype=np.int32), symbols))
+        if rela:
+            targets = np.repeat(np.array(rela_targets, dtype=np.int32), [len(r) for r in rela])
+            parts.insert(0, self._convert_relocs(join(rela, T.ELF64_RELA), True, targets, symbols))
         if not parts:
             return np.zeros(0, dtype=RELOC_DTYPE)
         # Columns are joined and (rarely) sorted as plain arrays; the packed
@@ -252,7 +263,7 @@ class _ElfReader:
         cols = {f: np.concatenate([p[f] for p in parts]) if len(parts) > 1 else parts[0][f] for f in parts[0]}
         section, offset = cols["section"], cols["offset"]
         dsec = np.diff(section)
-        if not np.all((dsec > 0) | ((dsec == 0) & (offset[1:] >= offset[:-1]))):
+        if not ((dsec > 0) | ((dsec == 0) & (offset[1:] >= offset[:-1]))).all():
             order = np.lexsort((offset, section))
             cols = {f: c[order] for f, c in cols.items()}
         out = np.empty(len(section), dtype=RELOC_DTYPE)
@@ -261,13 +272,13 @@ class _ElfReader:
         out["sym2"] = -1
         return out
 
-    def _convert_relocs(self, raw, rela: bool, target: int, symbols) -> dict[str, np.ndarray]:
-        """One relocation section as columns of RELOC_DTYPE (all but sym2)."""
-        sec = self.sections[target]
+    def _convert_relocs(self, raw, rela: bool, target: np.ndarray, symbols) -> dict[str, np.ndarray]:
+        """Relocation entries patching sections ``target`` (one per entry) as
+        columns of RELOC_DTYPE (all but sym2)."""
         info = raw["r_info"]
         rtype = (info & 0xFFFFFFFF).astype(np.uint32)
         sym = info >> 32
-        where = lambda k: f"{sec.name}+{int(raw['r_offset'][k]):#x}"
+        where = lambda k: f"{self.sections[target[k]].name}+{int(raw['r_offset'][k]):#x}"
         bad = sym >= len(symbols)
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
@@ -290,23 +301,24 @@ class _ElfReader:
             )
         offset = raw["r_offset"]
         addend = raw["r_addend"] if rela else None
-        none = kinds == Edge.NONE
+        none = kinds == _NONE
         if none.any():
             keep = ~none
-            kinds, rtype, sym, offset = kinds[keep], rtype[keep], sym[keep], offset[keep]
+            kinds, rtype, sym, offset, target = kinds[keep], rtype[keep], sym[keep], offset[keep], target[keep]
             addend = addend[keep] if rela else None
-        end = offset + _WIDTH[kinds]
-        past = (end > np.uint64(sec.size)) | (offset > np.uint64(sec.size))
+        size = np.array([s.size for s in self.sections], dtype=np.uint64)[target]
+        past = (offset + _WIDTH[kinds] > size) | (offset > size)
         if past.any():
             k = int(np.flatnonzero(past)[0])
+            sec = self.sections[target[k]]
             raise self.fail(
                 f"{sec.name}+{int(offset[k]):#x}: {T.R_X86_64[int(rtype[k])]} "
                 f"writes past the end of the section (size {sec.size:#x})"
             )
         if not rela:
-            addend = _implicit_addends(sec, kinds, offset)
+            addend = _implicit_addends(self.sections[target[0]], kinds, offset) if len(kinds) else offset.view(np.int64)
         return {
-            "section": np.full(len(kinds), target, dtype=np.int32),
+            "section": target,
             "offset": offset,
             "kind": kinds,
             "rtype": rtype,
