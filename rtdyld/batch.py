@@ -435,16 +435,23 @@ class BatchLinker:
         """The byte ``back`` bytes before each masked fixup, from the object's bytes."""
         idx = np.flatnonzero(mask)
         out = np.zeros(len(idx), dtype=np.uint8)
+        if not len(idx):
+            return out
         secs = self.relocs["section"][idx]
         offs = self.relocs["offset"][idx].astype(np.int64) - back
-        for s in scan.sorted_unique(secs).tolist():
-            p = self.placed[s]
+        # Rows are grouped by section (relocations are sorted by it), one slice per section.
+        order = np.argsort(secs, kind="stable")
+        ordered = secs[order]
+        cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        for start, end in zip([0, *cuts.tolist()], [*cuts.tolist(), len(idx)]):
+            p = self.placed[int(ordered[start])]
             data = self.objects[p.obj].sections[p.index].data
             if not len(data):
                 continue
-            buf = np.frombuffer(data, dtype=np.uint8)
-            m = (secs == s) & (offs >= 0)
-            out[m] = buf[offs[m]]
+            rows = order[start:end]
+            at = offs[rows]
+            ok = at >= 0
+            out[rows[ok]] = np.frombuffer(data, dtype=np.uint8)[at[ok]]
         return out
 
     def _unreachable(self, k: int) -> None:
@@ -650,13 +657,15 @@ class BatchLinker:
             self.sym_obj[idx].tolist(),
             self.gsec[idx].tolist(),
         )
+        origin = [o.name for o in self.objects]
+        section_name = [self.objects[p.obj].sections[p.index].name for p in self.placed]
+        commons = self.commons
         for name, address, size, stype, bind, vis, oi, sec in cols:
-            obj = self.objects[oi]
-            if name in self.commons:
-                section, size = "COMMON", self.commons[name][1]
+            if name in commons:
+                section, size = "COMMON", commons[name][1]
             else:
-                section = obj.sections[self.placed[sec].index].name if sec >= 0 else ""
-            defs[name] = SymbolDef(name, address, size, stype, bind, vis, obj.name, section)
+                section = section_name[sec] if sec >= 0 else ""
+            defs[name] = SymbolDef(name, address, size, stype, bind, vis, origin[oi], section)
         init, fini = self._init_fini()
         return LinkedBatch(
             objects=self.objects,
