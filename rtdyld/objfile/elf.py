@@ -41,6 +41,13 @@ _PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
 MAX_ZERO_FILL = 1 << 36
 _WIDTH = WIDTH.astype(np.uint64)
 _NONE = int(Edge.NONE)
+# Section-number look-up of symbols: markers for numbers that name no section,
+# the reserved range (SHN_LORESERVE..0xffff), and the size bound of non-section symbols.
+_BAD_INDEX, _UNSUPPORTED_INDEX = -100, -101
+_RESERVED = np.full(0x10000 - T.SHN_LORESERVE, _UNSUPPORTED_INDEX, dtype=np.int32)
+_RESERVED[T.SHN_ABS - T.SHN_LORESERVE] = SEC_ABS
+_RESERVED[T.SHN_COMMON - T.SHN_LORESERVE] = SEC_COMMON
+_NO_SECTION = np.iinfo(np.uint64).max
 
 
 def is_elf(data: bytes | memoryview) -> bool:
@@ -183,31 +190,12 @@ class _ElfReader:
 
     def _convert_symbols(self) -> np.ndarray:
         raw = self.raw_syms
-        out = np.zeros(len(raw), dtype=SYM_DTYPE)
+        out = np.empty(len(raw), dtype=SYM_DTYPE)
         if not len(raw):
             return out
-        shndx = raw["st_shndx"].astype(np.int64)
-        if self.xindex is not None:
-            x = shndx == T.SHN_XINDEX
-            shndx[x] = self.xindex[: len(raw)][x]
-        elif np.any(shndx == T.SHN_XINDEX):
-            raise self.fail("a symbol uses SHN_XINDEX but there is no extended section index table")
-        special = (shndx >= T.SHN_LORESERVE) & (shndx <= 0xFFFF) & (raw["st_shndx"] != T.SHN_XINDEX)
-        regular = ~special & (shndx != T.SHN_UNDEF)
-        bad = regular & (shndx >= len(self.headers))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise self.fail(f"symbol {i} ({self.names[i]!r}) has bad section index {int(shndx[i])}")
-        sec = np.full(len(raw), SEC_UNDEF, dtype=np.int32)
-        sec[regular] = self.model_index[shndx[regular]]
-        sec[special & (shndx == T.SHN_ABS)] = SEC_ABS
-        sec[special & (shndx == T.SHN_COMMON)] = SEC_COMMON
-        odd = special & (shndx != T.SHN_ABS) & (shndx != T.SHN_COMMON)
-        if odd.any():
-            i = int(np.flatnonzero(odd)[0])
-            raise self.fail(f"symbol {i} ({self.names[i]!r}) has unsupported section index {int(shndx[i]):#x}")
+        sec = self._symbol_sections(raw)
         bind = T.BIND_MAP[raw["st_info"] >> 4]
-        if np.any(bind == 255):
+        if (bind == 255).any():
             i = int(np.flatnonzero(bind == 255)[0])
             raise self.fail(f"symbol {i} ({self.names[i]!r}) has unknown binding {int(raw['st_info'][i] >> 4)}")
         out["value"] = raw["st_value"]
@@ -217,18 +205,42 @@ class _ElfReader:
         out["type"] = T.TYPE_MAP[raw["st_info"] & 0xF]
         out["vis"] = raw["st_other"] & 3
         # Defined symbols must lie within their section (value == size marks an end label).
-        defined = sec >= 0
-        if defined.any():
-            sizes = np.array([s.size for s in self.sections] or [0], dtype=np.uint64)
-            over = defined.copy()
-            over[defined] = out["value"][defined] > sizes[sec[defined]]
-            if over.any():
-                i = int(np.flatnonzero(over)[0])
-                raise self.fail(
-                    f"symbol {self.names[i]!r} at {int(out['value'][i]):#x} lies past the end of "
-                    f"section {self.sections[sec[i]].name!r}"
-                )
+        sizes = np.array([s.size for s in self.sections] + [_NO_SECTION], dtype=np.uint64)
+        over = raw["st_value"] > sizes[np.where(sec >= 0, sec, len(self.sections))]
+        if over.any():
+            i = int(np.flatnonzero(over)[0])
+            raise self.fail(
+                f"symbol {self.names[i]!r} at {int(raw['st_value'][i]):#x} lies past the end of "
+                f"section {self.sections[sec[i]].name!r}"
+            )
         return out
+
+    def _symbol_sections(self, raw: np.ndarray) -> np.ndarray:
+        """Each symbol's section in the model, or SEC_*: one table look-up over
+        the section numbers, then the reserved ones (SHN_ABS, SHN_COMMON)."""
+        shndx = raw["st_shndx"].astype(np.int64)
+        escaped = None
+        if self.xindex is not None:
+            escaped = shndx == T.SHN_XINDEX
+            shndx[escaped] = self.xindex[: len(raw)][escaped]
+        reserved = shndx >= T.SHN_LORESERVE
+        if escaped is not None:
+            reserved &= ~escaped
+        n = len(self.headers)
+        # model_index for 0..n-1 (0 is SHN_UNDEF), then "past the last section", then the reserved range.
+        table = np.concatenate((self.model_index, [_BAD_INDEX], _RESERVED))
+        table[0] = SEC_UNDEF
+        sec = table[np.where(reserved, n + 1 + (shndx - T.SHN_LORESERVE), np.minimum(shndx, n))]
+        bad = sec <= _BAD_INDEX
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            what = f"symbol {i} ({self.names[i]!r})"
+            if not reserved[i]:
+                raise self.fail(f"{what} has bad section index {int(shndx[i])}")
+            if shndx[i] == T.SHN_XINDEX:
+                raise self.fail("a symbol uses SHN_XINDEX but there is no extended section index table")
+            raise self.fail(f"{what} has unsupported section index {int(shndx[i]):#x}")
+        return sec
 
     # --- relocations ------------------------------------------------------------
 
