@@ -71,3 +71,22 @@ def test_generated_object_has_the_requested_relocation_count(tmp_path, monkeypat
     made = gen.make(1_500)
     assert gen.count_relocs(made.data) == made.relocs == 1_500
     assert gen.make_object(1_500) == made.data  # from the cache, same bytes
+
+
+def test_generated_archive_links_every_member_and_checks(tmp_path, monkeypatch):
+    monkeypatch.setenv("RTDYLD_BENCH_CACHE", str(tmp_path))
+    monkeypatch.syspath_prepend(str(ROOT))
+    import rtdyld
+    from bench import gen_archive
+
+    made = gen_archive.make_archive(members=4, functions=3)
+    ln = rtdyld.Linker()
+    try:
+        ln.add_object(made.program, name="gen_prog.o")
+        ln.add_archive(made.archive)
+        handle = ln.finalize()
+        assert len(handle.batch.pulls) == 4
+        check = ln.function(gen_archive.ENTRY, "uint64_t(uint64_t)")
+        assert check(gen_archive.SEED_ARG) == made.expected_check
+    finally:
+        ln.close()
