@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from itertools import accumulate
+from itertools import accumulate, count
+from operator import add
 
 import numpy as np
 
@@ -35,7 +36,9 @@ def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
     # name that is the tail of a longer string (suffix sharing) is sliced.
     pieces = raw.decode("ascii").split("\0")
     if len(offs) < SMALL:
-        start_of = dict(zip(accumulate((len(p) + 1 for p in pieces), initial=0), pieces))
+        # Piece k starts after the k pieces and the k NULs before it.
+        starts = map(add, accumulate(map(len, pieces), initial=0), count())
+        start_of = dict(zip(starts, pieces))
         names = [start_of.get(o) for o in offs]
     else:
         nuls = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 0)
