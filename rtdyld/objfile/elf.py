@@ -2,9 +2,9 @@
 
 The section header table (including the SHN_XINDEX escapes for large section
 counts, see :mod:`.elf_headers`), the symbol and the relocation tables are
-read in bulk as numpy structured arrays over the file's bytes, uncopied.  Every index and offset is
-checked before use: malformed input raises MalformedObjectError naming the
-object and the offending section or entry.
+read in bulk as numpy structured arrays over the file's bytes, uncopied.
+Every index and offset is checked before use: malformed input raises
+MalformedObjectError naming the object and the offending section or entry.
 """
 
 from __future__ import annotations
@@ -327,8 +327,8 @@ class _ElfReader:
                 f"{sec.name}+{int(offset[k]):#x}: {T.R_X86_64[int(rtype[k])]} "
                 f"writes past the end of the section (size {sec.size:#x})"
             )
-        if not rela:
-            addend = _implicit_addends(self.sections[target[0]], kinds, offset) if len(kinds) else offset.view(np.int64)
+        if not rela:  # one SHT_REL section at a time: every row patches the same section
+            addend = _implicit_addends(self.sections[target[0]], kinds, offset) if len(kinds) else target.astype(np.int64)
         return {
             "section": target,
             "offset": offset,
