@@ -87,12 +87,13 @@ class _ElfReader:
             self.headers = read_section_headers(d)
         except HeaderError as e:
             raise self.fail(f"bad section headers: {e}") from None
+        end = len(d)
         for i, h in enumerate(self.headers):
             if h.type != T.SHT_NOBITS and i and h.type != 0:
-                if h.offset + h.size > len(d):
+                if h.offset + h.size > end:
                     raise self.fail(
                         f"section [{i}] {h.name!r} extends past the end of the file "
-                        f"(offset {h.offset:#x} + size {h.size:#x} > {len(d):#x})"
+                        f"(offset {h.offset:#x} + size {h.size:#x} > {end:#x})"
                     )
             if h.align & (h.align - 1):
                 raise self.fail(f"section [{i}] {h.name!r} has alignment {h.align}, not a power of two")

@@ -39,7 +39,7 @@ def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
         # Piece k starts after the k pieces and the k NULs before it.
         starts = map(add, accumulate(map(len, pieces), initial=0), count())
         start_of = dict(zip(starts, pieces))
-        names = [start_of.get(o) for o in offs]
+        names = list(map(start_of.get, offs))
     else:
         nuls = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 0)
         where = offsets.astype(np.int64)
