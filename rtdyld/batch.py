@@ -439,7 +439,7 @@ class BatchLinker:
             return out
         secs = self.relocs["section"][idx]
         offs = self.relocs["offset"][idx].astype(np.int64) - back
-        # Rows are grouped by section (relocations are sorted by it), one slice per section.
+        # One slice of rows per section (relocations come sorted by section, so the sort is cheap).
         order = np.argsort(secs, kind="stable")
         ordered = secs[order]
         cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
