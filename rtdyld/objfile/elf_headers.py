@@ -14,6 +14,8 @@ import struct
 
 import numpy as np
 
+from .strtab import read_names
+
 SHN_XINDEX = 0xFFFF
 SHDR_SIZE = 64
 
@@ -79,12 +81,11 @@ def _section_names(data, table: np.ndarray, rows: list[tuple], shstrndx: int) ->
             f"section name table (offset {offset:#x}, size {size:#x}) extends past the end of the file"
         )
     strtab = bytes(memoryview(data)[offset : offset + size])
-    offsets = table["sh_name"].tolist()
-    names = [""]
-    for i in range(1, n):
-        at = offsets[i]
-        end = strtab.find(b"\0", at) if at < size else -1
-        if end < 0:
+    try:
+        return ["", *read_names(strtab, table["sh_name"][1:])]
+    except ValueError:
+        pass  # name the offending section below
+    for i, at in enumerate(table["sh_name"].tolist()[1:], start=1):
+        if at >= size or strtab.find(b"\0", at) < 0:
             raise HeaderError(f"section [{i}] name offset {at} is past the section name table or unterminated")
-        names.append(strtab[at:end].decode("utf-8", "surrogateescape"))
-    return names
+    raise AssertionError("unreachable: read_names rejected a valid table")
