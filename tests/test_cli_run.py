@@ -151,3 +151,20 @@ def test_run_stats_prints_phase_times_then_link_time(prog):
 def test_run_without_stats_prints_no_times(prog):
     proc = rtdyld_run("--entry", "alt_main", *prog, "--", "a")
     assert proc.stderr == ""
+
+
+HEAVY = ("capstone", "llvmlite", "elftools", "numpy.ma", "rtdyld.cache")
+
+
+def test_run_on_objects_imports_nothing_heavy(prog):
+    # capstone is for traces and checks, llvmlite for IR inputs, the cache for --cache.
+    code = (
+        "import sys\n"
+        "from rtdyld.cli import main\n"
+        f"main(['run', '--entry', 'alt_main', {str(prog[0])!r}, {str(prog[1])!r}])\n"
+        f"print('imported:', *[m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.splitlines()[-1] == "imported:", proc.stdout
