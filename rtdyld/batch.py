@@ -33,11 +33,12 @@ from .objfile.model import (
 from .objfile.records import join
 from .symbols import Resolver, SymbolDef
 from .x86_64 import fixup, scan
-from .x86_64.edges import WIDTH, Edge
+from .x86_64.edges import WIDTH, Edge, kind_mask
 
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
 PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
+_PC32_DATA = kind_mask(PC32_DATA)
 # The batch's relocations: an object's, plus which object and its own symbol number.
 BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
 
@@ -418,7 +419,7 @@ class BatchLinker:
         absolute = ~internal & (tgt < n)
         if np.any(absolute):
             reachable[absolute] = scan.in_reach(self.value[tgt[absolute]], lo, hi)
-        far_data = np.isin(kind, [int(k) for k in PC32_DATA]) & ~reachable
+        far_data = _PC32_DATA[kind] & ~reachable
         branch_like = np.zeros(len(kind), dtype=bool)
         stuck = np.zeros(0, dtype=np.int64)
         if np.any(far_data):

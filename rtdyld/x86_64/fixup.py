@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .edges import WIDTH, Edge
+from .edges import N_EDGES, WIDTH, Edge
 
 U = np.uint64
 
@@ -31,6 +31,11 @@ _RANGE = {
     Edge.Size32: (0, (1 << 32) - 1),
     Edge.Difference32: (-(1 << 31), (1 << 32) - 1),
 }
+# The same as tables indexed by kind; kinds without a range (64-bit fields) accept anything.
+_LOW = np.full(N_EDGES, np.iinfo(np.int64).min, dtype=np.int64)
+_HIGH = np.full(N_EDGES, np.iinfo(np.int64).max, dtype=np.int64)
+for _k, (_lo, _hi) in _RANGE.items():
+    _LOW[_k], _HIGH[_k] = _lo, _hi
 
 
 def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
@@ -72,12 +77,7 @@ def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
 def out_of_range(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Mask of relocations whose value does not fit the field."""
     signed = value.view(np.int64)
-    bad = np.zeros(len(kind), dtype=bool)
-    for k, (lo, hi) in _RANGE.items():
-        m = kind == k
-        if np.any(m):
-            bad[m] = (signed[m] < lo) | (signed[m] > hi)
-    return bad
+    return (signed < _LOW[kind]) | (signed > _HIGH[kind])
 
 
 def write(memory: np.ndarray, where: np.ndarray, kind: np.ndarray, value: np.ndarray) -> None:
