@@ -9,7 +9,8 @@ that prints its own tables; adding one is that module plus its name below.
 BENCHMARKS = (
     "link_object",
     "scaling",
-    "archives",
+    "cold_link",
+    "startup",
     "soak",
     "stubs",
     "warm_link",

@@ -5,15 +5,21 @@ every median here; "cpu ms" is this process's CPU time for the same run,
 steadier when other work competes for the machine).  The fixup
 throughput is relocations over the time of ``BatchLinker.apply_fixups``
 alone: computing every value (GOT slots, stubs, relaxation), range checks,
-the before-bytes snapshot kept for traces, and the writes.  The phase table
-times each of rtdyld's phases the same way (see ``bench.phases``); "rest" is
-what the phases do not cover, such as the session's bookkeeping.
+and the writes.  The phase table times each of rtdyld's phases the same way
+(see ``bench.phases``); "rest" is what the phases do not cover, such as the
+session's bookkeeping.  A linear fit of the medians shows whether the time
+per relocation stays flat.
+
+The memory table compares what one link maps (every segment of its
+allocation, GOT and stubs included) with the sum of its sections' sizes
+plus one page per segment; the goal is at most 1.1 times that.
 """
 
 from __future__ import annotations
 
 from . import report
-from .gen import make
+from .engines import Rtdyld
+from .gen import Generated, make
 from .phases import FIXUP
 from .report import Row
 from .session import Session
@@ -23,19 +29,77 @@ QUICK_SIZES = (1_000, 5_000, 20_000, 50_000)
 # JITLink (and LLJIT) are timed by link_object; at 500k relocations JITLink
 # alone would take longer than the whole benchmark run.
 PEERS = ("MCJIT",)
+FIXUP_CASE = 200_000  # the fixup throughput goal is stated at this size
+FIXUP_GOAL = 5e6
+MEMORY_GOAL = 1.1
 
 
 def run(session: Session) -> list[Row]:
     opts = session.options
     rows: list[Row] = []
+    memory = []
     for relocs in opts.sizes(QUICK_SIZES if opts.quick else SIZES):
         gen = make(relocs)
         rows.append(Row("scaling", "pic/small", gen.relocs, session.rtdyld(gen), session.peers(gen, PEERS)))
+        memory.append(mapped_memory(gen))
     print(report.table(*_times(rows), "scaling: link time against relocations (medians)"))
+    print(_linearity(rows))
     print()
     print(report.table(*_phases(rows), "scaling: rtdyld phases (median ms)"))
     print()
+    print(report.table(*_memory(memory), "scaling: memory mapped against section sizes"))
+    print()
     return rows
+
+
+def mapped_memory(gen: Generated) -> tuple[int, int, int, int]:
+    """(relocations, bytes mapped, bytes of sections, segments) of one rtdyld link of ``gen``."""
+    engine = Rtdyld()
+    ln = engine.prepare(gen)
+    try:
+        engine.link(ln, gen)
+        batch = ln.handles[-1].batch
+        sections = sum(batch.objects[p.obj].sections[p.index].size for p in batch.sections)
+        segments = sum(1 for s in batch.allocation.segments if s.size)
+        return gen.relocs, batch.allocation.size, sections, segments
+    finally:
+        engine.release(ln)
+
+
+def _memory(rows: list[tuple[int, int, int, int]]) -> tuple[list[str], list[list[str]]]:
+    from memmgr import libc
+
+    page = libc.PAGE_SIZE
+    headers = ["relocs", "mapped KiB", "sections KiB", "segments", "mapped/(sections+pages)", f"goal <= {MEMORY_GOAL}"]
+    lines = []
+    for relocs, mapped, sections, segments in rows:
+        ratio = mapped / (sections + page * segments)
+        lines.append([str(relocs), f"{mapped / 1024:.1f}", f"{sections / 1024:.1f}", str(segments), f"{ratio:.3f}",
+                      "ok" if ratio <= MEMORY_GOAL else "MISSED"])
+    return headers, lines
+
+
+def _linearity(rows: list[Row]) -> str:
+    """Least-squares fit t = a + b*n of the medians, the worst relative residual,
+    and the fixup throughput at FIXUP_CASE against its goal."""
+    n = [r.relocs for r in rows]
+    t = [r.rtdyld.median for r in rows]
+    lines = []
+    if len(rows) >= 3:
+        mean_n, mean_t = sum(n) / len(n), sum(t) / len(t)
+        b = sum((x - mean_n) * (y - mean_t) for x, y in zip(n, t)) / sum((x - mean_n) ** 2 for x in n)
+        a = mean_t - b * mean_n
+        worst = max(abs(y - (a + b * x)) / y for x, y in zip(n, t))
+        lines.append(
+            f"linear fit: t = {a * 1e3:.2f} ms + {b * 1e9:.1f} ns x relocs; worst residual {100 * worst:.0f}% of a median"
+        )
+    fixup = next((r.rtdyld.phases.get(FIXUP) for r in rows if r.relocs == FIXUP_CASE), None)
+    if fixup:
+        rate = FIXUP_CASE / fixup
+        verdict = "meets" if rate >= FIXUP_GOAL else "misses"
+        lines.append(f"fixup throughput at {FIXUP_CASE} relocations: {report.rate(rate)} relocs/s "
+                     f"({verdict} the goal of {report.rate(FIXUP_GOAL)})")
+    return "\n".join(lines)
 
 
 def _times(rows: list[Row]) -> tuple[list[str], list[list[str]]]:

@@ -7,7 +7,6 @@
     add = ln.function("add", "int(int, int)")
 """
 
-from .cache import ObjectCache
 from .errors import (
     DuplicateSymbolError,
     LayoutError,
@@ -24,6 +23,16 @@ from .linker import Handle, Linker
 from .symbols import Dylib
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The object cache pulls in hashing, JSON and file locking: only for sessions that use it.
+    if name == "ObjectCache":
+        from .cache import ObjectCache
+
+        return ObjectCache
+    raise AttributeError(f"module 'rtdyld' has no attribute {name!r}")
+
 
 __all__ = [
     "DuplicateSymbolError",

@@ -26,17 +26,22 @@ from .objfile.model import (
     SEC_ABS,
     SEC_COMMON,
     SEC_DISCARDED,
+    SYM_DTYPE,
     Bind,
     ObjectFile,
     SectionRole,
 )
+from .objfile.records import join
 from .symbols import Resolver, SymbolDef
 from .x86_64 import fixup, scan
-from .x86_64.edges import WIDTH, Edge
+from .x86_64.edges import WIDTH, Edge, kind_mask
 
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
 PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
+_PC32_DATA = kind_mask(PC32_DATA)
+# The batch's relocations: an object's, plus which object and its own symbol number.
+BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
 
 
 @dataclass
@@ -137,6 +142,7 @@ class BatchLinker:
     # --- one table for the whole batch ---------------------------------------
 
     def concatenate(self) -> None:
+        """Every object's tables joined into one, in batch-wide numbering."""
         secs: list[PlacedSection] = []
         sec_gid = []
         for oi, obj in enumerate(self.objects):
@@ -148,43 +154,44 @@ class BatchLinker:
                 secs.append(PlacedSection(oi, si, L.segment_of(s)))
             sec_gid.append(gid)
         self.placed = secs
+        # Object-local section numbers become batch-wide ones through one table.
+        gid_of = np.concatenate(sec_gid) if sec_gid else np.zeros(1, np.int64)
+        sec_base = np.concatenate([[0], np.cumsum([len(g) for g in sec_gid])]).astype(np.int64)
         counts = [len(o.symbols) for o in self.objects]
         self.sym_base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.nsyms = int(self.sym_base[-1])
-        syms = np.concatenate([o.symbols for o in self.objects]) if self.objects else None
-        self.value = syms["value"] if syms is not None else np.zeros(0, np.uint64)
-        self.size = syms["size"] if syms is not None else np.zeros(0, np.uint64)
-        self.bind = syms["bind"] if syms is not None else np.zeros(0, np.uint8)
-        self.stype = syms["type"] if syms is not None else np.zeros(0, np.uint8)
-        self.vis = syms["vis"] if syms is not None else np.zeros(0, np.uint8)
+        syms = join([o.symbols for o in self.objects], SYM_DTYPE)
+        self.value = syms["value"]
+        self.size = syms["size"]
+        self.bind = syms["bind"]
+        self.stype = syms["type"]
+        self.vis = syms["vis"]
         self.sym_obj = np.repeat(np.arange(len(self.objects)), counts)
         self.names = [name for o in self.objects for name in o.names]
-        gsec = np.empty(self.nsyms, dtype=np.int64)
-        for oi, obj in enumerate(self.objects):
-            local = obj.symbols["section"].astype(np.int64)
-            g = np.where(local >= 0, sec_gid[oi][np.maximum(local, 0)], local)
-            # A symbol in a dropped section is a reference to the kept copy.
-            g[(local >= 0) & (g < 0)] = SEC_DISCARDED
-            gsec[self.sym_base[oi] : self.sym_base[oi + 1]] = g
+        local = syms["section"].astype(np.int64)
+        defined = local >= 0
+        gsec = local.copy()
+        gsec[defined] = gid_of[sec_base[self.sym_obj[defined]] + local[defined]]
+        # A symbol in a dropped section is a reference to the kept copy.
+        gsec[defined & (gsec < 0)] = SEC_DISCARDED
         self.gsec = gsec
-        rel = []
-        for oi, obj in enumerate(self.objects):
-            r = obj.relocs
-            if not len(r):
-                continue
-            g = sec_gid[oi][r["section"]]
-            keep = g >= 0
-            out = np.zeros(int(keep.sum()), dtype=RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
-            for f in RELOC_DTYPE.names:
-                out[f] = r[f][keep]
-            out["section"] = g[keep]
-            out["obj"] = oi
-            out["lsym"] = r["sym"][keep]
-            out["sym"] = r["sym"][keep] + self.sym_base[oi]
-            s2 = r["sym2"][keep]
-            out["sym2"] = np.where(s2 >= 0, s2 + self.sym_base[oi], -1)
-            rel.append(out)
-        self.relocs = np.concatenate(rel) if rel else np.zeros(0, dtype=RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
+        r = join([o.relocs for o in self.objects], RELOC_DTYPE)
+        robj = np.repeat(np.arange(len(self.objects)), [len(o.relocs) for o in self.objects])
+        g = gid_of[sec_base[robj] + r["section"]]
+        keep = g >= 0
+        if not np.all(keep):
+            r, robj, g = r[keep], robj[keep], g[keep]
+        out = np.empty(len(r), dtype=BATCH_RELOC_DTYPE)
+        for f in ("offset", "kind", "rtype", "addend"):
+            out[f] = r[f]
+        base = self.sym_base[robj]
+        out["section"] = g
+        out["obj"] = robj
+        out["lsym"] = r["sym"]
+        out["sym"] = r["sym"] + base
+        s2 = r["sym2"]
+        out["sym2"] = np.where(s2 >= 0, s2 + base, -1)
+        self.relocs = out
 
     def name_of(self, gsym: int) -> str:
         oi = int(self.sym_obj[gsym])
@@ -425,7 +432,7 @@ class BatchLinker:
         absolute = ~internal & (tgt < n)
         if np.any(absolute):
             reachable[absolute] = scan.in_reach(self.value[tgt[absolute]], lo, hi)
-        far_data = np.isin(kind, [int(k) for k in PC32_DATA]) & ~reachable
+        far_data = _PC32_DATA[kind] & ~reachable
         branch_like = np.zeros(len(kind), dtype=bool)
         stuck = np.zeros(0, dtype=np.int64)
         if np.any(far_data):
@@ -442,16 +449,23 @@ class BatchLinker:
         """The byte ``back`` bytes before each masked fixup, from the object's bytes."""
         idx = np.flatnonzero(mask)
         out = np.zeros(len(idx), dtype=np.uint8)
+        if not len(idx):
+            return out
         secs = self.relocs["section"][idx]
         offs = self.relocs["offset"][idx].astype(np.int64) - back
-        for s in np.unique(secs).tolist():
-            p = self.placed[s]
+        # One slice of rows per section (relocations come sorted by section, so the sort is cheap).
+        order = np.argsort(secs, kind="stable")
+        ordered = secs[order]
+        cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        for start, end in zip([0, *cuts.tolist()], [*cuts.tolist(), len(idx)]):
+            p = self.placed[int(ordered[start])]
             data = self.objects[p.obj].sections[p.index].data
             if not len(data):
                 continue
-            buf = np.frombuffer(data, dtype=np.uint8)
-            m = (secs == s) & (offs >= 0)
-            out[m] = buf[offs[m]]
+            rows = order[start:end]
+            at = offs[rows]
+            ok = at >= 0
+            out[rows[ok]] = np.frombuffer(data, dtype=np.uint8)[at[ok]]
         return out
 
     def _unreachable(self, k: int) -> None:
@@ -613,7 +627,6 @@ class BatchLinker:
         bad = fixup.out_of_range(kind, value)
         if np.any(bad):
             self._overflow(np.flatnonzero(bad), kind, value, S)
-        before = self._snapshot(where)
         # Rewrite relaxed instructions, then store every value.
         mov = sc.relax == scan.RELAX_MOV
         mem[where[mov] - 2] = scan.LEA
@@ -635,20 +648,12 @@ class BatchLinker:
             "value": value,
             "use_stub": sc.use_stub,
             "relax": sc.relax,
-            "before": before,
         }
 
     def _finish_eh_frame(self) -> None:
         d = getattr(self, "dropped_eh", None)
         dropped = self.sec_work[d["section"]] + d["offset"].astype(np.int64) if d is not None else []
         unwind.finish(self.eh_frame, self.allocation.memory, dropped)
-
-    def _snapshot(self, where) -> np.ndarray:
-        """The bytes at each fixup before it is written (for traces): 8 per row."""
-        mem = self.allocation.memory
-        idx = where[:, None] + np.arange(-2, 6)[None, :]
-        idx = np.clip(idx, 0, len(mem) - 1)
-        return mem[idx]
 
     def _overflow(self, bad: np.ndarray, kind, value, S) -> None:
         lines = []
@@ -684,13 +689,15 @@ class BatchLinker:
             self.sym_obj[idx].tolist(),
             self.gsec[idx].tolist(),
         )
+        origin = [o.name for o in self.objects]
+        section_name = [self.objects[p.obj].sections[p.index].name for p in self.placed]
+        commons = self.commons
         for name, address, size, stype, bind, vis, oi, sec in cols:
-            obj = self.objects[oi]
-            if name in self.commons:
-                section, size = "COMMON", self.commons[name][1]
+            if name in commons:
+                section, size = "COMMON", commons[name][1]
             else:
-                section = obj.sections[self.placed[sec].index].name if sec >= 0 else ""
-            defs[name] = SymbolDef(name, address, size, stype, bind, vis, obj.name, section)
+                section = section_name[sec] if sec >= 0 else ""
+            defs[name] = SymbolDef(name, address, size, stype, bind, vis, origin[oi], section)
         init, fini = self._init_fini()
         return LinkedBatch(
             objects=self.objects,

@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--link-cache", dest="link_cache", metavar="DIR",
                      help="link from (and fill) the link cache in DIR: repeated links skip reading and "
                      "relocating what did not change (default: $RTDYLD_LINK_CACHE, else none)")
+    run.add_argument("--stats", action="store_true",
+                     help="print the seconds each link phase took to stderr, as NAME_s=SECONDS lines; the "
+                     "last is link_s (first input read to symbols published)")
 
     trace = sub.add_parser(
         "trace",
@@ -321,8 +324,16 @@ def _no_program_args(command: str, program_args: list[str]) -> None:
 
 
 def cmd_run(args, program_args: list[str]) -> int:
-    ln = make_linker(args, run_initializers=True)
-    ln.finalize()
+    if args.stats:
+        from .phases import print_stats, timed_phases
+
+        with timed_phases() as log:
+            ln = make_linker(args, run_initializers=True)
+            ln.finalize()
+        print_stats(log)
+    else:
+        ln = make_linker(args, run_initializers=True)
+        ln.finalize()
     return _call_entry(ln, args, program_args)
 
 

@@ -17,15 +17,20 @@ TEXT, RODATA, DATA, BSS = "text", "rodata", "data", "bss"
 SEGMENT_ORDER = (TEXT, RODATA, DATA, BSS)
 
 
+# Plain ints: IntFlag arithmetic costs microseconds, and this runs for every section.
+_EXEC, _ZERO_FILL, _WRITE = int(SectionFlags.EXEC), int(SectionFlags.ZERO_FILL), int(SectionFlags.WRITE)
+_TLS = int(SectionFlags.TLS)
+
+
 def segment_of(section: Section) -> str:
-    f = section.flags
-    if f & SectionFlags.TLS:
+    f = int(section.flags)
+    if f & _TLS:
         return RODATA  # the template each thread's copy is made from (rtdyld.tls)
-    if f & SectionFlags.EXEC:
+    if f & _EXEC:
         return TEXT
-    if f & SectionFlags.ZERO_FILL:
+    if f & _ZERO_FILL:
         return BSS
-    if f & SectionFlags.WRITE and not section.name.startswith(".data.rel.ro"):
+    if f & _WRITE and not section.name.startswith(".data.rel.ro"):
         return DATA
     return RODATA
 

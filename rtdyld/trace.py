@@ -3,10 +3,11 @@
 A trace is built from ``LinkedBatch.tables`` — the very arrays the fixup pass
 used for P, S, G, the value and the relaxation — and from the allocation's
 working memory, so it cannot disagree with what is in memory.  The bytes
-"before" are the section's bytes as the object holds them (the fixup pass's
-own snapshot where it has one); "after" is working memory.  Instructions are
-decoded (capstone, AT&T syntax) from the nearest preceding symbol or the
-section start, so instruction boundaries are the real ones.
+"before" are the section's bytes as the object holds them (exactly what the
+fixup pass found in working memory, so it keeps no copy); "after" is working
+memory.  Instructions are decoded (capstone, AT&T syntax) from the nearest
+preceding symbol or the section start, so instruction boundaries are the
+real ones.
 """
 
 from __future__ import annotations
@@ -249,9 +250,8 @@ class _Builder:
             self._decoder = _Decoder(self.names())
         return self._decoder
 
-    def before_image(self, placed: int, where: np.ndarray, snapshot: np.ndarray) -> bytearray:
-        """A section's bytes before the fixups: the object's bytes, overlaid
-        with the fixup pass's snapshot where it has one."""
+    def before_image(self, placed: int) -> bytearray:
+        """A section's bytes before the fixups: the object's bytes (zeros for zero-fill)."""
         img = self._before.get(placed)
         if img is None:
             p = self.batch.sections[placed]
@@ -259,12 +259,6 @@ class _Builder:
             img = bytearray(s.size)
             if len(s.data):
                 img[: len(s.data)] = bytes(s.data)
-            width = snapshot.shape[1] if snapshot.ndim == 2 else 0
-            for w, row in zip(where.tolist(), snapshot.tolist()):
-                for j in range(width):
-                    at = w - 2 + j
-                    if 0 <= at < len(self.memory) and 0 <= at - p.work < len(img):
-                        img[at - p.work] = row[j]
             self._before[placed] = img
         return img
 
@@ -330,8 +324,7 @@ class _Builder:
         section = r["section"]
         before_rows = {}
         for placed in np.unique(section).tolist():
-            m = section == placed
-            before_rows[placed] = self.before_image(placed, where[m], t["before"][m])
+            before_rows[placed] = self.before_image(placed)
         cols = zip(
             range(len(r)),
             section.tolist(),

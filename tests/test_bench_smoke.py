@@ -93,3 +93,22 @@ def test_stubs_benchmark_quick_run_prints_both_tables(tmp_path):
     assert all(RATIO.match(r[header.index("stub/direct")]) for r in rows), rows
     header, rows = table_after("stubs: first calls", out)
     assert [r[0] for r in rows][:2] == ["compile (IR -> object, llvmlite)", "link + resolver (rest of the call)"]
+
+
+def test_generated_archive_links_every_member_and_checks(tmp_path, monkeypatch):
+    monkeypatch.setenv("RTDYLD_BENCH_CACHE", str(tmp_path))
+    monkeypatch.syspath_prepend(str(ROOT))
+    import rtdyld
+    from bench import gen_archive
+
+    made = gen_archive.make_archive(members=4, functions=3)
+    ln = rtdyld.Linker()
+    try:
+        ln.add_object(made.program, name="gen_prog.o")
+        ln.add_archive(made.archive)
+        handle = ln.finalize()
+        assert len(handle.batch.pulls) == 4
+        check = ln.function(gen_archive.ENTRY, "uint64_t(uint64_t)")
+        assert check(gen_archive.SEED_ARG) == made.expected_check
+    finally:
+        ln.close()

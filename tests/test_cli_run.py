@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -123,3 +124,47 @@ def test_debug_shows_traceback(build):
     assert "Traceback" in proc.stderr
     assert "UndefinedSymbolError" in proc.stderr
     assert "not_defined_anywhere" in proc.stderr
+
+
+STAT_LINE = r"^(?P<name>[a-z]+)_s=(?P<seconds>\d+\.\d{6})$"
+
+
+def test_run_stats_prints_phase_times_then_link_time(prog):
+    proc = rtdyld_run("--stats", "--entry", "alt_main", *prog, "--", "a")
+    assert proc.stdout == "alt_main argc=2\n"
+    assert proc.returncode == 5
+    lines = proc.stderr.splitlines()
+    stats = {}
+    for line in lines:
+        m = re.match(STAT_LINE, line)
+        assert m, f"not a NAME_s=SECONDS line: {line!r}"
+        stats[m["name"]] = float(m["seconds"])
+    assert lines[-1] == f"link_s={stats['link']:.6f}"
+    assert list(stats)[-2:] == ["other", "link"]
+    for phase in ("read", "resolve", "fixup", "publish"):
+        assert phase in stats, proc.stderr
+    phases = [v for k, v in stats.items() if k != "link"]
+    assert abs(sum(phases) - stats["link"]) < 1e-5 * len(phases)
+    assert stats["link"] > 0
+
+
+def test_run_without_stats_prints_no_times(prog):
+    proc = rtdyld_run("--entry", "alt_main", *prog, "--", "a")
+    assert proc.stderr == ""
+
+
+HEAVY = ("capstone", "llvmlite", "elftools", "numpy.ma", "rtdyld.cache")
+
+
+def test_run_on_objects_imports_nothing_heavy(prog):
+    # capstone is for traces and checks, llvmlite for IR inputs, the cache for --cache.
+    code = (
+        "import sys\n"
+        "from rtdyld.cli import main\n"
+        f"main(['run', '--entry', 'alt_main', {str(prog[0])!r}, {str(prog[1])!r}])\n"
+        f"print('imported:', *[m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.splitlines()[-1] == "imported:", proc.stdout

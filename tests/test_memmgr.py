@@ -264,7 +264,9 @@ def test_reservation_is_near_stdout():
         alloc = manager.allocate([SegmentRequest("text", 1, Prot.RX)])
         assert manager.near_ok is True
         ((base, size),) = manager.reservations()
-        assert size == 1 << 30
+        # 1 GiB, or a halving of it when the process has already filled the
+        # space around libc (a late manager in a long test run).
+        assert size in [(1 << 30) >> k for k in range(7)], size
         assert manager.reach_range() == (base, base + size)
         limit = (1 << 31) - (16 << 20)
         assert abs(base - near) <= limit

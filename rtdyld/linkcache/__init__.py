@@ -228,7 +228,9 @@ class LinkCache:
         key = self._archive_key(ar.content_digest)
         blobs: list = []
         index = ar._index
-        pairs = [(name, m.index) for name, members in index.items() for m in members] if index is not None else []
+        # The index maps a name to its one definer's position, or a list of them.
+        pairs = ([(name, p) for name, found in index.items() for p in ([found] if isinstance(found, int) else found)]
+                 if index is not None else [])
         try:
             meta = {
                 "kind": ar.kind,

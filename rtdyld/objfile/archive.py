@@ -136,7 +136,8 @@ class Archive:
             Member(self, raw, i, os.path.join(thin_dir, raw.name) if thin else None)
             for i, raw in enumerate(layout.members)
         ]
-        self._index: dict[str, list[Member]] | None = None
+        # name -> the position of its one definer, or a list of positions.
+        self._index: dict[str, int | list[int]] | None = None
         if layout.index_layout is not None:
             header_offsets = np.fromiter(
                 (m.header_offset for m in self.members),
@@ -149,7 +150,12 @@ class Archive:
 
     def definers(self, symbol: str) -> list[Member]:
         """The members the index says define ``symbol``, in index order."""
-        return list(self._symbol_index().get(symbol, ()))
+        found = self._symbol_index().get(symbol)
+        if found is None:
+            return []
+        if isinstance(found, int):
+            return [self.members[found]]
+        return [self.members[p] for p in found]
 
     def symbols(self) -> list[str]:
         """Every name in the index, once each, in index order."""
@@ -187,12 +193,12 @@ class Archive:
             raise UsageError(f"{self.name}: archive is closed")
         return self._view[offset : offset + size]
 
-    def _symbol_index(self) -> dict[str, list[Member]]:
+    def _symbol_index(self) -> dict[str, int | list[int]]:
         if self._index is None:
             self._index = self._index_by_callback()
         return self._index
 
-    def _index_by_callback(self) -> dict[str, list[Member]]:
+    def _index_by_callback(self) -> dict[str, int | list[int]]:
         if self.list_definitions is None:
             raise UsageError(
                 f"{self.name}: the archive has no symbol index and no "
@@ -206,14 +212,20 @@ class Archive:
             positions.extend([member.index] * len(defined))
         return self._group(names, positions)
 
-    def _group(self, names: list[str], positions: list[int]) -> dict[str, list[Member]]:
-        index: dict[str, list[Member]] = {}
-        members = self.members
+    @staticmethod
+    def _group(names: list[str], positions: list[int]) -> dict[str, int | list[int]]:
+        # Names defined once, nearly all of them, are indexed by dict() in C;
+        # an index of 15,000 names took 4 ms grouped one by one in Python.
+        index: dict[str, int | list[int]] = dict(zip(names, positions))
+        if len(index) == len(names):
+            return index
+        grouped: dict[str, list[int]] = {}
         for name, pos in zip(names, positions):
-            definers = index.setdefault(name, [])
-            member = members[pos]
-            if member not in definers:
-                definers.append(member)
+            definers = grouped.setdefault(name, [])
+            if pos not in definers:
+                definers.append(pos)
+        for name, definers in grouped.items():
+            index[name] = definers[0] if len(definers) == 1 else definers
         return index
 
 

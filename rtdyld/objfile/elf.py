@@ -1,26 +1,24 @@
 """Read x86-64 ELF relocatable objects into the format-neutral model.
 
-pyelftools parses the ELF header and section headers (including the
-SHN_XINDEX escapes for large section counts); the symbol and relocation
-tables, which can hold hundreds of thousands of entries, are read in bulk as
-numpy structured arrays over the section bytes.  Every index and offset is
-checked before use: malformed input raises MalformedObjectError naming the
-object and the offending section or entry.
+The section header table (including the SHN_XINDEX escapes for large section
+counts, see :mod:`.elf_headers`), the symbol and the relocation tables are
+read in bulk as numpy structured arrays over the file's bytes, uncopied.
+Every index and offset is checked before use: malformed input raises
+MalformedObjectError naming the object and the offending section or entry.
 """
 
 from __future__ import annotations
 
-import io
+import functools
 import re
 
 import numpy as np
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.enums import ENUM_SH_TYPE_AMD64, ENUM_SH_TYPE_BASE
 
 from ..errors import MalformedObjectError, UnsupportedRelocationError
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
+from .elf_headers import HeaderError, read_section_headers
+from .elf_headers import SectionHeader as _Header
 from .model import (
     RELOC_DTYPE,
     SEC_ABS,
@@ -34,35 +32,28 @@ from .model import (
     SectionFlags,
     SectionRole,
 )
+from .records import join
 from .strtab import read_names
 
-_SH_TYPE = {**ENUM_SH_TYPE_BASE, **ENUM_SH_TYPE_AMD64}
 _PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
 # A .bss may be large but not absurd: bigger than this is a corrupt header,
 # rejected before anything is reserved.
 MAX_ZERO_FILL = 1 << 36
+_WIDTH = WIDTH.astype(np.uint64)
+_NONE = int(Edge.NONE)
+# Section-number look-up of symbols: markers for numbers that name no section,
+# the reserved range (SHN_LORESERVE..0xffff), and the size bound of non-section symbols.
+_BAD_INDEX, _UNSUPPORTED_INDEX = -100, -101
+_RESERVED = np.full(0x10000 - T.SHN_LORESERVE, _UNSUPPORTED_INDEX, dtype=np.int32)
+_RESERVED[T.SHN_ABS - T.SHN_LORESERVE] = SEC_ABS
+_RESERVED[T.SHN_COMMON - T.SHN_LORESERVE] = SEC_COMMON
+_NO_SECTION = np.iinfo(np.uint64).max
+# Checks below test "any row bad?" with np.count_nonzero: a fifth of the cost of
+# ndarray.any(), which matters with a dozen checks per archive member.
 
 
 def is_elf(data: bytes | memoryview) -> bool:
     return bytes(data[:4]) == b"\x7fELF"
-
-
-class _Header:
-    """The section-header fields we use, as plain ints."""
-
-    __slots__ = ("align", "entsize", "flags", "info", "link", "name", "offset", "size", "type")
-
-    def __init__(self, name, h):
-        self.name = name
-        t = h["sh_type"]
-        self.type = t if isinstance(t, int) else _SH_TYPE.get(t, -1)
-        self.flags = int(h["sh_flags"])
-        self.offset = int(h["sh_offset"])
-        self.size = int(h["sh_size"])
-        self.link = int(h["sh_link"])
-        self.info = int(h["sh_info"])
-        self.align = int(h["sh_addralign"]) or 1
-        self.entsize = int(h["sh_entsize"])
 
 
 def read_elf(data: bytes | memoryview, name: str) -> ObjectFile:
@@ -95,17 +86,16 @@ class _ElfReader:
         if e_type != T.ET_REL:
             raise self.fail(f"not a relocatable object (e_type {e_type}); rtdyld links .o files")
         try:
-            self.headers = self._read_section_headers()
-        except (ELFError, ValueError, KeyError, IndexError, TypeError, AssertionError) as e:
+            self.headers = read_section_headers(d)
+        except HeaderError as e:
             raise self.fail(f"bad section headers: {e}") from None
-        except Exception as e:  # construct's StreamError and friends
-            raise self.fail(f"bad section headers: {e}") from None
+        end = len(d)
         for i, h in enumerate(self.headers):
             if h.type != T.SHT_NOBITS and i and h.type != 0:
-                if h.offset + h.size > len(d):
+                if h.offset + h.size > end:
                     raise self.fail(
                         f"section [{i}] {h.name!r} extends past the end of the file "
-                        f"(offset {h.offset:#x} + size {h.size:#x} > {len(d):#x})"
+                        f"(offset {h.offset:#x} + size {h.size:#x} > {end:#x})"
                     )
             if h.align & (h.align - 1):
                 raise self.fail(f"section [{i}] {h.name!r} has alignment {h.align}, not a power of two")
@@ -123,21 +113,6 @@ class _ElfReader:
             groups=self.groups,
             rtype_names=T.R_X86_64,
         )
-
-    def _read_section_headers(self) -> list[_Header]:
-        elf = ELFFile(io.BytesIO(bytes(self.data)))
-        n = elf.num_sections()
-        shoff = elf.header["e_shoff"]
-        if shoff + n * 64 > len(self.data):
-            raise ValueError(
-                f"the table at offset {shoff:#x} ({n} entries of 64 bytes) runs past the end of "
-                f"the file ({len(self.data)} bytes)"
-            )
-        headers = []
-        for i in range(n):
-            sec = elf.get_section(i)
-            headers.append(_Header(sec.name if i else "", sec.header))
-        return headers
 
     def _bytes(self, h: _Header) -> memoryview:
         return memoryview(self.data)[h.offset : h.offset + h.size]
@@ -184,20 +159,8 @@ class _ElfReader:
                 continue
             if h.type == T.SHT_NOBITS and h.size > MAX_ZERO_FILL:
                 raise self.fail(f"section [{i}] {h.name!r} claims {h.size} bytes of zero-fill")
-            flags = SectionFlags.NONE
-            if h.flags & T.SHF_WRITE:
-                flags |= SectionFlags.WRITE
-            if h.flags & T.SHF_EXECINSTR:
-                flags |= SectionFlags.EXEC
-            if h.flags & T.SHF_TLS:
-                flags |= SectionFlags.TLS
-            if h.flags & T.SHF_MERGE:
-                flags |= SectionFlags.MERGE
-            if h.flags & T.SHF_STRINGS:
-                flags |= SectionFlags.STRINGS
-            if h.type == T.SHT_NOBITS:
-                flags |= SectionFlags.ZERO_FILL
-            role, priority = _role(h)
+            flags = _section_flags(h.flags, h.type == T.SHT_NOBITS)
+            role, priority = _role(h.name, h.type)
             self.model_index[i] = len(self.sections)
             self.sections.append(
                 Section(
@@ -230,31 +193,12 @@ class _ElfReader:
 
     def _convert_symbols(self) -> np.ndarray:
         raw = self.raw_syms
-        out = np.zeros(len(raw), dtype=SYM_DTYPE)
+        out = np.empty(len(raw), dtype=SYM_DTYPE)
         if not len(raw):
             return out
-        shndx = raw["st_shndx"].astype(np.int64)
-        if self.xindex is not None:
-            x = shndx == T.SHN_XINDEX
-            shndx[x] = self.xindex[: len(raw)][x]
-        elif np.any(shndx == T.SHN_XINDEX):
-            raise self.fail("a symbol uses SHN_XINDEX but there is no extended section index table")
-        special = (shndx >= T.SHN_LORESERVE) & (shndx <= 0xFFFF) & (raw["st_shndx"] != T.SHN_XINDEX)
-        regular = ~special & (shndx != T.SHN_UNDEF)
-        bad = regular & (shndx >= len(self.headers))
-        if np.any(bad):
-            i = int(np.flatnonzero(bad)[0])
-            raise self.fail(f"symbol {i} ({self.names[i]!r}) has bad section index {int(shndx[i])}")
-        sec = np.full(len(raw), SEC_UNDEF, dtype=np.int32)
-        sec[regular] = self.model_index[shndx[regular]]
-        sec[special & (shndx == T.SHN_ABS)] = SEC_ABS
-        sec[special & (shndx == T.SHN_COMMON)] = SEC_COMMON
-        odd = special & (shndx != T.SHN_ABS) & (shndx != T.SHN_COMMON)
-        if np.any(odd):
-            i = int(np.flatnonzero(odd)[0])
-            raise self.fail(f"symbol {i} ({self.names[i]!r}) has unsupported section index {int(shndx[i]):#x}")
+        sec = self._symbol_sections(raw)
         bind = T.BIND_MAP[raw["st_info"] >> 4]
-        if np.any(bind == 255):
+        if np.count_nonzero(bind == 255):
             i = int(np.flatnonzero(bind == 255)[0])
             raise self.fail(f"symbol {i} ({self.names[i]!r}) has unknown binding {int(raw['st_info'][i] >> 4)}")
         out["value"] = raw["st_value"]
@@ -264,23 +208,50 @@ class _ElfReader:
         out["type"] = T.TYPE_MAP[raw["st_info"] & 0xF]
         out["vis"] = raw["st_other"] & 3
         # Defined symbols must lie within their section (value == size marks an end label).
-        defined = sec >= 0
-        if np.any(defined):
-            sizes = np.array([s.size for s in self.sections] or [0], dtype=np.uint64)
-            over = defined.copy()
-            over[defined] = out["value"][defined] > sizes[sec[defined]]
-            if np.any(over):
-                i = int(np.flatnonzero(over)[0])
-                raise self.fail(
-                    f"symbol {self.names[i]!r} at {int(out['value'][i]):#x} lies past the end of "
-                    f"section {self.sections[sec[i]].name!r}"
-                )
+        sizes = np.array([s.size for s in self.sections] + [_NO_SECTION], dtype=np.uint64)
+        over = raw["st_value"] > sizes[np.where(sec >= 0, sec, len(self.sections))]
+        if np.count_nonzero(over):
+            i = int(np.flatnonzero(over)[0])
+            raise self.fail(
+                f"symbol {self.names[i]!r} at {int(raw['st_value'][i]):#x} lies past the end of "
+                f"section {self.sections[sec[i]].name!r}"
+            )
         return out
+
+    def _symbol_sections(self, raw: np.ndarray) -> np.ndarray:
+        """Each symbol's section in the model, or SEC_*: one table look-up over
+        the section numbers, then the reserved ones (SHN_ABS, SHN_COMMON)."""
+        shndx = raw["st_shndx"].astype(np.int64)
+        escaped = None
+        if self.xindex is not None:
+            escaped = shndx == T.SHN_XINDEX
+            shndx[escaped] = self.xindex[: len(raw)][escaped]
+        reserved = shndx >= T.SHN_LORESERVE
+        if escaped is not None:
+            reserved &= ~escaped
+        n = len(self.headers)
+        # model_index for 0..n-1 (0 is SHN_UNDEF), then "past the last section", then the reserved range.
+        table = np.concatenate((self.model_index, [_BAD_INDEX], _RESERVED))
+        table[0] = SEC_UNDEF
+        sec = table[np.where(reserved, n + 1 + (shndx - T.SHN_LORESERVE), np.minimum(shndx, n))]
+        bad = sec <= _BAD_INDEX
+        if np.count_nonzero(bad):
+            i = int(np.flatnonzero(bad)[0])
+            what = f"symbol {i} ({self.names[i]!r})"
+            if not reserved[i]:
+                raise self.fail(f"{what} has bad section index {int(shndx[i])}")
+            if shndx[i] == T.SHN_XINDEX:
+                raise self.fail("a symbol uses SHN_XINDEX but there is no extended section index table")
+            raise self.fail(f"{what} has unsupported section index {int(shndx[i]):#x}")
+        return sec
 
     # --- relocations ------------------------------------------------------------
 
     def _read_relocations(self, symbols: np.ndarray) -> np.ndarray:
-        parts = []
+        # Every SHT_RELA section of the object is converted in one pass (the
+        # per-call cost of numpy, not the row count, dominates for archive
+        # members); SHT_REL, which x86-64 compilers do not emit, one by one.
+        rela, rela_targets, parts = [], [], []
         for i, h in enumerate(self.headers):
             if h.type not in (T.SHT_RELA, T.SHT_REL):
                 continue
@@ -291,31 +262,47 @@ class _ElfReader:
                 continue  # debug info and other sections we do not load
             if h.link != self.symtab_index:
                 raise self.fail(f"relocation section [{i}] {h.name!r} does not use the symbol table")
-            rela = h.type == T.SHT_RELA
-            raw = self._table(h, T.ELF64_RELA if rela else T.ELF64_REL, "relocation")
-            parts.append(self._convert_relocs(raw, rela, target, symbols))
+            if h.type == T.SHT_RELA:
+                rela.append(self._table(h, T.ELF64_RELA, "relocation"))
+                rela_targets.append(target)
+            else:
+                raw = self._table(h, T.ELF64_REL, "relocation")
+                parts.append(self._convert_relocs(raw, False, np.full(len(raw), target, dtype=np.int32), symbols))
+        if rela:
+            targets = np.repeat(np.array(rela_targets, dtype=np.int32), [len(r) for r in rela])
+            parts.insert(0, self._convert_relocs(join(rela, T.ELF64_RELA), True, targets, symbols))
         if not parts:
-            r = np.zeros(0, dtype=RELOC_DTYPE)
-            return r
-        relocs = np.concatenate(parts)
-        order = np.lexsort((relocs["offset"], relocs["section"]))
-        return relocs[order]
+            return np.zeros(0, dtype=RELOC_DTYPE)
+        # Columns are joined and (rarely) sorted as plain arrays; the packed
+        # record array is built once, at the end.
+        cols = {f: np.concatenate([p[f] for p in parts]) if len(parts) > 1 else parts[0][f] for f in parts[0]}
+        section, offset = cols["section"], cols["offset"]
+        dsec = np.diff(section)
+        in_order = (dsec > 0) | ((dsec == 0) & (offset[1:] >= offset[:-1]))
+        if np.count_nonzero(in_order) < len(in_order):
+            order = np.lexsort((offset, section))
+            cols = {f: c[order] for f, c in cols.items()}
+        out = np.empty(len(section), dtype=RELOC_DTYPE)
+        for f, c in cols.items():
+            out[f] = c
+        out["sym2"] = -1
+        return out
 
-    def _convert_relocs(self, raw, rela: bool, target: int, symbols) -> np.ndarray:
-        sec = self.sections[target]
+    def _convert_relocs(self, raw, rela: bool, target: np.ndarray, symbols) -> dict[str, np.ndarray]:
+        """Relocation entries patching sections ``target`` (one per entry) as
+        columns of RELOC_DTYPE (all but sym2)."""
         info = raw["r_info"]
-        rtype = (info & 0xFFFFFFFF).astype(np.int64)
-        sym = (info >> 32).astype(np.int64)
-        where = lambda k: f"{sec.name}+{int(raw['r_offset'][k]):#x}"
+        rtype = (info & 0xFFFFFFFF).astype(np.uint32)
+        sym = info >> 32
+        where = lambda k: f"{self.sections[target[k]].name}+{int(raw['r_offset'][k]):#x}"
         bad = sym >= len(symbols)
-        if np.any(bad):
+        if np.count_nonzero(bad):
             k = int(np.flatnonzero(bad)[0])
             raise self.fail(f"{where(k)}: relocation refers to symbol {int(sym[k])}, past the symbol table")
-        kinds = np.full(len(raw), T.UNSUPPORTED, dtype=np.uint8)
-        known = rtype < len(T.ELF_EDGE)
-        kinds[known] = T.ELF_EDGE[rtype[known]]
+        kinds = T.ELF_EDGE[np.minimum(rtype, len(T.ELF_EDGE) - 1)]
+        kinds[rtype >= len(T.ELF_EDGE)] = T.UNSUPPORTED
         bad = kinds == T.UNSUPPORTED
-        if np.any(bad):
+        if np.count_nonzero(bad):
             k = int(np.flatnonzero(bad)[0])
             t = int(rtype[k])
             tname = T.R_X86_64.get(t, f"relocation type {t}")
@@ -329,38 +316,42 @@ class _ElfReader:
             raise UnsupportedRelocationError(
                 f"{self.name}: {where(k)}: {tname} against {symname or '<section>'!r}: {why}"
             )
-        keep = kinds != Edge.NONE
-        out = np.zeros(int(keep.sum()), dtype=RELOC_DTYPE)
-        out["section"] = target
-        out["offset"] = raw["r_offset"][keep]
-        out["kind"] = kinds[keep]
-        out["rtype"] = rtype[keep]
-        out["sym"] = sym[keep]
-        out["sym2"] = -1
-        width = WIDTH[out["kind"]]
-        end = out["offset"].astype(np.uint64) + width.astype(np.uint64)
-        past = (end > np.uint64(sec.size)) | (out["offset"] > np.uint64(sec.size))
-        if np.any(past):
+        offset = raw["r_offset"]
+        addend = raw["r_addend"] if rela else None
+        none = kinds == _NONE
+        if np.count_nonzero(none):
+            keep = ~none
+            kinds, rtype, sym, offset, target = kinds[keep], rtype[keep], sym[keep], offset[keep], target[keep]
+            addend = addend[keep] if rela else None
+        size = np.array([s.size for s in self.sections], dtype=np.uint64)[target]
+        past = (offset + _WIDTH[kinds] > size) | (offset > size)
+        if np.count_nonzero(past):
             k = int(np.flatnonzero(past)[0])
+            sec = self.sections[target[k]]
             raise self.fail(
-                f"{sec.name}+{int(out['offset'][k]):#x}: {T.R_X86_64[int(out['rtype'][k])]} "
+                f"{sec.name}+{int(offset[k]):#x}: {T.R_X86_64[int(rtype[k])]} "
                 f"writes past the end of the section (size {sec.size:#x})"
             )
-        if rela:
-            out["addend"] = raw["r_addend"][keep]
-        else:
-            out["addend"] = _implicit_addends(sec, out)
-        return out
+        if not rela:  # one SHT_REL section at a time: every row patches the same section
+            addend = _implicit_addends(self.sections[target[0]], kinds, offset) if len(kinds) else target.astype(np.int64)
+        return {
+            "section": target,
+            "offset": offset,
+            "kind": kinds,
+            "rtype": rtype,
+            "sym": sym,
+            "addend": addend,
+        }
 
 
-def _implicit_addends(sec: Section, relocs: np.ndarray) -> np.ndarray:
+def _implicit_addends(sec: Section, kind: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """SHT_REL addends live in the bytes being patched: gather them in bulk."""
     if sec.flags & SectionFlags.ZERO_FILL:
-        return np.zeros(len(relocs), dtype=np.int64)
+        return np.zeros(len(kind), dtype=np.int64)
     buf = np.frombuffer(sec.data, dtype=np.uint8)
-    width = WIDTH[relocs["kind"]]
-    off = relocs["offset"].astype(np.int64)
-    value = np.zeros(len(relocs), dtype=np.uint64)
+    width = WIDTH[kind]
+    off = offset.astype(np.int64)
+    value = np.zeros(len(kind), dtype=np.uint64)
     for k in range(8):
         m = width > k
         value[m] |= buf[off[m] + k].astype(np.uint64) << np.uint64(8 * k)
@@ -369,26 +360,52 @@ def _implicit_addends(sec: Section, relocs: np.ndarray) -> np.ndarray:
         m = width == w
         sh = np.int64(64 - 8 * w)
         signed[m] = (signed[m] << sh) >> sh
-    unsigned32 = relocs["kind"] == Edge.Pointer32
+    unsigned32 = kind == Edge.Pointer32
     signed[unsigned32] = value[unsigned32].astype(np.int64)
     return signed
 
 
-def _role(h: _Header) -> tuple[SectionRole, int | None]:
-    m = _PRIORITY.match(h.name)
+_FLAG_BITS = (
+    (T.SHF_WRITE, SectionFlags.WRITE),
+    (T.SHF_EXECINSTR, SectionFlags.EXEC),
+    (T.SHF_TLS, SectionFlags.TLS),
+    (T.SHF_MERGE, SectionFlags.MERGE),
+    (T.SHF_STRINGS, SectionFlags.STRINGS),
+)
+_FLAG_MASK = sum(bit for bit, _ in _FLAG_BITS)
+
+
+@functools.cache
+def _flags_of(sh_flags: int, zero_fill: bool) -> SectionFlags:
+    flags = SectionFlags.NONE
+    for bit, flag in _FLAG_BITS:
+        if sh_flags & bit:
+            flags |= flag
+    return flags | SectionFlags.ZERO_FILL if zero_fill else flags
+
+
+def _section_flags(sh_flags: int, zero_fill: bool) -> SectionFlags:
+    # IntFlag arithmetic costs microseconds per operation: compute each combination once.
+    return _flags_of(sh_flags & _FLAG_MASK, zero_fill)
+
+
+@functools.lru_cache(maxsize=4096)
+def _role(name: str, sh_type: int) -> tuple[SectionRole, int | None]:
+    # Cached: archive members repeat the same few section names.
+    m = _PRIORITY.match(name)
     priority = int(m.group(2)) if m else None
-    base = m.group(1) if m else h.name.lstrip(".")
-    if h.type == T.SHT_PREINIT_ARRAY:
+    base = m.group(1) if m else name.lstrip(".")
+    if sh_type == T.SHT_PREINIT_ARRAY:
         return SectionRole.INIT_ARRAY, -1
-    if h.type == T.SHT_INIT_ARRAY or base == "init_array":
+    if sh_type == T.SHT_INIT_ARRAY or base == "init_array":
         return SectionRole.INIT_ARRAY, priority
-    if h.type == T.SHT_FINI_ARRAY or base == "fini_array":
+    if sh_type == T.SHT_FINI_ARRAY or base == "fini_array":
         return SectionRole.FINI_ARRAY, priority
     # .ctors.N counts down: .ctors.65435 is priority 100.
     if base == "ctors":
         return SectionRole.CTORS, None if priority is None else 65535 - priority
     if base == "dtors":
         return SectionRole.DTORS, None if priority is None else 65535 - priority
-    if h.type == T.SHT_X86_64_UNWIND or h.name == ".eh_frame":
+    if sh_type == T.SHT_X86_64_UNWIND or name == ".eh_frame":
         return SectionRole.EH_FRAME, None
     return SectionRole.NORMAL, None

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import accumulate, count
+from operator import add
+
 import numpy as np
+
+# Below this many names, Python's dict beats numpy's per-call overhead at
+# finding where each name starts; above it, numpy's bulk search wins.
+SMALL = 2048
 
 
 def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
@@ -14,16 +21,34 @@ def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
     if len(offsets) == 0:
         return []
     raw = bytes(strtab)
-    buf = np.frombuffer(raw, dtype=np.uint8)
-    offsets = offsets.astype(np.int64)
-    bad = offsets >= len(raw)
-    if np.any(bad):
-        k = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"name offset {int(offsets[k])} is past the string table ({len(raw)} bytes)")
-    nuls = np.flatnonzero(buf == 0)
-    pos = np.searchsorted(nuls, offsets)
-    if np.any(pos >= len(nuls)):
-        k = int(np.flatnonzero(pos >= len(nuls))[0])
-        raise ValueError(f"name at offset {int(offsets[k])} is not NUL-terminated")
-    ends = nuls[pos]
-    return [raw[s:e].decode("utf-8", "surrogateescape") for s, e in zip(offsets.tolist(), ends.tolist())]
+    offs = offsets.tolist()
+    highest = max(offs)
+    if highest >= len(raw):
+        k = next(k for k, o in enumerate(offs) if o >= len(raw))
+        raise ValueError(f"name offset {offs[k]} is past the string table ({len(raw)} bytes)")
+    last_nul = raw.rfind(b"\0")
+    if highest > last_nul:
+        k = next(k for k, o in enumerate(offs) if o > last_nul)
+        raise ValueError(f"name at offset {offs[k]} is not NUL-terminated")
+    if not raw.isascii():
+        return [raw[o : raw.index(b"\0", o)].decode("utf-8", "surrogateescape") for o in offs]
+    # Split the table once and pick each name by where it starts; only a
+    # name that is the tail of a longer string (suffix sharing) is sliced.
+    pieces = raw.decode("ascii").split("\0")
+    if len(offs) < SMALL:
+        # Piece k starts after the k pieces and the k NULs before it.
+        starts = map(add, accumulate(map(len, pieces), initial=0), count())
+        start_of = dict(zip(starts, pieces))
+        names = list(map(start_of.get, offs))
+    else:
+        nuls = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 0)
+        where = offsets.astype(np.int64)
+        piece = np.searchsorted(nuls, where)
+        starts = np.concatenate(([0], nuls + 1))
+        names = list(map(pieces.__getitem__, piece.tolist()))
+        tails = np.flatnonzero(starts[piece] != where)
+        for k in tails.tolist():
+            names[k] = None
+    if None in names:
+        names = [raw[o : raw.index(b"\0", o)].decode("ascii") if n is None else n for n, o in zip(names, offs)]
+    return names

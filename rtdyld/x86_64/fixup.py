@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .edges import WIDTH, Edge
+from .edges import N_EDGES, WIDTH, Edge
 
 U = np.uint64
 
@@ -44,6 +44,11 @@ _DELTA_LIKE = (
     Edge.Delta64, Edge.Delta32, Edge.Delta16, Edge.Delta8, Edge.Branch32,
     Edge.TLSGDDelta32, Edge.TLSLDDelta32, Edge.GOTTPOffDelta32,
 )
+# The same as tables indexed by kind; kinds without a range (64-bit fields) accept anything.
+_LOW = np.full(N_EDGES, np.iinfo(np.int64).min, dtype=np.int64)
+_HIGH = np.full(N_EDGES, np.iinfo(np.int64).max, dtype=np.int64)
+for _k, (_lo, _hi) in _RANGE.items():
+    _LOW[_k], _HIGH[_k] = _lo, _hi
 
 
 def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
@@ -55,7 +60,7 @@ def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
     A = A.astype(np.int64).view(U)
     GOT = U(GOT)
     v = np.zeros(len(kind), dtype=U)
-    for k in np.unique(kind):
+    for k in np.flatnonzero(np.bincount(kind)):
         m = kind == k
         s, a, p = S[m], A[m], P[m]
         k = Edge(int(k))
@@ -85,12 +90,7 @@ def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
 def out_of_range(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Mask of relocations whose value does not fit the field."""
     signed = value.view(np.int64)
-    bad = np.zeros(len(kind), dtype=bool)
-    for k, (lo, hi) in _RANGE.items():
-        m = kind == k
-        if np.any(m):
-            bad[m] = (signed[m] < lo) | (signed[m] > hi)
-    return bad
+    return (signed < _LOW[kind]) | (signed > _HIGH[kind])
 
 
 def write(memory: np.ndarray, where: np.ndarray, kind: np.ndarray, value: np.ndarray) -> None:

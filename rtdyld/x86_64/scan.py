@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .edges import ABSOLUTE_32, NEEDS_GOT_SLOT, Edge
+from .edges import ABSOLUTE_32, NEEDS_GOT_SLOT, Edge, kind_mask
 
 # Keep a margin so that the region's own size and instruction lengths never
 # turn an "in reach" verdict into an overflow.
@@ -23,6 +23,8 @@ REACH = (1 << 31) - (64 << 20)
 # Opcode bytes (at offset-2, offset-1 of the displacement) we can relax.
 MOV_LOAD, LEA = 0x8B, 0x8D
 RELAX_NONE, RELAX_MOV, RELAX_CALL, RELAX_JMP = 0, 1, 2, 3
+_ABSOLUTE_32 = kind_mask(ABSOLUTE_32)
+_NEEDS_GOT_SLOT = kind_mask(NEEDS_GOT_SLOT)
 
 
 @dataclass
@@ -35,7 +37,7 @@ class ScanResult:
 
 def needs_low_memory(kind: np.ndarray, internal_target: np.ndarray) -> np.ndarray:
     """Relocations that store an absolute 32-bit address of the batch's own code or data."""
-    return np.isin(kind, list(ABSOLUTE_32)) & internal_target
+    return _ABSOLUTE_32[kind] & internal_target
 
 
 def in_reach(addresses: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -43,6 +45,12 @@ def in_reach(addresses: np.ndarray, lo: int, hi: int) -> np.ndarray:
     # User-space addresses are below 2^47, so int64 differences cannot wrap.
     a = addresses.astype(np.uint64).view(np.int64)
     return (np.abs(a - np.int64(lo)) < REACH) & (np.abs(a - np.int64(hi)) < REACH)
+
+
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` without its first-call import of numpy.ma (start-up time)."""
+    s = np.sort(a)
+    return s[np.concatenate(([True], s[1:] != s[:-1]))] if len(s) else s
 
 
 def scan(
@@ -68,8 +76,8 @@ def scan(
     relax[can & (opcode == MOV_LOAD)] = RELAX_MOV
     relax[can & (opcode == 0xFF) & (modrm == 0x15)] = RELAX_CALL
     relax[can & (opcode == 0xFF) & (modrm == 0x25)] = RELAX_JMP
-    needs_slot = np.isin(kind, [int(k) for k in NEEDS_GOT_SLOT]) & (relax == RELAX_NONE)
+    needs_slot = _NEEDS_GOT_SLOT[kind] & (relax == RELAX_NONE)
     use_stub = ((kind == Edge.Branch32) | branch_like) & ~reachable
-    got_targets = np.unique(np.concatenate([target[needs_slot], target[use_stub]]))
-    stub_targets = np.unique(target[use_stub])
+    got_targets = sorted_unique(np.concatenate([target[needs_slot], target[use_stub]]))
+    stub_targets = sorted_unique(target[use_stub])
     return ScanResult(got_targets=got_targets, stub_targets=stub_targets, use_stub=use_stub, relax=relax)

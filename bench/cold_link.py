@@ -1,19 +1,25 @@
-"""Link a small program against Debian's libz.a and libbz2.a: rtdyld, cold, against MCJIT.
+"""Cold links of programs against static archives: rtdyld against MCJIT, LLJIT and JITLink.
 
-rtdyld is given the program object and the archives, as ``rtdyld run
-prog.o libz.a`` would be.  Every timed run is a new Linker, so each run reads
-the archive indexes again (their cache belongs to the session) and lazy
-extraction decides which members to load.  MCJIT cannot read archives: it is
-handed object files, the program's and (a) exactly the members rtdyld
-pulled, or (b) every member of the archives, then ``finalize_object``.  The
+Cases: a small program against Debian's libz.a and libbz2.a (and both), and
+a generated archive of 120 members and some 30,000 relocations whose
+members each pull in the next (:mod:`bench.gen_archive`).  rtdyld is given
+the program object and the archives, as ``rtdyld run prog.o libz.a`` would
+be, and timed from the first input read until its symbols are published;
+every timed run is a new Linker, so the archive indexes are read again and
+lazy extraction decides again which members to load.  The peers cannot read
+archives: they are handed object files, the program's and (a) exactly the
+members rtdyld pulled or (b, MCJIT only) every member of the archives.  The
 member bytes are extracted before timing; turning bytes into LLVM object
-files is timed, as reading them is for rtdyld.
+files is timed, as reading them is for rtdyld.  MCJIT is ``add_object_file``
+of each object and ``finalize_object``; LLJIT and JITLink (LLJIT with
+``use_jit_link``) link the objects as one JITLibraryBuilder library.
 
 Each engine's first link is checked by calling the program through it: the
-drivers compress a buffer, which must equal what Python's zlib and bz2 make.
-An MCJIT link that cannot resolve a symbol ends the process inside LLVM, so
-each MCJIT variant is first tried in a child process; one that fails there
-is reported as ``failed: reason`` and not timed.
+drivers compress a buffer, which must equal what Python's zlib and bz2 make;
+the generated program's checksum must equal the one worked out in Python.
+A peer link that cannot resolve a symbol may end the process inside LLVM,
+so each peer variant is first tried in a child process; one that fails
+there is reported as ``failed: reason`` and not timed.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import bz2
 import functools
 import gc
 import hashlib
+import itertools
 import os
 import random
 import statistics
@@ -34,8 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import report
-from .engines import MCJIT
+from . import gen_archive, report
+from .engines import LLJIT, MCJIT, _LLJITSession
 from .gen import cache_dir
 from .report import Row
 from .session import Session
@@ -49,6 +56,7 @@ SAMPLE_SIZE = 64 * 1024
 ZLIB_LEVEL = 6
 BZ2_BLOCK_SIZE = 9
 PEER = "MCJIT"
+GENERATED = "generated.a"
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ CASES = (
     Case("libz.a", ("zdriver.c",), ("libz.a",)),
     Case("libbz2.a", ("bzdriver.c",), ("libbz2.a",)),
     Case("libz.a + libbz2.a", ("zdriver.c", "bzdriver.c"), ("libz.a", "libbz2.a")),
+    Case(GENERATED, (), ()),
 )
 
 
@@ -78,24 +87,32 @@ class Inputs:
 
 
 def run(session: Session) -> list[Row]:
-    reason = _unavailable()
-    if reason:
-        session.note(f"archives skipped: {reason}")
-        return []
     rows: list[Row] = []
     for case in CASES:
+        reason = _unavailable(case)
+        if reason:
+            session.note(f"cold_link {case.name} skipped: {reason}")
+            continue
         rows += _run_case(session, _inputs(case))
     return rows
 
 
-def _unavailable() -> str | None:
-    missing = [name for c in CASES for name in c.archives if not (SYSTEM_LIBS / name).exists()]
-    if missing:
-        return f"{', '.join(sorted(set(missing)))} not installed (sh .ci/test-deps.sh installs them)"
+def _unavailable(case: Case) -> str | None:
+    if case.name == GENERATED:
+        try:
+            import llvmlite.binding  # noqa: F401
+        except ImportError:
+            return "llvmlite is needed to compile the generated archive"
+        tool, why = "ar", "to build the generated archive"
+    else:
+        missing = [name for name in case.archives if not (SYSTEM_LIBS / name).exists()]
+        if missing:
+            return f"{', '.join(missing)} not installed (sh .ci/test-deps.sh installs them)"
+        tool, why = "gcc", "to compile the driver programs"
     try:
-        subprocess.run(["gcc", "--version"], check=True, capture_output=True)
+        subprocess.run([tool, "--version"], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
-        return "gcc is needed to compile the driver programs"
+        return f"{tool} is needed {why}"
     return None
 
 
@@ -119,8 +136,12 @@ def _inputs(case: Case) -> Inputs:
     from rtdyld.inputs import parse_object
     from rtdyld.objfile.archive import read_archive
 
-    programs = [(f"{Path(d).stem}.o", _compile(d)) for d in case.drivers]
-    archives = [SYSTEM_LIBS / a for a in case.archives]
+    if case.name == GENERATED:
+        generated = gen_archive.make_archive()
+        programs, archives = [("gen_prog.o", generated.program)], [generated.archive]
+    else:
+        programs = [(f"{Path(d).stem}.o", _compile(d)) for d in case.drivers]
+        archives = [SYSTEM_LIBS / a for a in case.archives]
     ln = Linker()
     try:
         handle = _link_rtdyld(ln, programs, archives)
@@ -162,6 +183,10 @@ def check_link(case: Case, address: Callable[[str], int]) -> tuple[tuple[int, in
     data = _sample()
     cap = len(data) + len(data) // 100 + 1024
     sizes, wrong = [0, 0], []
+    if case.name == GENERATED:
+        got = int(ffi.cast("uint64_t(*)(uint64_t)", address(gen_archive.ENTRY))(gen_archive.SEED_ARG))
+        want = gen_archive.make_archive().expected_check
+        return (got, 0), "ok" if got == want else f"{gen_archive.ENTRY} returned {got:#x}, expected {want:#x}"
     if "zdriver.c" in case.drivers:
         fn = ffi.cast("long(*)(unsigned char *, unsigned long, unsigned char *, unsigned long, int)",
                       address("zd_compress"))
@@ -221,7 +246,7 @@ def _llvm():
     return llvm
 
 
-def _mcjit(objects: list[bytes]) -> _Timed:
+def _mcjit(objects: list[bytes], exports: list[str]) -> _Timed:
     llvm = _llvm()
 
     def prepare():
@@ -234,6 +259,40 @@ def _mcjit(objects: list[bytes]) -> _Timed:
         ee.finalize_object()
 
     return _Timed(prepare, link, lambda ee, name: ee.get_function_address(name), lambda ee: ee.close())
+
+
+def _lljit(objects: list[bytes], exports: list[str], jit_link: bool) -> _Timed:
+    llvm = _llvm()
+    names = itertools.count()
+
+    def prepare():
+        tm = llvm.Target.from_default_triple().create_target_machine(reloc="pic", codemodel="small")
+        return _LLJITSession(llvm.create_lljit_compiler(tm, use_jit_link=jit_link), tm)
+
+    def link(state) -> None:
+        builder = llvm.JITLibraryBuilder()
+        for data in objects:
+            builder.add_object_img(data)
+        builder.add_current_process()
+        for name in exports:
+            builder.export_symbol(name)
+        state.tracker = builder.link(state.jit, f"cold{next(names)}")
+
+    def release(state) -> None:
+        if state.tracker is not None:
+            state.tracker.close()
+        state.jit.close()
+
+    return _Timed(prepare, link, lambda state, name: state.tracker[name], release)
+
+
+# Peer engines by name: (objects, exported entry points) -> how to time it.
+PEERS: dict[str, Callable[[list[bytes], list[str]], _Timed]] = {
+    "MCJIT": _mcjit,
+    "LLJIT": functools.partial(_lljit, jit_link=False),
+    "JITLink": functools.partial(_lljit, jit_link=True),
+}
+AVAILABILITY = {"MCJIT": MCJIT(), "LLJIT": LLJIT(jit_link=False), "JITLink": LLJIT(jit_link=True)}
 
 
 def _measure(engine: str, timed: _Timed, case: Case, relocs: int, runs: int, budget: float) -> Measurement:
@@ -262,18 +321,18 @@ def _measure(engine: str, timed: _Timed, case: Case, relocs: int, runs: int, bud
     return Measurement(engine=engine, relocs=relocs, times=times, cpu=cpu, results=results, check=check)
 
 
-def _probe_mcjit(case: Case, objects: list[bytes]) -> str | None:
-    """Link with MCJIT in a child process first: None if it links and runs, else why not."""
+def _probe(engine: str, case: Case, objects: list[bytes]) -> str | None:
+    """Link with a peer in a child process first: None if it links and runs, else why not."""
     with tempfile.TemporaryDirectory(prefix="rtdyld-bench-") as d:
         paths = []
         for i, data in enumerate(objects):
             p = Path(d) / f"{i}.o"
             p.write_bytes(data)
             paths.append(str(p))
-        code = "import sys; from bench.archives import probe; sys.exit(probe(sys.argv[1], sys.argv[2:]))"
+        code = "import sys; from bench.cold_link import probe; sys.exit(probe(sys.argv[1], sys.argv[2], sys.argv[3:]))"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        proc = subprocess.run([sys.executable, "-c", code, case.name, *paths], check=False, cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([sys.executable, "-c", code, engine, case.name, *paths], check=False, cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode == 0:
         return None
     lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
@@ -281,22 +340,24 @@ def _probe_mcjit(case: Case, objects: list[bytes]) -> str | None:
     return why.removeprefix("LLVM ERROR: ")
 
 
-def probe(case_name: str, paths: list[str]) -> int:
-    """The child side of :func:`_probe_mcjit`: link ``paths`` with MCJIT and check the drivers."""
+def probe(engine: str, case_name: str, paths: list[str]) -> int:
+    """The child side of :func:`_probe`: link ``paths`` with ``engine`` and check the program."""
     case = next(c for c in CASES if c.name == case_name)
-    timed = _mcjit([Path(p).read_bytes() for p in paths])
-    ee = timed.prepare()
-    timed.link(ee)
-    missing = [s for s in _entries(case) if not timed.address(ee, s)]
+    timed = PEERS[engine]([Path(p).read_bytes() for p in paths], _entries(case))
+    state = timed.prepare()
+    timed.link(state)
+    missing = [s for s in _entries(case) if not timed.address(state, s)]
     if missing:
-        print(f"{', '.join(missing)} not found after finalize_object")
+        print(f"{', '.join(missing)} not found after linking")
         return 1
-    _, check = check_link(case, functools.partial(timed.address, ee))
+    _, check = check_link(case, functools.partial(timed.address, state))
     print(check)
     return 0 if check == "ok" else 1
 
 
 def _entries(case: Case) -> list[str]:
+    if case.name == GENERATED:
+        return [gen_archive.ENTRY]
     return [{"zdriver.c": "zd_compress", "bzdriver.c": "bzd_compress"}[d] for d in case.drivers]
 
 
@@ -310,54 +371,60 @@ def _run_case(session: Session, inputs: Inputs) -> list[Row]:
     if not rt.ok:
         session.wrong.append(f"{case.name}: {rt.check}")
     programs = [d for _, d in inputs.programs]
-    variants = {
-        "pulled": (f"{PEER}, the members rtdyld pulled", programs + inputs.pulled),
-        "all": (f"{PEER}, every member", programs + inputs.every),
-    }
-    peers: dict[str, Measurement | str | None] = {}
-    reason = MCJIT().unavailable()
-    for key, (label, objects) in variants.items():
+    given = {"pulled": programs + inputs.pulled, "all": programs + inputs.every}
+    # (peer, which members): every peer gets what rtdyld pulled; MCJIT every member too.
+    variants = [(name, "pulled") for name in PEERS] + [(PEER, "all")]
+    peers: dict[tuple[str, str], Measurement | str | None] = {}
+    for engine, members in variants:
+        label = _label(engine, members)
+        reason = AVAILABILITY[engine].unavailable()
         if reason:
-            peers[key] = None
-            session.note(f"{PEER} skipped: {reason}")
+            peers[engine, members] = None
+            session.note(f"{engine} skipped: {reason}")
             continue
-        failed = _probe_mcjit(case, objects)
+        objects = given[members]
+        failed = _probe(engine, case, objects)
         if failed:
-            peers[key] = f"failed: {failed}"
+            peers[engine, members] = f"failed: {failed}"
             session.note(f"{label} on {case.name} failed: {failed}")
             continue
-        m = _measure(label, _mcjit(objects), case, inputs.relocs[key], opts.runs, opts.budget)
+        m = _measure(label, PEERS[engine](objects, _entries(case)), case, inputs.relocs[members], opts.runs,
+                     opts.budget)
         if not m.ok:
             session.note(f"{label} linked {case.name} wrongly: {m.check}")
-        peers[key] = m
-    print(report.table(*_table(inputs, rt, variants, peers), _title(inputs)))
+        peers[engine, members] = m
+    print(report.table(*_table(inputs, rt, given, peers), _title(inputs)))
     print()
-    return [
-        Row("archives", f"{case.name}, {PEER} given {key} members", rt.relocs, rt,
-            {PEER: m if isinstance(m, Measurement) else None})
-        for key, m in peers.items()
-    ]
+    pulled = {engine: m if isinstance(m, Measurement) else None for (engine, members), m in peers.items()
+              if members == "pulled"}
+    return [Row("cold_link", f"{case.name} (peers given the pulled members)", rt.relocs, rt, pulled)]
+
+
+def _label(engine: str, members: str) -> str:
+    return f"{engine}, {'the members rtdyld pulled' if members == 'pulled' else 'every member'}"
 
 
 def _title(inputs: Inputs) -> str:
     c = inputs.case
+    program = " + ".join(c.drivers) or "gen_prog.o"
     return (
-        f"archives: {' + '.join(c.drivers)} against {c.name} (cold: a new session per run; "
+        f"cold_link: {program} against {c.name} (a new session per run; "
         f"rtdyld pulls {len(inputs.pulled)} of {len(inputs.every)} members)"
     )
 
 
-def _table(inputs: Inputs, rt: Measurement, variants, peers) -> tuple[list[str], list[list[str]]]:
+def _table(inputs: Inputs, rt: Measurement, given, peers) -> tuple[list[str], list[list[str]]]:
     headers = ["engine", "objects", "relocs", "runs", "median ms", "min ms", "cpu ms", "rtdyld/engine",
                "rtdyld/engine cpu", "check"]
     lines = [_line("rtdyld (program + archives)", f"{len(inputs.programs)} + {len(inputs.pulled)}", rt, rt)]
-    for key, (label, objects) in variants.items():
-        m = peers[key]
+    for (engine, members), m in peers.items():
+        label = _label(engine, members)
+        objects = given[members]
         if isinstance(m, Measurement):
             lines.append(_line(label, str(len(objects)), m, rt))
         else:
             dash = report.MISSING
-            lines.append([label, str(len(objects)), str(inputs.relocs[key]), "0", dash, dash, dash, dash, dash,
+            lines.append([label, str(len(objects)), str(inputs.relocs[members]), "0", dash, dash, dash, dash, dash,
                           m or "skipped"])
     return headers, lines
 
