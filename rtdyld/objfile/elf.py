@@ -21,6 +21,7 @@ from elftools.elf.enums import ENUM_SH_TYPE_AMD64, ENUM_SH_TYPE_BASE
 from ..errors import MalformedObjectError, UnsupportedRelocationError
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
+from .elf_precheck import check_section_table
 from .model import (
     RELOC_DTYPE,
     SEC_ABS,
@@ -94,6 +95,7 @@ class _ElfReader:
             raise self.fail(f"wrong machine {machine}: only x86-64 (EM_X86_64) objects are supported")
         if e_type != T.ET_REL:
             raise self.fail(f"not a relocatable object (e_type {e_type}); rtdyld links .o files")
+        check_section_table(d, self.fail)
         try:
             self.headers = self._read_section_headers()
         except (ELFError, ValueError, KeyError, IndexError, TypeError, AssertionError) as e:
