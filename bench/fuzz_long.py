@@ -59,7 +59,7 @@ def example(seeds, run_seed: int, i: int):
 
     rng = random.Random(f"{run_seed}:{i}")
     seed = seeds[rng.randrange(len(seeds))]
-    whole = seed.kind == "archive" and rng.random() < 0.5
+    whole = seed.kind == "archive" and (rng.random() < 0.5 or seed.whole_only)
     data, ops = mutate(seed, rng)
     return seed, data, whole, ops
 

@@ -46,6 +46,11 @@ class Seed:
     fields: list[Field] = field(default_factory=list)
     boundaries: list[int] = field(default_factory=list)
 
+    @property
+    def whole_only(self) -> bool:
+        """An archive the driver object pulls nothing from: link all its members."""
+        return "macho" in self.name
+
     def add(self, offset: int, width: int, label: str, enc: str = "le", limit: int | None = None) -> None:
         if 0 <= offset and offset + width <= len(self.data):
             self.fields.append(Field(offset, width, enc, label, limit))
@@ -240,6 +245,8 @@ def _archive_fields(seed: Seed, d: bytes, base: int) -> None:
             seed.add(p + word + ranlib_bytes, word, "bsd_strsize")
         elif d[member : member + 4] == b"\x7fELF" and not name.startswith(b"/"):
             _elf_fields(seed, d, member)
+        elif d[member : member + 4] == b"\xcf\xfa\xed\xfe":
+            _macho_fields(seed, d, member)
         pos = data + size + (size & 1)
     seed.header_offsets = header_offsets  # type: ignore[attr-defined]
 
@@ -494,6 +501,10 @@ def build_seeds(workdir: Path) -> list[Seed]:
     seeds.append(parse_seed("archive", "seed-sym64.a", gnu_archive_bytes(members, symbols, sym64=True)))
     seeds.append(parse_seed("archive", "seed-bsd.a", bsd_archive_bytes(members, symbols, long_names=True)))
     seeds.append(parse_seed("archive", "seed-bsd64.a", bsd_archive_bytes(members, symbols, use_64=True)))
+    macho = [(s.name, s.data) for s in seeds if s.name in ("lib.ll-macho.o", "subtractor.o")]
+    seeds.append(
+        parse_seed("archive", "seed-bsd-macho.a", bsd_archive_bytes(macho, {"_op_add": 0, "_a": 1}, sorted=True))
+    )
     return seeds
 
 
