@@ -206,11 +206,10 @@ def _macho_fields(seed: Seed, d: bytes, base: int) -> None:
 
 
 def _archive_fields(seed: Seed, d: bytes, base: int) -> None:
+    """Member headers, symbol indexes and the ELF or Mach-O members of an archive."""
     pos = 8
-    header_offsets = []
     seed.bound(8)
     while pos + 60 <= len(d):
-        header_offsets.append(pos)
         name = d[pos : pos + 16].rstrip(b" ")
         size = int(d[pos + 48 : pos + 58].strip() or b"0")
         seed.bound(pos, pos + 60, pos + 60 + size)
@@ -233,10 +232,10 @@ def _archive_fields(seed: Seed, d: bytes, base: int) -> None:
             seed.add(data, 8, "gnu_index_count", enc="be", limit=count)
             for k in range(count):
                 seed.add(data + 8 + 8 * k, 8, "gnu_index_offset", enc="be")
-        elif name.startswith(b"#1/") and d[data : data + 9] == b"__.SYMDEF":
-            namelen = int(name[3:])
-            p = data + namelen
-            word = 8 if d[data : data + 12] == b"__.SYMDEF_64" else 4
+        elif d[pos : pos + 9] == b"__.SYMDEF" or (name.startswith(b"#1/") and d[data : data + 9] == b"__.SYMDEF"):
+            p = member
+            full = d[data:member] if name.startswith(b"#1/") else name
+            word = 8 if full.startswith(b"__.SYMDEF_64") else 4
             ranlib_bytes = int.from_bytes(d[p : p + word], "little")
             seed.add(p, word, "bsd_ranlib_bytes")
             for k in range(ranlib_bytes // (2 * word)):
@@ -248,7 +247,6 @@ def _archive_fields(seed: Seed, d: bytes, base: int) -> None:
         elif d[member : member + 4] == b"\xcf\xfa\xed\xfe":
             _macho_fields(seed, d, member)
         pos = data + size + (size & 1)
-    seed.header_offsets = header_offsets  # type: ignore[attr-defined]
 
 
 # --- mutation -------------------------------------------------------------------
