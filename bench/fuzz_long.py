@@ -40,9 +40,8 @@ TIMEOUT = 30.0  # seconds without progress: a hang
 def regression_name(kind: str, whole: bool, data: bytes) -> str:
     """File name of a saved input: tests/test_fuzz.py reads kind and mode back from it."""
     digest = hashlib.sha256(data).hexdigest()[:12]
-    if kind == "archive":
-        return f"archive-{'whole-' if whole else ''}{digest}.a"
-    return f"{kind}-{digest}.o"
+    mode = "whole-" if whole else ""
+    return f"{kind}-{mode}{digest}.bin"  # .bin: .o and .a files are not committed
 
 
 def save_regression(kind: str, whole: bool, data: bytes, note: str, directory: Path = REGRESSIONS) -> Path:

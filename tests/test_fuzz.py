@@ -99,7 +99,14 @@ def test_fuzz_archive(fuzz, index, rnd, whole):
 
 
 def _regressions() -> list[Path]:
-    return sorted(p for p in REGRESSIONS.glob("*") if p.suffix in (".o", ".a"))
+    return sorted(REGRESSIONS.glob("*.bin"))
+
+
+def test_regression_inputs_have_notes():
+    """The replayed inputs are in the tree (not ignored as build output), each with its note."""
+    inputs = _regressions()
+    assert len(inputs) >= 5
+    assert all(p.with_suffix(".txt").read_text().startswith("example ") for p in inputs)
 
 
 @pytest.mark.parametrize("path", _regressions(), ids=lambda p: p.name)
@@ -171,7 +178,7 @@ def test_long_harness_saves_crashing_and_hanging_inputs(tmp_path):
     assert "examples run: 12 " in run.stdout
     assert "crashes or wrong exceptions found: 2" in run.stdout
     notes = sorted(p.read_text() for p in saved.glob("*.txt"))
-    assert len(notes) == 2 and len(list(saved.glob("*.[oa]"))) == 2
+    assert len(notes) == 2 and len(list(saved.glob("*.bin"))) == 2
     assert any(n.startswith("example 3 of run seed 0") and "status -11" in n for n in notes)
     assert any(n.startswith("example 7 of run seed 0") and "no progress for 5 s (hang)" in n for n in notes)
 
