@@ -52,14 +52,14 @@ def save_regression(kind: str, whole: bool, data: bytes, note: str, directory: P
     return path
 
 
-def example(seeds, run_seed: int, i: int):
+def example(seeds, run_seed: int, i: int, max_ops: int = 4):
     """The input of example ``i``: (seed, data, whole, operations)."""
     from fuzz_mutators import mutate
 
     rng = random.Random(f"{run_seed}:{i}")
     seed = seeds[rng.randrange(len(seeds))]
     whole = seed.kind == "archive" and (rng.random() < 0.5 or seed.whole_only)
-    data, ops = mutate(seed, rng)
+    data, ops = mutate(seed, rng, max_ops)
     return seed, data, whole, ops
 
 
@@ -76,7 +76,7 @@ def child(args) -> int:
     current = Path(args.work) / f"current-{os.getpid()}"
     out = sys.stdout
     for i in range(args.start, args.start + args.examples):
-        seed, data, whole, ops = example(seeds, args.seed, i)
+        seed, data, whole, ops = example(seeds, args.seed, i, args.max_ops)
         # Written before the link, so the parent can save it if we die.
         current.with_suffix(".bin").write_bytes(data)
         current.with_suffix(".json").write_text(
@@ -130,6 +130,8 @@ class Run:
             str(count),
             "--regressions",
             str(self.args.regressions),
+            "--max-ops",
+            str(self.args.max_ops),
             "--crash-at",
             str(self.args.crash_at),
             "--hang-at",
@@ -244,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="run seed: example i of a seed is always the same")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--max-ops", type=int, default=4, help="most mutations applied to one input")
     p.add_argument("--timeout", type=float, default=TIMEOUT)
     p.add_argument("--regressions", default=str(REGRESSIONS))
     p.add_argument("--seeds", help="directory of prepared seeds (default: built now)")
