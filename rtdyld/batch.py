@@ -14,6 +14,7 @@ import numpy as np
 
 from . import cxxabi, ifunc, suggest, tls, unwind
 from . import layout as L
+from . import limits
 from .errors import (
     DuplicateSymbolError,
     LayoutError,
@@ -511,6 +512,7 @@ class BatchLinker:
             name: plans[L.BSS].place(f"<common {name}>", size, align)
             for name, (_, size, align) in self.commons.items()
         }
+        limits.check_batch_fits(self, plans)
         prot = {L.TEXT: Prot.R | Prot.X, L.RODATA: Prot.R, L.DATA: Prot.R | Prot.W, L.BSS: Prot.R | Prot.W}
         requests = [
             SegmentRequest(name, plans[name].size, prot[name], zero_fill=(name == L.BSS))

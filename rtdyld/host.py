@@ -46,13 +46,19 @@ class LibraryNotFoundError(LinkError):
     """``load_library`` found no loadable shared library of that name."""
 
 
+def _c_name(name: str) -> bytes:
+    """A symbol name's bytes as the object spelled them: readers decode names
+    with surrogate escapes, so any byte string (valid UTF-8 or not) round-trips."""
+    return name.encode("utf-8", "surrogateescape")
+
+
 def process_symbol(name: str) -> int:
     """Address of ``name`` in the process (RTLD_DEFAULT), or 0."""
-    return int(ffi.cast("uintptr_t", libc.dlsym(RTLD_DEFAULT, name.encode())))
+    return int(ffi.cast("uintptr_t", libc.dlsym(RTLD_DEFAULT, _c_name(name))))
 
 
 def library_symbol(handle, name: str) -> int:
-    return int(ffi.cast("uintptr_t", libc.dlsym(handle, name.encode())))
+    return int(ffi.cast("uintptr_t", libc.dlsym(handle, _c_name(name))))
 
 
 def describe_address(addr: int) -> str:

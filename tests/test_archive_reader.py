@@ -612,3 +612,33 @@ def test_message_formats_are_one_line():
     with pytest.raises(MalformedObjectError) as info:
         read_archive(_symdef([(0, 8), (9, 8)], b"foo\0bar\0"), name="lib/dir/libx.a")
     assert re.fullmatch(r"lib/dir/libx\.a: [^\n]+", str(info.value))
+
+
+# --- resource limits: sizes and counts checked against the file before use ----------------
+
+
+def test_member_size_of_ten_gigabytes_on_disk(tmp_path):
+    """A size field of 9999999999 in a mapped file: rejected, and the mapping let go."""
+    data = bytearray(_gnu([M1, M2], [("one", 0), ("two", 1)]))
+    at = data.index(b"m2.o/") + 48
+    data[at : at + 10] = b"9999999999"
+    path = tmp_path / "libhuge.a"
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        MalformedObjectError,
+        match=r"^.*libhuge\.a\(m2\.o\): member size 9999999999 at offset 0x\w+ runs past the end of the archive "
+        rf"\({len(data)} bytes\)$",
+    ):
+        read_archive(path)
+
+
+@pytest.mark.parametrize("word", [4, 8])
+def test_absurd_bsd_entry_count(word):
+    """A ranlib byte count in the billions: compared with the index's size, nothing read."""
+    huge = (1 << (8 * word)) - 2 * word
+    payload = huge.to_bytes(word, "little") + bytes(2 * word)
+    name = "__.SYMDEF_64" if word == 8 else "__.SYMDEF"
+    _bad(
+        b"!<arch>\n" + ar_header(name, len(payload)) + payload,
+        rf"libbad\.a: symbol index at offset 0x8: claims {huge} bytes of entries but holds only {len(payload)} bytes",
+    )

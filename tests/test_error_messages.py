@@ -8,6 +8,7 @@ the inputs themselves (pyelftools, the process), never from the linker.
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 
@@ -243,17 +244,36 @@ def test_library_not_found_lists_where_it_looked():
 
 
 def test_batch_that_does_not_fit_says_how_to_make_room(build):
+    first = build.cc_text("int first[4096] = {1};\n", *PIE, stem="first")  # 4 pages of .data
+    path = build.cc_text("int table[5120] = {1};\n", *PIE, stem="table5")  # 5 pages of .data
+    with MemoryManager(reserve_size=8 * PAGE_SIZE, low_reserve_size=PAGE_SIZE) as mm:
+        ln = rtdyld.Linker(memory=mm)
+        base, size = mm.reservations()[0]
+        ln.add_object(first)
+        ln.finalize()
+        free = sum(n for _, n in mm.free_blocks())
+        largest = max(n for _, n in mm.free_blocks())
+        ln.add_object(path)
+        message = error_of(ln, rtdyld.LayoutError)
+        (need,) = re.match(r"no room for the batch of \S+ \((\d+) bytes\)", message).groups()
+        assert free < int(need) <= size  # it fits the reservation, not what is left of it
+        assert message == (
+            f"no room for the batch of {path} ({need} bytes): cannot allocate {need} bytes ({int(need) // PAGE_SIZE} "
+            f"pages) in the main reservation [{base:#x}, {base + size:#x}) of {size} bytes: {free} bytes free, "
+            f"largest free block {largest} bytes\n"
+            "  hint: remove batches no longer needed, or give the Linker a MemoryManager(reserve_size=...) "
+            "with more room"
+        )
+
+
+def test_section_larger_than_the_reservation_is_named_before_allocating(build):
     path = build.cc_text("int table[4096] = {1};\n", *PIE, stem="table")  # exactly 4 pages of .data
     with MemoryManager(reserve_size=PAGE_SIZE, low_reserve_size=PAGE_SIZE) as mm:
         ln = rtdyld.Linker(memory=mm)
-        base, size = mm.reservations()[0]
         ln.add_object(path)
         assert error_of(ln, rtdyld.LayoutError) == (
-            f"no room for the batch of {path} (16384 bytes): cannot allocate 16384 bytes (4 pages) in the main "
-            f"reservation [{base:#x}, {base + size:#x}) of {PAGE_SIZE} bytes: {PAGE_SIZE} bytes free, largest "
-            f"free block {PAGE_SIZE} bytes\n"
-            "  hint: remove batches no longer needed, or give the Linker a MemoryManager(reserve_size=...) "
-            "with more room"
+            f"{path}: section '.data' needs 0x4000 bytes aligned to 0x20, more than the whole "
+            f"{PAGE_SIZE:#x}-byte memory reservation the batch is placed in"
         )
 
 

@@ -979,3 +979,55 @@ def test_random_corruption_never_escapes_as_a_bare_error(sub_image):
             read_macho(bytes(data), "fuzz.o")
         except LinkError as e:
             assert str(e).startswith("fuzz.o: ")
+
+
+# --- resource limits: absurd sizes and counts fail before anything is allocated ----------
+
+ZEROFILL_SOURCE = """
+  .zerofill __DATA,__bss,_buf,64,4
+  .text
+  .globl _touch
+_touch:
+  leaq _buf(%rip), %rax
+  retq
+"""
+
+
+@pytest.fixture(scope="module")
+def bss_image() -> bytes:
+    return emit_asm(ZEROFILL_SOURCE)
+
+
+def test_zerofill_of_2_to_the_60_is_rejected(bss_image):
+    img = Image(bss_image)
+    size = img.section_field("__DATA,__bss", "size")
+    message = malformed(Image(bss_image).put("<Q", size, 1 << 60).bytes(), "section 2 (__DATA,__bss)")
+    assert message == "bad.o: section 2 (__DATA,__bss) claims 0x1000000000000000 bytes of zero-fill (more than 0x1000000000)"
+
+
+def test_zerofill_larger_than_the_reservation_names_the_section(bss_image):
+    from rtdyld.errors import LayoutError
+    from rtdyld.linker import Linker
+
+    img = Image(bss_image)
+    data = Image(bss_image).put("<Q", img.section_field("__DATA,__bss", "size"), 8 << 30).bytes()
+    ln = Linker(run_initializers=False)
+    before = ln.snapshot()
+    ln.add_object(data, name="bss.o")
+    with pytest.raises(LayoutError, match=r"^bss\.o: section '__DATA,__bss' needs 0x200000000 bytes aligned to 0x10, "
+                                          r"more than the whole 0x40000000-byte memory reservation"):
+        ln.finalize()
+    assert ln.snapshot() == before
+
+
+def test_billions_of_relocations_or_symbols(sub_image):
+    img = Image(sub_image)
+    nreloc = img.section_field("__DATA,__data", "nreloc")
+    malformed(
+        Image(sub_image).put("<I", nreloc, 3_000_000_000).bytes(),
+        "section 2 (__DATA,__data) relocation table (offset 0x", ", 3000000000 entries) runs past the end of the file",
+    )
+    malformed(
+        Image(sub_image).put("<I", img.symtab_cmd + 12, 4_000_000_000).bytes(),
+        "symbol table (offset 0x", ", 4000000000 entries) runs past the end of the file",
+    )

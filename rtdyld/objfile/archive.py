@@ -89,6 +89,10 @@ class Member:
         return memoryview(self._bytes)
 
     def _read_thin(self) -> bytes:
+        if "\0" in self._path:
+            raise MalformedObjectError(
+                f"{self.display_name}: thin archive member name {self.name!r} contains a NUL byte"
+            )
         try:
             with open(self._path, "rb") as f:
                 data = f.read()
@@ -262,7 +266,10 @@ def read_archive(
     except BaseException:
         view.release()
         if mapping is not None:
-            mapping.close()
+            try:
+                mapping.close()
+            except BufferError:
+                pass  # the traceback still holds views of it; they unmap it when they go
         raise
 
 

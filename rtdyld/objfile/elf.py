@@ -19,6 +19,7 @@ from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
 from .elf_headers import HeaderError, read_section_headers
 from .elf_headers import SectionHeader as _Header
+from .elf_precheck import check_section_tables
 from .model import (
     RELOC_DTYPE,
     SEC_ABS,
@@ -99,6 +100,7 @@ class _ElfReader:
                     )
             if h.align & (h.align - 1):
                 raise self.fail(f"section [{i}] {h.name!r} has alignment {h.align}, not a power of two")
+        check_section_tables(self.headers, self.fail)
         self._read_symtab()
         self._select_sections()
         symbols = self._convert_symbols()

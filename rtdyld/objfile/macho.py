@@ -70,6 +70,9 @@ __all__ = ["is_macho", "read_macho"]
 
 _MAX_ALIGN_LOG2 = 31
 _DROPPED_SECTIONS = frozenset({"__LD,__compact_unwind"})
+# Zero-fill has no file bytes to contradict its size: past this (as for ELF
+# .bss) the header is corrupt, rejected before anything is reserved.
+MAX_ZERO_FILL = 1 << 36
 
 
 @dataclass
@@ -265,6 +268,8 @@ class _Reader:
             raise self.fail(f"{where} has alignment 2**{s.align}")
         if s.addr + s.size >= 1 << 63:
             raise self.fail(f"{where} address range [{s.addr:#x}, +{s.size:#x}) is out of range")
+        if s.zero_fill and s.size > MAX_ZERO_FILL:
+            raise self.fail(f"{where} claims {s.size:#x} bytes of zero-fill (more than {MAX_ZERO_FILL:#x})")
         if not s.zero_fill and s.offset + s.size > filesize:
             raise self.fail(
                 f"{where} data (offset {s.offset:#x}, size {s.size:#x}) runs past the end of the file"

@@ -1,0 +1,41 @@
+"""Size limits checked before a batch asks for memory.
+
+A corrupt header can claim a section (typically a .bss or __zerofill, which
+has no file bytes to contradict it) of any size up to 2^64.  The readers
+reject the absurd ones; what is left must still fit the memory manager's
+reservation, since every batch is carved from it.  Failing here names the
+object, the section and the numbers, instead of a bare "cannot allocate" or,
+with a memory manager that backs working memory with buffers, a MemoryError.
+"""
+
+from __future__ import annotations
+
+from .errors import LayoutError
+
+
+def check_batch_fits(batch, plans) -> None:
+    """Raise LayoutError if a section, a common, or the whole batch is larger
+    than the reservation the batch is placed in (``batch.reach``)."""
+    lo, hi = batch.reach
+    capacity = hi - lo
+    where = "below 2 GiB " if batch.low else ""
+    for p in batch.placed:
+        obj = batch.objects[p.obj]
+        s = obj.sections[p.index]
+        if s.size > capacity or s.align > capacity:
+            raise LayoutError(
+                f"{obj.name}: section {s.name!r} needs {s.size:#x} bytes aligned to {s.align:#x}, more than the "
+                f"whole {capacity:#x}-byte memory reservation {where}the batch is placed in"
+            )
+    for name, (_, size, align) in batch.commons.items():
+        if size > capacity or align > capacity:
+            raise LayoutError(
+                f"common symbol {name!r} needs {size:#x} bytes aligned to {align:#x}, more than the "
+                f"whole {capacity:#x}-byte memory reservation {where}the batch is placed in"
+            )
+    total = sum(plan.size for plan in plans.values())
+    if total > capacity:
+        raise LayoutError(
+            f"the batch needs {total:#x} bytes, more than the whole {capacity:#x}-byte memory "
+            f"reservation {where}it is placed in"
+        )
