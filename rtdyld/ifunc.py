@@ -128,11 +128,22 @@ def finish(batch) -> IfuncPlan | None:
     return p
 
 
-def bind(lb, executable: bool) -> None:
-    """Seal the code, run the resolvers, write their results; the caller seals the rest."""
+def bind(lb, executable: bool, run_code: bool = True) -> None:
+    """Seal the code, run the resolvers, write their results; the caller seals the rest.
+
+    ``run_code`` False (``Linker(run_initializers=False)``) promises that no
+    code of the batch runs while it is linked; a resolver is such code, so a
+    batch that needs one is refused rather than bound to unresolved addresses.
+    """
     p: IfuncPlan | None = lb.ifunc
     if p is None or not executable:
         return
+    if not run_code:
+        name = min(p.names) if p.names else "?"
+        raise IfuncError(
+            f"the IFUNC {name!r} needs its resolver run at link time, but this Linker runs no linked code "
+            "(run_initializers=False); link it with run_initializers=True"
+        )
     from .host import ffi
 
     alloc = lb.allocation

@@ -403,7 +403,7 @@ class Linker:
         done = []
         try:
             for _, lb in parts:
-                ifunc.bind(lb, self._executable())
+                ifunc.bind(lb, self._executable(), run_code=self.run_initializers)
                 lb.allocation.finalize()
                 done.append(lb)
         except Exception as e:

@@ -134,3 +134,20 @@ def test_ifunc_in_a_thread_local_initialiser_is_refused(build, ln):
     msg = str(exc.value)
     for part in (path, ".tdata+0x0", "R_X86_64_64", "'f'", "thread-local initialiser"):
         assert part in msg
+
+
+def test_a_linker_that_runs_no_code_refuses_an_ifunc_and_leaves_no_trace(build, callback):
+    ln = rtdyld.Linker(run_initializers=False)
+    try:
+        choose(ln, callback, 1)
+        ln.add_object(str(build.cc(IFUNC / "select.c", "-O2", "-fPIC")))
+        before = ln.snapshot()
+        with pytest.raises(IfuncError) as exc:
+            ln.finalize()
+        assert str(exc.value) == (
+            "the IFUNC 'picked' needs its resolver run at link time, but this Linker runs no linked code "
+            "(run_initializers=False); link it with run_initializers=True"
+        )
+        assert ln.snapshot() == before
+    finally:
+        ln.close()
