@@ -564,3 +564,124 @@ def test_callers_in_another_dylib_bind_to_the_stub(build):
     assert call_many(3) == 3
     ln.replace("version", version_ir(5))
     assert call_many(3) == 15
+
+
+# --- removing what a stub jumps into --------------------------------------------------------------
+
+
+def test_remove_refuses_while_a_stub_jumps_into_the_batch():
+    ln = rtdyld.Linker()
+    ln.stubs.create("version", 1)
+    v1 = ln.replace("version", version_ir(1))
+    with pytest.raises(rtdyld.UsageError) as err:
+        v1.remove()
+    msg = str(err.value)
+    assert f"cannot remove batch #{v1.number} (<version>)" in msg
+    assert "the indirect stub(s) of 'version' still jump into it" in msg
+    assert "re-point them first (Linker.replace or stubs.update) or pass force=True" in msg
+    assert not v1.removed and ln.function("version", "long()")() == 1
+    ln.replace("version", version_ir(2))
+    v1.remove()  # nothing jumps there any more
+    assert v1.removed and ln.function("version", "long()")() == 2
+
+    ln.add_module(version_ir(7).replace("@version", "@seven"), name="seven.ll")
+    seven = ln.finalize()
+    ln.stubs.create("by_address", ln.lookup("seven"))  # a bare address: no batch recorded with it
+    with pytest.raises(rtdyld.UsageError, match="indirect stub\\(s\\) of 'by_address' still jump"):
+        seven.remove()
+    assert not seven.removed
+
+
+def test_forced_remove_points_the_stub_at_its_fallback(callback):
+    ln = rtdyld.Linker()
+    fb = callback("int64_t(int64_t)", lambda x: -x)
+    neg = ln.add_lazy("neg", lambda: "define i64 @neg(i64 %x) {\n  %r = sub i64 0, %x\n  ret i64 %r\n}\n",
+                      signature="int64_t(int64_t)", fallback=fb)
+    assert neg(5) == -5
+    impl = ln.stubs.stub("neg").handle
+    lo = impl.batch.allocation.target_base
+    assert lo <= ln.stubs.target("neg") < lo + impl.batch.allocation.size
+    with pytest.raises(rtdyld.UsageError, match="'neg' still jump into it"):
+        impl.remove()
+    impl.remove(force=True)
+    assert impl.removed
+    assert ln.stubs.target("neg") == int(rtdyld.host.ffi.cast("uintptr_t", fb))
+    assert neg(6) == -6
+
+
+def test_forced_remove_points_a_stub_without_fallback_at_a_trap(maps):
+    ln = rtdyld.Linker()
+    ln.stubs.create("version", 1)
+    v1 = ln.replace("version", version_ir(1))
+    lo, hi = v1.batch.allocation.target_base, v1.batch.allocation.target_base + v1.batch.allocation.size
+    v1.remove(force=True)
+    target = ln.stubs.target("version")
+    assert not lo <= target < hi
+    assert maps.mapping_of(target).perms == "r-xp"
+    code = ctypes_bytes(target, indirection.TRAMPOLINE_SIZE)
+    assert disasm(code, target)[1] == f"jmp {ln._compile_callbacks.resolver_address:#x}"
+    ln.close()
+
+
+TRAP_SCRIPT = """
+import rtdyld
+ln = rtdyld.Linker()
+ln.stubs.create("version", 1)
+v1 = ln.replace("version", "define i64 @version() {\\n  ret i64 1\\n}\\n")
+version = ln.function("version", "long()")
+print("before", version(), flush=True)
+v1.remove(force=True)
+print("removed", flush=True)
+print("returned", version(), flush=True)
+"""
+
+
+def test_calling_a_trapped_stub_names_the_function_and_aborts():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", TRAP_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == -signal.SIGABRT, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == "before 1\nremoved\n"
+    assert proc.stderr == (
+        "rtdyld: 'version' was called after batch #1 (<version>), which held its code, "
+        "was removed with force=True; aborting\n"
+    )
+
+
+# --- close --------------------------------------------------------------------------------------
+
+
+def test_close_releases_stubs_trampolines_and_the_resolver(maps):
+    from rtdyld import lazy
+
+    ln = rtdyld.Linker()
+    version = ln.add_lazy("version", lambda: version_ir(4), signature="long()")
+    assert version() == 4
+    stub = ln.stubs.address("version")
+    owned = [a for a, ref in lazy._owned.values() if ref() is ln]
+    names = sorted(seg.name for a in owned for seg in a.segments)
+    assert names == ["lazy resolver", "lazy trampolines", "stub slots", "stubs"]
+    ln.close()
+    assert [a.state for a in owned] == ["released"] * 3
+    assert not set(map(id, owned)) & set(map(id, ln.memory.live_allocations()))
+    assert maps.mapping_of(stub).perms.startswith("---")
+    assert "version" not in ln.main.published
+    assert lazy.leaked_allocations() == []
+    # The session is usable again: new stubs come from fresh memory.
+    again = ln.add_lazy("version", lambda: version_ir(5), signature="long()")
+    assert again() == 5
+    ln.close()
+
+
+def test_release_invariant_catches_indirection_memory_kept_after_close(monkeypatch):
+    from invariants import leaked_indirection
+
+    ln = rtdyld.Linker()
+    ln.stubs.create("kept", 0x1000)
+    chunk = ln.stubs._chunks[0].allocation
+    monkeypatch.setattr(chunk, "release", lambda: None)
+    ln.close()
+    assert leaked_indirection() == [f"indirection memory of a closed Linker not released: {chunk!r}"]
+    monkeypatch.undo()
+    chunk.release()
+    assert leaked_indirection() == []
