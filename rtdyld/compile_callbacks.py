@@ -12,9 +12,19 @@ go through the stub alone.
 
 Threads: cffi takes the GIL for the callback, and a per-function lock makes
 the first callers of one function wait for a single compilation (the GIL is
-released while they wait and while LLVM compiles).  A function whose
-``compile_fn`` calls that same function again would need its own code to
-exist; that is reported as a compilation failure instead of recursing.
+released while they wait and while LLVM compiles).  The compiling thread
+takes the Linker lock *before* the per-function lock and holds both while
+``compile_fn`` runs and the result is linked: the one lock order there is,
+so an initializer running inside ``finalize`` (which holds the Linker lock)
+may call a lazy function that another thread has begun compiling — that
+thread either holds the Linker lock already, and the initializer waits for
+it, or waits for the Linker lock without holding the function's.  The price
+is that compilations, like initializers, run one at a time per Linker, and a
+compile function must not wait for another thread that uses the Linker.
+
+A function whose ``compile_fn`` calls that same function again would need
+its own code to exist; that is reported as a compilation failure instead of
+recursing.
 
 Failures: the call must never jump into garbage.  If ``compile_fn`` raises,
 the function's name and the traceback are printed to stderr and, if a
@@ -86,7 +96,7 @@ def _resolve(function_id: int) -> int:
     me = threading.get_ident()
     if fn.compiling == me:
         return _failed(fn, UsageError(f"{fn.name!r} was called while its compile function was running"))
-    with fn.lock:
+    with fn.linker._lock, fn.lock:
         if fn.address:  # another thread compiled it while we waited
             return fn.address
         fn.compiling = me

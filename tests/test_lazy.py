@@ -685,3 +685,56 @@ def test_release_invariant_catches_indirection_memory_kept_after_close(monkeypat
     monkeypatch.undo()
     chunk.release()
     assert leaked_indirection() == []
+
+
+# --- lock order ---------------------------------------------------------------------------------------
+
+
+DEADLOCK_SCRIPT = r"""
+import os, threading, time
+import rtdyld
+
+ln = rtdyld.Linker()
+started, go = threading.Event(), threading.Event()
+
+def compile_slow():
+    started.set()
+    go.wait(5)
+    return "define i64 @slow() {\n  ret i64 7\n}\n"
+
+slow = ln.add_lazy("slow", compile_slow, signature="int64_t()")
+result = {}
+b = threading.Thread(target=lambda: result.setdefault("b", slow()), daemon=True)
+b.start()
+started.wait()
+# An initializer calling the lazy function from inside finalize (Linker lock held).
+ln.add_module('''
+declare i64 @slow()
+@seen = global i64 0
+define internal void @init() {
+  %v = call i64 @slow()
+  store i64 %v, ptr @seen
+  ret void
+}
+@llvm.global_ctors = appending global [1 x { i32, ptr, ptr }] [{ i32, ptr, ptr } { i32 65535, ptr @init, ptr null }]
+''', name="init.ll")
+a = threading.Thread(target=lambda: result.setdefault("a", ln.finalize()), daemon=True)
+a.start()
+time.sleep(0.3)  # let the finalize reach the initializer, if it can
+go.set()
+a.join(30)
+b.join(30)
+if a.is_alive() or b.is_alive():
+    print("deadlock", flush=True)
+    os._exit(3)
+print("a", "a" in result, "b", result.get("b"), flush=True)
+seen = ln.lookup("seen")
+print("seen", rtdyld.host.ffi.cast("int64_t *", seen)[0], flush=True)
+"""
+
+
+def test_initializer_calling_a_function_another_thread_is_compiling_does_not_deadlock():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", DEADLOCK_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.stdout == "a True b 7\nseen 7\n", (proc.returncode, proc.stdout, proc.stderr)
