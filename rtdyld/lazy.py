@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import host
+from . import host, stub_slots
 from .errors import UsageError
 from .objfile.model import Bind, SymType
 from .symbols import Dylib, SymbolDef
@@ -162,6 +162,7 @@ class StubsManager:
             )
             stub = Stub(name, d, stub_address, chunk.slot_base + 8 * i, definition, address, handle, previous, chunk, i)
             self._stubs[(id(d), name)] = stub
+            stub_slots.register(stub_address, stub.slot_address)
             d.published[name] = definition
             return stub_address
 
@@ -294,6 +295,7 @@ class StubsManager:
         """Unpublish every stub; ``release_indirection`` then releases their memory."""
         with self._lock:
             for stub in self._stubs.values():
+                stub_slots.unregister(stub.address)
                 if stub.dylib.published.get(stub.name) is stub.definition:
                     del stub.dylib.published[stub.name]
             self._stubs.clear()

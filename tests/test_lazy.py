@@ -687,6 +687,34 @@ def test_release_invariant_catches_indirection_memory_kept_after_close(monkeypat
     assert leaked_indirection() == []
 
 
+# --- GOT calls bound to the stub's slot -------------------------------------------------------------
+
+
+def test_got_calls_of_a_stubbed_name_go_through_the_stub_slot(build):
+    ln = rtdyld.Linker()
+    ln.stubs.create("version", 1)
+    ln.replace("version", version_ir(1))
+    slot = ln.stubs.stub("version").slot_address
+    ln.add_object(build.cc(LAZY / "loop.c", "-O2", "-fPIE", "-fno-plt"))
+    ln.add_object(build.cc_text("long version(void);\nlong (*version_pointer(void))(void) { return version; }\n",
+                                "-O2", "-fPIE", "-fno-plt", stem="version_pointer"))
+    h = ln.finalize()
+    start = ln.lookup("call_many")
+    code = ctypes_bytes(start, h.symbols["call_many"].size)
+    calls = [i for i in MD.disasm(code, start) if i.mnemonic == "call"]
+    assert len(calls) == 1 and bytes(calls[0].bytes[:2]) == b"\xff\x15"  # call *disp32(%rip)
+    disp = int.from_bytes(calls[0].bytes[2:6], "little", signed=True)
+    assert calls[0].address + calls[0].size + disp == slot
+    call_many = ln.function("call_many", "long(long)")
+    assert call_many(4) == 4
+    ln.replace("version", version_ir(3))
+    assert call_many(4) == 12
+    # A load keeps the published address: the stub's, not the current implementation.
+    pointer = ln.function("version_pointer", "void *(void)")()
+    assert int(rtdyld.host.ffi.cast("uintptr_t", pointer)) == ln.stubs.address("version")
+    assert h.batch.got == {}  # the call uses the stub's slot, the load was relaxed to a lea
+
+
 # --- lock order ---------------------------------------------------------------------------------------
 
 
