@@ -7,7 +7,11 @@ arguments) must return what a direct call returns, recursion and mutual
 recursion go through stubs, several threads making the first call compile
 once, a hot swap under a calling thread never shows anything but the old or
 the new result, and a failing compile function aborts the process (in a
-child) unless a fallback is registered.
+child) unless a fallback is registered.  Removing a batch a stub jumps into
+is refused, or forced onto the fallback or an aborting trap; ``close``
+releases every stub, trampoline and resolver; ``call *GOT`` sites of a
+stubbed name use the stub's slot; and a lazy function being compiled may be
+called from an initializer inside ``finalize`` without deadlock.
 """
 
 from __future__ import annotations
