@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import cxxabi, ifunc, suggest, tls, unwind
+from . import cxxabi, ifunc, stub_slots, suggest, tls, unwind
 from . import layout as L
 from . import limits
 from .errors import (
@@ -410,6 +410,7 @@ class BatchLinker:
         self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
         self.scanned = tls.keep_tls_calls(self, self.scanned)
         self.scanned, self.ifunc = ifunc.plan(self, self.scanned)
+        self.scanned, self.stub_slots = stub_slots.plan(self, self.scanned)
 
     def _reachability(self, low: bool):
         """Per relocation: is the target in reach from the region ``low`` picks;
@@ -619,6 +620,7 @@ class BatchLinker:
         if np.any(has2):
             S2[has2] = self.addr[self.canon[r["sym2"][has2]]]
         S = tls.resolve(self, kind, S, P, G, Z, S2, where)
+        stub_slots.bind(self, kind, S)
         # Relaxed GOT loads become plain PC-relative references.
         relaxed = sc.relax != scan.RELAX_NONE
         kind[relaxed] = Edge.Delta32

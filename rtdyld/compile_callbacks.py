@@ -12,9 +12,19 @@ go through the stub alone.
 
 Threads: cffi takes the GIL for the callback, and a per-function lock makes
 the first callers of one function wait for a single compilation (the GIL is
-released while they wait and while LLVM compiles).  A function whose
-``compile_fn`` calls that same function again would need its own code to
-exist; that is reported as a compilation failure instead of recursing.
+released while they wait and while LLVM compiles).  The compiling thread
+takes the Linker lock *before* the per-function lock and holds both while
+``compile_fn`` runs and the result is linked: the one lock order there is,
+so an initializer running inside ``finalize`` (which holds the Linker lock)
+may call a lazy function that another thread has begun compiling — that
+thread either holds the Linker lock already, and the initializer waits for
+it, or waits for the Linker lock without holding the function's.  The price
+is that compilations, like initializers, run one at a time per Linker, and a
+compile function must not wait for another thread that uses the Linker.
+
+A function whose ``compile_fn`` calls that same function again would need
+its own code to exist; that is reported as a compilation failure instead of
+recursing.
 
 Failures: the call must never jump into garbage.  If ``compile_fn`` raises,
 the function's name and the traceback are printed to stderr and, if a
@@ -55,6 +65,7 @@ class LazyFunction:
     address: int = 0  # the implementation, once linked
     handle: object | None = None  # its batch, when rtdyld linked it
     compilations: int = 0
+    trap: str | None = None  # set for a trap: calling it prints this and aborts
 
 
 # One cffi callback serves every resolver in the process: each callback costs a
@@ -78,12 +89,14 @@ def _resolve(function_id: int) -> int:
     fn = _functions.get(function_id)
     if fn is None:  # only reachable if code jumped into a trampoline it was never given
         _die(f"rtdyld: lazy call with unknown function id {function_id}\n")
+    if fn.trap is not None:
+        _die(f"rtdyld: {fn.trap}; aborting\n")
     if fn.address:
         return fn.address
     me = threading.get_ident()
     if fn.compiling == me:
         return _failed(fn, UsageError(f"{fn.name!r} was called while its compile function was running"))
-    with fn.lock:
+    with fn.linker._lock, fn.lock:
         if fn.address:  # another thread compiled it while we waited
             return fn.address
         fn.compiling = me
@@ -162,9 +175,11 @@ class CompileCallbacks:
     def __init__(self, linker):
         from memmgr import Prot, SegmentRequest
 
+        from .lazy import allocate
+
         self.linker = linker
         code = indirection.resolver(callback_address())
-        self.resolver_allocation = linker.memory.allocate([SegmentRequest("lazy resolver", len(code), Prot.RX)])
+        self.resolver_allocation = allocate(linker, [SegmentRequest("lazy resolver", len(code), Prot.RX)])
         self.resolver_address = self.resolver_allocation.target_base
         self.resolver_allocation.view(0)[:] = np.frombuffer(code, dtype=np.uint8)
         self.resolver_allocation.finalize()
@@ -179,10 +194,12 @@ class CompileCallbacks:
         """
         from memmgr import Prot, SegmentRequest
 
+        from .lazy import allocate
+
         with self._lock:
             if not self._chunks or not self._chunks[-1][1]:
                 size = TRAMPOLINES_PER_CHUNK * indirection.TRAMPOLINE_SIZE
-                alloc = self.linker.memory.allocate([SegmentRequest("lazy trampolines", size, Prot.RX)])
+                alloc = allocate(self.linker, [SegmentRequest("lazy trampolines", size, Prot.RX)])
                 with _registry_lock:
                     ids = [next(_ids) for _ in range(TRAMPOLINES_PER_CHUNK)]
                 base = alloc.target_base
@@ -197,6 +214,31 @@ class CompileCallbacks:
             k = TRAMPOLINES_PER_CHUNK - len(free)
             return free.pop(0), base + k * indirection.TRAMPOLINE_SIZE
 
+    def close(self) -> None:
+        """Forget the Linker's lazy functions; their memory goes with ``release_indirection``."""
+        with _registry_lock:
+            for fid in [fid for fid, fn in _functions.items() if fn.linker is self.linker]:
+                del _functions[fid]
+        self._chunks.clear()
+
+
+def callbacks_of(linker) -> CompileCallbacks:
+    """The Linker's resolver and trampolines, made on first use."""
+    with linker._lock:
+        callbacks = getattr(linker, "_compile_callbacks", None)
+        if callbacks is None:
+            callbacks = linker._compile_callbacks = CompileCallbacks(linker)
+        return callbacks
+
+
+def trap(linker, name: str, dylib: Dylib, why: str) -> int:
+    """Address of a fresh trampoline whose caller gets ``why`` on stderr and an abort."""
+    fid, address = callbacks_of(linker).trampoline()
+    fn = LazyFunction(fid, name, dylib, None, None, linker, address, trap=why)
+    with _registry_lock:
+        _functions[fid] = fn
+    return address
+
 
 def add_lazy(linker, name: str, compile_fn, signature: str | None = None, fallback=None,
              dylib: Dylib | None = None):
@@ -205,10 +247,7 @@ def add_lazy(linker, name: str, compile_fn, signature: str | None = None, fallba
         raise UsageError(f"the compile function of {name!r} must be callable")
     d = linker._dylib(dylib)
     with linker._lock:
-        callbacks = getattr(linker, "_compile_callbacks", None)
-        if callbacks is None:
-            callbacks = linker._compile_callbacks = CompileCallbacks(linker)
-        fid, address = callbacks.trampoline()
+        fid, address = callbacks_of(linker).trampoline()
         fn = LazyFunction(fid, name, d, compile_fn, fallback, linker, address)
         with _registry_lock:
             _functions[fid] = fn
@@ -218,6 +257,7 @@ def add_lazy(linker, name: str, compile_fn, signature: str | None = None, fallba
             with _registry_lock:
                 del _functions[fid]
             raise
+        linker.stubs.stub(name, d).fallback = fallback
     if signature is not None:
         return linker.function(name, signature, dylib)
     return stub

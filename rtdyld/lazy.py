@@ -12,17 +12,24 @@ one allocation: a read-execute segment of stub code followed by a
 read-write segment of slots, so the rel32 of every ``jmp`` reaches its slot
 and W^X holds without ever flipping a page.  Stub code for a whole chunk is
 written while the chunk is in flight; after that only slots change.
+
+A batch a stub jumps into cannot be removed by accident: ``Linker.remove``
+refuses, or with ``force=True`` first points the stub at its fallback or at
+a trap that names the function and aborts (:meth:`StubsManager.before_remove`).
+``Linker.close`` releases stubs, trampolines and the resolver with the
+batches (:func:`release_indirection`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import host
+from . import host, stub_slots
 from .errors import UsageError
 from .objfile.model import Bind, SymType
 from .symbols import Dylib, SymbolDef
@@ -50,15 +57,39 @@ class Stub:
     previous: SymbolDef | None = None  # the name's definition before the stub existed
     chunk: _Chunk | None = None
     index: int = 0  # of the stub in its chunk
+    fallback: object = None  # where a forced remove of its target points it, if not at a trap
+
+
+# Every allocation made for stubs, trampolines and resolvers, with its Linker:
+# ``release_indirection`` releases by this table, so nothing made through
+# ``allocate`` can be missed, and the test suite's invariants check it.
+_owned: dict[int, tuple[object, weakref.ref]] = {}
+_closed: weakref.WeakSet = weakref.WeakSet()
+_owned_lock = threading.Lock()
+
+
+def allocate(linker, requests):
+    """An allocation for the Linker's indirection code, released by ``Linker.close``."""
+    alloc = linker.memory.allocate(requests)
+    with _owned_lock:
+        _owned[id(alloc)] = (alloc, weakref.ref(linker))
+    return alloc
+
+
+def leaked_allocations() -> list:
+    """Indirection allocations still live although their Linker was closed."""
+    with _owned_lock:
+        return [a for a, ref in _owned.values() if ref() in _closed and a.state != "released"]
 
 
 class _Chunk:
-    def __init__(self, memory):
+    def __init__(self, linker):
         size = STUBS_PER_CHUNK * indirection.STUB_SIZE
         from memmgr import Prot, SegmentRequest
 
-        self.allocation = memory.allocate(
-            [SegmentRequest("stubs", size, Prot.RX), SegmentRequest("stub slots", STUBS_PER_CHUNK * 8, Prot.RW)]
+        self.allocation = allocate(
+            linker,
+            [SegmentRequest("stubs", size, Prot.RX), SegmentRequest("stub slots", STUBS_PER_CHUNK * 8, Prot.RW)],
         )
         try:
             code_seg = self.allocation.segment("stubs")
@@ -131,6 +162,7 @@ class StubsManager:
             )
             stub = Stub(name, d, stub_address, chunk.slot_base + 8 * i, definition, address, handle, previous, chunk, i)
             self._stubs[(id(d), name)] = stub
+            stub_slots.register(stub_address, stub.slot_address)
             d.published[name] = definition
             return stub_address
 
@@ -196,7 +228,7 @@ class StubsManager:
             for handle, since in self._retired:
                 if handle.removed:
                     continue
-                busy = any(s.handle is handle for s in self._stubs.values())
+                busy = bool(self.pointing_into(handle))
                 users = [h for h in handle.dependents if not h.removed]
                 if busy or users or now - since < grace:
                     keep.append((handle, since))
@@ -206,11 +238,75 @@ class StubsManager:
             self._retired = keep
         return removed
 
+    # --- batches going away -----------------------------------------------------------
+
+    def pointing_into(self, handle) -> list[Stub]:
+        """The stubs whose slot holds an address inside ``handle``'s memory."""
+        ranges = [(lb.allocation.target_base, lb.allocation.target_base + lb.allocation.size) for _, lb in handle.parts]
+        with self._lock:
+            return [
+                s
+                for s in self._stubs.values()
+                if s.handle is handle or any(lo <= int(s.chunk.slots[s.index]) < hi for lo, hi in ranges)
+            ]
+
+    def before_remove(self, handle, force: bool) -> None:
+        """Called by ``Linker.remove`` (under the Linker lock) before ``handle`` goes.
+
+        A stub must never jump into released memory: unless ``force``, refuse
+        while a stub targets the batch; with ``force``, point each such stub
+        at its fallback, or at a trap that names the function and aborts.
+        """
+        with self._lock:
+            stubs = self.pointing_into(handle)
+            if not stubs:
+                return
+            if not force:
+                names = ", ".join(repr(s.name) for s in stubs)
+                raise UsageError(
+                    f"cannot remove batch #{handle.number} ({', '.join(handle.objects)}): the indirect stub(s) of "
+                    f"{names} still jump into it; re-point them first (Linker.replace or stubs.update) or pass "
+                    "force=True, which points them at their fallback or else at a trap that aborts when called"
+                )
+            ranges = [(lb.allocation.target_base, lb.allocation.target_base + lb.allocation.size)
+                      for _, lb in handle.parts]
+            for s in stubs:
+                self._disarm(s, handle, ranges)
+
+    def _disarm(self, stub: Stub, handle, ranges) -> None:
+        if stub.fallback is not None:
+            try:
+                address, found = self._target(stub.fallback, stub.dylib)
+            except UsageError:
+                address, found = 0, None
+            if address and found is not handle and not any(lo <= address < hi for lo, hi in ranges):
+                stub.chunk.slots[stub.index] = address
+                stub.target, stub.handle = address, found
+                return
+        from .compile_callbacks import trap
+
+        why = (f"{stub.name!r} was called after batch #{handle.number} ({', '.join(handle.objects)}), "
+               "which held its code, was removed with force=True")
+        address = trap(self.linker, stub.name, stub.dylib, why)
+        stub.chunk.slots[stub.index] = address
+        stub.target, stub.handle = address, None
+
+    def close(self) -> None:
+        """Unpublish every stub; ``release_indirection`` then releases their memory."""
+        with self._lock:
+            for stub in self._stubs.values():
+                stub_slots.unregister(stub.address)
+                if stub.dylib.published.get(stub.name) is stub.definition:
+                    del stub.dylib.published[stub.name]
+            self._stubs.clear()
+            self._chunks.clear()
+            self._retired.clear()
+
     # --- internals ---------------------------------------------------------------------
 
     def _chunk(self) -> _Chunk:
         if not self._chunks or self._chunks[-1].used == STUBS_PER_CHUNK:
-            self._chunks.append(_Chunk(self.linker.memory))
+            self._chunks.append(_Chunk(self.linker))
         return self._chunks[-1]
 
     def _target(self, target, dylib: Dylib) -> tuple[int, object | None]:
@@ -239,3 +335,24 @@ def stubs_of(linker) -> StubsManager:
         if mgr is None:
             mgr = linker._stubs_manager = StubsManager(linker)
         return mgr
+
+
+def release_indirection(linker) -> None:
+    """For ``Linker.close``, once every batch is gone: unpublish the stubs and
+    release the memory of stubs, lazy trampolines and the lazy resolver."""
+    with linker._lock:
+        mgr = linker.__dict__.pop("_stubs_manager", None)
+        if mgr is not None:
+            mgr.close()
+        callbacks = linker.__dict__.pop("_compile_callbacks", None)
+        if callbacks is not None:
+            callbacks.close()
+        with _owned_lock:
+            allocations = [a for a, ref in _owned.values() if ref() is linker]
+            _closed.add(linker)
+        for alloc in allocations:
+            alloc.release()
+        with _owned_lock:
+            for alloc in allocations:
+                if alloc.state == "released":  # what is kept stays listed, for leaked_allocations
+                    del _owned[id(alloc)]

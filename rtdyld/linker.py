@@ -444,6 +444,8 @@ class Linker:
             if handle.removed:
                 return
             users = [h for h in handle.dependents if not h.removed]
+            if getattr(self, "_stubs_manager", None) is not None:
+                self._stubs_manager.before_remove(handle, force)
             if users and not force:
                 names = "; ".join(f"#{h.number} ({', '.join(h.objects)})" for h in users)
                 raise UsageError(
@@ -469,10 +471,14 @@ class Linker:
             self.handles.remove(handle)
 
     def close(self) -> None:
-        """Remove every batch, newest first."""
+        """Remove every batch, newest first, then release indirect stubs and lazy trampolines."""
         with self._lock:
             for h in reversed(list(self.handles)):
                 h.remove(force=True)
+            if "_stubs_manager" in self.__dict__ or "_compile_callbacks" in self.__dict__:
+                from .lazy import release_indirection
+
+                release_indirection(self)
 
     # --- look-ups -------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ contents of removed or aborted batches are gone, not just hidden).  The
 reservations are found through :func:`memmgr.live_managers`; residency comes
 from ``mincore(2)``, read through cffi in ABI mode.  And between tests no
 allocation is still in flight: a batch that failed or was aborted released
-its memory instead of leaving it behind, writable.
+its memory instead of leaving it behind, writable.  And a closed Linker
+holds no memory for indirect stubs, lazy trampolines or its lazy resolver.
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ def abandoned_allocations(managers: list[MemoryManager] | None = None) -> list[s
     ]
 
 
+def leaked_indirection() -> list[str]:
+    """Stub, trampoline and resolver allocations still live although their Linker was closed."""
+    from rtdyld.lazy import leaked_allocations
+
+    return [f"indirection memory of a closed Linker not released: {a!r}" for a in leaked_allocations()]
+
+
 class ReleaseGuard:
     """Reports each unreleased range once, so one leak fails one test."""
 
@@ -112,6 +120,7 @@ class ReleaseGuard:
         self.reported: set[str] = set()
 
     def report(self) -> list[str]:
-        bad = [v for v in unreleased_memory() + abandoned_allocations() if v not in self.reported]
+        found = unreleased_memory() + abandoned_allocations() + leaked_indirection()
+        bad = [v for v in found if v not in self.reported]
         self.reported.update(bad)
         return bad

@@ -88,8 +88,10 @@ def test_stubs_benchmark_quick_run_prints_both_tables(tmp_path):
     out = proc.stdout
     assert "error:" not in out, out
     header, rows = table_after("stubs: loop(", out)
-    assert header[:3] == ["callee", "direct ms", "stub ms"], header
-    assert [r[0] for r in rows] == ["add", "xorshift x3"], rows
+    assert header[:4] == ["call site", "callee", "direct ms", "stub ms"], header
+    assert [r[:2] for r in rows] == [
+        [site, callee] for site in ("call bump@PLT", "call *bump@GOTPCREL") for callee in ("add", "xorshift x3")
+    ], rows
     assert all(RATIO.match(r[header.index("stub/direct")]) for r in rows), rows
     header, rows = table_after("stubs: first calls", out)
     assert [r[0] for r in rows][:2] == ["compile (IR -> object, llvmlite)", "link + resolver (rest of the call)"]

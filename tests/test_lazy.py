@@ -7,7 +7,11 @@ arguments) must return what a direct call returns, recursion and mutual
 recursion go through stubs, several threads making the first call compile
 once, a hot swap under a calling thread never shows anything but the old or
 the new result, and a failing compile function aborts the process (in a
-child) unless a fallback is registered.
+child) unless a fallback is registered.  Removing a batch a stub jumps into
+is refused, or forced onto the fallback or an aborting trap; ``close``
+releases every stub, trampoline and resolver; ``call *GOT`` sites of a
+stubbed name use the stub's slot; and a lazy function being compiled may be
+called from an initializer inside ``finalize`` without deadlock.
 """
 
 from __future__ import annotations
@@ -564,3 +568,205 @@ def test_callers_in_another_dylib_bind_to_the_stub(build):
     assert call_many(3) == 3
     ln.replace("version", version_ir(5))
     assert call_many(3) == 15
+
+
+# --- removing what a stub jumps into --------------------------------------------------------------
+
+
+def test_remove_refuses_while_a_stub_jumps_into_the_batch():
+    ln = rtdyld.Linker()
+    ln.stubs.create("version", 1)
+    v1 = ln.replace("version", version_ir(1))
+    with pytest.raises(rtdyld.UsageError) as err:
+        v1.remove()
+    msg = str(err.value)
+    assert f"cannot remove batch #{v1.number} (<version>)" in msg
+    assert "the indirect stub(s) of 'version' still jump into it" in msg
+    assert "re-point them first (Linker.replace or stubs.update) or pass force=True" in msg
+    assert not v1.removed and ln.function("version", "long()")() == 1
+    ln.replace("version", version_ir(2))
+    v1.remove()  # nothing jumps there any more
+    assert v1.removed and ln.function("version", "long()")() == 2
+
+    ln.add_module(version_ir(7).replace("@version", "@seven"), name="seven.ll")
+    seven = ln.finalize()
+    ln.stubs.create("by_address", ln.lookup("seven"))  # a bare address: no batch recorded with it
+    with pytest.raises(rtdyld.UsageError, match="indirect stub\\(s\\) of 'by_address' still jump"):
+        seven.remove()
+    assert not seven.removed
+
+
+def test_forced_remove_points_the_stub_at_its_fallback(callback):
+    ln = rtdyld.Linker()
+    fb = callback("int64_t(int64_t)", lambda x: -x)
+    neg = ln.add_lazy("neg", lambda: "define i64 @neg(i64 %x) {\n  %r = sub i64 0, %x\n  ret i64 %r\n}\n",
+                      signature="int64_t(int64_t)", fallback=fb)
+    assert neg(5) == -5
+    impl = ln.stubs.stub("neg").handle
+    lo = impl.batch.allocation.target_base
+    assert lo <= ln.stubs.target("neg") < lo + impl.batch.allocation.size
+    with pytest.raises(rtdyld.UsageError, match="'neg' still jump into it"):
+        impl.remove()
+    impl.remove(force=True)
+    assert impl.removed
+    assert ln.stubs.target("neg") == int(rtdyld.host.ffi.cast("uintptr_t", fb))
+    assert neg(6) == -6
+
+
+def test_forced_remove_points_a_stub_without_fallback_at_a_trap(maps):
+    ln = rtdyld.Linker()
+    ln.stubs.create("version", 1)
+    v1 = ln.replace("version", version_ir(1))
+    lo, hi = v1.batch.allocation.target_base, v1.batch.allocation.target_base + v1.batch.allocation.size
+    v1.remove(force=True)
+    target = ln.stubs.target("version")
+    assert not lo <= target < hi
+    assert maps.mapping_of(target).perms == "r-xp"
+    code = ctypes_bytes(target, indirection.TRAMPOLINE_SIZE)
+    assert disasm(code, target)[1] == f"jmp {ln._compile_callbacks.resolver_address:#x}"
+    ln.close()
+
+
+TRAP_SCRIPT = """
+import rtdyld
+ln = rtdyld.Linker()
+ln.stubs.create("version", 1)
+v1 = ln.replace("version", "define i64 @version() {\\n  ret i64 1\\n}\\n")
+version = ln.function("version", "long()")
+print("before", version(), flush=True)
+v1.remove(force=True)
+print("removed", flush=True)
+print("returned", version(), flush=True)
+"""
+
+
+def test_calling_a_trapped_stub_names_the_function_and_aborts():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", TRAP_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == -signal.SIGABRT, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == "before 1\nremoved\n"
+    assert proc.stderr == (
+        "rtdyld: 'version' was called after batch #1 (<version>), which held its code, "
+        "was removed with force=True; aborting\n"
+    )
+
+
+# --- close --------------------------------------------------------------------------------------
+
+
+def test_close_releases_stubs_trampolines_and_the_resolver(maps):
+    from rtdyld import lazy
+
+    ln = rtdyld.Linker()
+    version = ln.add_lazy("version", lambda: version_ir(4), signature="long()")
+    assert version() == 4
+    stub = ln.stubs.address("version")
+    owned = [a for a, ref in lazy._owned.values() if ref() is ln]
+    names = sorted(seg.name for a in owned for seg in a.segments)
+    assert names == ["lazy resolver", "lazy trampolines", "stub slots", "stubs"]
+    ln.close()
+    assert [a.state for a in owned] == ["released"] * 3
+    assert not set(map(id, owned)) & set(map(id, ln.memory.live_allocations()))
+    assert maps.mapping_of(stub).perms.startswith("---")
+    assert "version" not in ln.main.published
+    assert lazy.leaked_allocations() == []
+    # The session is usable again: new stubs come from fresh memory.
+    again = ln.add_lazy("version", lambda: version_ir(5), signature="long()")
+    assert again() == 5
+    ln.close()
+
+
+def test_release_invariant_catches_indirection_memory_kept_after_close(monkeypatch):
+    from invariants import leaked_indirection
+
+    ln = rtdyld.Linker()
+    ln.stubs.create("kept", 0x1000)
+    chunk = ln.stubs._chunks[0].allocation
+    monkeypatch.setattr(chunk, "release", lambda: None)
+    ln.close()
+    assert leaked_indirection() == [f"indirection memory of a closed Linker not released: {chunk!r}"]
+    monkeypatch.undo()
+    chunk.release()
+    assert leaked_indirection() == []
+
+
+# --- GOT calls bound to the stub's slot -------------------------------------------------------------
+
+
+def test_got_calls_of_a_stubbed_name_go_through_the_stub_slot(build):
+    ln = rtdyld.Linker()
+    ln.stubs.create("version", 1)
+    ln.replace("version", version_ir(1))
+    slot = ln.stubs.stub("version").slot_address
+    ln.add_object(build.cc(LAZY / "loop.c", "-O2", "-fPIE", "-fno-plt"))
+    ln.add_object(build.cc_text("long version(void);\nlong (*version_pointer(void))(void) { return version; }\n",
+                                "-O2", "-fPIE", "-fno-plt", stem="version_pointer"))
+    h = ln.finalize()
+    start = ln.lookup("call_many")
+    code = ctypes_bytes(start, h.symbols["call_many"].size)
+    calls = [i for i in MD.disasm(code, start) if i.mnemonic == "call"]
+    assert len(calls) == 1 and bytes(calls[0].bytes[:2]) == b"\xff\x15"  # call *disp32(%rip)
+    disp = int.from_bytes(calls[0].bytes[2:6], "little", signed=True)
+    assert calls[0].address + calls[0].size + disp == slot
+    call_many = ln.function("call_many", "long(long)")
+    assert call_many(4) == 4
+    ln.replace("version", version_ir(3))
+    assert call_many(4) == 12
+    # A load keeps the published address: the stub's, not the current implementation.
+    pointer = ln.function("version_pointer", "void *(void)")()
+    assert int(rtdyld.host.ffi.cast("uintptr_t", pointer)) == ln.stubs.address("version")
+    assert h.batch.got == {}  # the call uses the stub's slot, the load was relaxed to a lea
+
+
+# --- lock order ---------------------------------------------------------------------------------------
+
+
+DEADLOCK_SCRIPT = r"""
+import os, threading, time
+import rtdyld
+
+ln = rtdyld.Linker()
+started, go = threading.Event(), threading.Event()
+
+def compile_slow():
+    started.set()
+    go.wait(5)
+    return "define i64 @slow() {\n  ret i64 7\n}\n"
+
+slow = ln.add_lazy("slow", compile_slow, signature="int64_t()")
+result = {}
+b = threading.Thread(target=lambda: result.setdefault("b", slow()), daemon=True)
+b.start()
+started.wait()
+# An initializer calling the lazy function from inside finalize (Linker lock held).
+ln.add_module('''
+declare i64 @slow()
+@seen = global i64 0
+define internal void @init() {
+  %v = call i64 @slow()
+  store i64 %v, ptr @seen
+  ret void
+}
+@llvm.global_ctors = appending global [1 x { i32, ptr, ptr }] [{ i32, ptr, ptr } { i32 65535, ptr @init, ptr null }]
+''', name="init.ll")
+a = threading.Thread(target=lambda: result.setdefault("a", ln.finalize()), daemon=True)
+a.start()
+time.sleep(0.3)  # let the finalize reach the initializer, if it can
+go.set()
+a.join(30)
+b.join(30)
+if a.is_alive() or b.is_alive():
+    print("deadlock", flush=True)
+    os._exit(3)
+print("a", "a" in result, "b", result.get("b"), flush=True)
+seen = ln.lookup("seen")
+print("seen", rtdyld.host.ffi.cast("int64_t *", seen)[0], flush=True)
+"""
+
+
+def test_initializer_calling_a_function_another_thread_is_compiling_does_not_deadlock():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", DEADLOCK_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.stdout == "a True b 7\nseen 7\n", (proc.returncode, proc.stdout, proc.stderr)
