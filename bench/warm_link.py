@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import report
-from .archives import CASES as ARCHIVE_CASES
-from .archives import SYSTEM_LIBS, check_link
-from .archives import _compile as compile_driver
+from .cold_link import CASES as ARCHIVE_CASES
+from .cold_link import SYSTEM_LIBS, check_link
+from .cold_link import _compile as compile_driver
 from .gen import cache_dir
 from .report import Row
 from .session import Session
