@@ -93,17 +93,20 @@ def _prime() -> None:
     """Pay once per process, when a cache is opened, the lazy set-up a first
     warm link would otherwise pay inside the link: the code identity, cffi's
     parsing of the C types the host look-ups use, numpy's lazily imported
-    helpers, and the model's field annotations."""
+    helpers, the model's field annotations, and the unwinder's entry points
+    (libgcc_s found and opened, as an LLVM engine has it from the start)."""
     import numpy as np
 
     from memmgr import libc
 
-    from .. import host
+    from .. import host, unwind
     from ..objfile import model
 
     _code_identity()
     host.describe_address(host.process_symbol("malloc"))
     libc.ffi.typeof("char *")
+    host.ffi.typeof("void *")
+    unwind._functions()
     np.unique(np.zeros(2, dtype=np.uint8))
     for cls in (model.ObjectFile, model.Section, model.Group):
         tables.enum_fields(cls)
