@@ -6,7 +6,8 @@
     body length u64 | adler32(meta + body) u32 | meta | body
 
 The body is the concatenation of byte blobs (numpy arrays saved as their raw
-bytes, 16-byte aligned); ``meta`` names each one with its offset, length and,
+bytes, 16-byte aligned; ``meta`` is padded with blanks so that the body starts
+16-byte aligned too); ``meta`` names each one with its offset, length and,
 for arrays, the dtype descriptor.  Nothing is pickled, so loading an entry
 never runs code, and arrays come back as read-only views of the file's bytes.
 Lengths must account for the whole file and the checksum must match: a
@@ -54,6 +55,9 @@ def pack(key: bytes, meta: dict, blobs: dict[str, np.ndarray | bytes | memoryvie
         at += len(raw) + pad
     body = b"".join(parts)
     text = json.dumps({"meta": meta, "blobs": index}, separators=(",", ":")).encode()
+    # Trailing blanks (still JSON) start the body 16-byte aligned in the file, and
+    # so in the bytes read back: numpy on misaligned arrays takes slow paths.
+    text += b" " * (-(HEADER.size + len(text)) % _ALIGN)
     crc = _checksum(text, body)
     return HEADER.pack(MAGIC, FORMAT_VERSION, key, len(text), len(body), crc) + text + body
 
