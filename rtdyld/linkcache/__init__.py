@@ -43,7 +43,7 @@ from ..errors import MalformedObjectError
 from ..inputs import parse_object
 from ..objfile.archive_layout import RawMember
 from ..objfile.model import ObjectFile
-from . import tables
+from . import image, tables
 from .container import FORMAT_VERSION, CorruptEntry, pack, unpack
 from .deferred import DeferredArchive
 from .digests import StatDigests, digest
@@ -110,6 +110,10 @@ def _prime() -> None:
     np.unique(np.zeros(2, dtype=np.uint8))
     for cls in (model.ObjectFile, model.Section, model.Group):
         tables.enum_fields(cls)
+    digest(b"")
+    # numpy sets up each kind of operation on first use (tens of µs each in a
+    # new process): re-apply two fixups of each width to scratch memory once.
+    image.prime()
 
 
 class LinkCache:

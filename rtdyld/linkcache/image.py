@@ -31,7 +31,7 @@ import numpy as np
 from ..batch import GOT_SYMBOL, LinkedBatch
 from ..objfile.model import SEC_ABS
 from ..x86_64 import fixup
-from ..x86_64.edges import Edge
+from ..x86_64.edges import WIDTH, Edge
 from .tables import Uncacheable
 
 U = np.uint64
@@ -203,10 +203,39 @@ def apply(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
     ``ext``; False (nothing written) if a value does not fit its field."""
     if not len(res.kind):
         return True
+    # A warm link is a few hundred fixups: the cost is the number of numpy
+    # calls, each paying its first-use set-up in a new process, not the rows.
     value = res.const + res.cb.astype(np.int64).view(U) * U(base)
-    has = res.j >= 0
-    value[has] += ext[res.j[has]]
+    if len(ext):
+        value += np.append(ext, U(0))[res.j]  # j == -1 picks the appended 0
     if np.any(fixup.out_of_range(res.kind, value)):
         return False
-    fixup.write(mem, res.where, res.kind, value)
+    _store(mem, res.where, WIDTH[res.kind], value)
     return True
+
+
+_BYTE = {w: np.arange(w, dtype=np.int64) for w in (1, 2, 4, 8)}
+
+
+def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndarray) -> None:
+    """``value`` little-endian in ``width`` bytes at each ``where``: one scatter per
+    width present (:func:`~rtdyld.x86_64.fixup.write` makes one per byte)."""
+    raw = value.astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)
+    widths = (8,) if width.min() == 8 else [w for w in (1, 2, 4, 8) if np.any(width == w)]
+    for w in widths:
+        if len(widths) == 1:
+            at, b = where, raw
+        else:
+            m = width == w
+            at, b = where[m], raw[m]
+        mem[at[:, None] + _BYTE[w]] = b[:, :w]
+
+
+def prime() -> None:
+    """Run :func:`apply` once on scratch memory: one fixup of each field width,
+    against an external, so a process's first warm link finds numpy ready."""
+    kinds = np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Pointer16), int(Edge.Pointer8)], dtype=np.uint8)
+    n = len(kinds)
+    res = Residual(np.arange(n, dtype=np.int64) * 8, kinds, np.zeros(n, dtype=U), np.array([1, -1, 0, 0], np.int8),
+                   np.array([0, 0, -1, -1], dtype=np.int32))
+    apply(res, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
