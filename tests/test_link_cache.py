@@ -547,3 +547,63 @@ def test_a_batch_with_thread_locals_is_linked_but_never_cached(build, tmp_path):
         with ln.finalize():
             assert ln.function("tls_bump", "long(long)")(5) > 0
     assert _outcome(cache)["hits"] == 0 and _outcome(cache)["unstored"] == 2
+
+
+def test_residual_fixups_written_alike_with_integers_and_with_arrays():
+    import numpy as np
+
+    from rtdyld.linkcache import image
+    from rtdyld.x86_64.edges import WIDTH, Edge
+
+    rng = np.random.default_rng(7)
+    signed = [Edge.Pointer64, Edge.Pointer32Signed, Edge.Pointer16, Edge.Pointer8, Edge.Delta32, Edge.Branch32,
+              Edge.Delta64]
+    written = 0
+    for trial in range(60):
+        # Even trials: small values in fields that take negative ones, so all fit;
+        # odd trials: any kind and values up to 2^40, so most have one that does not.
+        fits = trial % 2 == 0
+        kinds = signed if fits else [*signed, Edge.Pointer32]
+        n = int(rng.integers(1, 60))
+        kind = rng.choice(np.array([int(k) for k in kinds], dtype=np.uint8), n)
+        where = np.cumsum(np.concatenate([[0], WIDTH[kind][:-1]])).astype(np.int64)  # fields back to back
+        spread = 1 << int(rng.integers(1, 6) if fits else rng.integers(4, 40))
+        const = rng.integers(-spread, spread, n).astype(np.int64).view(np.uint64)
+        cb = rng.integers(-1, 2, n).astype(np.int8)
+        ext = rng.integers(0, spread, 3).astype(np.uint64)
+        j = rng.integers(-1, 3, n).astype(np.int32)
+        res = image.Residual(where, kind, const, cb, j)
+        base = int(rng.integers(0, spread))
+        size = int(where[-1] + WIDTH[kind[-1]])
+        few, arrays = np.zeros(size, np.uint8), np.zeros(size, np.uint8)
+        ok_few = image._apply_few(res, few, base, ext)
+        ok_arrays = image._apply_arrays(res, arrays, base, ext)
+        assert ok_few == ok_arrays, trial
+        assert ok_few or not fits, trial
+        if ok_few:
+            assert few.tobytes() == arrays.tobytes(), trial
+            written += 1
+    assert 30 <= written < 60
+
+
+def test_residual_fixups_range_checked_at_the_field_limits():
+    import numpy as np
+
+    from rtdyld.linkcache import image
+    from rtdyld.x86_64.edges import Edge
+
+    def fits(kind: Edge, value: int) -> tuple[bool, bool]:
+        res = image.Residual(np.zeros(1, np.int64), np.array([int(kind)], np.uint8),
+                             np.array([value & (1 << 64) - 1], np.uint64), np.zeros(1, np.int8),
+                             np.full(1, -1, np.int32))
+        mem = np.zeros(8, np.uint8)
+        return (image._apply_few(res, mem.copy(), 0, np.zeros(1, np.uint64)),
+                image._apply_arrays(res, mem.copy(), 0, np.zeros(1, np.uint64)))
+
+    for kind, good, bad in ((Edge.Branch32, (-(1 << 31), (1 << 31) - 1), (-(1 << 31) - 1, 1 << 31)),
+                            (Edge.Pointer32, (0, (1 << 32) - 1), (-1, 1 << 32)),
+                            (Edge.Pointer8, (-128, 255), (-129, 256))):
+        for v in good:
+            assert fits(kind, v) == (True, True), (kind, v)
+        for v in bad:
+            assert fits(kind, v) == (False, False), (kind, v)

@@ -198,13 +198,27 @@ def _linear(where, kind, value, j, base: int, here: np.ndarray, moved_batch, mov
     return Residual(where[sel], kind[sel], const, cb[sel], j[sel])
 
 
+_BYTE = {w: np.arange(w, dtype=np.int64) for w in (1, 2, 4, 8)}
+# Up to this many fixups, plain integers beat numpy in a new process: each
+# numpy call costs 10-40 µs there (cold caches after start-up), a fixup ~1 µs.
+_FEW = 512
+_M64 = (1 << 64) - 1
+_LOW = fixup._LOW.tolist()
+_HIGH = fixup._HIGH.tolist()
+_WIDTH = WIDTH.tolist()
+
+
 def apply(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
     """Write the residual fixups for a batch at ``base`` whose externals are at
     ``ext``; False (nothing written) if a value does not fit its field."""
     if not len(res.kind):
         return True
-    # A warm link is a few hundred fixups: the cost is the number of numpy
-    # calls, each paying its first-use set-up in a new process, not the rows.
+    if len(res.kind) <= _FEW:
+        return _apply_few(res, mem, base, ext)
+    return _apply_arrays(res, mem, base, ext)
+
+
+def _apply_arrays(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
     value = res.const + res.cb.astype(np.int64).view(U) * U(base)
     if len(ext):
         value += np.append(ext, U(0))[res.j]  # j == -1 picks the appended 0
@@ -214,7 +228,21 @@ def apply(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
     return True
 
 
-_BYTE = {w: np.arange(w, dtype=np.int64) for w in (1, 2, 4, 8)}
+def _apply_few(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
+    """:func:`apply` with Python integers: the same values, range checks and bytes."""
+    ext_ = ext.tolist()
+    values = []
+    for k, c, b, j in zip(res.kind.tolist(), res.const.tolist(), res.cb.tolist(), res.j.tolist()):
+        v = (c + b * base + (ext_[j] if j >= 0 else 0)) & _M64
+        signed = v - (1 << 64) if v >> 63 else v
+        if signed < _LOW[k] or signed > _HIGH[k]:
+            return False
+        values.append(v)
+    view = memoryview(mem)
+    for at, k, v in zip(res.where.tolist(), res.kind.tolist(), values):
+        w = _WIDTH[k]
+        view[at : at + w] = (v & ((1 << (8 * w)) - 1)).to_bytes(w, "little")
+    return True
 
 
 def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndarray) -> None:
@@ -232,10 +260,12 @@ def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndar
 
 
 def prime() -> None:
-    """Run :func:`apply` once on scratch memory: one fixup of each field width,
-    against an external, so a process's first warm link finds numpy ready."""
+    """Run both ways of :func:`apply` once on scratch memory (one fixup of each
+    field width, one against an external), so a process's first warm link
+    finds them set up."""
     kinds = np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Pointer16), int(Edge.Pointer8)], dtype=np.uint8)
     n = len(kinds)
     res = Residual(np.arange(n, dtype=np.int64) * 8, kinds, np.zeros(n, dtype=U), np.array([1, -1, 0, 0], np.int8),
                    np.array([0, 0, -1, -1], dtype=np.int32))
-    apply(res, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
+    for how in (_apply_few, _apply_arrays):
+        how(res, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
