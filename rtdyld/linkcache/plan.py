@@ -39,7 +39,7 @@ from .. import unwind
 from ..symbols import SymbolDef
 from ..x86_64 import scan
 from . import image, tables
-from .container import FORMAT_VERSION, pack
+from .container import FORMAT_VERSION, pack, unpack
 from .deferred import CachedMember
 
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
@@ -183,7 +183,7 @@ class BatchPlan:
         own = {"got": (got_base, "the batch's GOT"), "dso": (lb.dso_handle, "the batch's DSO handle")}
         lb.externals = [e if e is not None else External(meta["externals"][j][0], *own[meta["externals"][j][1]])
                         for j, e in enumerate(lb.externals)]
-        skeletons = _Skeletons(blobs, meta["nobjblobs"])
+        skeletons = _Skeletons(blobs["skeletons"], self.key)
         objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
                    for kind, value, k in meta["objects"]]
         lb.objects = objects
@@ -268,8 +268,9 @@ class BatchPlan:
             else:
                 objects.append(["member", o.name, len(docs)])
                 docs.append(tables.object_doc(tables.skeleton(o), skel))
-        blobs.update(tables.named(skel, "o"))
-        blobs["skeletons"] = json.dumps(docs).encode()
+        # One nested entry, unpacked only if a member's sections are asked for:
+        # the outer entry's metadata stays a few dozen blobs long.
+        blobs["skeletons"] = pack(self.key, {"docs": docs, "nblobs": len(skel)}, tables.named(skel, "o"))
         position = {id(a): i for i, a in enumerate(self.search)}
         pulled = []
         for oi, o in enumerate(lb.objects):
@@ -313,7 +314,6 @@ class BatchPlan:
             "externals": externals,
             "prefix": prefixes.pop() if prefixes else "",
             "objects": objects,
-            "nobjblobs": len(skel),
             "pulls": pulls,
             "init": [list(x) for x in lb.initializers],
             "fini": [list(x) for x in lb.finalizers],
@@ -333,18 +333,20 @@ def _plain(v):
 
 
 class _Skeletons:
-    """The pulled members' skeletons of one entry, parsed when first asked for."""
+    """The pulled members' skeletons of one entry (a nested entry), parsed when first asked for."""
 
-    def __init__(self, blobs: dict, count: int) -> None:
-        self.blobs = blobs
-        self.count = count
-        self.docs = None
+    def __init__(self, packed, key: bytes) -> None:
+        self.packed = packed
+        self.key = key
+        self.docs = self.blobs = None
 
     def loader(self, k: int):
         def load():
             if self.docs is None:
-                self.docs = json.loads(bytes(self.blobs["skeletons"]))
-            return tables.object_from_doc(self.docs[k], tables.unnamed(self.blobs, "o", self.count), "")
+                meta, blobs = unpack(bytes(self.packed), self.key)
+                self.blobs = tables.unnamed(blobs, "o", meta["nblobs"])
+                self.docs = meta["docs"]
+            return tables.object_from_doc(self.docs[k], self.blobs, "")
 
         return load
 
