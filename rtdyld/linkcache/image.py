@@ -206,6 +206,8 @@ _M64 = (1 << 64) - 1
 _LOW = fixup._LOW.tolist()
 _HIGH = fixup._HIGH.tolist()
 _WIDTH = WIDTH.tolist()
+_ANY_VALUE_IN_64 = bool(np.all((fixup._LOW[WIDTH == 8] == np.iinfo(np.int64).min)
+                               & (fixup._HIGH[WIDTH == 8] == np.iinfo(np.int64).max)))
 
 
 def apply(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
@@ -222,9 +224,15 @@ def _apply_arrays(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) ->
     value = res.const + res.cb.astype(np.int64).view(U) * U(base)
     if len(ext):
         value += np.append(ext, U(0))[res.j]  # j == -1 picks the appended 0
-    if np.any(fixup.out_of_range(res.kind, value)):
+    width = WIDTH[res.kind]
+    all64 = width.min() == 8
+    # A 64-bit field holds any value: a batch of only those (pointer tables) needs no check.
+    if not (all64 and _ANY_VALUE_IN_64) and np.any(fixup.out_of_range(res.kind, value)):
         return False
-    _store(mem, res.where, WIDTH[res.kind], value)
+    if all64 and not np.any(res.where & 7) and len(mem) % 8 == 0:
+        mem.view(U)[res.where >> 3] = value  # aligned pointers: one store each
+    else:
+        _store(mem, res.where, width, value)
     return True
 
 
@@ -267,5 +275,7 @@ def prime() -> None:
     n = len(kinds)
     res = Residual(np.arange(n, dtype=np.int64) * 8, kinds, np.zeros(n, dtype=U), np.array([1, -1, 0, 0], np.int8),
                    np.array([0, 0, -1, -1], dtype=np.int32))
+    pointers = dataclasses.replace(res, kind=np.full(n, int(Edge.Pointer64), dtype=np.uint8))
     for how in (_apply_few, _apply_arrays):
-        how(res, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
+        for r in (res, pointers):
+            how(r, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
