@@ -11,6 +11,7 @@ import os
 
 import cffi
 
+from . import loaded_objects
 from .errors import LinkError
 
 ffi = cffi.FFI()
@@ -57,9 +58,7 @@ def library_symbol(handle, name: str) -> int:
 
 def describe_address(addr: int) -> str:
     """The shared object holding ``addr`` (its file name), or ""."""
-    from .loaded_objects import describe
-
-    known = describe(addr)  # the same answer without dladdr's symbol scan, where the loader can tell
+    known = loaded_objects.describe(addr)  # the same answer without dladdr's symbol scan, where the loader can tell
     if known is not None:
         return known
     info = ffi.new("Dl_info *")

@@ -116,6 +116,12 @@ def _prime() -> None:
     image.prime()
 
 
+@functools.lru_cache(maxsize=8)
+def _identity_text(items: tuple) -> bytes:
+    # The identity, serialised once rather than at every key.
+    return json.dumps(dict(items), sort_keys=True).encode()
+
+
 class LinkCache:
     """Link-cache entries in ``directory``, shared safely between processes."""
 
@@ -139,6 +145,12 @@ class LinkCache:
 
         return {"rtdyld": __version__, "format": FORMAT_VERSION, "code": _code_identity()}
 
+    def _key(self, what: str, content: str) -> bytes:
+        """The key of the ``what`` (object, archive) whose bytes have sha256 ``content``.
+        JSON escapes NUL, so the separators keep the parts apart."""
+        text = _identity_text(tuple(sorted(self.identity().items())))
+        return hashlib.sha256(b"%s\0%s\0%s" % (text, what.encode(), content.encode())).digest()
+
     # --- objects ------------------------------------------------------------------
 
     def parse(self, data: bytes, name: str) -> ObjectFile:
@@ -146,7 +158,7 @@ class LinkCache:
         object whose tables are loaded from the cache only if something asks
         for them (a warm batch never does)."""
         content = digest(data)
-        key = hashlib.sha256(json.dumps({**self.identity(), "object": content}, sort_keys=True).encode()).digest()
+        key = self._key("object", content)
         if os.path.exists(self._path("objects", key)):
             self._count("objects", "hits")
             obj = tables.LazyObject.deferred(name, functools.partial(self._load_object, key, data, name))
@@ -186,9 +198,7 @@ class LinkCache:
         """An archive for ``archives`` (an ArchiveSet) read only if a cold link needs it."""
         real = os.path.abspath(path)
         try:
-            with open(real, "rb") as f:
-                magic = f.read(8)
-            content = self.digests.file_digest(real)
+            content, magic = self.digests.file_digest_and_head(real)
         except OSError as e:
             raise MalformedObjectError(f"{real}: cannot read the archive: {e.strerror or e}") from None
         if magic != b"!<arch>\n":
@@ -202,7 +212,7 @@ class LinkCache:
         return DeferredArchive(real, list_member_definitions, content, self)
 
     def _archive_key(self, content: str) -> bytes:
-        return hashlib.sha256(json.dumps({**self.identity(), "archive": content}, sort_keys=True).encode()).digest()
+        return self._key("archive", content)
 
     def load_archive(self, content: str):
         """``(kind, has_index, raw members, index names, index positions)`` of the
