@@ -394,6 +394,21 @@ def test_a_remembered_digest_is_not_trusted_once_the_file_changed(tmp_path, monk
     assert store.file_digest(f) == digests.digest(b"!<arch>\nother")
 
 
+
+def test_a_remembered_head_is_the_files_and_follows_a_change(tmp_path, monkeypatch):
+    from rtdyld.linkcache import digests
+
+    monkeypatch.setattr(digests, "SETTLE_NS", 0)
+    f = tmp_path / "input.a"
+    f.write_bytes(b"!<arch>\nfirst")
+    store = digests.StatDigests(str(tmp_path / "stat"))
+    assert store.file_digest_and_head(f) == (digests.digest(b"!<arch>\nfirst"), b"!<arch>\n")  # hashed
+    assert store.file_digest_and_head(f) == (digests.digest(b"!<arch>\nfirst"), b"!<arch>\n")  # the record
+    st = f.stat()
+    f.write_bytes(b"!<thin>\nfirst")  # same size; put the old mtime back
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert store.file_digest_and_head(f) == (digests.digest(b"!<thin>\nfirst"), b"!<thin>\n")
+
 def test_dylibs_linked_in_one_finalize_link_warm(tmp_path):
     lib_o = compile_c("int base_value(void) { return 40; }", tmp_path / "lib.o", *CFLAGS)
     app_o = compile_c("extern int base_value(void);\nint app(void) { return base_value() + 2; }",
