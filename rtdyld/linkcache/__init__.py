@@ -14,8 +14,9 @@
     archive members pulled, and a table of residual fixups re-applied at
     load.  A warm finalize reads no archive and parses no member;
 ``stat/``
-    the digest of each archive under its file identity (:mod:`.digests`), so
-    a warm link hashes nothing it has hashed before.
+    the digest (and the magic number) of each archive under its file
+    identity (:mod:`.digests`), so a warm link hashes nothing it has hashed
+    before, and opens no archive.
 
 The reader's identity is the rtdyld version, the cache format, and the size
 and mtime of every module of rtdyld and memmgr: editing the linker

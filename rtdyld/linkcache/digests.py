@@ -2,7 +2,8 @@
 
 Every cache key is built from the sha256 of the bytes an input had when it
 was read.  Hashing a large archive on every run costs more than the warm
-link itself, so the digest of a file is remembered under its identity
+link itself, so the digest of a file (with its first bytes, the magic
+number that says what kind of input it is) is remembered under its identity
 ``(device, inode, size, mtime_ns, ctime_ns)``.  Any write to a file changes
 its ctime, which user space cannot set back; the remembered digest is used
 only while the identity is unchanged, and only if the file had already been
