@@ -427,6 +427,26 @@ def test_dylibs_linked_in_one_finalize_link_warm(tmp_path):
     assert (cache.stats["batches"]["stores"], cache.stats["batches"]["hits"]) == (2, 2)
 
 
+
+def test_definitions_keep_their_addresses_warm_absolute_ones_too(tmp_path):
+    obj = compile_c('asm(".globl high_abs\\n.set high_abs, 0xffffffff80001000\\n'
+                    '.globl low_abs\\n.set low_abs, 0x1234");\n'
+                    "int seven(void) { return 7; }\nint table[4] = {1, 2, 3, 4};\n", tmp_path / "abs.o", *CFLAGS)
+    cache = LinkCache(tmp_path / "cache")
+    seen = []
+    for _ in range(2):
+        ln = Linker(link_cache=cache)
+        ln.add_object(obj)
+        h = ln.finalize()
+        assert ln.function("seven", "int(void)")() == 7
+        base = h.batch.allocation.target_base
+        symbols = {n: ln.lookup(n) for n in ("high_abs", "low_abs", "seven", "table")}
+        assert symbols["high_abs"] == 0xFFFFFFFF80001000 and symbols["low_abs"] == 0x1234
+        seen.append({n: a - base if n in ("seven", "table") else a for n, a in symbols.items()})
+        ln.close()
+    assert cache.stats["batches"]["hits"] == 1
+    assert seen[0] == seen[1]
+
 @pytest.mark.parametrize("index", [True, False])
 def test_archive_member_tables_and_index_are_remembered(tmp_path, user_value, index):
     prog, _ = _program(tmp_path / "src")

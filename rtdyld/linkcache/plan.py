@@ -42,6 +42,7 @@ from . import image, tables
 from .container import FORMAT_VERSION, pack, unpack
 from .deferred import CachedMember
 
+_M64 = (1 << 64) - 1
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
 _SYMBOL_FIELDS = tuple(f.name for f in dataclasses.fields(SymbolDef) if f.name not in ("address", "batch"))
 # SymbolDef's fields in order, up to the last one an entry holds (``batch`` is set at publication).
@@ -191,7 +192,7 @@ class BatchPlan:
                        zip(s["obj"], s["index"], s["segment"], s["work"])]
         # Plain integers and positional arguments: a hundred definitions cost
         # less this way than three numpy calls would on their first use.
-        addresses = [o + base if r else o for o, r in zip(blobs["d_off"].tolist(), blobs["d_rel"].tolist())]
+        addresses = [(o + base if r else o) & _M64 for o, r in zip(defs["address_offset"], defs["address_relative"])]
         cols = [addresses if f == "address" else defs[f] for f in _POSITIONAL]
         lb.definitions = {row[0]: SymbolDef(*row) for row in zip(*cols)}
         lb.got = {t: base + o for t, o in meta["got"]}
@@ -286,7 +287,15 @@ class BatchPlan:
         cblobs: list = []
         pulls = tables.encode_columns({f: [row[i] for row in pulled] for i, f in enumerate(pull_fields)}, cblobs)
         defs = list(lb.definitions.values())
+        rel = np.array([d.section != "" for d in defs], dtype=bool)
+        off = np.array([d.address for d in defs], dtype=np.uint64)
+        off[rel] -= np.uint64(base)
+        if np.any(rel & (off > np.uint64(alloc.size))):
+            raise tables.Uncacheable("a definition outside the batch's memory")
         columns = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS}
+        # The address: an offset into the batch's memory, or absolute (as int64 bits).
+        columns["address_offset"] = off.view(np.int64).tolist()
+        columns["address_relative"] = rel.astype(np.int64).tolist()
         definitions = tables.encode_columns(columns, cblobs)
         sections = tables.encode_columns({
             "obj": [p.obj for p in lb.sections],
@@ -295,13 +304,6 @@ class BatchPlan:
             "work": [p.work for p in lb.sections],
         }, cblobs)
         blobs.update(tables.named(cblobs, "c"))
-        rel = np.array([d.section != "" for d in defs], dtype=bool)
-        off = np.array([d.address for d in defs], dtype=np.uint64)
-        off[rel] -= np.uint64(base)
-        if np.any(rel & (off > np.uint64(alloc.size))):
-            raise tables.Uncacheable("a definition outside the batch's memory")
-        blobs["d_off"] = off.view(np.int64)
-        blobs["d_rel"] = rel
         meta = {
             "segments": [[s.name, s.offset, s.size, int(s.prot), bool(s.zero_fill)] for s in alloc.segments],
             "low": bool(alloc.low),
