@@ -612,13 +612,14 @@ def test_residual_fixups_written_alike_with_integers_and_with_arrays():
         res = image.Residual(where, kind, const, cb, j)
         base = int(rng.integers(0, spread))
         size = -(-int(where[-1] + WIDTH[kind[-1]]) // 8) * 8
-        few, arrays = np.zeros(size, np.uint8), np.zeros(size, np.uint8)
+        few, arrays, stored = np.zeros(size, np.uint8), np.zeros(size, np.uint8), np.zeros(size, np.uint8)
         ok_few = image._apply_few(res, few, base, ext)
         ok_arrays = image._apply_arrays(res, arrays, base, ext)
-        assert ok_few == ok_arrays, trial
+        ok_stored = image.apply_records(image.to_records(res), stored, base, ext)  # as an entry holds them
+        assert ok_few == ok_arrays == ok_stored, trial
         assert ok_few or not fits, trial
         if ok_few:
-            assert few.tobytes() == arrays.tobytes(), trial
+            assert few.tobytes() == arrays.tobytes() == stored.tobytes(), trial
             written += 1
     assert 30 <= written < 60
 

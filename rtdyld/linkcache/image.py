@@ -53,6 +53,22 @@ class Residual:
     j: np.ndarray  # int32 external index, -1 for none
 
 
+# How an entry stores a Residual: one record per fixup, read back with one
+# numpy call (and, when few, turned into Python rows with one more).
+RECORD = np.dtype([("where", "<i8"), ("const", "<u8"), ("j", "<i4"), ("kind", "u1"), ("cb", "i1")], align=True)
+
+
+def to_records(res: Residual) -> np.ndarray:
+    out = np.zeros(len(res.kind), dtype=RECORD)
+    for f in RECORD.names:
+        out[f] = getattr(res, f)
+    return out
+
+
+def from_records(rec: np.ndarray) -> Residual:
+    return Residual(**{f: rec[f] for f in RECORD.names})
+
+
 def external_roles(lb: LinkedBatch) -> list[str]:
     """Per external: ``resolved`` (a definition outside the batch), ``got``
     (the batch's own GOT symbol), ``dso`` (its private ``__dso_handle``) or
@@ -220,6 +236,13 @@ def apply(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
     return _apply_arrays(res, mem, base, ext)
 
 
+def apply_records(rec: np.ndarray, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
+    """:func:`apply` for residual fixups stored as :data:`RECORD` rows."""
+    if len(rec) <= _FEW:
+        return _apply_rows(rec.tolist(), mem, base, ext)
+    return _apply_arrays(from_records(rec), mem, base, ext)
+
+
 def _apply_arrays(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
     value = res.const + res.cb.astype(np.int64).view(U) * U(base)
     if len(ext):
@@ -238,16 +261,22 @@ def _apply_arrays(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) ->
 
 def _apply_few(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
     """:func:`apply` with Python integers: the same values, range checks and bytes."""
+    rows = zip(*(getattr(res, f).tolist() for f in RECORD.names))
+    return _apply_rows(list(rows), mem, base, ext)
+
+
+def _apply_rows(rows: list[tuple], mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
+    """``rows`` of (where, const, j, kind, cb), as :data:`RECORD` orders them."""
     ext_ = ext.tolist()
     values = []
-    for k, c, b, j in zip(res.kind.tolist(), res.const.tolist(), res.cb.tolist(), res.j.tolist()):
+    for _at, c, j, k, b in rows:
         v = (c + b * base + (ext_[j] if j >= 0 else 0)) & _M64
         signed = v - (1 << 64) if v >> 63 else v
         if signed < _LOW[k] or signed > _HIGH[k]:
             return False
         values.append(v)
     view = memoryview(mem)
-    for at, k, v in zip(res.where.tolist(), res.kind.tolist(), values):
+    for (at, _c, _j, k, _b), v in zip(rows, values):
         w = _WIDTH[k]
         view[at : at + w] = (v & ((1 << (8 * w)) - 1)).to_bytes(w, "little")
     return True
@@ -276,6 +305,7 @@ def prime() -> None:
     res = Residual(np.arange(n, dtype=np.int64) * 8, kinds, np.zeros(n, dtype=U), np.array([1, -1, 0, 0], np.int8),
                    np.array([0, 0, -1, -1], dtype=np.int32))
     pointers = dataclasses.replace(res, kind=np.full(n, int(Edge.Pointer64), dtype=np.uint8))
-    for how in (_apply_few, _apply_arrays):
-        for r in (res, pointers):
+    for r in (res, pointers):
+        for how in (_apply_few, _apply_arrays):
             how(r, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
+        apply_records(to_records(r), np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))

@@ -106,7 +106,9 @@ class BatchPlan:
         ext_addr, externals = self._externals(meta)
         pulls = tables.decode_columns(meta["pulls"], columns)
         self._check_pulls(meta, pulls)
-        res = image.Residual(**{f: blobs["r_" + f] for f in image.Residual.__dataclass_fields__})
+        residual = blobs["residual"]
+        if residual.dtype != image.RECORD or residual.ndim != 1:
+            raise ValueError("residual fixups of the wrong type")
         lb = self._allocate(meta)
         try:
             alloc = lb.allocation
@@ -114,7 +116,7 @@ class BatchPlan:
             image_bytes = np.frombuffer(blobs["image"], dtype=np.uint8)
             mem = alloc.memory
             mem[: len(image_bytes)] = image_bytes
-            if not image.apply(res, mem, base, ext_addr):
+            if not image.apply_records(residual, mem, base, ext_addr):
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             lb.externals = externals
             self._finish(lb, meta, blobs, defs, pulls, tables.decode_columns(meta["sections"], columns), base)
@@ -245,7 +247,7 @@ class BatchPlan:
             raise tables.Uncacheable("the batch defines IFUNC symbols")
         roles = image.external_roles(lb)
         res = image.capture(lb, roles)
-        blobs: dict = {"r_" + f: getattr(res, f) for f in image.Residual.__dataclass_fields__}
+        blobs: dict = {"residual": image.to_records(res)}
         end = max([s.offset + s.size for s in alloc.segments if not s.zero_fill] or [0])
         blobs["image"] = alloc.memory[:end].tobytes()
         externals = []
