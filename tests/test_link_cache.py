@@ -645,3 +645,15 @@ def test_residual_fixups_range_checked_at_the_field_limits():
             assert fits(kind, v) == (True, True), (kind, v)
         for v in bad:
             assert fits(kind, v) == (False, False), (kind, v)
+
+
+def test_entries_are_read_whole_in_one_go(tmp_path):
+    from rtdyld.linkcache.container import read_file
+
+    for size in (0, 1, 4096, 300_001):
+        f = tmp_path / f"e{size}"
+        data = os.urandom(size)
+        f.write_bytes(data)
+        assert read_file(str(f)) == data
+    with pytest.raises(FileNotFoundError):
+        read_file(str(tmp_path / "missing"))

@@ -45,7 +45,7 @@ from ..inputs import parse_object
 from ..objfile.archive_layout import RawMember
 from ..objfile.model import ObjectFile
 from . import image, tables
-from .container import FORMAT_VERSION, CorruptEntry, pack, unpack
+from .container import FORMAT_VERSION, CorruptEntry, pack, read_file, unpack
 from .deferred import DeferredArchive
 from .digests import StatDigests, digest
 from .plan import DIGEST_ATTR, BatchPlan, make_plan
@@ -293,8 +293,7 @@ class LinkCache:
         """A verified entry's ``(meta, blobs)``, or None (a miss, counted)."""
         path = self._path(layer, key)
         try:
-            with open(path, "rb") as f:
-                blob = f.read()
+            blob = read_file(path)
         except OSError:
             self._count(layer, "misses")
             return None

@@ -21,6 +21,7 @@ import os
 import time
 
 from ..cache_entry import atomic_write
+from .container import read_file
 
 SETTLE_NS = 2_000_000_000
 HEAD = 8  # bytes of the file's start a record keeps: an archive's magic
@@ -55,8 +56,7 @@ class StatDigests:
         ident = [getattr(st, f) for f in _FIELDS]
         record = self._record_path(real)
         try:
-            with open(record, "rb") as f:
-                doc = json.loads(f.read())
+            doc = json.loads(read_file(record))
             if doc["path"] == real and doc["ident"] == ident and isinstance(doc["digest"], str):
                 return doc["digest"], bytes.fromhex(doc["head"])
         except (OSError, ValueError, KeyError, TypeError):
