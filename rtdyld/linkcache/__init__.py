@@ -136,6 +136,7 @@ class LinkCache:
         self.events: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
         _prime()
+        self._key("object", "")  # serialises this identity for every key to come
 
     def __repr__(self) -> str:
         return f"<rtdyld.LinkCache {self.directory}>"
