@@ -12,9 +12,11 @@ must compress exactly like Python's zlib and bz2; the generated program must
 return what Python works out).
 
 The peers link, in this (the parent) process, the program objects and
-exactly the archive members rtdyld pulled, the bytes extracted beforehand:
+exactly the archive members rtdyld pulled, extracted beforehand to files:
 MCJIT (``add_object_file`` + ``finalize_object``), LLJIT with RuntimeDyld and
-LLJIT with JITLink.  Each peer is first tried in a child process, since a
+LLJIT with JITLink.  Their timed region too starts at the first input read
+(each object file is read inside it) and ends once the symbols are
+published; creating the engine is untimed, as the rtdyld session is.  Each peer is first tried in a child process, since a
 failed LLVM link can end the process.  The ratio column is rtdyld warm over
 the peer, medians of wall clock.
 """
@@ -36,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import report
-from .archives import CASES as ARCHIVE_CASES
-from .archives import SYSTEM_LIBS, check_link
-from .archives import _compile as compile_driver
+from .cold_link import CASES as ARCHIVE_CASES
+from .cold_link import SYSTEM_LIBS, check_link
+from .cold_link import _compile as compile_driver
 from .gen import cache_dir
 from .report import Row
 from .session import Session
@@ -46,6 +48,7 @@ from .timing import Measurement
 
 REPO = Path(__file__).resolve().parent.parent
 MEMBERS = 120
+QUICK_MEMBERS = 6
 CALLS = 60  # cross-member calls and global loads per member
 TABLE = 80  # absolute function pointers per member: residual fixups in the warm image
 GEN_VERSION = 1
@@ -60,6 +63,7 @@ class Case:
     programs: tuple[Path, ...]
     archives: tuple[Path, ...]
     entries: tuple[str, ...]  # symbols called by the check
+    members: int = MEMBERS  # of the generated archive
 
     def check(self, address) -> str:
         """"ok" or what a link through ``address(name)`` got wrong."""
@@ -67,7 +71,7 @@ class Case:
             import cffi
 
             fn = cffi.FFI().cast("unsigned long(*)(unsigned long)", address("wg_run"))
-            got, want = int(fn(GEN_ARG)), _generated_result(GEN_ARG)
+            got, want = int(fn(GEN_ARG)), _generated_result(GEN_ARG, self.members)
             return "ok" if got == want else f"wg_run gave {got:#x}, not {want:#x}"
         archive_case = next(c for c in ARCHIVE_CASES if c.name == self.name)
         return check_link(archive_case, address)[1]
@@ -92,15 +96,18 @@ def _unavailable() -> str | None:
 
 
 def _cases(session: Session) -> list[Case]:
+    """libz.a, libbz2.a and the generated archive; --quick: libz.a and a small generated archive."""
+    quick = session.options.quick
     cases = []
-    for name, driver, archive, entry in (("libz.a", "zdriver.c", "libz.a", "zd_compress"),
-                                         ("libbz2.a", "bzdriver.c", "libbz2.a", "bzd_compress")):
+    system = (("libz.a", "zdriver.c", "libz.a", "zd_compress"), ("libbz2.a", "bzdriver.c", "libbz2.a", "bzd_compress"))
+    for name, driver, archive, entry in system[:1] if quick else system:
         if (SYSTEM_LIBS / archive).exists():
             cases.append(Case(name, (_driver_object(driver),), (SYSTEM_LIBS / archive,), (entry,)))
         else:
             session.note(f"warm_link {name} skipped: not installed (sh .ci/test-deps.sh installs it)")
-    prog, ar = _generated_archive()
-    cases.append(Case("generated", (prog,), (ar,), ("wg_run",)))
+    members = QUICK_MEMBERS if quick else MEMBERS
+    prog, ar = _generated_archive(members)
+    cases.append(Case("generated", (prog,), (ar,), ("wg_run",), members))
     return cases
 
 
@@ -115,17 +122,17 @@ def _driver_object(source: str) -> Path:
 # --- the generated archive ---------------------------------------------------------------------
 
 
-def _member_source(i: int) -> str:
-    lines = ["extern unsigned long " + ", ".join(f"wg_g{(i + 2 * k + 1) % MEMBERS}" for k in range(CALLS)) + ";"]
-    lines += [f"unsigned long wg_leaf{j}(unsigned long);" for j in range(MEMBERS)]
+def _member_source(i: int, members: int) -> str:
+    lines = ["extern unsigned long " + ", ".join(f"wg_g{(i + 2 * k + 1) % members}" for k in range(CALLS)) + ";"]
+    lines += [f"unsigned long wg_leaf{j}(unsigned long);" for j in range(members)]
     lines += [f"unsigned long wg_g{i} = {i * 7 + 1}UL;",
               f"unsigned long wg_leaf{i}(unsigned long x) {{ return x ^ {0x9E3779B97F4A7C15 * (i + 1) & MASK:#x}UL; }}",
               f"unsigned long wg_f{i}(unsigned long x) {{", "    unsigned long acc = x;"]
-    lines += [f"    acc = acc * 3 + wg_leaf{(i + k + 1) % MEMBERS}(acc) + wg_g{(i + 2 * k + 1) % MEMBERS};"
+    lines += [f"    acc = acc * 3 + wg_leaf{(i + k + 1) % members}(acc) + wg_g{(i + 2 * k + 1) % members};"
               for k in range(CALLS)]
     lines += ["    return acc;", "}",
               f"unsigned long (*const wg_tab{i}[])(unsigned long) = {{"
-              + ", ".join(f"wg_leaf{(i * 5 + k) % MEMBERS}" for k in range(TABLE)) + "};",
+              + ", ".join(f"wg_leaf{(i * 5 + k) % members}" for k in range(TABLE)) + "};",
               f"unsigned long wg_t{i}(unsigned long x) {{",
               "    unsigned long acc = 0;",
               f"    for (int k = 0; k < {TABLE}; k++) acc = acc * 5 + wg_tab{i}[k](x + k);",
@@ -133,9 +140,9 @@ def _member_source(i: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _driver_source() -> str:
-    decls = [f"unsigned long wg_f{i}(unsigned long); unsigned long wg_t{i}(unsigned long);" for i in range(MEMBERS)]
-    body = [f"    acc = acc * 31 + wg_f{i}(x) + wg_t{i}(x);" for i in range(MEMBERS)]
+def _driver_source(members: int) -> str:
+    decls = [f"unsigned long wg_f{i}(unsigned long); unsigned long wg_t{i}(unsigned long);" for i in range(members)]
+    body = [f"    acc = acc * 31 + wg_f{i}(x) + wg_t{i}(x);" for i in range(members)]
     return "\n".join([*decls, "unsigned long wg_run(unsigned long x) {", "    unsigned long acc = 0;", *body,
                       "    return acc;", "}"]) + "\n"
 
@@ -144,22 +151,22 @@ def _leaf(i: int, x: int) -> int:
     return x ^ (0x9E3779B97F4A7C15 * (i + 1) & MASK)
 
 
-def _generated_result(x: int) -> int:
+def _generated_result(x: int, members: int) -> int:
     acc = 0
-    for i in range(MEMBERS):
+    for i in range(members):
         f = x
         for k in range(CALLS):
-            f = (f * 3 + _leaf((i + k + 1) % MEMBERS, f) + ((i + 2 * k + 1) % MEMBERS) * 7 + 1) & MASK
+            f = (f * 3 + _leaf((i + k + 1) % members, f) + ((i + 2 * k + 1) % members) * 7 + 1) & MASK
         t = 0
         for k in range(TABLE):
-            t = (t * 5 + _leaf((i * 5 + k) % MEMBERS, (x + k) & MASK)) & MASK
+            t = (t * 5 + _leaf((i * 5 + k) % members, (x + k) & MASK)) & MASK
         acc = (acc * 31 + f + t) & MASK
     return acc
 
 
-def _generated_archive() -> tuple[Path, Path]:
+def _generated_archive(members: int = MEMBERS) -> tuple[Path, Path]:
     """The driver object and the archive, built once and kept in the bench cache."""
-    key = hashlib.sha256(f"{GEN_VERSION} {MEMBERS} {CALLS} {TABLE}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{GEN_VERSION} {members} {CALLS} {TABLE}".encode()).hexdigest()[:16]
     d = cache_dir() / f"warm-generated-{key}"
     prog, ar = d / "wg_driver.o", d / "libwarmgen.a"
     if ar.exists() and prog.exists():
@@ -167,12 +174,12 @@ def _generated_archive() -> tuple[Path, Path]:
     tmp = Path(tempfile.mkdtemp(prefix="warm-generated-", dir=cache_dir()))
     flags = ["-O1", "-fPIC", "-c"]
     objs = []
-    for i in range(MEMBERS):
+    for i in range(members):
         src = tmp / f"wg{i}.c"
-        src.write_text(_member_source(i))
+        src.write_text(_member_source(i, members))
         objs.append(tmp / f"wg{i}.o")
         subprocess.run(["gcc", *flags, str(src), "-o", str(objs[-1])], check=True, capture_output=True)
-    (tmp / "wg_driver.c").write_text(_driver_source())
+    (tmp / "wg_driver.c").write_text(_driver_source(members))
     subprocess.run(["gcc", *flags, str(tmp / "wg_driver.c"), "-o", str(tmp / "wg_driver.o")], check=True,
                    capture_output=True)
     subprocess.run(["ar", "rcs", str(tmp / "libwarmgen.a"), *map(str, objs)], check=True, capture_output=True)
@@ -187,14 +194,14 @@ def _generated_archive() -> tuple[Path, Path]:
 
 
 def child(argv: list[str]) -> int:
-    """``python -c 'from bench.warm_link import child; child(sys.argv[1:])' CACHE CASE PROG... -- ARCHIVE...``:
+    """``python -c 'from bench.warm_link import child; child(sys.argv[1:])' CACHE CASE MEMBERS PROG... -- ARCHIVE...``:
     one link with the cache, timed from the first input read; prints JSON."""
     from rtdyld import Linker
 
-    cache_dir_, name, rest = argv[0], argv[1], argv[2:]
+    cache_dir_, name, members, rest = argv[0], argv[1], int(argv[2]), argv[3:]
     split = rest.index("--")
     programs, archives = rest[:split], rest[split + 1 :]
-    case = Case(name, tuple(map(Path, programs)), tuple(map(Path, archives)), ())
+    case = Case(name, tuple(map(Path, programs)), tuple(map(Path, archives)), (), members)
     s0 = time.perf_counter()
     ln = Linker(link_cache=cache_dir_)
     setup = time.perf_counter() - s0
@@ -226,7 +233,7 @@ def child(argv: list[str]) -> int:
 
 def _run_child(cache: Path, case: Case) -> dict:
     code = "import sys; from bench.warm_link import child; sys.exit(child(sys.argv[1:]))"
-    args = [str(cache), case.name, *map(str, case.programs), "--", *map(str, case.archives)]
+    args = [str(cache), case.name, str(case.members), *map(str, case.programs), "--", *map(str, case.archives)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     env.pop("RTDYLD_LINK_CACHE", None)
     proc = subprocess.run([sys.executable, "-c", code, *args], check=False, cwd=REPO, env=env,
@@ -267,8 +274,9 @@ def _llvm():
     return llvm
 
 
-def _peer(name: str, objects: list[bytes], entries: tuple[str, ...]):
-    """(prepare, link, address, release) for one peer over ``objects``."""
+def _peer(name: str, paths: list[str], entries: tuple[str, ...]):
+    """(prepare, link, address, release) for one peer over the object files ``paths``,
+    which ``link`` reads."""
     llvm = _llvm()
 
     def machine():
@@ -276,8 +284,9 @@ def _peer(name: str, objects: list[bytes], entries: tuple[str, ...]):
 
     if name == "MCJIT":
         def link(ee):
-            for data in objects:
-                ee.add_object_file(llvm.ObjectFileRef.from_data(data))
+            for path in paths:
+                with open(path, "rb") as f:
+                    ee.add_object_file(llvm.ObjectFileRef.from_data(f.read()))
             ee.finalize_object()
             return ee
 
@@ -292,8 +301,9 @@ def _peer(name: str, objects: list[bytes], entries: tuple[str, ...]):
 
     def link_lljit(state):
         builder = llvm.JITLibraryBuilder()
-        for data in objects:
-            builder.add_object_img(data)
+        for path in paths:
+            with open(path, "rb") as f:
+                builder.add_object_img(f.read())
         builder.add_current_process()
         for e in entries:
             builder.export_symbol(e)
@@ -320,34 +330,37 @@ def _peer_unavailable(name: str) -> str | None:
 
 def probe(argv: list[str]) -> int:
     """The child side of :func:`_probe`: link the objects with one peer and check the case."""
-    name, case_name, entries, paths = argv[0], argv[1], argv[2].split(","), argv[3:]
-    prepare, link, address, _release = _peer(name, [Path(p).read_bytes() for p in paths], tuple(entries))
+    name, case_name, members, entries, paths = argv[0], argv[1], int(argv[2]), argv[3].split(","), argv[4:]
+    prepare, link, address, _release = _peer(name, paths, tuple(entries))
     state = link(prepare())
-    case = Case(case_name, (), (), tuple(entries))
+    case = Case(case_name, (), (), tuple(entries), members)
     verdict = case.check(functools.partial(address, state))
     print(verdict)
     return 0 if verdict == "ok" else 1
 
 
-def _probe(name: str, case: Case, objects: list[bytes]) -> str | None:
-    with tempfile.TemporaryDirectory(prefix="rtdyld-warm-") as d:
-        paths = []
-        for i, data in enumerate(objects):
-            p = Path(d) / f"{i}.o"
-            p.write_bytes(data)
-            paths.append(str(p))
-        code = "import sys; from bench.warm_link import probe; sys.exit(probe(sys.argv[1:]))"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        proc = subprocess.run([sys.executable, "-c", code, name, case.name, ",".join(case.entries), *paths],
-                              check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+def _extract(objects: list[bytes], directory: str) -> list[str]:
+    paths = []
+    for i, data in enumerate(objects):
+        p = Path(directory) / f"{i}.o"
+        p.write_bytes(data)
+        paths.append(str(p))
+    return paths
+
+
+def _probe(name: str, case: Case, paths: list[str]) -> str | None:
+    code = "import sys; from bench.warm_link import probe; sys.exit(probe(sys.argv[1:]))"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", code, name, case.name, str(case.members), ",".join(case.entries), *paths],
+                          check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode == 0:
         return None
     lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     return (lines[-1] if lines else f"exit status {proc.returncode}").removeprefix("LLVM ERROR: ")
 
 
-def _measure_peer(name: str, case: Case, objects: list[bytes], relocs: int, runs: int) -> Measurement:
-    prepare, link, address, release = _peer(name, objects, case.entries)
+def _measure_peer(name: str, case: Case, paths: list[str], relocs: int, runs: int) -> Measurement:
+    prepare, link, address, release = _peer(name, paths, case.entries)
     times, cpu, check = [], [], "not run"
     for i in range(1 + runs):
         state = prepare()
@@ -392,19 +405,21 @@ def _run_case(session: Session, case: Case, runs: int) -> Row:
         steps["session set-up, untimed"] = statistics.median_low([r["setup"] for r in timed])
     peers: dict[str, Measurement | None] = {}
     failed: dict[str, str] = {}
-    for name in PEERS:
-        why = _peer_unavailable(name)
-        if why:
-            session.note(f"{name} skipped: {why}")
-            peers[name] = None
-            continue
-        why = _probe(name, case, objects)
-        if why:
-            session.note(f"{name} on {case.name} failed: {why}")
-            failed[name] = why
-            peers[name] = None
-            continue
-        peers[name] = _measure_peer(name, case, objects, relocs, runs)
+    with tempfile.TemporaryDirectory(prefix="rtdyld-warm-") as d:
+        paths = _extract(objects, d)
+        for name in PEERS:
+            why = _peer_unavailable(name)
+            if why:
+                session.note(f"{name} skipped: {why}")
+                peers[name] = None
+                continue
+            why = _probe(name, case, paths)
+            if why:
+                session.note(f"{name} on {case.name} failed: {why}")
+                failed[name] = why
+                peers[name] = None
+                continue
+            peers[name] = _measure_peer(name, case, paths, relocs, runs)
     cold_m = Measurement("rtdyld cold (fill run)", relocs, [cold["seconds"]], [cold["cpu"]], (0, 0), cold["check"])
     _print_table(case, objects, warm, cold_m, peers, failed, steps)
     return Row("warm_link", f"{case.name}, warm, new process", relocs, warm, peers)

@@ -29,14 +29,20 @@ def _env_flag(name: str) -> bool:
 
 def being_traced() -> bool:
     """True when a debugger (or strace) is attached: TracerPid is not 0."""
+    # Asked at every load: one raw read, no text file object (a third of the cost).
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("TracerPid:"):
-                    return line.split()[1] != "0"
+        fd = os.open("/proc/self/status", os.O_RDONLY)
+        try:
+            status = os.read(fd, 1 << 16)
+        finally:
+            os.close(fd)
     except OSError:
-        pass
-    return False
+        return False
+    at = status.find(b"\nTracerPid:")
+    if at < 0:
+        return False
+    fields = status[at + 11 : status.find(b"\n", at + 1)].split()
+    return bool(fields) and fields[0] != b"0"
 
 
 class BatchRuntime:

@@ -11,6 +11,7 @@ import os
 
 import cffi
 
+from . import loaded_objects
 from .errors import LinkError
 
 ffi = cffi.FFI()
@@ -63,6 +64,9 @@ def library_symbol(handle, name: str) -> int:
 
 def describe_address(addr: int) -> str:
     """The shared object holding ``addr`` (its file name), or ""."""
+    known = loaded_objects.describe(addr)  # the same answer without dladdr's symbol scan, where the loader can tell
+    if known is not None:
+        return known
     info = ffi.new("Dl_info *")
     if addr and libc.dladdr(ffi.cast("void *", addr), info) and info.dli_fname != ffi.NULL:
         return os.path.basename(ffi.string(info.dli_fname).decode(errors="replace"))

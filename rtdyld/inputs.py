@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .errors import MalformedObjectError
 from .objfile.elf import is_elf, read_elf
@@ -13,9 +12,10 @@ from .objfile.model import ObjectFile
 def read_input(src, name: str | None = None) -> tuple[bytes, str]:
     """Bytes and display name of a path, bytes-like or binary file object."""
     if isinstance(src, (str, os.PathLike)):
-        path = Path(src)
         try:
-            data = path.read_bytes()
+            # open() rather than Path.read_bytes(): ~60 µs less in a new process.
+            with open(src, "rb") as f:
+                data = f.read()
         except OSError as e:
             raise MalformedObjectError(f"{src}: cannot read: {e.strerror}") from None
         return data, name or str(src)

@@ -114,3 +114,34 @@ def test_generated_archive_links_every_member_and_checks(tmp_path, monkeypatch):
         assert check(gen_archive.SEED_ARG) == made.expected_check
     finally:
         ln.close()
+
+
+def test_warm_link_quick_run_links_warm_and_checks(tmp_path):
+    env = {**os.environ, "RTDYLD_BENCH_CACHE": str(tmp_path)}
+    env.pop("RTDYLD_LINK_CACHE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--runs", "1", "--only", "warm_link"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "WRONG" not in out and "error:" not in out and "missed the cache" not in out, out
+    assert "the cold link stored no batch" not in out, out
+    header, rows = table_after("warm_link: generated", out)
+    engines = {r[0]: r for r in rows}
+    warm = engines["rtdyld warm"]
+    assert warm[header.index("runs")] == "1", out  # the one timed run was served by the cache
+    assert warm[header.index("check")] == "ok", out
+    assert engines["rtdyld cold (fill run)"][header.index("check")] == "ok", out
+    assert engines["MCJIT"][header.index("check")] == "ok", out
+    assert RATIO.match(warm[header.index("warm/engine")]), out
+
+    header, rows = table_after("Summary", out)
+    cases = {r[1]: r for r in rows}
+    assert "generated, warm, new process" in cases, rows
+    assert RATIO.match(cases["generated, warm, new process"][header.index("rtdyld/MCJIT")]), rows

@@ -394,6 +394,21 @@ def test_a_remembered_digest_is_not_trusted_once_the_file_changed(tmp_path, monk
     assert store.file_digest(f) == digests.digest(b"!<arch>\nother")
 
 
+
+def test_a_remembered_head_is_the_files_and_follows_a_change(tmp_path, monkeypatch):
+    from rtdyld.linkcache import digests
+
+    monkeypatch.setattr(digests, "SETTLE_NS", 0)
+    f = tmp_path / "input.a"
+    f.write_bytes(b"!<arch>\nfirst")
+    store = digests.StatDigests(str(tmp_path / "stat"))
+    assert store.file_digest_and_head(f) == (digests.digest(b"!<arch>\nfirst"), b"!<arch>\n")  # hashed
+    assert store.file_digest_and_head(f) == (digests.digest(b"!<arch>\nfirst"), b"!<arch>\n")  # the record
+    st = f.stat()
+    f.write_bytes(b"!<thin>\nfirst")  # same size; put the old mtime back
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert store.file_digest_and_head(f) == (digests.digest(b"!<thin>\nfirst"), b"!<thin>\n")
+
 def test_dylibs_linked_in_one_finalize_link_warm(tmp_path):
     lib_o = compile_c("int base_value(void) { return 40; }", tmp_path / "lib.o", *CFLAGS)
     app_o = compile_c("extern int base_value(void);\nint app(void) { return base_value() + 2; }",
@@ -411,6 +426,26 @@ def test_dylibs_linked_in_one_finalize_link_warm(tmp_path):
         ln.close()
     assert (cache.stats["batches"]["stores"], cache.stats["batches"]["hits"]) == (2, 2)
 
+
+
+def test_definitions_keep_their_addresses_warm_absolute_ones_too(tmp_path):
+    obj = compile_c('asm(".globl high_abs\\n.set high_abs, 0xffffffff80001000\\n'
+                    '.globl low_abs\\n.set low_abs, 0x1234");\n'
+                    "int seven(void) { return 7; }\nint table[4] = {1, 2, 3, 4};\n", tmp_path / "abs.o", *CFLAGS)
+    cache = LinkCache(tmp_path / "cache")
+    seen = []
+    for _ in range(2):
+        ln = Linker(link_cache=cache)
+        ln.add_object(obj)
+        h = ln.finalize()
+        assert ln.function("seven", "int(void)")() == 7
+        base = h.batch.allocation.target_base
+        symbols = {n: ln.lookup(n) for n in ("high_abs", "low_abs", "seven", "table")}
+        assert symbols["high_abs"] == 0xFFFFFFFF80001000 and symbols["low_abs"] == 0x1234
+        seen.append({n: a - base if n in ("seven", "table") else a for n, a in symbols.items()})
+        ln.close()
+    assert cache.stats["batches"]["hits"] == 1
+    assert seen[0] == seen[1]
 
 @pytest.mark.parametrize("index", [True, False])
 def test_archive_member_tables_and_index_are_remembered(tmp_path, user_value, index):
@@ -547,3 +582,78 @@ def test_a_batch_with_thread_locals_is_linked_but_never_cached(build, tmp_path):
         with ln.finalize():
             assert ln.function("tls_bump", "long(long)")(5) > 0
     assert _outcome(cache)["hits"] == 0 and _outcome(cache)["unstored"] == 2
+
+
+def test_residual_fixups_written_alike_with_integers_and_with_arrays():
+    import numpy as np
+
+    from rtdyld.linkcache import image
+    from rtdyld.x86_64.edges import WIDTH, Edge
+
+    rng = np.random.default_rng(7)
+    signed = [Edge.Pointer64, Edge.Pointer32Signed, Edge.Pointer16, Edge.Pointer8, Edge.Delta32, Edge.Branch32,
+              Edge.Delta64]
+    written = 0
+    for trial in range(60):
+        # Even trials: small values in fields that take negative ones, so all fit;
+        # odd trials: any kind and values up to 2^40, so most have one that does not.
+        fits = trial % 2 == 0
+        kinds = signed if fits else [*signed, Edge.Pointer32]
+        n = int(rng.integers(1, 60))
+        kind = rng.choice(np.array([int(k) for k in kinds], dtype=np.uint8), n)
+        if trial % 6 == 4:  # a pointer table: aligned 64-bit fields
+            kind = rng.choice(np.array([int(Edge.Pointer64), int(Edge.Delta64)], dtype=np.uint8), n)
+        where = np.cumsum(np.concatenate([[0], WIDTH[kind][:-1]])).astype(np.int64)  # fields back to back
+        spread = 1 << int(rng.integers(1, 6) if fits else rng.integers(4, 40))
+        const = rng.integers(-spread, spread, n).astype(np.int64).view(np.uint64)
+        cb = rng.integers(-1, 2, n).astype(np.int8)
+        ext = rng.integers(0, spread, 3).astype(np.uint64)
+        j = rng.integers(-1, 3, n).astype(np.int32)
+        res = image.Residual(where, kind, const, cb, j)
+        base = int(rng.integers(0, spread))
+        size = -(-int(where[-1] + WIDTH[kind[-1]]) // 8) * 8
+        few, arrays, stored = np.zeros(size, np.uint8), np.zeros(size, np.uint8), np.zeros(size, np.uint8)
+        ok_few = image._apply_few(res, few, base, ext)
+        ok_arrays = image._apply_arrays(res, arrays, base, ext)
+        ok_stored = image.apply_records(image.to_records(res), stored, base, ext)  # as an entry holds them
+        assert ok_few == ok_arrays == ok_stored, trial
+        assert ok_few or not fits, trial
+        if ok_few:
+            assert few.tobytes() == arrays.tobytes() == stored.tobytes(), trial
+            written += 1
+    assert 30 <= written < 60
+
+
+def test_residual_fixups_range_checked_at_the_field_limits():
+    import numpy as np
+
+    from rtdyld.linkcache import image
+    from rtdyld.x86_64.edges import Edge
+
+    def fits(kind: Edge, value: int) -> tuple[bool, bool]:
+        res = image.Residual(np.zeros(1, np.int64), np.array([int(kind)], np.uint8),
+                             np.array([value & (1 << 64) - 1], np.uint64), np.zeros(1, np.int8),
+                             np.full(1, -1, np.int32))
+        mem = np.zeros(8, np.uint8)
+        return (image._apply_few(res, mem.copy(), 0, np.zeros(1, np.uint64)),
+                image._apply_arrays(res, mem.copy(), 0, np.zeros(1, np.uint64)))
+
+    for kind, good, bad in ((Edge.Branch32, (-(1 << 31), (1 << 31) - 1), (-(1 << 31) - 1, 1 << 31)),
+                            (Edge.Pointer32, (0, (1 << 32) - 1), (-1, 1 << 32)),
+                            (Edge.Pointer8, (-128, 255), (-129, 256))):
+        for v in good:
+            assert fits(kind, v) == (True, True), (kind, v)
+        for v in bad:
+            assert fits(kind, v) == (False, False), (kind, v)
+
+
+def test_entries_are_read_whole_in_one_go(tmp_path):
+    from rtdyld.linkcache.container import read_file
+
+    for size in (0, 1, 4096, 300_001):
+        f = tmp_path / f"e{size}"
+        data = os.urandom(size)
+        f.write_bytes(data)
+        assert read_file(str(f)) == data
+    with pytest.raises(FileNotFoundError):
+        read_file(str(tmp_path / "missing"))

@@ -14,8 +14,9 @@
     archive members pulled, and a table of residual fixups re-applied at
     load.  A warm finalize reads no archive and parses no member;
 ``stat/``
-    the digest of each archive under its file identity (:mod:`.digests`), so
-    a warm link hashes nothing it has hashed before.
+    the digest (and the magic number) of each archive under its file
+    identity (:mod:`.digests`), so a warm link hashes nothing it has hashed
+    before, and opens no archive.
 
 The reader's identity is the rtdyld version, the cache format, and the size
 and mtime of every module of rtdyld and memmgr: editing the linker
@@ -43,8 +44,8 @@ from ..errors import MalformedObjectError
 from ..inputs import parse_object
 from ..objfile.archive_layout import RawMember
 from ..objfile.model import ObjectFile
-from . import tables
-from .container import FORMAT_VERSION, CorruptEntry, pack, unpack
+from . import image, tables
+from .container import FORMAT_VERSION, CorruptEntry, pack, read_file, unpack
 from .deferred import DeferredArchive
 from .digests import StatDigests, digest
 from .plan import DIGEST_ATTR, BatchPlan, make_plan
@@ -93,20 +94,33 @@ def _prime() -> None:
     """Pay once per process, when a cache is opened, the lazy set-up a first
     warm link would otherwise pay inside the link: the code identity, cffi's
     parsing of the C types the host look-ups use, numpy's lazily imported
-    helpers, and the model's field annotations."""
+    helpers, the model's field annotations, and the unwinder's entry points
+    (libgcc_s found and opened, as an LLVM engine has it from the start)."""
     import numpy as np
 
     from memmgr import libc
 
-    from .. import host
+    from .. import host, unwind
     from ..objfile import model
 
     _code_identity()
     host.describe_address(host.process_symbol("malloc"))
     libc.ffi.typeof("char *")
+    host.ffi.typeof("void *")
+    unwind._functions()
     np.unique(np.zeros(2, dtype=np.uint8))
     for cls in (model.ObjectFile, model.Section, model.Group):
         tables.enum_fields(cls)
+    digest(b"")
+    # numpy sets up each kind of operation on first use (tens of µs each in a
+    # new process): re-apply two fixups of each width to scratch memory once.
+    image.prime()
+
+
+@functools.lru_cache(maxsize=8)
+def _identity_text(items: tuple) -> bytes:
+    # The identity, serialised once rather than at every key.
+    return json.dumps(dict(items), sort_keys=True).encode()
 
 
 class LinkCache:
@@ -122,6 +136,7 @@ class LinkCache:
         self.events: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
         _prime()
+        self._key("object", "")  # serialises this identity for every key to come
 
     def __repr__(self) -> str:
         return f"<rtdyld.LinkCache {self.directory}>"
@@ -132,6 +147,12 @@ class LinkCache:
 
         return {"rtdyld": __version__, "format": FORMAT_VERSION, "code": _code_identity()}
 
+    def _key(self, what: str, content: str) -> bytes:
+        """The key of the ``what`` (object, archive) whose bytes have sha256 ``content``.
+        JSON escapes NUL, so the separators keep the parts apart."""
+        text = _identity_text(tuple(sorted(self.identity().items())))
+        return hashlib.sha256(b"%s\0%s\0%s" % (text, what.encode(), content.encode())).digest()
+
     # --- objects ------------------------------------------------------------------
 
     def parse(self, data: bytes, name: str) -> ObjectFile:
@@ -139,7 +160,7 @@ class LinkCache:
         object whose tables are loaded from the cache only if something asks
         for them (a warm batch never does)."""
         content = digest(data)
-        key = hashlib.sha256(json.dumps({**self.identity(), "object": content}, sort_keys=True).encode()).digest()
+        key = self._key("object", content)
         if os.path.exists(self._path("objects", key)):
             self._count("objects", "hits")
             obj = tables.LazyObject.deferred(name, functools.partial(self._load_object, key, data, name))
@@ -179,9 +200,7 @@ class LinkCache:
         """An archive for ``archives`` (an ArchiveSet) read only if a cold link needs it."""
         real = os.path.abspath(path)
         try:
-            with open(real, "rb") as f:
-                magic = f.read(8)
-            content = self.digests.file_digest(real)
+            content, magic = self.digests.file_digest_and_head(real)
         except OSError as e:
             raise MalformedObjectError(f"{real}: cannot read the archive: {e.strerror or e}") from None
         if magic != b"!<arch>\n":
@@ -195,7 +214,7 @@ class LinkCache:
         return DeferredArchive(real, list_member_definitions, content, self)
 
     def _archive_key(self, content: str) -> bytes:
-        return hashlib.sha256(json.dumps({**self.identity(), "archive": content}, sort_keys=True).encode()).digest()
+        return self._key("archive", content)
 
     def load_archive(self, content: str):
         """``(kind, has_index, raw members, index names, index positions)`` of the
@@ -275,8 +294,7 @@ class LinkCache:
         """A verified entry's ``(meta, blobs)``, or None (a miss, counted)."""
         path = self._path(layer, key)
         try:
-            with open(path, "rb") as f:
-                blob = f.read()
+            blob = read_file(path)
         except OSError:
             self._count(layer, "misses")
             return None

@@ -31,7 +31,7 @@ import numpy as np
 from ..batch import GOT_SYMBOL, LinkedBatch
 from ..objfile.model import SEC_ABS
 from ..x86_64 import fixup
-from ..x86_64.edges import Edge
+from ..x86_64.edges import WIDTH, Edge
 from .tables import Uncacheable
 
 U = np.uint64
@@ -51,6 +51,22 @@ class Residual:
     const: np.ndarray  # uint64
     cb: np.ndarray  # int8
     j: np.ndarray  # int32 external index, -1 for none
+
+
+# How an entry stores a Residual: one record per fixup, read back with one
+# numpy call (and, when few, turned into Python rows with one more).
+RECORD = np.dtype([("where", "<i8"), ("const", "<u8"), ("j", "<i4"), ("kind", "u1"), ("cb", "i1")], align=True)
+
+
+def to_records(res: Residual) -> np.ndarray:
+    out = np.zeros(len(res.kind), dtype=RECORD)
+    for f in RECORD.names:
+        out[f] = getattr(res, f)
+    return out
+
+
+def from_records(rec: np.ndarray) -> Residual:
+    return Residual(**{f: rec[f] for f in RECORD.names})
 
 
 def external_roles(lb: LinkedBatch) -> list[str]:
@@ -198,15 +214,98 @@ def _linear(where, kind, value, j, base: int, here: np.ndarray, moved_batch, mov
     return Residual(where[sel], kind[sel], const, cb[sel], j[sel])
 
 
+_BYTE = {w: np.arange(w, dtype=np.int64) for w in (1, 2, 4, 8)}
+# Up to this many fixups, plain integers beat numpy in a new process: each
+# numpy call costs 10-40 µs there (cold caches after start-up), a fixup ~1 µs.
+_FEW = 512
+_M64 = (1 << 64) - 1
+_LOW = fixup._LOW.tolist()
+_HIGH = fixup._HIGH.tolist()
+_WIDTH = WIDTH.tolist()
+_ANY_VALUE_IN_64 = bool(np.all((fixup._LOW[WIDTH == 8] == np.iinfo(np.int64).min)
+                               & (fixup._HIGH[WIDTH == 8] == np.iinfo(np.int64).max)))
+
+
 def apply(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
     """Write the residual fixups for a batch at ``base`` whose externals are at
     ``ext``; False (nothing written) if a value does not fit its field."""
     if not len(res.kind):
         return True
+    if len(res.kind) <= _FEW:
+        return _apply_few(res, mem, base, ext)
+    return _apply_arrays(res, mem, base, ext)
+
+
+def apply_records(rec: np.ndarray, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
+    """:func:`apply` for residual fixups stored as :data:`RECORD` rows."""
+    if len(rec) <= _FEW:
+        return _apply_rows(rec.tolist(), mem, base, ext)
+    return _apply_arrays(from_records(rec), mem, base, ext)
+
+
+def _apply_arrays(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
     value = res.const + res.cb.astype(np.int64).view(U) * U(base)
-    has = res.j >= 0
-    value[has] += ext[res.j[has]]
-    if np.any(fixup.out_of_range(res.kind, value)):
+    if len(ext):
+        value += np.append(ext, U(0))[res.j]  # j == -1 picks the appended 0
+    width = WIDTH[res.kind]
+    all64 = width.min() == 8
+    # A 64-bit field holds any value: a batch of only those (pointer tables) needs no check.
+    if not (all64 and _ANY_VALUE_IN_64) and np.any(fixup.out_of_range(res.kind, value)):
         return False
-    fixup.write(mem, res.where, res.kind, value)
+    if all64 and not np.any(res.where & 7) and len(mem) % 8 == 0:
+        mem.view(U)[res.where >> 3] = value  # aligned pointers: one store each
+    else:
+        _store(mem, res.where, width, value)
     return True
+
+
+def _apply_few(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
+    """:func:`apply` with Python integers: the same values, range checks and bytes."""
+    rows = zip(*(getattr(res, f).tolist() for f in RECORD.names))
+    return _apply_rows(list(rows), mem, base, ext)
+
+
+def _apply_rows(rows: list[tuple], mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
+    """``rows`` of (where, const, j, kind, cb), as :data:`RECORD` orders them."""
+    ext_ = ext.tolist()
+    values = []
+    for _at, c, j, k, b in rows:
+        v = (c + b * base + (ext_[j] if j >= 0 else 0)) & _M64
+        signed = v - (1 << 64) if v >> 63 else v
+        if signed < _LOW[k] or signed > _HIGH[k]:
+            return False
+        values.append(v)
+    view = memoryview(mem)
+    for (at, _c, _j, k, _b), v in zip(rows, values):
+        w = _WIDTH[k]
+        view[at : at + w] = (v & ((1 << (8 * w)) - 1)).to_bytes(w, "little")
+    return True
+
+
+def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndarray) -> None:
+    """``value`` little-endian in ``width`` bytes at each ``where``: one scatter per
+    width present (:func:`~rtdyld.x86_64.fixup.write` makes one per byte)."""
+    raw = value.astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)
+    widths = (8,) if width.min() == 8 else [w for w in (1, 2, 4, 8) if np.any(width == w)]
+    for w in widths:
+        if len(widths) == 1:
+            at, b = where, raw
+        else:
+            m = width == w
+            at, b = where[m], raw[m]
+        mem[at[:, None] + _BYTE[w]] = b[:, :w]
+
+
+def prime() -> None:
+    """Run both ways of :func:`apply` once on scratch memory (one fixup of each
+    field width, one against an external), so a process's first warm link
+    finds them set up."""
+    kinds = np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Pointer16), int(Edge.Pointer8)], dtype=np.uint8)
+    n = len(kinds)
+    res = Residual(np.arange(n, dtype=np.int64) * 8, kinds, np.zeros(n, dtype=U), np.array([1, -1, 0, 0], np.int8),
+                   np.array([0, 0, -1, -1], dtype=np.int32))
+    pointers = dataclasses.replace(res, kind=np.full(n, int(Edge.Pointer64), dtype=np.uint8))
+    for r in (res, pointers):
+        for how in (_apply_few, _apply_arrays):
+            how(r, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
+        apply_records(to_records(r), np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))

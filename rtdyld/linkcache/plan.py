@@ -39,11 +39,15 @@ from .. import unwind
 from ..symbols import SymbolDef
 from ..x86_64 import scan
 from . import image, tables
-from .container import FORMAT_VERSION, pack
+from .container import FORMAT_VERSION, pack, unpack
 from .deferred import CachedMember
 
+_M64 = (1 << 64) - 1
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
 _SYMBOL_FIELDS = tuple(f.name for f in dataclasses.fields(SymbolDef) if f.name not in ("address", "batch"))
+# SymbolDef's fields in order, up to the last one an entry holds (``batch`` is set at publication).
+_POSITIONAL = tuple(f.name for f in dataclasses.fields(SymbolDef))[: -1]
+assert dataclasses.fields(SymbolDef)[-1].name == "batch" and _POSITIONAL[0] == "name"
 
 
 def batch_key(identity: dict, parts: dict) -> bytes:
@@ -102,7 +106,9 @@ class BatchPlan:
         ext_addr, externals = self._externals(meta)
         pulls = tables.decode_columns(meta["pulls"], columns)
         self._check_pulls(meta, pulls)
-        res = image.Residual(**{f: blobs["r_" + f] for f in image.Residual.__dataclass_fields__})
+        residual = blobs["residual"]
+        if residual.dtype != image.RECORD or residual.ndim != 1:
+            raise ValueError("residual fixups of the wrong type")
         lb = self._allocate(meta)
         try:
             alloc = lb.allocation
@@ -110,7 +116,7 @@ class BatchPlan:
             image_bytes = np.frombuffer(blobs["image"], dtype=np.uint8)
             mem = alloc.memory
             mem[: len(image_bytes)] = image_bytes
-            if not image.apply(res, mem, base, ext_addr):
+            if not image.apply_records(residual, mem, base, ext_addr):
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             lb.externals = externals
             self._finish(lb, meta, blobs, defs, pulls, tables.decode_columns(meta["sections"], columns), base)
@@ -122,7 +128,7 @@ class BatchPlan:
     def _externals(self, meta: dict) -> tuple[np.ndarray, list[External]]:
         prefix = meta["prefix"]
         recorded = meta["externals"]
-        addr = np.zeros(max(1, len(recorded)), dtype=np.uint64)
+        addr = [0] * max(1, len(recorded))
         out: list[External] = []
         check = []
         for j, (name, role, origin, size, bind, stype, reach) in enumerate(recorded):
@@ -143,14 +149,14 @@ class BatchPlan:
             out.append(External(name, d.address, d.origin, d.size, d))
             check.append((j, reach))
         if check:
-            idx = np.array([j for j, _ in check], dtype=np.int64)
-            want = np.array([r for _, r in check], dtype=np.uint8)
+            # A handful of addresses: plain integers, as scan.in_reach decides.
             for bit, low in ((1, False), (2, True)):
                 lo, hi = self.linker.memory.reach_range(low=low)
-                got = scan.in_reach(addr[idx], lo, hi)
-                if not np.array_equal(got, (want & bit) != 0):
-                    raise _Stale("an outside symbol moved in or out of 32-bit reach")
-        return addr, out
+                for j, reach in check:
+                    a = out[j].address
+                    if (abs(a - lo) < scan.REACH and abs(a - hi) < scan.REACH) != bool(reach & bit):
+                        raise _Stale("an outside symbol moved in or out of 32-bit reach")
+        return np.array(addr, dtype=np.uint64), out
 
     def _check_pulls(self, meta: dict, pulls: dict) -> None:
         outranks = self.linker._outranks_archives(self.dylib)
@@ -180,21 +186,17 @@ class BatchPlan:
         own = {"got": (got_base, "the batch's GOT"), "dso": (lb.dso_handle, "the batch's DSO handle")}
         lb.externals = [e if e is not None else External(meta["externals"][j][0], *own[meta["externals"][j][1]])
                         for j, e in enumerate(lb.externals)]
-        skeletons = _Skeletons(blobs, meta["nobjblobs"])
+        skeletons = _Skeletons(blobs["skeletons"], self.key)
         objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
                    for kind, value, k in meta["objects"]]
         lb.objects = objects
         lb.sections = [PlacedSection(o, i, seg, base + w, w) for o, i, seg, w in
                        zip(s["obj"], s["index"], s["segment"], s["work"])]
-        cols = [defs[f] for f in _SYMBOL_FIELDS]
-        off = blobs["d_off"]
-        rel = blobs["d_rel"]
-        addresses = np.where(rel, off.view(np.uint64) + np.uint64(base), off.view(np.uint64)).tolist()
-        definitions = {}
-        for address, row in zip(addresses, zip(*cols)):
-            d = SymbolDef(address=address, **dict(zip(_SYMBOL_FIELDS, row)))
-            definitions[d.name] = d
-        lb.definitions = definitions
+        # Plain integers and positional arguments: a hundred definitions cost
+        # less this way than three numpy calls would on their first use.
+        addresses = [(o + base if r else o) & _M64 for o, r in zip(defs["address_offset"], defs["address_relative"])]
+        cols = [addresses if f == "address" else defs[f] for f in _POSITIONAL]
+        lb.definitions = {row[0]: SymbolDef(*row) for row in zip(*cols)}
         lb.got = {t: base + o for t, o in meta["got"]}
         lb.stubs = {t: base + o for t, o in meta["stubs"]}
         lb.initializers = [tuple(x) for x in meta["init"]]
@@ -245,7 +247,7 @@ class BatchPlan:
             raise tables.Uncacheable("the batch defines IFUNC symbols")
         roles = image.external_roles(lb)
         res = image.capture(lb, roles)
-        blobs: dict = {"r_" + f: getattr(res, f) for f in image.Residual.__dataclass_fields__}
+        blobs: dict = {"residual": image.to_records(res)}
         end = max([s.offset + s.size for s in alloc.segments if not s.zero_fill] or [0])
         blobs["image"] = alloc.memory[:end].tobytes()
         externals = []
@@ -269,8 +271,9 @@ class BatchPlan:
             else:
                 objects.append(["member", o.name, len(docs)])
                 docs.append(tables.object_doc(tables.skeleton(o), skel))
-        blobs.update(tables.named(skel, "o"))
-        blobs["skeletons"] = json.dumps(docs).encode()
+        # One nested entry, unpacked only if a member's sections are asked for:
+        # the outer entry's metadata stays a few dozen blobs long.
+        blobs["skeletons"] = pack(self.key, {"docs": docs, "nblobs": len(skel)}, tables.named(skel, "o"))
         position = {id(a): i for i, a in enumerate(self.search)}
         pulled = []
         for oi, o in enumerate(lb.objects):
@@ -286,7 +289,15 @@ class BatchPlan:
         cblobs: list = []
         pulls = tables.encode_columns({f: [row[i] for row in pulled] for i, f in enumerate(pull_fields)}, cblobs)
         defs = list(lb.definitions.values())
+        rel = np.array([d.section != "" for d in defs], dtype=bool)
+        off = np.array([d.address for d in defs], dtype=np.uint64)
+        off[rel] -= np.uint64(base)
+        if np.any(rel & (off > np.uint64(alloc.size))):
+            raise tables.Uncacheable("a definition outside the batch's memory")
         columns = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS}
+        # The address: an offset into the batch's memory, or absolute (as int64 bits).
+        columns["address_offset"] = off.view(np.int64).tolist()
+        columns["address_relative"] = rel.astype(np.int64).tolist()
         definitions = tables.encode_columns(columns, cblobs)
         sections = tables.encode_columns({
             "obj": [p.obj for p in lb.sections],
@@ -295,13 +306,6 @@ class BatchPlan:
             "work": [p.work for p in lb.sections],
         }, cblobs)
         blobs.update(tables.named(cblobs, "c"))
-        rel = np.array([d.section != "" for d in defs], dtype=bool)
-        off = np.array([d.address for d in defs], dtype=np.uint64)
-        off[rel] -= np.uint64(base)
-        if np.any(rel & (off > np.uint64(alloc.size))):
-            raise tables.Uncacheable("a definition outside the batch's memory")
-        blobs["d_off"] = off.view(np.int64)
-        blobs["d_rel"] = rel
         meta = {
             "segments": [[s.name, s.offset, s.size, int(s.prot), bool(s.zero_fill)] for s in alloc.segments],
             "low": bool(alloc.low),
@@ -314,7 +318,6 @@ class BatchPlan:
             "externals": externals,
             "prefix": prefixes.pop() if prefixes else "",
             "objects": objects,
-            "nobjblobs": len(skel),
             "pulls": pulls,
             "init": [list(x) for x in lb.initializers],
             "fini": [list(x) for x in lb.finalizers],
@@ -334,18 +337,20 @@ def _plain(v):
 
 
 class _Skeletons:
-    """The pulled members' skeletons of one entry, parsed when first asked for."""
+    """The pulled members' skeletons of one entry (a nested entry), parsed when first asked for."""
 
-    def __init__(self, blobs: dict, count: int) -> None:
-        self.blobs = blobs
-        self.count = count
-        self.docs = None
+    def __init__(self, packed, key: bytes) -> None:
+        self.packed = packed
+        self.key = key
+        self.docs = self.blobs = None
 
     def loader(self, k: int):
         def load():
             if self.docs is None:
-                self.docs = json.loads(bytes(self.blobs["skeletons"]))
-            return tables.object_from_doc(self.docs[k], tables.unnamed(self.blobs, "o", self.count), "")
+                meta, blobs = unpack(bytes(self.packed), self.key)
+                self.blobs = tables.unnamed(blobs, "o", meta["nblobs"])
+                self.docs = meta["docs"]
+            return tables.object_from_doc(self.docs[k], self.blobs, "")
 
         return load
 

@@ -188,21 +188,34 @@ class LazyObject(model.ObjectFile):
 
 
 def encode_columns(columns: dict[str, list], blobs: list) -> dict:
-    """Table columns as compactly as :func:`encode` allows: integer columns as
-    one array each, string columns as one packed blob, anything else as JSON."""
+    """Table columns as compactly as :func:`encode` allows: the integer columns
+    together as one 2-D array (one blob to read back, one ``tolist``), string
+    columns as one packed blob each, anything else as JSON."""
     out = {}
+    ints = []
     for name, col in columns.items():
         kinds = set(map(type, col))
         if kinds and all(issubclass(k, int) and k is not bool for k in kinds):
-            out[name] = encode(np.array(col, dtype=np.int64), blobs)
+            ints.append(name)
         else:
             out[name] = encode(list(col), blobs)
+    if ints:
+        out[_INTS] = {"names": ints, "rows": encode(np.array([columns[n] for n in ints], dtype=np.int64), blobs)}
     return out
+
+
+_INTS = "$ints"  # not a field name: those are identifiers
 
 
 def decode_columns(doc: dict, blobs: list) -> dict[str, list]:
     out = {}
     for name, value in doc.items():
+        if name == _INTS:
+            rows = decode(value["rows"], blobs)
+            if rows.ndim != 2 or len(rows) != len(value["names"]):
+                raise ValueError("integer columns of the wrong shape")
+            out.update(zip(value["names"], rows.tolist()))
+            continue
         v = decode(value, blobs)
         out[name] = v.tolist() if isinstance(v, np.ndarray) else v
     return out
