@@ -47,19 +47,28 @@ def encode(key: bytes, data: bytes, module: str, symbols: list[str], settings: d
     return HEADER.pack(MAGIC, FORMAT_VERSION, key, len(meta), len(data), checksum) + meta + data
 
 
-def decode(blob: bytes, key: bytes) -> Entry:
-    """The entry in ``blob``, which must be stored under ``key``; raises CorruptEntry."""
-    if len(blob) < HEADER.size:
-        raise CorruptEntry(f"{len(blob)} bytes, shorter than the {HEADER.size}-byte header")
-    magic, version, stored_key, meta_len, data_len, checksum = HEADER.unpack_from(blob)
-    if magic != MAGIC:
-        raise CorruptEntry(f"bad magic {magic!r}")
-    if version != FORMAT_VERSION:
-        raise CorruptEntry(f"format version {version}, expected {FORMAT_VERSION}")
+def verify_header(blob, key: bytes, header: struct.Struct, magic: bytes, version: int) -> tuple[int, int, object]:
+    """``(meta length, body length, checksum)`` from the header of an entry laid
+    out as ``magic | format | key | meta length | body length | checksum``,
+    which must be stored under ``key`` and account for the whole of ``blob``;
+    raises CorruptEntry otherwise.  Shared by the object and link caches."""
+    if len(blob) < header.size:
+        raise CorruptEntry(f"{len(blob)} bytes, shorter than the {header.size}-byte header")
+    found, found_version, stored_key, meta_len, body_len, checksum = header.unpack_from(blob)
+    if found != magic:
+        raise CorruptEntry(f"bad magic {found!r}")
+    if found_version != version:
+        raise CorruptEntry(f"format version {found_version}, expected {version}")
     if stored_key != key:
         raise CorruptEntry("stored under another key")
-    if HEADER.size + meta_len + data_len != len(blob):
-        raise CorruptEntry(f"header promises {HEADER.size + meta_len + data_len} bytes, file has {len(blob)}")
+    if header.size + meta_len + body_len != len(blob):
+        raise CorruptEntry(f"header promises {header.size + meta_len + body_len} bytes, file has {len(blob)}")
+    return meta_len, body_len, checksum
+
+
+def decode(blob: bytes, key: bytes) -> Entry:
+    """The entry in ``blob``, which must be stored under ``key``; raises CorruptEntry."""
+    meta_len, data_len, checksum = verify_header(blob, key, HEADER, MAGIC, FORMAT_VERSION)
     body = memoryview(blob)[HEADER.size:]
     if hashlib.sha256(body).digest() != checksum:
         raise CorruptEntry("checksum mismatch")

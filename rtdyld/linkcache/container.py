@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..cache_entry import CorruptEntry
+from ..cache_entry import CorruptEntry, verify_header
 
 MAGIC = b"RTDYLDLC"
 FORMAT_VERSION = 1
@@ -77,17 +77,7 @@ def _freeze(value):
 def unpack(blob: bytes, key: bytes) -> tuple[dict, dict[str, np.ndarray | memoryview]]:
     """``(meta, blobs)`` of an entry that must be stored under ``key``;
     raises CorruptEntry for anything that does not hold."""
-    if len(blob) < HEADER.size:
-        raise CorruptEntry(f"{len(blob)} bytes, shorter than the {HEADER.size}-byte header")
-    magic, version, stored_key, meta_len, body_len, crc = HEADER.unpack_from(blob)
-    if magic != MAGIC:
-        raise CorruptEntry(f"bad magic {magic!r}")
-    if version != FORMAT_VERSION:
-        raise CorruptEntry(f"format version {version}, expected {FORMAT_VERSION}")
-    if stored_key != key:
-        raise CorruptEntry("stored under another key")
-    if HEADER.size + meta_len + body_len != len(blob):
-        raise CorruptEntry(f"header promises {HEADER.size + meta_len + body_len} bytes, file has {len(blob)}")
+    meta_len, body_len, crc = verify_header(blob, key, HEADER, MAGIC, FORMAT_VERSION)
     view = memoryview(blob)
     text = view[HEADER.size : HEADER.size + meta_len]
     body = view[HEADER.size + meta_len :]
