@@ -55,8 +55,17 @@ class TlsReferenceError(LinkError):
     """A TLS relocation whose target no batch's TLS block holds, or one its model cannot reach."""
 
 
-def _is_tls(batch, p) -> bool:
-    return bool(batch.objects[p.obj].sections[p.index].flags & SectionFlags.TLS)
+_TLS_FLAG, _ZERO_FILL_FLAG = int(SectionFlags.TLS), int(SectionFlags.ZERO_FILL)
+
+
+def tls_sections(batch) -> list[int]:
+    """Batch-wide numbers of the placed TLS sections, found once per batch:
+    IntFlag arithmetic costs microseconds per section."""
+    found = getattr(batch, "_tls_sections", None)
+    if found is None:
+        flags = [int(batch.objects[p.obj].sections[p.index].flags) for p in batch.placed]
+        found = batch._tls_sections = [i for i, f in enumerate(flags) if f & _TLS_FLAG]
+    return found
 
 
 def image_first(batch, placed: list) -> list:
@@ -65,12 +74,14 @@ def image_first(batch, placed: list) -> list:
     Laid out first in their segment, the TLS sections form one contiguous
     image, initialised bytes before zero-fill as PT_TLS requires.
     """
+    if not tls_sections(batch):
+        return placed
 
     def rank(p) -> int:
-        s = batch.objects[p.obj].sections[p.index]
-        if not s.flags & SectionFlags.TLS:
+        f = int(batch.objects[p.obj].sections[p.index].flags)
+        if not f & _TLS_FLAG:
             return 2
-        return 1 if s.flags & SectionFlags.ZERO_FILL else 0
+        return 1 if f & _ZERO_FILL_FLAG else 0
 
     return sorted(placed, key=rank)
 
@@ -129,7 +140,7 @@ def plan(batch, rodata) -> TlsPlan | None:
     """Reserve the batch's TLS GOT entries in ``rodata`` (a SegmentPlan); None without TLS."""
     kind = batch.relocs["kind"]
     tls = np.isin(kind, _TLS_KINDS)
-    sections = np.array([i for i, p in enumerate(batch.placed) if _is_tls(batch, p)], dtype=np.int64)
+    sections = np.array(tls_sections(batch), dtype=np.int64)
     if not np.any(tls) and not len(sections):
         return None
     tgt = batch.target
