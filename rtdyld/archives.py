@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .inputs import parse_object
+from .inputs import parse_member
 from .objfile.archive import Archive, ArchiveCache, Member
 from .objfile.model import SEC_ABS, SEC_COMMON, SEC_UNDEF, Bind, ObjectFile
 
@@ -38,7 +38,7 @@ def strong_undefined(obj: ObjectFile) -> list[str]:
 
 def list_member_definitions(data: memoryview, name: str) -> list[str]:
     """Index builder for archives without a symbol table: read the member."""
-    return defined_globals(parse_object(data, name))
+    return defined_globals(parse_member(data, name))
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ArchiveSet:
         self.cache = ArchiveCache()
         self.archives: list[Archive] = []
         self.loaded: set[tuple[int, int]] = set()  # (id(archive), header_offset)
-        self.parse = parse_object  # member bytes -> ObjectFile; a link cache puts its own here
+        self.parse = parse_member  # member bytes -> ObjectFile; a link cache puts its own here
 
     def open(self, path) -> Archive:
         # Absolute, so thin members still resolve after the process changes directory.

@@ -21,6 +21,7 @@ from .errors import (
     RelocationOverflowError,
     UndefinedSymbolError,
 )
+from .objfile.elf_deferred import convert_pending
 from .objfile.model import (
     RELOC_DTYPE,
     SEC_ABS,
@@ -143,6 +144,7 @@ class BatchLinker:
 
     def concatenate(self) -> None:
         """Every object's tables joined into one, in batch-wide numbering."""
+        convert_pending(self.objects)
         secs: list[PlacedSection] = []
         sec_gid = []
         for oi, obj in enumerate(self.objects):

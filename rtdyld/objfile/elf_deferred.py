@@ -1,0 +1,152 @@
+"""ELF relocation tables converted for a whole batch at once.
+
+Converting one archive member's relocations takes some twenty numpy calls
+on tables of a few dozen rows: the per-call cost, not the rows, is what a
+link of a small archive pays, once per member.  So members read for a batch
+keep their SHT_RELA tables as uncopied views (their headers already
+checked), and :func:`convert_pending` turns the tables of every such object
+of the batch into model relocations in one pass when the batch is joined.
+
+The checks are the reader's, over all rows at once.  When any row is bad,
+the objects are converted one by one with the reader's own code, in batch
+order, so the error is exactly the one reading that object alone raises
+(object, section, offset, relocation type, symbol).  An object whose
+relocations are asked for before then (a validator, a trace) is converted
+alone on the spot.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..x86_64.edges import WIDTH, Edge
+from . import elf_tables as T
+from .model import RELOC_DTYPE, ObjectFile
+
+# Width of each kind's fixup, zero for the unsupported marker (rows so marked fail anyway).
+_WIDTH = np.zeros(256, dtype=np.uint64)
+_WIDTH[: len(WIDTH)] = WIDTH
+_NONE = int(Edge.NONE)
+_LAST_TYPE = len(T.ELF_EDGE) - 1
+
+
+class _Pending:
+    """What converting an object's relocations needs: its reader, and per
+    SHT_RELA table its bytes, its row count, the section it patches and that
+    section's size."""
+
+    __slots__ = ("counts", "reader", "sizes", "tables", "targets")
+
+    def __init__(self, reader, tables: list[memoryview], targets: list[int]):
+        self.reader = reader
+        self.tables = tables
+        self.targets = targets
+        self.counts = [len(t) // T.ELF64_RELA.itemsize for t in tables]
+        self.sizes = [reader.sections[t].size for t in targets]
+
+
+class DeferredElfObject(ObjectFile):
+    """An ELF object whose ``relocs`` are converted on first use, or with its batch."""
+
+    _pending: _Pending | None = None
+    _relocs: np.ndarray | None = None
+
+    @property
+    def relocs(self) -> np.ndarray:
+        if self._pending is not None:
+            pending = self._pending
+            self._relocs = pending.reader._read_relocations(self.symbols)
+            self._pending = None
+        return self._relocs
+
+    @relocs.setter
+    def relocs(self, value: np.ndarray | None) -> None:
+        self._relocs = value
+
+
+def deferred_object(reader, symbols: np.ndarray, tables: list[np.ndarray], targets: list[int]) -> ObjectFile:
+    """The object ``reader`` read, its relocations left as ``tables`` patching sections ``targets``."""
+    obj = DeferredElfObject(
+        name=reader.name,
+        format="elf",
+        sections=reader.sections,
+        symbols=symbols,
+        names=reader.names,
+        relocs=None,
+        groups=reader.groups,
+        rtype_names=T.R_X86_64,
+    )
+    obj._pending = _Pending(reader, tables, targets)
+    return obj
+
+
+def convert_pending(objects: list[ObjectFile]) -> None:
+    """Convert the relocations of every deferred object among ``objects`` together."""
+    pend = [o for o in objects if getattr(o, "_pending", None) is not None]
+    if len(pend) < 2:
+        for o in pend:
+            o.relocs  # noqa: B018 - one object: the reader's own conversion
+        return
+    tables: list[memoryview] = []
+    counts: list[int] = []
+    sections: list[int] = []  # per table: the patched section, object-local
+    sizes: list[int] = []  # per table: that section's size
+    per_object: list[int] = []  # tables of each object
+    nsyms: list[int] = []
+    for o in pend:
+        p = o._pending
+        tables += p.tables
+        counts += p.counts
+        sections += p.targets
+        sizes += p.sizes
+        per_object.append(len(p.tables))
+        nsyms.append(len(o.symbols))
+    # The tables' bytes end to end: one copy at C speed, however many tables.
+    raw = np.frombuffer(b"".join(tables), dtype=T.ELF64_RELA)
+    rows = np.array(counts, dtype=np.int64)
+    robj = np.repeat(np.repeat(np.arange(len(pend)), per_object), rows)
+    section = np.repeat(np.array(sections, dtype=np.int32), rows)
+    info = raw["r_info"]
+    rtype = (info & 0xFFFFFFFF).astype(np.uint32)
+    sym = info >> 32
+    kinds = T.ELF_EDGE[np.minimum(rtype, _LAST_TYPE)]
+    kinds[rtype > _LAST_TYPE] = T.UNSUPPORTED
+    offset = raw["r_offset"]
+    size = np.repeat(np.array(sizes, dtype=np.uint64), rows)
+    past = ((offset + _WIDTH[kinds] > size) | (offset > size)) & (kinds != _NONE)
+    bad = (sym >= np.array(nsyms, dtype=np.uint64)[robj]) | (kinds == T.UNSUPPORTED) | past
+    if np.count_nonzero(bad):
+        # The reader's own conversion raises the precise error of the first bad object.
+        for o in pend:
+            o.relocs  # noqa: B018
+        return
+    keep = kinds != _NONE
+    if np.count_nonzero(keep) < len(keep):
+        robj, section, offset, kinds, rtype, sym = (
+            robj[keep], section[keep], offset[keep], kinds[keep], rtype[keep], sym[keep]
+        )
+        addend = raw["r_addend"][keep]
+    else:
+        addend = raw["r_addend"]
+    # Each object's rows sorted by (section, offset), as the reader leaves them.
+    dobj, dsec = np.diff(robj), np.diff(section)
+    in_order = (dobj > 0) | ((dobj == 0) & ((dsec > 0) | ((dsec == 0) & (offset[1:] >= offset[:-1]))))
+    out = np.empty(len(robj), dtype=RELOC_DTYPE)
+    if np.count_nonzero(in_order) < len(in_order):
+        order = np.lexsort((offset, section, robj))
+        robj, section, offset, kinds, rtype, sym, addend = (
+            robj[order], section[order], offset[order], kinds[order], rtype[order], sym[order], addend[order]
+        )
+    out["section"] = section
+    out["offset"] = offset
+    out["kind"] = kinds
+    out["rtype"] = rtype
+    out["sym"] = sym
+    out["sym2"] = -1
+    out["addend"] = addend
+    ends = np.cumsum(np.bincount(robj, minlength=len(pend))).tolist()
+    start = 0
+    for o, end in zip(pend, ends):
+        o.relocs = out[start:end]
+        o._pending = None
+        start = end

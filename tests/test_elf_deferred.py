@@ -1,0 +1,133 @@
+"""Relocations of archive members converted with their batch (rtdyld.objfile.elf_deferred).
+
+The batch-wide conversion must give every object exactly the table the
+reader gives it alone, and a bad entry must fail the finalize with the
+reader's own message, naming the member, leaving the session unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+from archive_tools import build_gnu_archive
+from elftools.elf.elffile import ELFFile
+from fixtures_build import FIXTURES
+
+import rtdyld
+from rtdyld.inputs import parse_member, parse_object
+from rtdyld.objfile.elf_deferred import DeferredElfObject, convert_pending
+
+PIE = ("-O2", "-fPIE")
+CHAIN = FIXTURES / "archive_link"
+SOURCES = ("fptr.c", "switch.c", "strings.c", "ctors.c", "sortcmp.c", str(CHAIN / "mid.c"), str(CHAIN / "leaf.c"))
+R_X86_64_NONE = 0
+R_X86_64_PLT32 = 4
+
+
+def rela_count(data: bytes, section: str = ".rela.text") -> int:
+    return ELFFile(io.BytesIO(data)).get_section_by_name(section).num_relocations()
+
+
+def rela_entry(data: bytes, section: str = ".rela.text", index: int | None = None, rtype: int | None = None):
+    """(file offset of the entry, its r_offset, its r_info) of a relocation of ``section``:
+    number ``index``, or the first of type ``rtype``."""
+    rela = ELFFile(io.BytesIO(data)).get_section_by_name(section)
+    relocs = list(rela.iter_relocations())
+    if index is None:
+        index = next(i for i, r in enumerate(relocs) if r["r_info_type"] == rtype)
+    r = relocs[index]
+    return rela["sh_offset"] + index * rela["sh_entsize"], r["r_offset"], r["r_info"]
+
+
+def eager_and_deferred(objects: list[tuple[str, bytes]]):
+    eager = [parse_object(d, n) for n, d in objects]
+    deferred = [parse_member(d, n) for n, d in objects]
+    assert all(isinstance(o, DeferredElfObject) and o._pending is not None for o in deferred)
+    convert_pending(deferred)
+    assert all(o._pending is None for o in deferred)
+    return eager, deferred
+
+
+@pytest.mark.parametrize("flags", [PIE, ("-O2", "-fPIE", "-ffunction-sections", "-fdata-sections")])
+def test_batch_conversion_gives_each_object_the_readers_table(build, flags):
+    objects = [(s, build.cc_bytes(s, *flags)) for s in SOURCES]
+    eager, deferred = eager_and_deferred(objects)
+    assert sum(len(o.relocs) for o in eager) > 50
+    for a, b in zip(eager, deferred):
+        assert b.relocs.dtype == a.relocs.dtype
+        assert np.array_equal(a.relocs, b.relocs), a.name
+
+
+def test_batch_conversion_drops_none_entries_and_sorts_each_object(build):
+    original = build.cc_bytes("fptr.c", *PIE)
+    fptr = bytearray(original)
+    at, _, info = rela_entry(original, index=0)
+    struct.pack_into("<Q", fptr, at + 8, info & ~0xFFFFFFFF | R_X86_64_NONE)
+    # The last two entries of leaf.o's table swapped: its rows come out of order.
+    leaf = bytearray(build.cc_bytes(CHAIN / "leaf.c", *PIE))
+    count = rela_count(bytes(leaf))
+    assert count >= 2
+    first, _, _ = rela_entry(bytes(leaf), index=count - 2)
+    second, _, _ = rela_entry(bytes(leaf), index=count - 1)
+    leaf[first : first + 24], leaf[second : second + 24] = leaf[second : second + 24], leaf[first : first + 24]
+    objects = [("fptr.o", bytes(fptr)), ("leaf.o", bytes(leaf)), ("mid.o", build.cc_bytes(CHAIN / "mid.c", *PIE))]
+    eager, deferred = eager_and_deferred(objects)
+    assert len(deferred[0].relocs) == len(parse_object(original, "fptr.o").relocs) - 1
+    offsets = deferred[1].relocs["offset"]
+    assert np.all(offsets[1:] >= offsets[:-1])
+    for a, b in zip(eager, deferred):
+        assert np.array_equal(a.relocs, b.relocs), a.name
+
+
+def test_a_members_relocations_convert_alone_when_asked_first(build):
+    data = build.cc_bytes("switch.c", *PIE)
+    alone = parse_member(data, "switch.o")
+    assert np.array_equal(alone.relocs, parse_object(data, "switch.o").relocs)
+    convert_pending([alone])  # already converted: nothing to do
+    assert alone._pending is None
+
+
+def _chain_archive(build, tmp_path, patch_member: str, patch):
+    paths, message = [], ""
+    for stem in ("mid", "leaf"):
+        data = bytearray(build.cc_bytes(CHAIN / f"{stem}.c", *PIE))
+        if stem == patch_member:
+            message = patch(data)
+        (tmp_path / f"{stem}.o").write_bytes(bytes(data))
+        paths.append(tmp_path / f"{stem}.o")
+    return build_gnu_archive(tmp_path / "libchain.a", paths), message
+
+
+def _retype(data: bytearray) -> str:
+    at, offset, info = rela_entry(bytes(data), rtype=R_X86_64_PLT32)
+    struct.pack_into("<Q", data, at + 8, info & ~0xFFFFFFFF | 200)
+    return (
+        f"libchain.a(mid.o): .text+{offset:#x}: relocation type 200 against 'leaf_value': "
+        "this relocation type is not supported"
+    )
+
+
+def _past_symtab(data: bytearray) -> str:
+    at, offset, info = rela_entry(bytes(data), index=0)
+    struct.pack_into("<Q", data, at + 8, (9999 << 32) | (info & 0xFFFFFFFF))
+    return f"libchain.a(leaf.o): .text+{offset:#x}: relocation refers to symbol 9999, past the symbol table"
+
+
+@pytest.mark.parametrize(("member", "patch", "error"), [
+    ("mid", _retype, rtdyld.UnsupportedRelocationError),
+    ("leaf", _past_symtab, rtdyld.MalformedObjectError),
+])
+def test_a_bad_member_relocation_fails_the_finalize_by_name(build, tmp_path, member, patch, error):
+    lib, message = _chain_archive(build, tmp_path, member, patch)
+    ln = rtdyld.Linker()
+    before = ln.snapshot()
+    ln.add_object(build.cc_bytes(CHAIN / "chain_prog.c", *PIE), name="chain_prog.o")
+    ln.add_archive(lib)
+    with pytest.raises(error) as exc:
+        ln.finalize()
+    assert type(exc.value) is error
+    assert str(exc.value) == message
+    assert ln.snapshot() == before
