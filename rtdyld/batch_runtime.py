@@ -29,14 +29,20 @@ def _env_flag(name: str) -> bool:
 
 def being_traced() -> bool:
     """True when a debugger (or strace) is attached: TracerPid is not 0."""
+    # Asked at every load: one raw read, not a text file walked line by line (half the cost).
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("TracerPid:"):
-                    return line.split()[1] != "0"
+        fd = os.open("/proc/self/status", os.O_RDONLY)
+        try:
+            status = os.read(fd, 1 << 16)
+        finally:
+            os.close(fd)
     except OSError:
-        pass
-    return False
+        return False
+    at = status.find(b"\nTracerPid:")
+    if at < 0:
+        return False
+    end = status.find(b"\n", at + 1)
+    return status[at + 11 : end if end >= 0 else len(status)].strip() != b"0"
 
 
 class BatchRuntime:
