@@ -23,6 +23,8 @@ from .objfile.model import SEC_ABS, SEC_COMMON, SEC_UNDEF, Bind, ObjectFile
 def defined_globals(obj: ObjectFile) -> list[str]:
     """Names an object defines for others: global or weak, in a section,
     absolute, or tentative (a common symbol satisfies a reference, as in ld)."""
+    if getattr(obj, "pull_names", None) is not None:  # worked out when the member was read
+        return obj.pull_names[0]
     s = obj.symbols
     sec = s["section"]
     m = ((sec >= 0) | (sec == SEC_ABS) | (sec == SEC_COMMON)) & (s["bind"] != Bind.LOCAL)
@@ -31,6 +33,8 @@ def defined_globals(obj: ObjectFile) -> list[str]:
 
 def strong_undefined(obj: ObjectFile) -> list[str]:
     """Names an object needs from elsewhere (weak references do not pull members)."""
+    if getattr(obj, "pull_names", None) is not None:
+        return obj.pull_names[1]
     s = obj.symbols
     m = (s["section"] == SEC_UNDEF) & (s["bind"] == Bind.GLOBAL)
     return [obj.names[i] for i in np.flatnonzero(m).tolist() if obj.names[i]]

@@ -131,3 +131,15 @@ def test_a_bad_member_relocation_fails_the_finalize_by_name(build, tmp_path, mem
     assert type(exc.value) is error
     assert str(exc.value) == message
     assert ln.snapshot() == before
+
+
+def test_pull_names_of_a_member_are_what_extraction_would_compute(build):
+    from rtdyld import archives
+
+    for source in SOURCES:
+        data = build.cc_bytes(source, *PIE)
+        member, plain = parse_member(data, source), parse_object(data, source)
+        assert member.pull_names == (archives.defined_globals(plain), archives.strong_undefined(plain))
+        assert archives.defined_globals(member) == archives.defined_globals(plain)
+        assert archives.strong_undefined(member) == archives.strong_undefined(plain)
+        assert member.pull_names[0] and member.pull_names[1] is not None

@@ -21,12 +21,13 @@ import numpy as np
 
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
-from .model import RELOC_DTYPE, ObjectFile
+from .model import RELOC_DTYPE, SEC_ABS, SEC_COMMON, SEC_UNDEF, Bind, ObjectFile
 
 # Width of each kind's fixup, zero for the unsupported marker (rows so marked fail anyway).
 _WIDTH = np.zeros(256, dtype=np.uint64)
 _WIDTH[: len(WIDTH)] = WIDTH
 _NONE = int(Edge.NONE)
+_GLOBAL = int(Bind.GLOBAL)
 _LAST_TYPE = len(T.ELF_EDGE) - 1
 
 
@@ -50,6 +51,7 @@ class DeferredElfObject(ObjectFile):
 
     _pending: _Pending | None = None
     _relocs: np.ndarray | None = None
+    pull_names: tuple[list[str], list[str]] | None = None
 
     @property
     def relocs(self) -> np.ndarray:
@@ -77,7 +79,26 @@ def deferred_object(reader, symbols: np.ndarray, tables: list[np.ndarray], targe
         rtype_names=T.R_X86_64,
     )
     obj._pending = _Pending(reader, tables, targets)
+    obj.pull_names = _pull_names(symbols, reader.names)
     return obj
+
+
+def _pull_names(symbols: np.ndarray, names: list[str]) -> tuple[list[str], list[str]]:
+    """What lazy extraction asks of a member, worked out once from its
+    non-local symbols: (names it defines for others, names it needs),
+    as :func:`rtdyld.archives.defined_globals` and ``strong_undefined`` give them."""
+    bind = symbols["bind"]
+    named = np.flatnonzero(bind).tolist()
+    defined, needed = [], []
+    for i, sec, b in zip(named, symbols["section"][named].tolist(), bind[named].tolist()):
+        name = names[i]
+        if not name:
+            continue
+        if sec >= 0 or sec == SEC_ABS or sec == SEC_COMMON:
+            defined.append(name)
+        elif sec == SEC_UNDEF and b == _GLOBAL:
+            needed.append(name)
+    return defined, needed
 
 
 def convert_pending(objects: list[ObjectFile]) -> None:
