@@ -107,11 +107,12 @@ class _ElfReader:
         self._read_symtab()
         self._select_sections()
         symbols = self._convert_symbols()
-        if defer_relocations:
-            tables = self._rela_tables()
-            if tables is not None:
-                return elf_deferred.deferred_object(self, symbols, *tables)
-        relocs = self._read_relocations(symbols)
+        tables = self._rela_tables()
+        if defer_relocations and tables is not None:
+            return elf_deferred.deferred_object(self, symbols, *tables)
+        relocs = elf_deferred.convert_now(self, symbols, *tables) if tables is not None else None
+        if relocs is None:  # SHT_REL tables, or a bad entry to name
+            relocs = self._read_relocations(symbols)
         return ObjectFile(
             name=self.name,
             format="elf",

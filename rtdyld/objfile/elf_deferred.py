@@ -1,4 +1,4 @@
-"""ELF relocation tables converted for a whole batch at once.
+"""ELF relocation tables converted for a whole batch at once (and for one object, fast).
 
 Converting one archive member's relocations takes some twenty numpy calls
 on tables of a few dozen rows: the per-call cost, not the rows, is what a
@@ -12,7 +12,9 @@ the objects are converted one by one with the reader's own code, in batch
 order, so the error is exactly the one reading that object alone raises
 (object, section, offset, relocation type, symbol).  An object whose
 relocations are asked for before then (a validator, a trace) is converted
-alone on the spot.
+alone on the spot.  Objects added one by one take the same path at once
+(:func:`convert_now`): a third of the numpy calls of the reader's own
+conversion, which remains for SHT_REL tables and for naming bad entries.
 """
 
 from __future__ import annotations
@@ -56,9 +58,7 @@ class DeferredElfObject(ObjectFile):
     @property
     def relocs(self) -> np.ndarray:
         if self._pending is not None:
-            pending = self._pending
-            self._relocs = pending.reader._read_relocations(self.symbols)
-            self._pending = None
+            convert_pending([self])
         return self._relocs
 
     @relocs.setter
@@ -104,28 +104,41 @@ def _pull_names(symbols: np.ndarray, names: list[str]) -> tuple[list[str], list[
 def convert_pending(objects: list[ObjectFile]) -> None:
     """Convert the relocations of every deferred object among ``objects`` together."""
     pend = [o for o in objects if getattr(o, "_pending", None) is not None]
-    if len(pend) < 2:
-        for o in pend:
-            o.relocs  # noqa: B018 - one object: the reader's own conversion
+    if not pend:
         return
+    converted = _convert([o._pending for o in pend], [len(o.symbols) for o in pend])
+    for o, relocs in zip(pend, converted or [None] * len(pend)):
+        # A bad row anywhere: the reader's own conversion raises the precise error of the first bad object.
+        o._relocs = relocs if relocs is not None else o._pending.reader._read_relocations(o.symbols)
+        o._pending = None
+
+
+def convert_now(reader, symbols: np.ndarray, tables: list[memoryview], targets: list[int]) -> np.ndarray | None:
+    """One object's relocations through the batch conversion (a third of the
+    numpy calls of the reader's); None if a row is bad, for the reader to name."""
+    converted = _convert([_Pending(reader, tables, targets)], [len(symbols)])
+    return converted[0] if converted is not None else None
+
+
+def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
+    """Model relocations of each pending object (with ``nsyms`` symbols), or
+    None if any row would make the reader raise."""
     tables: list[memoryview] = []
     counts: list[int] = []
     sections: list[int] = []  # per table: the patched section, object-local
     sizes: list[int] = []  # per table: that section's size
     per_object: list[int] = []  # tables of each object
-    nsyms: list[int] = []
-    for o in pend:
-        p = o._pending
+    for p in pend:
         tables += p.tables
         counts += p.counts
         sections += p.targets
         sizes += p.sizes
         per_object.append(len(p.tables))
-        nsyms.append(len(o.symbols))
     # The tables' bytes end to end: one copy at C speed, however many tables.
     raw = np.frombuffer(b"".join(tables), dtype=T.ELF64_RELA)
     rows = np.array(counts, dtype=np.int64)
-    robj = np.repeat(np.repeat(np.arange(len(pend)), per_object), rows)
+    single = len(pend) == 1
+    robj = None if single else np.repeat(np.repeat(np.arange(len(pend)), per_object), rows)
     section = np.repeat(np.array(sections, dtype=np.int32), rows)
     info = raw["r_info"]
     rtype = (info & 0xFFFFFFFF).astype(np.uint32)
@@ -135,29 +148,29 @@ def convert_pending(objects: list[ObjectFile]) -> None:
     offset = raw["r_offset"]
     size = np.repeat(np.array(sizes, dtype=np.uint64), rows)
     past = ((offset + _WIDTH[kinds] > size) | (offset > size)) & (kinds != _NONE)
-    bad = (sym >= np.array(nsyms, dtype=np.uint64)[robj]) | (kinds == T.UNSUPPORTED) | past
+    symbols = np.uint64(nsyms[0]) if single else np.array(nsyms, dtype=np.uint64)[robj]
+    bad = (sym >= symbols) | (kinds == T.UNSUPPORTED) | past
     if np.count_nonzero(bad):
-        # The reader's own conversion raises the precise error of the first bad object.
-        for o in pend:
-            o.relocs  # noqa: B018
-        return
+        return None
     keep = kinds != _NONE
     if np.count_nonzero(keep) < len(keep):
-        robj, section, offset, kinds, rtype, sym = (
-            robj[keep], section[keep], offset[keep], kinds[keep], rtype[keep], sym[keep]
-        )
+        section, offset, kinds, rtype, sym = section[keep], offset[keep], kinds[keep], rtype[keep], sym[keep]
+        robj = None if single else robj[keep]
         addend = raw["r_addend"][keep]
     else:
         addend = raw["r_addend"]
     # Each object's rows sorted by (section, offset), as the reader leaves them.
-    dobj, dsec = np.diff(robj), np.diff(section)
-    in_order = (dobj > 0) | ((dobj == 0) & ((dsec > 0) | ((dsec == 0) & (offset[1:] >= offset[:-1]))))
-    out = np.empty(len(robj), dtype=RELOC_DTYPE)
+    a, b = section[:-1], section[1:]
+    in_order = (b > a) | ((b == a) & (offset[1:] >= offset[:-1]))
+    if not single:
+        in_order = (robj[1:] > robj[:-1]) | ((robj[1:] == robj[:-1]) & in_order)
+    out = np.empty(len(section), dtype=RELOC_DTYPE)
     if np.count_nonzero(in_order) < len(in_order):
-        order = np.lexsort((offset, section, robj))
-        robj, section, offset, kinds, rtype, sym, addend = (
-            robj[order], section[order], offset[order], kinds[order], rtype[order], sym[order], addend[order]
+        order = np.lexsort((offset, section) if single else (offset, section, robj))
+        section, offset, kinds, rtype, sym, addend = (
+            section[order], offset[order], kinds[order], rtype[order], sym[order], addend[order]
         )
+        robj = None if single else robj[order]
     out["section"] = section
     out["offset"] = offset
     out["kind"] = kinds
@@ -165,9 +178,7 @@ def convert_pending(objects: list[ObjectFile]) -> None:
     out["sym"] = sym
     out["sym2"] = -1
     out["addend"] = addend
+    if single:
+        return [out]
     ends = np.cumsum(np.bincount(robj, minlength=len(pend))).tolist()
-    start = 0
-    for o, end in zip(pend, ends):
-        o.relocs = out[start:end]
-        o._pending = None
-        start = end
+    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
