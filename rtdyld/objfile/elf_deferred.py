@@ -13,7 +13,7 @@ order, so the error is exactly the one reading that object alone raises
 (object, section, offset, relocation type, symbol).  An object whose
 relocations are asked for before then (a validator, a trace) is converted
 alone on the spot.  Objects added one by one take the same path at once
-(:func:`convert_now`): a third of the numpy calls of the reader's own
+(:func:`convert_now`): fewer numpy calls than the reader's own
 conversion, which remains for SHT_REL tables and for naming bad entries.
 """
 
@@ -114,8 +114,8 @@ def convert_pending(objects: list[ObjectFile]) -> None:
 
 
 def convert_now(reader, symbols: np.ndarray, tables: list[memoryview], targets: list[int]) -> np.ndarray | None:
-    """One object's relocations through the batch conversion (a third of the
-    numpy calls of the reader's); None if a row is bad, for the reader to name."""
+    """One object's relocations through the batch conversion (fewer
+    numpy calls than the reader's); None if a row is bad, for the reader to name."""
     converted = _convert([_Pending(reader, tables, targets)], [len(symbols)])
     return converted[0] if converted is not None else None
 
