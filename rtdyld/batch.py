@@ -41,6 +41,9 @@ GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
 PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
 _PC32_DATA = kind_mask(PC32_DATA)
+# Plain ints: numpy probes an enum operand's attributes on every comparison (~2.5 us).
+_LOCAL, _WEAK = int(Bind.LOCAL), int(Bind.WEAK)
+_RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 # The batch's relocations: an object's, plus which object and its own symbol number.
 BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
 
@@ -215,10 +218,10 @@ class BatchLinker:
     def resolve(self) -> None:
         n = self.nsyms
         canon = np.arange(n, dtype=np.int64)
-        named = np.flatnonzero(self.bind != Bind.LOCAL).tolist()
+        named = np.flatnonzero(self.bind != _LOCAL).tolist()
         names, gsec, bind = self.names, self.gsec, self.bind
         sec_of = gsec[named].tolist() if named else []
-        weak_of = (bind[named] == Bind.WEAK).tolist() if named else []
+        weak_of = (bind[named] == _WEAK).tolist() if named else []
         defs: dict[str, int] = {}
         strong: dict[str, bool] = {}
         commons: dict[str, list[int]] = {}
@@ -404,7 +407,7 @@ class BatchLinker:
             self._unreachable(int(stuck[0]))
         opcode = np.zeros(len(r), dtype=np.uint8)
         modrm = np.zeros(len(r), dtype=np.uint8)
-        relaxable = kind == Edge.GOTDelta32Relaxable
+        relaxable = kind == _RELAXABLE
         if np.any(relaxable):
             opcode[relaxable] = self._bytes_before(relaxable, 2)
             modrm[relaxable] = self._bytes_before(relaxable, 1)
@@ -440,7 +443,7 @@ class BatchLinker:
         if np.any(far_data):
             b1 = self._bytes_before(far_data, 1)
             b2 = self._bytes_before(far_data, 2)
-            is_branch = (kind[far_data] == Edge.Delta32) & (
+            is_branch = (kind[far_data] == _DELTA32) & (
                 (b1 == 0xE8) | (b1 == 0xE9) | ((b2 == 0x0F) & (b1 >= 0x80) & (b1 <= 0x8F))
             )
             branch_like[far_data] = is_branch
@@ -604,9 +607,10 @@ class BatchLinker:
         if np.any(sc.use_stub):
             S[sc.use_stub] = np.array([self.stubs[int(t)] for t in tgt[sc.use_stub]], dtype=np.uint64)
         G = np.zeros(len(r), dtype=np.uint64)
-        slot = np.isin(tgt, sc.got_targets) & (sc.relax == scan.RELAX_NONE)
-        if np.any(slot):
-            G[slot] = np.searchsorted(sc.got_targets, tgt[slot]).astype(np.uint64) * np.uint64(8)
+        if len(sc.got_targets):  # got_targets is sorted: membership and slot number in one search
+            at = np.minimum(np.searchsorted(sc.got_targets, tgt), len(sc.got_targets) - 1)
+            slot = (sc.got_targets[at] == tgt) & (sc.relax == scan.RELAX_NONE)
+            G[slot] = at[slot].astype(np.uint64) * np.uint64(8)
         Z = np.zeros(len(r), dtype=np.uint64)
         internal = tgt < self.nsyms
         Z[internal] = self.size[tgt[internal]]

@@ -79,12 +79,14 @@ def plan(batch, scanned: scan.ScanResult) -> tuple[scan.ScanResult, IfuncPlan | 
     """Route code references to the batch's IFUNCs through stubs; None when it has none."""
     n = batch.nsyms
     ifunc_def = (batch.stype == _IFUNC) & (batch.gsec >= 0)
-    defined = [i for i in batch.defs.values() if ifunc_def[i]] if np.count_nonzero(ifunc_def) else []
+    if not np.count_nonzero(ifunc_def):
+        return scanned, None  # no IFUNC defined here: nothing defined nor referred to
+    defined = [i for i in batch.defs.values() if ifunc_def[i]]
     tgt = batch.target
     kind = batch.relocs["kind"]
     is_if = np.zeros(len(tgt), dtype=bool)
     internal = tgt < n
-    is_if[internal] = (batch.stype[tgt[internal]] == SymType.IFUNC) & (batch.gsec[tgt[internal]] >= 0)
+    is_if[internal] = ifunc_def[tgt[internal]]
     if not defined and not np.any(is_if):
         return scanned, None
     seg = np.array([p.segment == L.TEXT for p in batch.placed] or [False])

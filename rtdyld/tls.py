@@ -45,10 +45,13 @@ from .errors import LinkError, RelocationOverflowError
 from .objfile.model import SectionFlags, SymType
 from .tls_module import TlsModule, TlsModuleError
 from .x86_64 import fixup
-from .x86_64.edges import TLS_KINDS, Edge
+from .x86_64.edges import TLS_KINDS, Edge, kind_mask
 
 _TLS_KINDS = [int(k) for k in TLS_KINDS]
 _STATIC = [int(Edge.TPOffset32), int(Edge.TPOffset64), int(Edge.GOTTPOffDelta32)]
+# Kind tables: np.isin costs some 15 us a call, a gather one.
+_TLS_MASK = kind_mask(TLS_KINDS)
+_GD_LD = kind_mask([Edge.TLSGDDelta32, Edge.TLSLDDelta32])
 
 
 class TlsReferenceError(LinkError):
@@ -100,7 +103,7 @@ def keep_tls_calls(batch, scanned):
         return scanned
     prev = np.zeros(len(r), dtype=bool)
     prev[1:] = (
-        np.isin(r["kind"][:-1], [int(Edge.TLSGDDelta32), int(Edge.TLSLDDelta32)])
+        _GD_LD[r["kind"][:-1]]
         & (r["section"][:-1] == r["section"][1:])
         & (r["obj"][:-1] == r["obj"][1:])
     )
@@ -139,7 +142,7 @@ class StaticPlacement:
 def plan(batch, rodata) -> TlsPlan | None:
     """Reserve the batch's TLS GOT entries in ``rodata`` (a SegmentPlan); None without TLS."""
     kind = batch.relocs["kind"]
-    tls = np.isin(kind, _TLS_KINDS)
+    tls = _TLS_MASK[kind]
     sections = np.array(tls_sections(batch), dtype=np.int64)
     if not np.any(tls) and not len(sections):
         return None
@@ -157,7 +160,7 @@ def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
     tp: TlsPlan | None = batch.tls
     if tp is None:
         return S
-    tls = np.isin(kind, _TLS_KINDS)
+    tls = _TLS_MASK[kind]
     exported = any(batch.stype[i] == SymType.TLS and batch.gsec[i] >= 0 for i in batch.defs.values())
     if not np.any(tls) and not exported:
         # Nothing can reach the variables: no thread needs a copy.
