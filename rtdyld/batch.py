@@ -43,6 +43,7 @@ PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
 _PC32_DATA = kind_mask(PC32_DATA)
 # Plain ints: numpy probes an enum operand's attributes on every comparison (~2.5 us).
 _LOCAL, _WEAK = int(Bind.LOCAL), int(Bind.WEAK)
+_PLAIN_ROLES = frozenset({int(SectionRole.NORMAL), int(SectionRole.EH_FRAME)})  # run nothing
 _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 # The batch's relocations: an object's, plus which object and its own symbol number.
 BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
@@ -730,6 +731,8 @@ class BatchLinker:
         init, fini = [], []
         for order, p in enumerate(self.placed):
             s = self.objects[p.obj].sections[p.index]
+            if s.role in _PLAIN_ROLES:
+                continue
             if s.role in (SectionRole.INIT_ARRAY, SectionRole.CTORS):
                 dest = init
             elif s.role in (SectionRole.FINI_ARRAY, SectionRole.DTORS):
