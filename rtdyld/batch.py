@@ -9,6 +9,7 @@ session is exactly as it was.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate, chain
 
 import numpy as np
 
@@ -150,21 +151,26 @@ class BatchLinker:
         """Every object's tables joined into one, in batch-wide numbering."""
         convert_pending(self.objects)
         secs: list[PlacedSection] = []
-        sec_gid = []
+        # Object-local section numbers become batch-wide ones through one table
+        # (-1: dropped), built as a list: a few numpy calls per batch, not per object.
+        gids: list[int] = []
+        starts = [0]
         for oi, obj in enumerate(self.objects):
-            gid = np.full(max(1, len(obj.sections)), -1, dtype=np.int64)
+            dropped = self.dropped[oi]
             for si, s in enumerate(obj.sections):
-                if si in self.dropped[oi]:
+                if si in dropped:
+                    gids.append(-1)
                     continue
-                gid[si] = len(secs)
+                gids.append(len(secs))
                 secs.append(PlacedSection(oi, si, L.segment_of(s)))
-            sec_gid.append(gid)
+            if not obj.sections:
+                gids.append(-1)
+            starts.append(len(gids))
         self.placed = secs
-        # Object-local section numbers become batch-wide ones through one table.
-        gid_of = np.concatenate(sec_gid) if sec_gid else np.zeros(1, np.int64)
-        sec_base = np.concatenate([[0], np.cumsum([len(g) for g in sec_gid])]).astype(np.int64)
+        gid_of = np.array(gids or [0], dtype=np.int64)
+        sec_base = np.array(starts, dtype=np.int64)
         counts = [len(o.symbols) for o in self.objects]
-        self.sym_base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.sym_base = np.array([0, *accumulate(counts)], dtype=np.int64)
         self.nsyms = int(self.sym_base[-1])
         syms = join([o.symbols for o in self.objects], SYM_DTYPE)
         self.value = syms["value"]
@@ -173,7 +179,7 @@ class BatchLinker:
         self.stype = syms["type"]
         self.vis = syms["vis"]
         self.sym_obj = np.repeat(np.arange(len(self.objects)), counts)
-        self.names = [name for o in self.objects for name in o.names]
+        self.names = list(chain.from_iterable(o.names for o in self.objects))
         local = syms["section"].astype(np.int64)
         defined = local >= 0
         gsec = local.copy()
@@ -573,10 +579,14 @@ class BatchLinker:
 
     def write_sections(self) -> None:
         mem = self.allocation.memory
+        view = memoryview(mem)  # a byte copy per section, without making an array of each
         for p in self.placed:
             s = self.objects[p.obj].sections[p.index]
             if len(s.data):
-                mem[p.work : p.work + s.size] = np.frombuffer(s.data, dtype=np.uint8)
+                try:
+                    view[p.work : p.work + s.size] = s.data
+                except (TypeError, ValueError):  # not plain bytes: numpy converts (or names the mismatch)
+                    mem[p.work : p.work + s.size] = np.frombuffer(s.data, dtype=np.uint8)
         got_work = self.seg_offset[L.RODATA] + self.got_off
         targets = self.scanned.got_targets
         if len(targets):
