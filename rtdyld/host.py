@@ -55,12 +55,28 @@ def library_symbol(handle, name: str) -> int:
     return int(ffi.cast("uintptr_t", libc.dlsym(handle, name.encode())))
 
 
+# Addresses already described: dladdr walks the loader's list (~8 us), and every
+# link asks again for the same libc functions.  Only an unloaded library can
+# make an entry wrong, so rtdyld clears it whenever it unloads one.
+_described: dict[int, str] = {}
+
+
 def describe_address(addr: int) -> str:
     """The shared object holding ``addr`` (its file name), or ""."""
+    known = _described.get(addr)
+    if known is not None:
+        return known
     info = ffi.new("Dl_info *")
+    name = ""
     if addr and libc.dladdr(ffi.cast("void *", addr), info) and info.dli_fname != ffi.NULL:
-        return os.path.basename(ffi.string(info.dli_fname).decode(errors="replace"))
-    return ""
+        name = os.path.basename(ffi.string(info.dli_fname).decode(errors="replace"))
+    _described[addr] = name
+    return name
+
+
+def forget_descriptions() -> None:
+    """A library was unloaded: its addresses may now hold another."""
+    _described.clear()
 
 
 def _dlopen(path: str):
