@@ -49,6 +49,9 @@ class Segment:
     zero_fill: bool = False
 
 
+_W, _X, _RWX = int(Prot.W), int(Prot.X), int(Prot.R | Prot.W | Prot.X)
+
+
 def _round_up(n: int, page: int) -> int:
     return -(-n // page) * page
 
@@ -72,9 +75,10 @@ def layout(requests: list[SegmentRequest], page_size: int) -> tuple[list[Segment
         if size < 0:
             raise MemMgrError(f"segment {req.name!r}: bad size {req.size!r}")
         prot = Prot(req.prot)
-        if prot & ~(Prot.R | Prot.W | Prot.X):
-            raise MemMgrError(f"segment {req.name!r}: unknown protection bits {int(prot):#x}")
-        if Prot.W in prot and Prot.X in prot:
+        bits = int(prot)  # tested as a plain int: IntFlag operators cost microseconds each
+        if bits & ~_RWX:
+            raise MemMgrError(f"segment {req.name!r}: unknown protection bits {bits:#x}")
+        if bits & _W and bits & _X:
             raise MemMgrError(
                 f"segment {req.name!r}: writable and executable at once is never allowed"
             )
