@@ -103,13 +103,13 @@ def _pull_names(symbols: np.ndarray, names: list[str]) -> tuple[list[str], list[
 
 def convert_pending(objects: list[ObjectFile]) -> None:
     """Convert the relocations of every deferred object among ``objects`` together."""
-    pend = [o for o in objects if getattr(o, "_pending", None) is not None]
+    pend = [(o, p) for o in objects if (p := getattr(o, "_pending", None)) is not None]
     if not pend:
         return
-    converted = _convert([o._pending for o in pend], [len(o.symbols) for o in pend])
-    for o, relocs in zip(pend, converted or [None] * len(pend)):
+    converted = _convert([p for _, p in pend], [len(o.symbols) for o, _ in pend])
+    for (o, p), relocs in zip(pend, converted or [None] * len(pend)):
         # A bad row anywhere: the reader's own conversion raises the precise error of the first bad object.
-        o._relocs = relocs if relocs is not None else o._pending.reader._read_relocations(o.symbols)
+        o._relocs = relocs if relocs is not None else p.reader._read_relocations(o.symbols)
         o._pending = None
 
 
