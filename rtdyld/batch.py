@@ -542,13 +542,15 @@ class BatchLinker:
 
     def assign_addresses(self) -> None:
         base = self.allocation.target_base
+        pinned = self.pinned
         for p in self.placed:
             p.work += self.seg_offset[p.segment]
             p.address = base + p.work
-            obj = self.objects[p.obj]
-            pin = self.pinned.get((obj.name, obj.sections[p.index].name))
-            if pin is not None:
-                p.address = pin
+            if pinned:
+                obj = self.objects[p.obj]
+                pin = pinned.get((obj.name, obj.sections[p.index].name))
+                if pin is not None:
+                    p.address = pin
         n = self.nsyms
         self.sec_addr = np.array([p.address for p in self.placed] or [0], dtype=np.uint64)
         self.sec_work = np.array([p.work for p in self.placed] or [0], dtype=np.int64)
