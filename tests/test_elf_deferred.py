@@ -156,3 +156,62 @@ def test_pull_names_of_a_member_are_what_extraction_would_compute(build):
         assert archives.defined_globals(member) == archives.defined_globals(plain)
         assert archives.strong_undefined(member) == archives.strong_undefined(plain)
         assert member.pull_names[0] and member.pull_names[1] is not None
+
+
+def _symbol_entry(data: bytes, name: str) -> tuple[int, int]:
+    """(index, file offset) of the symbol table entry of ``name``."""
+    symtab = ELFFile(io.BytesIO(data)).get_section_by_name(".symtab")
+    index = next(i for i, s in enumerate(symtab.iter_symbols()) if s.name == name)
+    return index, symtab["sh_offset"] + index * symtab["sh_entsize"]
+
+
+def _unknown_binding(data: bytearray) -> str:
+    index, at = _symbol_entry(bytes(data), "leaf_value")
+    data[at + 4] = (5 << 4) | (data[at + 4] & 0xF)  # st_info: binding 5, type kept
+    return f"libchain.a(leaf.o): symbol {index} ('leaf_value') has unknown binding 5"
+
+
+def _past_its_section(data: bytearray) -> str:
+    _, at = _symbol_entry(bytes(data), "leaf_value")
+    struct.pack_into("<Q", data, at + 8, 0x100000)  # st_value
+    return "libchain.a(leaf.o): symbol 'leaf_value' at 0x100000 lies past the end of section '.text'"
+
+
+@pytest.mark.parametrize("patch", [_unknown_binding, _past_its_section])
+def test_a_bad_member_symbol_fails_the_finalize_by_name(build, tmp_path, patch):
+    lib, message = _chain_archive(build, tmp_path, "leaf", patch)
+    ln = rtdyld.Linker()
+    before = ln.snapshot()
+    ln.add_object(build.cc_bytes(CHAIN / "chain_prog.c", *PIE), name="chain_prog.o")
+    ln.add_archive(lib)
+    with pytest.raises(rtdyld.MalformedObjectError) as exc:
+        ln.finalize()
+    assert str(exc.value) == message
+    assert ln.snapshot() == before
+
+
+def test_the_first_bad_member_in_batch_order_is_named_whatever_table_is_bad(build, tmp_path):
+    """mid.o (pulled first) has a bad relocation, leaf.o a bad symbol: reading
+    them one by one would stop at mid.o, and so does the batch conversion."""
+    paths, messages = [], {}
+    for stem, patch in (("mid", _retype), ("leaf", _unknown_binding)):
+        data = bytearray(build.cc_bytes(CHAIN / f"{stem}.c", *PIE))
+        messages[stem] = patch(data)
+        (tmp_path / f"{stem}.o").write_bytes(bytes(data))
+        paths.append(tmp_path / f"{stem}.o")
+    lib = build_gnu_archive(tmp_path / "libchain.a", paths)
+    ln = rtdyld.Linker()
+    ln.add_object(build.cc_bytes(CHAIN / "chain_prog.c", *PIE), name="chain_prog.o")
+    ln.add_archive(lib)
+    with pytest.raises(rtdyld.UnsupportedRelocationError) as exc:
+        ln.finalize()
+    assert str(exc.value) == messages["mid"]
+
+
+def test_symbols_of_a_member_convert_alone_when_asked_first(build):
+    data = build.cc_bytes("fptr.c", *PIE)
+    member = parse_member(data, "fptr.o")
+    assert member._symbols is None
+    assert np.array_equal(member.symbols, parse_object(data, "fptr.o").symbols)
+    assert member._pending is None  # relocations converted with the symbols
+    assert np.array_equal(member.relocs, readers_table(data))

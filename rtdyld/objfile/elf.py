@@ -61,8 +61,8 @@ def read_elf(data: bytes | memoryview, name: str, defer_relocations: bool = Fals
     """Read an ELF64 x86-64 ET_REL object.  Raises MalformedObjectError.
 
     With ``defer_relocations`` the relocation sections' headers are checked
-    now and their entries when the batch is joined, for every object of the
-    batch at once (:mod:`.elf_deferred`)."""
+    now, and the symbol and relocation entries when the batch is joined, for
+    every object of the batch at once (:mod:`.elf_deferred`)."""
     return _ElfReader(data, name).read(defer_relocations)
 
 
@@ -106,10 +106,12 @@ class _ElfReader:
                 raise self.fail(f"section [{i}] {h.name!r} has alignment {h.align}, not a power of two")
         self._read_symtab()
         self._select_sections()
+        if defer_relocations:
+            deferred = elf_deferred.deferred_object(self)
+            if deferred is not None:
+                return deferred
         symbols = self._convert_symbols()
         tables = self._rela_tables()
-        if defer_relocations and tables is not None:
-            return elf_deferred.deferred_object(self, symbols, *tables)
         relocs = elf_deferred.convert_now(self, symbols, *tables) if tables is not None else None
         if relocs is None:  # SHT_REL tables, or a bad entry to name
             relocs = self._read_relocations(symbols)

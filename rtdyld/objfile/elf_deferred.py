@@ -1,35 +1,47 @@
-"""ELF relocation tables converted for a whole batch at once (and for one object, fast).
+"""ELF symbol and relocation tables converted for a whole batch at once.
 
-Converting one archive member's relocations takes some twenty numpy calls
-on tables of a few dozen rows: the per-call cost, not the rows, is what a
-link of a small archive pays, once per member.  So members read for a batch
-keep their SHT_RELA tables as uncopied views (their headers already
-checked), and :func:`convert_pending` turns the tables of every such object
-of the batch into model relocations in one pass when the batch is joined.
+Converting one archive member's tables takes some fifty numpy calls on
+tables of a few dozen rows: the per-call cost, not the rows, is what a link
+of a small archive pays, once per member.  So members read for a batch keep
+their symbol and SHT_RELA tables as uncopied views (every header already
+checked), lazy extraction gets the names each member defines and needs from
+the raw symbol table, and :func:`convert_pending` turns the tables of every
+such object of the batch into model tables in one pass when the batch is
+joined.
 
 The checks are the reader's, over all rows at once.  When any row is bad,
 the objects are converted one by one with the reader's own code, in batch
-order, so the error is exactly the one reading that object alone raises
-(object, section, offset, relocation type, symbol).  An object whose
-relocations are asked for before then (a validator, a trace) is converted
-alone on the spot.  Objects added one by one take the same path at once
-(:func:`convert_now`): fewer numpy calls than the reader's own
-conversion, which remains for SHT_REL tables and for naming bad entries.
+order (each object's symbols, then its relocations), so the error is
+exactly the one reading the first bad object alone raises (object, section,
+offset, relocation type, symbol).  An object whose tables are asked for
+before then (a validator, a trace) is converted alone on the spot.  Objects
+added one by one convert their relocations through the same code at once
+(:func:`convert_now`): fewer numpy calls than the reader's own conversion,
+which remains for SHT_REL tables and for naming bad entries.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..errors import LinkError
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
-from .model import RELOC_DTYPE, SEC_ABS, SEC_COMMON, SEC_UNDEF, Bind, ObjectFile
+from .model import RELOC_DTYPE, SEC_ABS, SEC_COMMON, SEC_UNDEF, SYM_DTYPE, Bind, ObjectFile
 
 # Width of each kind's fixup, zero for the unsupported marker (rows so marked fail anyway).
 _WIDTH = np.zeros(256, dtype=np.uint64)
 _WIDTH[: len(WIDTH)] = WIDTH
 _NONE = int(Edge.NONE)
 _GLOBAL = int(Bind.GLOBAL)
+_STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLOBAL, GNU_UNIQUE
+# Section-number look-up (as the reader's): past the last section, and the reserved range.
+_BAD_INDEX, _UNSUPPORTED_INDEX = -100, -101
+_RESERVED = np.full(0x10000 - T.SHN_LORESERVE, _UNSUPPORTED_INDEX, dtype=np.int32)
+_RESERVED[T.SHN_ABS - T.SHN_LORESERVE] = SEC_ABS
+_RESERVED[T.SHN_COMMON - T.SHN_LORESERVE] = SEC_COMMON
+_PAST_LAST = np.array([_BAD_INDEX], dtype=np.int32)
+_NO_SECTION = np.iinfo(np.uint64).max
 _LAST_TYPE = len(T.ELF_EDGE) - 1
 
 
@@ -49,11 +61,22 @@ class _Pending:
 
 
 class DeferredElfObject(ObjectFile):
-    """An ELF object whose ``relocs`` are converted on first use, or with its batch."""
+    """An ELF object whose ``symbols`` and ``relocs`` are converted on first use, or with its batch."""
 
     _pending: _Pending | None = None
+    _symbols: np.ndarray | None = None
     _relocs: np.ndarray | None = None
     pull_names: tuple[list[str], list[str]] | None = None
+
+    @property
+    def symbols(self) -> np.ndarray:
+        if self._pending is not None and self._symbols is None:
+            convert_pending([self])
+        return self._symbols
+
+    @symbols.setter
+    def symbols(self, value: np.ndarray | None) -> None:
+        self._symbols = value
 
     @property
     def relocs(self) -> np.ndarray:
@@ -66,8 +89,21 @@ class DeferredElfObject(ObjectFile):
         self._relocs = value
 
 
-def deferred_object(reader, symbols: np.ndarray, tables: list[np.ndarray], targets: list[int]) -> ObjectFile:
-    """The object ``reader`` read, its relocations left as ``tables`` patching sections ``targets``."""
+def deferred_object(reader) -> ObjectFile | None:
+    """The object ``reader`` has read up to its sections, its symbol and
+    relocation tables left for its batch; None if it has SHT_REL tables
+    (read eagerly).  The symbol table of an object with extended section
+    indexes is converted now."""
+    lazy_symbols = len(reader.raw_syms) > 0 and reader.xindex is None
+    symbols = None if lazy_symbols else reader._convert_symbols()
+    try:
+        tables = reader._rela_tables()
+    except LinkError:
+        if lazy_symbols:
+            reader._convert_symbols()  # a symbol error comes first, as when reading eagerly
+        raise
+    if tables is None:
+        return None
     obj = DeferredElfObject(
         name=reader.name,
         format="elf",
@@ -78,9 +114,31 @@ def deferred_object(reader, symbols: np.ndarray, tables: list[np.ndarray], targe
         groups=reader.groups,
         rtype_names=T.R_X86_64,
     )
-    obj._pending = _Pending(reader, tables, targets)
-    obj.pull_names = _pull_names(symbols, reader.names)
+    obj._pending = _Pending(reader, *tables)
+    obj.pull_names = _raw_pull_names(reader) if lazy_symbols else _pull_names(symbols, reader.names)
     return obj
+
+
+def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
+    """:func:`_pull_names` from the raw symbol table (the section numbers and
+    bindings the conversion maps; rows it would reject count for neither)."""
+    raw = reader.raw_syms
+    binding = raw["st_info"] >> 4
+    named = np.flatnonzero(binding)
+    loaded = reader.model_index.tolist()
+    n = len(loaded)
+    names = reader.names
+    defined, needed = [], []
+    for i, shndx, b in zip(named.tolist(), raw["st_shndx"][named].tolist(), binding[named].tolist()):
+        name = names[i]
+        if not name:
+            continue
+        if shndx == T.SHN_UNDEF:
+            if b in _STB_GLOBAL:
+                needed.append(name)
+        elif shndx == T.SHN_ABS or shndx == T.SHN_COMMON or (shndx < n and loaded[shndx] >= 0):
+            defined.append(name)
+    return defined, needed
 
 
 def _pull_names(symbols: np.ndarray, names: list[str]) -> tuple[list[str], list[str]]:
@@ -102,11 +160,25 @@ def _pull_names(symbols: np.ndarray, names: list[str]) -> tuple[list[str], list[
 
 
 def convert_pending(objects: list[ObjectFile]) -> None:
-    """Convert the relocations of every deferred object among ``objects`` together."""
+    """Convert the tables of every deferred object among ``objects`` together."""
     pend = [(o, p) for o in objects if (p := getattr(o, "_pending", None)) is not None]
     if not pend:
         return
-    converted = _convert([p for _, p in pend], [len(o.symbols) for o, _ in pend])
+    lazy = [(o, p) for o, p in pend if o._symbols is None]
+    if lazy:
+        symbols = _convert_symbols([p.reader for _, p in lazy])
+        if symbols is None:
+            # A bad row: each object's symbols then relocations through the
+            # reader's own code, in batch order, raise what reading it would.
+            for o, p in pend:
+                if o._symbols is None:
+                    o._symbols = p.reader._convert_symbols()
+                o._relocs = p.reader._read_relocations(o._symbols)
+                o._pending = None
+            return
+        for (o, _), table in zip(lazy, symbols):
+            o._symbols = table
+    converted = _convert([p for _, p in pend], [len(o._symbols) for o, _ in pend])
     for (o, p), relocs in zip(pend, converted or [None] * len(pend)):
         # A bad row anywhere: the reader's own conversion raises the precise error of the first bad object.
         o._relocs = relocs if relocs is not None else p.reader._read_relocations(o.symbols)
@@ -118,6 +190,58 @@ def convert_now(reader, symbols: np.ndarray, tables: list[memoryview], targets: 
     numpy calls than the reader's); None if a row is bad, for the reader to name."""
     converted = _convert([_Pending(reader, tables, targets)], [len(symbols)])
     return converted[0] if converted is not None else None
+
+
+def _convert_symbols(readers: list) -> list[np.ndarray] | None:
+    """Model symbol tables of the objects ``readers`` read, or None if any
+    row would make the reader raise (bad section number or binding, a
+    value past its section)."""
+    counts = [len(r.raw_syms) for r in readers]
+    raw = np.frombuffer(b"".join([r.raw_syms for r in readers]), dtype=T.ELF64_SYM)
+    rows = np.array(counts, dtype=np.int64)
+    # One look-up table for every object's section numbers: its model_index
+    # (0 is SHN_UNDEF) then "past the last section"; sizes likewise, then "no section".
+    tables, starts, lengths, sizes, size_starts, nsections = [], [], [], [], [], []
+    at = size_at = 0
+    for r in readers:
+        tables += (r.model_index, _PAST_LAST)
+        starts.append(at)
+        lengths.append(len(r.model_index))
+        at += len(r.model_index) + 1
+        sizes += [s.size for s in r.sections]
+        sizes.append(_NO_SECTION)
+        size_starts.append(size_at)
+        nsections.append(len(r.sections))
+        size_at += len(r.sections) + 1
+    table = np.concatenate(tables)
+    first = np.array(starts, dtype=np.int64)
+    table[first] = SEC_UNDEF
+    shndx = raw["st_shndx"].astype(np.int64)
+    sec = table[np.repeat(first, rows) + np.minimum(shndx, np.repeat(np.array(lengths, dtype=np.int64), rows))]
+    reserved = shndx >= T.SHN_LORESERVE
+    if np.count_nonzero(reserved):
+        sec[reserved] = _RESERVED[shndx[reserved] - T.SHN_LORESERVE]
+    info = raw["st_info"]
+    bind = T.BIND_MAP[info >> 4]
+    value = raw["st_value"]
+    size_of = np.array(sizes, dtype=np.uint64)
+    own = np.repeat(np.array(size_starts, dtype=np.int64), rows) + np.where(
+        sec >= 0, sec, np.repeat(np.array(nsections, dtype=np.int64), rows)
+    )
+    bad = (sec <= _BAD_INDEX) | (bind == 255) | (value > size_of[own])
+    if np.count_nonzero(bad):
+        return None
+    out = np.empty(len(raw), dtype=SYM_DTYPE)
+    out["value"] = value
+    out["size"] = raw["st_size"]
+    out["section"] = sec
+    out["bind"] = bind
+    out["type"] = T.TYPE_MAP[info & 0xF]
+    out["vis"] = raw["st_other"] & 3
+    if len(readers) == 1:
+        return [out]
+    ends = np.cumsum(rows).tolist()
+    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
 def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
