@@ -31,9 +31,10 @@ def read_input(src, name: str | None = None) -> tuple[bytes, str]:
 
 def parse_member(data: bytes, name: str) -> ObjectFile:
     """:func:`parse_object` for an archive member pulled into a batch: ELF
-    relocations are converted with the batch's (rtdyld.objfile.elf_deferred)."""
+    symbol and relocation tables are converted with the batch's
+    (rtdyld.objfile.elf_deferred)."""
     if is_elf(data):
-        return read_elf(data, name, defer_relocations=True)
+        return read_elf(data, name, defer_tables=True)
     return parse_object(data, name)
 
 

@@ -57,13 +57,13 @@ def is_elf(data: bytes | memoryview) -> bool:
     return bytes(data[:4]) == b"\x7fELF"
 
 
-def read_elf(data: bytes | memoryview, name: str, defer_relocations: bool = False) -> ObjectFile:
+def read_elf(data: bytes | memoryview, name: str, defer_tables: bool = False) -> ObjectFile:
     """Read an ELF64 x86-64 ET_REL object.  Raises MalformedObjectError.
 
-    With ``defer_relocations`` the relocation sections' headers are checked
-    now, and the symbol and relocation entries when the batch is joined, for
-    every object of the batch at once (:mod:`.elf_deferred`)."""
-    return _ElfReader(data, name).read(defer_relocations)
+    With ``defer_tables`` the headers are checked now, and the symbol and
+    relocation entries when the batch is joined, for every object of the
+    batch at once (:mod:`.elf_deferred`)."""
+    return _ElfReader(data, name).read(defer_tables)
 
 
 class _ElfReader:
@@ -76,7 +76,7 @@ class _ElfReader:
 
     # --- headers -------------------------------------------------------------
 
-    def read(self, defer_relocations: bool = False) -> ObjectFile:
+    def read(self, defer_tables: bool = False) -> ObjectFile:
         d = self.data
         if len(d) < 64 or not is_elf(d):
             raise self.fail("not an ELF object (bad magic or truncated header)")
@@ -106,7 +106,7 @@ class _ElfReader:
                 raise self.fail(f"section [{i}] {h.name!r} has alignment {h.align}, not a power of two")
         self._read_symtab()
         self._select_sections()
-        if defer_relocations:
+        if defer_tables:
             deferred = elf_deferred.deferred_object(self)
             if deferred is not None:
                 return deferred
