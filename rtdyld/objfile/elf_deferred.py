@@ -22,6 +22,8 @@ which remains for SHT_REL tables and for naming bad entries.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import numpy as np
 
 from ..errors import LinkError
@@ -46,9 +48,9 @@ _LAST_TYPE = len(T.ELF_EDGE) - 1
 
 
 class _Pending:
-    """What converting an object's relocations needs: its reader, and per
-    SHT_RELA table its bytes, its row count, the section it patches and that
-    section's size."""
+    """What converting an object's tables needs: its reader (which holds the
+    raw symbol table and the section map), and per SHT_RELA table its bytes,
+    its row count, the section it patches and that section's size."""
 
     __slots__ = ("counts", "reader", "sizes", "tables", "targets")
 
@@ -240,7 +242,7 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
     out["vis"] = raw["st_other"] & 3
     if len(readers) == 1:
         return [out]
-    ends = np.cumsum(rows).tolist()
+    ends = list(accumulate(counts))
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
