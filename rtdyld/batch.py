@@ -225,15 +225,26 @@ class BatchLinker:
     def resolve(self) -> None:
         n = self.nsyms
         canon = np.arange(n, dtype=np.int64)
-        named = np.flatnonzero(self.bind != _LOCAL).tolist()
+        named = np.flatnonzero(self.bind != _LOCAL)
         names, gsec, bind = self.names, self.gsec, self.bind
-        sec_of = gsec[named].tolist() if named else []
-        weak_of = (bind[named] == _WEAK).tolist() if named else []
         defs: dict[str, int] = {}
         strong: dict[str, bool] = {}
         commons: dict[str, list[int]] = {}
         refs: dict[str, list[int]] = {}
         losers: list[tuple[str, int]] = []  # weak or duplicate-weak definitions that did not win
+        # A batch's definitions rarely share a name (or lack one): then they are
+        # indexed by dict() at C speed, thousands for a large archive, and the
+        # loop below sees only the other symbols.
+        defining = (gsec[named] >= 0) | (gsec[named] == SEC_ABS)
+        def_idx = named[defining].tolist()
+        def_names = [names[i] for i in def_idx]
+        if "" not in def_names and len(set(def_names)) == len(def_names):
+            defs = dict(zip(def_names, def_idx))
+            strong = dict(zip(def_names, (bind[named[defining]] != _WEAK).tolist()))
+            named = named[~defining]
+        named = named.tolist()
+        sec_of = gsec[named].tolist() if named else []
+        weak_of = (bind[named] == _WEAK).tolist() if named else []
         for i, sec, weak in zip(named, sec_of, weak_of):
             name = names[i]
             if not name:
@@ -277,7 +288,7 @@ class BatchLinker:
         self._ext_index: dict[str, int] = {}
         # Earlier batches win over weak definitions here; strong ones clash.
         published = self.resolver.published
-        for name in [m for m in defs if m in published]:
+        for name in [m for m in defs if m in published] if published else []:
             earlier = published[name]
             i = defs[name]
             if strong[name] and earlier.bind != Bind.WEAK:
