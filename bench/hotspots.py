@@ -1,10 +1,14 @@
 """Profile rtdyld linking one generated object: where does the time go?
 
     python -m bench.hotspots [--relocs 200000] [--runs 3] [--top 20] [--cpu]
+    python -m bench.hotspots --case libz.a [--runs 200]
 
 Runs one untimed warm-up link, then ``--runs`` links under cProfile, and
 prints the functions with the most own time (share of the profiled total)
-and the most cumulative time.  Not a benchmark: it prints no ratios.
+and the most cumulative time.  With ``--case``, each link is a cold link of
+that case of :mod:`bench.cold_link` (program objects and archives, a new
+session each time), where small per-member and per-link costs add up.
+Not a benchmark: it prints no ratios.
 """
 
 from __future__ import annotations
@@ -35,6 +39,32 @@ def profile(relocs: int, runs: int, cpu: bool = False) -> pstats.Stats:
             prof.disable()
         finally:
             engine.release(state)
+    return pstats.Stats(prof)
+
+
+def profile_case(case: str, runs: int, cpu: bool = False) -> pstats.Stats:
+    """cProfile statistics of ``runs`` cold links of a :mod:`bench.cold_link` case."""
+    from rtdyld import Linker
+
+    from . import cold_link
+
+    chosen = next((c for c in cold_link.CASES if c.name == case), None)
+    if chosen is None:
+        raise SystemExit(f"no cold_link case {case!r}: {', '.join(c.name for c in cold_link.CASES)}")
+    reason = cold_link._unavailable(chosen)
+    if reason:
+        raise SystemExit(f"cold_link case {case!r} is unavailable: {reason}")
+    inputs = cold_link._inputs(chosen)
+    prof = cProfile.Profile(time.process_time) if cpu else cProfile.Profile()
+    for i in range(runs + 1):
+        ln = Linker()
+        try:
+            if i:
+                prof.enable()
+            cold_link._link_rtdyld(ln, inputs.programs, inputs.archives)
+            prof.disable()
+        finally:
+            ln.close()
     return pstats.Stats(prof)
 
 
@@ -74,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--cpu", action="store_true", help="profile CPU time instead of wall-clock time (busy machines)")
+    p.add_argument("--case", help="profile cold links of this bench.cold_link case (libz.a, libbz2.a, ...) instead")
     args = p.parse_args(argv)
-    stats = profile(args.relocs, args.runs, args.cpu)
+    stats = profile_case(args.case, args.runs, args.cpu) if args.case else profile(args.relocs, args.runs, args.cpu)
     # The outermost frame's cumulative time is the whole link.
     total = max(ct for _, _, _, ct, _ in stats.stats.values())
     clock = "CPU" if args.cpu else "wall-clock"
-    print(f"rtdyld, {args.relocs} relocations, {args.runs} links: {total * 1e3 / args.runs:.1f} ms {clock} per link\n")
+    what = f"cold links of {args.case}" if args.case else f"{args.relocs} relocations"
+    print(f"rtdyld, {what}, {args.runs} links: {total * 1e3 / args.runs:.1f} ms {clock} per link\n")
     for by, title in (("own", "own time"), ("cum", "cumulative time")):
         print(f"top {args.top} by {title} (ms per link, share of the profiled total)")
         for where, calls, tt, ct in top(stats, args.top, by):

@@ -49,9 +49,7 @@ class Segment:
     zero_fill: bool = False
 
 
-_RWX = int(Prot.R | Prot.W | Prot.X)
-_W = int(Prot.W)
-_X = int(Prot.X)
+_W, _X, _RWX = int(Prot.W), int(Prot.X), int(Prot.R | Prot.W | Prot.X)
 
 
 def _round_up(n: int, page: int) -> int:
@@ -77,7 +75,7 @@ def layout(requests: list[SegmentRequest], page_size: int) -> tuple[list[Segment
         if size < 0:
             raise MemMgrError(f"segment {req.name!r}: bad size {req.size!r}")
         prot = Prot(req.prot)
-        bits = int(prot)  # tested as an int: IntFlag operators cost microseconds each
+        bits = int(prot)  # tested as a plain int: IntFlag operators cost microseconds each
         if bits & ~_RWX:
             raise MemMgrError(f"segment {req.name!r}: unknown protection bits {bits:#x}")
         if bits & _W and bits & _X:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .inputs import parse_object
+from .inputs import parse_member
 from .objfile.archive import Archive, ArchiveCache, Member
 from .objfile.model import SEC_ABS, SEC_COMMON, SEC_UNDEF, Bind, ObjectFile
 
@@ -23,6 +23,8 @@ from .objfile.model import SEC_ABS, SEC_COMMON, SEC_UNDEF, Bind, ObjectFile
 def defined_globals(obj: ObjectFile) -> list[str]:
     """Names an object defines for others: global or weak, in a section,
     absolute, or tentative (a common symbol satisfies a reference, as in ld)."""
+    if getattr(obj, "pull_names", None) is not None:  # worked out when the member was read
+        return obj.pull_names[0]
     s = obj.symbols
     sec = s["section"]
     m = ((sec >= 0) | (sec == SEC_ABS) | (sec == SEC_COMMON)) & (s["bind"] != Bind.LOCAL)
@@ -31,6 +33,8 @@ def defined_globals(obj: ObjectFile) -> list[str]:
 
 def strong_undefined(obj: ObjectFile) -> list[str]:
     """Names an object needs from elsewhere (weak references do not pull members)."""
+    if getattr(obj, "pull_names", None) is not None:
+        return obj.pull_names[1]
     s = obj.symbols
     m = (s["section"] == SEC_UNDEF) & (s["bind"] == Bind.GLOBAL)
     return [obj.names[i] for i in np.flatnonzero(m).tolist() if obj.names[i]]
@@ -38,7 +42,7 @@ def strong_undefined(obj: ObjectFile) -> list[str]:
 
 def list_member_definitions(data: memoryview, name: str) -> list[str]:
     """Index builder for archives without a symbol table: read the member."""
-    return defined_globals(parse_object(data, name))
+    return defined_globals(parse_member(data, name))
 
 
 @dataclass
@@ -57,7 +61,7 @@ class ArchiveSet:
         self.cache = ArchiveCache()
         self.archives: list[Archive] = []
         self.loaded: set[tuple[int, int]] = set()  # (id(archive), header_offset)
-        self.parse = parse_object  # member bytes -> ObjectFile; a link cache puts its own here
+        self.parse = parse_member  # member bytes -> ObjectFile; a link cache puts its own here
 
     def open(self, path) -> Archive:
         # Absolute, so thin members still resolve after the process changes directory.

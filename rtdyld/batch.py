@@ -9,6 +9,7 @@ session is exactly as it was.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate, chain
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from .errors import (
     RelocationOverflowError,
     UndefinedSymbolError,
 )
+from .objfile.elf_deferred import convert_pending
 from .objfile.model import (
     RELOC_DTYPE,
     SEC_ABS,
@@ -41,6 +43,10 @@ GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
 PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
 _PC32_DATA = kind_mask(PC32_DATA)
+# Plain ints: numpy probes an enum operand's attributes on every comparison (~2.5 us).
+_LOCAL, _WEAK = int(Bind.LOCAL), int(Bind.WEAK)
+_PLAIN_ROLES = frozenset({int(SectionRole.NORMAL), int(SectionRole.EH_FRAME)})  # run nothing
+_RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 # The batch's relocations: an object's, plus which object and its own symbol number.
 BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
 
@@ -144,22 +150,28 @@ class BatchLinker:
 
     def concatenate(self) -> None:
         """Every object's tables joined into one, in batch-wide numbering."""
+        convert_pending(self.objects)
         secs: list[PlacedSection] = []
-        sec_gid = []
+        # Object-local section numbers become batch-wide ones through one table
+        # (-1: dropped), built as a list: a few numpy calls per batch, not per object.
+        gids: list[int] = []
+        starts = [0]
         for oi, obj in enumerate(self.objects):
-            gid = np.full(max(1, len(obj.sections)), -1, dtype=np.int64)
+            dropped = self.dropped[oi]
             for si, s in enumerate(obj.sections):
-                if si in self.dropped[oi]:
+                if si in dropped:
+                    gids.append(-1)
                     continue
-                gid[si] = len(secs)
+                gids.append(len(secs))
                 secs.append(PlacedSection(oi, si, L.segment_of(s)))
-            sec_gid.append(gid)
+            if not obj.sections:
+                gids.append(-1)
+            starts.append(len(gids))
         self.placed = secs
-        # Object-local section numbers become batch-wide ones through one table.
-        gid_of = np.concatenate(sec_gid) if sec_gid else np.zeros(1, np.int64)
-        sec_base = np.concatenate([[0], np.cumsum([len(g) for g in sec_gid])]).astype(np.int64)
+        gid_of = np.array(gids or [0], dtype=np.int64)
+        sec_base = np.array(starts, dtype=np.int64)
         counts = [len(o.symbols) for o in self.objects]
-        self.sym_base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.sym_base = np.array([0, *accumulate(counts)], dtype=np.int64)
         self.nsyms = int(self.sym_base[-1])
         syms = join([o.symbols for o in self.objects], SYM_DTYPE)
         self.value = syms["value"]
@@ -168,7 +180,7 @@ class BatchLinker:
         self.stype = syms["type"]
         self.vis = syms["vis"]
         self.sym_obj = np.repeat(np.arange(len(self.objects)), counts)
-        self.names = [name for o in self.objects for name in o.names]
+        self.names = list(chain.from_iterable(o.names for o in self.objects))
         local = syms["section"].astype(np.int64)
         defined = local >= 0
         gsec = local.copy()
@@ -214,15 +226,26 @@ class BatchLinker:
     def resolve(self) -> None:
         n = self.nsyms
         canon = np.arange(n, dtype=np.int64)
-        named = np.flatnonzero(self.bind != Bind.LOCAL).tolist()
+        named = np.flatnonzero(self.bind != _LOCAL)
         names, gsec, bind = self.names, self.gsec, self.bind
-        sec_of = gsec[named].tolist() if named else []
-        weak_of = (bind[named] == Bind.WEAK).tolist() if named else []
         defs: dict[str, int] = {}
         strong: dict[str, bool] = {}
         commons: dict[str, list[int]] = {}
         refs: dict[str, list[int]] = {}
         losers: list[tuple[str, int]] = []  # weak or duplicate-weak definitions that did not win
+        # A batch's definitions rarely share a name (or lack one): then they are
+        # indexed by dict() at C speed, thousands for a large archive, and the
+        # loop below sees only the other symbols.
+        defining = (gsec[named] >= 0) | (gsec[named] == SEC_ABS)
+        def_idx = named[defining].tolist()
+        def_names = [names[i] for i in def_idx]
+        if "" not in def_names and len(set(def_names)) == len(def_names):
+            defs = dict(zip(def_names, def_idx))
+            strong = dict(zip(def_names, (bind[named[defining]] != _WEAK).tolist()))
+            named = named[~defining]
+        named = named.tolist()
+        sec_of = gsec[named].tolist() if named else []
+        weak_of = (bind[named] == _WEAK).tolist() if named else []
         for i, sec, weak in zip(named, sec_of, weak_of):
             name = names[i]
             if not name:
@@ -266,7 +289,7 @@ class BatchLinker:
         self._ext_index: dict[str, int] = {}
         # Earlier batches win over weak definitions here; strong ones clash.
         published = self.resolver.published
-        for name in [m for m in defs if m in published]:
+        for name in [m for m in defs if m in published] if published else []:
             earlier = published[name]
             i = defs[name]
             if strong[name] and earlier.bind != Bind.WEAK:
@@ -403,7 +426,7 @@ class BatchLinker:
             self._unreachable(int(stuck[0]))
         opcode = np.zeros(len(r), dtype=np.uint8)
         modrm = np.zeros(len(r), dtype=np.uint8)
-        relaxable = kind == Edge.GOTDelta32Relaxable
+        relaxable = kind == _RELAXABLE
         if np.any(relaxable):
             opcode[relaxable] = self._bytes_before(relaxable, 2)
             modrm[relaxable] = self._bytes_before(relaxable, 1)
@@ -440,7 +463,7 @@ class BatchLinker:
         if np.any(far_data):
             b1 = self._bytes_before(far_data, 1)
             b2 = self._bytes_before(far_data, 2)
-            is_branch = (kind[far_data] == Edge.Delta32) & (
+            is_branch = (kind[far_data] == _DELTA32) & (
                 (b1 == 0xE8) | (b1 == 0xE9) | ((b2 == 0x0F) & (b1 >= 0x80) & (b1 <= 0x8F))
             )
             branch_like[far_data] = is_branch
@@ -533,13 +556,15 @@ class BatchLinker:
 
     def assign_addresses(self) -> None:
         base = self.allocation.target_base
+        pinned = self.pinned
         for p in self.placed:
             p.work += self.seg_offset[p.segment]
             p.address = base + p.work
-            obj = self.objects[p.obj]
-            pin = self.pinned.get((obj.name, obj.sections[p.index].name))
-            if pin is not None:
-                p.address = pin
+            if pinned:
+                obj = self.objects[p.obj]
+                pin = pinned.get((obj.name, obj.sections[p.index].name))
+                if pin is not None:
+                    p.address = pin
         n = self.nsyms
         self.sec_addr = np.array([p.address for p in self.placed] or [0], dtype=np.uint64)
         self.sec_work = np.array([p.work for p in self.placed] or [0], dtype=np.int64)
@@ -570,10 +595,14 @@ class BatchLinker:
 
     def write_sections(self) -> None:
         mem = self.allocation.memory
+        view = memoryview(mem)  # a byte copy per section, without making an array of each
         for p in self.placed:
             s = self.objects[p.obj].sections[p.index]
             if len(s.data):
-                mem[p.work : p.work + s.size] = np.frombuffer(s.data, dtype=np.uint8)
+                try:
+                    view[p.work : p.work + s.size] = s.data
+                except (TypeError, ValueError):  # not plain bytes: numpy converts (or names the mismatch)
+                    mem[p.work : p.work + s.size] = np.frombuffer(s.data, dtype=np.uint8)
         got_work = self.seg_offset[L.RODATA] + self.got_off
         targets = self.scanned.got_targets
         if len(targets):
@@ -605,9 +634,10 @@ class BatchLinker:
         if np.any(sc.use_stub):
             S[sc.use_stub] = np.array([self.stubs[int(t)] for t in tgt[sc.use_stub]], dtype=np.uint64)
         G = np.zeros(len(r), dtype=np.uint64)
-        slot = np.isin(tgt, sc.got_targets) & (sc.relax == scan.RELAX_NONE)
-        if np.any(slot):
-            G[slot] = np.searchsorted(sc.got_targets, tgt[slot]).astype(np.uint64) * np.uint64(8)
+        if len(sc.got_targets):  # got_targets is sorted: membership and slot number in one search
+            at = np.minimum(np.searchsorted(sc.got_targets, tgt), len(sc.got_targets) - 1)
+            slot = (sc.got_targets[at] == tgt) & (sc.relax == scan.RELAX_NONE)
+            G[slot] = at[slot].astype(np.uint64) * np.uint64(8)
         Z = np.zeros(len(r), dtype=np.uint64)
         internal = tgt < self.nsyms
         Z[internal] = self.size[tgt[internal]]
@@ -728,6 +758,8 @@ class BatchLinker:
         init, fini = [], []
         for order, p in enumerate(self.placed):
             s = self.objects[p.obj].sections[p.index]
+            if s.role in _PLAIN_ROLES:
+                continue
             if s.role in (SectionRole.INIT_ARRAY, SectionRole.CTORS):
                 dest = init
             elif s.role in (SectionRole.FINI_ARRAY, SectionRole.DTORS):

@@ -29,7 +29,7 @@ def _env_flag(name: str) -> bool:
 
 def being_traced() -> bool:
     """True when a debugger (or strace) is attached: TracerPid is not 0."""
-    # Asked at every load: one raw read, no text file object (a third of the cost).
+    # Asked at every load: one raw read, not a text file walked line by line (half the cost).
     try:
         fd = os.open("/proc/self/status", os.O_RDONLY)
         try:
@@ -41,8 +41,8 @@ def being_traced() -> bool:
     at = status.find(b"\nTracerPid:")
     if at < 0:
         return False
-    fields = status[at + 11 : status.find(b"\n", at + 1)].split()
-    return bool(fields) and fields[0] != b"0"
+    end = status.find(b"\n", at + 1)
+    return status[at + 11 : end if end >= 0 else len(status)].strip() != b"0"
 
 
 class BatchRuntime:

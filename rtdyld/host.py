@@ -62,15 +62,32 @@ def library_symbol(handle, name: str) -> int:
     return int(ffi.cast("uintptr_t", libc.dlsym(handle, _c_name(name))))
 
 
+# Addresses dladdr has described: it walks the loader's list and scans a symbol
+# table (~8-20 us), and every link asks again for the same functions.  Only an unloaded library can
+# make an entry wrong, so rtdyld clears it whenever it unloads one.
+_described: dict[int, str] = {}
+
+
 def describe_address(addr: int) -> str:
     """The shared object holding ``addr`` (its file name), or ""."""
-    known = loaded_objects.describe(addr)  # the same answer without dladdr's symbol scan, where the loader can tell
+    # The loader's own look-up where it can tell; otherwise (the main program,
+    # an older glibc) dladdr, remembered.
+    known = loaded_objects.describe(addr)
+    if known is None:
+        known = _described.get(addr)
     if known is not None:
         return known
     info = ffi.new("Dl_info *")
+    name = ""
     if addr and libc.dladdr(ffi.cast("void *", addr), info) and info.dli_fname != ffi.NULL:
-        return os.path.basename(ffi.string(info.dli_fname).decode(errors="replace"))
-    return ""
+        name = os.path.basename(ffi.string(info.dli_fname).decode(errors="replace"))
+    _described[addr] = name
+    return name
+
+
+def forget_descriptions() -> None:
+    """A library was unloaded: its addresses may now hold another."""
+    _described.clear()
 
 
 def _dlopen(path: str):

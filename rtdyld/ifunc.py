@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import layout as L
+from . import tls
 from .errors import LinkError, RelocationOverflowError
-from .objfile.model import SectionFlags, SymType
+from .objfile.model import SymType
 from .x86_64 import fixup, scan
 from .x86_64.edges import NEEDS_GOT_SLOT, Edge
 
@@ -52,6 +53,10 @@ _S_PLUS = [
 ]
 
 
+# A plain int: numpy probes an enum operand's attributes on every comparison.
+_IFUNC = int(SymType.IFUNC)
+
+
 class IfuncError(LinkError):
     """An IFUNC resolver gave no usable address."""
 
@@ -73,12 +78,15 @@ class IfuncPlan:
 def plan(batch, scanned: scan.ScanResult) -> tuple[scan.ScanResult, IfuncPlan | None]:
     """Route code references to the batch's IFUNCs through stubs; None when it has none."""
     n = batch.nsyms
-    defined = [i for i in batch.defs.values() if batch.stype[i] == SymType.IFUNC and batch.gsec[i] >= 0]
+    ifunc_def = (batch.stype == _IFUNC) & (batch.gsec >= 0)
+    if not np.count_nonzero(ifunc_def):
+        return scanned, None  # no IFUNC defined here: nothing defined nor referred to
+    defined = [i for i in batch.defs.values() if ifunc_def[i]]
     tgt = batch.target
     kind = batch.relocs["kind"]
     is_if = np.zeros(len(tgt), dtype=bool)
     internal = tgt < n
-    is_if[internal] = (batch.stype[tgt[internal]] == SymType.IFUNC) & (batch.gsec[tgt[internal]] >= 0)
+    is_if[internal] = ifunc_def[tgt[internal]]
     if not defined and not np.any(is_if):
         return scanned, None
     seg = np.array([p.segment == L.TEXT for p in batch.placed] or [False])
@@ -91,9 +99,8 @@ def plan(batch, scanned: scan.ScanResult) -> tuple[scan.ScanResult, IfuncPlan | 
     got_targets = np.unique(np.concatenate([tgt[needs_slot], tgt[use_stub]]))
     stub_targets = np.unique(tgt[use_stub])
     deferred = is_if & ~in_code & np.isin(kind, _S_PLUS)
-    tls_sec = np.array(
-        [bool(batch.objects[p.obj].sections[p.index].flags & SectionFlags.TLS) for p in batch.placed] or [False]
-    )
+    tls_sec = np.zeros(max(1, len(batch.placed)), dtype=bool)
+    tls_sec[tls.tls_sections(batch)] = True
     in_tls = deferred & tls_sec[batch.relocs["section"]] if len(tgt) else deferred
     if np.any(in_tls):
         # The TLS image is handed to the loader before any resolver can run.

@@ -29,6 +29,15 @@ def read_input(src, name: str | None = None) -> tuple[bytes, str]:
     raise TypeError(f"cannot read an object from {type(src).__name__}")
 
 
+def parse_member(data: bytes, name: str) -> ObjectFile:
+    """:func:`parse_object` for an archive member pulled into a batch: ELF
+    symbol and relocation tables are converted with the batch's
+    (rtdyld.objfile.elf_deferred)."""
+    if is_elf(data):
+        return read_elf(data, name, defer_tables=True)
+    return parse_object(data, name)
+
+
 def parse_object(data: bytes, name: str) -> ObjectFile:
     """Dispatch on the magic number to the right reader."""
     if is_elf(data):

@@ -45,18 +45,30 @@ from .errors import LinkError, RelocationOverflowError
 from .objfile.model import SectionFlags, SymType
 from .tls_module import TlsModule, TlsModuleError
 from .x86_64 import fixup
-from .x86_64.edges import TLS_KINDS, Edge
+from .x86_64.edges import TLS_KINDS, Edge, kind_mask
 
 _TLS_KINDS = [int(k) for k in TLS_KINDS]
 _STATIC = [int(Edge.TPOffset32), int(Edge.TPOffset64), int(Edge.GOTTPOffDelta32)]
+# Kind tables: np.isin costs some 15 us a call, a gather one.
+_TLS_MASK = kind_mask(TLS_KINDS)
+_GD_LD = kind_mask([Edge.TLSGDDelta32, Edge.TLSLDDelta32])
 
 
 class TlsReferenceError(LinkError):
     """A TLS relocation whose target no batch's TLS block holds, or one its model cannot reach."""
 
 
-def _is_tls(batch, p) -> bool:
-    return bool(batch.objects[p.obj].sections[p.index].flags & SectionFlags.TLS)
+_TLS_FLAG, _ZERO_FILL_FLAG = int(SectionFlags.TLS), int(SectionFlags.ZERO_FILL)
+
+
+def tls_sections(batch) -> list[int]:
+    """Batch-wide numbers of the placed TLS sections, found once per batch:
+    IntFlag arithmetic costs microseconds per section."""
+    found = getattr(batch, "_tls_sections", None)
+    if found is None:
+        flags = [int(batch.objects[p.obj].sections[p.index].flags) for p in batch.placed]
+        found = batch._tls_sections = [i for i, f in enumerate(flags) if f & _TLS_FLAG]
+    return found
 
 
 def image_first(batch, placed: list) -> list:
@@ -65,12 +77,14 @@ def image_first(batch, placed: list) -> list:
     Laid out first in their segment, the TLS sections form one contiguous
     image, initialised bytes before zero-fill as PT_TLS requires.
     """
+    if not tls_sections(batch):
+        return placed
 
     def rank(p) -> int:
-        s = batch.objects[p.obj].sections[p.index]
-        if not s.flags & SectionFlags.TLS:
+        f = int(batch.objects[p.obj].sections[p.index].flags)
+        if not f & _TLS_FLAG:
             return 2
-        return 1 if s.flags & SectionFlags.ZERO_FILL else 0
+        return 1 if f & _ZERO_FILL_FLAG else 0
 
     return sorted(placed, key=rank)
 
@@ -89,7 +103,7 @@ def keep_tls_calls(batch, scanned):
         return scanned
     prev = np.zeros(len(r), dtype=bool)
     prev[1:] = (
-        np.isin(r["kind"][:-1], [int(Edge.TLSGDDelta32), int(Edge.TLSLDDelta32)])
+        _GD_LD[r["kind"][:-1]]
         & (r["section"][:-1] == r["section"][1:])
         & (r["obj"][:-1] == r["obj"][1:])
     )
@@ -128,8 +142,8 @@ class StaticPlacement:
 def plan(batch, rodata) -> TlsPlan | None:
     """Reserve the batch's TLS GOT entries in ``rodata`` (a SegmentPlan); None without TLS."""
     kind = batch.relocs["kind"]
-    tls = np.isin(kind, _TLS_KINDS)
-    sections = np.array([i for i, p in enumerate(batch.placed) if _is_tls(batch, p)], dtype=np.int64)
+    tls = _TLS_MASK[kind]
+    sections = np.array(tls_sections(batch), dtype=np.int64)
     if not np.any(tls) and not len(sections):
         return None
     tgt = batch.target
@@ -146,7 +160,7 @@ def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
     tp: TlsPlan | None = batch.tls
     if tp is None:
         return S
-    tls = np.isin(kind, _TLS_KINDS)
+    tls = _TLS_MASK[kind]
     exported = any(batch.stype[i] == SymType.TLS and batch.gsec[i] >= 0 for i in batch.defs.values())
     if not np.any(tls) and not exported:
         # Nothing can reach the variables: no thread needs a copy.

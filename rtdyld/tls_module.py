@@ -28,6 +28,7 @@ import struct
 
 import cffi
 
+from . import host
 from .elf_dso import DF_STATIC_TLS, Relocation, TlsImage, build_shared_object
 from .errors import LinkError
 
@@ -114,6 +115,7 @@ class TlsModule:
         if self._handle is not None:
             _dlclose(self._handle)
             self._handle = None
+            host.forget_descriptions()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import MalformedObjectError, UnsupportedRelocationError
 from ..x86_64.edges import WIDTH, Edge
+from . import elf_deferred
 from . import elf_tables as T
 from .elf_headers import HeaderError, read_section_headers
 from .elf_headers import SectionHeader as _Header
@@ -57,9 +58,13 @@ def is_elf(data: bytes | memoryview) -> bool:
     return bytes(data[:4]) == b"\x7fELF"
 
 
-def read_elf(data: bytes | memoryview, name: str) -> ObjectFile:
-    """Read an ELF64 x86-64 ET_REL object.  Raises MalformedObjectError."""
-    return _ElfReader(data, name).read()
+def read_elf(data: bytes | memoryview, name: str, defer_tables: bool = False) -> ObjectFile:
+    """Read an ELF64 x86-64 ET_REL object.  Raises MalformedObjectError.
+
+    With ``defer_tables`` the headers are checked now, and the symbol and
+    relocation entries when the batch is joined, for every object of the
+    batch at once (:mod:`.elf_deferred`)."""
+    return _ElfReader(data, name).read(defer_tables)
 
 
 class _ElfReader:
@@ -72,7 +77,7 @@ class _ElfReader:
 
     # --- headers -------------------------------------------------------------
 
-    def read(self) -> ObjectFile:
+    def read(self, defer_tables: bool = False) -> ObjectFile:
         d = self.data
         if len(d) < 64 or not is_elf(d):
             raise self.fail("not an ELF object (bad magic or truncated header)")
@@ -103,8 +108,15 @@ class _ElfReader:
         check_section_tables(self.headers, self.fail)
         self._read_symtab()
         self._select_sections()
+        if defer_tables:
+            deferred = elf_deferred.deferred_object(self)
+            if deferred is not None:
+                return deferred
         symbols = self._convert_symbols()
-        relocs = self._read_relocations(symbols)
+        tables = self._rela_tables()
+        relocs = elf_deferred.convert_now(self, symbols, *tables) if tables is not None else None
+        if relocs is None:  # SHT_REL tables, or a bad entry to name
+            relocs = self._read_relocations(symbols)
         return ObjectFile(
             name=self.name,
             format="elf",
@@ -248,6 +260,30 @@ class _ElfReader:
         return sec
 
     # --- relocations ------------------------------------------------------------
+
+    def _rela_tables(self) -> tuple[list[memoryview], list[int]] | None:
+        """The bytes of the SHT_RELA tables of loaded sections and the section
+        each patches, after the header checks of :meth:`_read_relocations`;
+        None if a loaded section has SHT_REL entries (their addends are read
+        eagerly)."""
+        rela, targets = [], []
+        for i, h in enumerate(self.headers):
+            if h.type not in (T.SHT_RELA, T.SHT_REL):
+                continue
+            if h.info >= len(self.headers):
+                raise self.fail(f"relocation section [{i}] {h.name!r} applies to missing section {h.info}")
+            target = int(self.model_index[h.info])
+            if target < 0:
+                continue
+            if h.link != self.symtab_index:
+                raise self.fail(f"relocation section [{i}] {h.name!r} does not use the symbol table")
+            if h.type == T.SHT_REL:
+                return None
+            if h.size % T.ELF64_RELA.itemsize:
+                self._table(h, T.ELF64_RELA, "relocation")  # raises the reader's message
+            rela.append(self._bytes(h))
+            targets.append(target)
+        return rela, targets
 
     def _read_relocations(self, symbols: np.ndarray) -> np.ndarray:
         # Every SHT_RELA section of the object is converted in one pass (the

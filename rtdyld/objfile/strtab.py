@@ -10,6 +10,8 @@ import numpy as np
 # Below this many names, Python's dict beats numpy's per-call overhead at
 # finding where each name starts; above it, numpy's bulk search wins.
 SMALL = 2048
+# Up to this many names (an archive member's section names), each is sliced out on its own.
+FEW = 32
 
 
 def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
@@ -32,6 +34,10 @@ def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
         raise ValueError(f"name at offset {offs[k]} is not NUL-terminated")
     if not raw.isascii():
         return [raw[o : raw.index(b"\0", o)].decode("utf-8", "surrogateescape") for o in offs]
+    if len(offs) <= FEW:
+        # Slicing each name out directly beats splitting the whole table.
+        find = raw.index
+        return [raw[o : find(b"\0", o)].decode("ascii") for o in offs]
     # Split the table once and pick each name by where it starts; only a
     # name that is the tail of a longer string (suffix sharing) is sliced.
     pieces = raw.decode("ascii").split("\0")

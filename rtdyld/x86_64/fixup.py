@@ -93,14 +93,18 @@ def out_of_range(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
     return (signed < _LOW[kind]) | (signed > _HIGH[kind])
 
 
+# Per field width: the little-endian integer type, and the byte offsets within a field.
+_FIELD = {w: (np.dtype(f"<u{w}"), np.arange(w, dtype=np.int64)) for w in (1, 2, 4, 8)}
+
+
 def write(memory: np.ndarray, where: np.ndarray, kind: np.ndarray, value: np.ndarray) -> None:
     """Store each value little-endian in WIDTH[kind] bytes at ``where``."""
     width = WIDTH[kind]
     for w in (1, 2, 4, 8):
         m = width == w
-        if not np.any(m):
+        if not np.count_nonzero(m):
             continue
-        at = where[m]
-        v = value[m]
-        for b in range(w):
-            memory[at + b] = ((v >> U(8 * b)) & U(0xFF)).astype(np.uint8)
+        # Every field of this width in one scatter: its value's bytes to where[i] + 0..w-1.
+        dtype, span = _FIELD[w]
+        at = (where[m].astype(np.int64)[:, None] + span).ravel()
+        memory[at] = value[m].astype(dtype).view(np.uint8)

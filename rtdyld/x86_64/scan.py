@@ -25,6 +25,8 @@ MOV_LOAD, LEA = 0x8B, 0x8D
 RELAX_NONE, RELAX_MOV, RELAX_CALL, RELAX_JMP = 0, 1, 2, 3
 _ABSOLUTE_32 = kind_mask(ABSOLUTE_32)
 _NEEDS_GOT_SLOT = kind_mask(NEEDS_GOT_SLOT)
+# Plain ints: numpy probes an enum operand's attributes on every comparison.
+_RELAXABLE, _BRANCH32 = int(Edge.GOTDelta32Relaxable), int(Edge.Branch32)
 
 
 @dataclass
@@ -69,7 +71,7 @@ def scan(
     marks Delta32 fixups that are the operand of a call/jmp (which a stub can
     serve as well as a PLT entry would).
     """
-    relaxable = kind == Edge.GOTDelta32Relaxable
+    relaxable = kind == _RELAXABLE
     rip = (modrm & 0xC7) == 0x05
     relax = np.zeros(len(kind), dtype=np.uint8)
     can = relaxable & reachable & rip
@@ -77,7 +79,7 @@ def scan(
     relax[can & (opcode == 0xFF) & (modrm == 0x15)] = RELAX_CALL
     relax[can & (opcode == 0xFF) & (modrm == 0x25)] = RELAX_JMP
     needs_slot = _NEEDS_GOT_SLOT[kind] & (relax == RELAX_NONE)
-    use_stub = ((kind == Edge.Branch32) | branch_like) & ~reachable
+    use_stub = ((kind == _BRANCH32) | branch_like) & ~reachable
     got_targets = sorted_unique(np.concatenate([target[needs_slot], target[use_stub]]))
     stub_targets = sorted_unique(target[use_stub])
     return ScanResult(got_targets=got_targets, stub_targets=stub_targets, use_stub=use_stub, relax=relax)

@@ -1,0 +1,310 @@
+"""ELF symbol and relocation tables converted for a whole batch at once.
+
+Converting one archive member's tables takes some fifty numpy calls on
+tables of a few dozen rows: the per-call cost, not the rows, is what a link
+of a small archive pays, once per member.  So members read for a batch keep
+their symbol and SHT_RELA tables as uncopied views (every header already
+checked), lazy extraction gets the names each member defines and needs from
+the raw symbol table, and :func:`convert_pending` turns the tables of every
+such object of the batch into model tables in one pass when the batch is
+joined.
+
+The checks are the reader's, over all rows at once.  When any row is bad,
+the objects are converted one by one with the reader's own code, in batch
+order (each object's symbols, then its relocations), so the error is
+exactly the one reading the first bad object alone raises (object, section,
+offset, relocation type, symbol).  An object whose tables are asked for
+before then (a validator, a trace) is converted alone on the spot.  Objects
+added one by one convert their relocations through the same code at once
+(:func:`convert_now`): fewer numpy calls than the reader's own conversion,
+which remains for SHT_REL tables and for naming bad entries.
+"""
+
+from __future__ import annotations
+
+from itertools import accumulate
+
+import numpy as np
+
+from ..errors import LinkError
+from ..x86_64.edges import WIDTH, Edge
+from . import elf_tables as T
+from .model import RELOC_DTYPE, SEC_ABS, SEC_COMMON, SEC_UNDEF, SYM_DTYPE, Bind, ObjectFile
+
+# Width of each kind's fixup, zero for the unsupported marker (rows so marked fail anyway).
+_WIDTH = np.zeros(256, dtype=np.uint64)
+_WIDTH[: len(WIDTH)] = WIDTH
+_NONE = int(Edge.NONE)
+_GLOBAL = int(Bind.GLOBAL)
+_STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLOBAL, GNU_UNIQUE
+# Section-number look-up (as the reader's): past the last section, and the reserved range.
+_BAD_INDEX, _UNSUPPORTED_INDEX = -100, -101
+_RESERVED = np.full(0x10000 - T.SHN_LORESERVE, _UNSUPPORTED_INDEX, dtype=np.int32)
+_RESERVED[T.SHN_ABS - T.SHN_LORESERVE] = SEC_ABS
+_RESERVED[T.SHN_COMMON - T.SHN_LORESERVE] = SEC_COMMON
+_PAST_LAST = np.array([_BAD_INDEX], dtype=np.int32)
+_NO_SECTION = np.iinfo(np.uint64).max
+_LAST_TYPE = len(T.ELF_EDGE) - 1
+
+
+class _Pending:
+    """What converting an object's tables needs: its reader (which holds the
+    raw symbol table and the section map), and per SHT_RELA table its bytes,
+    its row count, the section it patches and that section's size."""
+
+    __slots__ = ("counts", "reader", "sizes", "tables", "targets")
+
+    def __init__(self, reader, tables: list[memoryview], targets: list[int]):
+        self.reader = reader
+        self.tables = tables
+        self.targets = targets
+        self.counts = [len(t) // T.ELF64_RELA.itemsize for t in tables]
+        self.sizes = [reader.sections[t].size for t in targets]
+
+
+class DeferredElfObject(ObjectFile):
+    """An ELF object whose ``symbols`` and ``relocs`` are converted on first use, or with its batch."""
+
+    _pending: _Pending | None = None
+    _symbols: np.ndarray | None = None
+    _relocs: np.ndarray | None = None
+    pull_names: tuple[list[str], list[str]] | None = None
+
+    @property
+    def symbols(self) -> np.ndarray:
+        if self._pending is not None and self._symbols is None:
+            convert_pending([self])
+        return self._symbols
+
+    @symbols.setter
+    def symbols(self, value: np.ndarray | None) -> None:
+        self._symbols = value
+
+    @property
+    def relocs(self) -> np.ndarray:
+        if self._pending is not None:
+            convert_pending([self])
+        return self._relocs
+
+    @relocs.setter
+    def relocs(self, value: np.ndarray | None) -> None:
+        self._relocs = value
+
+
+def deferred_object(reader) -> ObjectFile | None:
+    """The object ``reader`` has read up to its sections, its symbol and
+    relocation tables left for its batch; None if it has SHT_REL tables
+    (read eagerly).  The symbol table of an object with extended section
+    indexes is converted now."""
+    lazy_symbols = len(reader.raw_syms) > 0 and reader.xindex is None
+    symbols = None if lazy_symbols else reader._convert_symbols()
+    try:
+        tables = reader._rela_tables()
+    except LinkError:
+        if lazy_symbols:
+            reader._convert_symbols()  # a symbol error comes first, as when reading eagerly
+        raise
+    if tables is None:
+        return None
+    obj = DeferredElfObject(
+        name=reader.name,
+        format="elf",
+        sections=reader.sections,
+        symbols=symbols,
+        names=reader.names,
+        relocs=None,
+        groups=reader.groups,
+        rtype_names=T.R_X86_64,
+    )
+    obj._pending = _Pending(reader, *tables)
+    obj.pull_names = _raw_pull_names(reader) if lazy_symbols else _pull_names(symbols, reader.names)
+    return obj
+
+
+def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
+    """:func:`_pull_names` from the raw symbol table (the section numbers and
+    bindings the conversion maps; rows it would reject count for neither)."""
+    raw = reader.raw_syms
+    binding = raw["st_info"] >> 4
+    named = np.flatnonzero(binding)
+    loaded = reader.model_index.tolist()
+    n = len(loaded)
+    names = reader.names
+    defined, needed = [], []
+    for i, shndx, b in zip(named.tolist(), raw["st_shndx"][named].tolist(), binding[named].tolist()):
+        name = names[i]
+        if not name:
+            continue
+        if shndx == T.SHN_UNDEF:
+            if b in _STB_GLOBAL:
+                needed.append(name)
+        elif shndx == T.SHN_ABS or shndx == T.SHN_COMMON or (shndx < n and loaded[shndx] >= 0):
+            defined.append(name)
+    return defined, needed
+
+
+def _pull_names(symbols: np.ndarray, names: list[str]) -> tuple[list[str], list[str]]:
+    """What lazy extraction asks of a member, worked out once from its
+    non-local symbols: (names it defines for others, names it needs),
+    as :func:`rtdyld.archives.defined_globals` and ``strong_undefined`` give them."""
+    bind = symbols["bind"]
+    named = np.flatnonzero(bind).tolist()
+    defined, needed = [], []
+    for i, sec, b in zip(named, symbols["section"][named].tolist(), bind[named].tolist()):
+        name = names[i]
+        if not name:
+            continue
+        if sec >= 0 or sec == SEC_ABS or sec == SEC_COMMON:
+            defined.append(name)
+        elif sec == SEC_UNDEF and b == _GLOBAL:
+            needed.append(name)
+    return defined, needed
+
+
+def convert_pending(objects: list[ObjectFile]) -> None:
+    """Convert the tables of every deferred object among ``objects`` together."""
+    pend = [(o, p) for o in objects if (p := getattr(o, "_pending", None)) is not None]
+    if not pend:
+        return
+    lazy = [(o, p) for o, p in pend if o._symbols is None]
+    if lazy:
+        symbols = _convert_symbols([p.reader for _, p in lazy])
+        if symbols is None:
+            # A bad row: each object's symbols then relocations through the
+            # reader's own code, in batch order, raise what reading it would.
+            for o, p in pend:
+                if o._symbols is None:
+                    o._symbols = p.reader._convert_symbols()
+                o._relocs = p.reader._read_relocations(o._symbols)
+                o._pending = None
+            return
+        for (o, _), table in zip(lazy, symbols):
+            o._symbols = table
+    converted = _convert([p for _, p in pend], [len(o._symbols) for o, _ in pend])
+    for (o, p), relocs in zip(pend, converted or [None] * len(pend)):
+        # A bad row anywhere: the reader's own conversion raises the precise error of the first bad object.
+        o._relocs = relocs if relocs is not None else p.reader._read_relocations(o.symbols)
+        o._pending = None
+
+
+def convert_now(reader, symbols: np.ndarray, tables: list[memoryview], targets: list[int]) -> np.ndarray | None:
+    """One object's relocations through the batch conversion (fewer
+    numpy calls than the reader's); None if a row is bad, for the reader to name."""
+    converted = _convert([_Pending(reader, tables, targets)], [len(symbols)])
+    return converted[0] if converted is not None else None
+
+
+def _convert_symbols(readers: list) -> list[np.ndarray] | None:
+    """Model symbol tables of the objects ``readers`` read, or None if any
+    row would make the reader raise (bad section number or binding, a
+    value past its section)."""
+    counts = [len(r.raw_syms) for r in readers]
+    raw = np.frombuffer(b"".join([r.raw_syms for r in readers]), dtype=T.ELF64_SYM)
+    rows = np.array(counts, dtype=np.int64)
+    # One look-up table for every object's section numbers: its model_index
+    # (0 is SHN_UNDEF) then "past the last section"; sizes likewise, then "no section".
+    tables, starts, lengths, sizes, size_starts, nsections = [], [], [], [], [], []
+    at = size_at = 0
+    for r in readers:
+        tables += (r.model_index, _PAST_LAST)
+        starts.append(at)
+        lengths.append(len(r.model_index))
+        at += len(r.model_index) + 1
+        sizes += [s.size for s in r.sections]
+        sizes.append(_NO_SECTION)
+        size_starts.append(size_at)
+        nsections.append(len(r.sections))
+        size_at += len(r.sections) + 1
+    table = np.concatenate(tables)
+    first = np.array(starts, dtype=np.int64)
+    table[first] = SEC_UNDEF
+    shndx = raw["st_shndx"].astype(np.int64)
+    sec = table[np.repeat(first, rows) + np.minimum(shndx, np.repeat(np.array(lengths, dtype=np.int64), rows))]
+    reserved = shndx >= T.SHN_LORESERVE
+    if np.count_nonzero(reserved):
+        sec[reserved] = _RESERVED[shndx[reserved] - T.SHN_LORESERVE]
+    info = raw["st_info"]
+    bind = T.BIND_MAP[info >> 4]
+    value = raw["st_value"]
+    size_of = np.array(sizes, dtype=np.uint64)
+    own = np.repeat(np.array(size_starts, dtype=np.int64), rows) + np.where(
+        sec >= 0, sec, np.repeat(np.array(nsections, dtype=np.int64), rows)
+    )
+    bad = (sec <= _BAD_INDEX) | (bind == 255) | (value > size_of[own])
+    if np.count_nonzero(bad):
+        return None
+    out = np.empty(len(raw), dtype=SYM_DTYPE)
+    out["value"] = value
+    out["size"] = raw["st_size"]
+    out["section"] = sec
+    out["bind"] = bind
+    out["type"] = T.TYPE_MAP[info & 0xF]
+    out["vis"] = raw["st_other"] & 3
+    if len(readers) == 1:
+        return [out]
+    ends = list(accumulate(counts))
+    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+
+
+def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
+    """Model relocations of each pending object (with ``nsyms`` symbols), or
+    None if any row would make the reader raise."""
+    tables: list[memoryview] = []
+    counts: list[int] = []
+    sections: list[int] = []  # per table: the patched section, object-local
+    sizes: list[int] = []  # per table: that section's size
+    per_object: list[int] = []  # tables of each object
+    for p in pend:
+        tables += p.tables
+        counts += p.counts
+        sections += p.targets
+        sizes += p.sizes
+        per_object.append(len(p.tables))
+    # The tables' bytes end to end: one copy at C speed, however many tables.
+    raw = np.frombuffer(b"".join(tables), dtype=T.ELF64_RELA)
+    rows = np.array(counts, dtype=np.int64)
+    single = len(pend) == 1
+    robj = None if single else np.repeat(np.repeat(np.arange(len(pend)), per_object), rows)
+    section = np.repeat(np.array(sections, dtype=np.int32), rows)
+    info = raw["r_info"]
+    rtype = (info & 0xFFFFFFFF).astype(np.uint32)
+    sym = info >> 32
+    kinds = T.ELF_EDGE[np.minimum(rtype, _LAST_TYPE)]
+    kinds[rtype > _LAST_TYPE] = T.UNSUPPORTED
+    offset = raw["r_offset"]
+    size = np.repeat(np.array(sizes, dtype=np.uint64), rows)
+    past = ((offset + _WIDTH[kinds] > size) | (offset > size)) & (kinds != _NONE)
+    symbols = np.uint64(nsyms[0]) if single else np.array(nsyms, dtype=np.uint64)[robj]
+    bad = (sym >= symbols) | (kinds == T.UNSUPPORTED) | past
+    if np.count_nonzero(bad):
+        return None
+    keep = kinds != _NONE
+    if np.count_nonzero(keep) < len(keep):
+        section, offset, kinds, rtype, sym = section[keep], offset[keep], kinds[keep], rtype[keep], sym[keep]
+        robj = None if single else robj[keep]
+        addend = raw["r_addend"][keep]
+    else:
+        addend = raw["r_addend"]
+    # Each object's rows sorted by (section, offset), as the reader leaves them.
+    a, b = section[:-1], section[1:]
+    in_order = (b > a) | ((b == a) & (offset[1:] >= offset[:-1]))
+    if not single:
+        in_order = (robj[1:] > robj[:-1]) | ((robj[1:] == robj[:-1]) & in_order)
+    out = np.empty(len(section), dtype=RELOC_DTYPE)
+    if np.count_nonzero(in_order) < len(in_order):
+        order = np.lexsort((offset, section) if single else (offset, section, robj))
+        section, offset, kinds, rtype, sym, addend = (
+            section[order], offset[order], kinds[order], rtype[order], sym[order], addend[order]
+        )
+        robj = None if single else robj[order]
+    out["section"] = section
+    out["offset"] = offset
+    out["kind"] = kinds
+    out["rtype"] = rtype
+    out["sym"] = sym
+    out["sym2"] = -1
+    out["addend"] = addend
+    if single:
+        return [out]
+    ends = np.cumsum(np.bincount(robj, minlength=len(pend))).tolist()
+    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
