@@ -261,12 +261,9 @@ class _ElfReader:
 
     # --- relocations ------------------------------------------------------------
 
-    def _rela_tables(self) -> tuple[list[memoryview], list[int]] | None:
-        """The bytes of the SHT_RELA tables of loaded sections and the section
-        each patches, after the header checks of :meth:`_read_relocations`;
-        None if a loaded section has SHT_REL entries (their addends are read
-        eagerly)."""
-        rela, targets = [], []
+    def _relocation_sections(self):
+        """``(header, model section index)`` of each SHT_RELA/SHT_REL table
+        that patches a loaded section, its header links checked."""
         for i, h in enumerate(self.headers):
             if h.type not in (T.SHT_RELA, T.SHT_REL):
                 continue
@@ -274,9 +271,18 @@ class _ElfReader:
                 raise self.fail(f"relocation section [{i}] {h.name!r} applies to missing section {h.info}")
             target = int(self.model_index[h.info])
             if target < 0:
-                continue
+                continue  # debug info and other sections we do not load
             if h.link != self.symtab_index:
                 raise self.fail(f"relocation section [{i}] {h.name!r} does not use the symbol table")
+            yield h, target
+
+    def _rela_tables(self) -> tuple[list[memoryview], list[int]] | None:
+        """The bytes of the SHT_RELA tables of loaded sections and the section
+        each patches, after the header checks of :meth:`_read_relocations`;
+        None if a loaded section has SHT_REL entries (their addends are read
+        eagerly)."""
+        rela, targets = [], []
+        for h, target in self._relocation_sections():
             if h.type == T.SHT_REL:
                 return None
             if h.size % T.ELF64_RELA.itemsize:
@@ -290,16 +296,7 @@ class _ElfReader:
         # per-call cost of numpy, not the row count, dominates for archive
         # members); SHT_REL, which x86-64 compilers do not emit, one by one.
         rela, rela_targets, parts = [], [], []
-        for i, h in enumerate(self.headers):
-            if h.type not in (T.SHT_RELA, T.SHT_REL):
-                continue
-            if h.info >= len(self.headers):
-                raise self.fail(f"relocation section [{i}] {h.name!r} applies to missing section {h.info}")
-            target = int(self.model_index[h.info])
-            if target < 0:
-                continue  # debug info and other sections we do not load
-            if h.link != self.symtab_index:
-                raise self.fail(f"relocation section [{i}] {h.name!r} does not use the symbol table")
+        for h, target in self._relocation_sections():
             if h.type == T.SHT_RELA:
                 rela.append(self._table(h, T.ELF64_RELA, "relocation"))
                 rela_targets.append(target)
