@@ -110,10 +110,20 @@ def _add_format_option(p: argparse.ArgumentParser) -> None:
                    help="text tables (default) or one JSON object per line")
 
 
+def _add_inspect_parser(sub, name: str, help: str, description: str, formats: bool = True):
+    """A subcommand that links the inputs (optionally laid out on paper) and prints a view of the link."""
+    p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=INSPECT_EPILOG, description=_wrap(description))
+    _add_link_options(p)
+    _add_layout_options(p)
+    if formats:
+        _add_format_option(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rtdyld", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    fmt = argparse.RawDescriptionHelpFormatter
 
     run = sub.add_parser(
         "run",
@@ -133,20 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the seconds each link phase took to stderr, as NAME_s=SECONDS lines; the "
                      "last is link_s (first input read to symbols published)")
 
-    trace = sub.add_parser(
-        "trace",
-        help="print every relocation applied",
-        formatter_class=fmt,
-        epilog=INSPECT_EPILOG,
-        description=_wrap("Link the inputs (without running them, unless --run) and print every relocation "
+    trace = _add_inspect_parser(
+        sub, "trace", "print every relocation applied",
+        "Link the inputs (without running them, unless --run) and print every relocation "
         "applied: object, section, offset, target address P, relocation type, symbol, S, A, the value "
         "written, the bytes before and after, and the instruction holding the fixup before and after. "
         "Then the GOT slots and stubs made, the externals with the resolver that supplied each, and "
-        "the archive members loaded. Relaxed GOT loads are marked on their row."),
+        "the archive members loaded. Relaxed GOT loads are marked on their row.",
     )
-    _add_link_options(trace)
-    _add_layout_options(trace)
-    _add_format_option(trace)
     trace.add_argument("--noexec", action="store_true",
                        help="lay the batch out on paper (from --target-addr, default 0x10000), never mapped")
     trace.add_argument("--run", action="store_true",
@@ -159,51 +163,35 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--no-disasm", dest="disasm", action="store_false",
                        help="do not disassemble the instructions around each fixup")
 
-    symbols = sub.add_parser(
-        "symbols",
-        help="print the final symbol map",
-        formatter_class=fmt,
-        epilog=INSPECT_EPILOG,
-        description=_wrap("Link the inputs and print every symbol the batch defines (address, size, type, "
+    symbols = _add_inspect_parser(
+        sub, "symbols", "print the final symbol map",
+        "Link the inputs and print every symbol the batch defines (address, size, type, "
         "binding, visibility, defining object and section) and every external it uses with where it "
         "came from (a library path, the process, a user definition, an earlier batch). With --undefined, "
         "do not link: list each name the inputs reference but do not define, where it would come from "
-        "or MISSING, and who references it; missing names are not an error."),
+        "or MISSING, and who references it; missing names are not an error.",
     )
-    _add_link_options(symbols)
-    _add_layout_options(symbols)
-    _add_format_option(symbols)
     symbols.add_argument("--undefined", action="store_true",
                          help="list the names the inputs need from elsewhere, without failing on missing ones")
     symbols.add_argument("--locals", action="store_true", help="include local symbols")
 
-    mapc = sub.add_parser(
-        "map",
-        help="print the memory layout",
-        formatter_class=fmt,
-        epilog=INSPECT_EPILOG,
-        description=_wrap("Link the inputs and print the memory layout like a linker map file: each segment "
+    _add_inspect_parser(
+        sub, "map", "print the memory layout",
+        "Link the inputs and print the memory layout like a linker map file: each segment "
         "with its protection and size, the sections placed in it with their objects, the stub area, the "
-        "GOT, tentative definitions and padding; then sections pinned with --map-section."),
+        "GOT, tentative definitions and padding; then sections pinned with --map-section.",
     )
-    _add_link_options(mapc)
-    _add_layout_options(mapc)
-    _add_format_option(mapc)
 
-    check = sub.add_parser(
-        "check",
-        help="verify the check lines of the inputs",
-        formatter_class=fmt,
-        epilog=INSPECT_EPILOG,
-        description=_wrap("Link the inputs and evaluate the '# rtdyld-check: EXPR = EXPR' and "
+    check = _add_inspect_parser(
+        sub, "check", "verify the check lines of the inputs",
+        "Link the inputs and evaluate the '# rtdyld-check: EXPR = EXPR' and "
         "'# jitlink-check: ...' lines of the .s inputs (or of the --check files) in LLVM's "
         "RuntimeDyldChecker language: symbols, *{N}ADDR memory reads, section_addr(FILE, SECTION), "
         "got_addr(FILE, SYMBOL), stub_addr(FILE[/SECTION], SYMBOL), decode_operand(LABEL, N), "
         "next_pc(LABEL). Prints each failing check with both sides' values and a summary; exits 1 "
-        "if any check fails or a checked file has none."),
+        "if any check fails or a checked file has none.",
+        formats=False,
     )
-    _add_link_options(check)
-    _add_layout_options(check)
     check.add_argument("--check", dest="check_files", action="append", default=[], metavar="FILE",
                        help="read checks from FILE instead of from the .s inputs (repeatable)")
     check.add_argument("--check-prefix", dest="check_prefixes", action="append", default=[], metavar="NAME",
