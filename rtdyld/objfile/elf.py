@@ -23,8 +23,6 @@ from .elf_headers import SectionHeader as _Header
 from .elf_precheck import check_section_tables
 from .model import (
     RELOC_DTYPE,
-    SEC_ABS,
-    SEC_COMMON,
     SEC_DISCARDED,
     SEC_UNDEF,
     SYM_DTYPE,
@@ -43,13 +41,6 @@ _PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
 MAX_ZERO_FILL = 1 << 36
 _WIDTH = WIDTH.astype(np.uint64)
 _NONE = int(Edge.NONE)
-# Section-number look-up of symbols: markers for numbers that name no section,
-# the reserved range (SHN_LORESERVE..0xffff), and the size bound of non-section symbols.
-_BAD_INDEX, _UNSUPPORTED_INDEX = -100, -101
-_RESERVED = np.full(0x10000 - T.SHN_LORESERVE, _UNSUPPORTED_INDEX, dtype=np.int32)
-_RESERVED[T.SHN_ABS - T.SHN_LORESERVE] = SEC_ABS
-_RESERVED[T.SHN_COMMON - T.SHN_LORESERVE] = SEC_COMMON
-_NO_SECTION = np.iinfo(np.uint64).max
 # Checks below test "any row bad?" with np.count_nonzero: a fifth of the cost of
 # ndarray.any(), which matters with a dozen checks per archive member.
 
@@ -117,7 +108,11 @@ class _ElfReader:
         relocs = elf_deferred.convert_now(self, symbols, *tables) if tables is not None else None
         if relocs is None:  # SHT_REL tables, or a bad entry to name
             relocs = self._read_relocations(symbols)
-        return ObjectFile(
+        return self.object(ObjectFile, symbols, relocs)
+
+    def object(self, cls: type[ObjectFile], symbols: np.ndarray | None, relocs: np.ndarray | None) -> ObjectFile:
+        """The object read, as ``cls``, with these tables."""
+        return cls(
             name=self.name,
             format="elf",
             sections=self.sections,
@@ -222,7 +217,7 @@ class _ElfReader:
         out["type"] = T.TYPE_MAP[raw["st_info"] & 0xF]
         out["vis"] = raw["st_other"] & 3
         # Defined symbols must lie within their section (value == size marks an end label).
-        sizes = np.array([s.size for s in self.sections] + [_NO_SECTION], dtype=np.uint64)
+        sizes = np.array([s.size for s in self.sections] + [T.NO_SECTION], dtype=np.uint64)
         over = raw["st_value"] > sizes[np.where(sec >= 0, sec, len(self.sections))]
         if np.count_nonzero(over):
             i = int(np.flatnonzero(over)[0])
@@ -245,10 +240,10 @@ class _ElfReader:
             reserved &= ~escaped
         n = len(self.headers)
         # model_index for 0..n-1 (0 is SHN_UNDEF), then "past the last section", then the reserved range.
-        table = np.concatenate((self.model_index, [_BAD_INDEX], _RESERVED))
+        table = np.concatenate((self.model_index, [T.BAD_INDEX], T.RESERVED_SECTIONS))
         table[0] = SEC_UNDEF
         sec = table[np.where(reserved, n + 1 + (shndx - T.SHN_LORESERVE), np.minimum(shndx, n))]
-        bad = sec <= _BAD_INDEX
+        bad = sec <= T.BAD_INDEX
         if np.count_nonzero(bad):
             i = int(np.flatnonzero(bad)[0])
             what = f"symbol {i} ({self.names[i]!r})"

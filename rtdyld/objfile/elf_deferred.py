@@ -37,13 +37,8 @@ _WIDTH[: len(WIDTH)] = WIDTH
 _NONE = int(Edge.NONE)
 _GLOBAL = int(Bind.GLOBAL)
 _STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLOBAL, GNU_UNIQUE
-# Section-number look-up (as the reader's): past the last section, and the reserved range.
-_BAD_INDEX, _UNSUPPORTED_INDEX = -100, -101
-_RESERVED = np.full(0x10000 - T.SHN_LORESERVE, _UNSUPPORTED_INDEX, dtype=np.int32)
-_RESERVED[T.SHN_ABS - T.SHN_LORESERVE] = SEC_ABS
-_RESERVED[T.SHN_COMMON - T.SHN_LORESERVE] = SEC_COMMON
-_PAST_LAST = np.array([_BAD_INDEX], dtype=np.int32)
-_NO_SECTION = np.iinfo(np.uint64).max
+# Section-number look-up (as the reader's): "past the last section" after each object's map.
+_PAST_LAST = np.array([T.BAD_INDEX], dtype=np.int32)
 _LAST_TYPE = len(T.ELF_EDGE) - 1
 
 
@@ -106,16 +101,7 @@ def deferred_object(reader) -> ObjectFile | None:
         raise
     if tables is None:
         return None
-    obj = DeferredElfObject(
-        name=reader.name,
-        format="elf",
-        sections=reader.sections,
-        symbols=symbols,
-        names=reader.names,
-        relocs=None,
-        groups=reader.groups,
-        rtype_names=T.R_X86_64,
-    )
+    obj = reader.object(DeferredElfObject, symbols, None)
     obj._pending = _Pending(reader, *tables)
     obj.pull_names = _raw_pull_names(reader) if lazy_symbols else _pull_names(symbols, reader.names)
     return obj
@@ -211,7 +197,7 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
         lengths.append(len(r.model_index))
         at += len(r.model_index) + 1
         sizes += [s.size for s in r.sections]
-        sizes.append(_NO_SECTION)
+        sizes.append(T.NO_SECTION)
         size_starts.append(size_at)
         nsections.append(len(r.sections))
         size_at += len(r.sections) + 1
@@ -222,7 +208,7 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
     sec = table[np.repeat(first, rows) + np.minimum(shndx, np.repeat(np.array(lengths, dtype=np.int64), rows))]
     reserved = shndx >= T.SHN_LORESERVE
     if np.count_nonzero(reserved):
-        sec[reserved] = _RESERVED[shndx[reserved] - T.SHN_LORESERVE]
+        sec[reserved] = T.RESERVED_SECTIONS[shndx[reserved] - T.SHN_LORESERVE]
     info = raw["st_info"]
     bind = T.BIND_MAP[info >> 4]
     value = raw["st_value"]
@@ -230,7 +216,7 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
     own = np.repeat(np.array(size_starts, dtype=np.int64), rows) + np.where(
         sec >= 0, sec, np.repeat(np.array(nsections, dtype=np.int64), rows)
     )
-    bad = (sec <= _BAD_INDEX) | (bind == 255) | (value > size_of[own])
+    bad = (sec <= T.BAD_INDEX) | (bind == 255) | (value > size_of[own])
     if np.count_nonzero(bad):
         return None
     out = np.empty(len(raw), dtype=SYM_DTYPE)

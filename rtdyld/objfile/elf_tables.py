@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..x86_64.edges import Edge
+from .model import SEC_ABS, SEC_COMMON
 
 R_X86_64 = {
     0: "R_X86_64_NONE",
@@ -109,6 +110,13 @@ SHF_MERGE, SHF_STRINGS, SHF_TLS = 0x10, 0x20, 0x400
 GRP_COMDAT = 1
 
 SHN_UNDEF, SHN_LORESERVE, SHN_ABS, SHN_COMMON, SHN_XINDEX = 0, 0xFF00, 0xFFF1, 0xFFF2, 0xFFFF
+# Section-number look-up of symbols: markers for numbers that name no section,
+# the reserved range (SHN_LORESERVE..0xffff), and the size bound of non-section symbols.
+BAD_INDEX, UNSUPPORTED_INDEX = -100, -101
+RESERVED_SECTIONS = np.full(0x10000 - SHN_LORESERVE, UNSUPPORTED_INDEX, dtype=np.int32)
+RESERVED_SECTIONS[SHN_ABS - SHN_LORESERVE] = SEC_ABS
+RESERVED_SECTIONS[SHN_COMMON - SHN_LORESERVE] = SEC_COMMON
+NO_SECTION = np.iinfo(np.uint64).max
 
 EM_X86_64 = 62
 ET_REL = 1
