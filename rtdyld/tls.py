@@ -59,6 +59,7 @@ class TlsReferenceError(LinkError):
 
 
 _TLS_FLAG, _ZERO_FILL_FLAG = int(SectionFlags.TLS), int(SectionFlags.ZERO_FILL)
+_TLS_SYM = int(SymType.TLS)
 
 
 def tls_sections(batch) -> list[int]:
@@ -161,7 +162,7 @@ def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
     if tp is None:
         return S
     tls = _TLS_MASK[kind]
-    exported = any(batch.stype[i] == SymType.TLS and batch.gsec[i] >= 0 for i in batch.defs.values())
+    exported = _exports_variables(batch)
     if not np.any(tls) and not exported:
         # Nothing can reach the variables: no thread needs a copy.
         return S
@@ -175,8 +176,9 @@ def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
         tp.module = _load_for(batch, init, memsz, align, bool(np.any(np.isin(kind[own], _STATIC))), exported)
         batch.allocation.add_release_hook(tp.module.close)
         _register(batch, tp.module, img_addr, memsz)
-        for t, o in zip(batch.target[own].tolist(), (S[own] - np.uint64(img_addr)).tolist()):
-            where_of[t] = (tp.module.modid, o, tp.module.tp_offset)
+        targets, first = np.unique(batch.target[own], return_index=True)
+        offsets = (S[own][first] - np.uint64(img_addr)).tolist()
+        where_of = {t: (tp.module.modid, o, tp.module.tp_offset) for t, o in zip(targets.tolist(), offsets)}
     where_of.update(_foreign(batch, tls & ~own, kind))
     mem = batch.allocation.memory
     base_work = batch.seg_offset["rodata"] + tp.got_off
@@ -218,6 +220,15 @@ def resolve_unreferenced(batch) -> None:
     resolve(batch, np.zeros(0, dtype=np.uint8), none, none, none, none, none, np.zeros(0, dtype=np.int64))
 
 
+def _exports_variables(batch) -> bool:
+    """Does the batch define thread-local variables that later batches may reach?"""
+    tls_def = (batch.stype == _TLS_SYM) & (batch.gsec >= 0)
+    if not np.any(tls_def):
+        return False
+    defs = np.fromiter(batch.defs.values(), dtype=np.int64, count=len(batch.defs))
+    return bool(np.any(tls_def[defs]))
+
+
 def _load_for(batch, init: bytes, memsz: int, align: int, static: bool, exported: bool):
     """The batch's module; static when its code needs it, and if it fits, when later batches may
     reach its variables (their -fPIE code does so by initial exec)."""
@@ -250,33 +261,44 @@ def _register(batch, module, lo: int, size: int) -> None:
 
 def _foreign(batch, mask, kind) -> dict[int, tuple[int, int, int | None]]:
     """Where the variables of earlier batches that ``mask`` reaches live; raises for the others."""
-    out = {}
+    ks = np.flatnonzero(mask)
+    if not len(ks):
+        return {}
     n = batch.nsyms
     blocks = _BLOCKS.get(id(batch.memory), [])
-    for k in np.flatnonzero(mask).tolist():
-        t = int(batch.target[k])
-        e = batch.externals[t - n]
-        found = next(((lo, m) for lo, hi, m in blocks if lo <= e.address < hi), None)
-        why = ""
-        if found is None:
-            src = f" (found in {e.source})" if e.source else ""
-            why = (
-                f"{src}: not a thread-local variable of this batch or of an earlier one; variables of "
-                "shared libraries are reached through their own accessors"
-            )
-        elif kind[k] not in (Edge.TLSGDDelta32, Edge.GOTTPOffDelta32):
-            why = " (defined in an earlier batch): a local-exec or local-dynamic reference must stay in its batch"
-        elif kind[k] == Edge.GOTTPOffDelta32 and found[1].tp_offset is None:
-            why = (
-                " (defined in an earlier batch): initial exec needs that batch's TLS at a fixed offset from "
-                "the thread pointer, but it only uses the dynamic models; build this object with -fPIC "
-                "(general dynamic) or that one with -ftls-model=initial-exec"
-            )
-        if why:
-            raise TlsReferenceError(f"{batch.where(k)}: {batch.rtype_name(k)} against {e.name!r}{why}")
-        lo, m = found
-        out[t] = (m.modid, e.address - lo, m.tp_offset)
-    return out
+    targets, per_reloc = np.unique(batch.target[ks], return_inverse=True)
+    ext = [batch.externals[t - n] for t in targets.tolist()]
+    found = [next(((lo, m) for lo, hi, m in blocks if lo <= e.address < hi), None) for e in ext]
+    missing = np.array([f is None for f in found])[per_reloc]
+    dynamic = np.array([f is not None and f[1].tp_offset is None for f in found])[per_reloc]
+    k_kind = kind[ks]
+    ie = k_kind == Edge.GOTTPOffDelta32
+    bad = missing | ~((k_kind == Edge.TLSGDDelta32) | ie) | (ie & dynamic)
+    if np.any(bad):
+        j = int(np.argmax(bad))  # the first relocation, in order, that cannot be served
+        _refuse(batch, int(ks[j]), kind, ext[per_reloc[j]], found[per_reloc[j]])
+    return {
+        t: (m.modid, e.address - lo, m.tp_offset) for t, e, (lo, m) in zip(targets.tolist(), ext, found)
+    }
+
+
+def _refuse(batch, k: int, kind, e, found) -> None:
+    """Raise for relocation ``k``, whose target ``e`` (in the block ``found``, if any) it cannot reach."""
+    if found is None:
+        src = f" (found in {e.source})" if e.source else ""
+        why = (
+            f"{src}: not a thread-local variable of this batch or of an earlier one; variables of "
+            "shared libraries are reached through their own accessors"
+        )
+    elif kind[k] not in (Edge.TLSGDDelta32, Edge.GOTTPOffDelta32):
+        why = " (defined in an earlier batch): a local-exec or local-dynamic reference must stay in its batch"
+    else:
+        why = (
+            " (defined in an earlier batch): initial exec needs that batch's TLS at a fixed offset from "
+            "the thread pointer, but it only uses the dynamic models; build this object with -fPIC "
+            "(general dynamic) or that one with -ftls-model=initial-exec"
+        )
+    raise TlsReferenceError(f"{batch.where(k)}: {batch.rtype_name(k)} against {e.name!r}{why}")
 
 
 def _image_extent(batch, tp: TlsPlan) -> tuple[int, int, int, int]:
