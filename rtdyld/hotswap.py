@@ -30,7 +30,7 @@ def private_name(name: str) -> str:
     return f"{name}$impl{next(_serial)}"
 
 
-def as_object(src, name: str, opt: int = 2) -> ObjectFile:
+def as_object(src, name: str) -> ObjectFile:
     """An ObjectFile from an object (ObjectFile, path, bytes) or LLVM IR
     (text, bitcode, an llvmlite binding or ``llvmlite.ir`` module)."""
     if isinstance(src, ObjectFile):
@@ -42,23 +42,15 @@ def as_object(src, name: str, opt: int = 2) -> ObjectFile:
     if isinstance(src, (str, os.PathLike)) and _is_path(src):
         data, display = read_input(src)
         if os.path.splitext(str(src))[1] in (".ll", ".bc"):
-            data, display = compile_module(data if data[:2] == b"BC" else data.decode(), display, opt=opt)
+            data, display = compile_module(data, display)  # IR text or bitcode, as read
         return parse_object(data, display)
-    ir = src if isinstance(src, (str, bytes, bytearray)) or _is_module_ref(src) else str(src)
-    data, display = compile_module(ir, f"<{name}>", opt=opt)
-    return parse_object(data, display)
+    return parse_object(*compile_module(src, f"<{name}>"))
 
 
 def _is_path(src) -> bool:
     if isinstance(src, os.PathLike):
         return True
     return "\n" not in src and not src.lstrip().startswith(("define", "declare", ";", "target", "@", "source_filename"))
-
-
-def _is_module_ref(src) -> bool:
-    import llvmlite.binding as llvm
-
-    return isinstance(src, llvm.ModuleRef)
 
 
 def renamed(obj: ObjectFile, name: str, new: str) -> ObjectFile:
