@@ -46,7 +46,8 @@ def add_lazy_module(linker, module, name: str | None = None, reloc: str = "pic",
     from .irmodule import parse_module
 
     display = name or getattr(module, "name", None) or "<module>"
-    source = llvm.parse_assembly(str(parse_module(_ir_source(module), name)))
+    # A fresh copy to edit, whatever the caller passed (a ModuleRef of theirs is left as it is).
+    source = parse_module(module if isinstance(module, (str, bytes, bytearray)) else str(module), name)
     tag = f"__rtdyld_lazy{next(_serial)}"
     for k, g in enumerate(source.global_variables):
         if not g.is_declaration and g.linkage.name in _LOCAL:
@@ -88,17 +89,3 @@ def function_object(text: str, fname: str, lazy: list[str], display: str, option
     mod.verify()
     data, shown = compile_module(mod, display, **options)
     return parse_object(data, shown)
-
-
-def _ir_source(module):
-    """IR text or bitcode for ``module`` (an ``llvmlite.ir.Module`` prints as IR)."""
-    if isinstance(module, (str, bytes, bytearray)):
-        return module
-    try:
-        import llvmlite.binding as llvm
-
-        if isinstance(module, llvm.ModuleRef):
-            return str(module)
-    except ImportError:
-        pass
-    return str(module)
