@@ -47,10 +47,9 @@ from .tls_module import TlsModule, TlsModuleError
 from .x86_64 import fixup
 from .x86_64.edges import TLS_KINDS, Edge, kind_mask
 
-_TLS_KINDS = [int(k) for k in TLS_KINDS]
-_STATIC = [int(Edge.TPOffset32), int(Edge.TPOffset64), int(Edge.GOTTPOffDelta32)]
 # Kind tables: np.isin costs some 15 us a call, a gather one.
 _TLS_MASK = kind_mask(TLS_KINDS)
+_STATIC = kind_mask([Edge.TPOffset32, Edge.TPOffset64, Edge.GOTTPOffDelta32])
 _GD_LD = kind_mask([Edge.TLSGDDelta32, Edge.TLSLDDelta32])
 
 
@@ -173,7 +172,7 @@ def resolve(batch, kind, S, P, G, Z, S2, where) -> np.ndarray:
     where_of: dict[int, tuple[int, int, int | None]] = {}
     if np.any(own) or exported:
         init = _relocated_image(batch, tp, kind, S, P, G, Z, S2, where, lo, filesz)
-        tp.module = _load_for(batch, init, memsz, align, bool(np.any(np.isin(kind[own], _STATIC))), exported)
+        tp.module = _load_for(batch, init, memsz, align, bool(np.any(_STATIC[kind[own]])), exported)
         batch.allocation.add_release_hook(tp.module.close)
         _register(batch, tp.module, img_addr, memsz)
         targets, first = np.unique(batch.target[own], return_index=True)
@@ -338,7 +337,7 @@ def _check_targets(batch, tls, tp: TlsPlan) -> np.ndarray:
 def _relocated_image(batch, tp, kind, S, P, G, Z, S2, where, lo: int, filesz: int) -> bytes:
     """The initialised part of the image with the relocations inside it applied."""
     img = batch.allocation.memory[lo : lo + filesz].copy()
-    inside = np.isin(batch.relocs["section"], tp.sections) & ~np.isin(kind, _TLS_KINDS)
+    inside = np.isin(batch.relocs["section"], tp.sections) & ~_TLS_MASK[kind]
     if np.any(inside):
         k = kind[inside]
         v = fixup.compute(
