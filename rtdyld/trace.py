@@ -31,6 +31,8 @@ RELAX_NAMES = {
     scan.RELAX_CALL: "call *GOT -> addr32 call",
     scan.RELAX_JMP: "jmp *GOT -> jmp; nop",
 }
+# How many bytes before the field a relaxation rewrites (opcode, ModRM).
+_RELAX_LEAD = {scan.RELAX_MOV: 2, scan.RELAX_CALL: 2, scan.RELAX_JMP: 1}
 
 
 @dataclass
@@ -228,7 +230,6 @@ class _Builder:
         self.memory = batch.allocation.memory
         self.base = batch.allocation.target_base
         self.disassemble = disassemble
-        self._before: dict[int, bytearray] = {}
         self._anchors: dict[int, list[int]] = {}
         self._decoder: _Decoder | None = None
 
@@ -250,17 +251,11 @@ class _Builder:
             self._decoder = _Decoder(self.names())
         return self._decoder
 
-    def before_image(self, placed: int) -> bytearray:
+    def before_image(self, placed: int) -> bytes:
         """A section's bytes before the fixups: the object's bytes (zeros for zero-fill)."""
-        img = self._before.get(placed)
-        if img is None:
-            p = self.batch.sections[placed]
-            s = self.batch.objects[p.obj].sections[p.index]
-            img = bytearray(s.size)
-            if len(s.data):
-                img[: len(s.data)] = bytes(s.data)
-            self._before[placed] = img
-        return img
+        p = self.batch.sections[placed]
+        s = self.batch.objects[p.obj].sections[p.index]
+        return bytes(s.data).ljust(s.size, b"\0")
 
     def after_image(self, placed: int) -> bytes:
         p = self.batch.sections[placed]
@@ -312,7 +307,7 @@ class _Builder:
 
     def _fixups(self, t: dict, trace: Trace) -> None:
         r = t["relocs"]
-        kind, target, where = t["kind"], t["target"], t["where"]
+        kind, target = t["kind"], t["target"]
         width = WIDTH[kind]
         relax = t["relax"]
         use_stub = t["use_stub"]
@@ -322,18 +317,20 @@ class _Builder:
                         (np.uint64(1) << (width.astype(np.uint64) * np.uint64(8))) - np.uint64(1))
         stored = t["value"] & mask
         section = r["section"]
-        before_rows = {}
-        for placed in np.unique(section).tolist():
-            before_rows[placed] = self.before_image(placed)
+        images = {p: (self.before_image(p), self.after_image(p)) for p in np.unique(section).tolist()}
+        view = self.view
+        targets = {
+            tgt: (view.target_name(tgt), view.target_address(tgt), view.target_source(tgt))
+            for tgt in np.unique(target).tolist()
+        }
         cols = zip(
-            range(len(r)),
             section.tolist(),
             r["offset"].tolist(),
             r["obj"].tolist(),
             r["rtype"].tolist(),
             r["addend"].tolist(),
             target.tolist(),
-            where.tolist(),
+            t["where"].tolist(),
             t["P"].tolist(),
             t["S"].tolist(),
             stored.tolist(),
@@ -342,25 +339,22 @@ class _Builder:
             use_stub.tolist(),
             got_kinds.tolist(),
         )
-        after_images: dict[int, bytes] = {}
-        for k, placed, offset, oi, rtype, addend, tgt, w, P, S, value, nbytes, rx, stub, got_kind in cols:
+        for placed, offset, oi, rtype, addend, tgt, w, P, S, value, nbytes, rx, stub, got_kind in cols:
             p = self.batch.sections[placed]
             obj = self.batch.objects[oi]
             sec = obj.sections[p.index]
-            before = before_rows[placed]
-            if placed not in after_images:
-                after_images[placed] = self.after_image(placed)
-            after = after_images[placed]
+            before, after = images[placed]
             field_at = w - p.work
-            lo = field_at - {scan.RELAX_MOV: 2, scan.RELAX_CALL: 2, scan.RELAX_JMP: 1}.get(rx, 0)
+            lo = field_at - _RELAX_LEAD.get(rx, 0)
             hi = field_at + nbytes + (1 if rx == scan.RELAX_JMP else 0)
             insn_before = insn_after = ""
             if self.disassemble and sec.flags & SectionFlags.EXEC:
                 start, end = self.anchor(placed, offset)
                 dec = self.decoder()
-                insn_before = dec.containing(("before", placed), bytes(before), p.address, start, end, offset)
+                insn_before = dec.containing(("before", placed), before, p.address, start, end, offset)
                 insn_after = dec.containing(("after", placed), after, p.address, start, end, offset)
             slot = self.batch.got.get(tgt) if got_kind and rx == scan.RELAX_NONE else None
+            name, address, source = targets[tgt]
             trace.fixups.append(
                 FixupRecord(
                     object=obj.name,
@@ -368,18 +362,18 @@ class _Builder:
                     offset=offset,
                     P=P,
                     type=obj.reloc_type_name(rtype),
-                    symbol=self.view.target_name(tgt),
+                    symbol=name,
                     S=S,
                     A=addend,
                     value=value,
                     width=nbytes,
                     bytes_at=p.address + lo,
-                    bytes_before=_hex(bytes(before[lo:hi])),
+                    bytes_before=_hex(before[lo:hi]),
                     bytes_after=_hex(after[lo:hi]),
                     insn_before=insn_before,
                     insn_after=insn_after,
-                    target=self.view.target_address(tgt),
-                    source=self.view.target_source(tgt),
+                    target=address,
+                    source=source,
                     stub=S if stub else None,
                     got=slot,
                     relax=RELAX_NAMES.get(rx, ""),
