@@ -36,14 +36,23 @@ _RANGE = {
     Edge.TPOffset32: _I32,
     Edge.DTPOffset32: _I32,
 }
-_POINTER_LIKE = (
-    Edge.Pointer64, Edge.Pointer32, Edge.Pointer32Signed, Edge.Pointer16, Edge.Pointer8,
-    Edge.TPOffset32, Edge.TPOffset64, Edge.DTPOffset32, Edge.DTPOffset64,
-)
-_DELTA_LIKE = (
-    Edge.Delta64, Edge.Delta32, Edge.Delta16, Edge.Delta8, Edge.Branch32,
-    Edge.TLSGDDelta32, Edge.TLSLDDelta32, Edge.GOTTPOffDelta32,
-)
+# Kinds grouped by formula, and the formula of each kind as a table indexed by kind.
+_POINTER, _DELTA, _GOT_DELTA, _GOT_OFFSET, _GOT_BASE_OFFSET, _GOT_BASE_DELTA, _SIZE, _DIFFERENCE, _UNHANDLED = range(9)
+_FORMULA_KINDS = {
+    _POINTER: (Edge.Pointer64, Edge.Pointer32, Edge.Pointer32Signed, Edge.Pointer16, Edge.Pointer8,
+               Edge.TPOffset32, Edge.TPOffset64, Edge.DTPOffset32, Edge.DTPOffset64),
+    _DELTA: (Edge.Delta64, Edge.Delta32, Edge.Delta16, Edge.Delta8, Edge.Branch32,
+             Edge.TLSGDDelta32, Edge.TLSLDDelta32, Edge.GOTTPOffDelta32),
+    _GOT_DELTA: (Edge.GOTDelta32, Edge.GOTDelta32Relaxable, Edge.GOTDelta64),
+    _GOT_OFFSET: (Edge.GOTOffset64,),
+    _GOT_BASE_OFFSET: (Edge.GOTBaseOffset64, Edge.PLTOffset64),
+    _GOT_BASE_DELTA: (Edge.GOTBaseDelta32, Edge.GOTBaseDelta64),
+    _SIZE: (Edge.Size32, Edge.Size64),
+    _DIFFERENCE: (Edge.Difference64, Edge.Difference32),
+}  # fmt: skip
+_FORMULA = np.full(N_EDGES, _UNHANDLED, dtype=np.intp)
+for _f, _kinds in _FORMULA_KINDS.items():
+    _FORMULA[[int(k) for k in _kinds]] = _f
 # The same as tables indexed by kind; kinds without a range (64-bit fields) accept anything.
 _LOW = np.full(N_EDGES, np.iinfo(np.int64).min, dtype=np.int64)
 _HIGH = np.full(N_EDGES, np.iinfo(np.int64).max, dtype=np.int64)
@@ -60,30 +69,29 @@ def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
     A = A.astype(np.int64).view(U)
     GOT = U(GOT)
     v = np.zeros(len(kind), dtype=U)
-    for k in np.flatnonzero(np.bincount(kind)):
-        m = kind == k
+    formula = _FORMULA[kind]
+    # One pass per formula present, each over all its kinds' rows.
+    for f in np.flatnonzero(np.bincount(formula)).tolist():
+        m = formula == f
         s, a, p = S[m], A[m], P[m]
-        k = Edge(int(k))
-        if k in _POINTER_LIKE:
+        if f == _POINTER:
             v[m] = s + a
-        elif k in _DELTA_LIKE:
+        elif f == _DELTA:
             v[m] = s + a - p
-        elif k in (Edge.GOTDelta32, Edge.GOTDelta32Relaxable, Edge.GOTDelta64):
+        elif f == _GOT_DELTA:
             v[m] = GOT + G[m] + a - p
-        elif k == Edge.GOTOffset64:
+        elif f == _GOT_OFFSET:
             v[m] = G[m] + a
-        elif k == Edge.GOTBaseOffset64:
-            v[m] = s + a - GOT
-        elif k in (Edge.GOTBaseDelta32, Edge.GOTBaseDelta64):
+        elif f == _GOT_BASE_OFFSET:
+            v[m] = s + a - GOT  # L = S for PLTOffset64: the 64-bit call reaches anything
+        elif f == _GOT_BASE_DELTA:
             v[m] = GOT + a - p
-        elif k == Edge.PLTOffset64:
-            v[m] = s + a - GOT  # L = S: no lazy PLT, the 64-bit call reaches anything
-        elif k in (Edge.Size32, Edge.Size64):
+        elif f == _SIZE:
             v[m] = Z[m] + a
-        elif k in (Edge.Difference64, Edge.Difference32):
+        elif f == _DIFFERENCE:
             v[m] = s - S2[m] + a
         else:
-            raise AssertionError(f"unhandled edge kind {k!r}")
+            raise AssertionError(f"unhandled edge kind {Edge(int(kind[m][0]))!r}")
     return v
 
 
