@@ -63,8 +63,6 @@ class LazyFunction:
     lock: threading.Lock = field(default_factory=threading.Lock)
     compiling: int | None = None  # thread ident while compile_fn runs
     address: int = 0  # the implementation, once linked
-    handle: object | None = None  # its batch, when rtdyld linked it
-    compilations: int = 0
     trap: str | None = None  # set for a trap: calling it prints this and aborts
 
 
@@ -106,7 +104,6 @@ def _resolve(function_id: int) -> int:
             return _failed(fn, e)
         finally:
             fn.compiling = None
-            fn.compilations += 1
         stubs = fn.linker.stubs
         with stubs._lock:
             current = stubs.target(fn.name, fn.dylib)
@@ -117,7 +114,6 @@ def _resolve(function_id: int) -> int:
                 # newer definition wins; this call goes there too.
                 stubs.retire(handle)
                 address = current
-        fn.handle = handle
         fn.address = address
         return address
 
