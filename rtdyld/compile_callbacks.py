@@ -165,21 +165,27 @@ def _die(message: str) -> None:
         os.abort()
 
 
+def _sealed_code(linker, what: str, size: int, code_at):
+    """A read-execute allocation of ``size`` bytes holding ``code_at(its address)``, sealed."""
+    from memmgr import Prot, SegmentRequest
+
+    from .lazy import allocate
+
+    alloc = allocate(linker, [SegmentRequest(what, size, Prot.RX)])
+    alloc.view(0)[:] = np.frombuffer(code_at(alloc.target_base), dtype=np.uint8)
+    alloc.finalize()
+    return alloc
+
+
 class CompileCallbacks:
     """One Linker's resolver and trampolines (they must lie in its reservation)."""
 
     def __init__(self, linker):
-        from memmgr import Prot, SegmentRequest
-
-        from .lazy import allocate
-
         self.linker = linker
         code = indirection.resolver(callback_address())
-        self.resolver_allocation = allocate(linker, [SegmentRequest("lazy resolver", len(code), Prot.RX)])
+        self.resolver_allocation = _sealed_code(linker, "lazy resolver", len(code), lambda _: code)
         self.resolver_address = self.resolver_allocation.target_base
-        self.resolver_allocation.view(0)[:] = np.frombuffer(code, dtype=np.uint8)
-        self.resolver_allocation.finalize()
-        self._chunks: list[tuple[int, list[int]]] = []  # (base address, unused ids)
+        self._free: list[tuple[int, int]] = []  # (id, address) of the trampolines not handed out yet
         self._lock = threading.Lock()
 
     def trampoline(self) -> tuple[int, int]:
@@ -188,34 +194,26 @@ class CompileCallbacks:
         A chunk's trampolines are all written, with ids reserved for them,
         before it is sealed: none is ever patched later.
         """
-        from memmgr import Prot, SegmentRequest
-
-        from .lazy import allocate
-
         with self._lock:
-            if not self._chunks or not self._chunks[-1][1]:
-                size = TRAMPOLINES_PER_CHUNK * indirection.TRAMPOLINE_SIZE
-                alloc = allocate(self.linker, [SegmentRequest("lazy trampolines", size, Prot.RX)])
+            if not self._free:
                 with _registry_lock:
                     ids = [next(_ids) for _ in range(TRAMPOLINES_PER_CHUNK)]
-                base = alloc.target_base
-                code = b"".join(
-                    indirection.trampoline(base + k * indirection.TRAMPOLINE_SIZE, fid, self.resolver_address)
-                    for k, fid in enumerate(ids)
-                )
-                alloc.view(0)[:] = np.frombuffer(code, dtype=np.uint8)
-                alloc.finalize()
-                self._chunks.append((base, ids))
-            base, free = self._chunks[-1]
-            k = TRAMPOLINES_PER_CHUNK - len(free)
-            return free.pop(0), base + k * indirection.TRAMPOLINE_SIZE
+                size = indirection.TRAMPOLINE_SIZE
+
+                def code_at(base):
+                    return b"".join(indirection.trampoline(base + k * size, fid, self.resolver_address)
+                                    for k, fid in enumerate(ids))
+
+                base = _sealed_code(self.linker, "lazy trampolines", len(ids) * size, code_at).target_base
+                self._free = [(fid, base + k * size) for k, fid in enumerate(ids)]
+            return self._free.pop(0)
 
     def close(self) -> None:
         """Forget the Linker's lazy functions; their memory goes with ``release_indirection``."""
         with _registry_lock:
             for fid in [fid for fid, fn in _functions.items() if fn.linker is self.linker]:
                 del _functions[fid]
-        self._chunks.clear()
+        self._free.clear()
 
 
 def callbacks_of(linker) -> CompileCallbacks:
