@@ -68,11 +68,6 @@ class IfuncPlan:
     names: dict[str, int] = field(default_factory=dict)  # published name -> target id
     resolver: np.ndarray | None = None  # resolver address per target
     slot_work: dict[int, int] = field(default_factory=dict)  # target -> GOT slot work offset
-    where: np.ndarray | None = None  # deferred relocations: work offset, kind, value, target, row
-    kind: np.ndarray | None = None
-    value: np.ndarray | None = None
-    target: np.ndarray | None = None
-    rows: np.ndarray | None = None
 
 
 def plan(batch, scanned: scan.ScanResult) -> tuple[scan.ScanResult, IfuncPlan | None]:
@@ -125,13 +120,6 @@ def finish(batch) -> IfuncPlan | None:
     base = batch.allocation.target_base
     p.resolver = batch.addr[p.targets].copy()
     p.slot_work = {t: batch.got[t] - base for t in p.targets.tolist() if t in batch.got}
-    t = batch.tables
-    rows = np.flatnonzero(p.deferred) if t else np.zeros(0, dtype=np.int64)
-    p.rows = rows
-    p.where = t["where"][rows] if t else rows
-    p.kind = t["kind"][rows] if t else rows
-    p.value = t["value"][rows] if t else rows
-    p.target = t["target"][rows] if t else rows
     return p
 
 
@@ -167,19 +155,22 @@ def bind(lb, executable: bool, run_code: bool = True) -> None:
     mem = alloc.memory
     for t, work in p.slot_work.items():
         mem[work : work + 8] = np.array([resolved[by_id[t]]], dtype="<u8").view(np.uint8)
-    if len(p.rows):
-        idx = np.array([by_id[t] for t in p.target.tolist()], dtype=np.int64)
-        value = p.value + (resolved[idx] - p.resolver[idx])
-        bad = fixup.out_of_range(p.kind, value)
+    rows = np.flatnonzero(p.deferred)
+    if len(rows):
+        tab = lb.tables  # what the fixups wrote: rewritten with the resolved addresses
+        kind, target = tab["kind"][rows], tab["target"][rows]
+        idx = np.searchsorted(p.targets, target)
+        value = tab["value"][rows] + (resolved[idx] - p.resolver[idx])
+        bad = fixup.out_of_range(kind, value)
         if np.any(bad):
             k = int(np.flatnonzero(bad)[0])
             raise RelocationOverflowError(
-                f"a {Edge(int(p.kind[k])).name} reference to the IFUNC {names.get(int(p.target[k]), '?')!r} "
+                f"a {Edge(int(kind[k])).name} reference to the IFUNC {names.get(int(target[k]), '?')!r} "
                 f"does not reach its resolved address {int(resolved[idx[k]]):#x}"
             )
-        fixup.write(mem, p.where, p.kind, value)
-        lb.tables["value"][p.rows] = value
-        lb.tables["S"][p.rows] = resolved[idx]
+        fixup.write(mem, tab["where"][rows], kind, value)
+        tab["value"][rows] = value
+        tab["S"][rows] = resolved[idx]
     for name, t in p.names.items():
         d = lb.definitions.get(name)
         if d is not None:
