@@ -424,9 +424,9 @@ def cmd_check(args, program_args: list[str]) -> int:
 
 
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
-    for row in (header, *rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    from .trace import table_lines
+
+    print("\n".join(table_lines(header, rows)))
 
 
 def cmd_cache(args, program_args: list[str]) -> int:

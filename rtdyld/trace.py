@@ -411,7 +411,8 @@ def fixup_cells(f: FixupRecord) -> tuple[str, ...]:
     )
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def table_lines(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """The header and rows as lines of left-aligned columns two spaces apart."""
     widths = [max(len(c) for c in col) for col in zip(header, *rows)]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
 
@@ -424,7 +425,7 @@ def format_table(trace: Trace) -> str:
     n = len(trace.fixups)
     out.append(f"{n} relocation{'s' if n != 1 else ''} applied")
     if trace.fixups:
-        lines = _table(FIXUP_COLUMNS, [fixup_cells(f) for f in trace.fixups])
+        lines = table_lines(FIXUP_COLUMNS, [fixup_cells(f) for f in trace.fixups])
         out.append(lines[0])
         for f, line in zip(trace.fixups, lines[1:]):
             out.append(line)
@@ -444,28 +445,28 @@ def format_table(trace: Trace) -> str:
     if trace.got:
         out.append("")
         out.append(f"GOT slots ({len(trace.got)}):")
-        out.extend("  " + line for line in _table(
+        out.extend("  " + line for line in table_lines(
             ("ADDRESS", "SYMBOL", "CONTENTS", "FROM"),
             [(f"{g.address:#x}", g.symbol, f"{g.value:#x}", g.source) for g in trace.got],
         ))
     if trace.stubs:
         out.append("")
         out.append(f"Stubs ({len(trace.stubs)}):")
-        out.extend("  " + line for line in _table(
+        out.extend("  " + line for line in table_lines(
             ("ADDRESS", "SYMBOL", "GOT SLOT", "CODE"),
             [(f"{s.address:#x}", s.symbol, f"{s.got:#x}", s.insn) for s in trace.stubs],
         ))
     if trace.externals:
         out.append("")
         out.append(f"Externals ({len(trace.externals)}):")
-        out.extend("  " + line for line in _table(
+        out.extend("  " + line for line in table_lines(
             ("SYMBOL", "ADDRESS", "FROM"),
             [(e.symbol, f"{e.address:#x}", e.source) for e in trace.externals],
         ))
     if trace.pulls:
         out.append("")
         out.append(f"Archive members loaded ({len(trace.pulls)}):")
-        out.extend("  " + line for line in _table(
+        out.extend("  " + line for line in table_lines(
             ("MEMBER", "FOR", "REFERENCED BY"),
             [(p.member, p.symbol or "(whole archive)", p.referrer) for p in trace.pulls],
         ))
@@ -489,4 +490,5 @@ __all__ = [
     "fixup_cells",
     "format_json",
     "format_table",
+    "table_lines",
 ]
