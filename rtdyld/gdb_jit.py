@@ -34,6 +34,7 @@ import numpy as np
 from . import host
 from .code_symbols import function_symbols
 from .gdb_jit_image import ImageSection, build_image
+from .objfile.elf_tables import ELF64_SYM
 
 ffi = cffi.FFI()
 ffi.cdef(
@@ -99,10 +100,8 @@ def symtab_values(path: str, names: list[str]) -> dict[str, int]:
         strtab = elf.get_section(symtab["sh_link"])
         f.seek(strtab["sh_offset"])
         strings = f.read(strtab["sh_size"])
-        dtype = np.dtype([("st_name", "<u4"), ("st_info", "u1"), ("st_other", "u1"), ("st_shndx", "<u2"),
-                          ("st_value", "<u8"), ("st_size", "<u8")])
         f.seek(symtab["sh_offset"])
-        syms = np.fromfile(f, dtype=dtype, count=symtab["sh_size"] // dtype.itemsize)
+        syms = np.fromfile(f, dtype=ELF64_SYM, count=symtab["sh_size"] // ELF64_SYM.itemsize)
     for name in names:
         needle = name.encode() + b"\0"
         starts, at = [], strings.find(needle)
