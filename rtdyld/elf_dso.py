@@ -14,7 +14,7 @@ Everything is placed at virtual address == file offset, starting at 0.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PAGE = 4096
 
@@ -47,12 +47,10 @@ class TlsImage:
 
 @dataclass
 class SharedObject:
-    """The bytes of the object and where its parts landed (virtual addresses)."""
+    """The bytes of the object and where its data area landed (a virtual address)."""
 
     image: bytes
     data_vaddr: int
-    tls_vaddr: int | None
-    layout: dict[str, int] = field(default_factory=dict)
 
 
 def _align(n: int, a: int) -> int:
@@ -127,4 +125,4 @@ def build_shared_object(
         out[tls_off : tls_off + len(tls.init)] = tls.init
     for i, (tag, val) in enumerate(dyn):
         out[dyn_off + i * DYN_SIZE : dyn_off + (i + 1) * DYN_SIZE] = struct.pack("<qQ", tag, val)
-    return SharedObject(bytes(out), data_off, tls_off, {"dynamic": dyn_off, "rela": rela_off, "size": total})
+    return SharedObject(bytes(out), data_off)
