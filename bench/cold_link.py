@@ -33,7 +33,6 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -41,14 +40,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gen_archive, report
-from .engines import LLJIT, MCJIT, _LLJITSession
+from . import childproc, gen_archive, report
+from .childproc import REPO, write_objects
+from .engines import LLJIT, MCJIT, _LLJITSession, _llvm
 from .gen import cache_dir
 from .report import Row
 from .session import Session
 from .timing import Measurement
 
-REPO = Path(__file__).resolve().parent.parent
 DRIVERS = REPO / "fixtures" / "archive_link"
 SYSTEM_LIBS = Path("/usr/lib/x86_64-linux-gnu")
 CFLAGS = ("-O2", "-fPIE")
@@ -238,14 +237,6 @@ def _rtdyld(inputs: Inputs) -> _Timed:
     )
 
 
-def _llvm():
-    import llvmlite.binding as llvm
-
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    return llvm
-
-
 def _mcjit(objects: list[bytes], exports: list[str]) -> _Timed:
     llvm = _llvm()
 
@@ -324,20 +315,8 @@ def _measure(engine: str, timed: _Timed, case: Case, relocs: int, runs: int, bud
 def _probe(engine: str, case: Case, objects: list[bytes]) -> str | None:
     """Link with a peer in a child process first: None if it links and runs, else why not."""
     with tempfile.TemporaryDirectory(prefix="rtdyld-bench-") as d:
-        paths = []
-        for i, data in enumerate(objects):
-            p = Path(d) / f"{i}.o"
-            p.write_bytes(data)
-            paths.append(str(p))
         code = "import sys; from bench.cold_link import probe; sys.exit(probe(sys.argv[1], sys.argv[2], sys.argv[3:]))"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        proc = subprocess.run([sys.executable, "-c", code, engine, case.name, *paths], check=False, cwd=REPO,
-                              env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode == 0:
-        return None
-    lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    why = lines[-1] if lines else f"exit status {proc.returncode}"
-    return why.removeprefix("LLVM ERROR: ")
+        return childproc.probe(code, [engine, case.name, *write_objects(objects, d)])
 
 
 def probe(engine: str, case_name: str, paths: list[str]) -> int:

@@ -11,7 +11,6 @@ for IR inputs, pyelftools for nothing on the link path).
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -19,12 +18,12 @@ import time
 from pathlib import Path
 
 from . import report
+from .childproc import REPO, child_env
 from .gen import _atomic_write, cache_dir
 from .report import Row
 from .session import Session
 from .timing import Measurement
 
-REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("capstone", "llvmlite", "elftools", "hypothesis", "numpy.ma")
 GOAL = 1.5
 SMALL_IR = """\
@@ -85,7 +84,7 @@ def _env() -> dict[str, str]:
     # Bytecode is cached (outside the source tree) as an installed package's
     # would be, even where PYTHONDONTWRITEBYTECODE is set: otherwise every run
     # compiles rtdyld from source, which is not start-up as users see it.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = child_env()
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(cache_dir() / "pycache")
     return env

@@ -27,26 +27,26 @@ import functools
 import gc
 import hashlib
 import json
-import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import report
+from .childproc import child_env, last_line, run_python, write_objects
+from .childproc import probe as probe_child
+from .cold_link import AVAILABILITY, SYSTEM_LIBS, check_link
 from .cold_link import CASES as ARCHIVE_CASES
-from .cold_link import SYSTEM_LIBS, check_link
 from .cold_link import _compile as compile_driver
+from .engines import _llvm
 from .gen import cache_dir
 from .report import Row
 from .session import Session
 from .timing import Measurement
 
-REPO = Path(__file__).resolve().parent.parent
 MEMBERS = 120
 QUICK_MEMBERS = 6
 CALLS = 60  # cross-member calls and global loads per member
@@ -234,13 +234,11 @@ def child(argv: list[str]) -> int:
 def _run_child(cache: Path, case: Case) -> dict:
     code = "import sys; from bench.warm_link import child; sys.exit(child(sys.argv[1:]))"
     args = [str(cache), case.name, str(case.members), *map(str, case.programs), "--", *map(str, case.archives)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = child_env()
     env.pop("RTDYLD_LINK_CACHE", None)
-    proc = subprocess.run([sys.executable, "-c", code, *args], check=False, cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_python(code, args, env)
     if proc.returncode != 0:
-        lines = (proc.stdout + proc.stderr).strip().splitlines()
-        raise RuntimeError(lines[-1] if lines else f"exit status {proc.returncode}")
+        raise RuntimeError(last_line(proc))
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -264,14 +262,6 @@ def _pulled(case: Case) -> tuple[list[bytes], int]:
     finally:
         ln.close()
     return [p.read_bytes() for p in case.programs] + members, relocs
-
-
-def _llvm():
-    import llvmlite.binding as llvm
-
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    return llvm
 
 
 def _peer(name: str, paths: list[str], entries: tuple[str, ...]):
@@ -318,16 +308,6 @@ def _peer(name: str, paths: list[str], entries: tuple[str, ...]):
     return prepare, link_lljit, lambda state, s: state[1][s], release
 
 
-def _peer_unavailable(name: str) -> str | None:
-    try:
-        llvm = _llvm()
-    except ImportError:
-        return "llvmlite is not installed"
-    if name != "MCJIT" and not (hasattr(llvm, "create_lljit_compiler") and hasattr(llvm, "JITLibraryBuilder")):
-        return "this llvmlite has no LLJIT API"
-    return None
-
-
 def probe(argv: list[str]) -> int:
     """The child side of :func:`_probe`: link the objects with one peer and check the case."""
     name, case_name, members, entries, paths = argv[0], argv[1], int(argv[2]), argv[3].split(","), argv[4:]
@@ -339,24 +319,9 @@ def probe(argv: list[str]) -> int:
     return 0 if verdict == "ok" else 1
 
 
-def _extract(objects: list[bytes], directory: str) -> list[str]:
-    paths = []
-    for i, data in enumerate(objects):
-        p = Path(directory) / f"{i}.o"
-        p.write_bytes(data)
-        paths.append(str(p))
-    return paths
-
-
 def _probe(name: str, case: Case, paths: list[str]) -> str | None:
     code = "import sys; from bench.warm_link import probe; sys.exit(probe(sys.argv[1:]))"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", code, name, case.name, str(case.members), ",".join(case.entries), *paths],
-                          check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode == 0:
-        return None
-    lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    return (lines[-1] if lines else f"exit status {proc.returncode}").removeprefix("LLVM ERROR: ")
+    return probe_child(code, [name, case.name, str(case.members), ",".join(case.entries), *paths])
 
 
 def _measure_peer(name: str, case: Case, paths: list[str], relocs: int, runs: int) -> Measurement:
@@ -406,9 +371,9 @@ def _run_case(session: Session, case: Case, runs: int) -> Row:
     peers: dict[str, Measurement | None] = {}
     failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="rtdyld-warm-") as d:
-        paths = _extract(objects, d)
+        paths = write_objects(objects, d)
         for name in PEERS:
-            why = _peer_unavailable(name)
+            why = AVAILABILITY[name].unavailable()
             if why:
                 session.note(f"{name} skipped: {why}")
                 peers[name] = None
