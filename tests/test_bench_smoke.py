@@ -33,20 +33,27 @@ def table_after(title: str, out: str) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def test_quick_run_prints_summary_with_ratios(tmp_path):
+def run_bench(tmp_path, *args: str, timeout: int) -> str:
+    """The output of ``python -m bench --quick --runs 1 ARGS``, its cache in ``tmp_path``; it must exit 0."""
     env = {**os.environ, "RTDYLD_BENCH_CACHE": str(tmp_path)}
+    env.pop("RTDYLD_LINK_CACHE", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--max-relocs", "2000", "--runs", "1"]
-        + [arg for name in BENCHMARKS for arg in ("--only", name)],
+        [sys.executable, "-m", "bench", "--quick", "--runs", "1", *args],
         check=False,
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    return proc.stdout
+
+
+def test_quick_run_prints_summary_with_ratios(tmp_path):
+    out = run_bench(
+        tmp_path, "--max-relocs", "2000", *[arg for name in BENCHMARKS for arg in ("--only", name)], timeout=300
+    )
     assert "WRONG" not in out and "error:" not in out, out
 
     header, rows = table_after("link_object:", out)
@@ -74,18 +81,7 @@ def test_generated_object_has_the_requested_relocation_count(tmp_path, monkeypat
 
 
 def test_stubs_benchmark_quick_run_prints_both_tables(tmp_path):
-    env = {**os.environ, "RTDYLD_BENCH_CACHE": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--runs", "1", "--only", "stubs"],
-        check=False,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    out = run_bench(tmp_path, "--only", "stubs", timeout=300)
     assert "error:" not in out, out
     header, rows = table_after("stubs: loop(", out)
     assert header[:4] == ["call site", "callee", "direct ms", "stub ms"], header
@@ -117,19 +113,7 @@ def test_generated_archive_links_every_member_and_checks(tmp_path, monkeypatch):
 
 
 def test_warm_link_quick_run_links_warm_and_checks(tmp_path):
-    env = {**os.environ, "RTDYLD_BENCH_CACHE": str(tmp_path)}
-    env.pop("RTDYLD_LINK_CACHE", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--runs", "1", "--only", "warm_link"],
-        check=False,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    out = run_bench(tmp_path, "--only", "warm_link", timeout=600)
     assert "WRONG" not in out and "error:" not in out and "missed the cache" not in out, out
     assert "the cold link stored no batch" not in out, out
     header, rows = table_after("warm_link: generated", out)
