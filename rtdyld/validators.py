@@ -33,14 +33,18 @@ class BatchView:
 def batch_view(linked) -> BatchView:
     mem = linked.allocation.memory
     tables = linked.tables
-    rel_sec = tables["relocs"]["section"] if tables else np.zeros(0, np.int32)
+    if tables:
+        # One sort splits the table by section (rows keep their order within one).
+        relocs = tables["relocs"]
+        order = np.argsort(relocs["section"], kind="stable")
+        bounds = np.searchsorted(relocs["section"][order], np.arange(len(linked.sections) + 1)).tolist()
     views = []
     for gid, p in enumerate(linked.sections):
         obj = linked.objects[p.obj]
         s = obj.sections[p.index]
         zero = bool(s.flags & SectionFlags.ZERO_FILL)
         data = b"" if zero else bytes(mem[p.work : p.work + s.size])
-        rows = tables["relocs"][rel_sec == gid] if tables else np.zeros(0)
+        rows = relocs[order[bounds[gid] : bounds[gid + 1]]] if tables else np.zeros(0)
         views.append(SectionView(obj.name, s.name, p.address, data, bool(s.flags & SectionFlags.EXEC), rows))
     return BatchView(views)
 
