@@ -52,12 +52,20 @@ class Stub:
     address: int
     slot_address: int
     definition: SymbolDef  # what the dylib publishes for the name
-    target: int
+    chunk: _Chunk
+    index: int  # of the stub in its chunk
     handle: object | None = None  # the batch holding the current target, when rtdyld linked it
-    previous: SymbolDef | None = None  # the name's definition before the stub existed
-    chunk: _Chunk | None = None
-    index: int = 0  # of the stub in its chunk
     fallback: object = None  # where a forced remove of its target points it, if not at a trap
+
+    @property
+    def target(self) -> int:
+        """Where the stub jumps now (read back from its slot)."""
+        return int(self.chunk.slots[self.index])
+
+    def point(self, address: int, handle) -> None:
+        """Re-point the stub: one aligned 8-byte store into its slot."""
+        self.chunk.slots[self.index] = address
+        self.handle = handle
 
 
 # Every allocation made for stubs, trampolines and resolvers, with its Linker:
@@ -144,13 +152,11 @@ class StubsManager:
         with self._lock:
             if (id(d), name) in self._stubs:
                 raise UsageError(f"{name!r} already has an indirect stub in dylib {d.name!r}")
-            previous = d.published.get(name)
             address, handle = self._target(target if target is not None else name, d)
             chunk = self._chunk()
             i = chunk.used
             chunk.used += 1
             stub_address = chunk.code_base + i * indirection.STUB_SIZE
-            chunk.slots[i] = address
             definition = SymbolDef(
                 name=name,
                 address=stub_address,
@@ -160,7 +166,8 @@ class StubsManager:
                 origin=STUB_ORIGIN,
                 section="stubs",
             )
-            stub = Stub(name, d, stub_address, chunk.slot_base + 8 * i, definition, address, handle, previous, chunk, i)
+            stub = Stub(name, d, stub_address, chunk.slot_base + 8 * i, definition, chunk, i)
+            stub.point(address, handle)
             self._stubs[(id(d), name)] = stub
             stub_slots.register(stub_address, stub.slot_address)
             d.published[name] = definition
@@ -175,9 +182,7 @@ class StubsManager:
         stub = self.stub(name, dylib)
         with self._lock:
             address, found = self._target(new_target, stub.dylib)
-            stub.chunk.slots[stub.index] = address
-            stub.target = address
-            stub.handle = handle if handle is not None else found
+            stub.point(address, handle if handle is not None else found)
 
     def address(self, name: str, dylib: Dylib | None = None) -> int:
         """The stub's address: what callers of ``name`` are linked against."""
@@ -197,8 +202,7 @@ class StubsManager:
 
     def target(self, name: str, dylib: Dylib | None = None) -> int:
         """Where the stub of ``name`` jumps now (read back from its slot)."""
-        stub = self.stub(name, dylib)
-        return int(stub.chunk.slots[stub.index])
+        return self.stub(name, dylib).target
 
     def __iter__(self):
         return iter(list(self._stubs.values()))
@@ -245,9 +249,7 @@ class StubsManager:
         ranges = [(lb.allocation.target_base, lb.allocation.target_base + lb.allocation.size) for _, lb in handle.parts]
         with self._lock:
             return [
-                s
-                for s in self._stubs.values()
-                if s.handle is handle or any(lo <= int(s.chunk.slots[s.index]) < hi for lo, hi in ranges)
+                s for s in self._stubs.values() if s.handle is handle or any(lo <= s.target < hi for lo, hi in ranges)
             ]
 
     def before_remove(self, handle, force: bool) -> None:
@@ -280,16 +282,13 @@ class StubsManager:
             except UsageError:
                 address, found = 0, None
             if address and found is not handle and not any(lo <= address < hi for lo, hi in ranges):
-                stub.chunk.slots[stub.index] = address
-                stub.target, stub.handle = address, found
+                stub.point(address, found)
                 return
         from .compile_callbacks import trap
 
         why = (f"{stub.name!r} was called after batch #{handle.number} ({', '.join(handle.objects)}), "
                "which held its code, was removed with force=True")
-        address = trap(self.linker, stub.name, stub.dylib, why)
-        stub.chunk.slots[stub.index] = address
-        stub.target, stub.handle = address, None
+        stub.point(trap(self.linker, stub.name, stub.dylib, why), None)
 
     def close(self) -> None:
         """Unpublish every stub; ``release_indirection`` then releases their memory."""
