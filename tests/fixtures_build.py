@@ -79,21 +79,18 @@ class Builder:
     def cc(self, source: str | Path, *flags: str) -> Path:
         """Compile a C file (a path, or a name relative to fixtures/c) to an object."""
         src = self._c_source(source)
-        text = src.read_bytes()
-        key = _key(str(src), text, *flags)
-        if key not in self._objects:
-            out = self.root / f"{src.stem}-{key}.o"
-            self._run(["gcc", "-c", *flags, "-o", str(out), str(src)])
-            self._objects[key] = out
-        return self._objects[key]
+        return self._compile("gcc", src, _key(str(src), src.read_bytes(), *flags), flags)
 
     def cxx(self, source: str | Path, *flags: str) -> Path:
         """Compile a C++ file (a path, or a name relative to fixtures/cxx) with g++."""
         src = Path(source) if Path(source).is_absolute() else CXX_DIR / source
-        key = _key(str(src), src.read_bytes(), *[p.read_bytes() for p in sorted(src.parent.glob("*.h"))], *flags)
+        headers = [p.read_bytes() for p in sorted(src.parent.glob("*.h"))]
+        return self._compile("g++", src, _key(str(src), src.read_bytes(), *headers, *flags), flags)
+
+    def _compile(self, compiler: str, src: Path, key: str, flags: tuple[str, ...]) -> Path:
         if key not in self._objects:
             out = self.root / f"{src.stem}-{key}.o"
-            self._run(["g++", "-c", *flags, "-o", str(out), str(src)])
+            self._run([compiler, "-c", *flags, "-o", str(out), str(src)])
             self._objects[key] = out
         return self._objects[key]
 
