@@ -33,20 +33,27 @@ def check_section_tables(headers: list, fail: Callable[[str], Exception]) -> Non
     """
     n = len(headers)
     for i, h in enumerate(headers):
-        label = f"section [{i}] {h.name!r}"
         sized = _ENTRY_SIZES.get(h.type)
         if sized is not None:
             kind, want = sized
             if h.entsize != want or h.size % want:
-                raise fail(f"{label} ({kind}) has entry size {h.entsize} and size {h.size}; {kind} entries are "
-                           f"{want} bytes")
-        linked = _LINKS.get(h.type)
-        if linked is not None:
-            want_type, what = linked
+                raise fail(
+                    f"{_label(i, h)} ({kind}) has entry size {h.entsize} and size {h.size}; {kind} entries are "
+                    f"{want} bytes"
+                )
+            # Every table with an entry size also has a link to check.
+            want_type, what = _LINKS[h.type]
             target = h.link
             if target >= n or headers[target].type != want_type:
                 found = f"section [{target}] of type {headers[target].type}" if target < n else "no section"
-                raise fail(f"{label} links to {found} (sh_link {target}), not to {what}")
+                raise fail(f"{_label(i, h)} links to {found} (sh_link {target}), not to {what}")
         if h.flags & SHF_COMPRESSED and h.type != SHT_NOBITS and h.size < CHDR_SIZE:
-            raise fail(f"{label} is compressed (SHF_COMPRESSED) but too small ({h.size} bytes) for its "
-                       f"{CHDR_SIZE}-byte compression header")
+            raise fail(
+                f"{_label(i, h)} is compressed (SHF_COMPRESSED) but too small ({h.size} bytes) for its "
+                f"{CHDR_SIZE}-byte compression header"
+            )
+
+
+def _label(i: int, h) -> str:
+    # Built only for a message: formatting it for every header cost more than the checks.
+    return f"section [{i}] {h.name!r}"
