@@ -246,11 +246,9 @@ class StubsManager:
 
     def pointing_into(self, handle) -> list[Stub]:
         """The stubs whose slot holds an address inside ``handle``'s memory."""
-        ranges = [(lb.allocation.target_base, lb.allocation.target_base + lb.allocation.size) for _, lb in handle.parts]
+        ranges = _ranges(handle)
         with self._lock:
-            return [
-                s for s in self._stubs.values() if s.handle is handle or any(lo <= s.target < hi for lo, hi in ranges)
-            ]
+            return [s for s in self._stubs.values() if s.handle is handle or _inside(s.target, ranges)]
 
     def before_remove(self, handle, force: bool) -> None:
         """Called by ``Linker.remove`` (under the Linker lock) before ``handle`` goes.
@@ -270,8 +268,7 @@ class StubsManager:
                     f"{names} still jump into it; re-point them first (Linker.replace or stubs.update) or pass "
                     "force=True, which points them at their fallback or else at a trap that aborts when called"
                 )
-            ranges = [(lb.allocation.target_base, lb.allocation.target_base + lb.allocation.size)
-                      for _, lb in handle.parts]
+            ranges = _ranges(handle)
             for s in stubs:
                 self._disarm(s, handle, ranges)
 
@@ -281,7 +278,7 @@ class StubsManager:
                 address, found = self._target(stub.fallback, stub.dylib)
             except UsageError:
                 address, found = 0, None
-            if address and found is not handle and not any(lo <= address < hi for lo, hi in ranges):
+            if address and found is not handle and not _inside(address, ranges):
                 stub.point(address, found)
                 return
         from .compile_callbacks import trap
@@ -325,6 +322,15 @@ class StubsManager:
         if address <= 0 or address >= 1 << 64:
             raise UsageError(f"bad stub target address {address:#x}")
         return address, None
+
+
+def _ranges(handle) -> list[tuple[int, int]]:
+    """[start, end) of each allocation of ``handle``."""
+    return [(lb.allocation.target_base, lb.allocation.target_base + lb.allocation.size) for _, lb in handle.parts]
+
+
+def _inside(address: int, ranges) -> bool:
+    return any(lo <= address < hi for lo, hi in ranges)
 
 
 def stubs_of(linker) -> StubsManager:
