@@ -95,7 +95,6 @@ class Prototype:
 class Function:
     proto: Prototype
     body: object
-    source: str
 
 
 def tokenize(text: str) -> list[tuple[str, int, int]]:
@@ -134,9 +133,7 @@ class Parser:
             start = self.i
             if self.peek() == "def":
                 self.take()
-                proto = self.prototype()
-                body = self.expression()
-                item = Function(proto, body, "")
+                item = Function(self.prototype(), self.expression())
             elif self.peek() == "extern":
                 self.take()
                 item = self.prototype()
