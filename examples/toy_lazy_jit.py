@@ -145,14 +145,18 @@ class Parser:
 
     def prototype(self) -> Prototype:
         name = self.take()
+        return Prototype(name, self.parenthesized(self.take))
+
+    def parenthesized(self, item) -> list:
+        """``( item, item, ... )``: each item parsed by ``item()``."""
         self.take("(")
-        params = []
+        items = []
         while self.peek() != ")":
-            params.append(self.take())
+            items.append(item())
             if self.peek() == ",":
                 self.take()
         self.take(")")
-        return Prototype(name, params)
+        return items
 
     def expression(self, min_prec: int = 0):
         lhs = self.primary()
@@ -181,14 +185,7 @@ class Parser:
         if tok in KEYWORDS or not (tok[0].isalpha() or tok[0] == "_"):
             raise SyntaxError(f"unexpected {tok!r}")
         if self.peek() == "(":
-            self.take()
-            args = []
-            while self.peek() != ")":
-                args.append(self.expression())
-                if self.peek() == ",":
-                    self.take()
-            self.take(")")
-            return Call(tok, args)
+            return Call(tok, self.parenthesized(self.expression))
         return Var(tok)
 
 
