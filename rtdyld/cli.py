@@ -409,13 +409,14 @@ def cmd_map(args, program_args: list[str]) -> int:
 
 
 def cmd_check(args, program_args: list[str]) -> int:
+    from .check import DEFAULT_PREFIXES
     from .checkenv import run_checks
 
     _no_program_args("check", program_args)
     files = args.check_files or [p for p in args.inputs if os.path.splitext(p)[1] in (".s", ".S")]
     if not files:
         raise UsageError("check: no .s input holds checks; name the file with --check FILE")
-    prefixes = args.check_prefixes or ["rtdyld-check", "jitlink-check"]
+    prefixes = args.check_prefixes or DEFAULT_PREFIXES
     ln, handle = _link(args, _memory(args))
     try:
         return run_checks(ln, handle.batch, files, prefixes, verbose=args.verbose)
