@@ -79,7 +79,7 @@ def plan(batch, scanned: scan_mod.ScanResult) -> tuple[scan_mod.ScanResult, np.n
 
 def bind(batch, kind: np.ndarray, S: np.ndarray) -> None:
     """In the fixup phase: a bound call is PC-relative to the stub's slot."""
-    slot = getattr(batch, "stub_slots", None)
+    slot = batch.stub_slots  # set by ``plan`` in the scan phase
     if slot is None:
         return
     bound = slot != 0
