@@ -298,9 +298,8 @@ class _Builder:
             trace.stubs.append(StubRecord(address, view.target_name(tgt), self.batch.got[tgt], insn))
         for e in self.batch.externals:
             trace.externals.append(ExternalRecord(e.name, e.address, e.source))
-        pulls = getattr(self.batch, "pulls", {}) or {}
         for o in self.batch.objects:
-            p = pulls.get(id(o))
+            p = self.batch.pulls.get(id(o))
             if p is not None:
                 trace.pulls.append(PullRecord(o.name, p.symbol, p.referrer))
         return trace
