@@ -470,16 +470,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return COMMANDS[args.command](args, program_args)
-    except (LinkError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"rtdyld: error: {_one_line(str(e))}", file=sys.stderr)
-        return 1
     except Exception as e:
         if args.debug:
             raise
-        print(f"rtdyld: error: internal error: {type(e).__name__}: {_one_line(str(e))} "
-              "(rerun with --debug for the traceback)", file=sys.stderr)
+        message = _one_line(str(e))
+        if not isinstance(e, (LinkError, OSError)):
+            message = f"internal error: {type(e).__name__}: {message} (rerun with --debug for the traceback)"
+        print(f"rtdyld: error: {message}", file=sys.stderr)
         return 1
 
 
