@@ -631,8 +631,9 @@ class BatchLinker:
         where = self.sec_work[r["section"]] + r["offset"].astype(np.int64)
         P = self.sec_addr[r["section"]] + r["offset"]
         S = self.addr[tgt]
-        if np.any(sc.use_stub):
-            S[sc.use_stub] = np.array([self.stubs[int(t)] for t in tgt[sc.use_stub]], dtype=np.uint64)
+        if np.any(sc.use_stub):  # stub_targets is sorted: each stub's number in one search
+            n_stub = np.searchsorted(sc.stub_targets, tgt[sc.use_stub]).astype(np.uint64)
+            S[sc.use_stub] = np.uint64(self.stub_base) + np.uint64(STUB_SIZE) * n_stub
         G = np.zeros(len(r), dtype=np.uint64)
         if len(sc.got_targets):  # got_targets is sorted: membership and slot number in one search
             at = np.minimum(np.searchsorted(sc.got_targets, tgt), len(sc.got_targets) - 1)
