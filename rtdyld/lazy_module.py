@@ -41,8 +41,6 @@ def add_lazy_module(linker, module, name: str | None = None, reloc: str = "pic",
                     opt: int = 2, triple: str | None = None, dylib: Dylib | None = None):
     """Publish a stub for each external function of ``module`` and add its
     globals to the pending batch; returns the globals' ObjectFile."""
-    import llvmlite.binding as llvm
-
     from .irmodule import parse_module
 
     display = name or getattr(module, "name", None) or "<module>"
@@ -60,11 +58,11 @@ def add_lazy_module(linker, module, name: str | None = None, reloc: str = "pic",
     text = str(source)
     options = {"reloc": reloc, "code_model": code_model, "opt": opt, "triple": triple}
 
-    globals_module = llvm.parse_assembly(text)
-    for f in globals_module.functions:
+    # The globals module is the prepared module itself, its functions kept as IR only.
+    for f in source.functions:
         if f.name in lazy:
             f.linkage = "available_externally"
-    obj = linker.add_module(str(globals_module), name=f"{display} [globals]", dylib=dylib, **options)
+    obj = linker.add_module(source, name=f"{display} [globals]", dylib=dylib, **options)
     for fname in lazy:
         compile_fn = functools.partial(function_object, text, fname, lazy, f"{display} [{fname}]", options)
         linker.add_lazy(fname, compile_fn, dylib=dylib)
