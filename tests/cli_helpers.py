@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
+import sys
+
+from fixtures_build import REPO
 
 from rtdyld.cli import main
 
@@ -20,3 +25,17 @@ def rtdyld(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def rtdyld_subprocess(*args) -> subprocess.CompletedProcess:
+    """Run ``python -m rtdyld ARGS`` in a child process from the repository, output captured."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "rtdyld", *map(str, args)],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

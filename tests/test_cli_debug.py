@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import subprocess
-import sys
 
 import pytest
-from cli_helpers import fixture_args, rtdyld
-from fixtures_build import FIXTURES, REPO
+from cli_helpers import fixture_args, rtdyld, rtdyld_subprocess
+from fixtures_build import FIXTURES
 
 ASM = FIXTURES / "asm"
 MAP_DEMO = ASM / "map_demo.s"
 COMMANDS = ("run", "trace", "symbols", "map", "check")
-
-
-
-
 
 
 def assert_error_line(code: int, out: str, err: str, *words: str) -> None:
@@ -299,19 +293,13 @@ def test_error_overflow_is_one_line(capsys):
     )
 
 
-def _subprocess(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "rtdyld", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
-
-
 def test_debug_shows_traceback(tmp_path):
     src = tmp_path / "needs.s"
     src.write_text(UNDEFINED_SRC)
-    plain = _subprocess("symbols", str(src))
+    plain = rtdyld_subprocess("symbols", str(src))
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     assert plain.stderr.startswith("rtdyld: error: undefined symbols:")
-    debug = _subprocess("symbols", "--debug", str(src))
+    debug = rtdyld_subprocess("symbols", "--debug", str(src))
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr and "UndefinedSymbolError" in debug.stderr
     assert "nowhere_to_be_found" in debug.stderr

@@ -8,22 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from cli_helpers import rtdyld_subprocess
 from fixtures_build import C_FLAG_SETS, FIXTURES, REPO
 
 PIE = C_FLAG_SETS["O2-pie"]
 
 
 def rtdyld_run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "rtdyld", "run", *map(str, args)],
-        check=False,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return rtdyld_subprocess("run", *args)
 
 
 def assert_error_line(proc: subprocess.CompletedProcess, *words: str) -> None:

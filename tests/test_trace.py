@@ -18,10 +18,6 @@ DEMO = ASM / "trace_demo.s"
 GOLDEN = REPO / "tests" / "golden" / "trace_demo.txt"
 
 
-
-
-
-
 def trace_json(capsys, *args) -> list[dict]:
     code, out, err = rtdyld(capsys, "trace", "--format", "json", *args)
     assert code == 0, err
