@@ -577,8 +577,8 @@ class BatchLinker:
             addr[i] = base + self.seg_offset[L.BSS] + self.common_off[name]
         self.got_base = base + self.seg_offset[L.RODATA] + self.got_off
         self.stub_base = base + self.seg_offset[L.TEXT] + self.stub_off
-        for j, e in enumerate(self.externals):
-            addr[n + j] = e.address
+        if self.externals:
+            addr[n:] = [e.address for e in self.externals]
         if self.got_ext is not None:
             addr[self.got_ext] = self.got_base
             self.externals[self.got_ext - n].address = self.got_base
