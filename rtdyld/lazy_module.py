@@ -55,29 +55,30 @@ def add_lazy_module(linker, module, name: str | None = None, reloc: str = "pic",
     lazy = [f.name for f in source.functions if not f.is_declaration and f.linkage.name == "external"]
     if not lazy:
         raise UsageError(f"{display}: no function with external linkage to compile lazily")
-    text = str(source)
+    lazy_names = frozenset(lazy)
+    # Every function module starts from this text: the constructor lists stay with the globals.
+    text = "".join(line + "\n" for line in str(source).splitlines() if not line.startswith(_CTOR_LISTS))
     options = {"reloc": reloc, "code_model": code_model, "opt": opt, "triple": triple}
 
     # The globals module is the prepared module itself, its functions kept as IR only.
     for f in source.functions:
-        if f.name in lazy:
+        if f.name in lazy_names:
             f.linkage = "available_externally"
     obj = linker.add_module(source, name=f"{display} [globals]", dylib=dylib, **options)
     for fname in lazy:
-        compile_fn = functools.partial(function_object, text, fname, lazy, f"{display} [{fname}]", options)
+        compile_fn = functools.partial(function_object, text, fname, lazy_names, f"{display} [{fname}]", options)
         linker.add_lazy(fname, compile_fn, dylib=dylib)
     return obj
 
 
-def function_object(text: str, fname: str, lazy: list[str], display: str, options: dict):
+def function_object(text: str, fname: str, lazy: frozenset[str], display: str, options: dict):
     """The object defining ``fname`` alone, from the prepared module text."""
     import llvmlite.binding as llvm
 
     from .inputs import parse_object
     from .irmodule import compile_module
 
-    lines = [line for line in text.splitlines() if not line.startswith(_CTOR_LISTS)]
-    mod = llvm.parse_assembly("\n".join(lines) + "\n")
+    mod = llvm.parse_assembly(text)
     for f in mod.functions:
         if f.name != fname and f.name in lazy:
             f.linkage = "available_externally"
