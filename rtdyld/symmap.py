@@ -150,14 +150,12 @@ class BatchSymbols:
         for e in self.batch.externals:
             if e.name == name:
                 return e.address
-        hits = [(oi, li) for oi, li in self._named().get(name, []) if self.local_address(oi, li) is not None]
-        if len({self.local_address(oi, li) for oi, li in hits}) > 1:
+        hits = [(oi, a) for oi, li in self._named().get(name, []) if (a := self.local_address(oi, li)) is not None]
+        if len({a for _, a in hits}) > 1:
             where = ", ".join(self.batch.objects[oi].name for oi, _ in hits)
             raise LookupError(f"{name!r} names local symbols of several objects ({where})")
         if hits:
-            address = self.local_address(*hits[0])
-            assert address is not None
-            return address
+            return hits[0][1]
         raise KeyError(name)
 
     def targets_named(self, name: str) -> list[int]:
