@@ -105,12 +105,9 @@ class _Chunk:
             base = self.allocation.target_base
             self.code_base = base + code_seg.offset
             self.slot_base = base + slot_seg.offset
-            code = self.allocation.view(code_seg)
-            for i in range(STUBS_PER_CHUNK):
-                a = self.code_base + i * indirection.STUB_SIZE
-                code[i * indirection.STUB_SIZE : (i + 1) * indirection.STUB_SIZE] = np.frombuffer(
-                    indirection.stub(a, self.slot_base + 8 * i), dtype=np.uint8
-                )
+            code = b"".join(indirection.stub(self.code_base + i * indirection.STUB_SIZE, self.slot_base + 8 * i)
+                            for i in range(STUBS_PER_CHUNK))
+            self.allocation.view(code_seg)[:] = np.frombuffer(code, dtype=np.uint8)
             self.allocation.finalize()
         except BaseException:
             self.allocation.release()
