@@ -226,18 +226,10 @@ _ANY_VALUE_IN_64 = bool(np.all((fixup._LOW[WIDTH == 8] == np.iinfo(np.int64).min
                                & (fixup._HIGH[WIDTH == 8] == np.iinfo(np.int64).max)))
 
 
-def apply(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
-    """Write the residual fixups for a batch at ``base`` whose externals are at
-    ``ext``; False (nothing written) if a value does not fit its field."""
-    if not len(res.kind):
-        return True
-    if len(res.kind) <= _FEW:
-        return _apply_few(res, mem, base, ext)
-    return _apply_arrays(res, mem, base, ext)
-
-
 def apply_records(rec: np.ndarray, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
-    """:func:`apply` for residual fixups stored as :data:`RECORD` rows."""
+    """Write the residual fixups, stored as :data:`RECORD` rows, for a batch at
+    ``base`` whose externals are at ``ext``; False (nothing written) if a value
+    does not fit its field."""
     if len(rec) <= _FEW:
         return _apply_rows(rec.tolist(), mem, base, ext)
     return _apply_arrays(from_records(rec), mem, base, ext)
@@ -260,7 +252,7 @@ def _apply_arrays(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) ->
 
 
 def _apply_few(res: Residual, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
-    """:func:`apply` with Python integers: the same values, range checks and bytes."""
+    """:func:`_apply_arrays` with Python integers: the same values, range checks and bytes."""
     rows = zip(*(getattr(res, f).tolist() for f in RECORD.names))
     return _apply_rows(list(rows), mem, base, ext)
 
@@ -297,7 +289,7 @@ def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndar
 
 
 def prime() -> None:
-    """Run both ways of :func:`apply` once on scratch memory (one fixup of each
+    """Run both ways of :func:`apply_records` once on scratch memory (one fixup of each
     field width, one against an external), so a process's first warm link
     finds them set up."""
     kinds = np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Pointer16), int(Edge.Pointer8)], dtype=np.uint8)
@@ -306,6 +298,5 @@ def prime() -> None:
                    np.array([0, 0, -1, -1], dtype=np.int32))
     pointers = dataclasses.replace(res, kind=np.full(n, int(Edge.Pointer64), dtype=np.uint8))
     for r in (res, pointers):
-        for how in (_apply_few, _apply_arrays):
-            how(r, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
+        _apply_arrays(r, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
         apply_records(to_records(r), np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
