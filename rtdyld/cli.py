@@ -256,12 +256,13 @@ def make_linker(args, memory=None, run_initializers: bool = False):
 
 def _check_pins(args, batch) -> None:
     """Every --map-section must have named a loaded section."""
-    if not getattr(args, "map_section", []):
+    pins = getattr(args, "map_section", [])
+    if not pins:
         return
     from .symmap import BatchSymbols
 
     view = BatchSymbols(batch)
-    for file, section, _address in getattr(args, "map_section", []):
+    for file, section, _address in pins:
         try:
             oi = view.object_index(file)
         except KeyError:
@@ -269,7 +270,7 @@ def _check_pins(args, batch) -> None:
             raise UsageError(
                 f"--map-section {file},{section}: no object {file!r} in the link (objects: {names})"
             ) from None
-        if not any(o.name == file for o in batch.objects):
+        if batch.objects[oi].name != file:  # found by its file name only
             raise UsageError(f"--map-section {file},{section}: name the object as {batch.objects[oi].name!r}")
         try:
             view.placed_section(oi, section)
