@@ -55,6 +55,13 @@ def version_ir(k: int) -> str:
     return f"define i64 @version() {{\n  ret i64 {k}\n}}\n"
 
 
+def run_python(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """A child Python that imports rtdyld from this repository."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
 def sum_ints(*a: int) -> int:
     return sum((i + 1) * x for i, x in enumerate(a))
 
@@ -469,9 +476,7 @@ print("returned", boom(1), flush=True)
 
 
 def test_failing_compile_without_fallback_aborts_the_process():
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", ABORT_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = run_python("-c", ABORT_SCRIPT)
     assert proc.returncode == -signal.SIGABRT, (proc.returncode, proc.stdout, proc.stderr)
     assert proc.stdout == "calling\n"
     assert "compiling lazy function 'boom' failed" in proc.stderr
@@ -519,10 +524,7 @@ def test_lazy_needs_in_process_memory():
 
 
 def test_toy_lazy_jit_example_runs():
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    example = Path(REPO) / "examples" / "toy_lazy_jit.py"
-    proc = subprocess.run([sys.executable, str(example)], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = run_python(str(Path(REPO) / "examples" / "toy_lazy_jit.py"), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert "fib(20) = 6765" in lines, proc.stdout
@@ -641,9 +643,7 @@ print("returned", version(), flush=True)
 
 
 def test_calling_a_trapped_stub_names_the_function_and_aborts():
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", TRAP_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = run_python("-c", TRAP_SCRIPT)
     assert proc.returncode == -signal.SIGABRT, (proc.returncode, proc.stdout, proc.stderr)
     assert proc.stdout == "before 1\nremoved\n"
     assert proc.stderr == (
@@ -766,7 +766,5 @@ print("seen", rtdyld.host.ffi.cast("int64_t *", seen)[0], flush=True)
 
 
 def test_initializer_calling_a_function_another_thread_is_compiling_does_not_deadlock():
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", DEADLOCK_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = run_python("-c", DEADLOCK_SCRIPT)
     assert proc.stdout == "a True b 7\nseen 7\n", (proc.returncode, proc.stdout, proc.stderr)
