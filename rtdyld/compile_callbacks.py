@@ -225,13 +225,18 @@ def callbacks_of(linker) -> CompileCallbacks:
         return callbacks
 
 
-def trap(linker, name: str, dylib: Dylib, why: str) -> int:
-    """Address of a fresh trampoline whose caller gets ``why`` on stderr and an abort."""
+def _register(linker, name: str, dylib: Dylib, compile_fn=None, fallback=None, trap=None) -> LazyFunction:
+    """A function on a fresh trampoline of the Linker, known to the resolver's callback."""
     fid, address = callbacks_of(linker).trampoline()
-    fn = LazyFunction(fid, name, dylib, None, None, linker, address, trap=why)
+    fn = LazyFunction(fid, name, dylib, compile_fn, fallback, linker, address, trap=trap)
     with _registry_lock:
         _functions[fid] = fn
-    return address
+    return fn
+
+
+def trap(linker, name: str, dylib: Dylib, why: str) -> int:
+    """Address of a fresh trampoline whose caller gets ``why`` on stderr and an abort."""
+    return _register(linker, name, dylib, trap=why).trampoline
 
 
 def add_lazy(linker, name: str, compile_fn, signature: str | None = None, fallback=None,
@@ -241,15 +246,12 @@ def add_lazy(linker, name: str, compile_fn, signature: str | None = None, fallba
         raise UsageError(f"the compile function of {name!r} must be callable")
     d = linker._dylib(dylib)
     with linker._lock:
-        fid, address = callbacks_of(linker).trampoline()
-        fn = LazyFunction(fid, name, d, compile_fn, fallback, linker, address)
-        with _registry_lock:
-            _functions[fid] = fn
+        fn = _register(linker, name, d, compile_fn, fallback)
         try:
-            stub = linker.stubs.create(name, address, d)
+            stub = linker.stubs.create(name, fn.trampoline, d)
         except BaseException:
             with _registry_lock:
-                del _functions[fid]
+                del _functions[fn.id]
             raise
         linker.stubs.stub(name, d).fallback = fallback
     if signature is not None:
