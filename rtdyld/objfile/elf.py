@@ -258,7 +258,8 @@ class _ElfReader:
 
     def _relocation_sections(self):
         """``(header, model section index)`` of each SHT_RELA/SHT_REL table
-        that patches a loaded section, its header links checked."""
+        that patches a loaded section.  Their entry sizes and links to the
+        (one) symbol table were checked with the other tables (:mod:`.elf_precheck`)."""
         for i, h in enumerate(self.headers):
             if h.type not in (T.SHT_RELA, T.SHT_REL):
                 continue
@@ -267,21 +268,16 @@ class _ElfReader:
             target = int(self.model_index[h.info])
             if target < 0:
                 continue  # debug info and other sections we do not load
-            if h.link != self.symtab_index:
-                raise self.fail(f"relocation section [{i}] {h.name!r} does not use the symbol table")
             yield h, target
 
     def _rela_tables(self) -> tuple[list[memoryview], list[int]] | None:
         """The bytes of the SHT_RELA tables of loaded sections and the section
-        each patches, after the header checks of :meth:`_read_relocations`;
-        None if a loaded section has SHT_REL entries (their addends are read
-        eagerly)."""
+        each patches; None if a loaded section has SHT_REL entries (their
+        addends are read eagerly)."""
         rela, targets = [], []
         for h, target in self._relocation_sections():
             if h.type == T.SHT_REL:
                 return None
-            if h.size % T.ELF64_RELA.itemsize:
-                self._table(h, T.ELF64_RELA, "relocation")  # raises the reader's message
             rela.append(self._bytes(h))
             targets.append(target)
         return rela, targets
