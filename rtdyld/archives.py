@@ -100,15 +100,11 @@ class ArchiveSet:
                     wanted.setdefault(name, obj.name)
                     prefix_of.setdefault(name, obj.symbol_prefix)
             work = []
-            for name, referrer in list(wanted.items()):
-                if name in defined:
-                    del wanted[name]
-                    continue
-                if is_defined_elsewhere(name, prefix_of[name]):
-                    del wanted[name]
+            asked, wanted = wanted, {}
+            for name, referrer in asked.items():
+                if name in defined or is_defined_elsewhere(name, prefix_of[name]):
                     continue
                 member = self._first_definer(search, name, taken)
-                del wanted[name]
                 if member is None:
                     continue
                 taken.add(self.key(member))
