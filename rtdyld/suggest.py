@@ -11,6 +11,7 @@ import difflib
 import functools
 
 from . import host
+from .symbols import host_names
 
 # ``-l`` name and soname of the libraries a C or C++ program most often
 # forgets to link.  dlsym on a library searches its dependencies too, as the
@@ -44,9 +45,7 @@ def library_defining(name: str, prefix: str = "") -> tuple[str, str] | None:
     ``prefix`` is the object's symbol prefix (``"_"`` for Mach-O); the name is
     also tried without it.
     """
-    names = [name]
-    if prefix and name.startswith(prefix) and len(name) > len(prefix):
-        names.append(name[len(prefix) :])
+    names = host_names(name, prefix)
     for lname, soname in SYSTEM_LIBRARIES:
         handle = _open(soname)
         if handle is None:

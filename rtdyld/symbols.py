@@ -42,7 +42,8 @@ class Library:
     handle: object = field(repr=False)
 
 
-def _host_names(name: str, prefix: str) -> list[str]:
+def host_names(name: str, prefix: str) -> list[str]:
+    """``name``, then ``name`` without the object's symbol prefix (``"_"`` for Mach-O) if it has one."""
     if prefix and name.startswith(prefix) and len(name) > len(prefix):
         return [name, name[len(prefix) :]]
     return [name]
@@ -98,7 +99,7 @@ class Dylib:
         d = self.published.get(name)
         if d is not None:
             return d
-        for n in _host_names(name, prefix):
+        for n in host_names(name, prefix):
             d = self.user.get(n)
             if d is not None:
                 return d
@@ -137,7 +138,7 @@ class Dylib:
 
 
 def _from_handle(handle, path: str, name: str, prefix: str) -> SymbolDef | None:
-    for n in _host_names(name, prefix):
+    for n in host_names(name, prefix):
         addr = host.library_symbol(handle, n)
         if addr:
             return SymbolDef(name=n, address=addr, origin=path)
@@ -145,7 +146,7 @@ def _from_handle(handle, path: str, name: str, prefix: str) -> SymbolDef | None:
 
 
 def _from_process(name: str, prefix: str) -> SymbolDef | None:
-    for n in _host_names(name, prefix):
+    for n in host_names(name, prefix):
         addr = host.process_symbol(n)
         if addr:
             return SymbolDef(name=n, address=addr, origin=host.describe_address(addr) or "process")
