@@ -22,6 +22,7 @@ from .elf_headers import HeaderError, read_section_headers
 from .elf_headers import SectionHeader as _Header
 from .elf_precheck import check_section_tables
 from .model import (
+    MAX_ZERO_FILL,
     RELOC_DTYPE,
     SEC_DISCARDED,
     SEC_UNDEF,
@@ -36,9 +37,6 @@ from .records import join
 from .strtab import read_names
 
 _PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
-# A .bss may be large but not absurd: bigger than this is a corrupt header,
-# rejected before anything is reserved.
-MAX_ZERO_FILL = 1 << 36
 _WIDTH = WIDTH.astype(np.uint64)
 _NONE = int(Edge.NONE)
 # Checks below test "any row bad?" with np.count_nonzero: a fifth of the cost of

@@ -52,6 +52,7 @@ from rtdyld.objfile import macho_format as mf
 from rtdyld.objfile.macho_ehframe import implicit_eh_frame_edges
 from rtdyld.objfile.macho_relocs import read_relocations
 from rtdyld.objfile.model import (
+    MAX_ZERO_FILL,
     SEC_ABS,
     SEC_COMMON,
     SEC_DISCARDED,
@@ -70,9 +71,6 @@ __all__ = ["is_macho", "read_macho"]
 
 _MAX_ALIGN_LOG2 = 31
 _DROPPED_SECTIONS = frozenset({"__LD,__compact_unwind"})
-# Zero-fill has no file bytes to contradict its size: past this (as for ELF
-# .bss) the header is corrupt, rejected before anything is reserved.
-MAX_ZERO_FILL = 1 << 36
 
 
 @dataclass

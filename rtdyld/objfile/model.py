@@ -24,6 +24,10 @@ SEC_ABS = -2  # ``value`` is an absolute address
 SEC_COMMON = -3  # tentative definition: ``value`` = alignment, ``size`` = size
 SEC_DISCARDED = -4  # defined in a section we do not load (debug info, a dropped COMDAT)
 
+# A zero-fill section (.bss, __zerofill) has no file bytes to contradict its
+# size: bigger than this, its header is corrupt, rejected before anything is reserved.
+MAX_ZERO_FILL = 1 << 36
+
 
 class Bind(IntEnum):
     LOCAL = 0
