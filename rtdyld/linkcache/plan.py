@@ -250,15 +250,19 @@ class BatchPlan:
         blobs: dict = {"residual": image.to_records(res)}
         end = max([s.offset + s.size for s in alloc.segments if not s.zero_fill] or [0])
         blobs["image"] = alloc.memory[:end].tobytes()
+        # Per resolved external: bit 1 if in 32-bit reach of the main range, bit 2 of the low one.
+        resolved = np.array([e.definition.address for e in lb.externals if e.definition is not None], dtype=np.uint64)
+        reach = np.zeros(len(resolved), dtype=np.int64)
+        if len(resolved):
+            for bit, low in ((1, False), (2, True)):
+                lo, hi = self.linker.memory.reach_range(low=low)
+                reach |= bit * scan.in_reach(resolved, lo, hi)
+        reaches = iter(reach.tolist())
         externals = []
         for e, role in zip(lb.externals, roles):
             d = e.definition
-            reach = 0
             if d is not None:
-                for bit, low in ((1, False), (2, True)):
-                    lo, hi = self.linker.memory.reach_range(low=low)
-                    reach |= bit * bool(scan.in_reach(np.array([d.address], dtype=np.uint64), lo, hi)[0])
-                externals.append([e.name, role, d.origin, d.size, d.bind, d.type, reach])
+                externals.append([e.name, role, d.origin, d.size, d.bind, d.type, next(reaches)])
             else:
                 externals.append([e.name, role, "", 0, 0, 0, 0])
         own = {id(o): i for i, o in enumerate(self.objs)}
