@@ -379,9 +379,6 @@ class BatchLinker:
         Unwind tables of a dropped copy still point at it; those entries are
         harmless if left unrelocated.  Anything else is a malformed group.
         """
-        if not len(self.relocs):
-            self.relocs_keep = np.ones(0, dtype=bool)
-            return
         tgt = self.canon[self.relocs["sym"]]
         internal = tgt < self.nsyms
         bad = np.zeros(len(self.relocs), dtype=bool)
