@@ -36,12 +36,6 @@ def segment_of(section: Section) -> str:
 
 
 @dataclass
-class Placement:
-    segment: str
-    offset: int  # from the start of the segment
-
-
-@dataclass
 class SegmentPlan:
     name: str
     size: int = 0

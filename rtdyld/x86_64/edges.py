@@ -64,13 +64,6 @@ assert len(WIDTH) == N_EDGES
 NEEDS_GOT_SLOT = frozenset(
     {Edge.GOTDelta32, Edge.GOTDelta32Relaxable, Edge.GOTOffset64, Edge.GOTDelta64}
 )
-# Kinds whose value depends on the GOT base (so the batch needs a GOT at all).
-USES_GOT_BASE = NEEDS_GOT_SLOT | {
-    Edge.GOTBaseOffset64,
-    Edge.GOTBaseDelta32,
-    Edge.GOTBaseDelta64,
-    Edge.PLTOffset64,
-}
 # Kinds that reach thread-local storage.
 TLS_KINDS = frozenset(
     {
