@@ -14,6 +14,11 @@ files is timed, as reading them is for rtdyld.  MCJIT is ``add_object_file``
 of each object and ``finalize_object``; LLJIT and JITLink (LLJIT with
 ``use_jit_link``) link the objects as one JITLibraryBuilder library.
 
+The engines take turns: after a checked warm-up link each, every round
+times one link per engine, in an order rotated each round, so a busy
+machine slows every engine alike instead of skewing one ratio.  A full
+run times ``3 × --runs`` rounds (fewer if they would exceed the budget).
+
 Each engine's first link is checked by calling the program through it: the
 drivers compress a buffer, which must equal what Python's zlib and bz2 make;
 the generated program's checksum must equal the one worked out in Python.
@@ -286,30 +291,54 @@ PEERS: dict[str, Callable[[list[bytes], list[str]], _Timed]] = {
 AVAILABILITY = {"MCJIT": MCJIT(), "LLJIT": LLJIT(jit_link=False), "JITLink": LLJIT(jit_link=True)}
 
 
-def _measure(engine: str, timed: _Timed, case: Case, relocs: int, runs: int, budget: float) -> Measurement:
-    """Wall and CPU seconds of up to ``runs`` links after one warm-up, each in a
-    new session; the warm-up link is the one checked."""
-    times: list[float] = []
-    cpu: list[float] = []
-    results, check = (0, 0), "not run"
-    i, planned = 0, 1 + runs
-    while i < planned:
+ROUNDS_PER_RUN = 3  # interleaved rounds per --runs in a full run: small links are quick and noisy
+
+
+def _link_once(timed: _Timed, state) -> tuple[float, float]:
+    """Wall and CPU seconds of one link into a prepared session."""
+    gc.collect()
+    c0, t0 = time.process_time(), time.perf_counter()
+    timed.link(state)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _measure_interleaved(engines: dict[str, tuple[_Timed, int]], case: Case, rounds: int,
+                         budget: float) -> dict[str, Measurement]:
+    """Each engine's checked warm-up link, then up to ``rounds`` rounds of one
+    timed link per engine, each in a new session.
+
+    The engines take turns (in an order rotated each round) rather than one
+    after another, so a change in the machine's load during the case shows in
+    every engine's times alike instead of in one engine's ratio."""
+    checks: dict[str, tuple[tuple[int, int], str]] = {}
+    round_time = 0.0
+    for label, (timed, _) in engines.items():
         state = timed.prepare()
         try:
-            gc.collect()
-            c0, t0 = time.process_time(), time.perf_counter()
-            timed.link(state)
-            elapsed, used = time.perf_counter() - t0, time.process_time() - c0
-            if i == 0:
-                results, check = check_link(case, functools.partial(timed.address, state))
-                planned = 1 + max(1, min(runs, int(budget / max(elapsed, 1e-9))))
-            else:
-                times.append(elapsed)
-                cpu.append(used)
+            elapsed, _ = _link_once(timed, state)
+            checks[label] = check_link(case, functools.partial(timed.address, state))
         finally:
             timed.release(state)
-        i += 1
-    return Measurement(engine=engine, relocs=relocs, times=times, cpu=cpu, results=results, check=check)
+        round_time += elapsed
+    rounds = max(1, min(rounds, int(budget * len(engines) / max(round_time, 1e-9))))
+    times: dict[str, list[float]] = {label: [] for label in engines}
+    cpu: dict[str, list[float]] = {label: [] for label in engines}
+    order = list(engines)
+    for r in range(rounds):
+        for label in order[r % len(order):] + order[: r % len(order)]:
+            timed = engines[label][0]
+            state = timed.prepare()
+            try:
+                elapsed, used = _link_once(timed, state)
+            finally:
+                timed.release(state)
+            times[label].append(elapsed)
+            cpu[label].append(used)
+    return {
+        label: Measurement(engine=label, relocs=relocs, times=times[label], cpu=cpu[label],
+                           results=checks[label][0], check=checks[label][1])
+        for label, (_, relocs) in engines.items()
+    }
 
 
 def _probe(engine: str, case: Case, objects: list[bytes]) -> str | None:
@@ -346,13 +375,11 @@ def _entries(case: Case) -> list[str]:
 def _run_case(session: Session, inputs: Inputs) -> list[Row]:
     opts = session.options
     case = inputs.case
-    rt = _measure("rtdyld", _rtdyld(inputs), case, inputs.relocs["rtdyld"], opts.runs, opts.budget)
-    if not rt.ok:
-        session.wrong.append(f"{case.name}: {rt.check}")
     programs = [d for _, d in inputs.programs]
     given = {"pulled": programs + inputs.pulled, "all": programs + inputs.every}
     # (peer, which members): every peer gets what rtdyld pulled; MCJIT every member too.
     variants = [(name, "pulled") for name in PEERS] + [(PEER, "all")]
+    engines: dict[str, tuple[_Timed, int]] = {"rtdyld": (_rtdyld(inputs), inputs.relocs["rtdyld"])}
     peers: dict[tuple[str, str], Measurement | str | None] = {}
     for engine, members in variants:
         label = _label(engine, members)
@@ -367,11 +394,18 @@ def _run_case(session: Session, inputs: Inputs) -> list[Row]:
             peers[engine, members] = f"failed: {failed}"
             session.note(f"{label} on {case.name} failed: {failed}")
             continue
-        m = _measure(label, PEERS[engine](objects, _entries(case)), case, inputs.relocs[members], opts.runs,
-                     opts.budget)
-        if not m.ok:
-            session.note(f"{label} linked {case.name} wrongly: {m.check}")
-        peers[engine, members] = m
+        peers[engine, members] = label  # measured below
+        engines[label] = (PEERS[engine](objects, _entries(case)), inputs.relocs[members])
+    rounds = opts.runs if opts.quick else opts.runs * ROUNDS_PER_RUN
+    measured = _measure_interleaved(engines, case, rounds, opts.budget)
+    rt = measured["rtdyld"]
+    if not rt.ok:
+        session.wrong.append(f"{case.name}: {rt.check}")
+    for key, m in peers.items():
+        if isinstance(m, str) and m in measured:
+            peers[key] = measured[m]
+            if not peers[key].ok:
+                session.note(f"{m} linked {case.name} wrongly: {peers[key].check}")
     print(report.table(*_table(inputs, rt, given, peers), _title(inputs)))
     print()
     pulled = {engine: m if isinstance(m, Measurement) else None for (engine, members), m in peers.items()

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 RATIO = re.compile(r"^\d+\.\d\d$")
 # The benchmarks that link generated objects, and so honour --max-relocs.
@@ -129,3 +131,21 @@ def test_warm_link_quick_run_links_warm_and_checks(tmp_path):
     cases = {r[1]: r for r in rows}
     assert "generated, warm, new process" in cases, rows
     assert RATIO.match(cases["generated, warm, new process"][header.index("rtdyld/MCJIT")]), rows
+
+
+@pytest.mark.slow
+def test_cold_link_times_every_engine_in_the_same_rounds(tmp_path):
+    """The cold-link benchmark links each case with every engine, checks each
+    link by calling it, and times them in interleaved rounds: one run each."""
+    out = run_bench(tmp_path, "--only", "cold_link", timeout=600)
+    assert "WRONG" not in out and "error:" not in out, out
+    for title in ("cold_link: zdriver.c against libz.a", "cold_link: gen_prog.o against generated.a"):
+        header, rows = table_after(title, out)
+        engines = {r[0]: r for r in rows}
+        rt = engines["rtdyld (program + archives)"]
+        assert rt[header.index("check")] == "ok", out
+        assert rt[header.index("runs")] == "1", out
+        mcjit = engines["MCJIT, the members rtdyld pulled"]
+        assert mcjit[header.index("check")] == "ok", out
+        assert mcjit[header.index("runs")] == rt[header.index("runs")], out
+        assert RATIO.match(mcjit[header.index("rtdyld/engine")]), out
