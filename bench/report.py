@@ -45,6 +45,8 @@ def timing(m: Measurement | None) -> str:
         return MISSING
     if not m.ok:
         return "WRONG"
+    if not m.times:  # every run was discarded (a warm run that missed the cache, say)
+        return MISSING
     return ms(m.median)
 
 
