@@ -133,6 +133,16 @@ def build(tmp_path_factory) -> Builder:
     return Builder(tmp_path_factory.mktemp("build"))
 
 
+@pytest.fixture
+def ln():
+    """A new Linker for the test, closed after it."""
+    import rtdyld
+
+    linker = rtdyld.Linker()
+    yield linker
+    linker.close()
+
+
 @pytest.fixture(scope="session")
 def callback():
     """``callback(decl, fn)``: a cffi callback safe to give to linked code."""

@@ -114,13 +114,6 @@ def libs(objs, tmp_path_factory) -> SimpleNamespace:
     )
 
 
-@pytest.fixture
-def ln():
-    linker = Linker()
-    yield linker
-    linker.close()
-
-
 def _pulled(handle) -> dict[str, tuple[str, str]]:
     """Each pulled member's display name -> (symbol, referrer) that pulled it."""
     return {o.name: (p.symbol, p.referrer) for o in handle.batch.objects if (p := handle.batch.pulls.get(id(o)))}

@@ -29,13 +29,6 @@ def ir(name: str) -> str:
     return (LIFECYCLE / name).read_text()
 
 
-@pytest.fixture
-def ln():
-    linker = rtdyld.Linker()
-    yield linker
-    linker.close()
-
-
 def load_providers(ln: rtdyld.Linker) -> tuple[Dylib, Dylib, rtdyld.Handle]:
     one = ln.create_dylib("one")
     two = ln.create_dylib("two")

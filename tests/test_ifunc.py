@@ -24,13 +24,6 @@ FLAGS = {
 }
 
 
-@pytest.fixture
-def ln():
-    linker = rtdyld.Linker()
-    yield linker
-    linker.close()
-
-
 def choose(ln, callback, value: int) -> None:
     """Define ifunc_choice(), which the resolver asks."""
     ln.define("ifunc_choice", callback("int(void)", lambda: value))

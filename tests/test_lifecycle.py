@@ -72,13 +72,6 @@ def rss_bytes() -> int:
 
 
 @pytest.fixture
-def ln():
-    linker = rtdyld.Linker()
-    yield linker
-    linker.close()
-
-
-@pytest.fixture
 def private_ln():
     """A session with its own small reservation, so reuse of a range is observable."""
     memory = MemoryManager(reserve_size=16 << 20, low_reserve_size=16 << 20)

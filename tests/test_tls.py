@@ -38,13 +38,6 @@ GCC_FLAGS = {
 }
 
 
-@pytest.fixture
-def ln():
-    linker = rtdyld.Linker()
-    yield linker
-    linker.close()
-
-
 def check_counters(ln):
     """The counters.c contract, from the main thread and four others."""
     bump = ln.function("tls_bump", "long(long)")

@@ -27,13 +27,6 @@ def ir(name: str) -> str:
     return (LIFECYCLE / name).read_text()
 
 
-@pytest.fixture
-def ln():
-    linker = rtdyld.Linker()
-    yield linker
-    linker.close()
-
-
 def read(address: int, size: int) -> bytes:
     return bytes(ffi.buffer(ffi.cast("char *", address), size))
 
