@@ -16,6 +16,7 @@ import numpy as np
 from . import cxxabi, ifunc, stub_slots, suggest, tls, unwind
 from . import layout as L
 from . import limits
+from .definitions import BatchDefinitions, DefinitionTable
 from .errors import (
     DuplicateSymbolError,
     LayoutError,
@@ -78,7 +79,7 @@ class LinkedBatch:
     objects: list[ObjectFile]
     allocation: object
     sections: list[PlacedSection]
-    definitions: dict[str, SymbolDef]
+    definitions: BatchDefinitions | dict[str, SymbolDef]  # a dict when rebuilt by the link cache
     externals: list[External]
     got: dict[int, int]  # canonical target id -> slot address
     stubs: dict[int, int]  # canonical target id -> stub address
@@ -709,33 +710,17 @@ class BatchLinker:
     # --- result ---------------------------------------------------------------
 
     def result(self) -> LinkedBatch:
-        defs: dict[str, SymbolDef] = {}
-        idx = np.fromiter(self.defs.values(), dtype=np.int64, count=len(self.defs))
-        cols = zip(
-            self.defs.keys(),
-            self.addr[idx].tolist(),
-            self.size[idx].tolist(),
-            self.stype[idx].tolist(),
-            self.bind[idx].tolist(),
-            self.vis[idx].tolist(),
-            self.sym_obj[idx].tolist(),
-            self.gsec[idx].tolist(),
+        # Definitions stay in the batch's arrays until asked for (rtdyld.definitions).
+        table = DefinitionTable(
+            self.addr, self.size, self.stype, self.bind, self.vis, self.sym_obj, self.gsec,
+            self.objects, self.placed, self.commons,
         )
-        origin = [o.name for o in self.objects]
-        section_name = [self.objects[p.obj].sections[p.index].name for p in self.placed]
-        commons = self.commons
-        for name, address, size, stype, bind, vis, oi, sec in cols:
-            if name in commons:
-                section, size = "COMMON", commons[name][1]
-            else:
-                section = section_name[sec] if sec >= 0 else ""
-            defs[name] = SymbolDef(name, address, size, stype, bind, vis, origin[oi], section)
         init, fini = self._init_fini()
         return LinkedBatch(
             objects=self.objects,
             allocation=self.allocation,
             sections=self.placed,
-            definitions=defs,
+            definitions=BatchDefinitions(self.defs, table),
             externals=self.externals,
             got=self.got,
             stubs=self.stubs,
