@@ -122,6 +122,10 @@ class BatchDefinitions(Mapping):
             self._complete = True
         return self._made
 
+    def holders(self) -> dict[str, BatchDefinitions]:
+        """``name -> self`` for every name: how PublishedSymbols refers to them."""
+        return dict.fromkeys(self._rows, self)
+
     def set_batch(self, handle) -> None:
         """Attribute every definition, made or yet to be made, to ``handle``."""
         self.batch = handle
@@ -134,8 +138,8 @@ class BatchDefinitions(Mapping):
 
 def set_batch(definitions: Mapping, handle) -> None:
     """Attribute a batch's definitions (a BatchDefinitions or a plain dict) to ``handle``."""
-    if isinstance(definitions, BatchDefinitions):
-        definitions.set_batch(handle)
-    else:
+    if type(definitions) is dict:  # as the link cache rebuilds them
         for d in definitions.values():
             d.batch = handle
+    else:
+        definitions.set_batch(handle)

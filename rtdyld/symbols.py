@@ -40,9 +40,10 @@ class PublishedSymbols(MutableMapping):
     """A dylib's published names: name -> SymbolDef, in publication order.
 
     ``update`` with a batch's definitions records, for each name, the mapping
-    that holds it (one dict update at C speed) rather than its SymbolDef, so
-    publishing thousands of names makes no SymbolDef: the batch's mapping
-    makes one when the name is first looked up (see :mod:`rtdyld.definitions`).
+    that holds it (``holders()``, one dict update at C speed) rather than its
+    SymbolDef, so publishing thousands of names makes no SymbolDef: the
+    batch's mapping makes one when the name is first looked up (see
+    :mod:`rtdyld.definitions`).
     """
 
     def __init__(self) -> None:
@@ -77,10 +78,15 @@ class PublishedSymbols(MutableMapping):
         return self._holder.keys()
 
     def update(self, other=(), /, **kwargs) -> None:
-        if isinstance(other, Mapping) and not kwargs:
-            self._holder.update(dict.fromkeys(other, other))
-        else:
-            super().update(other, **kwargs)
+        if not kwargs:
+            if type(other) is dict:  # SymbolDefs by value, at C speed
+                self._holder.update(other)
+                return
+            holders = getattr(other, "holders", None)
+            if holders is not None:  # a batch's definitions (BatchDefinitions): by reference
+                self._holder.update(holders())
+                return
+        super().update(other, **kwargs)
 
     def withdraw(self, definitions: Mapping) -> None:
         """Unpublish the names of ``definitions`` that still resolve to them."""
