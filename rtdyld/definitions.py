@@ -137,9 +137,11 @@ class BatchDefinitions(Mapping):
 
 
 def set_batch(definitions: Mapping, handle) -> None:
-    """Attribute a batch's definitions (a BatchDefinitions or a plain dict) to ``handle``."""
-    if type(definitions) is dict:  # as the link cache rebuilds them
-        for d in definitions.values():
-            d.batch = handle
-    else:
-        definitions.set_batch(handle)
+    """Attribute a batch's definitions (a BatchDefinitions, or any mapping such as
+    the dict the link cache rebuilds) to ``handle``."""
+    own = getattr(definitions, "set_batch", None)
+    if own is not None:
+        own(handle)
+        return
+    for d in definitions.values():
+        d.batch = handle
