@@ -5,8 +5,7 @@ from __future__ import annotations
 import enum
 import operator
 import threading
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -24,8 +23,12 @@ class Prot(enum.IntFlag):
     RX = 5
 
 
-@dataclass(frozen=True)
-class SegmentRequest:
+# Requests and segments are immutable records made a few at a time on every
+# link: named tuples, because a frozen dataclass's __init__ costs three times
+# as much (one object.__setattr__ per field).
+
+
+class SegmentRequest(NamedTuple):
     """Ask for ``size`` bytes that end up with protection ``prot``.
 
     ``zero_fill`` marks memory that starts as zeros and is never written by the
@@ -38,8 +41,7 @@ class SegmentRequest:
     zero_fill: bool = False
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """A placed segment: ``offset`` from the allocation's base (page aligned), requested ``size``."""
 
     name: str
@@ -68,13 +70,17 @@ def layout(requests: list[SegmentRequest], page_size: int) -> tuple[list[Segment
     for req in requests:
         if not isinstance(req, SegmentRequest):
             raise MemMgrError(f"expected a SegmentRequest, got {req!r}")
-        try:
-            size = operator.index(req.size)
-        except TypeError:
-            size = -1
+        size = req.size
+        if type(size) is not int:  # numpy sizes are fine, floats are not
+            try:
+                size = operator.index(size)
+            except TypeError:
+                size = -1
         if size < 0:
             raise MemMgrError(f"segment {req.name!r}: bad size {req.size!r}")
-        prot = Prot(req.prot)
+        prot = req.prot
+        if type(prot) is not Prot:  # converting a member costs more than the rest of the loop
+            prot = Prot(prot)
         bits = int(prot)  # tested as a plain int: IntFlag operators cost microseconds each
         if bits & ~_RWX:
             raise MemMgrError(f"segment {req.name!r}: unknown protection bits {bits:#x}")

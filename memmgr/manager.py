@@ -15,6 +15,8 @@ from .errors import AllocationError, MemMgrError
 from .reservation import Reservation
 
 _MIN_RESERVE = 16 << 20
+# Plain ints: every IntFlag operation is a Python-level call.
+_RW, _X = int(Prot.RW), int(Prot.X)
 
 # Every manager of the process, so that invariant checks can find all
 # reservations; weak, so that registering keeps nothing alive.
@@ -71,6 +73,7 @@ class MemoryManager:
         self._low: Reservation | None = None
         self._near_ok: bool | None = None
         self._live: dict[int, Allocation] = {}
+        self._views: dict[int, np.ndarray] = {}  # reservation base -> uint8 array over all of it
         self._closed = False
         self._lock = threading.RLock()
         with _registry_lock:
@@ -190,11 +193,19 @@ class MemoryManager:
             except MemMgrError:
                 r.give(base, total)
                 raise
-            buf = libc.ffi.buffer(libc.ffi.cast("char *", base), total)
-            memory = np.frombuffer(buf, dtype=np.uint8)
+            memory = self._working_memory(r, base, total)
             alloc = Allocation(self, base, total, segments, memory, self.page_size, low)
             self._live[id(alloc)] = alloc
             return alloc
+
+    def _working_memory(self, r: Reservation, base: int, size: int) -> np.ndarray:
+        # One array over the whole reservation, made on first use: slicing it
+        # costs a tenth of wrapping every block in a cffi buffer of its own.
+        whole = self._views.get(r.base)
+        if whole is None:
+            whole = np.frombuffer(libc.ffi.buffer(libc.ffi.cast("char *", r.base), r.size), dtype=np.uint8)
+            self._views[r.base] = whole
+        return whole[base - r.base : base - r.base + size]
 
     def live_allocations(self) -> list[Allocation]:
         """Allocations not yet released, in allocation order."""
@@ -202,11 +213,12 @@ class MemoryManager:
             return list(self._live.values())
 
     def _finalize(self, alloc: Allocation, segments: list[Segment]) -> None:
-        runs = protection_runs(segments, self.page_size)
         # Pages are only RW in flight, and each mprotect sets a run's final
-        # protection in one step, so no page is ever W and X.  Executable runs
-        # go last: code becomes runnable only once its data is sealed.
-        runs.sort(key=lambda run: Prot.X in run[2])
+        # protection in one step, so no page is ever W and X.  A run that stays
+        # RW needs no call at all.  Executable runs go last: code becomes
+        # runnable only once its data is sealed.
+        runs = [run for run in protection_runs(segments, self.page_size) if run[2] != _RW]
+        runs.sort(key=lambda run: int(run[2]) & _X)
         with self._lock:
             for offset, length, prot in runs:
                 libc.mprotect(alloc.target_base + offset, length, int(prot))
@@ -255,6 +267,7 @@ class MemoryManager:
                 if r is not None:
                     libc.munmap(r.base, r.size)
             self._main = self._low = None
+            self._views.clear()
             self._closed = True
 
     def __enter__(self) -> Self:

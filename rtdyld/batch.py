@@ -16,6 +16,7 @@ import numpy as np
 from . import cxxabi, ifunc, stub_slots, suggest, tls, unwind
 from . import layout as L
 from . import limits
+from .definitions import BatchDefinitions, DefinitionTable
 from .errors import (
     DuplicateSymbolError,
     LayoutError,
@@ -45,7 +46,11 @@ PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
 _PC32_DATA = kind_mask(PC32_DATA)
 # Plain ints: numpy probes an enum operand's attributes on every comparison (~2.5 us).
 _LOCAL, _WEAK = int(Bind.LOCAL), int(Bind.WEAK)
-_PLAIN_ROLES = frozenset({int(SectionRole.NORMAL), int(SectionRole.EH_FRAME)})  # run nothing
+# Members for identity tests, ints for the rest: hashing or comparing an IntEnum costs ~0.2 us.
+_NORMAL, _EH_FRAME = SectionRole.NORMAL, SectionRole.EH_FRAME  # run nothing
+_PLAIN, _EH = int(_NORMAL), int(_EH_FRAME)
+_INIT_ARRAY, _CTORS = int(SectionRole.INIT_ARRAY), int(SectionRole.CTORS)
+_FINI_ARRAY, _DTORS = int(SectionRole.FINI_ARRAY), int(SectionRole.DTORS)
 _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 # The batch's relocations: an object's, plus which object and its own symbol number.
 BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
@@ -78,7 +83,7 @@ class LinkedBatch:
     objects: list[ObjectFile]
     allocation: object
     sections: list[PlacedSection]
-    definitions: dict[str, SymbolDef]
+    definitions: BatchDefinitions | dict[str, SymbolDef]  # a dict when rebuilt by the link cache
     externals: list[External]
     got: dict[int, int]  # canonical target id -> slot address
     stubs: dict[int, int]  # canonical target id -> stub address
@@ -709,33 +714,17 @@ class BatchLinker:
     # --- result ---------------------------------------------------------------
 
     def result(self) -> LinkedBatch:
-        defs: dict[str, SymbolDef] = {}
-        idx = np.fromiter(self.defs.values(), dtype=np.int64, count=len(self.defs))
-        cols = zip(
-            self.defs.keys(),
-            self.addr[idx].tolist(),
-            self.size[idx].tolist(),
-            self.stype[idx].tolist(),
-            self.bind[idx].tolist(),
-            self.vis[idx].tolist(),
-            self.sym_obj[idx].tolist(),
-            self.gsec[idx].tolist(),
+        # Definitions stay in the batch's arrays until asked for (rtdyld.definitions).
+        table = DefinitionTable(
+            self.addr, self.size, self.stype, self.bind, self.vis, self.sym_obj, self.gsec,
+            self.objects, self.placed, self.commons,
         )
-        origin = [o.name for o in self.objects]
-        section_name = [self.objects[p.obj].sections[p.index].name for p in self.placed]
-        commons = self.commons
-        for name, address, size, stype, bind, vis, oi, sec in cols:
-            if name in commons:
-                section, size = "COMMON", commons[name][1]
-            else:
-                section = section_name[sec] if sec >= 0 else ""
-            defs[name] = SymbolDef(name, address, size, stype, bind, vis, origin[oi], section)
         init, fini = self._init_fini()
         return LinkedBatch(
             objects=self.objects,
             allocation=self.allocation,
             sections=self.placed,
-            definitions=defs,
+            definitions=BatchDefinitions(self.defs, table),
             externals=self.externals,
             got=self.got,
             stubs=self.stubs,
@@ -754,19 +743,32 @@ class BatchLinker:
     def _init_fini(self) -> tuple[list[tuple], list[tuple]]:
         """(priority key, order, work offset, count, reverse) per init/fini section."""
         init, fini = [], []
+        objects = self.objects
+        if not _has_init_or_fini(objects):  # most batches: done in a third of the walk below
+            return init, fini
         for order, p in enumerate(self.placed):
-            s = self.objects[p.obj].sections[p.index]
-            if s.role in _PLAIN_ROLES:
+            s = objects[p.obj].sections[p.index]
+            role = int(s.role)
+            if role == _PLAIN or role == _EH:
                 continue
-            if s.role in (SectionRole.INIT_ARRAY, SectionRole.CTORS):
+            if role == _INIT_ARRAY or role == _CTORS:
                 dest = init
-            elif s.role in (SectionRole.FINI_ARRAY, SectionRole.DTORS):
+            elif role == _FINI_ARRAY or role == _DTORS:
                 dest = fini
             else:
                 continue
             prio = s.priority if s.priority is not None else 65536
-            reverse = s.role in (SectionRole.CTORS,)
-            dest.append((prio, order, p.work, s.size // 8, reverse, s.role == SectionRole.DTORS))
+            dest.append((prio, order, p.work, s.size // 8, role == _CTORS, role == _DTORS))
         init.sort(key=lambda t: (t[0], t[1]))
         fini.sort(key=lambda t: (t[0], t[1]))
         return init, fini
+
+
+def _has_init_or_fini(objects: list[ObjectFile]) -> bool:
+    """Whether any section of ``objects`` may be an init or fini array."""
+    # Plain loops over each object's list, roles told apart by identity.
+    for o in objects:
+        for s in o.sections:
+            if s.role is not _NORMAL and s.role is not _EH_FRAME:
+                return True
+    return False

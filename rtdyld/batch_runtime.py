@@ -10,8 +10,8 @@ then is the memory released.
 
 Debugger registration is opt-in (``Linker(debugger=True)`` or
 ``RTDYLD_GDB=1``) and automatic for batches loaded while the process is being
-traced (checked at each load, so a debugger attached later sees the batches
-loaded after it attached); the perf
+traced (checked again at least every ``TRACE_CHECK_INTERVAL`` seconds, so a
+debugger attached later sees the batches loaded after it attached); the perf
 map is opt-in (``Linker(perf_map=True)`` or ``RTDYLD_PERF_MAP=1``).  Neither
 costs anything, nor imports anything, when off.
 """
@@ -19,6 +19,7 @@ costs anything, nor imports anything, when off.
 from __future__ import annotations
 
 import os
+import time
 
 from . import cxxabi, unwind
 
@@ -27,9 +28,40 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "yes", "true", "on")
 
 
+# The kernel writes all of /proc/self/status for every read (some 30 us,
+# more than the rest of publishing a small batch), so the answer is reused
+# for this long.  A person attaching a debugger takes longer than that
+# before the process loads anything again.
+TRACE_CHECK_INTERVAL = 0.5
+
+_traced: tuple[float, bool] | None = None  # (when it was read, answer)
+
+
+def _forget_tracer() -> None:
+    global _traced
+    _traced = None  # a forked child has a tracer of its own (usually none)
+
+
+os.register_at_fork(after_in_child=_forget_tracer)
+
+
 def being_traced() -> bool:
-    """True when a debugger (or strace) is attached: TracerPid is not 0."""
-    # Asked at every load: one raw read, not a text file walked line by line (half the cost).
+    """True when a debugger (or strace) is attached: TracerPid is not 0.
+
+    Read at most once per ``TRACE_CHECK_INTERVAL`` seconds per process."""
+    global _traced
+    now = time.monotonic()
+    cached = _traced
+    if cached is not None and now - cached[0] < TRACE_CHECK_INTERVAL:
+        return cached[1]
+    answer = _read_tracer_pid() != b"0"
+    _traced = (now, answer)
+    return answer
+
+
+def _read_tracer_pid() -> bytes:
+    """The TracerPid field of /proc/self/status (b"0" when there is none or it cannot be read)."""
+    # One raw read, not a text file walked line by line (half the cost).
     try:
         fd = os.open("/proc/self/status", os.O_RDONLY)
         try:
@@ -37,12 +69,12 @@ def being_traced() -> bool:
         finally:
             os.close(fd)
     except OSError:
-        return False
+        return b"0"
     at = status.find(b"\nTracerPid:")
     if at < 0:
-        return False
+        return b"0"
     end = status.find(b"\n", at + 1)
-    return status[at + 11 : end if end >= 0 else len(status)].strip() != b"0"
+    return status[at + 11 : end if end >= 0 else len(status)].strip()
 
 
 class BatchRuntime:

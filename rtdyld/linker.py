@@ -11,6 +11,7 @@ from . import host, ifunc, initfini, suggest
 from .archives import ArchiveSet, Pull
 from .batch import BatchLinker, LinkedBatch
 from .batch_runtime import BatchRuntime
+from .definitions import set_batch
 from .errors import LinkError, UndefinedSymbolError, UsageError, ValidationError
 from .inputs import parse_object, read_input
 from .linkcache import open_link_cache
@@ -51,7 +52,7 @@ class Handle:
     def symbols(self) -> dict[str, SymbolDef]:
         out: dict[str, SymbolDef] = {}
         for _, b in self.parts:
-            out.update(b.definitions)
+            out.update(b.definitions.items())
         return out
 
     @property
@@ -400,10 +401,11 @@ class Linker:
             self.pending_archives = []
 
     def _publish(self, parts: list[tuple[Dylib, LinkedBatch]]) -> Handle:
+        executable = self._executable()
         done = []
         try:
             for _, lb in parts:
-                ifunc.bind(lb, self._executable(), run_code=self.run_initializers)
+                ifunc.bind(lb, executable, run_code=self.run_initializers)
                 lb.allocation.finalize()
                 done.append(lb)
         except Exception as e:
@@ -415,16 +417,15 @@ class Linker:
         self._batches += 1
         handle = Handle(self, parts, self._batches)
         for dylib, lb in parts:
-            for d in lb.definitions.values():
-                d.batch = handle
+            set_batch(lb.definitions, handle)
             for e in lb.externals:
                 owner = e.definition.batch if e.definition is not None else None
                 if isinstance(owner, Handle) and owner is not handle:
                     owner.dependents.add(handle)
-            if self._executable():
+            if executable:
                 self.runtime.loaded(lb)
-            if self.run_initializers and self._executable():
-                initfini.call_all(initfini.initializer_order(lb.allocation.memory, lb.initializers))
+                if self.run_initializers and lb.initializers:
+                    initfini.call_all(initfini.initializer_order(lb.allocation.memory, lb.initializers))
             dylib.published.update(lb.definitions)
             self.kept_groups |= lb.kept_groups
             archives = self._archives(dylib)
@@ -434,6 +435,7 @@ class Linker:
         return handle
 
     def _executable(self) -> bool:
+        """Whether batches land in this process's memory (not VirtualMemory): code may run."""
         from memmgr import MemoryManager
 
         return isinstance(self.memory, MemoryManager)
@@ -459,9 +461,7 @@ class Linker:
                     initfini.call_all(initfini.finalizer_order(lb.allocation.memory, lb.finalizers))
                 if self._executable():
                     self.runtime.unloaded(lb)
-                for name, d in lb.definitions.items():
-                    if dylib.published.get(name) is d:
-                        del dylib.published[name]
+                dylib.published.withdraw(lb.definitions)
                 self.kept_groups -= lb.kept_groups
                 archives = self._archives(dylib)
                 for p in lb.pulls.values():

@@ -13,6 +13,7 @@ host are also tried with exactly one leading underscore removed.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 from . import host
@@ -35,6 +36,70 @@ class SymbolDef:
     batch: object | None = None  # the Handle whose memory holds it
 
 
+class PublishedSymbols(MutableMapping):
+    """A dylib's published names: name -> SymbolDef, in publication order.
+
+    ``update`` with a batch's definitions records, for each name, the mapping
+    that holds it (``holders()``, one dict update at C speed) rather than its
+    SymbolDef, so publishing thousands of names makes no SymbolDef: the
+    batch's mapping makes one when the name is first looked up (see
+    :mod:`rtdyld.definitions`).
+    """
+
+    def __init__(self) -> None:
+        self._holder: dict[str, object] = {}  # name -> its SymbolDef, or the mapping holding it
+
+    def __getitem__(self, name: str) -> SymbolDef:
+        v = self._holder[name]
+        return v if isinstance(v, SymbolDef) else v[name]
+
+    def get(self, name: str, default=None):
+        v = self._holder.get(name)
+        if v is None:
+            return default
+        return v if isinstance(v, SymbolDef) else v[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self._holder
+
+    def __setitem__(self, name: str, d: SymbolDef) -> None:
+        self._holder[name] = d
+
+    def __delitem__(self, name: str) -> None:
+        del self._holder[name]
+
+    def __iter__(self):
+        return iter(self._holder)
+
+    def __len__(self) -> int:
+        return len(self._holder)
+
+    def keys(self):
+        return self._holder.keys()
+
+    def update(self, other=(), /, **kwargs) -> None:
+        if not kwargs:
+            if type(other) is dict:  # SymbolDefs by value, at C speed
+                self._holder.update(other)
+                return
+            holders = getattr(other, "holders", None)
+            if holders is not None:  # a batch's definitions (BatchDefinitions): by reference
+                self._holder.update(holders())
+                return
+        super().update(other, **kwargs)
+
+    def withdraw(self, definitions: Mapping) -> None:
+        """Unpublish the names of ``definitions`` that still resolve to them."""
+        holder = self._holder
+        for name in definitions:
+            v = holder.get(name)
+            if v is definitions or (isinstance(v, SymbolDef) and v is definitions.get(name)):
+                del holder[name]
+
+    def __repr__(self) -> str:
+        return f"<PublishedSymbols: {len(self._holder)} names>"
+
+
 @dataclass
 class Library:
     name: str
@@ -54,7 +119,7 @@ class Dylib:
 
     def __init__(self, name: str = "main") -> None:
         self.name = name
-        self.published: dict[str, SymbolDef] = {}
+        self.published = PublishedSymbols()
         self.user: dict[str, SymbolDef] = {}
         self.libraries: list[Library] = []
         self._order: list | None = None  # None: own libraries, then the process

@@ -123,6 +123,8 @@ def _functions():
     unwinder libstdc++ throws through; loaded if the process lacks it.
     (None, None) when there is no libgcc_s: nothing could throw then."""
     global _unwinder
+    if _unwinder is not None:  # set once, never changed: no lock needed to read it
+        return _unwinder
     with _lock:
         if _unwinder is None:
             try:
@@ -133,7 +135,10 @@ def _functions():
                 reg = host.library_symbol(handle, "__register_frame")
                 dereg = host.library_symbol(handle, "__deregister_frame")
                 if reg and dereg:
-                    _unwinder = (host.ffi.cast("void (*)(void *)", reg), host.ffi.cast("void (*)(void *)", dereg))
+                    # Declared with an integer argument, passed exactly as a pointer
+                    # on x86-64: calls then need no pointer made per batch.
+                    fn = "void (*)(uintptr_t)"
+                    _unwinder = (host.ffi.cast(fn, reg), host.ffi.cast(fn, dereg))
                 else:
                     _unwinder = (None, None)
         return _unwinder
@@ -146,7 +151,7 @@ def register(image: EhFrameImage | None) -> bool:
     reg, _ = _functions()
     if reg is None:
         return False
-    reg(host.ffi.cast("void *", image.address))
+    reg(image.address)
     return True
 
 
@@ -154,4 +159,4 @@ def deregister(image: EhFrameImage | None) -> None:
     """Forget the image; must run before its memory is released."""
     _, dereg = _functions()
     if image is not None and dereg is not None:
-        dereg(host.ffi.cast("void *", image.address))
+        dereg(image.address)

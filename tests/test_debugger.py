@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -144,6 +145,40 @@ def test_debugger_registration_is_opt_in(monkeypatch):
 
 def test_not_traced_under_pytest():
     assert batch_runtime.being_traced() is False
+
+
+def test_tracer_check_is_reused_for_a_short_time(monkeypatch):
+    """/proc/self/status is read once per interval, and a tracer attached later is seen after it."""
+    reads = []
+    tracer = b"0"
+
+    def read():
+        reads.append(tracer)
+        return tracer
+
+    now = 1000.0
+    monkeypatch.setattr(batch_runtime, "_read_tracer_pid", read)
+    monkeypatch.setattr(batch_runtime, "time", SimpleNamespace(monotonic=lambda: now))
+    monkeypatch.setattr(batch_runtime, "_traced", None)
+    assert not batch_runtime.being_traced()
+    assert not batch_runtime.being_traced()
+    assert reads == [b"0"]
+    tracer = b"4242"  # a debugger attaches
+    now += batch_runtime.TRACE_CHECK_INTERVAL / 2
+    assert not batch_runtime.being_traced()
+    now += batch_runtime.TRACE_CHECK_INTERVAL
+    assert batch_runtime.being_traced()
+    assert reads == [b"0", b"4242"]
+
+
+def test_a_forked_child_reads_its_own_tracer():
+    batch_runtime.being_traced()
+    assert batch_runtime._traced is not None
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if batch_runtime._traced is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_perf_map_lines_from_the_command_line(build, tmp_path):

@@ -109,6 +109,51 @@ def test_in_flight_is_rw_and_finalize_sets_protections(mm):
     assert alloc.state == "finalized"
 
 
+def test_finalize_changes_only_what_is_not_already_rw_code_last(mm, monkeypatch):
+    """In flight every page is RW: sealing costs one mprotect per read-only or code run, none for data."""
+    alloc = mm.allocate(
+        [
+            SegmentRequest("text", len(RET42), Prot.RX),
+            SegmentRequest("rodata", 2 * PAGE_SIZE, Prot.R),
+            SegmentRequest("data", 10, Prot.RW),
+            SegmentRequest("bss", PAGE_SIZE, Prot.RW, zero_fill=True),
+        ]
+    )
+    calls = []
+    real = memmgr.libc.mprotect
+
+    def recording(addr, length, prot):
+        calls.append((addr - alloc.target_base, length, prot))
+        real(addr, length, prot)
+
+    monkeypatch.setattr(memmgr.libc, "mprotect", recording)
+    alloc.finalize()
+    assert calls == [(PAGE_SIZE, 2 * PAGE_SIZE, int(Prot.R)), (0, PAGE_SIZE, int(Prot.RX))]
+    _, rodata, data, bss = alloc.segments
+    assert perms_at(alloc.target_base + data.offset) == "rw-p"
+    assert perms_at(alloc.target_base + bss.offset) == "rw-p"
+    assert perms_at(alloc.target_base + rodata.offset + PAGE_SIZE) == "r--p"
+    assert perms_at(alloc.target_base) == "r-xp"
+    alloc.release()
+
+
+def test_working_memory_of_each_allocation_is_its_own_block(mm):
+    first = mm.allocate([SegmentRequest("data", 3 * PAGE_SIZE, Prot.RW)])
+    second = mm.allocate([SegmentRequest("data", PAGE_SIZE, Prot.RW)])
+    first.memory[:] = 1
+    second.memory[:] = 2
+    assert len(first.memory) == 3 * PAGE_SIZE and len(second.memory) == PAGE_SIZE
+    for alloc, value in ((first, 1), (second, 2)):
+        ptr = _ffi.cast("unsigned char *", alloc.target_base)
+        assert ptr[0] == value and ptr[alloc.size - 1] == value
+    first.release()
+    assert (second.memory == 2).all()
+    again = mm.allocate([SegmentRequest("data", PAGE_SIZE, Prot.RW)])
+    assert again.target_base == first.target_base and not again.memory.any()
+    again.release()
+    second.release()
+
+
 def test_finalized_code_runs(mm):
     alloc = mm.allocate([SegmentRequest("text", len(RET42), Prot.RX)])
     alloc.memory[: len(RET42)] = np.frombuffer(RET42, np.uint8)
