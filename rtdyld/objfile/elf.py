@@ -2,7 +2,9 @@
 
 The section header table (including the SHN_XINDEX escapes for large section
 counts, see :mod:`.elf_headers`), the symbol and the relocation tables are
-read in bulk as numpy structured arrays over the file's bytes, uncopied.
+read in bulk: as numpy structured arrays over the file's bytes, uncopied,
+or for the small tables of a typical object with ``struct`` in plain Python
+(:mod:`.elf_small`), which is faster there.
 Every index and offset is checked before use: malformed input raises
 MalformedObjectError naming the object and the offending section or entry.
 """
@@ -11,12 +13,13 @@ from __future__ import annotations
 
 import functools
 import re
+import struct
 
 import numpy as np
 
-from ..errors import MalformedObjectError, UnsupportedRelocationError
+from ..errors import LinkError, MalformedObjectError, UnsupportedRelocationError
 from ..x86_64.edges import WIDTH, Edge
-from . import elf_deferred
+from . import elf_deferred, elf_small
 from . import elf_tables as T
 from .elf_headers import HeaderError, read_section_headers
 from .elf_headers import SectionHeader as _Header
@@ -34,7 +37,7 @@ from .model import (
     SectionRole,
 )
 from .records import join
-from .strtab import read_names
+from .strtab import names_at, read_names
 
 _PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
 _WIDTH = WIDTH.astype(np.uint64)
@@ -85,24 +88,43 @@ class _ElfReader:
         except HeaderError as e:
             raise self.fail(f"bad section headers: {e}") from None
         end = len(d)
+        # The one walk over the headers: check each, and sort out the few kinds later steps read.
+        symtabs, self.shndx_sections, self.group_sections, self.rel_sections, self.loadable = [], [], [], [], []
         for i, h in enumerate(self.headers):
-            if h.type != T.SHT_NOBITS and i and h.type != 0:
-                if h.offset + h.size > end:
-                    raise self.fail(
-                        f"section [{i}] {h.name!r} extends past the end of the file "
-                        f"(offset {h.offset:#x} + size {h.size:#x} > {end:#x})"
-                    )
+            t = h.type
+            if t != T.SHT_NOBITS and i and t != 0 and h.offset + h.size > end:
+                raise self.fail(
+                    f"section [{i}] {h.name!r} extends past the end of the file "
+                    f"(offset {h.offset:#x} + size {h.size:#x} > {end:#x})"
+                )
             if h.align & (h.align - 1):
                 raise self.fail(f"section [{i}] {h.name!r} has alignment {h.align}, not a power of two")
+            if t == T.SHT_RELA or t == T.SHT_REL:
+                self.rel_sections.append(i)
+            elif t == T.SHT_SYMTAB:
+                symtabs.append(i)
+            elif t == T.SHT_SYMTAB_SHNDX:
+                self.shndx_sections.append(i)
+            elif t == T.SHT_GROUP:
+                self.group_sections.append(i)
+            elif h.flags & T.SHF_ALLOC and t in T.LOADABLE_TYPES:
+                self.loadable.append(i)
         check_section_tables(self.headers, self.fail)
-        self._read_symtab()
+        self._read_symtab(symtabs)
         self._select_sections()
         if defer_tables:
             deferred = elf_deferred.deferred_object(self)
             if deferred is not None:
                 return deferred
+        try:
+            tables = self._rela_tables()
+        except LinkError:
+            self._convert_symbols()  # a bad symbol is named first, as the tables are converted in that order
+            raise
+        small = elf_small.convert(self, tables) if tables is not None else None
+        if small is not None:
+            return self.object(ObjectFile, *small)
         symbols = self._convert_symbols()
-        tables = self._rela_tables()
         relocs = elf_deferred.convert_now(self, symbols, *tables) if tables is not None else None
         if relocs is None:  # SHT_REL tables, or a bad entry to name
             relocs = self._read_relocations(symbols)
@@ -131,68 +153,89 @@ class _ElfReader:
 
     # --- symbols -------------------------------------------------------------
 
-    def _read_symtab(self) -> None:
-        tabs = [i for i, h in enumerate(self.headers) if h.type == T.SHT_SYMTAB]
+    def _read_symtab(self, tabs: list[int]) -> None:
         if len(tabs) > 1:
             raise self.fail("more than one symbol table")
         self.symtab_index = tabs[0] if tabs else None
+        self.xindex = None
+        self.sym_rows = None
         if self.symtab_index is None:
-            self.raw_syms = np.zeros(0, dtype=T.ELF64_SYM)
+            self.sym_bytes = b""
+            self.nsyms = 0
+            self.sym_rows = []
             self.names = []
             return
         h = self.headers[self.symtab_index]
-        self.raw_syms = self._table(h, T.ELF64_SYM, "symbol table")
+        if h.size % T.ELF64_SYM.itemsize:
+            raise self.fail(f"symbol table section {h.name!r} size {h.size} is not a multiple of {T.ELF64_SYM.itemsize}")
+        self.sym_bytes = self._bytes(h)
+        self.nsyms = h.size // T.ELF64_SYM.itemsize
         if not 0 < h.link < len(self.headers) or self.headers[h.link].type != T.SHT_STRTAB:
             raise self.fail(f"symbol table's string table index {h.link} is not a string table")
+        strtab = self._bytes(self.headers[h.link])
         try:
-            self.names = read_names(self._bytes(self.headers[h.link]), self.raw_syms["st_name"])
+            if self.nsyms <= elf_small.ROWS:
+                # A small table as tuples: the names, the pull names and (read
+                # alone) the model table come from them in plain Python.
+                self.sym_rows = list(elf_small.ELF64_SYM.iter_unpack(self.sym_bytes))
+                self.names = names_at(bytes(strtab), [row[0] for row in self.sym_rows])
+            else:
+                self.names = read_names(strtab, self.raw_syms["st_name"])
         except ValueError as e:
             raise self.fail(f"symbol table: {e}") from None
-        self.xindex = None
-        for i, sh in enumerate(self.headers):
-            if sh.type == T.SHT_SYMTAB_SHNDX and sh.link == self.symtab_index:
+        for i in self.shndx_sections:
+            sh = self.headers[i]
+            if sh.link == self.symtab_index:
                 self.xindex = self._table(sh, np.dtype("<u4"), "extended section index")
-                if len(self.xindex) < len(self.raw_syms):
+                if len(self.xindex) < self.nsyms:
                     raise self.fail("extended section index table is shorter than the symbol table")
+
+    @functools.cached_property
+    def raw_syms(self) -> np.ndarray:
+        """The symbol table as ELF64_SYM rows, over the file's bytes."""
+        return np.frombuffer(self.sym_bytes, dtype=T.ELF64_SYM)
 
     def _select_sections(self) -> None:
         """Pick the sections to load and read COMDAT groups."""
         self.sections: list[Section] = []
         self.groups: list[Group] = []
-        n = len(self.headers)
-        self.model_index = np.full(n, SEC_DISCARDED, dtype=np.int32)
-        for i, h in enumerate(self.headers):
-            if not (h.flags & T.SHF_ALLOC) or h.type not in T.LOADABLE_TYPES:
-                continue
-            if h.type == T.SHT_NOBITS and h.size > MAX_ZERO_FILL:
+        headers = self.headers
+        n = len(headers)
+        # Section number -> index in self.sections, or SEC_DISCARDED.  A list:
+        # the tables are a dozen entries, and per-item numpy access costs more.
+        self.model_index = model_index = [SEC_DISCARDED] * n
+        for i in self.loadable:
+            h = headers[i]
+            zero_fill = h.type == T.SHT_NOBITS
+            if zero_fill and h.size > MAX_ZERO_FILL:
                 raise self.fail(f"section [{i}] {h.name!r} claims {h.size} bytes of zero-fill")
-            flags = _section_flags(h.flags, h.type == T.SHT_NOBITS)
             role, priority = _role(h.name, h.type)
-            self.model_index[i] = len(self.sections)
+            model_index[i] = len(self.sections)
             self.sections.append(
                 Section(
                     name=h.name,
-                    data=b"" if h.type == T.SHT_NOBITS else self._bytes(h),
+                    data=b"" if zero_fill else self._bytes(h),
                     size=h.size,
                     align=h.align,
-                    flags=flags,
+                    flags=_section_flags(h.flags, zero_fill),
                     role=role,
                     priority=priority,
                     source_index=i,
                 )
             )
-        for i, h in enumerate(self.headers):
-            if h.type != T.SHT_GROUP:
-                continue
-            words = self._table(h, np.dtype("<u4"), "group")
+        for i in self.group_sections:
+            h = headers[i]
+            if h.size % 4:
+                raise self.fail(f"group section {h.name!r} size {h.size} is not a multiple of 4")
+            words = struct.unpack_from(f"<{h.size // 4}I", self.data, h.offset)
             if len(words) == 0 or not (words[0] & T.GRP_COMDAT):
                 continue
-            if h.link != self.symtab_index or h.info >= len(self.raw_syms):
+            if h.link != self.symtab_index or h.info >= self.nsyms:
                 raise self.fail(f"group section [{i}] {h.name!r} has a bad signature symbol {h.info}")
             members = words[1:]
-            if len(members) and int(members.max()) >= n:
+            if members and max(members) >= n:
                 raise self.fail(f"group section [{i}] {h.name!r} names a section past the last one")
-            loaded = [int(self.model_index[m]) for m in members if self.model_index[m] >= 0]
+            loaded = [model_index[m] for m in members if model_index[m] >= 0]
             gi = len(self.groups)
             for m in loaded:
                 self.sections[m].group = gi
@@ -238,7 +281,7 @@ class _ElfReader:
             reserved &= ~escaped
         n = len(self.headers)
         # model_index for 0..n-1 (0 is SHN_UNDEF), then "past the last section", then the reserved range.
-        table = np.concatenate((self.model_index, [T.BAD_INDEX], T.RESERVED_SECTIONS))
+        table = np.concatenate((np.array(self.model_index + [T.BAD_INDEX], dtype=np.int32), T.RESERVED_SECTIONS))
         table[0] = SEC_UNDEF
         sec = table[np.where(reserved, n + 1 + (shndx - T.SHN_LORESERVE), np.minimum(shndx, n))]
         bad = sec <= T.BAD_INDEX
@@ -258,12 +301,11 @@ class _ElfReader:
         """``(header, model section index)`` of each SHT_RELA/SHT_REL table
         that patches a loaded section.  Their entry sizes and links to the
         (one) symbol table were checked with the other tables (:mod:`.elf_precheck`)."""
-        for i, h in enumerate(self.headers):
-            if h.type not in (T.SHT_RELA, T.SHT_REL):
-                continue
+        for i in self.rel_sections:
+            h = self.headers[i]
             if h.info >= len(self.headers):
                 raise self.fail(f"relocation section [{i}] {h.name!r} applies to missing section {h.info}")
-            target = int(self.model_index[h.info])
+            target = self.model_index[h.info]
             if target < 0:
                 continue  # debug info and other sections we do not load
             yield h, target

@@ -37,8 +37,6 @@ _WIDTH[: len(WIDTH)] = WIDTH
 _NONE = int(Edge.NONE)
 _GLOBAL = int(Bind.GLOBAL)
 _STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLOBAL, GNU_UNIQUE
-# Section-number look-up (as the reader's): "past the last section" after each object's map.
-_PAST_LAST = np.array([T.BAD_INDEX], dtype=np.int32)
 _LAST_TYPE = len(T.ELF_EDGE) - 1
 
 
@@ -91,7 +89,7 @@ def deferred_object(reader) -> ObjectFile | None:
     relocation tables left for its batch; None if it has SHT_REL tables
     (read eagerly).  The symbol table of an object with extended section
     indexes is converted now."""
-    lazy_symbols = len(reader.raw_syms) > 0 and reader.xindex is None
+    lazy_symbols = reader.nsyms > 0 and reader.xindex is None
     symbols = None if lazy_symbols else reader._convert_symbols()
     try:
         tables = reader._rela_tables()
@@ -110,15 +108,19 @@ def deferred_object(reader) -> ObjectFile | None:
 def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
     """:func:`_pull_names` from the raw symbol table (the section numbers and
     bindings the conversion maps; rows it would reject count for neither)."""
-    raw = reader.raw_syms
-    binding = raw["st_info"] >> 4
-    named = np.flatnonzero(binding)
-    loaded = reader.model_index.tolist()
+    loaded = reader.model_index
     n = len(loaded)
     names = reader.names
     defined, needed = [], []
-    for i, shndx, b in zip(named.tolist(), raw["st_shndx"][named].tolist(), binding[named].tolist()):
-        name = names[i]
+    if reader.sym_rows is not None:  # a small table, already unpacked: a plain loop
+        rows = zip(names, reader.sym_rows)
+        named = [(name, shndx, info >> 4) for name, (_, info, _, shndx, _, _) in rows if info >> 4 and name]
+    else:
+        raw = reader.raw_syms
+        binding = raw["st_info"] >> 4
+        at = np.flatnonzero(binding)
+        named = zip([names[i] for i in at.tolist()], raw["st_shndx"][at].tolist(), binding[at].tolist())
+    for name, shndx, b in named:
         if not name:
             continue
         if shndx == T.SHN_UNDEF:
@@ -184,26 +186,26 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
     """Model symbol tables of the objects ``readers`` read, or None if any
     row would make the reader raise (bad section number or binding, a
     value past its section)."""
-    counts = [len(r.raw_syms) for r in readers]
-    raw = np.frombuffer(b"".join([r.raw_syms for r in readers]), dtype=T.ELF64_SYM)
+    counts = [r.nsyms for r in readers]
+    raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=T.ELF64_SYM)
     rows = np.array(counts, dtype=np.int64)
     # One look-up table for every object's section numbers: its model_index
     # (0 is SHN_UNDEF) then "past the last section"; sizes likewise, then "no section".
-    tables, starts, lengths, sizes, size_starts, nsections = [], [], [], [], [], []
-    at = size_at = 0
+    table, starts, lengths, sizes, size_starts, nsections = [], [], [], [], [], []
+    size_at = 0
     for r in readers:
-        tables += (r.model_index, _PAST_LAST)
-        starts.append(at)
+        starts.append(len(table))
         lengths.append(len(r.model_index))
-        at += len(r.model_index) + 1
+        table += r.model_index
+        table.append(T.BAD_INDEX)
+        table[starts[-1]] = SEC_UNDEF
         sizes += [s.size for s in r.sections]
         sizes.append(T.NO_SECTION)
         size_starts.append(size_at)
         nsections.append(len(r.sections))
         size_at += len(r.sections) + 1
-    table = np.concatenate(tables)
+    table = np.array(table, dtype=np.int32)
     first = np.array(starts, dtype=np.int64)
-    table[first] = SEC_UNDEF
     shndx = raw["st_shndx"].astype(np.int64)
     sec = table[np.repeat(first, rows) + np.minimum(shndx, np.repeat(np.array(lengths, dtype=np.int64), rows))]
     reserved = shndx >= T.SHN_LORESERVE

@@ -22,8 +22,14 @@ def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
     """
     if len(offsets) == 0:
         return []
-    raw = bytes(strtab)
-    offs = offsets.tolist()
+    return names_at(bytes(strtab), offsets.tolist())
+
+
+def names_at(raw: bytes, offs: list[int]) -> list[str]:
+    """:func:`read_names` for offsets already in a list (the ELF reader
+    unpacks its small tables with ``struct``, not numpy)."""
+    if not offs:
+        return []
     highest = max(offs)
     if highest >= len(raw):
         k = next(k for k, o in enumerate(offs) if o >= len(raw))
@@ -48,7 +54,7 @@ def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
         names = list(map(start_of.get, offs))
     else:
         nuls = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 0)
-        where = offsets.astype(np.int64)
+        where = np.array(offs, dtype=np.int64)
         piece = np.searchsorted(nuls, where)
         starts = np.concatenate(([0], nuls + 1))
         names = list(map(pieces.__getitem__, piece.tolist()))
