@@ -204,6 +204,8 @@ class _ElfReader:
         # Section number -> index in self.sections, or SEC_DISCARDED.  A list:
         # the tables are a dozen entries, and per-item numpy access costs more.
         self.model_index = model_index = [SEC_DISCARDED] * n
+        # Section number -> how far a symbol defined there may lie, NO_SECTION where unbounded.
+        self.bounds = bounds = [T.NO_SECTION] * n
         for i in self.loadable:
             h = headers[i]
             zero_fill = h.type == T.SHT_NOBITS
@@ -211,6 +213,7 @@ class _ElfReader:
                 raise self.fail(f"section [{i}] {h.name!r} claims {h.size} bytes of zero-fill")
             role, priority = _role(h.name, h.type)
             model_index[i] = len(self.sections)
+            bounds[i] = h.size
             self.sections.append(
                 Section(
                     name=h.name,

@@ -42,17 +42,23 @@ _LAST_TYPE = len(T.ELF_EDGE) - 1
 
 class _Pending:
     """What converting an object's tables needs: its reader (which holds the
-    raw symbol table and the section map), and per SHT_RELA table its bytes,
-    its row count, the section it patches and that section's size."""
+    raw symbol table and the section map), and per non-empty SHT_RELA table
+    its bytes, its row count, the section it patches and that section's
+    size; whether the tables patch the sections in order (then each table
+    sorted makes the object's rows sorted); its rows in all."""
 
-    __slots__ = ("counts", "reader", "sizes", "tables", "targets")
+    __slots__ = ("ascending", "counts", "reader", "rows", "sizes", "tables", "targets")
 
     def __init__(self, reader, tables: list[memoryview], targets: list[int]):
         self.reader = reader
-        self.tables = tables
-        self.targets = targets
-        self.counts = [len(t) // T.ELF64_RELA.itemsize for t in tables]
-        self.sizes = [reader.sections[t].size for t in targets]
+        # Empty tables hold nothing to convert, and a per-table reduction cannot take them.
+        kept = [(t, target) for t, target in zip(tables, targets) if len(t)]
+        self.tables = [t for t, _ in kept]
+        self.targets = [target for _, target in kept]
+        self.counts = [len(t) // T.ELF64_RELA.itemsize for t in self.tables]
+        self.sizes = [reader.sections[t].size for t in self.targets]
+        self.rows = sum(self.counts)
+        self.ascending = all(a < b for a, b in zip(self.targets, self.targets[1:]))
 
 
 class DeferredElfObject(ObjectFile):
@@ -188,37 +194,32 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
     value past its section)."""
     counts = [r.nsyms for r in readers]
     raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=T.ELF64_SYM)
-    rows = np.array(counts, dtype=np.int64)
-    # One look-up table for every object's section numbers: its model_index
-    # (0 is SHN_UNDEF) then "past the last section"; sizes likewise, then "no section".
-    table, starts, lengths, sizes, size_starts, nsections = [], [], [], [], [], []
-    size_at = 0
+    # Per object, a block of ``width`` entries indexed by section number (0 is
+    # SHN_UNDEF, every number past the object's last section is BAD_INDEX):
+    # the model section, and the bound a symbol's value must not pass.  Built
+    # as lists, the blocks are tens of entries; the rows are looked up in one go.
+    width = max(len(r.model_index) for r in readers) + 1
+    table: list[int] = []
+    bound: list[int] = []
     for r in readers:
-        starts.append(len(table))
-        lengths.append(len(r.model_index))
+        pad = width - len(r.model_index)
+        start = len(table)
         table += r.model_index
-        table.append(T.BAD_INDEX)
-        table[starts[-1]] = SEC_UNDEF
-        sizes += [s.size for s in r.sections]
-        sizes.append(T.NO_SECTION)
-        size_starts.append(size_at)
-        nsections.append(len(r.sections))
-        size_at += len(r.sections) + 1
-    table = np.array(table, dtype=np.int32)
-    first = np.array(starts, dtype=np.int64)
+        table[start] = SEC_UNDEF
+        table += [T.BAD_INDEX] * pad
+        bound += r.bounds
+        bound += [T.NO_SECTION] * pad
     shndx = raw["st_shndx"].astype(np.int64)
-    sec = table[np.repeat(first, rows) + np.minimum(shndx, np.repeat(np.array(lengths, dtype=np.int64), rows))]
-    reserved = shndx >= T.SHN_LORESERVE
-    if np.count_nonzero(reserved):
-        sec[reserved] = T.RESERVED_SECTIONS[shndx[reserved] - T.SHN_LORESERVE]
+    at = np.minimum(shndx, width - 1)
+    if len(readers) > 1:
+        at += np.repeat(np.arange(0, width * len(readers), width), counts)
+    sec = np.array(table, dtype=np.int32)[at]
+    reserved = shndx >= T.SHN_LORESERVE  # SHN_ABS, SHN_COMMON and the unsupported rest
+    sec = np.where(reserved, T.RESERVED_SECTIONS[shndx & 0xFF], sec)
     info = raw["st_info"]
     bind = T.BIND_MAP[info >> 4]
     value = raw["st_value"]
-    size_of = np.array(sizes, dtype=np.uint64)
-    own = np.repeat(np.array(size_starts, dtype=np.int64), rows) + np.where(
-        sec >= 0, sec, np.repeat(np.array(nsections, dtype=np.int64), rows)
-    )
-    bad = (sec <= T.BAD_INDEX) | (bind == 255) | (value > size_of[own])
+    bad = (sec <= T.BAD_INDEX) | (bind == 255) | (value > np.array(bound, dtype=np.uint64)[at])
     if np.count_nonzero(bad):
         return None
     out = np.empty(len(raw), dtype=SYM_DTYPE)
@@ -238,53 +239,71 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     """Model relocations of each pending object (with ``nsyms`` symbols), or
     None if any row would make the reader raise."""
     tables: list[memoryview] = []
-    counts: list[int] = []
+    counts: list[int] = []  # per table: its rows
     sections: list[int] = []  # per table: the patched section, object-local
     sizes: list[int] = []  # per table: that section's size
-    per_object: list[int] = []  # tables of each object
-    for p in pend:
+    symbols: list[int] = []  # per table: its object's symbol count
+    ascending = True
+    for p, n in zip(pend, nsyms):
         tables += p.tables
         counts += p.counts
         sections += p.targets
         sizes += p.sizes
-        per_object.append(len(p.tables))
+        symbols += [n] * len(p.tables)
+        ascending = ascending and p.ascending
     # The tables' bytes end to end: one copy at C speed, however many tables.
     raw = np.frombuffer(b"".join(tables), dtype=T.ELF64_RELA)
+    starts = [0, *accumulate(counts)][:-1]
     rows = np.array(counts, dtype=np.int64)
-    single = len(pend) == 1
-    robj = None if single else np.repeat(np.repeat(np.arange(len(pend)), per_object), rows)
-    section = np.repeat(np.array(sections, dtype=np.int32), rows)
     info = raw["r_info"]
-    rtype = (info & 0xFFFFFFFF).astype(np.uint32)
+    rtype = info.astype(np.uint32)  # the low 32 bits
     sym = info >> 32
-    kinds = T.ELF_EDGE[np.minimum(rtype, _LAST_TYPE)]
-    kinds[rtype > _LAST_TYPE] = T.UNSUPPORTED
+    kinds = T.ELF_EDGE[np.minimum(rtype, _LAST_TYPE)]  # the last entry: every type past the table
     offset = raw["r_offset"]
-    size = np.repeat(np.array(sizes, dtype=np.uint64), rows)
-    past = ((offset + _WIDTH[kinds] > size) | (offset > size)) & (kinds != _NONE)
-    symbols = np.uint64(nsyms[0]) if single else np.array(nsyms, dtype=np.uint64)[robj]
-    bad = (sym >= symbols) | (kinds == T.UNSUPPORTED) | past
+    none = kinds == _NONE
+    nsym = np.uint32(nsyms[0]) if len(pend) == 1 else np.repeat(np.array(symbols, dtype=np.uint32), rows)
+    bad = (sym >= nsym) | (kinds == T.UNSUPPORTED)
+    if len(raw):
+        # Where each row's write ends (an offset past 2**64 - 8 wraps below
+        # it), R_X86_64_NONE rows aside; then the farthest of each table
+        # against the size of the section it patches.  In place: a 64-bit
+        # temporary per row costs more than the arithmetic on a big batch.
+        reach = _WIDTH[kinds]
+        reach += offset
+        np.maximum(reach, offset, out=reach)
+        reach[none] = 0
+        if np.count_nonzero(np.maximum.reduceat(reach, starts) > np.array(sizes, dtype=np.uint64)):
+            return None
     if np.count_nonzero(bad):
         return None
-    keep = kinds != _NONE
-    if np.count_nonzero(keep) < len(keep):
-        section, offset, kinds, rtype, sym = section[keep], offset[keep], kinds[keep], rtype[keep], sym[keep]
-        robj = None if single else robj[keep]
-        addend = raw["r_addend"][keep]
-    else:
-        addend = raw["r_addend"]
-    # Each object's rows sorted by (section, offset), as the reader leaves them.
-    a, b = section[:-1], section[1:]
-    in_order = (b > a) | ((b == a) & (offset[1:] >= offset[:-1]))
-    if not single:
-        in_order = (robj[1:] > robj[:-1]) | ((robj[1:] == robj[:-1]) & in_order)
-    out = np.empty(len(section), dtype=RELOC_DTYPE)
-    if np.count_nonzero(in_order) < len(in_order):
-        order = np.lexsort((offset, section) if single else (offset, section, robj))
+    section = np.repeat(np.array(sections, dtype=np.int32), rows)
+    addend = raw["r_addend"]
+    # Each object's rows sorted by (section, offset), as the reader leaves
+    # them: so they are if its tables patch sections in order and each is
+    # sorted (a decrease where one table ends and the next begins is allowed).
+    descents = offset[1:] < offset[:-1]
+    unsorted = np.count_nonzero(descents)
+    if unsorted and len(starts) > 1:
+        unsorted -= np.count_nonzero(descents[np.array(starts[1:]) - 1])
+    dropped = np.count_nonzero(none)
+    if dropped:
+        kept_rows = (rows - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
+        keep = ~none
+        section, offset, kinds, rtype, sym, addend = (
+            section[keep], offset[keep], kinds[keep], rtype[keep], sym[keep], addend[keep]
+        )
+    if unsorted or not ascending:
+        # One key: the section numbered across the batch (far below 2**24)
+        # above the offset (which the checks bound by a section size, far below 2**40).
+        first = list(accumulate((len(p.reader.sections) for p in pend), initial=0))
+        place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
+        at = np.repeat(np.array(place, dtype=np.uint64), rows)
+        key = (at[keep] if dropped else at) << np.uint64(40) | offset
+        order = np.argsort(key, kind="stable")
         section, offset, kinds, rtype, sym, addend = (
             section[order], offset[order], kinds[order], rtype[order], sym[order], addend[order]
         )
-        robj = None if single else robj[order]
+    out = np.empty(len(section), dtype=RELOC_DTYPE)
     out["section"] = section
     out["offset"] = offset
     out["kind"] = kinds
@@ -292,7 +311,11 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     out["sym"] = sym
     out["sym2"] = -1
     out["addend"] = addend
-    if single:
+    if len(pend) == 1:
         return [out]
-    ends = np.cumsum(np.bincount(robj, minlength=len(pend))).tolist()
+    if dropped:
+        per_table = iter(kept_rows)
+        ends = list(accumulate(sum(next(per_table) for _ in p.tables) for p in pend))
+    else:
+        ends = list(accumulate(p.rows for p in pend))
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]

@@ -57,16 +57,15 @@ def convert(reader, tables: tuple[list[memoryview], list[int]]) -> tuple[np.ndar
 
 
 def _symbols(reader) -> np.ndarray | None:
-    model = reader.model_index
+    model, bounds = reader.model_index, reader.bounds
     n = len(model)
-    sizes = [s.size for s in reader.sections]
     rows = []
     for _, info, other, shndx, value, size in reader.sym_rows:
         if shndx == T.SHN_UNDEF:
             sec = SEC_UNDEF
         elif shndx < n:
             sec = model[shndx]  # SEC_DISCARDED for a section not loaded
-            if sec >= 0 and value > sizes[sec]:  # value == size: an end label
+            if value > bounds[shndx]:  # value == size: an end label
                 return None
         elif shndx == T.SHN_ABS:
             sec = SEC_ABS
