@@ -1,8 +1,8 @@
-"""Small ELF objects' tables converted in plain Python (rtdyld.objfile.elf_small).
+"""Small ELF objects' rows checked in plain Python (rtdyld.objfile.elf_small).
 
-Reading an object alone, the plain-Python conversion must give exactly the
-tables of the reader's vectorised one, and where a row is bad, exactly its
-error: the module gives up and the reader names the row.
+An object read alone whose rows pass is converted later, with its batch:
+it must get exactly the tables of the reader's vectorised conversion, and
+where a row is bad, reading it must raise exactly the reader's error.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import rtdyld
 from rtdyld.inputs import parse_object
 from rtdyld.objfile import elf_small
 from rtdyld.objfile.elf import _ElfReader
+from rtdyld.objfile.elf_deferred import DeferredElfObject
+from rtdyld.objfile.model import ObjectFile
 
 PIE = ("-O2", "-fPIE")
 SECTIONS = ("-O2", "-fPIE", "-ffunction-sections", "-fdata-sections")
@@ -34,10 +36,21 @@ def vectorised(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return symbols, reader._read_relocations(symbols)
 
 
-def small(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
-    reader = _ElfReader(data, "ref.o")
-    reader.read(defer_tables=True)  # headers checked, rows not yet
-    return elf_small.convert(reader, reader._rela_tables())
+def small(data: bytes) -> bool:
+    """Whether reading the object alone found its rows valid with the plain-Python checks."""
+    verdicts, check = [], elf_small.valid
+
+    def valid(reader, tables):
+        verdicts.append(check(reader, tables))
+        return verdicts[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(elf_small, "valid", valid)
+        try:
+            parse_object(data, "ref.o")
+        except rtdyld.LinkError:
+            pass
+    return verdicts == [True]
 
 
 def rela_entries(data: bytes, section: str = ".rela.text") -> tuple[int, int]:
@@ -50,15 +63,13 @@ def rela_entries(data: bytes, section: str = ".rela.text") -> tuple[int, int]:
 def test_small_objects_get_the_vectorised_tables(build, flags):
     for source in SOURCES:
         data = build.cc_bytes(source, *flags)
-        converted = small(data)
-        assert converted is not None, source
-        symbols, relocs = converted
-        want_symbols, want_relocs = vectorised(data)
-        assert symbols.dtype == want_symbols.dtype and relocs.dtype == want_relocs.dtype
-        assert np.array_equal(symbols, want_symbols), source
-        assert np.array_equal(relocs, want_relocs), source
+        assert small(data), source
         obj = parse_object(data, source)
-        assert np.array_equal(obj.symbols, want_symbols) and np.array_equal(obj.relocs, want_relocs)
+        assert isinstance(obj, DeferredElfObject) and obj._pending is not None
+        want_symbols, want_relocs = vectorised(data)
+        assert obj.symbols.dtype == want_symbols.dtype and obj.relocs.dtype == want_relocs.dtype
+        assert np.array_equal(obj.symbols, want_symbols), source
+        assert np.array_equal(obj.relocs, want_relocs), source
 
 
 def test_rows_out_of_order_are_sorted_as_the_reader_sorts_them(build):
@@ -67,7 +78,8 @@ def test_rows_out_of_order_are_sorted_as_the_reader_sorts_them(build):
     assert count >= 3
     rows = [bytes(data[at + 24 * k : at + 24 * (k + 1)]) for k in range(count)]
     data[at : at + 24 * count] = b"".join(reversed(rows))
-    _, relocs = small(bytes(data))
+    assert small(bytes(data))
+    relocs = parse_object(bytes(data), "switch.o").relocs
     key = relocs["section"].astype(np.int64) << 40 | relocs["offset"].astype(np.int64)
     assert np.all(key[1:] >= key[:-1])
     assert np.array_equal(relocs, vectorised(bytes(data))[1])
@@ -77,8 +89,9 @@ def test_a_table_too_big_is_left_to_the_vectorised_conversion(build, monkeypatch
     data = build.cc_bytes("switch.c", *PIE)
     _, count = rela_entries(data)
     monkeypatch.setattr(elf_small, "ROWS", count - 1)
-    assert small(data) is None
+    assert not small(data)
     obj = parse_object(data, "switch.o")
+    assert type(obj) is ObjectFile
     assert np.array_equal(obj.relocs, vectorised(data)[1])
 
 
@@ -127,7 +140,7 @@ def _bad_section_number(data: bytearray) -> None:
 def test_a_bad_row_raises_the_readers_own_error(build, monkeypatch, patch):
     data = bytearray(build.cc_bytes("switch.c", *PIE))
     patch(data)
-    assert small(bytes(data)) is None
+    assert not small(bytes(data))
     with pytest.raises(rtdyld.LinkError) as fast:
         parse_object(bytes(data), "switch.o")
     monkeypatch.setattr(elf_small, "ROWS", 0)  # the vectorised conversion alone

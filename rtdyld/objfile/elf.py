@@ -62,6 +62,8 @@ def read_elf(data: bytes | memoryview, name: str, defer_tables: bool = False) ->
 class _ElfReader:
     def __init__(self, data, name: str):
         self.data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        self.view = memoryview(self.data)  # sliced for each section's bytes, uncopied
+        self._headers = None
         self.name = name
 
     def fail(self, msg: str) -> MalformedObjectError:
@@ -70,6 +72,24 @@ class _ElfReader:
     # --- headers -------------------------------------------------------------
 
     def read(self, defer_tables: bool = False) -> ObjectFile:
+        try:
+            return self._read(defer_tables)
+        finally:
+            # The symbol rows as tuples and the section headers serve reading:
+            # kept (with the reader) until the batch is joined, a link's
+            # hundreds of them would set off a garbage collection.
+            self.sym_rows = None
+            self._headers = None
+
+    @property
+    def headers(self) -> list[_Header]:
+        """The section headers; read again after :meth:`read` let them go,
+        for converting a member's tables alone (to name a bad row)."""
+        if self._headers is None:
+            self._headers = read_section_headers(self.data)  # checked when first read
+        return self._headers
+
+    def _read(self, defer_tables: bool) -> ObjectFile:
         d = self.data
         if len(d) < 64 or not is_elf(d):
             raise self.fail("not an ELF object (bad magic or truncated header)")
@@ -84,12 +104,13 @@ class _ElfReader:
         if e_type != T.ET_REL:
             raise self.fail(f"not a relocatable object (e_type {e_type}); rtdyld links .o files")
         try:
-            self.headers = read_section_headers(d)
+            self._headers = read_section_headers(d)
         except HeaderError as e:
             raise self.fail(f"bad section headers: {e}") from None
         end = len(d)
         # The one walk over the headers: check each, and sort out the few kinds later steps read.
-        symtabs, self.shndx_sections, self.group_sections, self.rel_sections, self.loadable = [], [], [], [], []
+        symtabs, shndx_sections, group_sections, loadable = [], [], [], []
+        self.rel_sections = []
         for i, h in enumerate(self.headers):
             t = h.type
             if t != T.SHT_NOBITS and i and t != 0 and h.offset + h.size > end:
@@ -104,14 +125,14 @@ class _ElfReader:
             elif t == T.SHT_SYMTAB:
                 symtabs.append(i)
             elif t == T.SHT_SYMTAB_SHNDX:
-                self.shndx_sections.append(i)
+                shndx_sections.append(i)
             elif t == T.SHT_GROUP:
-                self.group_sections.append(i)
+                group_sections.append(i)
             elif h.flags & T.SHF_ALLOC and t in T.LOADABLE_TYPES:
-                self.loadable.append(i)
+                loadable.append(i)
         check_section_tables(self.headers, self.fail)
-        self._read_symtab(symtabs)
-        self._select_sections()
+        self._read_symtab(symtabs, shndx_sections)
+        self._select_sections(loadable, group_sections)
         if defer_tables:
             deferred = elf_deferred.deferred_object(self)
             if deferred is not None:
@@ -121,9 +142,9 @@ class _ElfReader:
         except LinkError:
             self._convert_symbols()  # a bad symbol is named first, as the tables are converted in that order
             raise
-        small = elf_small.convert(self, tables) if tables is not None else None
-        if small is not None:
-            return self.object(ObjectFile, *small)
+        if tables is not None and elf_small.valid(self, tables):
+            # Every row checked: the tables are converted with the batch's, or on first use.
+            return elf_deferred.checked_object(self, tables)
         symbols = self._convert_symbols()
         relocs = elf_deferred.convert_now(self, symbols, *tables) if tables is not None else None
         if relocs is None:  # SHT_REL tables, or a bad entry to name
@@ -144,7 +165,7 @@ class _ElfReader:
         )
 
     def _bytes(self, h: _Header) -> memoryview:
-        return memoryview(self.data)[h.offset : h.offset + h.size]
+        return self.view[h.offset : h.offset + h.size]
 
     def _table(self, h: _Header, dtype: np.dtype, what: str) -> np.ndarray:
         if h.size % dtype.itemsize:
@@ -153,7 +174,7 @@ class _ElfReader:
 
     # --- symbols -------------------------------------------------------------
 
-    def _read_symtab(self, tabs: list[int]) -> None:
+    def _read_symtab(self, tabs: list[int], shndx_sections: list[int]) -> None:
         if len(tabs) > 1:
             raise self.fail("more than one symbol table")
         self.symtab_index = tabs[0] if tabs else None
@@ -183,7 +204,7 @@ class _ElfReader:
                 self.names = read_names(strtab, self.raw_syms["st_name"])
         except ValueError as e:
             raise self.fail(f"symbol table: {e}") from None
-        for i in self.shndx_sections:
+        for i in shndx_sections:
             sh = self.headers[i]
             if sh.link == self.symtab_index:
                 self.xindex = self._table(sh, np.dtype("<u4"), "extended section index")
@@ -195,8 +216,8 @@ class _ElfReader:
         """The symbol table as ELF64_SYM rows, over the file's bytes."""
         return np.frombuffer(self.sym_bytes, dtype=T.ELF64_SYM)
 
-    def _select_sections(self) -> None:
-        """Pick the sections to load and read COMDAT groups."""
+    def _select_sections(self, loadable: list[int], group_sections: list[int]) -> None:
+        """Pick the sections to load (``loadable``) and read COMDAT groups."""
         self.sections: list[Section] = []
         self.groups: list[Group] = []
         headers = self.headers
@@ -206,12 +227,12 @@ class _ElfReader:
         self.model_index = model_index = [SEC_DISCARDED] * n
         # Section number -> how far a symbol defined there may lie, NO_SECTION where unbounded.
         self.bounds = bounds = [T.NO_SECTION] * n
-        for i in self.loadable:
+        for i in loadable:
             h = headers[i]
             zero_fill = h.type == T.SHT_NOBITS
             if zero_fill and h.size > MAX_ZERO_FILL:
                 raise self.fail(f"section [{i}] {h.name!r} claims {h.size} bytes of zero-fill")
-            role, priority = _role(h.name, h.type)
+            flags, role, priority = _kind(h.name, h.type, h.flags & _FLAG_MASK)
             model_index[i] = len(self.sections)
             bounds[i] = h.size
             self.sections.append(
@@ -220,13 +241,13 @@ class _ElfReader:
                     data=b"" if zero_fill else self._bytes(h),
                     size=h.size,
                     align=h.align,
-                    flags=_section_flags(h.flags, zero_fill),
+                    flags=flags,
                     role=role,
                     priority=priority,
                     source_index=i,
                 )
             )
-        for i in self.group_sections:
+        for i in group_sections:
             h = headers[i]
             if h.size % 4:
                 raise self.fail(f"group section {h.name!r} size {h.size} is not a multiple of 4")
@@ -314,15 +335,16 @@ class _ElfReader:
             yield h, target
 
     def _rela_tables(self) -> tuple[list[memoryview], list[int]] | None:
-        """The bytes of the SHT_RELA tables of loaded sections and the section
-        each patches; None if a loaded section has SHT_REL entries (their
-        addends are read eagerly)."""
+        """The bytes of the non-empty SHT_RELA tables of loaded sections and
+        the section each patches; None if a loaded section has SHT_REL
+        entries (their addends are read eagerly)."""
         rela, targets = [], []
         for h, target in self._relocation_sections():
             if h.type == T.SHT_REL:
                 return None
-            rela.append(self._bytes(h))
-            targets.append(target)
+            if h.size:
+                rela.append(self._bytes(h))
+                targets.append(target)
         return rela, targets
 
     def _read_relocations(self, symbols: np.ndarray) -> np.ndarray:
@@ -444,8 +466,7 @@ _FLAG_BITS = (
 _FLAG_MASK = sum(bit for bit, _ in _FLAG_BITS)
 
 
-@functools.cache
-def _flags_of(sh_flags: int, zero_fill: bool) -> SectionFlags:
+def _section_flags(sh_flags: int, zero_fill: bool) -> SectionFlags:
     flags = SectionFlags.NONE
     for bit, flag in _FLAG_BITS:
         if sh_flags & bit:
@@ -453,14 +474,15 @@ def _flags_of(sh_flags: int, zero_fill: bool) -> SectionFlags:
     return flags | SectionFlags.ZERO_FILL if zero_fill else flags
 
 
-def _section_flags(sh_flags: int, zero_fill: bool) -> SectionFlags:
-    # IntFlag arithmetic costs microseconds per operation: compute each combination once.
-    return _flags_of(sh_flags & _FLAG_MASK, zero_fill)
-
-
 @functools.lru_cache(maxsize=4096)
+def _kind(name: str, sh_type: int, sh_flags: int) -> tuple[SectionFlags, SectionRole, int | None]:
+    """A section's model flags, role and priority.  Cached: archive members
+    repeat the same few section names and flags, and IntFlag arithmetic
+    costs microseconds per operation."""
+    return (_section_flags(sh_flags, sh_type == T.SHT_NOBITS), *_role(name, sh_type))
+
+
 def _role(name: str, sh_type: int) -> tuple[SectionRole, int | None]:
-    # Cached: archive members repeat the same few section names.
     m = _PRIORITY.match(name)
     priority = int(m.group(2)) if m else None
     base = m.group(1) if m else name.lstrip(".")

@@ -22,7 +22,7 @@ which remains for SHT_REL tables and for naming bad entries.
 
 from __future__ import annotations
 
-from itertools import accumulate
+from itertools import accumulate, pairwise
 
 import numpy as np
 
@@ -42,23 +42,20 @@ _LAST_TYPE = len(T.ELF_EDGE) - 1
 
 class _Pending:
     """What converting an object's tables needs: its reader (which holds the
-    raw symbol table and the section map), and per non-empty SHT_RELA table
-    its bytes, its row count, the section it patches and that section's
-    size; whether the tables patch the sections in order (then each table
-    sorted makes the object's rows sorted); its rows in all."""
+    raw symbol table and the section map), and its (non-empty) SHT_RELA
+    tables' bytes and the section each patches; its rows in all, and
+    whether the tables patch sections in order (then each table sorted
+    makes the object's rows sorted).  Few objects: members waiting for
+    their batch count towards a garbage collection."""
 
-    __slots__ = ("ascending", "counts", "reader", "rows", "sizes", "tables", "targets")
+    __slots__ = ("ascending", "reader", "rows", "tables", "targets")
 
     def __init__(self, reader, tables: list[memoryview], targets: list[int]):
         self.reader = reader
-        # Empty tables hold nothing to convert, and a per-table reduction cannot take them.
-        kept = [(t, target) for t, target in zip(tables, targets) if len(t)]
-        self.tables = [t for t, _ in kept]
-        self.targets = [target for _, target in kept]
-        self.counts = [len(t) // T.ELF64_RELA.itemsize for t in self.tables]
-        self.sizes = [reader.sections[t].size for t in self.targets]
-        self.rows = sum(self.counts)
-        self.ascending = all(a < b for a, b in zip(self.targets, self.targets[1:]))
+        self.tables = tables
+        self.targets = targets
+        self.rows = sum(map(len, tables)) // T.ELF64_RELA.itemsize
+        self.ascending = all(a < b for a, b in pairwise(targets))
 
 
 class DeferredElfObject(ObjectFile):
@@ -105,9 +102,19 @@ def deferred_object(reader) -> ObjectFile | None:
         raise
     if tables is None:
         return None
+    return _deferred(reader, symbols, tables)
+
+
+def checked_object(reader, tables: tuple[list[memoryview], list[int]]) -> ObjectFile:
+    """The object ``reader`` has read, its rows checked (:mod:`.elf_small`)
+    and its SHT_RELA ``tables`` left to convert with its batch."""
+    return _deferred(reader, None if reader.nsyms else reader._convert_symbols(), tables)
+
+
+def _deferred(reader, symbols: np.ndarray | None, tables: tuple[list[memoryview], list[int]]) -> ObjectFile:
     obj = reader.object(DeferredElfObject, symbols, None)
     obj._pending = _Pending(reader, *tables)
-    obj.pull_names = _raw_pull_names(reader) if lazy_symbols else _pull_names(symbols, reader.names)
+    obj.pull_names = _raw_pull_names(reader) if symbols is None else _pull_names(symbols, reader.names)
     return obj
 
 
@@ -119,8 +126,9 @@ def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
     names = reader.names
     defined, needed = [], []
     if reader.sym_rows is not None:  # a small table, already unpacked: a plain loop
-        rows = zip(names, reader.sym_rows)
-        named = [(name, shndx, info >> 4) for name, (_, info, _, shndx, _, _) in rows if info >> 4 and name]
+        # st_info below 16 is local binding, most of an object's symbols.
+        named = ((name, shndx, info >> 4) for name, (_, info, _, shndx, _, _) in zip(names, reader.sym_rows)
+                 if info >= 16)
     else:
         raw = reader.raw_syms
         binding = raw["st_info"] >> 4
@@ -246,9 +254,9 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     ascending = True
     for p, n in zip(pend, nsyms):
         tables += p.tables
-        counts += p.counts
+        counts += [len(t) // T.ELF64_RELA.itemsize for t in p.tables]
         sections += p.targets
-        sizes += p.sizes
+        sizes += [p.reader.sections[t].size for t in p.targets]
         symbols += [n] * len(p.tables)
         ascending = ascending and p.ascending
     # The tables' bytes end to end: one copy at C speed, however many tables.

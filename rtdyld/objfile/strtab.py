@@ -10,8 +10,9 @@ import numpy as np
 # Below this many names, Python's dict beats numpy's per-call overhead at
 # finding where each name starts; above it, numpy's bulk search wins.
 SMALL = 2048
-# Up to this many names (an archive member's section names), each is sliced out on its own.
-FEW = 32
+# Up to this many names (an object's section names, the symbols of most
+# archive members), each is sliced out on its own.
+FEW = 128
 
 
 def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
@@ -41,9 +42,11 @@ def names_at(raw: bytes, offs: list[int]) -> list[str]:
     if not raw.isascii():
         return [raw[o : raw.index(b"\0", o)].decode("utf-8", "surrogateescape") for o in offs]
     if len(offs) <= FEW:
-        # Slicing each name out directly beats splitting the whole table.
-        find = raw.index
-        return [raw[o : find(b"\0", o)].decode("ascii") for o in offs]
+        # Slicing each name out of the table decoded once (ASCII: a string
+        # index is a byte offset) beats splitting the whole table.
+        text = raw.decode("ascii")
+        find = text.index
+        return [text[o : find("\0", o)] for o in offs]
     # Split the table once and pick each name by where it starts; only a
     # name that is the tail of a longer string (suffix sharing) is sliced.
     pieces = raw.decode("ascii").split("\0")
