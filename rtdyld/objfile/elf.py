@@ -3,7 +3,7 @@
 The section header table (including the SHN_XINDEX escapes for large section
 counts, see :mod:`.elf_headers`), the symbol and the relocation tables are
 read in bulk: as numpy structured arrays over the file's bytes, uncopied,
-or for the small tables of a typical object with ``struct`` in plain Python
+or for the small tables of a typical object as lists in plain Python
 (:mod:`.elf_small`), which is faster there.
 Every index and offset is checked before use: malformed input raises
 MalformedObjectError naming the object and the offending section or entry.
@@ -75,10 +75,10 @@ class _ElfReader:
         try:
             return self._read(defer_tables)
         finally:
-            # The symbol rows as tuples and the section headers serve reading:
-            # kept (with the reader) until the batch is joined, a link's
-            # hundreds of them would set off a garbage collection.
-            self.sym_rows = None
+            # The symbol columns and the section headers serve reading: kept
+            # (with the reader) until the batch is joined, a link's hundreds
+            # of them would set off a garbage collection.
+            self.sym_columns = None
             self._headers = None
 
     @property
@@ -179,11 +179,11 @@ class _ElfReader:
             raise self.fail("more than one symbol table")
         self.symtab_index = tabs[0] if tabs else None
         self.xindex = None
-        self.sym_rows = None
+        self.sym_columns = None
         if self.symtab_index is None:
             self.sym_bytes = b""
             self.nsyms = 0
-            self.sym_rows = []
+            self.sym_columns = elf_small.SymbolColumns([], [], [], [])
             self.names = []
             return
         h = self.headers[self.symtab_index]
@@ -196,10 +196,10 @@ class _ElfReader:
         strtab = self._bytes(self.headers[h.link])
         try:
             if self.nsyms <= elf_small.ROWS:
-                # A small table as tuples: the names, the pull names and (read
-                # alone) the model table come from them in plain Python.
-                self.sym_rows = list(elf_small.ELF64_SYM.iter_unpack(self.sym_bytes))
-                self.names = names_at(bytes(strtab), [row[0] for row in self.sym_rows])
+                # A small table as lists of its fields: the names, the pull names
+                # and (read alone) the checks of its rows work on them in plain Python.
+                self.sym_columns = elf_small.symbol_columns(self.sym_bytes)
+                self.names = names_at(bytes(strtab), self.sym_columns.name)
             else:
                 self.names = read_names(strtab, self.raw_syms["st_name"])
         except ValueError as e:

@@ -125,9 +125,10 @@ def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
     n = len(loaded)
     names = reader.names
     defined, needed = [], []
-    if reader.sym_rows is not None:  # a small table, already unpacked: a plain loop
+    columns = reader.sym_columns
+    if columns is not None:  # a small table, already unpacked: a plain loop
         # st_info below 16 is local binding, most of an object's symbols.
-        named = ((name, shndx, info >> 4) for name, (_, info, _, shndx, _, _) in zip(names, reader.sym_rows)
+        named = ((name, shndx, info >> 4) for name, info, shndx in zip(names, columns.info, columns.shndx)
                  if info >= 16)
     else:
         raw = reader.raw_syms

@@ -3,10 +3,11 @@
 A program object added on its own has a dozen symbols and a few dozen
 relocations.  Checking tables that small with numpy costs some fifty calls
 whose fixed cost (and, in a cold link, the cache misses of numpy's code)
-is many times the work on the rows; a loop over ``struct`` tuples is
-faster up to a few hundred rows.  An object whose rows all pass has its
-tables converted with its batch's (:mod:`.elf_deferred`), where it adds
-rows, not calls.  Larger tables keep the reader's vectorised checks.
+is many times the work on the rows; a loop over the fields (a list each,
+see :func:`symbol_columns`) is faster up to a few hundred rows.  An
+object whose rows all pass has its tables converted with its batch's
+(:mod:`.elf_deferred`), where it adds rows, not calls.  Larger tables
+keep the reader's vectorised checks.
 
 The checks are the reader's.  A row the reader would reject makes
 :func:`valid` say no, and the reader's own code then raises its precise
@@ -15,7 +16,7 @@ error; so this module never words an error itself.
 
 from __future__ import annotations
 
-import struct
+from typing import NamedTuple
 
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
@@ -25,8 +26,7 @@ from . import elf_tables as T
 # against some 70 us of numpy calls per object), cache-cold or not.
 ROWS = 192
 
-ELF64_SYM = struct.Struct("<IBBHQQ")  # st_name, st_info, st_other, st_shndx, st_value, st_size
-ELF64_RELA = struct.Struct("<QQq")  # r_offset, r_info, r_addend
+SYM_SIZE, RELA_SIZE = 24, 24
 
 _BIND = T.BIND_MAP.tolist()  # 255: unknown binding
 _EDGE = T.ELF_EDGE.tolist()  # T.UNSUPPORTED: no edge kind
@@ -34,14 +34,36 @@ _WIDTH = [int(w) for w in WIDTH]
 _NONE = int(Edge.NONE)
 
 
+class SymbolColumns(NamedTuple):
+    """The fields of a symbol table the checks and the pull names read, one list each."""
+
+    name: list[int]
+    info: list[int]
+    shndx: list[int]
+    value: list[int]
+
+
+# A table's fields are strided slices of its bytes viewed as words: each
+# column is one C-level copy, and no tuple per row.  Native byte order is
+# the file's: rtdyld reads x86-64 objects on the x86-64 host that runs them.
+def symbol_columns(table: memoryview) -> SymbolColumns:
+    """The st_name, st_info, st_shndx and st_value of each entry of an ELF64 symbol table."""
+    return SymbolColumns(
+        table.cast("I")[0::6].tolist(),
+        table.cast("B")[4::24].tolist(),
+        table.cast("H")[3::12].tolist(),
+        table.cast("Q")[1::3].tolist(),
+    )
+
+
 def valid(reader, tables: tuple[list[memoryview], list[int]]) -> bool:
     """Whether the object ``reader`` read (whose SHT_RELA tables and the
     sections they patch are ``tables``) is small enough to check here and
     has no row the reader would reject."""
     rela, targets = tables
-    if reader.sym_rows is None or reader.xindex is not None:
+    if reader.sym_columns is None or reader.xindex is not None:
         return False
-    if sum(len(t) for t in rela) > ROWS * ELF64_RELA.size:
+    if sum(len(t) for t in rela) > ROWS * RELA_SIZE:
         return False
     return _symbols_valid(reader) and _relocations_valid(reader, rela, targets)
 
@@ -49,7 +71,8 @@ def valid(reader, tables: tuple[list[memoryview], list[int]]) -> bool:
 def _symbols_valid(reader) -> bool:
     bounds = reader.bounds  # per section number; NO_SECTION where not loaded
     n = len(bounds)
-    for _, info, _, shndx, value, _ in reader.sym_rows:
+    columns = reader.sym_columns
+    for info, shndx, value in zip(columns.info, columns.shndx, columns.value):
         if _BIND[info >> 4] == 255:
             return False
         if shndx < n:
@@ -66,7 +89,8 @@ def _relocations_valid(reader, rela: list[memoryview], targets: list[int]) -> bo
     last = len(_EDGE) - 1
     for table, target in zip(rela, targets):
         size = sizes[target]
-        for offset, info, _ in ELF64_RELA.iter_unpack(table):
+        words = table.cast("Q")  # r_offset, r_info, r_addend
+        for offset, info in zip(words[0::3].tolist(), words[1::3].tolist()):
             kind = _EDGE[min(info & 0xFFFFFFFF, last)]
             if info >> 32 >= nsyms or kind == T.UNSUPPORTED:
                 return False
