@@ -38,6 +38,10 @@ _NONE = int(Edge.NONE)
 _GLOBAL = int(Bind.GLOBAL)
 _STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLOBAL, GNU_UNIQUE
 _LAST_TYPE = len(T.ELF_EDGE) - 1
+# Section numbers from SHN_ABS (0xfff1) up wrap round to 0.. when _SHIFT is added in 16 bits.
+_SHIFT = 0x10000 - T.SHN_ABS
+_RESERVED_TOP = [int(T.RESERVED_SECTIONS[k - T.SHN_LORESERVE]) for k in range(T.SHN_ABS, 0x10000)]
+_UNBOUNDED_TOP = [T.NO_SECTION] * _SHIFT
 
 
 class _Pending:
@@ -92,7 +96,9 @@ def deferred_object(reader) -> ObjectFile | None:
     relocation tables left for its batch; None if it has SHT_REL tables
     (read eagerly).  The symbol table of an object with extended section
     indexes is converted now."""
-    lazy_symbols = reader.nsyms > 0 and reader.xindex is None
+    # (The batch conversion tells reserved section numbers by their value:
+    # an object with as many sections leaves them to the reader.)
+    lazy_symbols = reader.nsyms > 0 and reader.xindex is None and len(reader.model_index) < T.SHN_LORESERVE
     symbols = None if lazy_symbols else reader._convert_symbols()
     try:
         tables = reader._rela_tables()
@@ -203,28 +209,29 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
     value past its section)."""
     counts = [r.nsyms for r in readers]
     raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=T.ELF64_SYM)
-    # Per object, a block of ``width`` entries indexed by section number (0 is
-    # SHN_UNDEF, every number past the object's last section is BAD_INDEX):
-    # the model section, and the bound a symbol's value must not pass.  Built
-    # as lists, the blocks are tens of entries; the rows are looked up in one go.
-    width = max(len(r.model_index) for r in readers) + 1
+    # Per object, a block of ``width`` entries indexed by section number
+    # plus _SHIFT (in 16 bits, so SHN_ABS and SHN_COMMON wrap round to the
+    # block's first entries): the model section, and the bound a symbol's
+    # value must not pass.  Every other number past the object's last
+    # section, reserved or not, is clamped to the block's last entry, BAD_INDEX.
+    # Built as lists, the blocks are tens of entries; the rows are looked up in one go.
+    width = _SHIFT + max(len(r.model_index) for r in readers) + 1
     table: list[int] = []
     bound: list[int] = []
     for r in readers:
-        pad = width - len(r.model_index)
+        pad = width - _SHIFT - len(r.model_index)
+        table += _RESERVED_TOP
         start = len(table)
         table += r.model_index
         table[start] = SEC_UNDEF
         table += [T.BAD_INDEX] * pad
+        bound += _UNBOUNDED_TOP
         bound += r.bounds
         bound += [T.NO_SECTION] * pad
-    shndx = raw["st_shndx"].astype(np.int64)
-    at = np.minimum(shndx, width - 1)
+    at = np.minimum(np.add(raw["st_shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
     if len(readers) > 1:
         at += np.repeat(np.arange(0, width * len(readers), width), counts)
     sec = np.array(table, dtype=np.int32)[at]
-    reserved = shndx >= T.SHN_LORESERVE  # SHN_ABS, SHN_COMMON and the unsupported rest
-    sec = np.where(reserved, T.RESERVED_SECTIONS[shndx & 0xFF], sec)
     info = raw["st_info"]
     bind = T.BIND_MAP[info >> 4]
     value = raw["st_value"]
