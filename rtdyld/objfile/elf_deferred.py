@@ -292,8 +292,6 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
             return None
     if np.count_nonzero(bad):
         return None
-    section = np.repeat(np.array(sections, dtype=np.int32), rows)
-    addend = raw["r_addend"]
     # Each object's rows sorted by (section, offset), as the reader leaves
     # them: so they are if its tables patch sections in order and each is
     # sorted (a decrease where one table ends and the next begins is allowed).
@@ -301,32 +299,30 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     unsorted = np.count_nonzero(descents)
     if unsorted and len(starts) > 1:
         unsorted -= np.count_nonzero(descents[np.array(starts[1:]) - 1])
+    out = np.empty(len(raw), dtype=RELOC_DTYPE)
+    out["section"] = np.repeat(np.array(sections, dtype=np.int32), rows)
+    out["offset"] = offset
+    out["kind"] = kinds
+    out["rtype"] = rtype
+    out["sym"] = sym
+    out["sym2"] = -1
+    out["addend"] = raw["r_addend"]
+    # R_X86_64_NONE rows go; the records move once, not column by column.
     dropped = np.count_nonzero(none)
     if dropped:
         kept_rows = (rows - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
         keep = ~none
-        section, offset, kinds, rtype, sym, addend = (
-            section[keep], offset[keep], kinds[keep], rtype[keep], sym[keep], addend[keep]
-        )
+        out = out[keep]
     if unsorted or not ascending:
         # One key: the section numbered across the batch (far below 2**24)
         # above the offset (which the checks bound by a section size, far below 2**40).
         first = list(accumulate((len(p.reader.sections) for p in pend), initial=0))
         place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
         at = np.repeat(np.array(place, dtype=np.uint64), rows)
-        key = (at[keep] if dropped else at) << np.uint64(40) | offset
-        order = np.argsort(key, kind="stable")
-        section, offset, kinds, rtype, sym, addend = (
-            section[order], offset[order], kinds[order], rtype[order], sym[order], addend[order]
-        )
-    out = np.empty(len(section), dtype=RELOC_DTYPE)
-    out["section"] = section
-    out["offset"] = offset
-    out["kind"] = kinds
-    out["rtype"] = rtype
-    out["sym"] = sym
-    out["sym2"] = -1
-    out["addend"] = addend
+        key = at << np.uint64(40) | offset
+        if dropped:
+            key = key[keep]
+        out = out[np.argsort(key, kind="stable")]
     if len(pend) == 1:
         return [out]
     if dropped:
