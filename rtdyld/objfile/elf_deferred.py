@@ -14,8 +14,10 @@ the objects are converted one by one with the reader's own code, in batch
 order (each object's symbols, then its relocations), so the error is
 exactly the one reading the first bad object alone raises (object, section,
 offset, relocation type, symbol).  An object whose tables are asked for
-before then (a validator, a trace) is converted alone on the spot.  Objects
-added one by one convert their relocations through the same code at once
+before then (a validator, a trace) is converted alone on the spot.  A
+small object added on its own has its rows checked as it is read
+(:mod:`.elf_small`) and joins the same conversion (:func:`checked_object`);
+a larger one converts its relocations through the same code at once
 (:func:`convert_now`): fewer numpy calls than the reader's own conversion,
 which remains for SHT_REL tables and for naming bad entries.
 """
@@ -49,8 +51,8 @@ class _Pending:
     raw symbol table and the section map), and its (non-empty) SHT_RELA
     tables' bytes and the section each patches; its rows in all, and
     whether the tables patch sections in order (then each table sorted
-    makes the object's rows sorted).  Few objects: members waiting for
-    their batch count towards a garbage collection."""
+    makes the object's rows sorted).  Kept lean: what waits for the batch
+    to be joined counts towards the next garbage collection."""
 
     __slots__ = ("ascending", "reader", "rows", "tables", "targets")
 
