@@ -28,9 +28,20 @@ def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
 
 def names_at(raw: bytes, offs: list[int]) -> list[str]:
     """:func:`read_names` for offsets already in a list (the ELF reader
-    unpacks its small tables with ``struct``, not numpy)."""
+    reads its small tables as lists, not numpy arrays)."""
     if not offs:
         return []
+    if len(offs) <= FEW:
+        # Slicing each name out of the table decoded once (ASCII: a string
+        # index is a byte offset) beats splitting the whole table.  A bad
+        # offset or a non-ASCII table fails a step here, and the checks
+        # below then say which.
+        try:
+            text = raw.decode("ascii")
+            find = text.index
+            return [text[o : find("\0", o)] for o in offs]
+        except ValueError:  # UnicodeDecodeError included
+            pass
     highest = max(offs)
     if highest >= len(raw):
         k = next(k for k, o in enumerate(offs) if o >= len(raw))
@@ -41,12 +52,6 @@ def names_at(raw: bytes, offs: list[int]) -> list[str]:
         raise ValueError(f"name at offset {offs[k]} is not NUL-terminated")
     if not raw.isascii():
         return [raw[o : raw.index(b"\0", o)].decode("utf-8", "surrogateescape") for o in offs]
-    if len(offs) <= FEW:
-        # Slicing each name out of the table decoded once (ASCII: a string
-        # index is a byte offset) beats splitting the whole table.
-        text = raw.decode("ascii")
-        find = text.index
-        return [text[o : find("\0", o)] for o in offs]
     # Split the table once and pick each name by where it starts; only a
     # name that is the tail of a longer string (suffix sharing) is sliced.
     pieces = raw.decode("ascii").split("\0")
