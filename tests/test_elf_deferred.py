@@ -20,6 +20,7 @@ import rtdyld
 from rtdyld.inputs import parse_member, parse_object
 from rtdyld.objfile.elf import _ElfReader
 from rtdyld.objfile.elf_deferred import DeferredElfObject, convert_pending
+from rtdyld.objfile.model import SEC_ABS, SEC_COMMON
 
 PIE = ("-O2", "-fPIE")
 CHAIN = FIXTURES / "archive_link"
@@ -177,7 +178,13 @@ def _past_its_section(data: bytearray) -> str:
     return "libchain.a(leaf.o): symbol 'leaf_value' at 0x100000 lies past the end of section '.text'"
 
 
-@pytest.mark.parametrize("patch", [_unknown_binding, _past_its_section])
+def _reserved_section(data: bytearray) -> str:
+    index, at = _symbol_entry(bytes(data), "leaf_value")
+    struct.pack_into("<H", data, at + 6, 0xFF05)  # st_shndx: in the reserved range, neither ABS nor COMMON
+    return f"libchain.a(leaf.o): symbol {index} ('leaf_value') has unsupported section index 0xff05"
+
+
+@pytest.mark.parametrize("patch", [_unknown_binding, _past_its_section, _reserved_section])
 def test_a_bad_member_symbol_fails_the_finalize_by_name(build, tmp_path, patch):
     lib, message = _chain_archive(build, tmp_path, "leaf", patch)
     ln = rtdyld.Linker()
@@ -215,3 +222,20 @@ def test_symbols_of_a_member_convert_alone_when_asked_first(build):
     assert np.array_equal(member.symbols, parse_object(data, "fptr.o").symbols)
     assert member._pending is None  # relocations converted with the symbols
     assert np.array_equal(member.relocs, readers_table(data))
+
+
+def test_common_and_absolute_symbols_convert_as_the_reader_converts_them(build):
+    """SHN_COMMON and SHN_ABS (the file symbol) are the reserved section
+    numbers the batch conversion maps; every member's table must be the reader's."""
+    common = build.cc_text(
+        "int shared_count[4];\nint *counts(void) { return shared_count; }\n", *PIE, "-fcommon", stem="tentative"
+    ).read_bytes()
+    objects = [("tentative.o", common), ("fptr.o", build.cc_bytes("fptr.c", *PIE))]
+    deferred = [parse_member(d, n) for n, d in objects]
+    convert_pending(deferred)
+    for (_, data), obj in zip(objects, deferred):
+        reader = _ElfReader(data, "ref.o")
+        reader.read()
+        assert np.array_equal(obj.symbols, reader._convert_symbols())
+    sections = deferred[0].symbols["section"].tolist()
+    assert SEC_COMMON in sections and SEC_ABS in sections

@@ -2,7 +2,9 @@
 
 The section header table (including the SHN_XINDEX escapes for large section
 counts, see :mod:`.elf_headers`), the symbol and the relocation tables are
-read in bulk as numpy structured arrays over the file's bytes, uncopied.
+read in bulk: as numpy structured arrays over the file's bytes, uncopied,
+or for the small tables of a typical object as lists in plain Python
+(:mod:`.elf_small`), which is faster there.
 Every index and offset is checked before use: malformed input raises
 MalformedObjectError naming the object and the offending section or entry.
 """
@@ -11,12 +13,13 @@ from __future__ import annotations
 
 import functools
 import re
+import struct
 
 import numpy as np
 
-from ..errors import MalformedObjectError, UnsupportedRelocationError
+from ..errors import LinkError, MalformedObjectError, UnsupportedRelocationError
 from ..x86_64.edges import WIDTH, Edge
-from . import elf_deferred
+from . import elf_deferred, elf_small
 from . import elf_tables as T
 from .elf_headers import HeaderError, read_section_headers
 from .elf_headers import SectionHeader as _Header
@@ -34,7 +37,7 @@ from .model import (
     SectionRole,
 )
 from .records import join
-from .strtab import read_names
+from .strtab import names_at, read_names
 
 _PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
 _WIDTH = WIDTH.astype(np.uint64)
@@ -59,6 +62,8 @@ def read_elf(data: bytes | memoryview, name: str, defer_tables: bool = False) ->
 class _ElfReader:
     def __init__(self, data, name: str):
         self.data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        self.view = memoryview(self.data)  # sliced for each section's bytes, uncopied
+        self._headers = None
         self.name = name
 
     def fail(self, msg: str) -> MalformedObjectError:
@@ -67,6 +72,24 @@ class _ElfReader:
     # --- headers -------------------------------------------------------------
 
     def read(self, defer_tables: bool = False) -> ObjectFile:
+        try:
+            return self._read(defer_tables)
+        finally:
+            # The symbol columns and the section headers serve reading: kept
+            # (with the reader) until the batch is joined, a link's hundreds
+            # of them would set off a garbage collection.
+            self.sym_columns = None
+            self._headers = None
+
+    @property
+    def headers(self) -> list[_Header]:
+        """The section headers; read again after :meth:`read` let them go,
+        for converting a member's tables alone (to name a bad row)."""
+        if self._headers is None:
+            self._headers = read_section_headers(self.data)  # checked when first read
+        return self._headers
+
+    def _read(self, defer_tables: bool) -> ObjectFile:
         d = self.data
         if len(d) < 64 or not is_elf(d):
             raise self.fail("not an ELF object (bad magic or truncated header)")
@@ -81,28 +104,48 @@ class _ElfReader:
         if e_type != T.ET_REL:
             raise self.fail(f"not a relocatable object (e_type {e_type}); rtdyld links .o files")
         try:
-            self.headers = read_section_headers(d)
+            self._headers = read_section_headers(d)
         except HeaderError as e:
             raise self.fail(f"bad section headers: {e}") from None
         end = len(d)
+        # The one walk over the headers: check each, and sort out the few kinds later steps read.
+        symtabs, shndx_sections, group_sections, loadable = [], [], [], []
+        self.rel_sections = []
         for i, h in enumerate(self.headers):
-            if h.type != T.SHT_NOBITS and i and h.type != 0:
-                if h.offset + h.size > end:
-                    raise self.fail(
-                        f"section [{i}] {h.name!r} extends past the end of the file "
-                        f"(offset {h.offset:#x} + size {h.size:#x} > {end:#x})"
-                    )
+            t = h.type
+            if t != T.SHT_NOBITS and i and t != 0 and h.offset + h.size > end:
+                raise self.fail(
+                    f"section [{i}] {h.name!r} extends past the end of the file "
+                    f"(offset {h.offset:#x} + size {h.size:#x} > {end:#x})"
+                )
             if h.align & (h.align - 1):
                 raise self.fail(f"section [{i}] {h.name!r} has alignment {h.align}, not a power of two")
+            if t == T.SHT_RELA or t == T.SHT_REL:
+                self.rel_sections.append(i)
+            elif t == T.SHT_SYMTAB:
+                symtabs.append(i)
+            elif t == T.SHT_SYMTAB_SHNDX:
+                shndx_sections.append(i)
+            elif t == T.SHT_GROUP:
+                group_sections.append(i)
+            elif h.flags & T.SHF_ALLOC and t in T.LOADABLE_TYPES:
+                loadable.append(i)
         check_section_tables(self.headers, self.fail)
-        self._read_symtab()
-        self._select_sections()
+        self._read_symtab(symtabs, shndx_sections)
+        self._select_sections(loadable, group_sections)
         if defer_tables:
             deferred = elf_deferred.deferred_object(self)
             if deferred is not None:
                 return deferred
+        try:
+            tables = self._rela_tables()
+        except LinkError:
+            self._convert_symbols()  # a bad symbol is named first, as the tables are converted in that order
+            raise
+        if tables is not None and elf_small.valid(self, tables):
+            # Every row checked: the tables are converted with the batch's, or on first use.
+            return elf_deferred.checked_object(self, tables)
         symbols = self._convert_symbols()
-        tables = self._rela_tables()
         relocs = elf_deferred.convert_now(self, symbols, *tables) if tables is not None else None
         if relocs is None:  # SHT_REL tables, or a bad entry to name
             relocs = self._read_relocations(symbols)
@@ -122,7 +165,7 @@ class _ElfReader:
         )
 
     def _bytes(self, h: _Header) -> memoryview:
-        return memoryview(self.data)[h.offset : h.offset + h.size]
+        return self.view[h.offset : h.offset + h.size]
 
     def _table(self, h: _Header, dtype: np.dtype, what: str) -> np.ndarray:
         if h.size % dtype.itemsize:
@@ -131,48 +174,71 @@ class _ElfReader:
 
     # --- symbols -------------------------------------------------------------
 
-    def _read_symtab(self) -> None:
-        tabs = [i for i, h in enumerate(self.headers) if h.type == T.SHT_SYMTAB]
+    def _read_symtab(self, tabs: list[int], shndx_sections: list[int]) -> None:
         if len(tabs) > 1:
             raise self.fail("more than one symbol table")
         self.symtab_index = tabs[0] if tabs else None
+        self.xindex = None
+        self.sym_columns = None
         if self.symtab_index is None:
-            self.raw_syms = np.zeros(0, dtype=T.ELF64_SYM)
+            self.sym_bytes = b""
+            self.nsyms = 0
+            self.sym_columns = elf_small.SymbolColumns([], [], [], [])
             self.names = []
             return
         h = self.headers[self.symtab_index]
-        self.raw_syms = self._table(h, T.ELF64_SYM, "symbol table")
+        if h.size % T.ELF64_SYM.itemsize:
+            raise self.fail(f"symbol table section {h.name!r} size {h.size} is not a multiple of {T.ELF64_SYM.itemsize}")
+        self.sym_bytes = self._bytes(h)
+        self.nsyms = h.size // T.ELF64_SYM.itemsize
         if not 0 < h.link < len(self.headers) or self.headers[h.link].type != T.SHT_STRTAB:
             raise self.fail(f"symbol table's string table index {h.link} is not a string table")
+        strtab = self._bytes(self.headers[h.link])
         try:
-            self.names = read_names(self._bytes(self.headers[h.link]), self.raw_syms["st_name"])
+            if self.nsyms <= elf_small.ROWS:
+                # A small table as lists of its fields: the names, the pull names
+                # and (read alone) the checks of its rows work on them in plain Python.
+                self.sym_columns = elf_small.symbol_columns(self.sym_bytes)
+                self.names = names_at(bytes(strtab), self.sym_columns.name)
+            else:
+                self.names = read_names(strtab, self.raw_syms["st_name"])
         except ValueError as e:
             raise self.fail(f"symbol table: {e}") from None
-        self.xindex = None
-        for i, sh in enumerate(self.headers):
-            if sh.type == T.SHT_SYMTAB_SHNDX and sh.link == self.symtab_index:
+        for i in shndx_sections:
+            sh = self.headers[i]
+            if sh.link == self.symtab_index:
                 self.xindex = self._table(sh, np.dtype("<u4"), "extended section index")
-                if len(self.xindex) < len(self.raw_syms):
+                if len(self.xindex) < self.nsyms:
                     raise self.fail("extended section index table is shorter than the symbol table")
 
-    def _select_sections(self) -> None:
-        """Pick the sections to load and read COMDAT groups."""
+    @functools.cached_property
+    def raw_syms(self) -> np.ndarray:
+        """The symbol table as ELF64_SYM rows, over the file's bytes."""
+        return np.frombuffer(self.sym_bytes, dtype=T.ELF64_SYM)
+
+    def _select_sections(self, loadable: list[int], group_sections: list[int]) -> None:
+        """Pick the sections to load (``loadable``) and read COMDAT groups."""
         self.sections: list[Section] = []
         self.groups: list[Group] = []
-        n = len(self.headers)
-        self.model_index = np.full(n, SEC_DISCARDED, dtype=np.int32)
-        for i, h in enumerate(self.headers):
-            if not (h.flags & T.SHF_ALLOC) or h.type not in T.LOADABLE_TYPES:
-                continue
-            if h.type == T.SHT_NOBITS and h.size > MAX_ZERO_FILL:
+        headers = self.headers
+        n = len(headers)
+        # Section number -> index in self.sections, or SEC_DISCARDED.  A list:
+        # the tables are a dozen entries, and per-item numpy access costs more.
+        self.model_index = model_index = [SEC_DISCARDED] * n
+        # Section number -> how far a symbol defined there may lie, NO_SECTION where unbounded.
+        self.bounds = bounds = [T.NO_SECTION] * n
+        for i in loadable:
+            h = headers[i]
+            zero_fill = h.type == T.SHT_NOBITS
+            if zero_fill and h.size > MAX_ZERO_FILL:
                 raise self.fail(f"section [{i}] {h.name!r} claims {h.size} bytes of zero-fill")
-            flags = _section_flags(h.flags, h.type == T.SHT_NOBITS)
-            role, priority = _role(h.name, h.type)
-            self.model_index[i] = len(self.sections)
+            flags, role, priority = _kind(h.name, h.type, h.flags & _FLAG_MASK)
+            model_index[i] = len(self.sections)
+            bounds[i] = h.size
             self.sections.append(
                 Section(
                     name=h.name,
-                    data=b"" if h.type == T.SHT_NOBITS else self._bytes(h),
+                    data=b"" if zero_fill else self._bytes(h),
                     size=h.size,
                     align=h.align,
                     flags=flags,
@@ -181,18 +247,19 @@ class _ElfReader:
                     source_index=i,
                 )
             )
-        for i, h in enumerate(self.headers):
-            if h.type != T.SHT_GROUP:
-                continue
-            words = self._table(h, np.dtype("<u4"), "group")
+        for i in group_sections:
+            h = headers[i]
+            if h.size % 4:
+                raise self.fail(f"group section {h.name!r} size {h.size} is not a multiple of 4")
+            words = struct.unpack_from(f"<{h.size // 4}I", self.data, h.offset)
             if len(words) == 0 or not (words[0] & T.GRP_COMDAT):
                 continue
-            if h.link != self.symtab_index or h.info >= len(self.raw_syms):
+            if h.link != self.symtab_index or h.info >= self.nsyms:
                 raise self.fail(f"group section [{i}] {h.name!r} has a bad signature symbol {h.info}")
             members = words[1:]
-            if len(members) and int(members.max()) >= n:
+            if members and max(members) >= n:
                 raise self.fail(f"group section [{i}] {h.name!r} names a section past the last one")
-            loaded = [int(self.model_index[m]) for m in members if self.model_index[m] >= 0]
+            loaded = [model_index[m] for m in members if model_index[m] >= 0]
             gi = len(self.groups)
             for m in loaded:
                 self.sections[m].group = gi
@@ -238,7 +305,7 @@ class _ElfReader:
             reserved &= ~escaped
         n = len(self.headers)
         # model_index for 0..n-1 (0 is SHN_UNDEF), then "past the last section", then the reserved range.
-        table = np.concatenate((self.model_index, [T.BAD_INDEX], T.RESERVED_SECTIONS))
+        table = np.concatenate((np.array(self.model_index + [T.BAD_INDEX], dtype=np.int32), T.RESERVED_SECTIONS))
         table[0] = SEC_UNDEF
         sec = table[np.where(reserved, n + 1 + (shndx - T.SHN_LORESERVE), np.minimum(shndx, n))]
         bad = sec <= T.BAD_INDEX
@@ -258,26 +325,26 @@ class _ElfReader:
         """``(header, model section index)`` of each SHT_RELA/SHT_REL table
         that patches a loaded section.  Their entry sizes and links to the
         (one) symbol table were checked with the other tables (:mod:`.elf_precheck`)."""
-        for i, h in enumerate(self.headers):
-            if h.type not in (T.SHT_RELA, T.SHT_REL):
-                continue
+        for i in self.rel_sections:
+            h = self.headers[i]
             if h.info >= len(self.headers):
                 raise self.fail(f"relocation section [{i}] {h.name!r} applies to missing section {h.info}")
-            target = int(self.model_index[h.info])
+            target = self.model_index[h.info]
             if target < 0:
                 continue  # debug info and other sections we do not load
             yield h, target
 
     def _rela_tables(self) -> tuple[list[memoryview], list[int]] | None:
-        """The bytes of the SHT_RELA tables of loaded sections and the section
-        each patches; None if a loaded section has SHT_REL entries (their
-        addends are read eagerly)."""
+        """The bytes of the non-empty SHT_RELA tables of loaded sections and
+        the section each patches; None if a loaded section has SHT_REL
+        entries (their addends are read eagerly)."""
         rela, targets = [], []
         for h, target in self._relocation_sections():
             if h.type == T.SHT_REL:
                 return None
-            rela.append(self._bytes(h))
-            targets.append(target)
+            if h.size:
+                rela.append(self._bytes(h))
+                targets.append(target)
         return rela, targets
 
     def _read_relocations(self, symbols: np.ndarray) -> np.ndarray:
@@ -399,8 +466,7 @@ _FLAG_BITS = (
 _FLAG_MASK = sum(bit for bit, _ in _FLAG_BITS)
 
 
-@functools.cache
-def _flags_of(sh_flags: int, zero_fill: bool) -> SectionFlags:
+def _section_flags(sh_flags: int, zero_fill: bool) -> SectionFlags:
     flags = SectionFlags.NONE
     for bit, flag in _FLAG_BITS:
         if sh_flags & bit:
@@ -408,14 +474,15 @@ def _flags_of(sh_flags: int, zero_fill: bool) -> SectionFlags:
     return flags | SectionFlags.ZERO_FILL if zero_fill else flags
 
 
-def _section_flags(sh_flags: int, zero_fill: bool) -> SectionFlags:
-    # IntFlag arithmetic costs microseconds per operation: compute each combination once.
-    return _flags_of(sh_flags & _FLAG_MASK, zero_fill)
-
-
 @functools.lru_cache(maxsize=4096)
+def _kind(name: str, sh_type: int, sh_flags: int) -> tuple[SectionFlags, SectionRole, int | None]:
+    """A section's model flags, role and priority.  Cached: archive members
+    repeat the same few section names and flags, and IntFlag arithmetic
+    costs microseconds per operation."""
+    return (_section_flags(sh_flags, sh_type == T.SHT_NOBITS), *_role(name, sh_type))
+
+
 def _role(name: str, sh_type: int) -> tuple[SectionRole, int | None]:
-    # Cached: archive members repeat the same few section names.
     m = _PRIORITY.match(name)
     priority = int(m.group(2)) if m else None
     base = m.group(1) if m else name.lstrip(".")

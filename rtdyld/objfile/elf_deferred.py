@@ -14,15 +14,17 @@ the objects are converted one by one with the reader's own code, in batch
 order (each object's symbols, then its relocations), so the error is
 exactly the one reading the first bad object alone raises (object, section,
 offset, relocation type, symbol).  An object whose tables are asked for
-before then (a validator, a trace) is converted alone on the spot.  Objects
-added one by one convert their relocations through the same code at once
+before then (a validator, a trace) is converted alone on the spot.  A
+small object added on its own has its rows checked as it is read
+(:mod:`.elf_small`) and joins the same conversion (:func:`checked_object`);
+a larger one converts its relocations through the same code at once
 (:func:`convert_now`): fewer numpy calls than the reader's own conversion,
 which remains for SHT_REL tables and for naming bad entries.
 """
 
 from __future__ import annotations
 
-from itertools import accumulate
+from itertools import accumulate, pairwise
 
 import numpy as np
 
@@ -37,24 +39,29 @@ _WIDTH[: len(WIDTH)] = WIDTH
 _NONE = int(Edge.NONE)
 _GLOBAL = int(Bind.GLOBAL)
 _STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLOBAL, GNU_UNIQUE
-# Section-number look-up (as the reader's): "past the last section" after each object's map.
-_PAST_LAST = np.array([T.BAD_INDEX], dtype=np.int32)
 _LAST_TYPE = len(T.ELF_EDGE) - 1
+# Section numbers from SHN_ABS (0xfff1) up wrap round to 0.. when _SHIFT is added in 16 bits.
+_SHIFT = 0x10000 - T.SHN_ABS
+_RESERVED_TOP = [int(T.RESERVED_SECTIONS[k - T.SHN_LORESERVE]) for k in range(T.SHN_ABS, 0x10000)]
+_UNBOUNDED_TOP = [T.NO_SECTION] * _SHIFT
 
 
 class _Pending:
     """What converting an object's tables needs: its reader (which holds the
-    raw symbol table and the section map), and per SHT_RELA table its bytes,
-    its row count, the section it patches and that section's size."""
+    raw symbol table and the section map), and its (non-empty) SHT_RELA
+    tables' bytes and the section each patches; its rows in all, and
+    whether the tables patch sections in order (then each table sorted
+    makes the object's rows sorted).  Kept lean: what waits for the batch
+    to be joined counts towards the next garbage collection."""
 
-    __slots__ = ("counts", "reader", "sizes", "tables", "targets")
+    __slots__ = ("ascending", "reader", "rows", "tables", "targets")
 
     def __init__(self, reader, tables: list[memoryview], targets: list[int]):
         self.reader = reader
         self.tables = tables
         self.targets = targets
-        self.counts = [len(t) // T.ELF64_RELA.itemsize for t in tables]
-        self.sizes = [reader.sections[t].size for t in targets]
+        self.rows = sum(map(len, tables)) // T.ELF64_RELA.itemsize
+        self.ascending = all(a < b for a, b in pairwise(targets))
 
 
 class DeferredElfObject(ObjectFile):
@@ -91,7 +98,9 @@ def deferred_object(reader) -> ObjectFile | None:
     relocation tables left for its batch; None if it has SHT_REL tables
     (read eagerly).  The symbol table of an object with extended section
     indexes is converted now."""
-    lazy_symbols = len(reader.raw_syms) > 0 and reader.xindex is None
+    # (The batch conversion tells reserved section numbers by their value:
+    # an object with as many sections leaves them to the reader.)
+    lazy_symbols = reader.nsyms > 0 and reader.xindex is None and len(reader.model_index) < T.SHN_LORESERVE
     symbols = None if lazy_symbols else reader._convert_symbols()
     try:
         tables = reader._rela_tables()
@@ -101,24 +110,40 @@ def deferred_object(reader) -> ObjectFile | None:
         raise
     if tables is None:
         return None
+    return _deferred(reader, symbols, tables)
+
+
+def checked_object(reader, tables: tuple[list[memoryview], list[int]]) -> ObjectFile:
+    """The object ``reader`` has read, its rows checked (:mod:`.elf_small`)
+    and its SHT_RELA ``tables`` left to convert with its batch."""
+    return _deferred(reader, None if reader.nsyms else reader._convert_symbols(), tables)
+
+
+def _deferred(reader, symbols: np.ndarray | None, tables: tuple[list[memoryview], list[int]]) -> ObjectFile:
     obj = reader.object(DeferredElfObject, symbols, None)
     obj._pending = _Pending(reader, *tables)
-    obj.pull_names = _raw_pull_names(reader) if lazy_symbols else _pull_names(symbols, reader.names)
+    obj.pull_names = _raw_pull_names(reader) if symbols is None else _pull_names(symbols, reader.names)
     return obj
 
 
 def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
     """:func:`_pull_names` from the raw symbol table (the section numbers and
     bindings the conversion maps; rows it would reject count for neither)."""
-    raw = reader.raw_syms
-    binding = raw["st_info"] >> 4
-    named = np.flatnonzero(binding)
-    loaded = reader.model_index.tolist()
+    loaded = reader.model_index
     n = len(loaded)
     names = reader.names
     defined, needed = [], []
-    for i, shndx, b in zip(named.tolist(), raw["st_shndx"][named].tolist(), binding[named].tolist()):
-        name = names[i]
+    columns = reader.sym_columns
+    if columns is not None:  # a small table, already unpacked: a plain loop
+        # st_info below 16 is local binding, most of an object's symbols.
+        named = ((name, shndx, info >> 4) for name, info, shndx in zip(names, columns.info, columns.shndx)
+                 if info >= 16)
+    else:
+        raw = reader.raw_syms
+        binding = raw["st_info"] >> 4
+        at = np.flatnonzero(binding)
+        named = zip([names[i] for i in at.tolist()], raw["st_shndx"][at].tolist(), binding[at].tolist())
+    for name, shndx, b in named:
         if not name:
             continue
         if shndx == T.SHN_UNDEF:
@@ -184,39 +209,35 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
     """Model symbol tables of the objects ``readers`` read, or None if any
     row would make the reader raise (bad section number or binding, a
     value past its section)."""
-    counts = [len(r.raw_syms) for r in readers]
-    raw = np.frombuffer(b"".join([r.raw_syms for r in readers]), dtype=T.ELF64_SYM)
-    rows = np.array(counts, dtype=np.int64)
-    # One look-up table for every object's section numbers: its model_index
-    # (0 is SHN_UNDEF) then "past the last section"; sizes likewise, then "no section".
-    tables, starts, lengths, sizes, size_starts, nsections = [], [], [], [], [], []
-    at = size_at = 0
+    counts = [r.nsyms for r in readers]
+    raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=T.ELF64_SYM)
+    # Per object, a block of ``width`` entries indexed by section number
+    # plus _SHIFT (in 16 bits, so SHN_ABS and SHN_COMMON wrap round to the
+    # block's first entries): the model section, and the bound a symbol's
+    # value must not pass.  Every other number past the object's last
+    # section, reserved or not, is clamped to the block's last entry, BAD_INDEX.
+    # Built as lists, the blocks are tens of entries; the rows are looked up in one go.
+    width = _SHIFT + max(len(r.model_index) for r in readers) + 1
+    table: list[int] = []
+    bound: list[int] = []
     for r in readers:
-        tables += (r.model_index, _PAST_LAST)
-        starts.append(at)
-        lengths.append(len(r.model_index))
-        at += len(r.model_index) + 1
-        sizes += [s.size for s in r.sections]
-        sizes.append(T.NO_SECTION)
-        size_starts.append(size_at)
-        nsections.append(len(r.sections))
-        size_at += len(r.sections) + 1
-    table = np.concatenate(tables)
-    first = np.array(starts, dtype=np.int64)
-    table[first] = SEC_UNDEF
-    shndx = raw["st_shndx"].astype(np.int64)
-    sec = table[np.repeat(first, rows) + np.minimum(shndx, np.repeat(np.array(lengths, dtype=np.int64), rows))]
-    reserved = shndx >= T.SHN_LORESERVE
-    if np.count_nonzero(reserved):
-        sec[reserved] = T.RESERVED_SECTIONS[shndx[reserved] - T.SHN_LORESERVE]
+        pad = width - _SHIFT - len(r.model_index)
+        table += _RESERVED_TOP
+        start = len(table)
+        table += r.model_index
+        table[start] = SEC_UNDEF
+        table += [T.BAD_INDEX] * pad
+        bound += _UNBOUNDED_TOP
+        bound += r.bounds
+        bound += [T.NO_SECTION] * pad
+    at = np.minimum(np.add(raw["st_shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
+    if len(readers) > 1:
+        at += np.repeat(np.arange(0, width * len(readers), width), counts)
+    sec = np.array(table, dtype=np.int32)[at]
     info = raw["st_info"]
     bind = T.BIND_MAP[info >> 4]
     value = raw["st_value"]
-    size_of = np.array(sizes, dtype=np.uint64)
-    own = np.repeat(np.array(size_starts, dtype=np.int64), rows) + np.where(
-        sec >= 0, sec, np.repeat(np.array(nsections, dtype=np.int64), rows)
-    )
-    bad = (sec <= T.BAD_INDEX) | (bind == 255) | (value > size_of[own])
+    bad = (sec <= T.BAD_INDEX) | (bind == 255) | (value > np.array(bound, dtype=np.uint64)[at])
     if np.count_nonzero(bad):
         return None
     out = np.empty(len(raw), dtype=SYM_DTYPE)
@@ -236,61 +257,79 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     """Model relocations of each pending object (with ``nsyms`` symbols), or
     None if any row would make the reader raise."""
     tables: list[memoryview] = []
-    counts: list[int] = []
+    counts: list[int] = []  # per table: its rows
     sections: list[int] = []  # per table: the patched section, object-local
     sizes: list[int] = []  # per table: that section's size
-    per_object: list[int] = []  # tables of each object
-    for p in pend:
+    symbols: list[int] = []  # per table: its object's symbol count
+    ascending = True
+    for p, n in zip(pend, nsyms):
         tables += p.tables
-        counts += p.counts
+        counts += [len(t) // T.ELF64_RELA.itemsize for t in p.tables]
         sections += p.targets
-        sizes += p.sizes
-        per_object.append(len(p.tables))
+        sizes += [p.reader.sections[t].size for t in p.targets]
+        symbols += [n] * len(p.tables)
+        ascending = ascending and p.ascending
     # The tables' bytes end to end: one copy at C speed, however many tables.
     raw = np.frombuffer(b"".join(tables), dtype=T.ELF64_RELA)
+    starts = [0, *accumulate(counts)][:-1]
     rows = np.array(counts, dtype=np.int64)
-    single = len(pend) == 1
-    robj = None if single else np.repeat(np.repeat(np.arange(len(pend)), per_object), rows)
-    section = np.repeat(np.array(sections, dtype=np.int32), rows)
     info = raw["r_info"]
-    rtype = (info & 0xFFFFFFFF).astype(np.uint32)
+    rtype = info.astype(np.uint32)  # the low 32 bits
     sym = info >> 32
-    kinds = T.ELF_EDGE[np.minimum(rtype, _LAST_TYPE)]
-    kinds[rtype > _LAST_TYPE] = T.UNSUPPORTED
+    kinds = T.ELF_EDGE[np.minimum(rtype, _LAST_TYPE)]  # the last entry: every type past the table
     offset = raw["r_offset"]
-    size = np.repeat(np.array(sizes, dtype=np.uint64), rows)
-    past = ((offset + _WIDTH[kinds] > size) | (offset > size)) & (kinds != _NONE)
-    symbols = np.uint64(nsyms[0]) if single else np.array(nsyms, dtype=np.uint64)[robj]
-    bad = (sym >= symbols) | (kinds == T.UNSUPPORTED) | past
+    none = kinds == _NONE
+    nsym = np.uint32(nsyms[0]) if len(pend) == 1 else np.repeat(np.array(symbols, dtype=np.uint32), rows)
+    bad = (sym >= nsym) | (kinds == T.UNSUPPORTED)
+    if len(raw):
+        # Where each row's write ends (an offset past 2**64 - 8 wraps below
+        # it), R_X86_64_NONE rows aside; then the farthest of each table
+        # against the size of the section it patches.  In place: a 64-bit
+        # temporary per row costs more than the arithmetic on a big batch.
+        reach = _WIDTH[kinds]
+        reach += offset
+        np.maximum(reach, offset, out=reach)
+        reach[none] = 0
+        if np.count_nonzero(np.maximum.reduceat(reach, starts) > np.array(sizes, dtype=np.uint64)):
+            return None
     if np.count_nonzero(bad):
         return None
-    keep = kinds != _NONE
-    if np.count_nonzero(keep) < len(keep):
-        section, offset, kinds, rtype, sym = section[keep], offset[keep], kinds[keep], rtype[keep], sym[keep]
-        robj = None if single else robj[keep]
-        addend = raw["r_addend"][keep]
-    else:
-        addend = raw["r_addend"]
-    # Each object's rows sorted by (section, offset), as the reader leaves them.
-    a, b = section[:-1], section[1:]
-    in_order = (b > a) | ((b == a) & (offset[1:] >= offset[:-1]))
-    if not single:
-        in_order = (robj[1:] > robj[:-1]) | ((robj[1:] == robj[:-1]) & in_order)
-    out = np.empty(len(section), dtype=RELOC_DTYPE)
-    if np.count_nonzero(in_order) < len(in_order):
-        order = np.lexsort((offset, section) if single else (offset, section, robj))
-        section, offset, kinds, rtype, sym, addend = (
-            section[order], offset[order], kinds[order], rtype[order], sym[order], addend[order]
-        )
-        robj = None if single else robj[order]
-    out["section"] = section
+    # Each object's rows sorted by (section, offset), as the reader leaves
+    # them: so they are if its tables patch sections in order and each is
+    # sorted (a decrease where one table ends and the next begins is allowed).
+    descents = offset[1:] < offset[:-1]
+    unsorted = np.count_nonzero(descents)
+    if unsorted and len(starts) > 1:
+        unsorted -= np.count_nonzero(descents[np.array(starts[1:]) - 1])
+    out = np.empty(len(raw), dtype=RELOC_DTYPE)
+    out["section"] = np.repeat(np.array(sections, dtype=np.int32), rows)
     out["offset"] = offset
     out["kind"] = kinds
     out["rtype"] = rtype
     out["sym"] = sym
     out["sym2"] = -1
-    out["addend"] = addend
-    if single:
+    out["addend"] = raw["r_addend"]
+    # R_X86_64_NONE rows go; the records move once, not column by column.
+    dropped = np.count_nonzero(none)
+    if dropped:
+        kept_rows = (rows - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
+        keep = ~none
+        out = out[keep]
+    if unsorted or not ascending:
+        # One key: the section numbered across the batch (far below 2**24)
+        # above the offset (which the checks bound by a section size, far below 2**40).
+        first = list(accumulate((len(p.reader.sections) for p in pend), initial=0))
+        place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
+        at = np.repeat(np.array(place, dtype=np.uint64), rows)
+        key = at << np.uint64(40) | offset
+        if dropped:
+            key = key[keep]
+        out = out[np.argsort(key, kind="stable")]
+    if len(pend) == 1:
         return [out]
-    ends = np.cumsum(np.bincount(robj, minlength=len(pend))).tolist()
+    if dropped:
+        per_table = iter(kept_rows)
+        ends = list(accumulate(sum(next(per_table) for _ in p.tables) for p in pend))
+    else:
+        ends = list(accumulate(p.rows for p in pend))
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]

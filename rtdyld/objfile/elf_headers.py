@@ -3,26 +3,23 @@
 Reading these with pyelftools cost 1–2 ms per object (it builds a parser
 object per field and copies the whole file into a stream): more than the
 rest of reading a typical archive member, and 70% of linking Debian's libz.a
-and libbz2.a.  The table is one numpy structured array over the bytes
-instead (no copy), checked here field by field before anything indexes with
-it.
+and libbz2.a.  The table is unpacked with one ``struct.iter_unpack`` over the
+bytes instead, checked here field by field before anything indexes with it.
+An object has a dozen or so sections: numpy's per-call cost (and, in a cold
+link, the cache misses of its code) outweighs what it saves on so few rows.
 """
 
 from __future__ import annotations
 
 import struct
 
-import numpy as np
-
-from .strtab import read_names
+from .strtab import names_at
 
 SHN_XINDEX = 0xFFFF
 SHDR_SIZE = 64
 
-ELF64_SHDR = np.dtype(
-    [("sh_name", "<u4"), ("sh_type", "<u4"), ("sh_flags", "<u8"), ("sh_addr", "<u8"), ("sh_offset", "<u8"),
-     ("sh_size", "<u8"), ("sh_link", "<u4"), ("sh_info", "<u4"), ("sh_addralign", "<u8"), ("sh_entsize", "<u8")]
-)
+# sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info, sh_addralign, sh_entsize.
+ELF64_SHDR = struct.Struct("<IIQQQQIIQQ")
 # e_shoff, then (after e_flags, e_ehsize, e_phentsize, e_phnum) e_shentsize, e_shnum, e_shstrndx.
 _EHDR_TAIL = struct.Struct("<Q4xHHHHHH")
 
@@ -54,18 +51,17 @@ def read_section_headers(data) -> list[SectionHeader]:
         raise HeaderError(f"section header size {shentsize}, expected {SHDR_SIZE}")
     if shoff > size - SHDR_SIZE:
         raise HeaderError(_past_end(shoff, shnum or 1, size))
-    first = np.frombuffer(data, dtype=ELF64_SHDR, count=1, offset=shoff)[0]
+    _, _, _, _, _, first_size, first_link, _, _, _ = ELF64_SHDR.unpack_from(data, shoff)
     # Counts too big for the ELF header live in section 0 (SHN_XINDEX escapes).
-    n = int(first["sh_size"]) if shnum == 0 else shnum
+    n = first_size if shnum == 0 else shnum
     if shstrndx == SHN_XINDEX:
-        shstrndx = int(first["sh_link"])
+        shstrndx = first_link
     if n == 0:
         return []
     if n > (size - shoff) // SHDR_SIZE:
         raise HeaderError(_past_end(shoff, n, size))
-    table = np.frombuffer(data, dtype=ELF64_SHDR, count=n, offset=shoff)
-    rows = table.tolist()
-    names = _section_names(data, table, rows, shstrndx)
+    rows = list(ELF64_SHDR.iter_unpack(memoryview(data)[shoff : shoff + n * SHDR_SIZE]))
+    names = _section_names(data, rows, shstrndx)
     return [SectionHeader(name, row) for name, row in zip(names, rows)]
 
 
@@ -74,7 +70,7 @@ def _past_end(shoff: int, n: int, size: int) -> str:
             f"the file ({size} bytes)")
 
 
-def _section_names(data, table: np.ndarray, rows: list[tuple], shstrndx: int) -> list[str]:
+def _section_names(data, rows: list[tuple], shstrndx: int) -> list[str]:
     n = len(rows)
     if shstrndx == 0:
         return [""] * n
@@ -86,11 +82,12 @@ def _section_names(data, table: np.ndarray, rows: list[tuple], shstrndx: int) ->
             f"section name table (offset {offset:#x}, size {size:#x}) extends past the end of the file"
         )
     strtab = bytes(memoryview(data)[offset : offset + size])
+    offsets = [row[0] for row in rows]
     try:
-        return ["", *read_names(strtab, table["sh_name"][1:])]
+        return ["", *names_at(strtab, offsets[1:])]
     except ValueError:
         pass  # name the offending section below
-    for i, at in enumerate(table["sh_name"].tolist()[1:], start=1):
+    for i, at in enumerate(offsets[1:], start=1):
         if at >= size or strtab.find(b"\0", at) < 0:
             raise HeaderError(f"section [{i}] name offset {at} is past the section name table or unterminated")
-    raise AssertionError("unreachable: read_names rejected a valid table")
+    raise AssertionError("unreachable: names_at rejected a valid table")

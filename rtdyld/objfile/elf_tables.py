@@ -91,7 +91,8 @@ _SUPPORTED = {
 }
 
 UNSUPPORTED = 255
-ELF_EDGE = np.full(64, UNSUPPORTED, dtype=np.uint8)
+# One entry past the last type we name: types beyond the table are clamped to it.
+ELF_EDGE = np.full(65, UNSUPPORTED, dtype=np.uint8)
 for _t, _k in _SUPPORTED.items():
     ELF_EDGE[_t] = _k
 

@@ -10,8 +10,9 @@ import numpy as np
 # Below this many names, Python's dict beats numpy's per-call overhead at
 # finding where each name starts; above it, numpy's bulk search wins.
 SMALL = 2048
-# Up to this many names (an archive member's section names), each is sliced out on its own.
-FEW = 32
+# Up to this many names (an object's section names, the symbols of most
+# archive members), each is sliced out on its own.
+FEW = 128
 
 
 def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
@@ -22,8 +23,25 @@ def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
     """
     if len(offsets) == 0:
         return []
-    raw = bytes(strtab)
-    offs = offsets.tolist()
+    return names_at(bytes(strtab), offsets.tolist())
+
+
+def names_at(raw: bytes, offs: list[int]) -> list[str]:
+    """:func:`read_names` for offsets already in a list (the ELF reader
+    reads its small tables as lists, not numpy arrays)."""
+    if not offs:
+        return []
+    if len(offs) <= FEW:
+        # Slicing each name out of the table decoded once (ASCII: a string
+        # index is a byte offset) beats splitting the whole table.  A bad
+        # offset or a non-ASCII table fails a step here, and the checks
+        # below then say which.
+        try:
+            text = raw.decode("ascii")
+            find = text.index
+            return [text[o : find("\0", o)] for o in offs]
+        except ValueError:  # UnicodeDecodeError included
+            pass
     highest = max(offs)
     if highest >= len(raw):
         k = next(k for k, o in enumerate(offs) if o >= len(raw))
@@ -34,10 +52,6 @@ def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
         raise ValueError(f"name at offset {offs[k]} is not NUL-terminated")
     if not raw.isascii():
         return [raw[o : raw.index(b"\0", o)].decode("utf-8", "surrogateescape") for o in offs]
-    if len(offs) <= FEW:
-        # Slicing each name out directly beats splitting the whole table.
-        find = raw.index
-        return [raw[o : find(b"\0", o)].decode("ascii") for o in offs]
     # Split the table once and pick each name by where it starts; only a
     # name that is the tail of a longer string (suffix sharing) is sliced.
     pieces = raw.decode("ascii").split("\0")
@@ -48,7 +62,7 @@ def read_names(strtab: bytes | memoryview, offsets: np.ndarray) -> list[str]:
         names = list(map(start_of.get, offs))
     else:
         nuls = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 0)
-        where = offsets.astype(np.int64)
+        where = np.array(offs, dtype=np.int64)
         piece = np.searchsorted(nuls, where)
         starts = np.concatenate(([0], nuls + 1))
         names = list(map(pieces.__getitem__, piece.tolist()))
