@@ -47,6 +47,7 @@ _PC32_DATA = kind_mask(PC32_DATA)
 _LOCAL, _WEAK = int(Bind.LOCAL), int(Bind.WEAK)
 _PLAIN_ROLES = frozenset({int(SectionRole.NORMAL), int(SectionRole.EH_FRAME)})  # run nothing
 _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
+_EH_FRAME = int(SectionRole.EH_FRAME)
 # The batch's relocations: an object's, plus which object and its own symbol number.
 BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
 
@@ -157,60 +158,95 @@ class BatchLinker:
     def concatenate(self) -> None:
         """Every object's tables joined into one, in batch-wide numbering."""
         convert_pending(self.objects)
-        secs: list[PlacedSection] = []
+        objects = self.objects
+        placed: list[PlacedSection] = []
+        sections: list = []  # placed[i]'s Section, so later phases skip two look-ups per section
         # Object-local section numbers become batch-wide ones through one table
         # (-1: dropped), built as a list: a few numpy calls per batch, not per object.
         gids: list[int] = []
         starts = [0]
-        for oi, obj in enumerate(self.objects):
+        segment_of = L.segment_of
+        for oi, obj in enumerate(objects):
             dropped = self.dropped[oi]
-            for si, s in enumerate(obj.sections):
-                if si in dropped:
-                    gids.append(-1)
-                    continue
-                gids.append(len(secs))
-                secs.append(PlacedSection(oi, si, L.segment_of(s)))
-            if not obj.sections:
+            own = obj.sections
+            if not dropped:
+                gids.extend(range(len(placed), len(placed) + len(own)))
+                placed += [PlacedSection(oi, si, segment_of(s)) for si, s in enumerate(own)]
+                sections += own
+            else:
+                for si, s in enumerate(own):
+                    if si in dropped:
+                        gids.append(-1)
+                        continue
+                    gids.append(len(placed))
+                    placed.append(PlacedSection(oi, si, segment_of(s)))
+                    sections.append(s)
+            if not own:
                 gids.append(-1)
             starts.append(len(gids))
-        self.placed = secs
-        gid_of = np.array(gids or [0], dtype=np.int64)
+        self.placed = placed
+        self.placed_sections = sections
+        # Nothing dropped and no object without sections: an object's section i
+        # is batch-wide section start + i, and the look-up table can be skipped.
+        renumber = len(gids) != len(placed)
+        gid_of = np.array(gids or [0], dtype=np.int64) if renumber else None
         sec_base = np.array(starts, dtype=np.int64)
-        counts = [len(o.symbols) for o in self.objects]
-        self.sym_base = np.array([0, *accumulate(counts)], dtype=np.int64)
-        self.nsyms = int(self.sym_base[-1])
-        syms = join([o.symbols for o in self.objects], SYM_DTYPE)
+        counts = [len(o.symbols) for o in objects]
+        sym_base = [0, *accumulate(counts)]
+        self.sym_base = np.array(sym_base, dtype=np.int64)
+        self.nsyms = sym_base[-1]
+        syms = join([o.symbols for o in objects], SYM_DTYPE)
         self.value = syms["value"]
         self.size = syms["size"]
         self.bind = syms["bind"]
         self.stype = syms["type"]
         self.vis = syms["vis"]
-        self.sym_obj = np.repeat(np.arange(len(self.objects)), counts)
-        self.names = list(chain.from_iterable(o.names for o in self.objects))
-        local = syms["section"].astype(np.int64)
-        defined = local >= 0
-        gsec = local.copy()
-        gsec[defined] = gid_of[sec_base[self.sym_obj[defined]] + local[defined]]
-        # A symbol in a dropped section is a reference to the kept copy.
-        gsec[defined & (gsec < 0)] = SEC_DISCARDED
+        obj_ids = np.arange(len(objects))
+        self.sym_obj = np.repeat(obj_ids, counts)
+        self.names = list(chain.from_iterable(o.names for o in objects))
+        gsec = syms["section"].astype(np.int64)
+        defined = gsec >= 0
+        first = sec_base[self.sym_obj[defined]]
+        if renumber:
+            gsec[defined] = gid_of[first + gsec[defined]]
+            # A symbol in a dropped section is a reference to the kept copy.
+            gsec[defined & (gsec < 0)] = SEC_DISCARDED
+        else:
+            gsec[defined] += first
         self.gsec = gsec
-        r = join([o.relocs for o in self.objects], RELOC_DTYPE)
-        robj = np.repeat(np.arange(len(self.objects)), [len(o.relocs) for o in self.objects])
-        g = gid_of[sec_base[robj] + r["section"]]
-        keep = g >= 0
-        if not np.all(keep):
-            r, robj, g = r[keep], robj[keep], g[keep]
-        out = np.empty(len(r), dtype=BATCH_RELOC_DTYPE)
-        for f in ("offset", "kind", "rtype", "addend"):
-            out[f] = r[f]
-        base = self.sym_base[robj]
+        r = join([o.relocs for o in objects], RELOC_DTYPE)
+        robj = np.repeat(obj_ids, [len(o.relocs) for o in objects])
+        g = sec_base[robj] + r["section"]
+        if renumber:
+            g = gid_of[g]
+            keep = g >= 0
+            if not keep.all():
+                r, robj, g = r[keep], robj[keep], g[keep]
+        self.relocs = self._batch_relocs(r, robj, g)
+
+    def _batch_relocs(self, r: np.ndarray, robj: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """``r`` in the batch's numbering, with each row's object and own symbol number."""
+        n = len(r)
+        out = np.empty(n, dtype=BATCH_RELOC_DTYPE)
+        if r.dtype == RELOC_DTYPE and r.flags.c_contiguous and n:
+            # The object's columns are the first bytes of a batch row: one copy
+            # of the rows, not one per column (each a numpy call, ~1 us).
+            rows = out.view(np.uint8).reshape(n, BATCH_RELOC_DTYPE.itemsize)
+            rows[:, : RELOC_DTYPE.itemsize] = r.view(np.uint8).reshape(n, RELOC_DTYPE.itemsize)
+        else:
+            for f in RELOC_DTYPE.names:
+                out[f] = r[f]
         out["section"] = g
         out["obj"] = robj
-        out["lsym"] = r["sym"]
-        out["sym"] = r["sym"] + base
-        s2 = r["sym2"]
-        out["sym2"] = np.where(s2 >= 0, s2 + base, -1)
-        self.relocs = out
+        sym = out["sym"]
+        out["lsym"] = sym
+        base = self.sym_base[robj]
+        sym += base
+        sym2 = out["sym2"]
+        has2 = sym2 >= 0
+        if has2.any():
+            sym2[has2] += base[has2]
+        return out
 
     def name_of(self, gsym: int) -> str:
         oi = int(self.sym_obj[gsym])
@@ -532,19 +568,26 @@ class BatchLinker:
         from memmgr import MemMgrError, Prot, SegmentRequest
 
         plans = L.plan_segments()
-        for p in tls.image_first(self, self.placed):
-            s = self.objects[p.obj].sections[p.index]
-            if not unwind.is_unwind_section(self.objects[p.obj], p.index):
-                p.work = plans[p.segment].place(f"{p.obj}:{p.index}", s.size, s.align)
-        self.eh_frame = unwind.place(plans, self.placed, self.objects)
+        order = tls.image_first(self, self.placed)
+        sections = self.placed_sections
+        if order is not self.placed:
+            sections = [self.objects[p.obj].sections[p.index] for p in order]
+        # Unwind tables (candidates: rtdyld.unwind decides) are placed after the rest of their segment.
+        tables = [i for i, s in enumerate(sections) if s.role == _EH_FRAME]
+        if tables:
+            tables = [order[i] for i in tables]
+            regular = [not unwind.is_unwind_section(self.objects[p.obj], p.index) for p in order]
+            order = [p for p, keep in zip(order, regular) if keep]
+            sections = [s for s, keep in zip(sections, regular) if keep]
+        L.place_sections(plans, order, sections)
+        self.eh_frame = unwind.place(plans, tables, self.objects)
         if self.dso_ext is not None:
-            self.dso_off = plans[L.RODATA].place("<__dso_handle>", cxxabi.DSO_HANDLE_SIZE, 8)
-        self.stub_off = plans[L.TEXT].place("<stubs>", STUB_SIZE * len(self.scanned.stub_targets), 8)
-        self.got_off = plans[L.RODATA].place("<GOT>", 8 * len(self.scanned.got_targets), 8)
+            self.dso_off = plans[L.RODATA].place(cxxabi.DSO_HANDLE_SIZE, 8)
+        self.stub_off = plans[L.TEXT].place(STUB_SIZE * len(self.scanned.stub_targets), 8)
+        self.got_off = plans[L.RODATA].place(8 * len(self.scanned.got_targets), 8)
         self.tls = tls.plan(self, plans[L.RODATA])
         self.common_off = {
-            name: plans[L.BSS].place(f"<common {name}>", size, align)
-            for name, (_, size, align) in self.commons.items()
+            name: plans[L.BSS].place(size, align) for name, (_, size, align) in self.commons.items()
         }
         limits.check_batch_fits(self, plans)
         prot = {L.TEXT: Prot.R | Prot.X, L.RODATA: Prot.R, L.DATA: Prot.R | Prot.W, L.BSS: Prot.R | Prot.W}
@@ -567,17 +610,20 @@ class BatchLinker:
     def assign_addresses(self) -> None:
         base = self.allocation.target_base
         pinned = self.pinned
+        seg_offset = self.seg_offset
+        works = []
         for p in self.placed:
-            p.work += self.seg_offset[p.segment]
-            p.address = base + p.work
-            if pinned:
-                obj = self.objects[p.obj]
-                pin = pinned.get((obj.name, obj.sections[p.index].name))
+            p.work = work = p.work + seg_offset[p.segment]
+            p.address = base + work
+            works.append(work)
+        if pinned:
+            for p, s in zip(self.placed, self.placed_sections):
+                pin = pinned.get((self.objects[p.obj].name, s.name))
                 if pin is not None:
                     p.address = pin
         n = self.nsyms
         self.sec_addr = np.array([p.address for p in self.placed] or [0], dtype=np.uint64)
-        self.sec_work = np.array([p.work for p in self.placed] or [0], dtype=np.int64)
+        self.sec_work = np.array(works or [0], dtype=np.int64)
         addr = np.zeros(n + len(self.externals), dtype=np.uint64)
         defined = self.gsec >= 0
         addr[:n][defined] = self.sec_addr[self.gsec[defined]] + self.value[defined]
@@ -606,8 +652,7 @@ class BatchLinker:
     def write_sections(self) -> None:
         mem = self.allocation.memory
         view = memoryview(mem)  # a byte copy per section, without making an array of each
-        for p in self.placed:
-            s = self.objects[p.obj].sections[p.index]
+        for p, s in zip(self.placed, self.placed_sections):
             if len(s.data):
                 try:
                     view[p.work : p.work + s.size] = s.data
@@ -619,13 +664,14 @@ class BatchLinker:
             slots = self.addr[targets]
             mem[got_work : got_work + 8 * len(targets)] = slots.astype("<u8").view(np.uint8)
         stub_work = self.seg_offset[L.TEXT] + self.stub_off
-        for i, t in enumerate(self.scanned.stub_targets.tolist()):
-            at = stub_work + STUB_SIZE * i
-            stub = self.stub_base + STUB_SIZE * i
-            disp = self.got[t] - (stub + 6)
-            mem[at : at + STUB_SIZE] = np.frombuffer(
-                b"\xff\x25" + disp.to_bytes(4, "little", signed=True) + b"\xcc\xcc", dtype=np.uint8
+        stubs = self.scanned.stub_targets.tolist()
+        if stubs:  # jmp *slot(%rip), displacement from the end of the 6-byte jmp; built as bytes, copied once
+            code = b"".join(
+                b"\xff\x25" + (self.got[t] - (self.stub_base + STUB_SIZE * i + 6)).to_bytes(4, "little", signed=True)
+                + b"\xcc\xcc"
+                for i, t in enumerate(stubs)
             )
+            view[stub_work : stub_work + len(code)] = code
 
     def apply_fixups(self) -> None:
         r = self.relocs

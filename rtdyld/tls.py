@@ -151,7 +151,7 @@ def plan(batch, rodata) -> TlsPlan | None:
     ie = np.unique(tgt[kind == Edge.GOTTPOffDelta32])
     ld = bool(np.any(kind == Edge.TLSLDDelta32))
     size = 16 * (len(gd) + ld) + 8 * len(ie)
-    got_off = rodata.place("<TLS GOT>", size, 16)
+    got_off = rodata.place(size, 16)
     return TlsPlan(sections, gd, ie, ld, got_off, size)
 
 
