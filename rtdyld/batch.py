@@ -37,7 +37,7 @@ from .objfile.model import (
 from .objfile.records import join
 from .symbols import Resolver, SymbolDef
 from .x86_64 import fixup, scan
-from .x86_64.edges import WIDTH, Edge, kind_mask
+from .x86_64.edges import ABSOLUTE_32, N_EDGES, SIZE_KINDS, WIDTH, Edge, kind_mask
 
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
@@ -428,38 +428,44 @@ class BatchLinker:
         Unwind tables of a dropped copy still point at it; those entries are
         harmless if left unrelocated.  Anything else is a malformed group.
         """
-        tgt = self.canon[self.relocs["sym"]]
+        tgt = self.target = self.canon[self.relocs["sym"]]
+        if not np.count_nonzero(self.gsec == SEC_DISCARDED):
+            return
         internal = tgt < self.nsyms
         bad = np.zeros(len(self.relocs), dtype=bool)
         bad[internal] = self.gsec[tgt[internal]] == SEC_DISCARDED
-        if not np.any(bad):
+        if not np.count_nonzero(bad):
             return
         roles = np.array([self.objects[p.obj].sections[p.index].role for p in self.placed])
         in_eh = roles[self.relocs["section"]] == SectionRole.EH_FRAME
         self.dropped_eh = self.relocs[bad & in_eh][["section", "offset"]]
-        if np.any(bad & ~in_eh):
+        if np.count_nonzero(bad & ~in_eh):
             k = int(np.flatnonzero(bad & ~in_eh)[0])
             raise MalformedObjectError(
                 f"{self.where(k)}: {self.rtype_name(k)} refers to {self.name_of(int(self.relocs['sym'][k]))!r} "
                 "in a discarded COMDAT group section"
             )
         self.relocs = self.relocs[~bad]
+        self.target = tgt[~bad]
 
     # --- scan ---------------------------------------------------------------
 
     def scan(self) -> None:
         r = self.relocs
         kind = r["kind"]
-        tgt = self.canon[r["sym"]] if len(r) else np.zeros(0, np.int64)
-        self.target = tgt
+        tgt = self.target  # set by resolve
         n = self.nsyms
+        # Relocations per edge kind: passes for kinds the batch lacks are skipped
+        # (numpy's per-call cost, not the rows, is what a small batch pays).
+        self.kind_count = np.bincount(kind, minlength=N_EDGES).tolist()
         internal = tgt < n
-        if len(r):
+        self.has_absolute = bool(np.count_nonzero(self.gsec == SEC_ABS))
+        if self.has_absolute:
             internal[internal] &= self.gsec[tgt[internal]] != SEC_ABS
         self.internal = internal
         # Code built without PIC must live low; so must code whose 32-bit
         # PC-relative data references only reach targets that live low.
-        self.low = bool(np.any(scan.needs_low_memory(kind, internal)))
+        self.low = self.has_kind(ABSOLUTE_32) and bool(np.count_nonzero(scan.needs_low_memory(kind, internal)))
         reachable, stuck, branch_like = self._reachability(self.low)
         if len(stuck) and not self.low:
             low_reachable, low_stuck, low_branch = self._reachability(True)
@@ -470,16 +476,22 @@ class BatchLinker:
                 self._reachability(False)
         if len(stuck):
             self._unreachable(int(stuck[0]))
-        opcode = np.zeros(len(r), dtype=np.uint8)
-        modrm = np.zeros(len(r), dtype=np.uint8)
-        relaxable = kind == _RELAXABLE
-        if np.any(relaxable):
+        opcode = modrm = np.zeros(len(r), dtype=np.uint8)
+        if self.kind_count[_RELAXABLE]:
+            relaxable = kind == _RELAXABLE
+            opcode = np.zeros(len(r), dtype=np.uint8)
+            modrm = np.zeros(len(r), dtype=np.uint8)
             opcode[relaxable] = self._bytes_before(relaxable, 2)
             modrm[relaxable] = self._bytes_before(relaxable, 1)
         self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
         self.scanned = tls.keep_tls_calls(self, self.scanned)
         self.scanned, self.ifunc = ifunc.plan(self, self.scanned)
         self.scanned, self.stub_slots = stub_slots.plan(self, self.scanned)
+
+    def has_kind(self, kinds) -> bool:
+        """Does the batch have a relocation of one of ``kinds`` (after scan)?"""
+        count = self.kind_count
+        return any(count[k] for k in kinds)
 
     def _reachability(self, low: bool):
         """Per relocation: is the target in reach from the region ``low`` picks;
@@ -492,21 +504,24 @@ class BatchLinker:
         except MemMgrError as e:
             raise LayoutError(f"cannot reserve memory for the batch: {e}") from None
         self.reach = (lo, hi)
-        ext_addr = np.array([e.address for e in self.externals] or [0], dtype=np.uint64)
-        ext_ok = scan.in_reach(ext_addr, lo, hi)
-        for owned in (self.got_ext, self.dso_ext):
-            if owned is not None:
-                ext_ok[owned - n] = True
         reachable = internal.copy()
-        ext = ~internal & (tgt >= n)
-        reachable[ext] = ext_ok[tgt[ext] - n]
-        absolute = ~internal & (tgt < n)
-        if np.any(absolute):
+        if self.externals:
+            ext_addr = np.array([e.address for e in self.externals], dtype=np.uint64)
+            ext_ok = scan.in_reach(ext_addr, lo, hi)
+            for owned in (self.got_ext, self.dso_ext):
+                if owned is not None:
+                    ext_ok[owned - n] = True
+            ext = tgt >= n
+            reachable[ext] = ext_ok[tgt[ext] - n]
+        if self.has_absolute:
+            absolute = ~internal & (tgt < n)
             reachable[absolute] = scan.in_reach(self.value[tgt[absolute]], lo, hi)
-        far_data = _PC32_DATA[kind] & ~reachable
         branch_like = np.zeros(len(kind), dtype=bool)
         stuck = np.zeros(0, dtype=np.int64)
-        if np.any(far_data):
+        if np.count_nonzero(reachable) == len(reachable):
+            return reachable, stuck, branch_like
+        far_data = _PC32_DATA[kind] & ~reachable
+        if np.count_nonzero(far_data):
             b1 = self._bytes_before(far_data, 1)
             b2 = self._bytes_before(far_data, 2)
             is_branch = (kind[far_data] == _DELTA32) & (
@@ -687,7 +702,7 @@ class BatchLinker:
         where = self.sec_work[r["section"]] + r["offset"].astype(np.int64)
         P = self.sec_addr[r["section"]] + r["offset"]
         S = self.addr[tgt]
-        if np.any(sc.use_stub):  # stub_targets is sorted: each stub's number in one search
+        if np.count_nonzero(sc.use_stub):  # stub_targets is sorted: each stub's number in one search
             n_stub = np.searchsorted(sc.stub_targets, tgt[sc.use_stub]).astype(np.uint64)
             S[sc.use_stub] = np.uint64(self.stub_base) + np.uint64(STUB_SIZE) * n_stub
         G = np.zeros(len(r), dtype=np.uint64)
@@ -695,37 +710,39 @@ class BatchLinker:
             at = np.minimum(np.searchsorted(sc.got_targets, tgt), len(sc.got_targets) - 1)
             slot = (sc.got_targets[at] == tgt) & (sc.relax == scan.RELAX_NONE)
             G[slot] = at[slot].astype(np.uint64) * np.uint64(8)
-        Z = np.zeros(len(r), dtype=np.uint64)
-        internal = tgt < self.nsyms
-        Z[internal] = self.size[tgt[internal]]
-        ext = ~internal
-        if np.any(ext):
-            ext_size = np.array([e.size for e in self.externals], dtype=np.uint64)
-            Z[ext] = ext_size[tgt[ext] - self.nsyms]
+        Z = np.zeros(len(r), dtype=np.uint64)  # only the Size kinds read it
+        if self.has_kind(SIZE_KINDS):
+            internal = tgt < self.nsyms
+            Z[internal] = self.size[tgt[internal]]
+            ext = ~internal
+            if np.count_nonzero(ext):
+                ext_size = np.array([e.size for e in self.externals], dtype=np.uint64)
+                Z[ext] = ext_size[tgt[ext] - self.nsyms]
         S2 = np.zeros(len(r), dtype=np.uint64)
         has2 = r["sym2"] >= 0
-        if np.any(has2):
+        if np.count_nonzero(has2):
             S2[has2] = self.addr[self.canon[r["sym2"][has2]]]
         S = tls.resolve(self, kind, S, P, G, Z, S2, where)
         stub_slots.bind(self, kind, S)
-        # Relaxed GOT loads become plain PC-relative references.
-        relaxed = sc.relax != scan.RELAX_NONE
-        kind[relaxed] = Edge.Delta32
-        jmp = sc.relax == scan.RELAX_JMP
-        where[jmp] -= 1
-        P[jmp] -= np.uint64(1)
+        relaxing = np.count_nonzero(sc.relax)
+        if relaxing:  # relaxed GOT loads become plain PC-relative references
+            relaxed = sc.relax != scan.RELAX_NONE
+            kind[relaxed] = Edge.Delta32
+            jmp = sc.relax == scan.RELAX_JMP
+            where[jmp] -= 1
+            P[jmp] -= np.uint64(1)
         value = fixup.compute(kind, S, r["addend"], P, self.got_base, G, Z, S2)
         bad = fixup.out_of_range(kind, value)
-        if np.any(bad):
+        if np.count_nonzero(bad):
             self._overflow(np.flatnonzero(bad), kind, value, S)
-        # Rewrite relaxed instructions, then store every value.
-        mov = sc.relax == scan.RELAX_MOV
-        mem[where[mov] - 2] = scan.LEA
-        call = sc.relax == scan.RELAX_CALL
-        mem[where[call] - 2] = 0x67
-        mem[where[call] - 1] = 0xE8
-        mem[where[jmp] - 1] = 0xE9
-        mem[where[jmp] + 4] = 0x90
+        if relaxing:  # rewrite relaxed instructions, then store every value
+            mov = sc.relax == scan.RELAX_MOV
+            mem[where[mov] - 2] = scan.LEA
+            call = sc.relax == scan.RELAX_CALL
+            mem[where[call] - 2] = 0x67
+            mem[where[call] - 1] = 0xE8
+            mem[where[jmp] - 1] = 0xE9
+            mem[where[jmp] + 4] = 0x90
         fixup.write(mem, where, kind, value)
         self._finish_eh_frame()
         self.tables = {

@@ -66,8 +66,10 @@ def tls_sections(batch) -> list[int]:
     IntFlag arithmetic costs microseconds per section."""
     found = getattr(batch, "_tls_sections", None)
     if found is None:
-        flags = [int(batch.objects[p.obj].sections[p.index].flags) for p in batch.placed]
-        found = batch._tls_sections = [i for i, f in enumerate(flags) if f & _TLS_FLAG]
+        flags = [s.flags for s in batch.placed_sections]
+        # A batch has a handful of distinct flag values: test those, not every section.
+        tls_flags = {f for f in set(flags) if int(f) & _TLS_FLAG}
+        found = batch._tls_sections = [i for i, f in enumerate(flags) if f in tls_flags] if tls_flags else []
     return found
 
 
@@ -99,7 +101,7 @@ def keep_tls_calls(batch, scanned):
     so the call keeps its GOT slot.
     """
     r = batch.relocs
-    if len(r) < 2:
+    if len(r) < 2 or not np.count_nonzero(scanned.relax):
         return scanned
     prev = np.zeros(len(r), dtype=bool)
     prev[1:] = (
@@ -144,7 +146,7 @@ def plan(batch, rodata) -> TlsPlan | None:
     kind = batch.relocs["kind"]
     tls = _TLS_MASK[kind]
     sections = np.array(tls_sections(batch), dtype=np.int64)
-    if not np.any(tls) and not len(sections):
+    if not np.count_nonzero(tls) and not len(sections):
         return None
     tgt = batch.target
     gd = np.unique(tgt[kind == Edge.TLSGDDelta32])
