@@ -9,6 +9,7 @@ session is exactly as it was.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from itertools import accumulate, chain
 
 import numpy as np
@@ -50,6 +51,14 @@ _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 _EH_FRAME = int(SectionRole.EH_FRAME)
 # The batch's relocations: an object's, plus which object and its own symbol number.
 BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
+
+
+@cache
+def _segment_protections() -> dict:
+    """Each segment's final protection (IntFlag arithmetic costs ~1 us an operation)."""
+    from memmgr import Prot
+
+    return {L.TEXT: Prot.R | Prot.X, L.RODATA: Prot.R, L.DATA: Prot.R | Prot.W, L.BSS: Prot.R | Prot.W}
 
 
 @dataclass
@@ -580,21 +589,22 @@ class BatchLinker:
     # --- layout -------------------------------------------------------------
 
     def allocate(self) -> None:
-        from memmgr import MemMgrError, Prot, SegmentRequest
+        from memmgr import MemMgrError, SegmentRequest
 
         plans = L.plan_segments()
         order = tls.image_first(self, self.placed)
         sections = self.placed_sections
         if order is not self.placed:
             sections = [self.objects[p.obj].sections[p.index] for p in order]
-        # Unwind tables (candidates: rtdyld.unwind decides) are placed after the rest of their segment.
-        tables = [i for i, s in enumerate(sections) if s.role == _EH_FRAME]
-        if tables:
-            tables = [order[i] for i in tables]
-            regular = [not unwind.is_unwind_section(self.objects[p.obj], p.index) for p in order]
-            order = [p for p, keep in zip(order, regular) if keep]
-            sections = [s for s, keep in zip(sections, regular) if keep]
-        L.place_sections(plans, order, sections)
+        # Unwind tables are placed after the rest of their segment, by rtdyld.unwind.
+        regular, regular_sections, tables = [], [], []
+        for p, s in zip(order, sections):
+            if s.role == _EH_FRAME and unwind.is_unwind_section(self.objects[p.obj], p.index):
+                tables.append(p)
+            else:
+                regular.append(p)
+                regular_sections.append(s)
+        L.place_sections(plans, regular, regular_sections)
         self.eh_frame = unwind.place(plans, tables, self.objects)
         if self.dso_ext is not None:
             self.dso_off = plans[L.RODATA].place(cxxabi.DSO_HANDLE_SIZE, 8)
@@ -605,7 +615,7 @@ class BatchLinker:
             name: plans[L.BSS].place(size, align) for name, (_, size, align) in self.commons.items()
         }
         limits.check_batch_fits(self, plans)
-        prot = {L.TEXT: Prot.R | Prot.X, L.RODATA: Prot.R, L.DATA: Prot.R | Prot.W, L.BSS: Prot.R | Prot.W}
+        prot = _segment_protections()
         requests = [
             SegmentRequest(name, plans[name].size, prot[name], zero_fill=(name == L.BSS))
             for name in L.SEGMENT_ORDER

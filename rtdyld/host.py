@@ -53,13 +53,17 @@ def _c_name(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
+# The type object, not its name: cast then skips parsing "uintptr_t" (a link asks per external).
+_UINTPTR = ffi.typeof("uintptr_t")
+
+
 def process_symbol(name: str) -> int:
     """Address of ``name`` in the process (RTLD_DEFAULT), or 0."""
-    return int(ffi.cast("uintptr_t", libc.dlsym(RTLD_DEFAULT, _c_name(name))))
+    return int(ffi.cast(_UINTPTR, libc.dlsym(RTLD_DEFAULT, _c_name(name))))
 
 
 def library_symbol(handle, name: str) -> int:
-    return int(ffi.cast("uintptr_t", libc.dlsym(handle, _c_name(name))))
+    return int(ffi.cast(_UINTPTR, libc.dlsym(handle, _c_name(name))))
 
 
 # Addresses dladdr has described: it walks the loader's list and scans a symbol

@@ -153,7 +153,7 @@ class _ProcessSymbolDef(SymbolDef):
     reads, so it is asked for then, once."""
 
     def __init__(self, name: str, address: int) -> None:
-        super().__init__(name=name, address=address)
+        SymbolDef.__init__(self, name, address)
         self._origin: str | None = None
 
     @property
@@ -168,7 +168,7 @@ class _ProcessSymbolDef(SymbolDef):
 
 
 def _from_process(name: str, prefix: str) -> SymbolDef | None:
-    for n in host_names(name, prefix):
+    for n in host_names(name, prefix) if prefix else (name,):
         addr = host.process_symbol(n)
         if addr:
             return _ProcessSymbolDef(n, addr)
