@@ -44,9 +44,10 @@ def needs_low_memory(kind: np.ndarray, internal_target: np.ndarray) -> np.ndarra
 
 def in_reach(addresses: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Which of ``addresses`` every byte of [lo, hi) can reach with a rel32."""
-    # User-space addresses are below 2^47, so int64 differences cannot wrap.
-    a = addresses.astype(np.uint64).view(np.int64)
-    return (np.abs(a - np.int64(lo)) < REACH) & (np.abs(a - np.int64(hi)) < REACH)
+    # |a - lo| < REACH and |a - hi| < REACH, as one interval.  User-space
+    # addresses are below 2^47, so the int64 view and the bounds cannot wrap.
+    a = addresses.astype(np.uint64, copy=False).view(np.int64)
+    return (a > max(lo, hi) - REACH) & (a < min(lo, hi) + REACH)
 
 
 def sorted_unique(a: np.ndarray) -> np.ndarray:
