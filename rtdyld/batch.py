@@ -79,7 +79,7 @@ class External:
         return self.definition.origin if self.definition is not None else self.own_source
 
 
-@dataclass
+@dataclass(slots=True)  # one per section per link: slots make each a quarter cheaper to build
 class PlacedSection:
     obj: int  # index into LinkedBatch.objects
     index: int  # index into that object's sections

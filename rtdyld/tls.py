@@ -143,11 +143,11 @@ class StaticPlacement:
 
 def plan(batch, rodata) -> TlsPlan | None:
     """Reserve the batch's TLS GOT entries in ``rodata`` (a SegmentPlan); None without TLS."""
-    kind = batch.relocs["kind"]
-    tls = _TLS_MASK[kind]
-    sections = np.array(tls_sections(batch), dtype=np.int64)
-    if not np.count_nonzero(tls) and not len(sections):
+    sections = tls_sections(batch)
+    if not sections and not batch.has_kind(TLS_KINDS):
         return None
+    sections = np.array(sections, dtype=np.int64)
+    kind = batch.relocs["kind"]
     tgt = batch.target
     gd = np.unique(tgt[kind == Edge.TLSGDDelta32])
     ie = np.unique(tgt[kind == Edge.GOTTPOffDelta32])
