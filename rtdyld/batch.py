@@ -531,20 +531,24 @@ class BatchLinker:
         except MemMgrError as e:
             raise LayoutError(f"cannot reserve memory for the batch: {e}") from None
         self.reach = (lo, hi)
-        reachable = internal.copy()
+        branch_like = np.zeros(len(kind), dtype=bool)
+        stuck = np.zeros(0, dtype=np.int64)
+        ext_ok = np.ones(0, dtype=bool)
         if self.externals:
             ext_addr = np.array([e.address for e in self.externals], dtype=np.uint64)
             ext_ok = scan.in_reach(ext_addr, lo, hi)
             for owned in (self.got_ext, self.dso_ext):
                 if owned is not None:
                     ext_ok[owned - n] = True
+        if self.absolute is None and np.count_nonzero(ext_ok) == len(ext_ok):
+            return np.ones(len(kind), dtype=bool), stuck, branch_like  # the usual case: every target
+        reachable = internal.copy()
+        if self.externals:
             ext = tgt >= n
             reachable[ext] = ext_ok[tgt[ext] - n]
         if self.absolute is not None:
             absolute = self.absolute
             reachable[absolute] = scan.in_reach(self.value[tgt[absolute]], lo, hi)
-        branch_like = np.zeros(len(kind), dtype=bool)
-        stuck = np.zeros(0, dtype=np.int64)
         if np.count_nonzero(reachable) == len(reachable):
             return reachable, stuck, branch_like
         far_data = _PC32_DATA[kind] & ~reachable

@@ -76,13 +76,16 @@ def scan(
     relax = np.zeros(n, dtype=np.uint8)
     relaxable = kind == _RELAXABLE
     # Each class is worked out only if the batch has one (count_nonzero is the cheapest test numpy has).
-    if np.count_nonzero(relaxable):
+    n_relaxable = np.count_nonzero(relaxable)
+    if n_relaxable:
         rip = (modrm & 0xC7) == 0x05
         can = relaxable & reachable & rip
         relax[can & (opcode == MOV_LOAD)] = RELAX_MOV
         relax[can & (opcode == 0xFF) & (modrm == 0x15)] = RELAX_CALL
         relax[can & (opcode == 0xFF) & (modrm == 0x25)] = RELAX_JMP
-    needs_slot = _NEEDS_GOT_SLOT[kind] & (relax == RELAX_NONE)
+    needs_slot = _NEEDS_GOT_SLOT[kind]
+    if n_relaxable:
+        needs_slot &= relax == RELAX_NONE
     if np.count_nonzero(reachable) < n:
         use_stub = ((kind == _BRANCH32) | branch_like) & ~reachable
     else:
