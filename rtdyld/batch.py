@@ -298,11 +298,14 @@ class BatchLinker:
         def_idx = named[defining]
         def_list = def_idx.tolist()
         def_names = [names[i] for i in def_list]
-        if "" not in def_names and len(set(def_names)) == len(def_names):
+        if "" not in def_names:
             defs = dict(zip(def_names, def_list))
-            strong = dict(zip(def_names, (bind[def_idx] != _WEAK).tolist()))
-            rest = ~defining
-            named, named_sec = named[rest], named_sec[rest]
+            if len(defs) == len(def_names):  # no name twice
+                strong = dict(zip(def_names, (bind[def_idx] != _WEAK).tolist()))
+                rest = ~defining
+                named, named_sec = named[rest], named_sec[rest]
+            else:
+                defs = {}
         sec_of = named_sec.tolist()
         weak_of = (bind[named] == _WEAK).tolist()
         for i, sec, weak in zip(named.tolist(), sec_of, weak_of):
@@ -508,8 +511,7 @@ class BatchLinker:
             relaxable = kind == _RELAXABLE
             opcode = np.zeros(len(r), dtype=np.uint8)
             modrm = np.zeros(len(r), dtype=np.uint8)
-            opcode[relaxable] = self._bytes_before(relaxable, 2)
-            modrm[relaxable] = self._bytes_before(relaxable, 1)
+            opcode[relaxable], modrm[relaxable] = self._opcode_bytes(relaxable)
         self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
         self.scanned = tls.keep_tls_calls(self, self.scanned)
         self.scanned, self.ifunc = ifunc.plan(self, self.scanned)
@@ -553,8 +555,7 @@ class BatchLinker:
             return reachable, stuck, branch_like
         far_data = _PC32_DATA[kind] & ~reachable
         if np.count_nonzero(far_data):
-            b1 = self._bytes_before(far_data, 1)
-            b2 = self._bytes_before(far_data, 2)
+            b2, b1 = self._opcode_bytes(far_data)
             is_branch = (kind[far_data] == _DELTA32) & (
                 (b1 == 0xE8) | (b1 == 0xE9) | ((b2 == 0x0F) & (b1 >= 0x80) & (b1 <= 0x8F))
             )
@@ -564,12 +565,18 @@ class BatchLinker:
 
     def _bytes_before(self, mask: np.ndarray, back: int) -> np.ndarray:
         """The byte ``back`` bytes before each masked fixup, from the object's bytes."""
+        return self._opcode_bytes(mask, (back,))[0]
+
+    def _opcode_bytes(self, mask: np.ndarray, backs: tuple[int, ...] = (2, 1)) -> list[np.ndarray]:
+        """For each of ``backs``, the byte that many bytes before each masked
+        fixup, from the object's bytes (0 before the section's start): the
+        instruction bytes a relaxation or a branch test reads, all in one pass."""
         idx = np.flatnonzero(mask)
-        out = np.zeros(len(idx), dtype=np.uint8)
+        outs = [np.zeros(len(idx), dtype=np.uint8) for _ in backs]
         if not len(idx):
-            return out
+            return outs
         secs = self.relocs["section"][idx]
-        offs = self.relocs["offset"][idx].astype(np.int64) - back
+        offs = self.relocs["offset"][idx].astype(np.int64)
         # One slice of rows per section (relocations come sorted by section, so the sort is cheap).
         order = np.argsort(secs, kind="stable")
         ordered = secs[order]
@@ -580,10 +587,13 @@ class BatchLinker:
             if not len(data):
                 continue
             rows = order[start:end]
-            at = offs[rows]
-            ok = at >= 0
-            out[rows[ok]] = np.frombuffer(data, dtype=np.uint8)[at[ok]]
-        return out
+            section_bytes = np.frombuffer(data, dtype=np.uint8)
+            fixup_at = offs[rows]
+            for out, back in zip(outs, backs):
+                at = fixup_at - back
+                ok = at >= 0
+                out[rows[ok]] = section_bytes[at[ok]]
+        return outs
 
     def _unreachable(self, k: int) -> None:
         r = self.relocs[k]
