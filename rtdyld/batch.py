@@ -9,6 +9,7 @@ session is exactly as it was.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from itertools import accumulate, chain
 
 import numpy as np
@@ -38,7 +39,7 @@ from .objfile.model import (
 from .objfile.records import join
 from .symbols import Resolver, SymbolDef
 from .x86_64 import fixup, scan
-from .x86_64.edges import WIDTH, Edge, kind_mask
+from .x86_64.edges import ABSOLUTE_32, N_EDGES, SIZE_KINDS, WIDTH, Edge, kind_mask
 
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
@@ -52,8 +53,18 @@ _PLAIN, _EH = int(_NORMAL), int(_EH_FRAME)
 _INIT_ARRAY, _CTORS = int(SectionRole.INIT_ARRAY), int(SectionRole.CTORS)
 _FINI_ARRAY, _DTORS = int(SectionRole.FINI_ARRAY), int(SectionRole.DTORS)
 _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
+_EH_FRAME = int(SectionRole.EH_FRAME)
 # The batch's relocations: an object's, plus which object and its own symbol number.
 BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
+_OBJECT_ROW = np.dtype((np.void, RELOC_DTYPE.itemsize))  # an object's relocation, as bytes
+
+
+@cache
+def _segment_protections() -> dict:
+    """Each segment's final protection (IntFlag arithmetic costs ~1 us an operation)."""
+    from memmgr import Prot
+
+    return {L.TEXT: Prot.R | Prot.X, L.RODATA: Prot.R, L.DATA: Prot.R | Prot.W, L.BSS: Prot.R | Prot.W}
 
 
 @dataclass
@@ -62,12 +73,18 @@ class External:
 
     name: str
     address: int
-    source: str  # where it came from, for traces and errors
+    own_source: str  # where it came from when there is no definition ("weak undefined", the batch's GOT)
     size: int = 0
     definition: SymbolDef | None = None  # for batches depending on earlier ones
 
+    @property
+    def source(self) -> str:
+        """Where it came from, for traces and errors.  A process symbol's
+        library is looked up only when this is read (see rtdyld.symbols)."""
+        return self.definition.origin if self.definition is not None else self.own_source
 
-@dataclass
+
+@dataclass(slots=True)  # one per section per link: slots make each a quarter cheaper to build
 class PlacedSection:
     obj: int  # index into LinkedBatch.objects
     index: int  # index into that object's sections
@@ -156,60 +173,100 @@ class BatchLinker:
     def concatenate(self) -> None:
         """Every object's tables joined into one, in batch-wide numbering."""
         convert_pending(self.objects)
-        secs: list[PlacedSection] = []
+        objects = self.objects
+        placed: list[PlacedSection] = []
+        sections: list = []  # placed[i]'s Section, so later phases skip two look-ups per section
         # Object-local section numbers become batch-wide ones through one table
         # (-1: dropped), built as a list: a few numpy calls per batch, not per object.
         gids: list[int] = []
         starts = [0]
-        for oi, obj in enumerate(self.objects):
+        segment_of = L.segment_of
+        for oi, obj in enumerate(objects):
             dropped = self.dropped[oi]
-            for si, s in enumerate(obj.sections):
-                if si in dropped:
-                    gids.append(-1)
-                    continue
-                gids.append(len(secs))
-                secs.append(PlacedSection(oi, si, L.segment_of(s)))
-            if not obj.sections:
+            own = obj.sections
+            if not dropped:
+                gids.extend(range(len(placed), len(placed) + len(own)))
+                placed += [PlacedSection(oi, si, segment_of(s)) for si, s in enumerate(own)]
+                sections += own
+            else:
+                for si, s in enumerate(own):
+                    if si in dropped:
+                        gids.append(-1)
+                        continue
+                    gids.append(len(placed))
+                    placed.append(PlacedSection(oi, si, segment_of(s)))
+                    sections.append(s)
+            if not own:
                 gids.append(-1)
             starts.append(len(gids))
-        self.placed = secs
-        gid_of = np.array(gids or [0], dtype=np.int64)
+        self.placed = placed
+        self.placed_sections = sections
+        # Nothing dropped and no object without sections: an object's section i
+        # is batch-wide section start + i, and the look-up table can be skipped.
+        renumber = len(gids) != len(placed)
+        gid_of = np.array(gids or [0], dtype=np.int64) if renumber else None
         sec_base = np.array(starts, dtype=np.int64)
-        counts = [len(o.symbols) for o in self.objects]
-        self.sym_base = np.array([0, *accumulate(counts)], dtype=np.int64)
-        self.nsyms = int(self.sym_base[-1])
-        syms = join([o.symbols for o in self.objects], SYM_DTYPE)
+        counts = [len(o.symbols) for o in objects]
+        sym_base = [0, *accumulate(counts)]
+        self.sym_base = np.array(sym_base, dtype=np.int64)
+        self.nsyms = sym_base[-1]
+        syms = join([o.symbols for o in objects], SYM_DTYPE)
         self.value = syms["value"]
         self.size = syms["size"]
         self.bind = syms["bind"]
         self.stype = syms["type"]
         self.vis = syms["vis"]
-        self.sym_obj = np.repeat(np.arange(len(self.objects)), counts)
-        self.names = list(chain.from_iterable(o.names for o in self.objects))
-        local = syms["section"].astype(np.int64)
-        defined = local >= 0
-        gsec = local.copy()
-        gsec[defined] = gid_of[sec_base[self.sym_obj[defined]] + local[defined]]
-        # A symbol in a dropped section is a reference to the kept copy.
-        gsec[defined & (gsec < 0)] = SEC_DISCARDED
+        obj_ids = np.arange(len(objects))
+        self.sym_obj = np.repeat(obj_ids, counts)
+        self.names = list(chain.from_iterable(o.names for o in objects))
+        gsec = syms["section"].astype(np.int64)
+        defined = gsec >= 0
+        first = sec_base[self.sym_obj[defined]]
+        if renumber:
+            gsec[defined] = gid_of[first + gsec[defined]]
+            # A symbol in a dropped section is a reference to the kept copy.
+            gsec[defined & (gsec < 0)] = SEC_DISCARDED
+        else:
+            gsec[defined] += first
         self.gsec = gsec
-        r = join([o.relocs for o in self.objects], RELOC_DTYPE)
-        robj = np.repeat(np.arange(len(self.objects)), [len(o.relocs) for o in self.objects])
-        g = gid_of[sec_base[robj] + r["section"]]
-        keep = g >= 0
-        if not np.all(keep):
-            r, robj, g = r[keep], robj[keep], g[keep]
-        out = np.empty(len(r), dtype=BATCH_RELOC_DTYPE)
-        for f in ("offset", "kind", "rtype", "addend"):
-            out[f] = r[f]
-        base = self.sym_base[robj]
+        tables = [o.relocs for o in objects]
+        robj = np.repeat(obj_ids, [len(t) for t in tables])
+        out = self._batch_relocs(tables, robj)
+        g = sec_base[robj] + out["section"]
+        if renumber:
+            g = gid_of[g]
+            keep = g >= 0
+            if np.count_nonzero(keep) < len(keep):
+                out, g = out[keep], g[keep]
         out["section"] = g
-        out["obj"] = robj
-        out["lsym"] = r["sym"]
-        out["sym"] = r["sym"] + base
-        s2 = r["sym2"]
-        out["sym2"] = np.where(s2 >= 0, s2 + base, -1)
         self.relocs = out
+
+    def _batch_relocs(self, tables: list[np.ndarray], robj: np.ndarray) -> np.ndarray:
+        """The objects' relocation tables end to end, with each row's object,
+        its own symbol number and the batch's (sections still the objects')."""
+        n = len(robj)
+        out = np.empty(n, dtype=BATCH_RELOC_DTYPE)
+        if n and all(t.dtype == RELOC_DTYPE and t.flags.c_contiguous for t in tables):
+            # An object's columns are the first bytes of a batch row: each row is
+            # copied once as an opaque record, straight from the objects' tables
+            # (no joined copy in between: a large batch's tables are megabytes of
+            # fresh pages), not by strided copies per column (ten times slower).
+            prefix = np.ndarray((n,), dtype=_OBJECT_ROW, buffer=out, strides=(BATCH_RELOC_DTYPE.itemsize,))
+            np.concatenate([t.view(_OBJECT_ROW) for t in tables], out=prefix)
+        else:
+            r = join(tables, RELOC_DTYPE)
+            for f in RELOC_DTYPE.names:
+                out[f] = r[f]
+        out["obj"] = robj
+        sym = out["sym"]
+        out["lsym"] = sym
+        base = self.sym_base[robj]
+        sym += base
+        sym2 = out["sym2"]
+        has2 = sym2 >= 0
+        if np.count_nonzero(has2):  # count_nonzero: ~0.5 us, any() ~5
+            sym2[has2] += base[has2]
+        return out
 
     def name_of(self, gsym: int) -> str:
         oi = int(self.sym_obj[gsym])
@@ -241,17 +298,22 @@ class BatchLinker:
         # A batch's definitions rarely share a name (or lack one): then they are
         # indexed by dict() at C speed, thousands for a large archive, and the
         # loop below sees only the other symbols.
-        defining = (gsec[named] >= 0) | (gsec[named] == SEC_ABS)
-        def_idx = named[defining].tolist()
-        def_names = [names[i] for i in def_idx]
-        if "" not in def_names and len(set(def_names)) == len(def_names):
-            defs = dict(zip(def_names, def_idx))
-            strong = dict(zip(def_names, (bind[named[defining]] != _WEAK).tolist()))
-            named = named[~defining]
-        named = named.tolist()
-        sec_of = gsec[named].tolist() if named else []
-        weak_of = (bind[named] == _WEAK).tolist() if named else []
-        for i, sec, weak in zip(named, sec_of, weak_of):
+        named_sec = gsec[named]
+        defining = (named_sec >= 0) | (named_sec == SEC_ABS)
+        def_idx = named[defining]
+        def_list = def_idx.tolist()
+        def_names = [names[i] for i in def_list]
+        if "" not in def_names:
+            defs = dict(zip(def_names, def_list))
+            if len(defs) == len(def_names):  # no name twice
+                strong = dict(zip(def_names, (bind[def_idx] != _WEAK).tolist()))
+                rest = ~defining
+                named, named_sec = named[rest], named_sec[rest]
+            else:
+                defs = {}
+        sec_of = named_sec.tolist()
+        weak_of = (bind[named] == _WEAK).tolist()
+        for i, sec, weak in zip(named.tolist(), sec_of, weak_of):
             name = names[i]
             if not name:
                 continue
@@ -312,26 +374,37 @@ class BatchLinker:
         self.got_ext = None
         self.dso_ext = None
         missing: dict[str, list[int]] = {}
+        # Each reference's canonical symbol is gathered in lists and stored in
+        # one numpy call: a store per name costs ~1 us, more than the look-up.
+        rows: list[int] = []
+        to: list[int] = []
+        prefixes = [o.symbol_prefix for o in self.objects]
+        # Usually one prefix for the batch: then no per-name look-up of the referrer's.
+        prefix = prefixes[0] if len(set(prefixes)) == 1 else None
+        sym_obj = self.sym_obj
         for name, idx in refs.items():
             d = defs.get(name)
             if d is not None:
-                canon[idx] = d
-                continue
-            if name == GOT_SYMBOL:
-                self.got_ext = self._external(name, None, 0, "the batch's GOT")
-                canon[idx] = self.got_ext
-                continue
-            if name == cxxabi.DSO_HANDLE:  # private to the batch, see rtdyld.cxxabi
-                self.dso_ext = canon[idx] = self._external(name, None, 0, "the batch's DSO handle")
-                continue
-            prefix = self.objects[int(self.sym_obj[idx[0]])].symbol_prefix
-            found = self.resolver.resolve(name, prefix, self.pending)
-            if found is not None:
-                canon[idx] = self._external(name, found)
-            elif not np.any(bind[idx] != Bind.WEAK):
-                canon[idx] = self._external(name, None, 0, "weak undefined")
+                pass
+            elif name == GOT_SYMBOL:
+                d = self.got_ext = self._external(name, None, 0, "the batch's GOT")
+            elif name == cxxabi.DSO_HANDLE:  # private to the batch, see rtdyld.cxxabi
+                d = self.dso_ext = self._external(name, None, 0, "the batch's DSO handle")
             else:
-                missing[name] = idx
+                found = self.resolver.resolve(
+                    name, prefix if prefix is not None else prefixes[sym_obj[idx[0]]], self.pending
+                )
+                if found is not None:
+                    d = self._external(name, found)
+                elif not np.any(bind[idx] != Bind.WEAK):
+                    d = self._external(name, None, 0, "weak undefined")
+                else:
+                    missing[name] = idx
+                    continue
+            rows += idx
+            to += [d] * len(idx)
+        if rows:
+            canon[rows] = to
         if missing:
             self._undefined(missing)
         self.canon = canon
@@ -341,7 +414,7 @@ class BatchLinker:
         if name not in self._ext_index:
             self._ext_index[name] = self.nsyms + len(self.externals)
             if d is not None:
-                self.externals.append(External(name, d.address, d.origin, d.size, d))
+                self.externals.append(External(name, d.address, "", d.size, d))
             else:
                 self.externals.append(External(name, address, source))
         return self._ext_index[name]
@@ -384,38 +457,50 @@ class BatchLinker:
         Unwind tables of a dropped copy still point at it; those entries are
         harmless if left unrelocated.  Anything else is a malformed group.
         """
-        tgt = self.canon[self.relocs["sym"]]
+        tgt = self.target = self.canon[self.relocs["sym"]]
+        if not np.count_nonzero(self.gsec == SEC_DISCARDED):
+            return
         internal = tgt < self.nsyms
         bad = np.zeros(len(self.relocs), dtype=bool)
         bad[internal] = self.gsec[tgt[internal]] == SEC_DISCARDED
-        if not np.any(bad):
+        if not np.count_nonzero(bad):
             return
         roles = np.array([self.objects[p.obj].sections[p.index].role for p in self.placed])
         in_eh = roles[self.relocs["section"]] == SectionRole.EH_FRAME
         self.dropped_eh = self.relocs[bad & in_eh][["section", "offset"]]
-        if np.any(bad & ~in_eh):
+        if np.count_nonzero(bad & ~in_eh):
             k = int(np.flatnonzero(bad & ~in_eh)[0])
             raise MalformedObjectError(
                 f"{self.where(k)}: {self.rtype_name(k)} refers to {self.name_of(int(self.relocs['sym'][k]))!r} "
                 "in a discarded COMDAT group section"
             )
         self.relocs = self.relocs[~bad]
+        self.target = tgt[~bad]
 
     # --- scan ---------------------------------------------------------------
 
     def scan(self) -> None:
         r = self.relocs
         kind = r["kind"]
-        tgt = self.canon[r["sym"]] if len(r) else np.zeros(0, np.int64)
-        self.target = tgt
+        tgt = self.target  # set by resolve
         n = self.nsyms
+        # Relocations per edge kind: passes for kinds the batch lacks are skipped
+        # (numpy's per-call cost, not the rows, is what a small batch pays).
+        self.kind_count = np.bincount(kind, minlength=N_EDGES).tolist()
         internal = tgt < n
-        if len(r):
-            internal[internal] &= self.gsec[tgt[internal]] != SEC_ABS
+        # Targets that are absolute symbols: not in the batch, and their own reach.
+        # Objects have some (STT_FILE), relocations against them are rare.
+        self.absolute = None
+        absolute_sym = self.gsec == SEC_ABS
+        if np.count_nonzero(absolute_sym):
+            absolute = np.concatenate([absolute_sym, np.zeros(len(self.externals), dtype=bool)])[tgt]
+            if np.count_nonzero(absolute):
+                internal &= ~absolute
+                self.absolute = absolute
         self.internal = internal
         # Code built without PIC must live low; so must code whose 32-bit
         # PC-relative data references only reach targets that live low.
-        self.low = bool(np.any(scan.needs_low_memory(kind, internal)))
+        self.low = self.has_kind(ABSOLUTE_32) and bool(np.count_nonzero(scan.needs_low_memory(kind, internal)))
         reachable, stuck, branch_like = self._reachability(self.low)
         if len(stuck) and not self.low:
             low_reachable, low_stuck, low_branch = self._reachability(True)
@@ -426,16 +511,21 @@ class BatchLinker:
                 self._reachability(False)
         if len(stuck):
             self._unreachable(int(stuck[0]))
-        opcode = np.zeros(len(r), dtype=np.uint8)
-        modrm = np.zeros(len(r), dtype=np.uint8)
-        relaxable = kind == _RELAXABLE
-        if np.any(relaxable):
-            opcode[relaxable] = self._bytes_before(relaxable, 2)
-            modrm[relaxable] = self._bytes_before(relaxable, 1)
+        opcode = modrm = np.zeros(len(r), dtype=np.uint8)
+        if self.kind_count[_RELAXABLE]:
+            relaxable = kind == _RELAXABLE
+            opcode = np.zeros(len(r), dtype=np.uint8)
+            modrm = np.zeros(len(r), dtype=np.uint8)
+            opcode[relaxable], modrm[relaxable] = self._opcode_bytes(relaxable)
         self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
         self.scanned = tls.keep_tls_calls(self, self.scanned)
         self.scanned, self.ifunc = ifunc.plan(self, self.scanned)
         self.scanned, self.stub_slots = stub_slots.plan(self, self.scanned)
+
+    def has_kind(self, kinds) -> bool:
+        """Does the batch have a relocation of one of ``kinds`` (after scan)?"""
+        count = self.kind_count
+        return any(count[k] for k in kinds)
 
     def _reachability(self, low: bool):
         """Per relocation: is the target in reach from the region ``low`` picks;
@@ -448,23 +538,29 @@ class BatchLinker:
         except MemMgrError as e:
             raise LayoutError(f"cannot reserve memory for the batch: {e}") from None
         self.reach = (lo, hi)
-        ext_addr = np.array([e.address for e in self.externals] or [0], dtype=np.uint64)
-        ext_ok = scan.in_reach(ext_addr, lo, hi)
-        for owned in (self.got_ext, self.dso_ext):
-            if owned is not None:
-                ext_ok[owned - n] = True
-        reachable = internal.copy()
-        ext = ~internal & (tgt >= n)
-        reachable[ext] = ext_ok[tgt[ext] - n]
-        absolute = ~internal & (tgt < n)
-        if np.any(absolute):
-            reachable[absolute] = scan.in_reach(self.value[tgt[absolute]], lo, hi)
-        far_data = _PC32_DATA[kind] & ~reachable
         branch_like = np.zeros(len(kind), dtype=bool)
         stuck = np.zeros(0, dtype=np.int64)
-        if np.any(far_data):
-            b1 = self._bytes_before(far_data, 1)
-            b2 = self._bytes_before(far_data, 2)
+        ext_ok = np.ones(0, dtype=bool)
+        if self.externals:
+            ext_addr = np.array([e.address for e in self.externals], dtype=np.uint64)
+            ext_ok = scan.in_reach(ext_addr, lo, hi)
+            for owned in (self.got_ext, self.dso_ext):
+                if owned is not None:
+                    ext_ok[owned - n] = True
+        if self.absolute is None and np.count_nonzero(ext_ok) == len(ext_ok):
+            return np.ones(len(kind), dtype=bool), stuck, branch_like  # the usual case: every target
+        reachable = internal.copy()
+        if self.externals:
+            ext = tgt >= n
+            reachable[ext] = ext_ok[tgt[ext] - n]
+        if self.absolute is not None:
+            absolute = self.absolute
+            reachable[absolute] = scan.in_reach(self.value[tgt[absolute]], lo, hi)
+        if np.count_nonzero(reachable) == len(reachable):
+            return reachable, stuck, branch_like
+        far_data = _PC32_DATA[kind] & ~reachable
+        if np.count_nonzero(far_data):
+            b2, b1 = self._opcode_bytes(far_data)
             is_branch = (kind[far_data] == _DELTA32) & (
                 (b1 == 0xE8) | (b1 == 0xE9) | ((b2 == 0x0F) & (b1 >= 0x80) & (b1 <= 0x8F))
             )
@@ -474,12 +570,18 @@ class BatchLinker:
 
     def _bytes_before(self, mask: np.ndarray, back: int) -> np.ndarray:
         """The byte ``back`` bytes before each masked fixup, from the object's bytes."""
+        return self._opcode_bytes(mask, (back,))[0]
+
+    def _opcode_bytes(self, mask: np.ndarray, backs: tuple[int, ...] = (2, 1)) -> list[np.ndarray]:
+        """For each of ``backs``, the byte that many bytes before each masked
+        fixup, from the object's bytes (0 before the section's start): the
+        instruction bytes a relaxation or a branch test reads, all in one pass."""
         idx = np.flatnonzero(mask)
-        out = np.zeros(len(idx), dtype=np.uint8)
+        outs = [np.zeros(len(idx), dtype=np.uint8) for _ in backs]
         if not len(idx):
-            return out
+            return outs
         secs = self.relocs["section"][idx]
-        offs = self.relocs["offset"][idx].astype(np.int64) - back
+        offs = self.relocs["offset"][idx].astype(np.int64)
         # One slice of rows per section (relocations come sorted by section, so the sort is cheap).
         order = np.argsort(secs, kind="stable")
         ordered = secs[order]
@@ -490,10 +592,13 @@ class BatchLinker:
             if not len(data):
                 continue
             rows = order[start:end]
-            at = offs[rows]
-            ok = at >= 0
-            out[rows[ok]] = np.frombuffer(data, dtype=np.uint8)[at[ok]]
-        return out
+            section_bytes = np.frombuffer(data, dtype=np.uint8)
+            fixup_at = offs[rows]
+            for out, back in zip(outs, backs):
+                at = fixup_at - back
+                ok = at >= 0
+                out[rows[ok]] = section_bytes[at[ok]]
+        return outs
 
     def _unreachable(self, k: int) -> None:
         r = self.relocs[k]
@@ -521,25 +626,33 @@ class BatchLinker:
     # --- layout -------------------------------------------------------------
 
     def allocate(self) -> None:
-        from memmgr import MemMgrError, Prot, SegmentRequest
+        from memmgr import MemMgrError, SegmentRequest
 
         plans = L.plan_segments()
-        for p in tls.image_first(self, self.placed):
-            s = self.objects[p.obj].sections[p.index]
-            if not unwind.is_unwind_section(self.objects[p.obj], p.index):
-                p.work = plans[p.segment].place(f"{p.obj}:{p.index}", s.size, s.align)
-        self.eh_frame = unwind.place(plans, self.placed, self.objects)
+        order = tls.image_first(self, self.placed)
+        sections = self.placed_sections
+        if order is not self.placed:
+            sections = [self.objects[p.obj].sections[p.index] for p in order]
+        # Unwind tables are placed after the rest of their segment, by rtdyld.unwind.
+        regular, regular_sections, tables = [], [], []
+        for p, s in zip(order, sections):
+            if s.role == _EH_FRAME and unwind.is_unwind_section(self.objects[p.obj], p.index):
+                tables.append(p)
+            else:
+                regular.append(p)
+                regular_sections.append(s)
+        L.place_sections(plans, regular, regular_sections)
+        self.eh_frame = unwind.place(plans, tables, self.objects)
         if self.dso_ext is not None:
-            self.dso_off = plans[L.RODATA].place("<__dso_handle>", cxxabi.DSO_HANDLE_SIZE, 8)
-        self.stub_off = plans[L.TEXT].place("<stubs>", STUB_SIZE * len(self.scanned.stub_targets), 8)
-        self.got_off = plans[L.RODATA].place("<GOT>", 8 * len(self.scanned.got_targets), 8)
+            self.dso_off = plans[L.RODATA].place(cxxabi.DSO_HANDLE_SIZE, 8)
+        self.stub_off = plans[L.TEXT].place(STUB_SIZE * len(self.scanned.stub_targets), 8)
+        self.got_off = plans[L.RODATA].place(8 * len(self.scanned.got_targets), 8)
         self.tls = tls.plan(self, plans[L.RODATA])
         self.common_off = {
-            name: plans[L.BSS].place(f"<common {name}>", size, align)
-            for name, (_, size, align) in self.commons.items()
+            name: plans[L.BSS].place(size, align) for name, (_, size, align) in self.commons.items()
         }
         limits.check_batch_fits(self, plans)
-        prot = {L.TEXT: Prot.R | Prot.X, L.RODATA: Prot.R, L.DATA: Prot.R | Prot.W, L.BSS: Prot.R | Prot.W}
+        prot = _segment_protections()
         requests = [
             SegmentRequest(name, plans[name].size, prot[name], zero_fill=(name == L.BSS))
             for name in L.SEGMENT_ORDER
@@ -559,17 +672,20 @@ class BatchLinker:
     def assign_addresses(self) -> None:
         base = self.allocation.target_base
         pinned = self.pinned
+        seg_offset = self.seg_offset
+        works = []
         for p in self.placed:
-            p.work += self.seg_offset[p.segment]
-            p.address = base + p.work
-            if pinned:
-                obj = self.objects[p.obj]
-                pin = pinned.get((obj.name, obj.sections[p.index].name))
+            p.work = work = p.work + seg_offset[p.segment]
+            p.address = base + work
+            works.append(work)
+        if pinned:
+            for p, s in zip(self.placed, self.placed_sections):
+                pin = pinned.get((self.objects[p.obj].name, s.name))
                 if pin is not None:
                     p.address = pin
         n = self.nsyms
         self.sec_addr = np.array([p.address for p in self.placed] or [0], dtype=np.uint64)
-        self.sec_work = np.array([p.work for p in self.placed] or [0], dtype=np.int64)
+        self.sec_work = np.array(works or [0], dtype=np.int64)
         addr = np.zeros(n + len(self.externals), dtype=np.uint64)
         defined = self.gsec >= 0
         addr[:n][defined] = self.sec_addr[self.gsec[defined]] + self.value[defined]
@@ -590,16 +706,15 @@ class BatchLinker:
             self.eh_frame.work = self.seg_offset[L.RODATA] + self.eh_frame.segment_offset
             self.eh_frame.address = base + self.eh_frame.work
         self.addr = addr
-        self.got = {int(t): self.got_base + 8 * i for i, t in enumerate(self.scanned.got_targets)}
-        self.stubs = {int(t): self.stub_base + STUB_SIZE * i for i, t in enumerate(self.scanned.stub_targets)}
+        self.got = {t: self.got_base + 8 * i for i, t in enumerate(self.scanned.got_targets.tolist())}
+        self.stubs = {t: self.stub_base + STUB_SIZE * i for i, t in enumerate(self.scanned.stub_targets.tolist())}
 
     # --- bytes --------------------------------------------------------------
 
     def write_sections(self) -> None:
         mem = self.allocation.memory
         view = memoryview(mem)  # a byte copy per section, without making an array of each
-        for p in self.placed:
-            s = self.objects[p.obj].sections[p.index]
+        for p, s in zip(self.placed, self.placed_sections):
             if len(s.data):
                 try:
                     view[p.work : p.work + s.size] = s.data
@@ -611,13 +726,14 @@ class BatchLinker:
             slots = self.addr[targets]
             mem[got_work : got_work + 8 * len(targets)] = slots.astype("<u8").view(np.uint8)
         stub_work = self.seg_offset[L.TEXT] + self.stub_off
-        for i, t in enumerate(self.scanned.stub_targets.tolist()):
-            at = stub_work + STUB_SIZE * i
-            stub = self.stub_base + STUB_SIZE * i
-            disp = self.got[t] - (stub + 6)
-            mem[at : at + STUB_SIZE] = np.frombuffer(
-                b"\xff\x25" + disp.to_bytes(4, "little", signed=True) + b"\xcc\xcc", dtype=np.uint8
+        stubs = self.scanned.stub_targets.tolist()
+        if stubs:  # jmp *slot(%rip), displacement from the end of the 6-byte jmp; built as bytes, copied once
+            code = b"".join(
+                b"\xff\x25" + (self.got[t] - (self.stub_base + STUB_SIZE * i + 6)).to_bytes(4, "little", signed=True)
+                + b"\xcc\xcc"
+                for i, t in enumerate(stubs)
             )
+            view[stub_work : stub_work + len(code)] = code
 
     def apply_fixups(self) -> None:
         r = self.relocs
@@ -633,7 +749,7 @@ class BatchLinker:
         where = self.sec_work[r["section"]] + r["offset"].astype(np.int64)
         P = self.sec_addr[r["section"]] + r["offset"]
         S = self.addr[tgt]
-        if np.any(sc.use_stub):  # stub_targets is sorted: each stub's number in one search
+        if np.count_nonzero(sc.use_stub):  # stub_targets is sorted: each stub's number in one search
             n_stub = np.searchsorted(sc.stub_targets, tgt[sc.use_stub]).astype(np.uint64)
             S[sc.use_stub] = np.uint64(self.stub_base) + np.uint64(STUB_SIZE) * n_stub
         G = np.zeros(len(r), dtype=np.uint64)
@@ -641,37 +757,39 @@ class BatchLinker:
             at = np.minimum(np.searchsorted(sc.got_targets, tgt), len(sc.got_targets) - 1)
             slot = (sc.got_targets[at] == tgt) & (sc.relax == scan.RELAX_NONE)
             G[slot] = at[slot].astype(np.uint64) * np.uint64(8)
-        Z = np.zeros(len(r), dtype=np.uint64)
-        internal = tgt < self.nsyms
-        Z[internal] = self.size[tgt[internal]]
-        ext = ~internal
-        if np.any(ext):
-            ext_size = np.array([e.size for e in self.externals], dtype=np.uint64)
-            Z[ext] = ext_size[tgt[ext] - self.nsyms]
+        Z = np.zeros(len(r), dtype=np.uint64)  # only the Size kinds read it
+        if self.has_kind(SIZE_KINDS):
+            internal = tgt < self.nsyms
+            Z[internal] = self.size[tgt[internal]]
+            ext = ~internal
+            if np.count_nonzero(ext):
+                ext_size = np.array([e.size for e in self.externals], dtype=np.uint64)
+                Z[ext] = ext_size[tgt[ext] - self.nsyms]
         S2 = np.zeros(len(r), dtype=np.uint64)
         has2 = r["sym2"] >= 0
-        if np.any(has2):
+        if np.count_nonzero(has2):
             S2[has2] = self.addr[self.canon[r["sym2"][has2]]]
         S = tls.resolve(self, kind, S, P, G, Z, S2, where)
         stub_slots.bind(self, kind, S)
-        # Relaxed GOT loads become plain PC-relative references.
-        relaxed = sc.relax != scan.RELAX_NONE
-        kind[relaxed] = Edge.Delta32
-        jmp = sc.relax == scan.RELAX_JMP
-        where[jmp] -= 1
-        P[jmp] -= np.uint64(1)
+        relaxing = np.count_nonzero(sc.relax)
+        if relaxing:  # relaxed GOT loads become plain PC-relative references
+            relaxed = sc.relax != scan.RELAX_NONE
+            kind[relaxed] = Edge.Delta32
+            jmp = sc.relax == scan.RELAX_JMP
+            where[jmp] -= 1
+            P[jmp] -= np.uint64(1)
         value = fixup.compute(kind, S, r["addend"], P, self.got_base, G, Z, S2)
         bad = fixup.out_of_range(kind, value)
-        if np.any(bad):
+        if np.count_nonzero(bad):
             self._overflow(np.flatnonzero(bad), kind, value, S)
-        # Rewrite relaxed instructions, then store every value.
-        mov = sc.relax == scan.RELAX_MOV
-        mem[where[mov] - 2] = scan.LEA
-        call = sc.relax == scan.RELAX_CALL
-        mem[where[call] - 2] = 0x67
-        mem[where[call] - 1] = 0xE8
-        mem[where[jmp] - 1] = 0xE9
-        mem[where[jmp] + 4] = 0x90
+        if relaxing:  # rewrite relaxed instructions, then store every value
+            mov = sc.relax == scan.RELAX_MOV
+            mem[where[mov] - 2] = scan.LEA
+            call = sc.relax == scan.RELAX_CALL
+            mem[where[call] - 2] = 0x67
+            mem[where[call] - 1] = 0xE8
+            mem[where[jmp] - 1] = 0xE9
+            mem[where[jmp] + 4] = 0x90
         fixup.write(mem, where, kind, value)
         self._finish_eh_frame()
         self.tables = {

@@ -53,13 +53,32 @@ def _c_name(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
+# The type object, not its name: cast then skips parsing "uintptr_t" (a link asks per external).
+_UINTPTR = ffi.typeof("uintptr_t")
+
+
+# Names dlsym found in the process.  A name found keeps its address while the
+# library defining it stays loaded (a library loaded later comes after it in
+# the global search order), and every link asks again for the same libc
+# functions, each a search of every loaded object's hash table (1-3 us).
+# Names not found are asked again: a library loaded since may define them.
+# Only an unloaded library can make an entry wrong, so rtdyld clears them
+# whenever it unloads one, with the descriptions below.
+_found: dict[str, int] = {}
+
+
 def process_symbol(name: str) -> int:
     """Address of ``name`` in the process (RTLD_DEFAULT), or 0."""
-    return int(ffi.cast("uintptr_t", libc.dlsym(RTLD_DEFAULT, _c_name(name))))
+    addr = _found.get(name)
+    if addr is None:
+        addr = int(ffi.cast(_UINTPTR, libc.dlsym(RTLD_DEFAULT, _c_name(name))))
+        if addr:
+            _found[name] = addr
+    return addr
 
 
 def library_symbol(handle, name: str) -> int:
-    return int(ffi.cast("uintptr_t", libc.dlsym(handle, _c_name(name))))
+    return int(ffi.cast(_UINTPTR, libc.dlsym(handle, _c_name(name))))
 
 
 # Addresses dladdr has described: it walks the loader's list and scans a symbol
@@ -86,8 +105,9 @@ def describe_address(addr: int) -> str:
 
 
 def forget_descriptions() -> None:
-    """A library was unloaded: its addresses may now hold another."""
+    """A library was unloaded: its addresses may now hold another, and names it defined may now be elsewhere."""
     _described.clear()
+    _found.clear()
 
 
 def _dlopen(path: str):

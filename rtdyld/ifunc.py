@@ -73,9 +73,12 @@ class IfuncPlan:
 def plan(batch, scanned: scan.ScanResult) -> tuple[scan.ScanResult, IfuncPlan | None]:
     """Route code references to the batch's IFUNCs through stubs; None when it has none."""
     n = batch.nsyms
-    ifunc_def = (batch.stype == _IFUNC) & (batch.gsec >= 0)
+    ifunc_def = batch.stype == _IFUNC
     if not np.count_nonzero(ifunc_def):
-        return scanned, None  # no IFUNC defined here: nothing defined nor referred to
+        return scanned, None  # no IFUNC symbol here: nothing defined nor referred to
+    ifunc_def &= batch.gsec >= 0
+    if not np.count_nonzero(ifunc_def):
+        return scanned, None
     defined = [i for i in batch.defs.values() if ifunc_def[i]]
     tgt = batch.target
     kind = batch.relocs["kind"]

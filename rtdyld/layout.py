@@ -9,7 +9,7 @@ can live with the read-only data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .objfile.model import Section, SectionFlags
 
@@ -23,30 +23,59 @@ _TLS = int(SectionFlags.TLS)
 
 
 def segment_of(section: Section) -> str:
+    seg = _BY_FLAGS.get(section.flags)
+    if seg is not None:
+        return seg
     f = int(section.flags)
     if f & _TLS:
-        return RODATA  # the template each thread's copy is made from (rtdyld.tls)
-    if f & _EXEC:
-        return TEXT
-    if f & _ZERO_FILL:
-        return BSS
-    if f & _WRITE and not section.name.startswith(".data.rel.ro"):
-        return DATA
-    return RODATA
+        seg = RODATA  # the template each thread's copy is made from (rtdyld.tls)
+    elif f & _EXEC:
+        seg = TEXT
+    elif f & _ZERO_FILL:
+        seg = BSS
+    elif f & _WRITE:  # writable data, unless it is .data.rel.ro: never cached, it depends on the name
+        return RODATA if section.name.startswith(".data.rel.ro") else DATA
+    else:
+        seg = RODATA
+    _BY_FLAGS[f] = seg
+    return seg
+
+
+# Segment by section flags, where the flags alone decide it: a dict look-up
+# per section, not IntFlag arithmetic.
+_BY_FLAGS: dict[int, str] = {}
 
 
 @dataclass
 class SegmentPlan:
+    """A segment being laid out: ``size`` is the end of what is placed so far."""
+
     name: str
     size: int = 0
-    items: list[tuple[str, int, int]] = field(default_factory=list)  # (label, offset, size)
 
-    def place(self, label: str, size: int, align: int) -> int:
+    def place(self, size: int, align: int) -> int:
+        """Offset of ``size`` more bytes aligned to ``align``."""
         align = max(1, align)
         off = (self.size + align - 1) // align * align
         self.size = off + size
-        self.items.append((label, off, size))
         return off
+
+
+def place_sections(plans: dict[str, SegmentPlan], placed: list, sections: list) -> None:
+    """``place`` each section (``sections[i]`` is placed[i]'s) in its segment,
+    in order, setting the PlacedSection's ``work`` to its offset there.  One
+    loop over the ends kept in a dict: a call per section costs more than
+    the arithmetic."""
+    ends = {name: plan.size for name, plan in plans.items()}
+    for p, s in zip(placed, sections):
+        align = s.align
+        off = ends[p.segment]
+        if align > 1:
+            off = (off + align - 1) // align * align
+        p.work = off
+        ends[p.segment] = off + s.size
+    for name, end in ends.items():
+        plans[name].size = end
 
 
 def plan_segments() -> dict[str, SegmentPlan]:

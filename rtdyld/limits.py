@@ -19,10 +19,9 @@ def check_batch_fits(batch, plans) -> None:
     lo, hi = batch.reach
     capacity = hi - lo
     where = "below 2 GiB " if batch.low else ""
-    for p in batch.placed:
-        obj = batch.objects[p.obj]
-        s = obj.sections[p.index]
+    for p, s in zip(batch.placed, batch.placed_sections):
         if s.size > capacity or s.align > capacity:
+            obj = batch.objects[p.obj]
             raise LayoutError(
                 f"{obj.name}: section {s.name!r} needs {s.size:#x} bytes aligned to {s.align:#x}, more than the "
                 f"whole {capacity:#x}-byte memory reservation {where}the batch is placed in"

@@ -182,14 +182,16 @@ class Dylib:
         return self.resolve_in_order(name, prefix, pending)
 
     def resolve_in_order(self, name: str, prefix: str = "", pending=None) -> SymbolDef | None:
-        for entry in self.order():
-            if isinstance(entry, Dylib):
+        # The order as order() gives it, without copying it for every name.
+        order = self._order if self._order is not None else (*self.libraries, PROCESS)
+        for entry in order:
+            if entry == PROCESS:  # first: the usual last entry, and a Dylib or Library never equals a str
+                d = _from_process(name, prefix)
+            elif isinstance(entry, Dylib):
                 d = pending(entry, name) if pending else None
                 d = d or entry.own(name, prefix)
             elif isinstance(entry, Library):
                 d = _from_handle(entry.handle, entry.path, name, prefix)
-            elif entry == PROCESS:
-                d = _from_process(name, prefix)
             else:
                 lib = next((x for x in self.libraries if entry in (x.name, x.path)), None)
                 d = _from_handle(lib.handle, lib.path, name, prefix) if lib else None
@@ -210,11 +212,31 @@ def _from_handle(handle, path: str, name: str, prefix: str) -> SymbolDef | None:
     return None
 
 
+class _ProcessSymbolDef(SymbolDef):
+    """A definition found in the process.  Which library holds it (``origin``)
+    costs the loader a look-up (~4 us) that only a message, a map or a trace
+    reads, so it is asked for then, once."""
+
+    def __init__(self, name: str, address: int) -> None:
+        SymbolDef.__init__(self, name, address)
+        self._origin: str | None = None
+
+    @property
+    def origin(self) -> str:
+        if self._origin is None:
+            self._origin = host.describe_address(self.address) or PROCESS
+        return self._origin
+
+    @origin.setter
+    def origin(self, value: str) -> None:
+        self._origin = value
+
+
 def _from_process(name: str, prefix: str) -> SymbolDef | None:
-    for n in host_names(name, prefix):
+    for n in host_names(name, prefix) if prefix else (name,):
         addr = host.process_symbol(n)
         if addr:
-            return SymbolDef(name=n, address=addr, origin=host.describe_address(addr) or "process")
+            return _ProcessSymbolDef(n, addr)
     return None
 
 

@@ -66,8 +66,10 @@ def tls_sections(batch) -> list[int]:
     IntFlag arithmetic costs microseconds per section."""
     found = getattr(batch, "_tls_sections", None)
     if found is None:
-        flags = [int(batch.objects[p.obj].sections[p.index].flags) for p in batch.placed]
-        found = batch._tls_sections = [i for i, f in enumerate(flags) if f & _TLS_FLAG]
+        flags = [s.flags for s in batch.placed_sections]
+        # A batch has a handful of distinct flag values: test those, not every section.
+        tls_flags = {f for f in set(flags) if int(f) & _TLS_FLAG}
+        found = batch._tls_sections = [i for i, f in enumerate(flags) if f in tls_flags] if tls_flags else []
     return found
 
 
@@ -99,7 +101,7 @@ def keep_tls_calls(batch, scanned):
     so the call keeps its GOT slot.
     """
     r = batch.relocs
-    if len(r) < 2:
+    if len(r) < 2 or not np.count_nonzero(scanned.relax):
         return scanned
     prev = np.zeros(len(r), dtype=bool)
     prev[1:] = (
@@ -141,17 +143,17 @@ class StaticPlacement:
 
 def plan(batch, rodata) -> TlsPlan | None:
     """Reserve the batch's TLS GOT entries in ``rodata`` (a SegmentPlan); None without TLS."""
-    kind = batch.relocs["kind"]
-    tls = _TLS_MASK[kind]
-    sections = np.array(tls_sections(batch), dtype=np.int64)
-    if not np.any(tls) and not len(sections):
+    sections = tls_sections(batch)
+    if not sections and not batch.has_kind(TLS_KINDS):
         return None
+    sections = np.array(sections, dtype=np.int64)
+    kind = batch.relocs["kind"]
     tgt = batch.target
     gd = np.unique(tgt[kind == Edge.TLSGDDelta32])
     ie = np.unique(tgt[kind == Edge.GOTTPOffDelta32])
     ld = bool(np.any(kind == Edge.TLSLDDelta32))
     size = 16 * (len(gd) + ld) + 8 * len(ie)
-    got_off = rodata.place("<TLS GOT>", size, 16)
+    got_off = rodata.place(size, 16)
     return TlsPlan(sections, gd, ie, ld, got_off, size)
 
 

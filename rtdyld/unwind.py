@@ -59,12 +59,12 @@ def place(plans, placed, objects) -> EhFrameImage | None:
             continue
         s = objects[p.obj].sections[p.index]
         p.segment = L.RODATA
-        p.work = plans[L.RODATA].place(f"{p.obj}:{p.index}", s.size, s.align if first is None else 4)
+        p.work = plans[L.RODATA].place(s.size, s.align if first is None else 4)
         first = p.work if first is None else first
         end = p.work + s.size
     if first is None:
         return None
-    plans[L.RODATA].place("<eh_frame terminator>", TERMINATOR, 4)
+    plans[L.RODATA].place(TERMINATOR, 4)
     return EhFrameImage(work=0, address=0, size=end + TERMINATOR - first, segment_offset=first)
 
 

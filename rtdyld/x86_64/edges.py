@@ -76,6 +76,8 @@ TLS_KINDS = frozenset(
         Edge.DTPOffset64,
     }
 )
+# Kinds whose value is the symbol's size (Z).
+SIZE_KINDS = frozenset({Edge.Size32, Edge.Size64})
 # Kinds that store an absolute 32-bit address: code using them must live low.
 ABSOLUTE_32 = frozenset({Edge.Pointer32, Edge.Pointer32Signed})
 

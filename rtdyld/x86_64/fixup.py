@@ -68,17 +68,20 @@ def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
     """
     A = A.astype(np.int64).view(U)
     GOT = U(GOT)
-    v = np.zeros(len(kind), dtype=U)
     formula = _FORMULA[kind]
-    # One pass per formula present, each over all its kinds' rows.
-    for f in np.flatnonzero(np.bincount(formula)).tolist():
-        m = formula == f
-        s, a, p = S[m], A[m], P[m]
+    # S + A for every row (the pointer formula), then each other formula
+    # present fixes its rows: most batches have only pointers and deltas.
+    v = S + A
+    present = [f for f, count in enumerate(np.bincount(formula).tolist()) if count]
+    for f in present:
         if f == _POINTER:
-            v[m] = s + a
-        elif f == _DELTA:
-            v[m] = s + a - p
-        elif f == _GOT_DELTA:
+            continue
+        m = formula == f
+        if f == _DELTA:
+            np.subtract(v, P, out=v, where=m)
+            continue
+        s, a, p = S[m], A[m], P[m]
+        if f == _GOT_DELTA:
             v[m] = GOT + G[m] + a - p
         elif f == _GOT_OFFSET:
             v[m] = G[m] + a
@@ -108,11 +111,15 @@ _FIELD = {w: (np.dtype(f"<u{w}"), np.arange(w, dtype=np.int64)) for w in (1, 2, 
 def write(memory: np.ndarray, where: np.ndarray, kind: np.ndarray, value: np.ndarray) -> None:
     """Store each value little-endian in WIDTH[kind] bytes at ``where``."""
     width = WIDTH[kind]
+    count = np.bincount(width, minlength=9).tolist()
     for w in (1, 2, 4, 8):
-        m = width == w
-        if not np.count_nonzero(m):
+        if not count[w]:
             continue
         # Every field of this width in one scatter: its value's bytes to where[i] + 0..w-1.
         dtype, span = _FIELD[w]
-        at = (where[m].astype(np.int64)[:, None] + span).ravel()
-        memory[at] = value[m].astype(dtype).view(np.uint8)
+        if count[w] == len(width):  # one width for the whole batch: no selection
+            at, v = where, value
+        else:
+            m = width == w
+            at, v = where[m], value[m]
+        memory[(at.astype(np.int64, copy=False)[:, None] + span).ravel()] = v.astype(dtype).view(np.uint8)

@@ -44,9 +44,10 @@ def needs_low_memory(kind: np.ndarray, internal_target: np.ndarray) -> np.ndarra
 
 def in_reach(addresses: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Which of ``addresses`` every byte of [lo, hi) can reach with a rel32."""
-    # User-space addresses are below 2^47, so int64 differences cannot wrap.
-    a = addresses.astype(np.uint64).view(np.int64)
-    return (np.abs(a - np.int64(lo)) < REACH) & (np.abs(a - np.int64(hi)) < REACH)
+    # |a - lo| < REACH and |a - hi| < REACH, as one interval.  User-space
+    # addresses are below 2^47, so the int64 view and the bounds cannot wrap.
+    a = addresses.astype(np.uint64, copy=False).view(np.int64)
+    return (a > max(lo, hi) - REACH) & (a < min(lo, hi) + REACH)
 
 
 def sorted_unique(a: np.ndarray) -> np.ndarray:
@@ -71,15 +72,27 @@ def scan(
     marks Delta32 fixups that are the operand of a call/jmp (which a stub can
     serve as well as a PLT entry would).
     """
+    n = len(kind)
+    relax = np.zeros(n, dtype=np.uint8)
     relaxable = kind == _RELAXABLE
-    rip = (modrm & 0xC7) == 0x05
-    relax = np.zeros(len(kind), dtype=np.uint8)
-    can = relaxable & reachable & rip
-    relax[can & (opcode == MOV_LOAD)] = RELAX_MOV
-    relax[can & (opcode == 0xFF) & (modrm == 0x15)] = RELAX_CALL
-    relax[can & (opcode == 0xFF) & (modrm == 0x25)] = RELAX_JMP
-    needs_slot = _NEEDS_GOT_SLOT[kind] & (relax == RELAX_NONE)
-    use_stub = ((kind == _BRANCH32) | branch_like) & ~reachable
-    got_targets = sorted_unique(np.concatenate([target[needs_slot], target[use_stub]]))
-    stub_targets = sorted_unique(target[use_stub])
+    # Each class is worked out only if the batch has one (count_nonzero is the cheapest test numpy has).
+    n_relaxable = np.count_nonzero(relaxable)
+    if n_relaxable:
+        rip = (modrm & 0xC7) == 0x05
+        can = relaxable & reachable & rip
+        relax[can & (opcode == MOV_LOAD)] = RELAX_MOV
+        relax[can & (opcode == 0xFF) & (modrm == 0x15)] = RELAX_CALL
+        relax[can & (opcode == 0xFF) & (modrm == 0x25)] = RELAX_JMP
+    needs_slot = _NEEDS_GOT_SLOT[kind]
+    if n_relaxable:
+        needs_slot &= relax == RELAX_NONE
+    if np.count_nonzero(reachable) < n:
+        use_stub = ((kind == _BRANCH32) | branch_like) & ~reachable
+    else:
+        use_stub = np.zeros(n, dtype=bool)
+    if np.count_nonzero(needs_slot) or np.count_nonzero(use_stub):
+        got_targets = sorted_unique(np.concatenate([target[needs_slot], target[use_stub]]))
+        stub_targets = sorted_unique(target[use_stub])
+    else:
+        got_targets = stub_targets = np.zeros(0, dtype=target.dtype)
     return ScanResult(got_targets=got_targets, stub_targets=stub_targets, use_stub=use_stub, relax=relax)
