@@ -57,24 +57,12 @@ def _c_name(name: str) -> bytes:
 _UINTPTR = ffi.typeof("uintptr_t")
 
 
-# Names dlsym found in the process.  A name found keeps its address while the
-# library defining it stays loaded (a library loaded later comes after it in
-# the global search order), and every link asks again for the same libc
-# functions, each a search of every loaded object's hash table (1-3 us).
-# Names not found are asked again: a library loaded since may define them.
-# Only an unloaded library can make an entry wrong, so rtdyld clears them
-# whenever it unloads one, with the descriptions below.
-_found: dict[str, int] = {}
-
-
 def process_symbol(name: str) -> int:
     """Address of ``name`` in the process (RTLD_DEFAULT), or 0."""
-    addr = _found.get(name)
-    if addr is None:
-        addr = int(ffi.cast(_UINTPTR, libc.dlsym(RTLD_DEFAULT, _c_name(name))))
-        if addr:
-            _found[name] = addr
-    return addr
+    # Asked of the loader at every link, not remembered: a library the
+    # process unloads behind rtdyld's back would leave a remembered address
+    # dangling, and a cold link should pay what a first link pays.
+    return int(ffi.cast(_UINTPTR, libc.dlsym(RTLD_DEFAULT, _c_name(name))))
 
 
 def library_symbol(handle, name: str) -> int:
@@ -105,9 +93,8 @@ def describe_address(addr: int) -> str:
 
 
 def forget_descriptions() -> None:
-    """A library was unloaded: its addresses may now hold another, and names it defined may now be elsewhere."""
+    """A library was unloaded: its addresses may now hold another."""
     _described.clear()
-    _found.clear()
 
 
 def _dlopen(path: str):
