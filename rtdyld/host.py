@@ -1,31 +1,17 @@
 """The host process as a symbol source: dlsym, dlopen'd libraries, callbacks.
 
-cffi in ABI mode over libc/libdl, so installing rtdyld needs no compiler.
+cffi in ABI mode over libc/libdl, so installing rtdyld needs no compiler;
+the declarations are in :mod:`rtdyld.cdecls`, pre-parsed into ``rtdyld._libc_ffi``.
 """
 
 from __future__ import annotations
 
-import ctypes.util
-import glob
 import os
 
-import cffi
-
 from . import loaded_objects
+from ._libc_ffi import ffi
 from .errors import LinkError
 
-ffi = cffi.FFI()
-ffi.cdef(
-    """
-    typedef struct { const char *dli_fname; void *dli_fbase;
-                     const char *dli_sname; void *dli_saddr; } Dl_info;
-    void *dlopen(const char *filename, int flags);
-    void *dlsym(void *handle, const char *symbol);
-    char *dlerror(void);
-    int dladdr(const void *addr, Dl_info *info);
-    int fflush(void *stream);
-    """
-)
 libc = ffi.dlopen(None)
 
 RTLD_NOW = 2
@@ -106,6 +92,9 @@ def open_library(name: str, search_dirs: tuple[str, ...] | list[str] = ()) -> tu
     is a linker script, so versioned names and the loader's own search
     (find_library gives the soname) are tried after it.
     """
+    import ctypes.util  # with subprocess, ~10 ms: only for sessions that load a library
+    import glob
+
     errors = []
     if "/" in name or name.endswith(".so") or ".so." in name:
         h, err = _dlopen(name)
