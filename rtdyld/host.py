@@ -92,15 +92,16 @@ def open_library(name: str, search_dirs: tuple[str, ...] | list[str] = ()) -> tu
     is a linker script, so versioned names and the loader's own search
     (find_library gives the soname) are tried after it.
     """
-    import ctypes.util  # with subprocess, ~10 ms: only for sessions that load a library
-    import glob
-
     errors = []
     if "/" in name or name.endswith(".so") or ".so." in name:
         h, err = _dlopen(name)
         if h is not None:
             return h, name
         raise LibraryNotFoundError(f"cannot load library {name!r}: {err}")
+    # Imported here, for bare names only: ctypes.util brings subprocess (~5 ms).
+    import ctypes.util
+    import glob
+
     candidates = []
     for d in list(search_dirs) + list(SYSTEM_LIB_DIRS):
         candidates.append(os.path.join(d, f"lib{name}.so"))

@@ -13,7 +13,7 @@ from .batch import BatchLinker, LinkedBatch
 from .batch_runtime import BatchRuntime
 from .errors import LinkError, UndefinedSymbolError, UsageError, ValidationError
 from .inputs import parse_object, read_input
-from .linkcache import open_link_cache
+from .link_cache_setting import open_link_cache
 from .objfile.model import ObjectFile
 from .symbols import Dylib, Library, SymbolDef
 
