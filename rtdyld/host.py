@@ -6,6 +6,7 @@ the declarations are in :mod:`rtdyld.cdecls`, pre-parsed into ``rtdyld._libc_ffi
 
 from __future__ import annotations
 
+import functools
 import os
 
 from . import loaded_objects
@@ -13,6 +14,26 @@ from ._libc_ffi import ffi
 from .errors import LinkError
 
 libc = ffi.dlopen(None)
+
+
+def function_pointer(ctype: str, address: int):
+    """``address`` as a cdata of the function pointer type ``ctype``.
+
+    The pre-parsed ffi knows every C type except the structs, unions and enums
+    it does not declare; a signature naming one (``struct point *(*)(int)``)
+    is parsed by an FFI of its own, with pycparser, imported then and only
+    then.  A signature neither parses raises that FFI's error, as before."""
+    try:
+        return ffi.cast(ctype, address)
+    except ffi.error:
+        return _parsing_ffi().cast(ctype, address)
+
+
+@functools.cache
+def _parsing_ffi():
+    import cffi
+
+    return cffi.FFI()
 
 RTLD_NOW = 2
 RTLD_GLOBAL = 0x100

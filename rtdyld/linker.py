@@ -506,7 +506,7 @@ class Linker:
             raise UsageError(f"bad signature {signature!r}: expected e.g. 'int(int, int)'")
         ptype = f"{signature[:paren]}(*){signature[paren:]}"
         try:
-            return host.ffi.cast(ptype, addr)
+            return host.function_pointer(ptype, addr)
         except Exception as e:
             raise UsageError(f"bad signature {signature!r}: {e}") from None
 

@@ -38,3 +38,14 @@ def test_signatures_parse_in_the_pre_parsed_ffi():
     assert host.ffi.offsetof("struct jit_descriptor", "first_entry") == 16
     with pytest.raises(host.ffi.error, match="undefined type name"):
         host.ffi.cast("no_such_type(*)(int)", 0)
+
+
+def test_function_pointers_to_types_the_pre_parsed_ffi_does_not_declare():
+    from rtdyld import host
+
+    labs = host.function_pointer("long(*)(long)", host.process_symbol("labs"))
+    assert labs(-7) == 7
+    opaque = host.function_pointer("struct point *(*)(int, struct point *)", 0x1000)
+    assert host.ffi.typeof(opaque).cname == "struct point *(*)(int, struct point *)"
+    with pytest.raises(Exception, match="Invalid struct/union declaration"):
+        host.function_pointer("int(*)(struct)", 0x1000)
