@@ -1,7 +1,8 @@
 """libc's mmap, mprotect, munmap and madvise through cffi in ABI mode.
 
-ABI mode needs no C compiler at install time: the prototypes below are
-declared by hand and the symbols come from the already loaded C library.
+ABI mode needs no C compiler at install time: the prototypes are declared
+by hand (in :mod:`memmgr.cdecls`, pre-parsed into ``memmgr._libc_ffi``) and
+the symbols come from the already loaded C library.
 Every wrapper raises :class:`MemMgrError` carrying errno and its strerror
 text instead of returning the C error convention.
 """
@@ -11,19 +12,9 @@ from __future__ import annotations
 import mmap as _pymmap
 import os
 
-import cffi
-
+from ._libc_ffi import ffi
 from .errors import MemMgrError
 
-ffi = cffi.FFI()
-ffi.cdef(
-    """
-    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
-    int mprotect(void *addr, size_t len, int prot);
-    int munmap(void *addr, size_t length);
-    int madvise(void *addr, size_t length, int advice);
-    """
-)
 libc = ffi.dlopen(None)
 
 PAGE_SIZE: int = _pymmap.PAGESIZE

@@ -18,20 +18,30 @@ from .errors import (
     UsageError,
     ValidationError,
 )
-from .host import LibraryNotFoundError
-from .linker import Handle, Linker
-from .symbols import Dylib
 
 __version__ = "0.1.0"
 
+# Imported on first use (PEP 562), so that the command line's help, its usage
+# errors and ``import rtdyld.errors`` do not load numpy and the linker; the
+# object cache (hashing, JSON, file locking) only for sessions that use it.
+_LAZY = {
+    "Dylib": "symbols",
+    "Handle": "linker",
+    "LibraryNotFoundError": "host",
+    "Linker": "linker",
+    "ObjectCache": "cache",
+}
+
 
 def __getattr__(name: str):
-    # The object cache pulls in hashing, JSON and file locking: only for sessions that use it.
-    if name == "ObjectCache":
-        from .cache import ObjectCache
-
-        return ObjectCache
-    raise AttributeError(f"module 'rtdyld' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # __import__ (not importlib.import_module) goes through the import statement's
+    # path, which ``python -X importtime`` reports on.
+    value = getattr(__import__(f"{__name__}.{module}", fromlist=[name]), name)
+    globals()[name] = value
+    return value
 
 
 __all__ = [

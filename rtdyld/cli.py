@@ -4,11 +4,9 @@ symbols, map, check)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import textwrap
-from dataclasses import asdict
 
 from .errors import LinkError, UsageError
 
@@ -121,13 +119,16 @@ def _add_inspect_parser(sub, name: str, help: str, description: str, formats: bo
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rtdyld", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+# One function per subcommand adds its parser and options, so that a command
+# line builds only its own: all of them cost ~2 ms (argparse sets up each
+# option and parser, and asks gettext for every message), a tenth of what
+# 'rtdyld run' adds to numpy's import.
 
+
+def _run_parser(sub, name: str, help: str) -> None:
     run = sub.add_parser(
-        "run",
-        help="link inputs and call main(argc, argv)",
+        name,
+        help=help,
         description="Link the inputs into this process, call the entry point as main(argc, argv) "
         "and exit with its return value. Arguments after -- are passed to the program "
         "(argv[0] is the first input's name). C stdio is flushed before exit.",
@@ -143,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the seconds each link phase took to stderr, as NAME_s=SECONDS lines; the "
                      "last is link_s (first input read to symbols published)")
 
+
+def _trace_parser(sub, name: str, help: str) -> None:
     trace = _add_inspect_parser(
-        sub, "trace", "print every relocation applied",
+        sub, name, help,
         "Link the inputs (without running them, unless --run) and print every relocation "
         "applied: object, section, offset, target address P, relocation type, symbol, S, A, the value "
         "written, the bytes before and after, and the instruction holding the fixup before and after. "
@@ -163,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--no-disasm", dest="disasm", action="store_false",
                        help="do not disassemble the instructions around each fixup")
 
+
+def _symbols_parser(sub, name: str, help: str) -> None:
     symbols = _add_inspect_parser(
-        sub, "symbols", "print the final symbol map",
+        sub, name, help,
         "Link the inputs and print every symbol the batch defines (address, size, type, "
         "binding, visibility, defining object and section) and every external it uses with where it "
         "came from (a library path, the process, a user definition, an earlier batch). With --undefined, "
@@ -175,15 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="list the names the inputs need from elsewhere, without failing on missing ones")
     symbols.add_argument("--locals", action="store_true", help="include local symbols")
 
+
+def _map_parser(sub, name: str, help: str) -> None:
     _add_inspect_parser(
-        sub, "map", "print the memory layout",
+        sub, name, help,
         "Link the inputs and print the memory layout like a linker map file: each segment "
         "with its protection and size, the sections placed in it with their objects, the stub area, the "
         "GOT, tentative definitions and padding; then sections pinned with --map-section.",
     )
 
+
+def _check_parser(sub, name: str, help: str) -> None:
     check = _add_inspect_parser(
-        sub, "check", "verify the check lines of the inputs",
+        sub, name, help,
         "Link the inputs and evaluate the '# rtdyld-check: EXPR = EXPR' and "
         "'# jitlink-check: ...' lines of the .s inputs (or of the --check files) in LLVM's "
         "RuntimeDyldChecker language: symbols, *{N}ADDR memory reads, section_addr(FILE, SECTION), "
@@ -197,14 +206,38 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--check-prefix", dest="check_prefixes", action="append", default=[], metavar="NAME",
                        help="look for 'NAME:' lines (repeatable; default: rtdyld-check and jitlink-check)")
     check.add_argument("-v", "--verbose", action="store_true", help="print passing checks too")
+
+
+def _cache_parser(sub, name: str, help: str) -> None:
     cachep = sub.add_parser(
-        "cache", help="show or empty an object cache",
+        name, help=help,
         description="'stats' prints the entries and bytes of the object cache in DIR (made by --cache); "
         "'clear' empties it, leaving files the cache did not write alone.",
     )
     cachep.add_argument("action", choices=("stats", "clear"))
     cachep.add_argument("directory", metavar="DIR")
     cachep.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
+
+
+SUBCOMMANDS = {  # name -> (one-line help, the function adding its parser)
+    "run": ("link inputs and call main(argc, argv)", _run_parser),
+    "trace": ("print every relocation applied", _trace_parser),
+    "symbols": ("print the final symbol map", _symbols_parser),
+    "map": ("print the memory layout", _map_parser),
+    "check": ("verify the check lines of the inputs", _check_parser),
+    "cache": ("show or empty an object cache", _cache_parser),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``command``, the parser of that
+    subcommand only (the others matter only to ``rtdyld --help`` and to a
+    command line that names none of them)."""
+    parser = _Parser(prog="rtdyld", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (help, add_parser) in SUBCOMMANDS.items():
+        if command is None or command == name:
+            add_parser(sub, name, help)
     return parser
 
 
@@ -363,6 +396,9 @@ def cmd_symbols(args, program_args: list[str]) -> int:
     from .symmap import symbol_map, undefined_references
 
     _no_program_args("symbols", program_args)
+    import json
+    from dataclasses import asdict
+
     if args.undefined:
         ln = make_linker(args, _memory(args), run_initializers=False)
         found = undefined_references(ln.pending_objects(), ln.resolver)
@@ -397,6 +433,8 @@ def cmd_symbols(args, program_args: list[str]) -> int:
 
 
 def cmd_map(args, program_args: list[str]) -> int:
+    import json
+
     from .mapfile import format_map, memory_map
 
     _no_program_args("map", program_args)
@@ -461,7 +499,7 @@ def _one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, program_args = split_program_args(argv)
-    parser = build_parser()
+    parser = build_parser(own[0] if own and own[0] in SUBCOMMANDS else None)
     try:
         args = parser.parse_args(own)
     except SystemExit as e:

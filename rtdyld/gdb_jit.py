@@ -28,33 +28,14 @@ import importlib.util
 import os
 import threading
 
-import cffi
 import numpy as np
 
 from . import host
+from ._libc_ffi import ffi
 from .code_symbols import function_symbols
 from .gdb_jit_image import ImageSection, build_image
 from .objfile.elf_tables import ELF64_SYM
 
-ffi = cffi.FFI()
-ffi.cdef(
-    """
-    struct jit_code_entry {
-        struct jit_code_entry *next_entry;
-        struct jit_code_entry *prev_entry;
-        const char *symfile_addr;
-        uint64_t symfile_size;
-    };
-    struct jit_descriptor {
-        uint32_t version;
-        uint32_t action_flag;
-        struct jit_code_entry *relevant_entry;
-        struct jit_code_entry *first_entry;
-    };
-    struct link_map_head { uintptr_t l_addr; const char *l_name; };
-    int dlinfo(void *handle, int request, void *info);
-    """
-)
 _libc = ffi.dlopen(None)
 
 JIT_NOACTION, JIT_REGISTER_FN, JIT_UNREGISTER_FN = 0, 1, 2

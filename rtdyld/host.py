@@ -1,32 +1,39 @@
 """The host process as a symbol source: dlsym, dlopen'd libraries, callbacks.
 
-cffi in ABI mode over libc/libdl, so installing rtdyld needs no compiler.
+cffi in ABI mode over libc/libdl, so installing rtdyld needs no compiler;
+the declarations are in :mod:`rtdyld.cdecls`, pre-parsed into ``rtdyld._libc_ffi``.
 """
 
 from __future__ import annotations
 
-import ctypes.util
-import glob
+import functools
 import os
 
-import cffi
-
 from . import loaded_objects
+from ._libc_ffi import ffi
 from .errors import LinkError
 
-ffi = cffi.FFI()
-ffi.cdef(
-    """
-    typedef struct { const char *dli_fname; void *dli_fbase;
-                     const char *dli_sname; void *dli_saddr; } Dl_info;
-    void *dlopen(const char *filename, int flags);
-    void *dlsym(void *handle, const char *symbol);
-    char *dlerror(void);
-    int dladdr(const void *addr, Dl_info *info);
-    int fflush(void *stream);
-    """
-)
 libc = ffi.dlopen(None)
+
+
+def function_pointer(ctype: str, address: int):
+    """``address`` as a cdata of the function pointer type ``ctype``.
+
+    The pre-parsed ffi knows every C type except the structs, unions and enums
+    it does not declare; a signature naming one (``struct point *(*)(int)``)
+    is parsed by an FFI of its own, with pycparser, imported then and only
+    then.  A signature neither parses raises that FFI's error, as before."""
+    try:
+        return ffi.cast(ctype, address)
+    except ffi.error:
+        return _parsing_ffi().cast(ctype, address)
+
+
+@functools.cache
+def _parsing_ffi():
+    import cffi
+
+    return cffi.FFI()
 
 RTLD_NOW = 2
 RTLD_GLOBAL = 0x100
@@ -119,6 +126,10 @@ def open_library(name: str, search_dirs: tuple[str, ...] | list[str] = ()) -> tu
         if h is not None:
             return h, name
         raise LibraryNotFoundError(f"cannot load library {name!r}: {err}")
+    # Imported here, for bare names only: ctypes.util brings subprocess (~5 ms).
+    import ctypes.util
+    import glob
+
     candidates = []
     for d in list(search_dirs) + list(SYSTEM_LIB_DIRS):
         candidates.append(os.path.join(d, f"lib{name}.so"))

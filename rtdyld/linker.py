@@ -14,7 +14,7 @@ from .batch_runtime import BatchRuntime
 from .definitions import set_batch
 from .errors import LinkError, UndefinedSymbolError, UsageError, ValidationError
 from .inputs import parse_object, read_input
-from .linkcache import open_link_cache
+from .link_cache_setting import open_link_cache
 from .objfile.model import ObjectFile
 from .symbols import Dylib, Library, SymbolDef
 
@@ -506,7 +506,7 @@ class Linker:
             raise UsageError(f"bad signature {signature!r}: expected e.g. 'int(int, int)'")
         ptype = f"{signature[:paren]}(*){signature[paren:]}"
         try:
-            return host.ffi.cast(ptype, addr)
+            return host.function_pointer(ptype, addr)
         except Exception as e:
             raise UsageError(f"bad signature {signature!r}: {e}") from None
 

@@ -16,28 +16,18 @@ from __future__ import annotations
 import os
 from functools import cache
 
-import cffi
-
-_CDEF = """
-    struct link_map { uintptr_t l_addr; char *l_name; void *l_ld; struct link_map *l_next, *l_prev; };
-    struct dl_find_object { unsigned long long dlfo_flags; void *dlfo_map_start; void *dlfo_map_end;
-                            struct link_map *dlfo_link_map; void *dlfo_eh_frame;
-                            unsigned long long reserved[16]; };
-    int _dl_find_object(void *pc, struct dl_find_object *result);
-"""
+from ._libc_ffi import ffi as _ffi
 
 
 @cache
 def _finder():
-    """(ffi, _dl_find_object), or None; set up on first use, not at import."""
-    ffi = cffi.FFI()
-    ffi.cdef(_CDEF)
+    """(ffi, _dl_find_object), or None; looked up on first use, not at import."""
     try:
-        find = ffi.dlopen(None)._dl_find_object
-    except AttributeError:  # glibc before 2.35, or another C library
+        find = _ffi.dlopen(None)._dl_find_object
+    except (AttributeError, _ffi.error):  # glibc before 2.35, or another C library
         return None
-    ffi.typeof("struct dl_find_object *")
-    return ffi, find
+    _ffi.typeof("struct dl_find_object *")
+    return _ffi, find
 
 
 def object_file_name(addr: int) -> str | None:

@@ -7,7 +7,6 @@ joins the process's global scope and changes later links).
 
 from __future__ import annotations
 
-import difflib
 import functools
 
 from . import host
@@ -137,6 +136,8 @@ def lookup_hint(name: str, dylib, dylibs) -> str:
     known = dylib.published
     if len(known) > _MAX_NEAR_MISS_CANDIDATES:
         return ""
+    import difflib  # error path only
+
     close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.8)
     return f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
 

@@ -43,7 +43,6 @@ import numpy as np
 
 from .errors import LinkError, RelocationOverflowError
 from .objfile.model import SectionFlags, SymType
-from .tls_module import TlsModule, TlsModuleError
 from .x86_64 import fixup
 from .x86_64.edges import TLS_KINDS, Edge, kind_mask
 
@@ -233,6 +232,8 @@ def _exports_variables(batch) -> bool:
 def _load_for(batch, init: bytes, memsz: int, align: int, static: bool, exported: bool):
     """The batch's module; static when its code needs it, and if it fits, when later batches may
     reach its variables (their -fPIE code does so by initial exec)."""
+    from .tls_module import TlsModuleError  # the loader's module: only for batches with TLS
+
     # The loader ignores an empty PT_TLS; zero-sized variables still need a module.
     memsz = max(memsz, 1)
     if static or not exported:
@@ -354,6 +355,8 @@ def _relocated_image(batch, tp, kind, S, P, G, Z, S2, where, lo: int, filesz: in
 
 def _load(batch, init: bytes, memsz: int, align: int, static: bool):
     from memmgr import MemoryManager
+
+    from .tls_module import TlsModule
 
     if not isinstance(batch.memory, MemoryManager):
         return StaticPlacement(1, -(-memsz // align) * -align)

@@ -26,9 +26,8 @@ import os
 import secrets
 import struct
 
-import cffi
-
 from . import host
+from ._libc_ffi import ffi as _ffi
 from .elf_dso import DF_STATIC_TLS, Relocation, TlsImage, build_shared_object
 from .errors import LinkError
 
@@ -36,15 +35,6 @@ R_X86_64_DTPMOD64, R_X86_64_TPOFF64 = 16, 18
 RTLD_NOW, RTLD_LOCAL = 2, 0
 RTLD_DI_LINKMAP = 2
 
-_ffi = cffi.FFI()
-_ffi.cdef(
-    """
-    void *dlopen(const char *filename, int flags);
-    int dlclose(void *handle);
-    char *dlerror(void);
-    int dlinfo(void *handle, int request, void *info);
-    """
-)
 _libc = _ffi.dlopen(None)
 # Looked up once, here: cffi resolves a function on first use with dlsym,
 # which would clear the error dlopen just left for dlerror.

@@ -145,18 +145,46 @@ def test_run_without_stats_prints_no_times(prog):
     assert proc.stderr == ""
 
 
-HEAVY = ("capstone", "llvmlite", "elftools", "numpy.ma", "rtdyld.cache")
+# What 'rtdyld run' on plain objects must not import: capstone is for traces
+# and checks, llvmlite for IR inputs, pyelftools for nothing on the link path,
+# the cffi package (and its pycparser) for nothing, the C declarations being
+# pre-parsed, and each optional part of rtdyld for the sessions that use it.
+NOT_IMPORTED_BY_RUN = (
+    "capstone", "llvmlite", "elftools", "pycparser", "cffi", "numpy.ma",
+    "ctypes.util", "subprocess", "json", "hashlib", "secrets", "difflib",
+    "rtdyld.cache", "rtdyld.linkcache", "rtdyld.tls_module", "rtdyld.elf_dso", "rtdyld.gdb_jit",
+    "rtdyld.perfmap", "rtdyld.lazy", "rtdyld.hotswap", "rtdyld.compile_callbacks", "rtdyld.trace",
+    "rtdyld.symmap", "rtdyld.mapfile", "rtdyld.check", "rtdyld.checkenv", "rtdyld.objfile.macho",
+    "rtdyld.irmodule", "rtdyld.asm", "rtdyld.ffigen", "rtdyld.cdecls",
+)
 
 
-def test_run_on_objects_imports_nothing_heavy(prog):
-    # capstone is for traces and checks, llvmlite for IR inputs, the cache for --cache.
+def _modules_after(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``python -m rtdyld ARGS`` in a new process; also every module it had imported when it exited."""
+    record = tmp_path / "modules.txt"
     code = (
-        "import sys\n"
-        "from rtdyld.cli import main\n"
-        f"main(['run', '--entry', 'alt_main', {str(prog[0])!r}, {str(prog[1])!r}])\n"
-        f"print('imported:', *[m for m in {HEAVY!r} if m in sys.modules])\n"
+        "import atexit, runpy, sys\n"
+        f"atexit.register(lambda: open({str(record)!r}, 'w').write('\\n'.join(sorted(sys.modules))))\n"
+        "sys.argv[0] = 'rtdyld'\n"
+        "runpy.run_module('rtdyld', run_name='__main__', alter_sys=True)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.stdout.splitlines()[-1] == "imported:", proc.stdout
+    proc = subprocess.run([sys.executable, "-c", code, *args], check=False, cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    return proc, set(record.read_text().split())
+
+
+def test_run_on_objects_imports_only_what_linking_needs(prog, tmp_path):
+    proc, imported = _modules_after(tmp_path, "run", "--entry", "alt_main", *map(str, prog), "--", "a")
+    assert (proc.returncode, proc.stdout) == (5, "alt_main argc=2\n"), proc.stderr
+    assert {"numpy", "_cffi_backend", "rtdyld.linker", "memmgr.libc"} <= imported  # the link's own imports
+    assert sorted(imported.intersection(NOT_IMPORTED_BY_RUN)) == []
+
+
+def test_help_and_usage_errors_do_not_load_the_linker(tmp_path):
+    proc, imported = _modules_after(tmp_path, "--help")
+    assert proc.returncode == 0 and "subcommands:" in proc.stdout
+    assert not {"numpy", "rtdyld.linker"} & imported
+    proc, imported = _modules_after(tmp_path, "run", "--no-such-option", "x.o")
+    assert proc.returncode == 1 and "unrecognized arguments: --no-such-option" in proc.stderr
+    assert not {"numpy", "rtdyld.linker"} & imported

@@ -1,0 +1,63 @@
+"""What importing rtdyld costs: the linker loads on first use, optional parts only when used."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from fixtures_build import REPO
+
+
+def _child(code: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120).stdout
+
+
+def test_import_rtdyld_loads_the_linker_on_first_use():
+    out = _child(
+        "import sys, rtdyld\n"
+        "print('numpy' in sys.modules, 'rtdyld.linker' in sys.modules)\n"
+        "from rtdyld import Linker, Handle, Dylib, LibraryNotFoundError, LinkError\n"
+        "print(Linker.__module__, Handle.__module__, Dylib.__module__, issubclass(LibraryNotFoundError, LinkError))\n"
+        "print(rtdyld.Linker is Linker, 'rtdyld.cache' in sys.modules, rtdyld.ObjectCache.__module__)\n"
+        "print(sorted(set(rtdyld.__all__) - set(dir(rtdyld))))\n"
+    )
+    assert out.splitlines() == [
+        "False False",
+        "rtdyld.linker rtdyld.linker rtdyld.symbols True",
+        "True False rtdyld.cache",
+        "[]",
+    ]
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import rtdyld
+
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchThing'"):
+        rtdyld.NoSuchThing  # noqa: B018
+    assert not hasattr(rtdyld, "no_such_module")
+
+
+def test_link_cache_environment_variable_is_the_link_caches():
+    from rtdyld import link_cache_setting, linkcache
+
+    assert link_cache_setting.ENV == linkcache.ENV
+
+
+def test_link_cache_opened_from_the_environment_only_when_set(tmp_path, monkeypatch):
+    from rtdyld import link_cache_setting, linkcache
+
+    monkeypatch.delenv(link_cache_setting.ENV, raising=False)
+    assert link_cache_setting.open_link_cache(None) is None
+    monkeypatch.setenv(link_cache_setting.ENV, "")
+    assert link_cache_setting.open_link_cache(None) is None
+    monkeypatch.setenv(link_cache_setting.ENV, str(tmp_path / "env"))
+    assert link_cache_setting.open_link_cache(False) is None
+    from_env = link_cache_setting.open_link_cache(None)
+    assert isinstance(from_env, linkcache.LinkCache) and from_env.directory == str(tmp_path / "env")
+    given = link_cache_setting.open_link_cache(str(tmp_path / "arg"))
+    assert given.directory == str(tmp_path / "arg")
+    assert link_cache_setting.open_link_cache(given) is given
