@@ -29,6 +29,7 @@ from archive_tools import (
 
 from rtdyld.errors import MalformedObjectError, UsageError
 from rtdyld.objfile.archive import ArchiveCache, is_archive, read_archive
+from rtdyld.objfile.archive_index import SMALL_INDEX
 
 LIBZ = Path("/usr/lib/x86_64-linux-gnu/libz.a")
 
@@ -357,6 +358,8 @@ def test_cache_parses_once_per_file_version(objs, tmp_path):
     cache = ArchiveCache()
     first = cache.get(lib)
     assert cache.get(os.path.relpath(lib)) is first
+    os.symlink(lib, tmp_path / "link.a")
+    assert cache.get(tmp_path / "link.a") is first
     assert first.list_definitions is None
     assert cache.get(lib, list_definitions=elf_definitions) is first
     assert first.definers("beta") == [first.members[1]]
@@ -492,6 +495,27 @@ def test_index_offset_at_no_member(sym64):
     _bad(
         patched,
         rf"libbad\.a: symbol index at offset 0x8: the entry for 'two' points at "
+        rf"offset {bogus:#x}, where no member header starts",
+    )
+
+
+@pytest.mark.parametrize("count", [3, SMALL_INDEX + 5], ids=["small-index", "large-index"])
+def test_index_read_alike_at_every_size(count):
+    # Small indexes map offsets to members through a dict, large ones with
+    # numpy: the same positions, and the same message for the first bad entry.
+    symbols = [(f"s{i}", i % 2) for i in range(count)]
+    data = _gnu([M1, M2], symbols)
+    ar = read_archive(data, name="libok.a")
+    assert [(s, [m.name for m in ar.definers(s)]) for s in ar.symbols()] == [
+        (f"s{i}", ["m2.o" if i % 2 else "m1.o"]) for i in range(count)
+    ]
+    bogus = ar.members[1].header_offset + 2
+    for k in (count - 1, count - 2):
+        at = 8 + 60 + 4 * (1 + k)
+        data = data[:at] + bogus.to_bytes(4, "big") + data[at + 4 :]
+    _bad(
+        data,
+        rf"libbad\.a: symbol index at offset 0x8: the entry for 's{count - 2}' points at "
         rf"offset {bogus:#x}, where no member header starts",
     )
 

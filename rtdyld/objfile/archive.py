@@ -21,8 +21,6 @@ import os
 from collections.abc import Callable
 from typing import Self
 
-import numpy as np
-
 from rtdyld.errors import MalformedObjectError, UsageError
 from rtdyld.objfile.archive_index import parse_index
 from rtdyld.objfile.archive_layout import (
@@ -60,13 +58,10 @@ class Member:
         "size",
     )
 
-    def __init__(self, archive: Archive, raw: RawMember, index: int, path: str | None):
+    def __init__(self, archive: Archive, raw: RawMember | tuple[str, int, int, int], index: int, path: str | None):
         self.archive = archive
-        self.name = raw.name
         self.index = index
-        self.header_offset = raw.header_offset
-        self.size = raw.size
-        self._data_offset = raw.data_offset
+        self.name, self.header_offset, self._data_offset, self.size = raw
         self._path = path
         self._bytes: bytes | None = None
 
@@ -135,22 +130,19 @@ class Archive:
         layout = walk(view, name)
         self.kind = layout.kind
         self.has_index = layout.index_layout is not None
-        thin = self.kind == "thin"
-        self.members = [
-            Member(self, raw, i, os.path.join(thin_dir, raw.name) if thin else None)
-            for i, raw in enumerate(layout.members)
-        ]
+        if self.kind == "thin":
+            self.members = [
+                Member(self, raw, i, os.path.join(thin_dir, raw[0])) for i, raw in enumerate(layout.members)
+            ]
+        else:
+            self.members = [Member(self, raw, i, None) for i, raw in enumerate(layout.members)]
         # name -> the position of its one definer, or a list of positions.
         self._index: dict[str, int | list[int]] | None = None
         if layout.index_layout is not None:
-            header_offsets = np.fromiter(
-                (m.header_offset for m in self.members),
-                dtype=np.uint64,
-                count=len(self.members),
-            )
+            header_offsets = [raw[1] for raw in layout.members]
             where = f"{name}: symbol index at offset {layout.index_offset:#x}"
             names, positions = parse_index(layout.index_layout, layout.index_data, header_offsets, where)
-            self._index = self._group(names, positions.tolist())
+            self._index = self._group(names, positions)
 
     def definers(self, symbol: str) -> list[Member]:
         """The members the index says define ``symbol``, in index order."""
@@ -253,14 +245,7 @@ def read_archive(
         return Archive(display, view, None, list_definitions, os.path.dirname(name or ""))
     path = os.fspath(path_or_bytes)
     display = name if name is not None else path
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            # mmap cannot map an empty file; it is "not an archive" all the same.
-            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-    except OSError as e:
-        raise MalformedObjectError(f"{display}: cannot read the archive: {e.strerror or e}") from None
-    view = memoryview(mapping) if mapping is not None else memoryview(b"")
+    view, mapping = _load(path, display)
     try:
         return Archive(display, view, mapping, list_definitions, os.path.dirname(path))
     except BaseException:
@@ -273,15 +258,32 @@ def read_archive(
         raise
 
 
+def _load(path: str, display: str) -> tuple[memoryview, mmap.mmap | None]:
+    """The bytes of the file at ``path``, mapped (members are read only if pulled)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            # mmap cannot map an empty file; it is "not an archive" all the same.
+            if os.fstat(fd).st_size == 0:
+                return memoryview(b""), None
+            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise MalformedObjectError(f"{display}: cannot read the archive: {e.strerror or e}") from None
+    return memoryview(mapping), mapping
+
+
 class ArchiveCache:
-    """Archives parsed once per (real path, mtime_ns, size).
+    """Archives parsed once per (file, mtime_ns, size), the file known by its
+    device and inode, so every path or link to it shares one parse.
 
     A changed file is parsed again.  A ``list_definitions`` given to a later
     ``get`` is kept if the cached archive had none.
     """
 
     def __init__(self) -> None:
-        self._archives: dict[str, tuple[tuple[int, int], Archive]] = {}
+        self._archives: dict[tuple[int, int], tuple[tuple[int, int], Archive]] = {}
 
     def get(
         self,
@@ -289,20 +291,20 @@ class ArchiveCache:
         list_definitions: ListDefinitions | None = None,
     ) -> Archive:
         """The parsed archive at ``path``; see :func:`read_archive` for errors."""
-        real = os.path.realpath(path)
         try:
-            st = os.stat(real)
+            st = os.stat(path)
         except OSError as e:
             raise MalformedObjectError(f"{os.fspath(path)}: cannot read the archive: {e.strerror or e}") from None
+        file = (st.st_dev, st.st_ino)
         stamp = (st.st_mtime_ns, st.st_size)
-        cached = self._archives.get(real)
+        cached = self._archives.get(file)
         if cached is not None and cached[0] == stamp and not cached[1].closed:
             archive = cached[1]
             if archive.list_definitions is None:
                 archive.list_definitions = list_definitions
             return archive
         archive = read_archive(path, list_definitions=list_definitions)
-        self._archives[real] = (stamp, archive)
+        self._archives[file] = (stamp, archive)
         return archive
 
     def clear(self) -> None:
