@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Self
 
 from rtdyld.errors import MalformedObjectError, UsageError
@@ -152,6 +152,16 @@ class Archive:
         if isinstance(found, int):
             return [self.members[found]]
         return [self.members[p] for p in found]
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the symbol index is at hand (read from the file or already
+        built), so that asking it reads no member."""
+        return self._index is not None
+
+    def listed(self, names: Iterable[str]) -> set[str]:
+        """Those of ``names`` the index lists (one set intersection)."""
+        return self._symbol_index().keys() & names
 
     def symbols(self) -> list[str]:
         """Every name in the index, once each, in index order."""
