@@ -27,6 +27,7 @@ from archive_tools import (
     write_gnu_archive,
 )
 
+import rtdyld.objfile.archive as archive_module
 from rtdyld.errors import MalformedObjectError, UsageError
 from rtdyld.objfile.archive import ArchiveCache, is_archive, read_archive
 from rtdyld.objfile.archive_index import SMALL_INDEX
@@ -416,6 +417,25 @@ def test_missing_archive(tmp_path):
         read_archive(tmp_path / "nothere.a")
     with pytest.raises(MalformedObjectError, match=r"nothere\.a: cannot read"):
         ArchiveCache().get(tmp_path / "nothere.a")
+    folder = tmp_path / "folder.a"
+    folder.mkdir()
+    with pytest.raises(MalformedObjectError, match=r"folder\.a: cannot read the archive: Is a directory"):
+        read_archive(folder)
+    with pytest.raises(MalformedObjectError, match=r"folder\.a: cannot read the archive: Is a directory"):
+        ArchiveCache().get(folder)
+
+
+def test_large_archive_is_mapped(objs, tmp_path, monkeypatch):
+    lib = build_gnu_archive(tmp_path / "libmapped.a", objs.values())
+    read = read_archive(lib)
+    monkeypatch.setattr(archive_module, "READ_WHOLE_LIMIT", 0)
+    mapped = read_archive(lib)
+    assert read._mapping is None and mapped._mapping is not None
+    assert _index_pairs(mapped) == _index_pairs(read)
+    assert [bytes(m.data) for m in mapped.members] == [bytes(m.data) for m in read.members]
+    kept = mapped.members[0].data
+    mapped.close()
+    assert bytes(kept) == objs["alpha.o"].read_bytes()
 
 
 def test_truncated_header():

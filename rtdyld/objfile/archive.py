@@ -3,7 +3,8 @@
 GNU, BSD and thin ``ar`` archives are read the same way: the member headers
 are walked once (:mod:`rtdyld.objfile.archive_layout`), the symbol index is
 read in bulk (:mod:`rtdyld.objfile.archive_index`), and a member's bytes are
-a memoryview into the mapped archive, sliced only when asked for.  Thin
+a memoryview into the archive's bytes (read whole, or mapped if the file is
+large), sliced only when asked for.  Thin
 members are read from disk on first use.  An archive without an index gets
 one from the caller's ``list_definitions`` the first time it is asked a
 question.
@@ -32,6 +33,12 @@ from rtdyld.objfile.archive_layout import (
 )
 
 ListDefinitions = Callable[[memoryview, str], list[str]]
+
+# An archive up to this size is read whole, a larger one mapped.  For small
+# files one read costs less than a mapping and its page faults (measured: the
+# archives phase of libz.a and libbz2.a 5-10% shorter, pulls no slower); at
+# 2 MB copying into fresh memory costs twice what mapping does.
+READ_WHOLE_LIMIT = 1 << 20
 
 __all__ = [
     "Archive",
@@ -255,9 +262,19 @@ def read_archive(
         return Archive(display, view, None, list_definitions, os.path.dirname(name or ""))
     path = os.fspath(path_or_bytes)
     display = name if name is not None else path
-    view, mapping = _load(path, display)
+    fd = _open(path, display)
     try:
-        return Archive(display, view, mapping, list_definitions, os.path.dirname(path))
+        view, mapping = _contents(fd, os.fstat(fd).st_size, display)
+    finally:
+        os.close(fd)
+    return _parse_file(display, view, mapping, list_definitions, os.path.dirname(path))
+
+
+def _parse_file(
+    display: str, view: memoryview, mapping: mmap.mmap | None, list_definitions: ListDefinitions | None, thin_dir: str
+) -> Archive:
+    try:
+        return Archive(display, view, mapping, list_definitions, thin_dir)
     except BaseException:
         view.release()
         if mapping is not None:
@@ -268,20 +285,28 @@ def read_archive(
         raise
 
 
-def _load(path: str, display: str) -> tuple[memoryview, mmap.mmap | None]:
-    """The bytes of the file at ``path``, mapped (members are read only if pulled)."""
+def _open(path: str, display: str) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            # mmap cannot map an empty file; it is "not an archive" all the same.
-            if os.fstat(fd).st_size == 0:
-                return memoryview(b""), None
-            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
+        return os.open(path, os.O_RDONLY)
     except OSError as e:
         raise MalformedObjectError(f"{display}: cannot read the archive: {e.strerror or e}") from None
-    return memoryview(mapping), mapping
+
+
+def _contents(fd: int, size: int, display: str) -> tuple[memoryview, mmap.mmap | None]:
+    """The bytes of the open file ``fd``: read whole if small, else mapped."""
+    try:
+        if size > READ_WHOLE_LIMIT:
+            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            return memoryview(mapping), mapping
+        data = os.read(fd, size)
+        while len(data) < size:  # a short read (a network file system): read on to the end
+            more = os.read(fd, size - len(data))
+            if not more:
+                break  # the file shrank meanwhile: what was read is reported as truncated
+            data += more
+        return memoryview(data), None
+    except OSError as e:
+        raise MalformedObjectError(f"{display}: cannot read the archive: {e.strerror or e}") from None
 
 
 class ArchiveCache:
@@ -301,19 +326,23 @@ class ArchiveCache:
         list_definitions: ListDefinitions | None = None,
     ) -> Archive:
         """The parsed archive at ``path``; see :func:`read_archive` for errors."""
+        path = os.fspath(path)
+        fd = _open(path, path)
         try:
-            st = os.stat(path)
-        except OSError as e:
-            raise MalformedObjectError(f"{os.fspath(path)}: cannot read the archive: {e.strerror or e}") from None
-        file = (st.st_dev, st.st_ino)
-        stamp = (st.st_mtime_ns, st.st_size)
-        cached = self._archives.get(file)
-        if cached is not None and cached[0] == stamp and not cached[1].closed:
-            archive = cached[1]
-            if archive.list_definitions is None:
-                archive.list_definitions = list_definitions
-            return archive
-        archive = read_archive(path, list_definitions=list_definitions)
+            # The file as opened, so that the bytes read are those stamped.
+            st = os.fstat(fd)
+            file = (st.st_dev, st.st_ino)
+            stamp = (st.st_mtime_ns, st.st_size)
+            cached = self._archives.get(file)
+            if cached is not None and cached[0] == stamp and not cached[1].closed:
+                archive = cached[1]
+                if archive.list_definitions is None:
+                    archive.list_definitions = list_definitions
+                return archive
+            view, mapping = _contents(fd, st.st_size, path)
+        finally:
+            os.close(fd)
+        archive = _parse_file(path, view, mapping, list_definitions, os.path.dirname(path))
         self._archives[file] = (stamp, archive)
         return archive
 
