@@ -160,7 +160,7 @@ def walk(view: memoryview, archive: str) -> Layout:
                 f"{archive}: member at offset {pos:#x} has an unknown special name {_decode(field)!r}"
             )
         else:
-            special = None  # a BSD short name: no "/" after it
+            special = None  # a name without the GNU "/" after it (BSD style)
             name = _decode(field)
 
         has_bytes = special is not None or not thin
