@@ -12,6 +12,8 @@ allocated.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
 from typing import NoReturn
 
 import numpy as np
@@ -29,11 +31,13 @@ from rtdyld.objfile.strtab import read_names
 
 _WORD = {INDEX_GNU32: 4, INDEX_GNU64: 8, INDEX_BSD32: 4, INDEX_BSD64: 8}
 
-# Up to this many entries, offsets are mapped to members through a dict: the
-# half-dozen numpy calls of the vectorised mapping cost more than that below
-# a few hundred entries (measured: 3 us against 11 us for libbz2's 35 entries;
-# numpy is 4x faster at 8,000).
+# Up to this many entries, offsets are read as plain ints and mapped to
+# members through a dict: the numpy calls of the vectorised path cost more
+# than that below a few hundred entries (measured: 3 us against 11 us for
+# libbz2's 35 entries, and 70 us more when caches are cold, as they are at the
+# start of a link); numpy is 4x faster at 8,000.
 SMALL_INDEX = 256
+_STRUCT_WORD = {4: "L", 8: "Q"}
 
 
 def parse_index(layout: str, data: memoryview, header_offsets: list[int], where: str) -> tuple[list[str], list[int]]:
@@ -49,14 +53,17 @@ def parse_index(layout: str, data: memoryview, header_offsets: list[int], where:
     return names, _members_at(offsets, header_offsets, names, where)
 
 
-def _gnu(data: memoryview, word: int, where: str) -> tuple[list[str], np.ndarray]:
+def _gnu(data: memoryview, word: int, where: str) -> tuple[list[str], Sequence[int] | np.ndarray]:
     if len(data) < word:
         raise MalformedObjectError(f"{where}: truncated ({len(data)} bytes)")
     count = int.from_bytes(data[:word], "big")
     table_start = word + word * count
     if table_start > len(data):
         raise MalformedObjectError(f"{where}: claims {count} entries but holds only {len(data)} bytes")
-    offsets = np.frombuffer(data, dtype=f">u{word}", count=count, offset=word)
+    if count <= SMALL_INDEX:
+        offsets: Sequence[int] | np.ndarray = struct.unpack_from(f">{count}{_STRUCT_WORD[word]}", data, word)
+    else:
+        offsets = np.frombuffer(data, dtype=f">u{word}", count=count, offset=word)
     text = bytes(data[table_start:]).decode(NAME_ENCODING, NAME_ERRORS)
     names = text.split("\0", count)
     if len(names) <= count:
@@ -65,7 +72,7 @@ def _gnu(data: memoryview, word: int, where: str) -> tuple[list[str], np.ndarray
     return names, offsets
 
 
-def _bsd(data: memoryview, word: int, where: str) -> tuple[list[str], np.ndarray]:
+def _bsd(data: memoryview, word: int, where: str) -> tuple[list[str], Sequence[int] | np.ndarray]:
     if len(data) < word:
         raise MalformedObjectError(f"{where}: truncated ({len(data)} bytes)")
     ranlib_bytes = int.from_bytes(data[:word], "little")
@@ -91,13 +98,15 @@ def _bsd(data: memoryview, word: int, where: str) -> tuple[list[str], np.ndarray
         names = read_names(data[strtab_start : strtab_start + strtab_size], strx)
     except ValueError as e:
         raise MalformedObjectError(f"{where}: {e}") from None
-    return names, offsets
+    return names, offsets.tolist() if count <= SMALL_INDEX else offsets
 
 
-def _members_at(offsets: np.ndarray, header_offsets: list[int], names: list[str], where: str) -> list[int]:
-    if len(offsets) <= SMALL_INDEX:
+def _members_at(
+    offsets: Sequence[int] | np.ndarray, header_offsets: list[int], names: list[str], where: str
+) -> list[int]:
+    if len(offsets) <= SMALL_INDEX:  # plain ints
         position = {h: i for i, h in enumerate(header_offsets)}
-        positions = list(map(position.get, offsets.tolist()))
+        positions = list(map(position.get, offsets))
         if None in positions:
             _no_member(positions.index(None), offsets, names, where)
         return positions
@@ -113,7 +122,7 @@ def _members_at(offsets: np.ndarray, header_offsets: list[int], names: list[str]
     return pos.tolist()
 
 
-def _no_member(k: int, offsets: np.ndarray, names: list[str], where: str) -> NoReturn:
+def _no_member(k: int, offsets: Sequence[int] | np.ndarray, names: list[str], where: str) -> NoReturn:
     raise MalformedObjectError(
         f"{where}: the entry for {names[k]!r} points at offset {int(offsets[k]):#x}, where no member header starts"
     )
