@@ -4,10 +4,9 @@ GNU, BSD and thin ``ar`` archives are read the same way: the member headers
 are walked once (:mod:`rtdyld.objfile.archive_layout`), the symbol index is
 read in bulk (:mod:`rtdyld.objfile.archive_index`), and a member's bytes are
 a memoryview into the archive's bytes (read whole, or mapped if the file is
-large), sliced only when asked for.  Thin
-members are read from disk on first use.  An archive without an index gets
-one from the caller's ``list_definitions`` the first time it is asked a
-question.
+large), sliced only when asked for.  Thin members are read from disk on
+first use.  An archive without an index gets one from the caller's
+``list_definitions`` the first time it is asked a question.
 
 Members are identified by position, never by name: one archive may hold two
 ``dup.o``.  Symbol names are the raw names of the index (Mach-O C names keep
@@ -247,7 +246,7 @@ def read_archive(
     name: str | None = None,
     list_definitions: ListDefinitions | None = None,
 ) -> Archive:
-    """Parse the archive at a path, or in memory, without reading its members.
+    """Parse the archive at a path, or in memory, without parsing its members.
 
     ``name`` is the display name (default: the path as given, or
     ``"<memory>"``); thin members are found relative to the archive's
