@@ -371,6 +371,8 @@ class Linker:
         """Earlier batches, user definitions and the dylibs of the link order come
         before archives in the chain; libraries and the process after them."""
         others = [d for d in dylib.order() if isinstance(d, Dylib)]
+        if not others:  # the usual link order: libraries and the process only
+            return lambda name, prefix: dylib.own(name, prefix) is not None
 
         def defined(name: str, prefix: str) -> bool:
             return dylib.own(name, prefix) is not None or any(d.own(name, prefix) for d in others)

@@ -171,6 +171,23 @@ def test_program_definition_outranks_the_archive(ln, objs, libs):
     assert _int_fn(ln, "own_leaf_entry")() == 99 + 1
 
 
+def test_names_by_role_alike_for_small_and_large_tables(objs, monkeypatch):
+    # Small symbol tables are read in one plain pass, large ones through
+    # numpy first: the same names either way.
+    from rtdyld import archives
+    from rtdyld.inputs import parse_object
+
+    seen = 0
+    for path in sorted(objs.dir.glob("*.o")):
+        obj = parse_object(path.read_bytes(), path.name)
+        monkeypatch.setattr(archives, "SMALL_TABLE", 1 << 30)
+        small = archives.names_by_role(obj)
+        monkeypatch.setattr(archives, "SMALL_TABLE", 0)
+        assert archives.names_by_role(obj) == small
+        seen += bool(small[0]) and bool(small[1])
+    assert seen
+
+
 def test_weak_reference_pulls_nothing(ln, objs, libs):
     ln.add_object(objs.weak_prog)
     ln.add_archive(libs.chain)

@@ -27,8 +27,10 @@ from archive_tools import (
     write_gnu_archive,
 )
 
+import rtdyld.objfile.archive as archive_module
 from rtdyld.errors import MalformedObjectError, UsageError
 from rtdyld.objfile.archive import ArchiveCache, is_archive, read_archive
+from rtdyld.objfile.archive_index import SMALL_INDEX
 
 LIBZ = Path("/usr/lib/x86_64-linux-gnu/libz.a")
 
@@ -357,6 +359,8 @@ def test_cache_parses_once_per_file_version(objs, tmp_path):
     cache = ArchiveCache()
     first = cache.get(lib)
     assert cache.get(os.path.relpath(lib)) is first
+    os.symlink(lib, tmp_path / "link.a")
+    assert cache.get(tmp_path / "link.a") is first
     assert first.list_definitions is None
     assert cache.get(lib, list_definitions=elf_definitions) is first
     assert first.definers("beta") == [first.members[1]]
@@ -413,6 +417,25 @@ def test_missing_archive(tmp_path):
         read_archive(tmp_path / "nothere.a")
     with pytest.raises(MalformedObjectError, match=r"nothere\.a: cannot read"):
         ArchiveCache().get(tmp_path / "nothere.a")
+    folder = tmp_path / "folder.a"
+    folder.mkdir()
+    with pytest.raises(MalformedObjectError, match=r"folder\.a: cannot read the archive: Is a directory"):
+        read_archive(folder)
+    with pytest.raises(MalformedObjectError, match=r"folder\.a: cannot read the archive: Is a directory"):
+        ArchiveCache().get(folder)
+
+
+def test_large_archive_is_mapped(objs, tmp_path, monkeypatch):
+    lib = build_gnu_archive(tmp_path / "libmapped.a", objs.values())
+    read = read_archive(lib)
+    monkeypatch.setattr(archive_module, "READ_WHOLE_LIMIT", 0)
+    mapped = read_archive(lib)
+    assert read._mapping is None and mapped._mapping is not None
+    assert _index_pairs(mapped) == _index_pairs(read)
+    assert [bytes(m.data) for m in mapped.members] == [bytes(m.data) for m in read.members]
+    kept = mapped.members[0].data
+    mapped.close()
+    assert bytes(kept) == objs["alpha.o"].read_bytes()
 
 
 def test_truncated_header():
@@ -492,6 +515,27 @@ def test_index_offset_at_no_member(sym64):
     _bad(
         patched,
         rf"libbad\.a: symbol index at offset 0x8: the entry for 'two' points at "
+        rf"offset {bogus:#x}, where no member header starts",
+    )
+
+
+@pytest.mark.parametrize("count", [3, SMALL_INDEX + 5], ids=["small-index", "large-index"])
+def test_index_read_alike_at_every_size(count):
+    # Small indexes map offsets to members through a dict, large ones with
+    # numpy: the same positions, and the same message for the first bad entry.
+    symbols = [(f"s{i}", i % 2) for i in range(count)]
+    data = _gnu([M1, M2], symbols)
+    ar = read_archive(data, name="libok.a")
+    assert [(s, [m.name for m in ar.definers(s)]) for s in ar.symbols()] == [
+        (f"s{i}", ["m2.o" if i % 2 else "m1.o"]) for i in range(count)
+    ]
+    bogus = ar.members[1].header_offset + 2
+    for k in (count - 1, count - 2):
+        at = 8 + 60 + 4 * (1 + k)
+        data = data[:at] + bogus.to_bytes(4, "big") + data[at + 4 :]
+    _bad(
+        data,
+        rf"libbad\.a: symbol index at offset 0x8: the entry for 's{count - 2}' points at "
         rf"offset {bogus:#x}, where no member header starts",
     )
 
