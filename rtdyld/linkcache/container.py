@@ -30,7 +30,7 @@ import numpy as np
 from ..cache_entry import CorruptEntry, verify_header
 
 MAGIC = b"RTDYLDLC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER = struct.Struct("<8sI32sIQI")
 _ALIGN = 16
 

@@ -274,6 +274,77 @@ def _apply_rows(rows: list[tuple], mem: np.ndarray, base: int, ext: np.ndarray) 
     return True
 
 
+# A kind whose field takes any 64-bit value is never range-checked.
+_UNCHECKED = [lo == np.iinfo(np.int64).min and hi == np.iinfo(np.int64).max for lo, hi in zip(_LOW, _HIGH)]
+
+
+def grouped(res: Residual) -> tuple[np.ndarray, list[list[int]]]:
+    """``res`` as an entry stores it for :func:`apply_grouped`: :data:`RECORD`
+    rows sorted by field width, then kind, ``cb`` and ``j``, and per run of
+    rows sharing those ``[kind, cb, j, count, min const, max const]``, the
+    constants read as signed."""
+    rec = to_records(res)
+    if not len(rec):
+        return rec, []
+    order = np.lexsort((rec["j"], rec["cb"], rec["kind"], WIDTH[rec["kind"]]))
+    rec = rec[order]
+    key = np.stack([rec["kind"].astype(np.int64), rec["cb"].astype(np.int64), rec["j"].astype(np.int64)], axis=1)
+    starts = np.flatnonzero(np.concatenate([[True], np.any(key[1:] != key[:-1], axis=1)]))
+    ends = np.append(starts[1:], len(rec))
+    signed = rec["const"].view(np.int64)
+    groups = [[*key[s].tolist(), int(e - s), int(signed[s:e].min()), int(signed[s:e].max())]
+              for s, e in zip(starts.tolist(), ends.tolist())]
+    return rec, groups
+
+
+def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
+    """:func:`apply_records` for rows :func:`grouped` arranged: the same values,
+    range checks and bytes, in a handful of numpy calls whatever the count.
+
+    Every row of a group moves by the same ``cb * base + ext[j]``: if the
+    group's smallest and largest constants, moved, lie within the field's
+    limits, so does every row, without wrapping around 2**64 (the check is
+    then exact, two comparisons per group); otherwise the group's rows are
+    checked one by one, with the cold link's 64-bit arithmetic."""
+    ext_ = ext.tolist()
+    const = rec["const"]
+    deltas, counts = [], []
+    runs: dict[int, list[int]] = {}  # width -> [first row, end]: rows are sorted by width
+    at = 0
+    for kind, cb, j, count, cmin, cmax in groups:
+        d = cb * base + (ext_[j] if j >= 0 else 0)
+        if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
+            v = (const[at : at + count] + U(d & _M64)).view(np.int64)
+            if ((v < _LOW[kind]) | (v > _HIGH[kind])).any():
+                return False
+        deltas.append(d & _M64)
+        counts.append(count)
+        runs.setdefault(_WIDTH[kind], [at, at])[1] = at + count
+        at += count
+    if at != len(rec) or sum(e - s for s, e in runs.values()) != at:
+        raise ValueError("residual groups do not cover the rows")
+    if not at:
+        return True
+    value = const + np.array(deltas, dtype=U).repeat(counts)
+    where = rec["where"]
+    for w, (s, e) in runs.items():
+        _store_run(mem, where[s:e], w, value[s:e])
+    return True
+
+
+_LITTLE = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+
+
+def _store_run(mem: np.ndarray, where: np.ndarray, w: int, value: np.ndarray) -> None:
+    """``value`` little-endian in ``w`` bytes at each ``where``."""
+    if w == 8 and len(mem) % 8 == 0 and not (where & 7).any():
+        mem.view(U)[where >> 3] = value  # aligned pointers: one store each
+        return
+    # One flat scatter of bytes (a 2-D index costs several times more); the
+    # narrowing cast keeps each value's low bytes, as the field does.
+    mem[(where[:, None] + _BYTE[w]).ravel()] = value.astype(_LITTLE[w]).view(np.uint8)
+
+
 def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndarray) -> None:
     """``value`` little-endian in ``width`` bytes at each ``where``: one scatter per
     width present (:func:`~rtdyld.x86_64.fixup.write` makes one per byte)."""
@@ -300,3 +371,16 @@ def prime() -> None:
     for r in (res, pointers):
         _apply_arrays(r, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
         apply_records(to_records(r), np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
+        apply_grouped(*grouped(r), np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
+    # As a load finds them: rows read back from an entry's bytes (strided
+    # field views), several groups, 32-bit fields and aligned pointers.
+    from .container import pack, unpack
+
+    mixed = dataclasses.replace(res, kind=np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Branch32),
+                                                    int(Edge.Pointer64)], dtype=np.uint8),
+                                j=np.array([-1, 0, 1, -1], dtype=np.int32), cb=np.array([1, -1, -1, 1], np.int8))
+    rec, groups = grouped(mixed)
+    key = bytes(32)
+    _meta, blobs = unpack(pack(key, {}, {"r": rec}), key)
+    for _ in range(2):
+        apply_grouped(blobs["r"], groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U))

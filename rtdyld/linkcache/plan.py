@@ -11,7 +11,10 @@ and which archive members get pulled; the entry records those decisions and
 - every name the batch resolved outside itself resolves to a provider with
   the same origin, size, binding and type (only its address may differ), and
   lies within 32-bit reach of the batch's memory exactly when it did, so the
-  GOT, stub and relaxation decisions are unchanged;
+  GOT, stub and relaxation decisions are unchanged; a name the process
+  provided must be the process's again (see :mod:`.resolutions`), and which
+  library of the process holds it is described only if asked for, since no
+  byte of the image depends on it;
 - a weak reference left undefined is still undefined;
 - every symbol that pulled an archive member is still not defined by
   anything that outranks archives;
@@ -38,7 +41,7 @@ from ..batch import External, LinkedBatch, PlacedSection
 from .. import unwind
 from ..symbols import SymbolDef
 from ..x86_64 import scan
-from . import image, tables
+from . import image, resolutions, tables
 from .container import FORMAT_VERSION, pack, unpack
 from .deferred import CachedMember
 
@@ -116,7 +119,7 @@ class BatchPlan:
             image_bytes = np.frombuffer(blobs["image"], dtype=np.uint8)
             mem = alloc.memory
             mem[: len(image_bytes)] = image_bytes
-            if not image.apply_records(residual, mem, base, ext_addr):
+            if not image.apply_grouped(residual, meta["residual_groups"], mem, base, ext_addr):
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             lb.externals = externals
             self._finish(lb, meta, blobs, defs, pulls, tables.decode_columns(meta["sections"], columns), base)
@@ -131,10 +134,19 @@ class BatchPlan:
         addr = [0] * max(1, len(recorded))
         out: list[External] = []
         check = []
-        for j, (name, role, origin, size, bind, stype, reach) in enumerate(recorded):
+        for j, (name, role, origin, size, bind, stype, reach, via_process) in enumerate(recorded):
             if role in ("got", "dso"):
                 out.append(None)  # filled once the batch has an address
                 continue
+            if via_process:
+                # One dlsym; the origin is described only if asked for, since
+                # the image depends on the address alone (and its reach, below).
+                p = resolutions.process_definition(self.dylib, name, prefix, self.pending)
+                if p is not None:
+                    addr[j] = p.address
+                    out.append(resolutions.ProcessExternal(name, p))
+                    check.append((j, reach))
+                    continue
             d = self.dylib.resolve(name, prefix, self.pending)
             if role == "none":
                 if d is not None:
@@ -247,7 +259,8 @@ class BatchPlan:
             raise tables.Uncacheable("the batch defines IFUNC symbols")
         roles = image.external_roles(lb)
         res = image.capture(lb, roles)
-        blobs: dict = {"residual": image.to_records(res)}
+        residual, residual_groups = image.grouped(res)
+        blobs: dict = {"residual": residual}
         end = max([s.offset + s.size for s in alloc.segments if not s.zero_fill] or [0])
         blobs["image"] = alloc.memory[:end].tobytes()
         # Per resolved external: bit 1 if in 32-bit reach of the main range, bit 2 of the low one.
@@ -259,12 +272,14 @@ class BatchPlan:
                 reach |= bit * scan.in_reach(resolved, lo, hi)
         reaches = iter(reach.tolist())
         externals = []
+        prefix = next(iter(prefixes), "")
         for e, role in zip(lb.externals, roles):
             d = e.definition
             if d is not None:
-                externals.append([e.name, role, d.origin, d.size, d.bind, d.type, next(reaches)])
+                via = resolutions.is_process_definition(d, self.dylib, e.name, prefix, self.pending)
+                externals.append([e.name, role, d.origin, d.size, d.bind, d.type, next(reaches), via])
             else:
-                externals.append([e.name, role, "", 0, 0, 0, 0])
+                externals.append([e.name, role, "", 0, 0, 0, 0, False])
         own = {id(o): i for i, o in enumerate(self.objs)}
         skel: list = []
         docs = []
@@ -311,6 +326,7 @@ class BatchPlan:
         }, cblobs)
         blobs.update(tables.named(cblobs, "c"))
         meta = {
+            "residual_groups": residual_groups,
             "segments": [[s.name, s.offset, s.size, int(s.prot), bool(s.zero_fill)] for s in alloc.segments],
             "low": bool(alloc.low),
             "got_off": lb.got_base - base,
