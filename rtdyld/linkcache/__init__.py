@@ -41,7 +41,7 @@ import numpy as np
 
 from ..cache_entry import TEMP_PREFIX, atomic_write
 from ..errors import MalformedObjectError
-from ..inputs import parse_object
+from ..inputs import parse_object, read_input
 from ..objfile.archive_layout import RawMember
 from ..objfile.model import ObjectFile
 from . import image, tables
@@ -154,6 +154,17 @@ class LinkCache:
         return hashlib.sha256(b"%s\0%s\0%s" % (text, what.encode(), content.encode())).digest()
 
     # --- objects ------------------------------------------------------------------
+
+    def read_input(self, src, name: str | None = None) -> tuple[bytes, str]:
+        """:func:`rtdyld.inputs.read_input`, a path read with the four system
+        calls of :func:`.container.read_file` rather than a buffered file's nine."""
+        if not isinstance(src, (str, os.PathLike)):
+            return read_input(src, name)
+        try:
+            data = read_file(src)
+        except OSError as e:
+            raise MalformedObjectError(f"{src}: cannot read: {e.strerror}") from None
+        return data, name or str(src)
 
     def parse(self, data: bytes, name: str) -> ObjectFile:
         """``parse_object(data, name)``; when these bytes were read before, an
