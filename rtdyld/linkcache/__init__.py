@@ -44,7 +44,7 @@ from ..errors import MalformedObjectError
 from ..inputs import parse_object, read_input
 from ..objfile.archive_layout import RawMember
 from ..objfile.model import ObjectFile
-from . import image, tables
+from . import container, image, tables
 from .container import FORMAT_VERSION, CorruptEntry, pack, read_file, unpack
 from .deferred import DeferredArchive
 from .digests import StatDigests, digest
@@ -106,6 +106,10 @@ def _prime() -> None:
     _code_identity()
     host.describe_address(host.process_symbol("malloc"))
     libc.ffi.typeof("char *")
+    # cffi makes a library function's accessor on its first use (~100 µs):
+    # the in-flight allocation and its sealing call mprotect.
+    for name in ("mprotect",):
+        getattr(libc.libc, name)
     host.ffi.typeof("void *")
     unwind._functions()
     np.unique(np.zeros(2, dtype=np.uint8))
@@ -115,6 +119,8 @@ def _prime() -> None:
     # numpy sets up each kind of operation on first use (tens of µs each in a
     # new process): re-apply two fixups of each width to scratch memory once.
     image.prime()
+    # The dtypes of a batch entry's blobs: residual fixups, integer columns.
+    container.prime((image.RECORD, np.int64))
 
 
 @functools.lru_cache(maxsize=8)

@@ -69,6 +69,13 @@ def _dtype(descr) -> np.dtype:
     return np.lib.format.descr_to_dtype(list(descr) if isinstance(descr, tuple) else descr)
 
 
+def prime(dtypes) -> None:
+    """Read back the descriptors of ``dtypes`` once, as an entry's blobs will be:
+    numpy takes tens of µs to parse a structured one the first time."""
+    for dt in dtypes:
+        _dtype(_freeze(json.loads(json.dumps(np.lib.format.dtype_to_descr(np.dtype(dt))))))
+
+
 def _freeze(value):
     # JSON turned the descriptor's tuples (and shapes) into lists; tuples hash and numpy accepts them.
     return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
