@@ -773,3 +773,20 @@ def test_a_library_ahead_of_the_process_resolves_in_full(tmp_path, user_value):
     assert strtol.source.endswith(".so.6") and "/" in strtol.source
     assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
     ln.close()
+
+
+def test_warm_sections_are_the_cold_ones_at_the_new_base(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    cold_ln, cold = _link(cache, prog, ar, user_value[1])
+    placed = [(p.obj, p.index, p.segment, p.work) for p in cold.batch.sections]
+    cold_ln.close()
+    ln, h = _link(cache, prog, ar, user_value[1])
+    assert _outcome(cache)["hits"] == 1
+    warm = h.batch.sections
+    assert len(warm) == len(placed) > 3
+    assert [(p.obj, p.index, p.segment, p.work) for p in warm] == placed
+    base = h.batch.allocation.target_base
+    assert [p.address for p in warm] == [base + w for *_, w in placed]
+    assert warm[-1] == list(warm)[-1] and warm == list(warm)
+    ln.close()

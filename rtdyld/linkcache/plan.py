@@ -37,13 +37,14 @@ import numpy as np
 from memmgr import MemMgrError, Prot, SegmentRequest
 
 from ..archives import Pull
-from ..batch import External, LinkedBatch, PlacedSection
+from ..batch import External, LinkedBatch
 from .. import unwind
 from ..symbols import SymbolDef
 from ..x86_64 import scan
 from . import image, resolutions, tables
 from .container import FORMAT_VERSION, pack, unpack
 from .deferred import CachedMember
+from .placed import PlacedSections
 
 _M64 = (1 << 64) - 1
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
@@ -202,8 +203,7 @@ class BatchPlan:
         objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
                    for kind, value, k in meta["objects"]]
         lb.objects = objects
-        lb.sections = [PlacedSection(o, i, seg, base + w, w) for o, i, seg, w in
-                       zip(s["obj"], s["index"], s["segment"], s["work"])]
+        lb.sections = PlacedSections(s["obj"], s["index"], s["segment"], s["work"], base)
         # Plain integers and positional arguments: a hundred definitions cost
         # less this way than three numpy calls would on their first use.
         addresses = [(o + base if r else o) & _M64 for o, r in zip(defs["address_offset"], defs["address_relative"])]
