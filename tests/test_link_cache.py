@@ -684,15 +684,19 @@ def test_residual_fixups_written_alike_grouped():
         res = image.Residual(where, kind, const, cb, j)
         base = int(rng.integers(0, spread))
         size = -(-int(where[-1] + WIDTH[kind[-1]]) // 8) * 8
-        few, grouped = np.zeros(size, np.uint8), np.zeros(size, np.uint8)
+        few, grouped, targeted = np.zeros(size, np.uint8), np.zeros(size, np.uint8), np.zeros(size, np.uint8)
         ok_few = image._apply_few(res, few, base, ext)
         rec, groups = image.grouped(res)
+        index, quads = image.targets(rec, groups)
+        assert quads or trial % 5 != 0  # a pointer table is written a word at a time
         key = bytes(32)
-        stored = unpack(pack(key, {}, {"r": rec}), key)[1]["r"]  # as an entry holds them
-        ok_grouped = image.apply_grouped(stored, json.loads(json.dumps(groups)), grouped, base, ext)
-        assert ok_few == ok_grouped, trial
+        stored = unpack(pack(key, {}, {"r": rec, "t": index}), key)[1]  # as an entry holds them
+        groups = json.loads(json.dumps(groups))
+        ok_grouped = image.apply_grouped(stored["r"], groups, grouped, base, ext)
+        ok_targeted = image.apply_grouped(stored["r"], groups, targeted, base, ext, (stored["t"], quads))
+        assert ok_few == ok_grouped == ok_targeted, trial
         if ok_few:
-            assert few.tobytes() == grouped.tobytes(), trial
+            assert few.tobytes() == grouped.tobytes() == targeted.tobytes(), trial
             written += 1
         else:
             refused += 1
@@ -720,7 +724,8 @@ def test_residual_groups_range_checked_at_the_field_limits():
     assert fits(Edge.Pointer8, (1 << 64) - 8, 1, 16)
 
 
-def test_residual_groups_that_do_not_cover_the_rows_are_a_corrupt_entry(tmp_path, user_value):
+@pytest.mark.parametrize("damage", ["groups", "targets"])
+def test_residual_groups_or_targets_that_do_not_cover_the_rows_are_a_corrupt_entry(tmp_path, user_value, damage):
     from rtdyld.linkcache.container import pack
 
     prog, ar = _program(tmp_path / "src")
@@ -729,9 +734,13 @@ def test_residual_groups_that_do_not_cover_the_rows_are_a_corrupt_entry(tmp_path
     (entry,) = (tmp_path / "cache").glob("batches/*.ent")
     key = bytes.fromhex(entry.stem)
     meta, blobs = unpack(entry.read_bytes(), key)
-    assert meta["residual_groups"]
-    meta["residual_groups"][0][3] += 1
-    entry.write_bytes(pack(key, meta, dict(blobs)))
+    blobs = dict(blobs)
+    assert meta["residual_groups"] and len(blobs["residual_targets"])
+    if damage == "groups":
+        meta["residual_groups"][0][3] += 1
+    else:
+        blobs["residual_targets"] = blobs["residual_targets"][:-1]  # checksum fine, content not
+    entry.write_bytes(pack(key, meta, blobs))
     ln, _ = _link(cache, prog, ar, user_value[1])
     assert cache.stats["batches"]["corrupt"] == 1 and cache.stats["batches"]["hits"] == 0
     assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)

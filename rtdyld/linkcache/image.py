@@ -297,9 +297,26 @@ def grouped(res: Residual) -> tuple[np.ndarray, list[list[int]]]:
     return rec, groups
 
 
-def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:
+def targets(rec: np.ndarray, groups: list) -> tuple[np.ndarray, bool]:
+    """Where :func:`apply_grouped` writes the rows :func:`grouped` arranged,
+    worked out once when the entry is made: per run of one width, in row
+    order, the 8-byte words' indices if every 8-byte field is aligned
+    (``quads``), otherwise each field's byte offsets; all in one array."""
+    width = WIDTH[rec["kind"]]
+    where = rec["where"]
+    quads = bool(np.all(where[width == 8] & 7 == 0))
+    parts = []
+    for w in (1, 2, 4, 8):
+        at = where[width == w]
+        parts.append(at >> 3 if w == 8 and quads else (at[:, None] + _BYTE[w]).ravel())
+    return np.concatenate(parts).astype(np.int64), quads
+
+
+def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray,
+                  stored_targets: tuple[np.ndarray, bool] | None = None) -> bool:
     """:func:`apply_records` for rows :func:`grouped` arranged: the same values,
-    range checks and bytes, in a handful of numpy calls whatever the count.
+    range checks and bytes, in a handful of numpy calls whatever the count
+    (fewer still with the rows' :func:`targets`, as an entry stores them).
 
     Every row of a group moves by the same ``cb * base + ext[j]``: if the
     group's smallest and largest constants, moved, lie within the field's
@@ -326,9 +343,23 @@ def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext
     if not at:
         return True
     value = const + np.array(deltas, dtype=U).repeat(counts)
-    where = rec["where"]
-    for w, (s, e) in runs.items():
-        _store_run(mem, where[s:e], w, value[s:e])
+    if stored_targets is None:
+        where = rec["where"]
+        for w, (s, e) in runs.items():
+            _store_run(mem, where[s:e], w, value[s:e])
+        return True
+    index, quads = stored_targets
+    done = 0
+    for w, (s, e) in sorted(runs.items()):
+        if w == 8 and quads:
+            n = e - s
+            mem.view(U)[index[done : done + n]] = value[s:e]
+        else:
+            n = (e - s) * w
+            mem[index[done : done + n]] = value[s:e].astype(_LITTLE[w]).view(np.uint8)
+        done += n
+    if done != len(index):
+        raise ValueError("residual targets do not match the rows")
     return True
 
 
@@ -383,4 +414,5 @@ def prime() -> None:
     key = bytes(32)
     _meta, blobs = unpack(pack(key, {}, {"r": rec}), key)
     for _ in range(2):
-        apply_grouped(blobs["r"], groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U))
+        apply_grouped(blobs["r"], groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U),
+                      targets(rec, groups))

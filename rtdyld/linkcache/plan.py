@@ -111,7 +111,8 @@ class BatchPlan:
         pulls = tables.decode_columns(meta["pulls"], columns)
         self._check_pulls(meta, pulls)
         residual = blobs["residual"]
-        if residual.dtype != image.RECORD or residual.ndim != 1:
+        targets = blobs["residual_targets"]
+        if residual.dtype != image.RECORD or residual.ndim != 1 or targets.dtype != np.int64 or targets.ndim != 1:
             raise ValueError("residual fixups of the wrong type")
         lb = self._allocate(meta)
         try:
@@ -120,7 +121,8 @@ class BatchPlan:
             image_bytes = np.frombuffer(blobs["image"], dtype=np.uint8)
             mem = alloc.memory
             mem[: len(image_bytes)] = image_bytes
-            if not image.apply_grouped(residual, meta["residual_groups"], mem, base, ext_addr):
+            if not image.apply_grouped(residual, meta["residual_groups"], mem, base, ext_addr,
+                                       (targets, bool(meta["residual_quads"]))):
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             lb.externals = externals
             self._finish(lb, meta, blobs, defs, pulls, tables.decode_columns(meta["sections"], columns), base)
@@ -260,7 +262,8 @@ class BatchPlan:
         roles = image.external_roles(lb)
         res = image.capture(lb, roles)
         residual, residual_groups = image.grouped(res)
-        blobs: dict = {"residual": residual}
+        residual_targets, residual_quads = image.targets(residual, residual_groups)
+        blobs: dict = {"residual": residual, "residual_targets": residual_targets}
         end = max([s.offset + s.size for s in alloc.segments if not s.zero_fill] or [0])
         blobs["image"] = alloc.memory[:end].tobytes()
         # Per resolved external: bit 1 if in 32-bit reach of the main range, bit 2 of the low one.
@@ -327,6 +330,7 @@ class BatchPlan:
         blobs.update(tables.named(cblobs, "c"))
         meta = {
             "residual_groups": residual_groups,
+            "residual_quads": residual_quads,
             "segments": [[s.name, s.offset, s.size, int(s.prot), bool(s.zero_fill)] for s in alloc.segments],
             "low": bool(alloc.low),
             "got_off": lb.got_base - base,
