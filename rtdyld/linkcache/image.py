@@ -14,12 +14,15 @@ external it names, if any).  The coefficients are found without knowing any
 formula: every fixup is computed again by :func:`rtdyld.x86_64.fixup.compute`
 with the batch moved, then with the externals moved, and the differences
 give ``cb`` and whether ``ext[j]`` counts; the capture then checks that the
-linear form reproduces every value the cold link wrote.  At load the values
-are three vectorised operations, range-checked with
-:func:`~rtdyld.x86_64.fixup.out_of_range` and written with
-:func:`~rtdyld.x86_64.fixup.write`.  Anything the capture cannot classify
-with certainty makes the batch uncacheable (:class:`Uncacheable`), never
-approximately cached.
+linear form reproduces every value the cold link wrote.  An entry stores
+the rows grouped by field width, kind, ``cb`` and ``j`` (:func:`grouped`),
+with where each run is written (:func:`targets`): at load each group is
+range-checked with two comparisons of its extreme constants, and the values
+are computed and written in a handful of numpy calls (:func:`apply_grouped`).
+:func:`apply_records` is the row-by-row form of the same computation, the
+reference the grouped one is tested against.  Anything the capture cannot
+classify with certainty makes the batch uncacheable (:class:`Uncacheable`),
+never approximately cached.
 """
 
 from __future__ import annotations
@@ -391,28 +394,20 @@ def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndar
 
 
 def prime() -> None:
-    """Run both ways of :func:`apply_records` once on scratch memory (one fixup of each
-    field width, one against an external), so a process's first warm link
-    finds them set up."""
-    kinds = np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Pointer16), int(Edge.Pointer8)], dtype=np.uint8)
-    n = len(kinds)
-    res = Residual(np.arange(n, dtype=np.int64) * 8, kinds, np.zeros(n, dtype=U), np.array([1, -1, 0, 0], np.int8),
-                   np.array([0, 0, -1, -1], dtype=np.int32))
-    pointers = dataclasses.replace(res, kind=np.full(n, int(Edge.Pointer64), dtype=np.uint8))
-    for r in (res, pointers):
-        _apply_arrays(r, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
-        apply_records(to_records(r), np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
-        apply_grouped(*grouped(r), np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
-    # As a load finds them: rows read back from an entry's bytes (strided
-    # field views), several groups, 32-bit fields and aligned pointers.
+    """Apply a few residual fixups to scratch memory the way a load does (rows
+    read back from an entry's bytes, groups of 64-, 32-, 16- and 8-bit fields,
+    against the batch and against externals, written through stored targets
+    and computed ones), so a process's first warm link finds numpy set up."""
     from .container import pack, unpack
 
-    mixed = dataclasses.replace(res, kind=np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Branch32),
-                                                    int(Edge.Pointer64)], dtype=np.uint8),
-                                j=np.array([-1, 0, 1, -1], dtype=np.int32), cb=np.array([1, -1, -1, 1], np.int8))
-    rec, groups = grouped(mixed)
+    kinds = np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Branch32), int(Edge.Pointer64),
+                      int(Edge.Pointer16), int(Edge.Pointer8)], dtype=np.uint8)
+    n = len(kinds)
+    res = Residual(np.arange(n, dtype=np.int64) * 8, kinds, np.zeros(n, dtype=U),
+                   np.array([1, -1, -1, 1, 0, 0], np.int8), np.array([-1, 0, 1, -1, -1, -1], dtype=np.int32))
+    rec, groups = grouped(res)
     key = bytes(32)
-    _meta, blobs = unpack(pack(key, {}, {"r": rec}), key)
-    for _ in range(2):
-        apply_grouped(blobs["r"], groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U),
-                      targets(rec, groups))
+    stored = unpack(pack(key, {}, {"r": rec}), key)[1]["r"]
+    for stored_targets in (targets(rec, groups), None):
+        apply_grouped(stored, groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U),
+                      stored_targets)
