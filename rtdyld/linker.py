@@ -166,8 +166,10 @@ class Linker:
 
     def add_object(self, src, name: str | None = None, dylib: Dylib | None = None) -> ObjectFile:
         """Add a relocatable object (path, bytes or binary file) to the batch."""
-        data, display = read_input(src, name)
-        obj = self.link_cache.parse(data, display) if self.link_cache else parse_object(data, display)
+        if self.link_cache:
+            obj = self.link_cache.parse(*self.link_cache.read_input(src, name))
+        else:
+            obj = parse_object(*read_input(src, name))
         with self._lock:
             self.pending.append((obj, self._dylib(dylib)))
         return obj

@@ -657,3 +657,145 @@ def test_entries_are_read_whole_in_one_go(tmp_path):
         assert read_file(str(f)) == data
     with pytest.raises(FileNotFoundError):
         read_file(str(tmp_path / "missing"))
+
+
+def test_residual_fixups_written_alike_grouped():
+    from rtdyld.linkcache import image
+    from rtdyld.linkcache.container import pack
+    from rtdyld.x86_64.edges import Edge
+
+    rng = np.random.default_rng(11)
+    kinds = [Edge.Pointer64, Edge.Pointer32, Edge.Pointer32Signed, Edge.Pointer16, Edge.Pointer8, Edge.Delta32,
+             Edge.Branch32, Edge.Delta64, Edge.Difference32]
+    written = refused = 0
+    for trial in range(80):
+        n = int(rng.integers(1, 50))
+        kind = rng.choice(np.array([int(k) for k in kinds], dtype=np.uint8), n)
+        if trial % 5 == 0:  # a pointer table: aligned 64-bit fields
+            kind = np.full(n, int(Edge.Pointer64), dtype=np.uint8)
+        where = np.cumsum(np.concatenate([[0], WIDTH[kind][:-1]])).astype(np.int64)
+        spread = 1 << int(rng.integers(1, 40))
+        const = rng.integers(-spread, spread, n).astype(np.int64).view(np.uint64)
+        if trial % 7 == 3:  # constants near 2**64: a group whose bounds alone would misjudge wrap-around
+            const = (np.uint64(1 << 63) + const).astype(np.uint64)
+        cb = rng.integers(-1, 2, n).astype(np.int8)
+        ext = rng.integers(0, spread, 3).astype(np.uint64)
+        j = rng.integers(-1, 3, n).astype(np.int32)
+        res = image.Residual(where, kind, const, cb, j)
+        base = int(rng.integers(0, spread))
+        size = -(-int(where[-1] + WIDTH[kind[-1]]) // 8) * 8
+        few, grouped, targeted = np.zeros(size, np.uint8), np.zeros(size, np.uint8), np.zeros(size, np.uint8)
+        ok_few = image._apply_few(res, few, base, ext)
+        rec, groups = image.grouped(res)
+        index, quads = image.targets(rec, groups)
+        assert quads or trial % 5 != 0  # a pointer table is written a word at a time
+        key = bytes(32)
+        stored = unpack(pack(key, {}, {"r": rec, "t": index}), key)[1]  # as an entry holds them
+        groups = json.loads(json.dumps(groups))
+        ok_grouped = image.apply_grouped(stored["r"], groups, grouped, base, ext)
+        ok_targeted = image.apply_grouped(stored["r"], groups, targeted, base, ext, (stored["t"], quads))
+        assert ok_few == ok_grouped == ok_targeted, trial
+        if ok_few:
+            assert few.tobytes() == grouped.tobytes() == targeted.tobytes(), trial
+            written += 1
+        else:
+            refused += 1
+    assert written >= 20 and refused >= 10
+
+
+def test_residual_groups_range_checked_at_the_field_limits():
+    from rtdyld.linkcache import image
+    from rtdyld.x86_64.edges import Edge
+
+    def fits(kind: Edge, value: int, cb: int = 0, base: int = 0) -> bool:
+        res = image.Residual(np.zeros(1, np.int64), np.array([int(kind)], np.uint8),
+                             np.array([value & (1 << 64) - 1], np.uint64), np.array([cb], np.int8),
+                             np.full(1, -1, np.int32))
+        return image.apply_grouped(*image.grouped(res), np.zeros(8, np.uint8), base, np.zeros(1, np.uint64))
+
+    for kind, good, bad in ((Edge.Branch32, (-(1 << 31), (1 << 31) - 1), (-(1 << 31) - 1, 1 << 31)),
+                            (Edge.Pointer32, (0, (1 << 32) - 1), (-1, 1 << 32)),
+                            (Edge.Pointer8, (-128, 255), (-129, 256))):
+        for v in good:
+            assert fits(kind, v) and fits(kind, v - 4096, 1, 4096), (kind, v)
+        for v in bad:
+            assert not fits(kind, v) and not fits(kind, v - 4096, 1, 4096), (kind, v)
+    # Wrapping around 2**64 as the cold link's arithmetic does: 2**64 - 8 plus 16 is 8.
+    assert fits(Edge.Pointer8, (1 << 64) - 8, 1, 16)
+
+
+@pytest.mark.parametrize("damage", ["groups", "targets"])
+def test_residual_groups_or_targets_that_do_not_cover_the_rows_are_a_corrupt_entry(tmp_path, user_value, damage):
+    from rtdyld.linkcache.container import pack
+
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    (entry,) = (tmp_path / "cache").glob("batches/*.ent")
+    key = bytes.fromhex(entry.stem)
+    meta, blobs = unpack(entry.read_bytes(), key)
+    blobs = dict(blobs)
+    assert meta["residual_groups"] and len(blobs["residual_targets"])
+    if damage == "groups":
+        meta["residual_groups"][0][3] += 1
+    else:
+        blobs["residual_targets"] = blobs["residual_targets"][:-1]  # checksum fine, content not
+    entry.write_bytes(pack(key, meta, blobs))
+    ln, _ = _link(cache, prog, ar, user_value[1])
+    assert cache.stats["batches"]["corrupt"] == 1 and cache.stats["batches"]["hits"] == 0
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+
+
+def test_a_process_symbol_is_looked_up_once_and_described_only_when_asked(tmp_path, user_value, monkeypatch):
+    from rtdyld import host
+    from rtdyld.linkcache import resolutions
+
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    cold_ln, cold = _link(cache, prog, ar, user_value[1])
+    cold_sources = {e.name: e.source for e in cold.batch.externals}
+    cold_ln.close()
+    described = []
+    real_describe = host.describe_address
+    monkeypatch.setattr(host, "describe_address", lambda a: described.append(a) or real_describe(a))
+    ln, h = _link(cache, prog, ar, user_value[1])
+    assert _outcome(cache)["hits"] == 1
+    assert described == []
+    (strtol,) = [e for e in h.batch.externals if e.name == "strtol"]
+    assert isinstance(strtol, resolutions.ProcessExternal)
+    assert strtol.address == host.process_symbol("strtol")
+    assert {e.name: e.source for e in h.batch.externals} == cold_sources  # described now, as the cold link did
+    assert described == [strtol.address] and strtol.definition.origin == cold_sources["strtol"]
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+
+
+def test_a_library_ahead_of_the_process_resolves_in_full(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    # libm's dlsym also answers for libc, which it needs: strtol's provider is now libm's handle.
+    ln, h = _link(cache, prog, ar, user_value[1], lambda ln: ln.load_library("m"))
+    assert _outcome(cache)["stale"] == 1
+    (strtol,) = [e for e in h.batch.externals if e.name == "strtol"]
+    assert strtol.source.endswith(".so.6") and "/" in strtol.source
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+
+
+def test_warm_sections_are_the_cold_ones_at_the_new_base(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    cold_ln, cold = _link(cache, prog, ar, user_value[1])
+    placed = [(p.obj, p.index, p.segment, p.work) for p in cold.batch.sections]
+    cold_ln.close()
+    ln, h = _link(cache, prog, ar, user_value[1])
+    assert _outcome(cache)["hits"] == 1
+    warm = h.batch.sections
+    assert len(warm) == len(placed) > 3
+    assert [(p.obj, p.index, p.segment, p.work) for p in warm] == placed
+    base = h.batch.allocation.target_base
+    assert [p.address for p in warm] == [base + w for *_, w in placed]
+    assert warm[-1] == list(warm)[-1] and warm == list(warm)
+    ln.close()

@@ -41,10 +41,10 @@ import numpy as np
 
 from ..cache_entry import TEMP_PREFIX, atomic_write
 from ..errors import MalformedObjectError
-from ..inputs import parse_object
+from ..inputs import parse_object, read_input
 from ..objfile.archive_layout import RawMember
 from ..objfile.model import ObjectFile
-from . import image, tables
+from . import container, image, tables
 from .container import FORMAT_VERSION, CorruptEntry, pack, read_file, unpack
 from .deferred import DeferredArchive
 from .digests import StatDigests, digest
@@ -106,6 +106,10 @@ def _prime() -> None:
     _code_identity()
     host.describe_address(host.process_symbol("malloc"))
     libc.ffi.typeof("char *")
+    # cffi makes a library function's accessor on its first use (~100 µs):
+    # the in-flight allocation and its sealing call mprotect.
+    for name in ("mprotect",):
+        getattr(libc.libc, name)
     host.ffi.typeof("void *")
     unwind._functions()
     np.unique(np.zeros(2, dtype=np.uint8))
@@ -115,6 +119,8 @@ def _prime() -> None:
     # numpy sets up each kind of operation on first use (tens of µs each in a
     # new process): re-apply two fixups of each width to scratch memory once.
     image.prime()
+    # The dtypes of a batch entry's blobs: residual fixups, integer columns.
+    container.prime((image.RECORD, np.int64))
 
 
 @functools.lru_cache(maxsize=8)
@@ -154,6 +160,17 @@ class LinkCache:
         return hashlib.sha256(b"%s\0%s\0%s" % (text, what.encode(), content.encode())).digest()
 
     # --- objects ------------------------------------------------------------------
+
+    def read_input(self, src, name: str | None = None) -> tuple[bytes, str]:
+        """:func:`rtdyld.inputs.read_input`, a path read with the four system
+        calls of :func:`.container.read_file` rather than a buffered file's nine."""
+        if not isinstance(src, (str, os.PathLike)):
+            return read_input(src, name)
+        try:
+            data = read_file(src)
+        except OSError as e:
+            raise MalformedObjectError(f"{src}: cannot read: {e.strerror}") from None
+        return data, name or str(src)
 
     def parse(self, data: bytes, name: str) -> ObjectFile:
         """``parse_object(data, name)``; when these bytes were read before, an

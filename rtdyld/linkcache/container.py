@@ -30,7 +30,7 @@ import numpy as np
 from ..cache_entry import CorruptEntry, verify_header
 
 MAGIC = b"RTDYLDLC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER = struct.Struct("<8sI32sIQI")
 _ALIGN = 16
 
@@ -67,6 +67,13 @@ def pack(key: bytes, meta: dict, blobs: dict[str, np.ndarray | bytes | memoryvie
 def _dtype(descr) -> np.dtype:
     # ``descr`` frozen into tuples: the top level of a structured one is a list again.
     return np.lib.format.descr_to_dtype(list(descr) if isinstance(descr, tuple) else descr)
+
+
+def prime(dtypes) -> None:
+    """Read back the descriptors of ``dtypes`` once, as an entry's blobs will be:
+    numpy takes tens of µs to parse a structured one the first time."""
+    for dt in dtypes:
+        _dtype(_freeze(json.loads(json.dumps(np.lib.format.dtype_to_descr(np.dtype(dt))))))
 
 
 def _freeze(value):

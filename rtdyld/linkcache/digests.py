@@ -34,7 +34,10 @@ def digest(data) -> str:
 
 
 class StatDigests:
-    """Remembered file digests in ``directory``, one small record per real path."""
+    """Remembered file digests in ``directory``, one small record per absolute
+    path.  Not per real path: resolving symbolic links costs an ``lstat`` per
+    path component, and the identity, taken through any links, already names
+    the file itself (a link pointed elsewhere reaches another inode)."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -51,7 +54,7 @@ class StatDigests:
     def file_digest_and_head(self, path) -> tuple[str, bytes]:
         """:meth:`file_digest` and the file's first :data:`HEAD` bytes (its
         magic number), which the record keeps too: no read when it holds."""
-        real = os.path.realpath(path)
+        real = os.path.abspath(path)
         st = os.stat(real)
         ident = [getattr(st, f) for f in _FIELDS]
         record = self._record_path(real)
@@ -63,9 +66,9 @@ class StatDigests:
             pass
         return self._rehash(real)
 
-    def rehash(self, real: str) -> str:
+    def rehash(self, path) -> str:
         """Hash the file now, and remember it if it has settled."""
-        return self._rehash(real)[0]
+        return self._rehash(os.path.abspath(path))[0]
 
     def _rehash(self, real: str) -> tuple[str, bytes]:
         before = time.time_ns()

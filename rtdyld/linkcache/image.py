@@ -14,12 +14,15 @@ external it names, if any).  The coefficients are found without knowing any
 formula: every fixup is computed again by :func:`rtdyld.x86_64.fixup.compute`
 with the batch moved, then with the externals moved, and the differences
 give ``cb`` and whether ``ext[j]`` counts; the capture then checks that the
-linear form reproduces every value the cold link wrote.  At load the values
-are three vectorised operations, range-checked with
-:func:`~rtdyld.x86_64.fixup.out_of_range` and written with
-:func:`~rtdyld.x86_64.fixup.write`.  Anything the capture cannot classify
-with certainty makes the batch uncacheable (:class:`Uncacheable`), never
-approximately cached.
+linear form reproduces every value the cold link wrote.  An entry stores
+the rows grouped by field width, kind, ``cb`` and ``j`` (:func:`grouped`),
+with where each run is written (:func:`targets`): at load each group is
+range-checked with two comparisons of its extreme constants, and the values
+are computed and written in a handful of numpy calls (:func:`apply_grouped`).
+:func:`apply_records` is the row-by-row form of the same computation, the
+reference the grouped one is tested against.  Anything the capture cannot
+classify with certainty makes the batch uncacheable (:class:`Uncacheable`),
+never approximately cached.
 """
 
 from __future__ import annotations
@@ -274,6 +277,108 @@ def _apply_rows(rows: list[tuple], mem: np.ndarray, base: int, ext: np.ndarray) 
     return True
 
 
+# A kind whose field takes any 64-bit value is never range-checked.
+_UNCHECKED = [lo == np.iinfo(np.int64).min and hi == np.iinfo(np.int64).max for lo, hi in zip(_LOW, _HIGH)]
+
+
+def grouped(res: Residual) -> tuple[np.ndarray, list[list[int]]]:
+    """``res`` as an entry stores it for :func:`apply_grouped`: :data:`RECORD`
+    rows sorted by field width, then kind, ``cb`` and ``j``, and per run of
+    rows sharing those ``[kind, cb, j, count, min const, max const]``, the
+    constants read as signed."""
+    rec = to_records(res)
+    if not len(rec):
+        return rec, []
+    order = np.lexsort((rec["j"], rec["cb"], rec["kind"], WIDTH[rec["kind"]]))
+    rec = rec[order]
+    key = np.stack([rec["kind"].astype(np.int64), rec["cb"].astype(np.int64), rec["j"].astype(np.int64)], axis=1)
+    starts = np.flatnonzero(np.concatenate([[True], np.any(key[1:] != key[:-1], axis=1)]))
+    ends = np.append(starts[1:], len(rec))
+    signed = rec["const"].view(np.int64)
+    groups = [[*key[s].tolist(), int(e - s), int(signed[s:e].min()), int(signed[s:e].max())]
+              for s, e in zip(starts.tolist(), ends.tolist())]
+    return rec, groups
+
+
+def targets(rec: np.ndarray, groups: list) -> tuple[np.ndarray, bool]:
+    """Where :func:`apply_grouped` writes the rows :func:`grouped` arranged,
+    worked out once when the entry is made: per run of one width, in row
+    order, the 8-byte words' indices if every 8-byte field is aligned
+    (``quads``), otherwise each field's byte offsets; all in one array."""
+    width = WIDTH[rec["kind"]]
+    where = rec["where"]
+    quads = bool(np.all(where[width == 8] & 7 == 0))
+    parts = []
+    for w in (1, 2, 4, 8):
+        at = where[width == w]
+        parts.append(at >> 3 if w == 8 and quads else (at[:, None] + _BYTE[w]).ravel())
+    return np.concatenate(parts).astype(np.int64), quads
+
+
+def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray,
+                  stored_targets: tuple[np.ndarray, bool] | None = None) -> bool:
+    """:func:`apply_records` for rows :func:`grouped` arranged: the same values,
+    range checks and bytes, in a handful of numpy calls whatever the count
+    (fewer still with the rows' :func:`targets`, as an entry stores them).
+
+    Every row of a group moves by the same ``cb * base + ext[j]``: if the
+    group's smallest and largest constants, moved, lie within the field's
+    limits, so does every row, without wrapping around 2**64 (the check is
+    then exact, two comparisons per group); otherwise the group's rows are
+    checked one by one, with the cold link's 64-bit arithmetic."""
+    ext_ = ext.tolist()
+    const = rec["const"]
+    deltas, counts = [], []
+    runs: dict[int, list[int]] = {}  # width -> [first row, end]: rows are sorted by width
+    at = 0
+    for kind, cb, j, count, cmin, cmax in groups:
+        d = cb * base + (ext_[j] if j >= 0 else 0)
+        if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
+            v = (const[at : at + count] + U(d & _M64)).view(np.int64)
+            if ((v < _LOW[kind]) | (v > _HIGH[kind])).any():
+                return False
+        deltas.append(d & _M64)
+        counts.append(count)
+        runs.setdefault(_WIDTH[kind], [at, at])[1] = at + count
+        at += count
+    if at != len(rec) or sum(e - s for s, e in runs.values()) != at:
+        raise ValueError("residual groups do not cover the rows")
+    if not at:
+        return True
+    value = const + np.array(deltas, dtype=U).repeat(counts)
+    if stored_targets is None:
+        where = rec["where"]
+        for w, (s, e) in runs.items():
+            _store_run(mem, where[s:e], w, value[s:e])
+        return True
+    index, quads = stored_targets
+    done = 0
+    for w, (s, e) in sorted(runs.items()):
+        if w == 8 and quads:
+            n = e - s
+            mem.view(U)[index[done : done + n]] = value[s:e]
+        else:
+            n = (e - s) * w
+            mem[index[done : done + n]] = value[s:e].astype(_LITTLE[w]).view(np.uint8)
+        done += n
+    if done != len(index):
+        raise ValueError("residual targets do not match the rows")
+    return True
+
+
+_LITTLE = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+
+
+def _store_run(mem: np.ndarray, where: np.ndarray, w: int, value: np.ndarray) -> None:
+    """``value`` little-endian in ``w`` bytes at each ``where``."""
+    if w == 8 and len(mem) % 8 == 0 and not (where & 7).any():
+        mem.view(U)[where >> 3] = value  # aligned pointers: one store each
+        return
+    # One flat scatter of bytes (a 2-D index costs several times more); the
+    # narrowing cast keeps each value's low bytes, as the field does.
+    mem[(where[:, None] + _BYTE[w]).ravel()] = value.astype(_LITTLE[w]).view(np.uint8)
+
+
 def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndarray) -> None:
     """``value`` little-endian in ``width`` bytes at each ``where``: one scatter per
     width present (:func:`~rtdyld.x86_64.fixup.write` makes one per byte)."""
@@ -289,14 +394,20 @@ def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndar
 
 
 def prime() -> None:
-    """Run both ways of :func:`apply_records` once on scratch memory (one fixup of each
-    field width, one against an external), so a process's first warm link
-    finds them set up."""
-    kinds = np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Pointer16), int(Edge.Pointer8)], dtype=np.uint8)
+    """Apply a few residual fixups to scratch memory the way a load does (rows
+    read back from an entry's bytes, groups of 64-, 32-, 16- and 8-bit fields,
+    against the batch and against externals, written through stored targets
+    and computed ones), so a process's first warm link finds numpy set up."""
+    from .container import pack, unpack
+
+    kinds = np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Branch32), int(Edge.Pointer64),
+                      int(Edge.Pointer16), int(Edge.Pointer8)], dtype=np.uint8)
     n = len(kinds)
-    res = Residual(np.arange(n, dtype=np.int64) * 8, kinds, np.zeros(n, dtype=U), np.array([1, -1, 0, 0], np.int8),
-                   np.array([0, 0, -1, -1], dtype=np.int32))
-    pointers = dataclasses.replace(res, kind=np.full(n, int(Edge.Pointer64), dtype=np.uint8))
-    for r in (res, pointers):
-        _apply_arrays(r, np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
-        apply_records(to_records(r), np.zeros(8 * n, dtype=np.uint8), 0, np.zeros(1, dtype=U))
+    res = Residual(np.arange(n, dtype=np.int64) * 8, kinds, np.zeros(n, dtype=U),
+                   np.array([1, -1, -1, 1, 0, 0], np.int8), np.array([-1, 0, 1, -1, -1, -1], dtype=np.int32))
+    rec, groups = grouped(res)
+    key = bytes(32)
+    stored = unpack(pack(key, {}, {"r": rec}), key)[1]["r"]
+    for stored_targets in (targets(rec, groups), None):
+        apply_grouped(stored, groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U),
+                      stored_targets)

@@ -11,7 +11,10 @@ and which archive members get pulled; the entry records those decisions and
 - every name the batch resolved outside itself resolves to a provider with
   the same origin, size, binding and type (only its address may differ), and
   lies within 32-bit reach of the batch's memory exactly when it did, so the
-  GOT, stub and relaxation decisions are unchanged;
+  GOT, stub and relaxation decisions are unchanged; a name the process
+  provided must be the process's again (see :mod:`.resolutions`), and which
+  library of the process holds it is described only if asked for, since no
+  byte of the image depends on it;
 - a weak reference left undefined is still undefined;
 - every symbol that pulled an archive member is still not defined by
   anything that outranks archives;
@@ -34,13 +37,14 @@ import numpy as np
 from memmgr import MemMgrError, Prot, SegmentRequest
 
 from ..archives import Pull
-from ..batch import External, LinkedBatch, PlacedSection
+from ..batch import External, LinkedBatch
 from .. import unwind
 from ..symbols import SymbolDef
 from ..x86_64 import scan
-from . import image, tables
+from . import image, resolutions, tables
 from .container import FORMAT_VERSION, pack, unpack
 from .deferred import CachedMember
+from .placed import PlacedSections
 
 _M64 = (1 << 64) - 1
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
@@ -107,7 +111,8 @@ class BatchPlan:
         pulls = tables.decode_columns(meta["pulls"], columns)
         self._check_pulls(meta, pulls)
         residual = blobs["residual"]
-        if residual.dtype != image.RECORD or residual.ndim != 1:
+        targets = blobs["residual_targets"]
+        if residual.dtype != image.RECORD or residual.ndim != 1 or targets.dtype != np.int64 or targets.ndim != 1:
             raise ValueError("residual fixups of the wrong type")
         lb = self._allocate(meta)
         try:
@@ -116,7 +121,8 @@ class BatchPlan:
             image_bytes = np.frombuffer(blobs["image"], dtype=np.uint8)
             mem = alloc.memory
             mem[: len(image_bytes)] = image_bytes
-            if not image.apply_records(residual, mem, base, ext_addr):
+            if not image.apply_grouped(residual, meta["residual_groups"], mem, base, ext_addr,
+                                       (targets, bool(meta["residual_quads"]))):
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             lb.externals = externals
             self._finish(lb, meta, blobs, defs, pulls, tables.decode_columns(meta["sections"], columns), base)
@@ -131,10 +137,19 @@ class BatchPlan:
         addr = [0] * max(1, len(recorded))
         out: list[External] = []
         check = []
-        for j, (name, role, origin, size, bind, stype, reach) in enumerate(recorded):
+        for j, (name, role, origin, size, bind, stype, reach, via_process) in enumerate(recorded):
             if role in ("got", "dso"):
                 out.append(None)  # filled once the batch has an address
                 continue
+            if via_process:
+                # One dlsym; the origin is described only if asked for, since
+                # the image depends on the address alone (and its reach, below).
+                p = resolutions.process_definition(self.dylib, name, prefix, self.pending)
+                if p is not None:
+                    addr[j] = p.address
+                    out.append(resolutions.ProcessExternal(name, p))
+                    check.append((j, reach))
+                    continue
             d = self.dylib.resolve(name, prefix, self.pending)
             if role == "none":
                 if d is not None:
@@ -190,8 +205,7 @@ class BatchPlan:
         objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
                    for kind, value, k in meta["objects"]]
         lb.objects = objects
-        lb.sections = [PlacedSection(o, i, seg, base + w, w) for o, i, seg, w in
-                       zip(s["obj"], s["index"], s["segment"], s["work"])]
+        lb.sections = PlacedSections(s["obj"], s["index"], s["segment"], s["work"], base)
         # Plain integers and positional arguments: a hundred definitions cost
         # less this way than three numpy calls would on their first use.
         addresses = [(o + base if r else o) & _M64 for o, r in zip(defs["address_offset"], defs["address_relative"])]
@@ -247,7 +261,9 @@ class BatchPlan:
             raise tables.Uncacheable("the batch defines IFUNC symbols")
         roles = image.external_roles(lb)
         res = image.capture(lb, roles)
-        blobs: dict = {"residual": image.to_records(res)}
+        residual, residual_groups = image.grouped(res)
+        residual_targets, residual_quads = image.targets(residual, residual_groups)
+        blobs: dict = {"residual": residual, "residual_targets": residual_targets}
         end = max([s.offset + s.size for s in alloc.segments if not s.zero_fill] or [0])
         blobs["image"] = alloc.memory[:end].tobytes()
         # Per resolved external: bit 1 if in 32-bit reach of the main range, bit 2 of the low one.
@@ -259,12 +275,14 @@ class BatchPlan:
                 reach |= bit * scan.in_reach(resolved, lo, hi)
         reaches = iter(reach.tolist())
         externals = []
+        prefix = next(iter(prefixes), "")
         for e, role in zip(lb.externals, roles):
             d = e.definition
             if d is not None:
-                externals.append([e.name, role, d.origin, d.size, d.bind, d.type, next(reaches)])
+                via = resolutions.is_process_definition(d, self.dylib, e.name, prefix, self.pending)
+                externals.append([e.name, role, d.origin, d.size, d.bind, d.type, next(reaches), via])
             else:
-                externals.append([e.name, role, "", 0, 0, 0, 0])
+                externals.append([e.name, role, "", 0, 0, 0, 0, False])
         own = {id(o): i for i, o in enumerate(self.objs)}
         skel: list = []
         docs = []
@@ -311,6 +329,8 @@ class BatchPlan:
         }, cblobs)
         blobs.update(tables.named(cblobs, "c"))
         meta = {
+            "residual_groups": residual_groups,
+            "residual_quads": residual_quads,
             "segments": [[s.name, s.offset, s.size, int(s.prot), bool(s.zero_fill)] for s in alloc.segments],
             "low": bool(alloc.low),
             "got_off": lb.got_base - base,
