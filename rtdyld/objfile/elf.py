@@ -225,8 +225,10 @@ class _ElfReader:
         # Section number -> index in self.sections, or SEC_DISCARDED.  A list:
         # the tables are a dozen entries, and per-item numpy access costs more.
         self.model_index = model_index = [SEC_DISCARDED] * n
-        # Section number -> how far a symbol defined there may lie, NO_SECTION where unbounded.
-        self.bounds = bounds = [T.NO_SECTION] * n
+        # Section number -> how far a symbol defined there may lie, -1 where
+        # unbounded (NO_SECTION as a signed 64-bit number: the batch
+        # conversion turns these lists into arrays, small numbers at C speed).
+        self.bounds = bounds = [-1] * n
         for i in loadable:
             h = headers[i]
             zero_fill = h.type == T.SHT_NOBITS

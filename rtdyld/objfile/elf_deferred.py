@@ -39,11 +39,37 @@ _WIDTH[: len(WIDTH)] = WIDTH
 _NONE = int(Edge.NONE)
 _GLOBAL = int(Bind.GLOBAL)
 _STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLOBAL, GNU_UNIQUE
-_LAST_TYPE = len(T.ELF_EDGE) - 1
 # Section numbers from SHN_ABS (0xfff1) up wrap round to 0.. when _SHIFT is added in 16 bits.
 _SHIFT = 0x10000 - T.SHN_ABS
 _RESERVED_TOP = [int(T.RESERVED_SECTIONS[k - T.SHN_LORESERVE]) for k in range(T.SHN_ABS, 0x10000)]
-_UNBOUNDED_TOP = [T.NO_SECTION] * _SHIFT
+_UNBOUNDED_TOP = [-1] * _SHIFT  # NO_SECTION in 64 bits
+
+# The batch conversion reads and writes rows through these views of the
+# ELF and model records, so that a field the two share is copied in one
+# call, as plain bytes.  (Structured sub-arrays would say the same in
+# fewer lines but cost several times as much per call.)  Symbols: st_value
+# and st_size are the model's value and size; st_info and st_other (one
+# 16-bit word, of which the low ten bits count) give bind, type and vis
+# (three bytes) through one look-up.
+_SYM_IN = np.dtype({"names": ["attrs", "shndx", "value", "value_size"],
+                    "formats": ["<u2", "<u2", "<u8", "V16"], "offsets": [4, 6, 8, 8], "itemsize": 24})
+_SYM_OUT = np.dtype({"names": ["value_size", "section", "attrs"], "formats": ["V16", "<i4", "V3"],
+                     "offsets": [0, 16, 20], "itemsize": SYM_DTYPE.itemsize})
+assert [SYM_DTYPE.fields[f][1] for f in ("section", "bind", "type", "vis")] == [16, 20, 21, 22]
+_ATTRS = np.zeros(1024, dtype=[("bind", "u1"), ("type", "u1"), ("vis", "u1")])
+_ATTRS["bind"] = T.BIND_MAP[(np.arange(1024) & 0xFF) >> 4]
+_ATTRS["type"] = T.TYPE_MAP[np.arange(1024) & 0xF]
+_ATTRS["vis"] = np.arange(1024) >> 8
+_BAD_BIND = _ATTRS["bind"] == 255
+_ATTRS = _ATTRS.view("V3")
+# Relocations: r_info's low and high halves are the model's rtype and sym,
+# next to each other in both records, so r_offset, r_info and r_addend are three copies.
+_RELA_IN = np.dtype({"names": ["offset", "info", "rtype", "sym", "addend"],
+                     "formats": ["<u8", "<u8", "<u4", "<u4", "<i8"], "offsets": [0, 8, 8, 12, 16], "itemsize": 24})
+_RELOC_OUT = np.dtype({"names": ["section", "offset", "kind", "info", "sym2", "addend"],
+                       "formats": ["<i4", "<u8", "u1", "<u8", "<i4", "<i8"],
+                       "offsets": [0, 4, 12, 13, 21, 25], "itemsize": RELOC_DTYPE.itemsize})
+assert [RELOC_DTYPE.fields[f][1] for f in ("offset", "kind", "rtype", "sym", "sym2", "addend")] == [4, 12, 13, 17, 21, 25]
 
 
 class _Pending:
@@ -210,7 +236,7 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
     row would make the reader raise (bad section number or binding, a
     value past its section)."""
     counts = [r.nsyms for r in readers]
-    raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=T.ELF64_SYM)
+    raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=_SYM_IN)
     # Per object, a block of ``width`` entries indexed by section number
     # plus _SHIFT (in 16 bits, so SHN_ABS and SHN_COMMON wrap round to the
     # block's first entries): the model section, and the bound a symbol's
@@ -229,24 +255,24 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
         table += [T.BAD_INDEX] * pad
         bound += _UNBOUNDED_TOP
         bound += r.bounds
-        bound += [T.NO_SECTION] * pad
-    at = np.minimum(np.add(raw["st_shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
+        bound += [-1] * pad
+    at = np.minimum(np.add(raw["shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
     if len(readers) > 1:
         at += np.repeat(np.arange(0, width * len(readers), width), counts)
-    sec = np.array(table, dtype=np.int32)[at]
-    info = raw["st_info"]
-    bind = T.BIND_MAP[info >> 4]
-    value = raw["st_value"]
-    bad = (sec <= T.BAD_INDEX) | (bind == 255) | (value > np.array(bound, dtype=np.uint64)[at])
+    # Both look-ups in one (ndarray.take: the same as indexing, at half the
+    # call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
+    sec, limit = np.array((table, bound), dtype=np.int64).take(at, axis=1)
+    attrs = raw["attrs"] & 0x3FF
+    bad = raw["value"] > limit.view(np.uint64)
+    bad |= sec <= T.BAD_INDEX
+    bad |= _BAD_BIND.take(attrs)
     if np.count_nonzero(bad):
         return None
-    out = np.empty(len(raw), dtype=SYM_DTYPE)
-    out["value"] = value
-    out["size"] = raw["st_size"]
+    out = np.empty(len(raw), dtype=_SYM_OUT)
+    out["value_size"] = raw["value_size"]
     out["section"] = sec
-    out["bind"] = bind
-    out["type"] = T.TYPE_MAP[info & 0xF]
-    out["vis"] = raw["st_other"] & 3
+    out["attrs"] = _ATTRS.take(attrs)
+    out = out.view(SYM_DTYPE)
     if len(readers) == 1:
         return [out]
     ends = list(accumulate(counts))
@@ -266,65 +292,69 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
         tables += p.tables
         counts += [len(t) // T.ELF64_RELA.itemsize for t in p.tables]
         sections += p.targets
-        sizes += [p.reader.sections[t].size for t in p.targets]
+        placed = p.reader.sections
+        sizes += [placed[t].size for t in p.targets]
         symbols += [n] * len(p.tables)
         ascending = ascending and p.ascending
     # The tables' bytes end to end: one copy at C speed, however many tables.
-    raw = np.frombuffer(b"".join(tables), dtype=T.ELF64_RELA)
+    if not tables:
+        return [np.empty(0, dtype=RELOC_DTYPE) for _ in pend]
+    raw = np.frombuffer(b"".join(tables), dtype=_RELA_IN)
     starts = [0, *accumulate(counts)][:-1]
-    rows = np.array(counts, dtype=np.int64)
-    info = raw["r_info"]
-    rtype = info.astype(np.uint32)  # the low 32 bits
-    sym = info >> 32
-    kinds = T.ELF_EDGE[np.minimum(rtype, _LAST_TYPE)]  # the last entry: every type past the table
-    offset = raw["r_offset"]
-    none = kinds == _NONE
-    nsym = np.uint32(nsyms[0]) if len(pend) == 1 else np.repeat(np.array(symbols, dtype=np.uint32), rows)
-    bad = (sym >= nsym) | (kinds == T.UNSUPPORTED)
-    if len(raw):
-        # Where each row's write ends (an offset past 2**64 - 8 wraps below
-        # it), R_X86_64_NONE rows aside; then the farthest of each table
-        # against the size of the section it patches.  In place: a 64-bit
-        # temporary per row costs more than the arithmetic on a big batch.
-        reach = _WIDTH[kinds]
-        reach += offset
-        np.maximum(reach, offset, out=reach)
+    offset = raw["offset"]
+    sym = raw["sym"]
+    kinds = T.ELF_EDGE.take(raw["rtype"], mode="clip")  # the last entry: every type past the table
+    # How many rows of each kind: R_X86_64_NONE rows (dropped) and
+    # unsupported ones (rejected) are rare, so their masks are made only when present.
+    census = np.bincount(kinds, minlength=256)
+    if census[T.UNSUPPORTED]:
+        return None
+    dropped = int(census[_NONE])
+    # Where each row's write ends (an offset past 2**64 - 8 wraps below
+    # it), R_X86_64_NONE rows aside; then the farthest of each table
+    # against the size of the section it patches, and the highest symbol
+    # number against its object's symbol count.
+    # In place: a 64-bit temporary per row costs more than the arithmetic on a big batch.
+    reach = _WIDTH.take(kinds)
+    reach += offset
+    np.maximum(reach, offset, out=reach)
+    if dropped:
+        none = kinds == _NONE
         reach[none] = 0
-        if np.count_nonzero(np.maximum.reduceat(reach, starts) > np.array(sizes, dtype=np.uint64)):
-            return None
-    if np.count_nonzero(bad):
+    over = np.maximum.reduceat(reach, starts) > np.array(sizes, dtype=np.uint64)
+    over |= np.maximum.reduceat(sym, starts) >= np.array(symbols, dtype=np.uint32)
+    if np.count_nonzero(over):
         return None
     # Each object's rows sorted by (section, offset), as the reader leaves
     # them: so they are if its tables patch sections in order and each is
     # sorted (a decrease where one table ends and the next begins is allowed).
     descents = offset[1:] < offset[:-1]
+    if len(starts) > 1:
+        descents[[s - 1 for s in starts[1:]]] = False
     unsorted = np.count_nonzero(descents)
-    if unsorted and len(starts) > 1:
-        unsorted -= np.count_nonzero(descents[np.array(starts[1:]) - 1])
-    out = np.empty(len(raw), dtype=RELOC_DTYPE)
-    out["section"] = np.repeat(np.array(sections, dtype=np.int32), rows)
+    out = np.empty(len(raw), dtype=_RELOC_OUT)
     out["offset"] = offset
+    out["info"] = raw["info"]
+    out["addend"] = raw["addend"]
+    out["section"] = np.repeat(sections, counts)
     out["kind"] = kinds
-    out["rtype"] = rtype
-    out["sym"] = sym
     out["sym2"] = -1
-    out["addend"] = raw["r_addend"]
+    out = out.view(RELOC_DTYPE)
     # R_X86_64_NONE rows go; the records move once, not column by column.
-    dropped = np.count_nonzero(none)
     if dropped:
-        kept_rows = (rows - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
+        kept_rows = (np.array(counts) - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
         keep = ~none
-        out = out[keep]
+        out = out.compress(keep)  # (compress and take: a tenth of the cost of indexing records)
     if unsorted or not ascending:
         # One key: the section numbered across the batch (far below 2**24)
         # above the offset (which the checks bound by a section size, far below 2**40).
         first = list(accumulate((len(p.reader.sections) for p in pend), initial=0))
         place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
-        at = np.repeat(np.array(place, dtype=np.uint64), rows)
+        at = np.repeat(np.array(place, dtype=np.uint64), counts)
         key = at << np.uint64(40) | offset
         if dropped:
             key = key[keep]
-        out = out[np.argsort(key, kind="stable")]
+        out = out.take(np.argsort(key, kind="stable"))
     if len(pend) == 1:
         return [out]
     if dropped:
