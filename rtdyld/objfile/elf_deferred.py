@@ -24,6 +24,7 @@ which remains for SHT_REL tables and for naming bad entries.
 
 from __future__ import annotations
 
+from array import array
 from itertools import accumulate, pairwise
 
 import numpy as np
@@ -41,8 +42,11 @@ _GLOBAL = int(Bind.GLOBAL)
 _STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLOBAL, GNU_UNIQUE
 # Section numbers from SHN_ABS (0xfff1) up wrap round to 0.. when _SHIFT is added in 16 bits.
 _SHIFT = 0x10000 - T.SHN_ABS
-_RESERVED_TOP = [int(T.RESERVED_SECTIONS[k - T.SHN_LORESERVE]) for k in range(T.SHN_ABS, 0x10000)]
-_UNBOUNDED_TOP = [-1] * _SHIFT  # NO_SECTION in 64 bits
+_RESERVED_TOP = array("q", [int(T.RESERVED_SECTIONS[k - T.SHN_LORESERVE]) for k in range(T.SHN_ABS, 0x10000)])
+_UNBOUNDED_TOP = array("q", [-1] * _SHIFT)  # NO_SECTION in 64 bits
+# What pads each object's block: past its last section, BAD_INDEX and unbounded.
+_BAD_PAD = array("q", [T.BAD_INDEX] * T.SHN_LORESERVE)
+_UNBOUNDED_PAD = array("q", [-1] * T.SHN_LORESERVE)
 
 # The batch conversion reads and writes rows through these views of the
 # ELF and model records, so that a field the two share is copied in one
@@ -242,26 +246,28 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
     # block's first entries): the model section, and the bound a symbol's
     # value must not pass.  Every other number past the object's last
     # section, reserved or not, is clamped to the block's last entry, BAD_INDEX.
-    # Built as lists, the blocks are tens of entries; the rows are looked up in one go.
+    # The blocks are built as arrays of 64-bit numbers: the parts every
+    # block shares are copied as bytes, only each object's own entries are
+    # converted from Python's; the rows are then looked up in one go.
     width = _SHIFT + max(len(r.model_index) for r in readers) + 1
-    table: list[int] = []
-    bound: list[int] = []
+    table = array("q")
+    bound = array("q")
     for r in readers:
         pad = width - _SHIFT - len(r.model_index)
         table += _RESERVED_TOP
         start = len(table)
-        table += r.model_index
+        table.fromlist(r.model_index)
         table[start] = SEC_UNDEF
-        table += [T.BAD_INDEX] * pad
+        table += _BAD_PAD[:pad]
         bound += _UNBOUNDED_TOP
-        bound += r.bounds
-        bound += [-1] * pad
+        bound.fromlist(r.bounds)
+        bound += _UNBOUNDED_PAD[:pad]
     at = np.minimum(np.add(raw["shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
     if len(readers) > 1:
         at += np.repeat(np.arange(0, width * len(readers), width), counts)
     # Both look-ups in one (ndarray.take: the same as indexing, at half the
     # call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
-    sec, limit = np.array((table, bound), dtype=np.int64).take(at, axis=1)
+    sec, limit = np.frombuffer(table + bound, dtype=np.int64).reshape(2, -1).take(at, axis=1)
     attrs = raw["attrs"] & 0x3FF
     bad = raw["value"] > limit.view(np.uint64)
     bad |= sec <= T.BAD_INDEX
