@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from array import array
 from itertools import accumulate, pairwise
+from operator import ge, gt
 
 import numpy as np
 
@@ -82,16 +83,26 @@ class _Pending:
     tables' bytes and the section each patches; its rows in all, and
     whether the tables patch sections in order (then each table sorted
     makes the object's rows sorted).  Kept lean: what waits for the batch
-    to be joined counts towards the next garbage collection."""
+    to be joined counts towards the next garbage collection.
 
-    __slots__ = ("ascending", "reader", "rows", "tables", "targets")
+    What the batch conversion reads of each object is gathered here as the
+    object is read, while its reader and sections are in the cache: each
+    table's rows and the size of the section it patches, the object's
+    section count, and (:func:`_section_blocks`) its symbols' section map."""
+
+    __slots__ = ("ascending", "blocks", "counts", "nsections", "reader", "rows", "sizes", "tables", "targets")
 
     def __init__(self, reader, tables: list[memoryview], targets: list[int]):
         self.reader = reader
         self.tables = tables
         self.targets = targets
-        self.rows = sum(map(len, tables)) // T.ELF64_RELA.itemsize
+        self.counts = [len(t) // T.ELF64_RELA.itemsize for t in tables]
+        self.rows = sum(self.counts)
+        sections = reader.sections
+        self.sizes = [sections[t].size for t in targets]
+        self.nsections = len(sections)
         self.ascending = all(a < b for a, b in pairwise(targets))
+        self.blocks = None
 
 
 class DeferredElfObject(ObjectFile):
@@ -152,6 +163,8 @@ def checked_object(reader, tables: tuple[list[memoryview], list[int]]) -> Object
 def _deferred(reader, symbols: np.ndarray | None, tables: tuple[list[memoryview], list[int]]) -> ObjectFile:
     obj = reader.object(DeferredElfObject, symbols, None)
     obj._pending = _Pending(reader, *tables)
+    if symbols is None:
+        obj._pending.blocks = _section_blocks(reader)
     obj.pull_names = _raw_pull_names(reader) if symbols is None else _pull_names(symbols, reader.names)
     return obj
 
@@ -209,7 +222,7 @@ def convert_pending(objects: list[ObjectFile]) -> None:
         return
     lazy = [(o, p) for o, p in pend if o._symbols is None]
     if lazy:
-        symbols = _convert_symbols([p.reader for _, p in lazy])
+        symbols = _convert_symbols([p for _, p in lazy])
         if symbols is None:
             # A bad row: each object's symbols then relocations through the
             # reader's own code, in batch order, raise what reading it would.
@@ -235,10 +248,20 @@ def convert_now(reader, symbols: np.ndarray, tables: list[memoryview], targets: 
     return converted[0] if converted is not None else None
 
 
-def _convert_symbols(readers: list) -> list[np.ndarray] | None:
-    """Model symbol tables of the objects ``readers`` read, or None if any
+def _section_blocks(reader) -> tuple[array, array]:
+    """Per section number of the object ``reader`` read: its model section
+    (SEC_UNDEF for section 0) and the bound of a symbol's value there
+    (-1: unbounded), as 64-bit numbers for :func:`_convert_symbols`."""
+    sections = array("q", reader.model_index)
+    sections[0] = SEC_UNDEF
+    return sections, array("q", reader.bounds)
+
+
+def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
+    """Model symbol tables of the objects read for ``pend``, or None if any
     row would make the reader raise (bad section number or binding, a
     value past its section)."""
+    readers = [p.reader for p in pend]
     counts = [r.nsyms for r in readers]
     raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=_SYM_IN)
     # Per object, a block of ``width`` entries indexed by section number
@@ -246,21 +269,19 @@ def _convert_symbols(readers: list) -> list[np.ndarray] | None:
     # block's first entries): the model section, and the bound a symbol's
     # value must not pass.  Every other number past the object's last
     # section, reserved or not, is clamped to the block's last entry, BAD_INDEX.
-    # The blocks are built as arrays of 64-bit numbers: the parts every
-    # block shares are copied as bytes, only each object's own entries are
-    # converted from Python's; the rows are then looked up in one go.
-    width = _SHIFT + max(len(r.model_index) for r in readers) + 1
+    # The blocks are arrays of 64-bit numbers, each object's part made as
+    # it was read: joined here as bytes; the rows are then looked up in one go.
+    width = _SHIFT + max(len(p.blocks[0]) for p in pend) + 1
     table = array("q")
     bound = array("q")
-    for r in readers:
-        pad = width - _SHIFT - len(r.model_index)
+    for p in pend:
+        sections, bounds = p.blocks
+        pad = width - _SHIFT - len(sections)
         table += _RESERVED_TOP
-        start = len(table)
-        table.fromlist(r.model_index)
-        table[start] = SEC_UNDEF
+        table += sections
         table += _BAD_PAD[:pad]
         bound += _UNBOUNDED_TOP
-        bound.fromlist(r.bounds)
+        bound += bounds
         bound += _UNBOUNDED_PAD[:pad]
     at = np.minimum(np.add(raw["shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
     if len(readers) > 1:
@@ -296,10 +317,9 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     ascending = True
     for p, n in zip(pend, nsyms):
         tables += p.tables
-        counts += [len(t) // T.ELF64_RELA.itemsize for t in p.tables]
+        counts += p.counts
         sections += p.targets
-        placed = p.reader.sections
-        sizes += [placed[t].size for t in p.targets]
+        sizes += p.sizes
         symbols += [n] * len(p.tables)
         ascending = ascending and p.ascending
     # The tables' bytes end to end: one copy at C speed, however many tables.
@@ -327,9 +347,11 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     if dropped:
         none = kinds == _NONE
         reach[none] = 0
-    over = np.maximum.reduceat(reach, starts) > np.array(sizes, dtype=np.uint64)
-    over |= np.maximum.reduceat(sym, starts) >= np.array(symbols, dtype=np.uint32)
-    if np.count_nonzero(over):
+    # (A value per table, tens of them: compared as lists, which in a cold
+    # link costs less than the numpy calls to compare them as arrays.)
+    if any(map(gt, np.maximum.reduceat(reach, starts).tolist(), sizes)):
+        return None
+    if any(map(ge, np.maximum.reduceat(sym, starts).tolist(), symbols)):
         return None
     # Each object's rows sorted by (section, offset), as the reader leaves
     # them: so they are if its tables patch sections in order and each is
@@ -354,7 +376,7 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     if unsorted or not ascending:
         # One key: the section numbered across the batch (far below 2**24)
         # above the offset (which the checks bound by a section size, far below 2**40).
-        first = list(accumulate((len(p.reader.sections) for p in pend), initial=0))
+        first = list(accumulate((p.nsections for p in pend), initial=0))
         place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
         at = np.repeat(np.array(place, dtype=np.uint64), counts)
         key = at << np.uint64(40) | offset
