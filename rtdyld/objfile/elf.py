@@ -104,14 +104,15 @@ class _ElfReader:
         if e_type != T.ET_REL:
             raise self.fail(f"not a relocatable object (e_type {e_type}); rtdyld links .o files")
         try:
-            self._headers = read_section_headers(d)
+            # (Read through the attribute, not the property, while reading: tens of look-ups an object.)
+            self._headers = headers = read_section_headers(d)
         except HeaderError as e:
             raise self.fail(f"bad section headers: {e}") from None
         end = len(d)
         # The one walk over the headers: check each, and sort out the few kinds later steps read.
         symtabs, shndx_sections, group_sections, loadable = [], [], [], []
         self.rel_sections = []
-        for i, h in enumerate(self.headers):
+        for i, h in enumerate(headers):
             t = h.type
             if t != T.SHT_NOBITS and i and t != 0 and h.offset + h.size > end:
                 raise self.fail(
@@ -130,7 +131,7 @@ class _ElfReader:
                 group_sections.append(i)
             elif h.flags & T.SHF_ALLOC and t in T.LOADABLE_TYPES:
                 loadable.append(i)
-        check_section_tables(self.headers, self.fail)
+        check_section_tables(headers, self.fail)
         self._read_symtab(symtabs, shndx_sections)
         self._select_sections(loadable, group_sections)
         if defer_tables:
@@ -186,14 +187,15 @@ class _ElfReader:
             self.sym_columns = elf_small.SymbolColumns([], [], [], [])
             self.names = []
             return
-        h = self.headers[self.symtab_index]
+        headers = self._headers
+        h = headers[self.symtab_index]
         if h.size % T.ELF64_SYM.itemsize:
             raise self.fail(f"symbol table section {h.name!r} size {h.size} is not a multiple of {T.ELF64_SYM.itemsize}")
         self.sym_bytes = self._bytes(h)
         self.nsyms = h.size // T.ELF64_SYM.itemsize
-        if not 0 < h.link < len(self.headers) or self.headers[h.link].type != T.SHT_STRTAB:
+        if not 0 < h.link < len(headers) or headers[h.link].type != T.SHT_STRTAB:
             raise self.fail(f"symbol table's string table index {h.link} is not a string table")
-        strtab = self._bytes(self.headers[h.link])
+        strtab = self._bytes(headers[h.link])
         try:
             if self.nsyms <= elf_small.ROWS:
                 # A small table as lists of its fields: the names, the pull names
@@ -205,7 +207,7 @@ class _ElfReader:
         except ValueError as e:
             raise self.fail(f"symbol table: {e}") from None
         for i in shndx_sections:
-            sh = self.headers[i]
+            sh = headers[i]
             if sh.link == self.symtab_index:
                 self.xindex = self._table(sh, np.dtype("<u4"), "extended section index")
                 if len(self.xindex) < self.nsyms:
@@ -220,25 +222,29 @@ class _ElfReader:
         """Pick the sections to load (``loadable``) and read COMDAT groups."""
         self.sections: list[Section] = []
         self.groups: list[Group] = []
-        headers = self.headers
+        sections = self.sections
+        view = self.view
+        headers = self._headers
         n = len(headers)
         # Section number -> index in self.sections, or SEC_DISCARDED.  A list:
         # the tables are a dozen entries, and per-item numpy access costs more.
         self.model_index = model_index = [SEC_DISCARDED] * n
-        # Section number -> how far a symbol defined there may lie, NO_SECTION where unbounded.
-        self.bounds = bounds = [T.NO_SECTION] * n
+        # Section number -> how far a symbol defined there may lie, -1 where
+        # unbounded (NO_SECTION as a signed 64-bit number: the batch
+        # conversion turns these lists into arrays, small numbers at C speed).
+        self.bounds = bounds = [-1] * n
         for i in loadable:
             h = headers[i]
             zero_fill = h.type == T.SHT_NOBITS
             if zero_fill and h.size > MAX_ZERO_FILL:
                 raise self.fail(f"section [{i}] {h.name!r} claims {h.size} bytes of zero-fill")
             flags, role, priority = _kind(h.name, h.type, h.flags & _FLAG_MASK)
-            model_index[i] = len(self.sections)
+            model_index[i] = len(sections)
             bounds[i] = h.size
-            self.sections.append(
+            sections.append(
                 Section(
                     name=h.name,
-                    data=b"" if zero_fill else self._bytes(h),
+                    data=b"" if zero_fill else view[h.offset : h.offset + h.size],
                     size=h.size,
                     align=h.align,
                     flags=flags,
@@ -325,9 +331,10 @@ class _ElfReader:
         """``(header, model section index)`` of each SHT_RELA/SHT_REL table
         that patches a loaded section.  Their entry sizes and links to the
         (one) symbol table were checked with the other tables (:mod:`.elf_precheck`)."""
+        headers = self.headers
         for i in self.rel_sections:
-            h = self.headers[i]
-            if h.info >= len(self.headers):
+            h = headers[i]
+            if h.info >= len(headers):
                 raise self.fail(f"relocation section [{i}] {h.name!r} applies to missing section {h.info}")
             target = self.model_index[h.info]
             if target < 0:

@@ -24,7 +24,9 @@ which remains for SHT_REL tables and for naming bad entries.
 
 from __future__ import annotations
 
+from array import array
 from itertools import accumulate, pairwise
+from operator import ge, gt
 
 import numpy as np
 
@@ -39,11 +41,40 @@ _WIDTH[: len(WIDTH)] = WIDTH
 _NONE = int(Edge.NONE)
 _GLOBAL = int(Bind.GLOBAL)
 _STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLOBAL, GNU_UNIQUE
-_LAST_TYPE = len(T.ELF_EDGE) - 1
 # Section numbers from SHN_ABS (0xfff1) up wrap round to 0.. when _SHIFT is added in 16 bits.
 _SHIFT = 0x10000 - T.SHN_ABS
-_RESERVED_TOP = [int(T.RESERVED_SECTIONS[k - T.SHN_LORESERVE]) for k in range(T.SHN_ABS, 0x10000)]
-_UNBOUNDED_TOP = [T.NO_SECTION] * _SHIFT
+_RESERVED_TOP = array("q", [int(T.RESERVED_SECTIONS[k - T.SHN_LORESERVE]) for k in range(T.SHN_ABS, 0x10000)])
+_UNBOUNDED_TOP = array("q", [-1] * _SHIFT)  # NO_SECTION in 64 bits
+# What pads each object's block: past its last section, BAD_INDEX and unbounded.
+_BAD_PAD = array("q", [T.BAD_INDEX] * T.SHN_LORESERVE)
+_UNBOUNDED_PAD = array("q", [-1] * T.SHN_LORESERVE)
+
+# The batch conversion reads and writes rows through these views of the
+# ELF and model records, so that a field the two share is copied in one
+# call, as plain bytes.  (Structured sub-arrays would say the same in
+# fewer lines but cost several times as much per call.)  Symbols: st_value
+# and st_size are the model's value and size; st_info and st_other (one
+# 16-bit word, of which the low ten bits count) give bind, type and vis
+# (three bytes) through one look-up.
+_SYM_IN = np.dtype({"names": ["attrs", "shndx", "value", "value_size"],
+                    "formats": ["<u2", "<u2", "<u8", "V16"], "offsets": [4, 6, 8, 8], "itemsize": 24})
+_SYM_OUT = np.dtype({"names": ["value_size", "section", "attrs"], "formats": ["V16", "<i4", "V3"],
+                     "offsets": [0, 16, 20], "itemsize": SYM_DTYPE.itemsize})
+assert [SYM_DTYPE.fields[f][1] for f in ("section", "bind", "type", "vis")] == [16, 20, 21, 22]
+_ATTRS = np.zeros(1024, dtype=[("bind", "u1"), ("type", "u1"), ("vis", "u1")])
+_ATTRS["bind"] = T.BIND_MAP[(np.arange(1024) & 0xFF) >> 4]
+_ATTRS["type"] = T.TYPE_MAP[np.arange(1024) & 0xF]
+_ATTRS["vis"] = np.arange(1024) >> 8
+_BAD_BIND = _ATTRS["bind"] == 255
+_ATTRS = _ATTRS.view("V3")
+# Relocations: r_info's low and high halves are the model's rtype and sym,
+# next to each other in both records, so r_offset, r_info and r_addend are three copies.
+_RELA_IN = np.dtype({"names": ["offset", "info", "rtype", "sym", "addend"],
+                     "formats": ["<u8", "<u8", "<u4", "<u4", "<i8"], "offsets": [0, 8, 8, 12, 16], "itemsize": 24})
+_RELOC_OUT = np.dtype({"names": ["section", "offset", "kind", "info", "sym2", "addend"],
+                       "formats": ["<i4", "<u8", "u1", "<u8", "<i4", "<i8"],
+                       "offsets": [0, 4, 12, 13, 21, 25], "itemsize": RELOC_DTYPE.itemsize})
+assert [RELOC_DTYPE.fields[f][1] for f in ("offset", "kind", "rtype", "sym", "sym2", "addend")] == [4, 12, 13, 17, 21, 25]
 
 
 class _Pending:
@@ -52,16 +83,26 @@ class _Pending:
     tables' bytes and the section each patches; its rows in all, and
     whether the tables patch sections in order (then each table sorted
     makes the object's rows sorted).  Kept lean: what waits for the batch
-    to be joined counts towards the next garbage collection."""
+    to be joined counts towards the next garbage collection.
 
-    __slots__ = ("ascending", "reader", "rows", "tables", "targets")
+    What the batch conversion reads of each object is gathered here as the
+    object is read, while its reader and sections are in the cache: each
+    table's rows and the size of the section it patches, the object's
+    section count, and (:func:`_section_blocks`) its symbols' section map."""
+
+    __slots__ = ("ascending", "blocks", "counts", "nsections", "reader", "rows", "sizes", "tables", "targets")
 
     def __init__(self, reader, tables: list[memoryview], targets: list[int]):
         self.reader = reader
         self.tables = tables
         self.targets = targets
-        self.rows = sum(map(len, tables)) // T.ELF64_RELA.itemsize
+        self.counts = [len(t) // T.ELF64_RELA.itemsize for t in tables]
+        self.rows = sum(self.counts)
+        sections = reader.sections
+        self.sizes = [sections[t].size for t in targets]
+        self.nsections = len(sections)
         self.ascending = all(a < b for a, b in pairwise(targets))
+        self.blocks = None
 
 
 class DeferredElfObject(ObjectFile):
@@ -122,6 +163,8 @@ def checked_object(reader, tables: tuple[list[memoryview], list[int]]) -> Object
 def _deferred(reader, symbols: np.ndarray | None, tables: tuple[list[memoryview], list[int]]) -> ObjectFile:
     obj = reader.object(DeferredElfObject, symbols, None)
     obj._pending = _Pending(reader, *tables)
+    if symbols is None:
+        obj._pending.blocks = _section_blocks(reader)
     obj.pull_names = _raw_pull_names(reader) if symbols is None else _pull_names(symbols, reader.names)
     return obj
 
@@ -179,7 +222,7 @@ def convert_pending(objects: list[ObjectFile]) -> None:
         return
     lazy = [(o, p) for o, p in pend if o._symbols is None]
     if lazy:
-        symbols = _convert_symbols([p.reader for _, p in lazy])
+        symbols = _convert_symbols([p for _, p in lazy])
         if symbols is None:
             # A bad row: each object's symbols then relocations through the
             # reader's own code, in batch order, raise what reading it would.
@@ -205,48 +248,58 @@ def convert_now(reader, symbols: np.ndarray, tables: list[memoryview], targets: 
     return converted[0] if converted is not None else None
 
 
-def _convert_symbols(readers: list) -> list[np.ndarray] | None:
-    """Model symbol tables of the objects ``readers`` read, or None if any
+def _section_blocks(reader) -> tuple[array, array]:
+    """Per section number of the object ``reader`` read: its model section
+    (SEC_UNDEF for section 0) and the bound of a symbol's value there
+    (-1: unbounded), as 64-bit numbers for :func:`_convert_symbols`."""
+    sections = array("q", reader.model_index)
+    sections[0] = SEC_UNDEF
+    return sections, array("q", reader.bounds)
+
+
+def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
+    """Model symbol tables of the objects read for ``pend``, or None if any
     row would make the reader raise (bad section number or binding, a
     value past its section)."""
+    readers = [p.reader for p in pend]
     counts = [r.nsyms for r in readers]
-    raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=T.ELF64_SYM)
+    raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=_SYM_IN)
     # Per object, a block of ``width`` entries indexed by section number
     # plus _SHIFT (in 16 bits, so SHN_ABS and SHN_COMMON wrap round to the
     # block's first entries): the model section, and the bound a symbol's
     # value must not pass.  Every other number past the object's last
     # section, reserved or not, is clamped to the block's last entry, BAD_INDEX.
-    # Built as lists, the blocks are tens of entries; the rows are looked up in one go.
-    width = _SHIFT + max(len(r.model_index) for r in readers) + 1
-    table: list[int] = []
-    bound: list[int] = []
-    for r in readers:
-        pad = width - _SHIFT - len(r.model_index)
+    # The blocks are arrays of 64-bit numbers, each object's part made as
+    # it was read: joined here as bytes; the rows are then looked up in one go.
+    width = _SHIFT + max(len(p.blocks[0]) for p in pend) + 1
+    table = array("q")
+    bound = array("q")
+    for p in pend:
+        sections, bounds = p.blocks
+        pad = width - _SHIFT - len(sections)
         table += _RESERVED_TOP
-        start = len(table)
-        table += r.model_index
-        table[start] = SEC_UNDEF
-        table += [T.BAD_INDEX] * pad
+        table += sections
+        table += _BAD_PAD[:pad]
         bound += _UNBOUNDED_TOP
-        bound += r.bounds
-        bound += [T.NO_SECTION] * pad
-    at = np.minimum(np.add(raw["st_shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
+        bound += bounds
+        bound += _UNBOUNDED_PAD[:pad]
+    at = np.minimum(np.add(raw["shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
     if len(readers) > 1:
         at += np.repeat(np.arange(0, width * len(readers), width), counts)
-    sec = np.array(table, dtype=np.int32)[at]
-    info = raw["st_info"]
-    bind = T.BIND_MAP[info >> 4]
-    value = raw["st_value"]
-    bad = (sec <= T.BAD_INDEX) | (bind == 255) | (value > np.array(bound, dtype=np.uint64)[at])
+    # Both look-ups in one (ndarray.take: the same as indexing, at half the
+    # call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
+    sec, limit = np.frombuffer(table + bound, dtype=np.int64).reshape(2, -1).take(at, axis=1)
+    attrs = raw["attrs"] & 0x3FF
+    bad = raw["value"] > limit.view(np.uint64)
+    bad |= sec <= T.BAD_INDEX
+    bad |= _BAD_BIND.take(attrs)
     if np.count_nonzero(bad):
         return None
-    out = np.empty(len(raw), dtype=SYM_DTYPE)
-    out["value"] = value
-    out["size"] = raw["st_size"]
+    out = np.empty(len(raw), dtype=_SYM_OUT)
+    out["value_size"] = raw["value_size"]
     out["section"] = sec
-    out["bind"] = bind
-    out["type"] = T.TYPE_MAP[info & 0xF]
-    out["vis"] = raw["st_other"] & 3
+    out["attrs"] = _ATTRS.take(attrs)
+    out = out.view(SYM_DTYPE)
     if len(readers) == 1:
         return [out]
     ends = list(accumulate(counts))
@@ -264,67 +317,72 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     ascending = True
     for p, n in zip(pend, nsyms):
         tables += p.tables
-        counts += [len(t) // T.ELF64_RELA.itemsize for t in p.tables]
+        counts += p.counts
         sections += p.targets
-        sizes += [p.reader.sections[t].size for t in p.targets]
+        sizes += p.sizes
         symbols += [n] * len(p.tables)
         ascending = ascending and p.ascending
     # The tables' bytes end to end: one copy at C speed, however many tables.
-    raw = np.frombuffer(b"".join(tables), dtype=T.ELF64_RELA)
+    if not tables:
+        return [np.empty(0, dtype=RELOC_DTYPE) for _ in pend]
+    raw = np.frombuffer(b"".join(tables), dtype=_RELA_IN)
     starts = [0, *accumulate(counts)][:-1]
-    rows = np.array(counts, dtype=np.int64)
-    info = raw["r_info"]
-    rtype = info.astype(np.uint32)  # the low 32 bits
-    sym = info >> 32
-    kinds = T.ELF_EDGE[np.minimum(rtype, _LAST_TYPE)]  # the last entry: every type past the table
-    offset = raw["r_offset"]
-    none = kinds == _NONE
-    nsym = np.uint32(nsyms[0]) if len(pend) == 1 else np.repeat(np.array(symbols, dtype=np.uint32), rows)
-    bad = (sym >= nsym) | (kinds == T.UNSUPPORTED)
-    if len(raw):
-        # Where each row's write ends (an offset past 2**64 - 8 wraps below
-        # it), R_X86_64_NONE rows aside; then the farthest of each table
-        # against the size of the section it patches.  In place: a 64-bit
-        # temporary per row costs more than the arithmetic on a big batch.
-        reach = _WIDTH[kinds]
-        reach += offset
-        np.maximum(reach, offset, out=reach)
+    offset = raw["offset"]
+    sym = raw["sym"]
+    kinds = T.ELF_EDGE.take(raw["rtype"], mode="clip")  # the last entry: every type past the table
+    # How many rows of each kind: R_X86_64_NONE rows (dropped) and
+    # unsupported ones (rejected) are rare, so their masks are made only when present.
+    census = np.bincount(kinds, minlength=256)
+    if census[T.UNSUPPORTED]:
+        return None
+    dropped = int(census[_NONE])
+    # Where each row's write ends (an offset past 2**64 - 8 wraps below
+    # it), R_X86_64_NONE rows aside; then the farthest of each table
+    # against the size of the section it patches, and the highest symbol
+    # number against its object's symbol count.
+    # In place: a 64-bit temporary per row costs more than the arithmetic on a big batch.
+    reach = _WIDTH.take(kinds)
+    reach += offset
+    np.maximum(reach, offset, out=reach)
+    if dropped:
+        none = kinds == _NONE
         reach[none] = 0
-        if np.count_nonzero(np.maximum.reduceat(reach, starts) > np.array(sizes, dtype=np.uint64)):
-            return None
-    if np.count_nonzero(bad):
+    # (A value per table, tens of them: compared as lists, which in a cold
+    # link costs less than the numpy calls to compare them as arrays.)
+    if any(map(gt, np.maximum.reduceat(reach, starts).tolist(), sizes)):
+        return None
+    if any(map(ge, np.maximum.reduceat(sym, starts).tolist(), symbols)):
         return None
     # Each object's rows sorted by (section, offset), as the reader leaves
     # them: so they are if its tables patch sections in order and each is
     # sorted (a decrease where one table ends and the next begins is allowed).
     descents = offset[1:] < offset[:-1]
+    if len(starts) > 1:
+        descents[[s - 1 for s in starts[1:]]] = False
     unsorted = np.count_nonzero(descents)
-    if unsorted and len(starts) > 1:
-        unsorted -= np.count_nonzero(descents[np.array(starts[1:]) - 1])
-    out = np.empty(len(raw), dtype=RELOC_DTYPE)
-    out["section"] = np.repeat(np.array(sections, dtype=np.int32), rows)
+    out = np.empty(len(raw), dtype=_RELOC_OUT)
     out["offset"] = offset
+    out["info"] = raw["info"]
+    out["addend"] = raw["addend"]
+    out["section"] = np.repeat(sections, counts)
     out["kind"] = kinds
-    out["rtype"] = rtype
-    out["sym"] = sym
     out["sym2"] = -1
-    out["addend"] = raw["r_addend"]
+    out = out.view(RELOC_DTYPE)
     # R_X86_64_NONE rows go; the records move once, not column by column.
-    dropped = np.count_nonzero(none)
     if dropped:
-        kept_rows = (rows - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
+        kept_rows = (np.array(counts) - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
         keep = ~none
-        out = out[keep]
+        out = out.compress(keep)  # (compress and take: a tenth of the cost of indexing records)
     if unsorted or not ascending:
         # One key: the section numbered across the batch (far below 2**24)
         # above the offset (which the checks bound by a section size, far below 2**40).
-        first = list(accumulate((len(p.reader.sections) for p in pend), initial=0))
+        first = list(accumulate((p.nsections for p in pend), initial=0))
         place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
-        at = np.repeat(np.array(place, dtype=np.uint64), rows)
+        at = np.repeat(np.array(place, dtype=np.uint64), counts)
         key = at << np.uint64(40) | offset
         if dropped:
             key = key[keep]
-        out = out[np.argsort(key, kind="stable")]
+        out = out.take(np.argsort(key, kind="stable"))
     if len(pend) == 1:
         return [out]
     if dropped:

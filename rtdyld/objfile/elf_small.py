@@ -69,14 +69,14 @@ def valid(reader, tables: tuple[list[memoryview], list[int]]) -> bool:
 
 
 def _symbols_valid(reader) -> bool:
-    bounds = reader.bounds  # per section number; NO_SECTION where not loaded
+    bounds = reader.bounds  # per section number; -1 where not loaded (unbounded)
     n = len(bounds)
     columns = reader.sym_columns
     for info, shndx, value in zip(columns.info, columns.shndx, columns.value):
         if _BIND[info >> 4] == 255:
             return False
         if shndx < n:
-            if value > bounds[shndx]:  # value == size: an end label
+            if value > bounds[shndx] >= 0:  # value == size: an end label
                 return False
         elif shndx != T.SHN_ABS and shndx != T.SHN_COMMON:
             return False  # past the last section, or a reserved number we do not support
