@@ -149,3 +149,16 @@ def test_cold_link_times_every_engine_in_the_same_rounds(tmp_path):
         assert mcjit[header.index("check")] == "ok", out
         assert mcjit[header.index("runs")] == rt[header.index("runs")], out
         assert RATIO.match(mcjit[header.index("rtdyld/engine")]), out
+
+
+def test_startup_times_each_command_in_turn_and_imports_nothing_heavy(tmp_path):
+    out = run_bench(tmp_path, "--only", "startup", timeout=300)
+    header, rows = table_after("startup:", out)
+    rows = rows[:5]  # the verdict lines follow the table
+    assert header == ["command", "runs", "median ms", "min ms", "cpu ms"], header
+    commands = [r[0] for r in rows]
+    assert commands[:4] == ["python -c pass", "python -c 'import numpy, _cffi_backend'",
+                            "python -c 'from rtdyld import Linker'", "rtdyld run --stats small.o"], commands
+    assert len({r[1] for r in rows}) == 1, rows  # every command ran as often
+    assert re.search(r"start-up \(run less link_s\) = \d+\.\d\dx python -c pass \(CPU time: \d+\.\d\dx\)", out), out
+    assert "heavy packages imported by 'rtdyld run': none" in out, out
