@@ -27,6 +27,7 @@ from __future__ import annotations
 from array import array
 from itertools import accumulate, pairwise
 from operator import ge, gt
+from typing import NamedTuple
 
 import numpy as np
 
@@ -105,18 +106,39 @@ class _Pending:
         self.blocks = None
 
 
+class BatchTables(NamedTuple):
+    """The symbol and relocation tables of a batch's objects, converted
+    together: each object's rows in its own numbering (its sections, its
+    symbols), the objects' rows end to end in batch order."""
+
+    symbols: np.ndarray  # SYM_DTYPE
+    symbol_counts: list[int]  # per object
+    symbol_owner: np.ndarray | None  # per symbol, its object; None for a batch of one
+    relocs: np.ndarray  # RELOC_DTYPE, each object's rows sorted by (section, offset)
+    reloc_counts: list[int]  # per object
+    # Per relocation, its section numbered across the batch: each object's
+    # sections after the previous object's, an object without sections taking one number.
+    reloc_sections: np.ndarray
+
+
 class DeferredElfObject(ObjectFile):
-    """An ELF object whose ``symbols`` and ``relocs`` are converted on first use, or with its batch."""
+    """An ELF object whose ``symbols`` and ``relocs`` are converted on first
+    use, or with its batch (then cut from the batch's tables when asked for)."""
 
     _pending: _Pending | None = None
     _symbols: np.ndarray | None = None
     _relocs: np.ndarray | None = None
+    # (the batch's tables, first and end symbol row, first and end relocation row)
+    _rows: tuple[BatchTables, int, int, int, int] | None = None
     pull_names: tuple[list[str], list[str]] | None = None
 
     @property
     def symbols(self) -> np.ndarray:
-        if self._pending is not None and self._symbols is None:
-            convert_pending([self])
+        if self._symbols is None:
+            if self._rows is not None:
+                self._cut()
+            elif self._pending is not None:
+                convert_pending([self])
         return self._symbols
 
     @symbols.setter
@@ -125,9 +147,20 @@ class DeferredElfObject(ObjectFile):
 
     @property
     def relocs(self) -> np.ndarray:
-        if self._pending is not None:
+        if self._rows is not None:
+            self._cut()
+        elif self._pending is not None:
             convert_pending([self])
         return self._relocs
+
+    def _cut(self) -> None:
+        """Its own tables, as views of the batch's (a table set since stays)."""
+        tables, s0, s1, r0, r1 = self._rows
+        self._rows = None
+        if self._symbols is None:
+            self._symbols = tables.symbols[s0:s1]
+        if self._relocs is None:
+            self._relocs = tables.relocs[r0:r1]
 
     @relocs.setter
     def relocs(self, value: np.ndarray | None) -> None:
@@ -241,6 +274,39 @@ def convert_pending(objects: list[ObjectFile]) -> None:
         o._pending = None
 
 
+def convert_batch(objects: list[ObjectFile]) -> BatchTables | None:
+    """The tables of ``objects`` converted together, as the batch joins
+    them; each object's own are cut from them when first asked for.  None
+    unless every object still waits for both its tables (others are
+    converted by :func:`convert_pending` and joined), or if a row is bad
+    (then :func:`convert_pending` raises the reader's error)."""
+    pend = []
+    for o in objects:
+        p = getattr(o, "_pending", None)
+        if p is None or o._symbols is not None:
+            return None
+        pend.append(p)
+    if not pend:
+        return None
+    converted = _symbol_rows(pend)
+    if converted is None:
+        return None
+    symbols, owner = converted
+    counts = [p.reader.nsyms for p in pend]
+    converted = _relocation_rows(pend, counts, placed=True)
+    if converted is None:
+        return None
+    relocs, rows, sections = converted
+    tables = BatchTables(symbols, counts, owner, relocs, rows, sections)
+    s0 = r0 = 0
+    for o, n, m in zip(objects, counts, rows):
+        o._pending = None
+        o._rows = (tables, s0, s0 + n, r0, r0 + m)
+        s0 += n
+        r0 += m
+    return tables
+
+
 def convert_now(reader, symbols: np.ndarray, tables: list[memoryview], targets: list[int]) -> np.ndarray | None:
     """One object's relocations through the batch conversion (fewer
     numpy calls than the reader's); None if a row is bad, for the reader to name."""
@@ -261,6 +327,19 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
     """Model symbol tables of the objects read for ``pend``, or None if any
     row would make the reader raise (bad section number or binding, a
     value past its section)."""
+    converted = _symbol_rows(pend)
+    if converted is None:
+        return None
+    out = converted[0]
+    if len(pend) == 1:
+        return [out]
+    ends = list(accumulate(p.reader.nsyms for p in pend))
+    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+
+
+def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """:func:`_convert_symbols`' tables end to end, and each row's object
+    (its place in ``pend``; None for one object)."""
     readers = [p.reader for p in pend]
     counts = [r.nsyms for r in readers]
     raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=_SYM_IN)
@@ -284,8 +363,11 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
         bound += bounds
         bound += _UNBOUNDED_PAD[:pad]
     at = np.minimum(np.add(raw["shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
+    owner = None
     if len(readers) > 1:
-        at += np.repeat(np.arange(0, width * len(readers), width), counts)
+        # Each row's object is also what the batch numbers its symbols by.
+        owner = np.repeat(np.arange(len(readers)), counts)
+        at += owner * width
     # Both look-ups in one (ndarray.take: the same as indexing, at half the
     # call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
     sec, limit = np.frombuffer(table + bound, dtype=np.int64).reshape(2, -1).take(at, axis=1)
@@ -299,16 +381,30 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
     out["value_size"] = raw["value_size"]
     out["section"] = sec
     out["attrs"] = _ATTRS.take(attrs)
-    out = out.view(SYM_DTYPE)
-    if len(readers) == 1:
-        return [out]
-    ends = list(accumulate(counts))
-    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+    return out.view(SYM_DTYPE), owner
 
 
 def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     """Model relocations of each pending object (with ``nsyms`` symbols), or
     None if any row would make the reader raise."""
+    converted = _relocation_rows(pend, nsyms)
+    if converted is None:
+        return None
+    out, rows, _ = converted
+    if len(pend) == 1:
+        return [out]
+    ends = list(accumulate(rows))
+    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+
+
+def _relocation_rows(
+    pend: list[_Pending], nsyms: list[int], placed: bool = False
+) -> tuple[np.ndarray, list[int], np.ndarray | None] | None:
+    """:func:`_convert`'s tables end to end (each object's rows sorted, the
+    objects in order), how many rows each object has, and with ``placed``
+    each row's section numbered across the batch (each object's sections
+    after the previous object's, an object without sections taking one
+    number), else None."""
     tables: list[memoryview] = []
     counts: list[int] = []  # per table: its rows
     sections: list[int] = []  # per table: the patched section, object-local
@@ -324,7 +420,7 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
         ascending = ascending and p.ascending
     # The tables' bytes end to end: one copy at C speed, however many tables.
     if not tables:
-        return [np.empty(0, dtype=RELOC_DTYPE) for _ in pend]
+        return np.empty(0, dtype=RELOC_DTYPE), [0] * len(pend), np.empty(0, dtype=np.int64) if placed else None
     raw = np.frombuffer(b"".join(tables), dtype=_RELA_IN)
     starts = [0, *accumulate(counts)][:-1]
     offset = raw["offset"]
@@ -373,21 +469,27 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
         kept_rows = (np.array(counts) - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
         keep = ~none
         out = out.compress(keep)  # (compress and take: a tenth of the cost of indexing records)
+    at = None
+    if unsorted or not ascending or placed:
+        first = list(accumulate((max(p.nsections, 1) for p in pend), initial=0))
+        place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
+        at = np.repeat(np.array(place, dtype=np.int64), counts)
+        if dropped:
+            at = at.compress(keep)
     if unsorted or not ascending:
         # One key: the section numbered across the batch (far below 2**24)
         # above the offset (which the checks bound by a section size, far below 2**40).
-        first = list(accumulate((p.nsections for p in pend), initial=0))
-        place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
-        at = np.repeat(np.array(place, dtype=np.uint64), counts)
-        key = at << np.uint64(40) | offset
-        if dropped:
-            key = key[keep]
-        out = out.take(np.argsort(key, kind="stable"))
+        key = at << 40
+        key |= (offset.compress(keep) if dropped else offset).view(np.int64)
+        order = np.argsort(key, kind="stable")
+        out = out.take(order)
+        if placed:
+            at = at.take(order)
+    if not placed:
+        at = None
     if len(pend) == 1:
-        return [out]
+        return out, [len(out)], at
     if dropped:
         per_table = iter(kept_rows)
-        ends = list(accumulate(sum(next(per_table) for _ in p.tables) for p in pend))
-    else:
-        ends = list(accumulate(p.rows for p in pend))
-    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+        return out, [sum(next(per_table) for _ in p.tables) for p in pend], at
+    return out, [p.rows for p in pend], at
