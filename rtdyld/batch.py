@@ -27,6 +27,7 @@ from .errors import (
 )
 from .objfile.elf_deferred import convert_batch, convert_pending
 from .objfile.model import (
+    BATCH_RELOC_DTYPE,
     RELOC_DTYPE,
     SEC_ABS,
     SEC_COMMON,
@@ -54,8 +55,6 @@ _INIT_ARRAY, _CTORS = int(SectionRole.INIT_ARRAY), int(SectionRole.CTORS)
 _FINI_ARRAY, _DTORS = int(SectionRole.FINI_ARRAY), int(SectionRole.DTORS)
 _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 _EH_FRAME = int(SectionRole.EH_FRAME)
-# The batch's relocations: an object's, plus which object and its own symbol number.
-BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
 _OBJECT_ROW = np.dtype((np.void, RELOC_DTYPE.itemsize))  # an object's relocation, as bytes
 
 
@@ -238,15 +237,13 @@ class BatchLinker:
         else:
             gsec[defined] += first
         self.gsec = gsec
-        if converted is not None:  # (the conversion gives no subtrahend symbols)
-            robj = np.repeat(obj_ids, converted.reloc_counts)
-            out = self._batch_relocs([converted.relocs], robj, False)
-            g = converted.reloc_sections
-        else:
-            tables = [o.relocs for o in objects]
-            robj = np.repeat(obj_ids, [len(t) for t in tables])
-            out = self._batch_relocs(tables, robj)
-            g = sec_base[robj] + out["section"]
+        if converted is not None:
+            self._joined_relocs(converted.relocs, gid_of)
+            return
+        tables = [o.relocs for o in objects]
+        robj = np.repeat(obj_ids, [len(t) for t in tables])
+        out = self._batch_relocs(tables, robj)
+        g = sec_base[robj] + out["section"]
         if renumber:
             g = gid_of[g]
             keep = g >= 0
@@ -255,10 +252,24 @@ class BatchLinker:
         out["section"] = g
         self.relocs = out
 
-    def _batch_relocs(self, tables: list[np.ndarray], robj: np.ndarray, sym2: bool = True) -> np.ndarray:
+    def _joined_relocs(self, out: np.ndarray, gid_of: np.ndarray | None) -> None:
+        """The batch's relocations from the rows converted in its layout
+        (sections numbered as ``sec_base`` does, symbols the objects' own):
+        symbols and, when sections were dropped, sections renumbered.  The
+        converted rows keep their sections and ``lsym`` (the objects' own
+        tables are cut from them), so the renumbered rows are a copy."""
+        sym = out["sym"]
+        sym += self.sym_base.take(out["obj"])  # no subtrahend symbols in ELF
+        if gid_of is not None:
+            g = gid_of.take(out["section"])
+            keep = g >= 0
+            out = out.compress(keep)
+            out["section"] = g.compress(keep)
+        self.relocs = out
+
+    def _batch_relocs(self, tables: list[np.ndarray], robj: np.ndarray) -> np.ndarray:
         """The objects' relocation tables end to end, with each row's object,
-        its own symbol number and the batch's (sections still the objects');
-        ``sym2`` false when no row has a subtrahend symbol."""
+        its own symbol number and the batch's (sections still the objects')."""
         n = len(robj)
         out = np.empty(n, dtype=BATCH_RELOC_DTYPE)
         if n and all(t.dtype == RELOC_DTYPE and t.flags.c_contiguous for t in tables):
@@ -277,8 +288,6 @@ class BatchLinker:
         out["lsym"] = sym
         base = self.sym_base[robj]
         sym += base
-        if not sym2:
-            return out
         sym2 = out["sym2"]
         has2 = sym2 >= 0
         if np.count_nonzero(has2):  # count_nonzero: ~0.5 us, any() ~5

@@ -5,9 +5,11 @@ tables of a few dozen rows: the per-call cost, not the rows, is what a link
 of a small archive pays, once per member.  So members read for a batch keep
 their symbol and SHT_RELA tables as uncopied views (every header already
 checked), lazy extraction gets the names each member defines and needs from
-the raw symbol table, and :func:`convert_pending` turns the tables of every
-such object of the batch into model tables in one pass when the batch is
-joined.
+the raw symbol table, and :func:`convert_batch` turns the tables of every
+such object of the batch into the batch's joined tables in one pass; each
+object's own are cut from them only when asked for (a trace, a message,
+the link cache).  :func:`convert_pending` converts any set of them into
+each object's own tables.
 
 The checks are the reader's, over all rows at once.  When any row is bad,
 the objects are converted one by one with the reader's own code, in batch
@@ -34,7 +36,7 @@ import numpy as np
 from ..errors import LinkError
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
-from .model import RELOC_DTYPE, SEC_ABS, SEC_COMMON, SEC_UNDEF, SYM_DTYPE, Bind, ObjectFile
+from .model import BATCH_RELOC_DTYPE, RELOC_DTYPE, SEC_ABS, SEC_COMMON, SEC_UNDEF, SYM_DTYPE, Bind, ObjectFile
 
 # Width of each kind's fixup, zero for the unsupported marker (rows so marked fail anyway).
 _WIDTH = np.zeros(256, dtype=np.uint64)
@@ -76,6 +78,12 @@ _RELOC_OUT = np.dtype({"names": ["section", "offset", "kind", "info", "sym2", "a
                        "formats": ["<i4", "<u8", "u1", "<u8", "<i4", "<i8"],
                        "offsets": [0, 4, 12, 13, 21, 25], "itemsize": RELOC_DTYPE.itemsize})
 assert [RELOC_DTYPE.fields[f][1] for f in ("offset", "kind", "rtype", "sym", "sym2", "addend")] == [4, 12, 13, 17, 21, 25]
+# The same rows in the batch's layout, with each row's object and its own symbol number.
+_BATCH_OUT = np.dtype({"names": [*_RELOC_OUT.names, "obj", "lsym"],
+                      "formats": [*(_RELOC_OUT.fields[f][0] for f in _RELOC_OUT.names), "<i4", "<i4"],
+                      "offsets": [*(_RELOC_OUT.fields[f][1] for f in _RELOC_OUT.names),
+                                  BATCH_RELOC_DTYPE.fields["obj"][1], BATCH_RELOC_DTYPE.fields["lsym"][1]],
+                      "itemsize": BATCH_RELOC_DTYPE.itemsize})
 
 
 class _Pending:
@@ -114,11 +122,12 @@ class BatchTables(NamedTuple):
     symbols: np.ndarray  # SYM_DTYPE
     symbol_counts: list[int]  # per object
     symbol_owner: np.ndarray | None  # per symbol, its object; None for a batch of one
-    relocs: np.ndarray  # RELOC_DTYPE, each object's rows sorted by (section, offset)
+    # BATCH_RELOC_DTYPE, each object's rows sorted by (section, offset), the
+    # sections numbered across the batch (each object's after the previous
+    # one's, an object without sections taking one number); ``sym`` is for
+    # the batch to renumber, ``lsym`` keeps the object's own.
+    relocs: np.ndarray
     reloc_counts: list[int]  # per object
-    # Per relocation, its section numbered across the batch: each object's
-    # sections after the previous object's, an object without sections taking one number.
-    reloc_sections: np.ndarray
 
 
 class DeferredElfObject(ObjectFile):
@@ -128,8 +137,9 @@ class DeferredElfObject(ObjectFile):
     _pending: _Pending | None = None
     _symbols: np.ndarray | None = None
     _relocs: np.ndarray | None = None
-    # (the batch's tables, first and end symbol row, first and end relocation row)
-    _rows: tuple[BatchTables, int, int, int, int] | None = None
+    # (the batch's tables, first and end symbol row, first and end relocation
+    # row, the batch's number for its first section)
+    _rows: tuple[BatchTables, int, int, int, int, int] | None = None
     pull_names: tuple[list[str], list[str]] | None = None
 
     @property
@@ -154,13 +164,18 @@ class DeferredElfObject(ObjectFile):
         return self._relocs
 
     def _cut(self) -> None:
-        """Its own tables, as views of the batch's (a table set since stays)."""
-        tables, s0, s1, r0, r1 = self._rows
+        """Its own tables from the batch's: the symbols a view, the
+        relocations renumbered back (a table set since stays)."""
+        tables, s0, s1, r0, r1, first = self._rows
         self._rows = None
         if self._symbols is None:
             self._symbols = tables.symbols[s0:s1]
         if self._relocs is None:
-            self._relocs = tables.relocs[r0:r1]
+            rows = tables.relocs[r0:r1]
+            relocs = rows[list(RELOC_DTYPE.names)].astype(RELOC_DTYPE)
+            relocs["section"] -= first
+            relocs["sym"] = rows["lsym"]
+            self._relocs = relocs
 
     @relocs.setter
     def relocs(self, value: np.ndarray | None) -> None:
@@ -293,15 +308,15 @@ def convert_batch(objects: list[ObjectFile]) -> BatchTables | None:
         return None
     symbols, owner = converted
     counts = [p.reader.nsyms for p in pend]
-    converted = _relocation_rows(pend, counts, placed=True)
+    converted = _relocation_rows(pend, counts, batch=True)
     if converted is None:
         return None
-    relocs, rows, sections = converted
-    tables = BatchTables(symbols, counts, owner, relocs, rows, sections)
+    relocs, rows = converted
+    tables = BatchTables(symbols, counts, owner, relocs, rows)
     s0 = r0 = 0
-    for o, n, m in zip(objects, counts, rows):
+    for o, n, m, first in zip(objects, counts, rows, _section_starts(pend)):
         o._pending = None
-        o._rows = (tables, s0, s0 + n, r0, r0 + m)
+        o._rows = (tables, s0, s0 + n, r0, r0 + m, first)
         s0 += n
         r0 += m
     return tables
@@ -390,21 +405,19 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     converted = _relocation_rows(pend, nsyms)
     if converted is None:
         return None
-    out, rows, _ = converted
+    out, rows = converted
     if len(pend) == 1:
         return [out]
     ends = list(accumulate(rows))
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def _relocation_rows(
-    pend: list[_Pending], nsyms: list[int], placed: bool = False
-) -> tuple[np.ndarray, list[int], np.ndarray | None] | None:
+def _relocation_rows(pend: list[_Pending], nsyms: list[int], batch: bool = False) -> tuple[np.ndarray, list[int]] | None:
     """:func:`_convert`'s tables end to end (each object's rows sorted, the
-    objects in order), how many rows each object has, and with ``placed``
-    each row's section numbered across the batch (each object's sections
-    after the previous object's, an object without sections taking one
-    number), else None."""
+    objects in order), and how many rows each object has.  With ``batch``
+    the rows are in the batch's layout (BATCH_RELOC_DTYPE): each row's
+    object and its symbol number (in ``sym`` and ``lsym``), its section
+    numbered across the batch (see :func:`_section_starts`)."""
     tables: list[memoryview] = []
     counts: list[int] = []  # per table: its rows
     sections: list[int] = []  # per table: the patched section, object-local
@@ -420,7 +433,7 @@ def _relocation_rows(
         ascending = ascending and p.ascending
     # The tables' bytes end to end: one copy at C speed, however many tables.
     if not tables:
-        return np.empty(0, dtype=RELOC_DTYPE), [0] * len(pend), np.empty(0, dtype=np.int64) if placed else None
+        return np.empty(0, dtype=BATCH_RELOC_DTYPE if batch else RELOC_DTYPE), [0] * len(pend)
     raw = np.frombuffer(b"".join(tables), dtype=_RELA_IN)
     starts = [0, *accumulate(counts)][:-1]
     offset = raw["offset"]
@@ -456,40 +469,48 @@ def _relocation_rows(
     if len(starts) > 1:
         descents[[s - 1 for s in starts[1:]]] = False
     unsorted = np.count_nonzero(descents)
-    out = np.empty(len(raw), dtype=_RELOC_OUT)
+    out = np.empty(len(raw), dtype=_BATCH_OUT if batch else _RELOC_OUT)
     out["offset"] = offset
     out["info"] = raw["info"]
     out["addend"] = raw["addend"]
-    out["section"] = np.repeat(sections, counts)
+    if batch:
+        first = _section_starts(pend)
+        out["section"] = np.repeat([first[k] + t for k, p in enumerate(pend) for t in p.targets], counts)
+        out["obj"] = np.repeat([k for k, p in enumerate(pend) for _ in p.tables], counts)
+        out["lsym"] = sym
+    else:
+        out["section"] = np.repeat(sections, counts)
     out["kind"] = kinds
     out["sym2"] = -1
-    out = out.view(RELOC_DTYPE)
+    out = out.view(BATCH_RELOC_DTYPE if batch else RELOC_DTYPE)
     # R_X86_64_NONE rows go; the records move once, not column by column.
     if dropped:
         kept_rows = (np.array(counts) - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
         keep = ~none
         out = out.compress(keep)  # (compress and take: a tenth of the cost of indexing records)
-    at = None
-    if unsorted or not ascending or placed:
-        first = list(accumulate((max(p.nsections, 1) for p in pend), initial=0))
-        place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
-        at = np.repeat(np.array(place, dtype=np.int64), counts)
-        if dropped:
-            at = at.compress(keep)
     if unsorted or not ascending:
         # One key: the section numbered across the batch (far below 2**24)
         # above the offset (which the checks bound by a section size, far below 2**40).
-        key = at << 40
+        if batch:
+            key = out["section"].astype(np.int64)
+        else:
+            first = _section_starts(pend)
+            place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
+            key = np.repeat(np.array(place, dtype=np.int64), counts)
+            if dropped:
+                key = key.compress(keep)
+        key <<= 40
         key |= (offset.compress(keep) if dropped else offset).view(np.int64)
-        order = np.argsort(key, kind="stable")
-        out = out.take(order)
-        if placed:
-            at = at.take(order)
-    if not placed:
-        at = None
+        out = out.take(np.argsort(key, kind="stable"))
     if len(pend) == 1:
-        return out, [len(out)], at
+        return out, [len(out)]
     if dropped:
         per_table = iter(kept_rows)
-        return out, [sum(next(per_table) for _ in p.tables) for p in pend], at
-    return out, [p.rows for p in pend], at
+        return out, [sum(next(per_table) for _ in p.tables) for p in pend]
+    return out, [p.rows for p in pend]
+
+
+def _section_starts(pend: list[_Pending]) -> list[int]:
+    """Per object, the number of its first section across the batch, as
+    the batch numbers them: an object without sections takes one number."""
+    return list(accumulate((max(p.nsections, 1) for p in pend), initial=0))
