@@ -229,13 +229,14 @@ class BatchLinker:
         self.names = list(chain.from_iterable(o.names for o in objects))
         gsec = syms["section"].astype(np.int64)
         defined = gsec >= 0
-        first = sec_base[self.sym_obj[defined]]
         if renumber:
+            first = sec_base[self.sym_obj[defined]]
             gsec[defined] = gid_of[first + gsec[defined]]
             # A symbol in a dropped section is a reference to the kept copy.
             gsec[defined & (gsec < 0)] = SEC_DISCARDED
         else:
-            gsec[defined] += first
+            # One masked add: gathering and scattering by a mask costs more on a large batch.
+            np.add(gsec, sec_base.take(self.sym_obj), out=gsec, where=defined)
         self.gsec = gsec
         if converted is not None:
             self._joined_relocs(converted.relocs, gid_of)

@@ -116,3 +116,17 @@ def test_dropped_comdat_copies(build):
     # The dropped sections' rows are still the object's own.
     for obj, (_, data) in zip(direct.objects, objects):
         assert obj.relocs.tolist() == readers_table(data).tolist(), obj.name
+
+
+def test_a_batch_joined_again_gives_the_same_tables(build):
+    """A batch that failed after joining is linked again from the same
+    objects (their own tables cut from the first join's): the same rows."""
+    objects = [(s, build.cc_bytes(s, *SPLIT)) for s in ("fptr.c", "switch.c", "strings.c")]
+    first = _joined(objects, converted_first=False)
+    rows = first.relocs.tolist()
+    again = BatchLinker(first.objects, Dylib(), memory=None, kept_groups=set())
+    again.select_groups()
+    again.concatenate()
+    assert again.relocs is not first.relocs
+    _same_batch(again, first)
+    assert again.relocs.tolist() == rows

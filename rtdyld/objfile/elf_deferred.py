@@ -492,14 +492,14 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int], batch: bool = False
         # One key: the section numbered across the batch (far below 2**24)
         # above the offset (which the checks bound by a section size, far below 2**40).
         if batch:
-            key = out["section"].astype(np.int64)
+            key = np.left_shift(out["section"], 40, dtype=np.int64)
         else:
             first = _section_starts(pend)
             place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
             key = np.repeat(np.array(place, dtype=np.int64), counts)
             if dropped:
                 key = key.compress(keep)
-        key <<= 40
+            key <<= 40
         key |= (offset.compress(keep) if dropped else offset).view(np.int64)
         out = out.take(np.argsort(key, kind="stable"))
     if len(pend) == 1:
