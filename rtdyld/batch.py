@@ -25,8 +25,9 @@ from .errors import (
     RelocationOverflowError,
     UndefinedSymbolError,
 )
-from .objfile.elf_deferred import convert_pending
+from .objfile.elf_deferred import convert_batch, convert_pending
 from .objfile.model import (
+    BATCH_RELOC_DTYPE,
     RELOC_DTYPE,
     SEC_ABS,
     SEC_COMMON,
@@ -54,8 +55,6 @@ _INIT_ARRAY, _CTORS = int(SectionRole.INIT_ARRAY), int(SectionRole.CTORS)
 _FINI_ARRAY, _DTORS = int(SectionRole.FINI_ARRAY), int(SectionRole.DTORS)
 _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 _EH_FRAME = int(SectionRole.EH_FRAME)
-# The batch's relocations: an object's, plus which object and its own symbol number.
-BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
 _OBJECT_ROW = np.dtype((np.void, RELOC_DTYPE.itemsize))  # an object's relocation, as bytes
 
 
@@ -172,8 +171,11 @@ class BatchLinker:
 
     def concatenate(self) -> None:
         """Every object's tables joined into one, in batch-wide numbering."""
-        convert_pending(self.objects)
         objects = self.objects
+        # Objects read for the batch are converted together, straight into joined tables.
+        converted = convert_batch(objects)
+        if converted is None:
+            convert_pending(objects)
         placed: list[PlacedSection] = []
         sections: list = []  # placed[i]'s Section, so later phases skip two look-ups per section
         # Object-local section numbers become batch-wide ones through one table
@@ -206,29 +208,39 @@ class BatchLinker:
         renumber = len(gids) != len(placed)
         gid_of = np.array(gids or [0], dtype=np.int64) if renumber else None
         sec_base = np.array(starts, dtype=np.int64)
-        counts = [len(o.symbols) for o in objects]
+        if converted is not None:
+            counts = converted.symbol_counts
+            syms = converted.symbols
+            owner = converted.symbol_owner
+        else:
+            counts = [len(o.symbols) for o in objects]
+            syms = join([o.symbols for o in objects], SYM_DTYPE)
+            owner = None
         sym_base = [0, *accumulate(counts)]
         self.sym_base = np.array(sym_base, dtype=np.int64)
         self.nsyms = sym_base[-1]
-        syms = join([o.symbols for o in objects], SYM_DTYPE)
         self.value = syms["value"]
         self.size = syms["size"]
         self.bind = syms["bind"]
         self.stype = syms["type"]
         self.vis = syms["vis"]
         obj_ids = np.arange(len(objects))
-        self.sym_obj = np.repeat(obj_ids, counts)
+        self.sym_obj = owner if owner is not None else np.repeat(obj_ids, counts)
         self.names = list(chain.from_iterable(o.names for o in objects))
         gsec = syms["section"].astype(np.int64)
         defined = gsec >= 0
-        first = sec_base[self.sym_obj[defined]]
         if renumber:
+            first = sec_base[self.sym_obj[defined]]
             gsec[defined] = gid_of[first + gsec[defined]]
             # A symbol in a dropped section is a reference to the kept copy.
             gsec[defined & (gsec < 0)] = SEC_DISCARDED
         else:
-            gsec[defined] += first
+            # One masked add: gathering and scattering by a mask costs more on a large batch.
+            np.add(gsec, sec_base.take(self.sym_obj), out=gsec, where=defined)
         self.gsec = gsec
+        if converted is not None:
+            self._joined_relocs(converted.relocs, gid_of)
+            return
         tables = [o.relocs for o in objects]
         robj = np.repeat(obj_ids, [len(t) for t in tables])
         out = self._batch_relocs(tables, robj)
@@ -239,6 +251,21 @@ class BatchLinker:
             if np.count_nonzero(keep) < len(keep):
                 out, g = out[keep], g[keep]
         out["section"] = g
+        self.relocs = out
+
+    def _joined_relocs(self, out: np.ndarray, gid_of: np.ndarray | None) -> None:
+        """The batch's relocations from the rows converted in its layout
+        (sections numbered as ``sec_base`` does, symbols the objects' own):
+        symbols and, when sections were dropped, sections renumbered.  The
+        converted rows keep their sections and ``lsym`` (the objects' own
+        tables are cut from them), so the renumbered rows are a copy."""
+        sym = out["sym"]
+        sym += self.sym_base.take(out["obj"])  # no subtrahend symbols in ELF
+        if gid_of is not None:
+            g = gid_of.take(out["section"])
+            keep = g >= 0
+            out = out.compress(keep)
+            out["section"] = g.compress(keep)
         self.relocs = out
 
     def _batch_relocs(self, tables: list[np.ndarray], robj: np.ndarray) -> np.ndarray:

@@ -5,9 +5,11 @@ tables of a few dozen rows: the per-call cost, not the rows, is what a link
 of a small archive pays, once per member.  So members read for a batch keep
 their symbol and SHT_RELA tables as uncopied views (every header already
 checked), lazy extraction gets the names each member defines and needs from
-the raw symbol table, and :func:`convert_pending` turns the tables of every
-such object of the batch into model tables in one pass when the batch is
-joined.
+the raw symbol table, and :func:`convert_batch` turns the tables of every
+such object of the batch into the batch's joined tables in one pass; each
+object's own are cut from them only when asked for (a trace, a message,
+the link cache).  :func:`convert_pending` converts any set of them into
+each object's own tables.
 
 The checks are the reader's, over all rows at once.  When any row is bad,
 the objects are converted one by one with the reader's own code, in batch
@@ -27,13 +29,14 @@ from __future__ import annotations
 from array import array
 from itertools import accumulate, pairwise
 from operator import ge, gt
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import LinkError
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
-from .model import RELOC_DTYPE, SEC_ABS, SEC_COMMON, SEC_UNDEF, SYM_DTYPE, Bind, ObjectFile
+from .model import BATCH_RELOC_DTYPE, RELOC_DTYPE, SEC_ABS, SEC_COMMON, SEC_UNDEF, SYM_DTYPE, Bind, ObjectFile
 
 # Width of each kind's fixup, zero for the unsupported marker (rows so marked fail anyway).
 _WIDTH = np.zeros(256, dtype=np.uint64)
@@ -75,6 +78,12 @@ _RELOC_OUT = np.dtype({"names": ["section", "offset", "kind", "info", "sym2", "a
                        "formats": ["<i4", "<u8", "u1", "<u8", "<i4", "<i8"],
                        "offsets": [0, 4, 12, 13, 21, 25], "itemsize": RELOC_DTYPE.itemsize})
 assert [RELOC_DTYPE.fields[f][1] for f in ("offset", "kind", "rtype", "sym", "sym2", "addend")] == [4, 12, 13, 17, 21, 25]
+# The same rows in the batch's layout, with each row's object and its own symbol number.
+_BATCH_OUT = np.dtype({"names": [*_RELOC_OUT.names, "obj", "lsym"],
+                      "formats": [*(_RELOC_OUT.fields[f][0] for f in _RELOC_OUT.names), "<i4", "<i4"],
+                      "offsets": [*(_RELOC_OUT.fields[f][1] for f in _RELOC_OUT.names),
+                                  BATCH_RELOC_DTYPE.fields["obj"][1], BATCH_RELOC_DTYPE.fields["lsym"][1]],
+                      "itemsize": BATCH_RELOC_DTYPE.itemsize})
 
 
 class _Pending:
@@ -105,18 +114,41 @@ class _Pending:
         self.blocks = None
 
 
+class BatchTables(NamedTuple):
+    """The symbol and relocation tables of a batch's objects, converted
+    together: each object's rows in its own numbering (its sections, its
+    symbols), the objects' rows end to end in batch order."""
+
+    symbols: np.ndarray  # SYM_DTYPE
+    symbol_counts: list[int]  # per object
+    symbol_owner: np.ndarray | None  # per symbol, its object; None for a batch of one
+    # BATCH_RELOC_DTYPE, each object's rows sorted by (section, offset), the
+    # sections numbered across the batch (each object's after the previous
+    # one's, an object without sections taking one number); ``sym`` is for
+    # the batch to renumber, ``lsym`` keeps the object's own.
+    relocs: np.ndarray
+    reloc_counts: list[int]  # per object
+
+
 class DeferredElfObject(ObjectFile):
-    """An ELF object whose ``symbols`` and ``relocs`` are converted on first use, or with its batch."""
+    """An ELF object whose ``symbols`` and ``relocs`` are converted on first
+    use, or with its batch (then cut from the batch's tables when asked for)."""
 
     _pending: _Pending | None = None
     _symbols: np.ndarray | None = None
     _relocs: np.ndarray | None = None
+    # (the batch's tables, first and end symbol row, first and end relocation
+    # row, the batch's number for its first section)
+    _rows: tuple[BatchTables, int, int, int, int, int] | None = None
     pull_names: tuple[list[str], list[str]] | None = None
 
     @property
     def symbols(self) -> np.ndarray:
-        if self._pending is not None and self._symbols is None:
-            convert_pending([self])
+        if self._symbols is None:
+            if self._rows is not None:
+                self._cut()
+            elif self._pending is not None:
+                convert_pending([self])
         return self._symbols
 
     @symbols.setter
@@ -125,9 +157,25 @@ class DeferredElfObject(ObjectFile):
 
     @property
     def relocs(self) -> np.ndarray:
-        if self._pending is not None:
+        if self._rows is not None:
+            self._cut()
+        elif self._pending is not None:
             convert_pending([self])
         return self._relocs
+
+    def _cut(self) -> None:
+        """Its own tables from the batch's: the symbols a view, the
+        relocations renumbered back (a table set since stays)."""
+        tables, s0, s1, r0, r1, first = self._rows
+        self._rows = None
+        if self._symbols is None:
+            self._symbols = tables.symbols[s0:s1]
+        if self._relocs is None:
+            rows = tables.relocs[r0:r1]
+            relocs = rows[list(RELOC_DTYPE.names)].astype(RELOC_DTYPE)
+            relocs["section"] -= first
+            relocs["sym"] = rows["lsym"]
+            self._relocs = relocs
 
     @relocs.setter
     def relocs(self, value: np.ndarray | None) -> None:
@@ -241,6 +289,39 @@ def convert_pending(objects: list[ObjectFile]) -> None:
         o._pending = None
 
 
+def convert_batch(objects: list[ObjectFile]) -> BatchTables | None:
+    """The tables of ``objects`` converted together, as the batch joins
+    them; each object's own are cut from them when first asked for.  None
+    unless every object still waits for both its tables (others are
+    converted by :func:`convert_pending` and joined), or if a row is bad
+    (then :func:`convert_pending` raises the reader's error)."""
+    pend = []
+    for o in objects:
+        p = getattr(o, "_pending", None)
+        if p is None or o._symbols is not None:
+            return None
+        pend.append(p)
+    if not pend:
+        return None
+    converted = _symbol_rows(pend)
+    if converted is None:
+        return None
+    symbols, owner = converted
+    counts = [p.reader.nsyms for p in pend]
+    converted = _relocation_rows(pend, counts, batch=True)
+    if converted is None:
+        return None
+    relocs, rows = converted
+    tables = BatchTables(symbols, counts, owner, relocs, rows)
+    s0 = r0 = 0
+    for o, n, m, first in zip(objects, counts, rows, _section_starts(pend)):
+        o._pending = None
+        o._rows = (tables, s0, s0 + n, r0, r0 + m, first)
+        s0 += n
+        r0 += m
+    return tables
+
+
 def convert_now(reader, symbols: np.ndarray, tables: list[memoryview], targets: list[int]) -> np.ndarray | None:
     """One object's relocations through the batch conversion (fewer
     numpy calls than the reader's); None if a row is bad, for the reader to name."""
@@ -261,6 +342,19 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
     """Model symbol tables of the objects read for ``pend``, or None if any
     row would make the reader raise (bad section number or binding, a
     value past its section)."""
+    converted = _symbol_rows(pend)
+    if converted is None:
+        return None
+    out = converted[0]
+    if len(pend) == 1:
+        return [out]
+    ends = list(accumulate(p.reader.nsyms for p in pend))
+    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+
+
+def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """:func:`_convert_symbols`' tables end to end, and each row's object
+    (its place in ``pend``; None for one object)."""
     readers = [p.reader for p in pend]
     counts = [r.nsyms for r in readers]
     raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=_SYM_IN)
@@ -284,8 +378,11 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
         bound += bounds
         bound += _UNBOUNDED_PAD[:pad]
     at = np.minimum(np.add(raw["shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
+    owner = None
     if len(readers) > 1:
-        at += np.repeat(np.arange(0, width * len(readers), width), counts)
+        # Each row's object is also what the batch numbers its symbols by.
+        owner = np.repeat(np.arange(len(readers)), counts)
+        at += owner * width
     # Both look-ups in one (ndarray.take: the same as indexing, at half the
     # call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
     sec, limit = np.frombuffer(table + bound, dtype=np.int64).reshape(2, -1).take(at, axis=1)
@@ -299,16 +396,28 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
     out["value_size"] = raw["value_size"]
     out["section"] = sec
     out["attrs"] = _ATTRS.take(attrs)
-    out = out.view(SYM_DTYPE)
-    if len(readers) == 1:
-        return [out]
-    ends = list(accumulate(counts))
-    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+    return out.view(SYM_DTYPE), owner
 
 
 def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     """Model relocations of each pending object (with ``nsyms`` symbols), or
     None if any row would make the reader raise."""
+    converted = _relocation_rows(pend, nsyms)
+    if converted is None:
+        return None
+    out, rows = converted
+    if len(pend) == 1:
+        return [out]
+    ends = list(accumulate(rows))
+    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+
+
+def _relocation_rows(pend: list[_Pending], nsyms: list[int], batch: bool = False) -> tuple[np.ndarray, list[int]] | None:
+    """:func:`_convert`'s tables end to end (each object's rows sorted, the
+    objects in order), and how many rows each object has.  With ``batch``
+    the rows are in the batch's layout (BATCH_RELOC_DTYPE): each row's
+    object and its symbol number (in ``sym`` and ``lsym``), its section
+    numbered across the batch (see :func:`_section_starts`)."""
     tables: list[memoryview] = []
     counts: list[int] = []  # per table: its rows
     sections: list[int] = []  # per table: the patched section, object-local
@@ -324,7 +433,7 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
         ascending = ascending and p.ascending
     # The tables' bytes end to end: one copy at C speed, however many tables.
     if not tables:
-        return [np.empty(0, dtype=RELOC_DTYPE) for _ in pend]
+        return np.empty(0, dtype=BATCH_RELOC_DTYPE if batch else RELOC_DTYPE), [0] * len(pend)
     raw = np.frombuffer(b"".join(tables), dtype=_RELA_IN)
     starts = [0, *accumulate(counts)][:-1]
     offset = raw["offset"]
@@ -360,14 +469,20 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     if len(starts) > 1:
         descents[[s - 1 for s in starts[1:]]] = False
     unsorted = np.count_nonzero(descents)
-    out = np.empty(len(raw), dtype=_RELOC_OUT)
+    out = np.empty(len(raw), dtype=_BATCH_OUT if batch else _RELOC_OUT)
     out["offset"] = offset
     out["info"] = raw["info"]
     out["addend"] = raw["addend"]
-    out["section"] = np.repeat(sections, counts)
+    if batch:
+        first = _section_starts(pend)
+        out["section"] = np.repeat([first[k] + t for k, p in enumerate(pend) for t in p.targets], counts)
+        out["obj"] = np.repeat([k for k, p in enumerate(pend) for _ in p.tables], counts)
+        out["lsym"] = sym
+    else:
+        out["section"] = np.repeat(sections, counts)
     out["kind"] = kinds
     out["sym2"] = -1
-    out = out.view(RELOC_DTYPE)
+    out = out.view(BATCH_RELOC_DTYPE if batch else RELOC_DTYPE)
     # R_X86_64_NONE rows go; the records move once, not column by column.
     if dropped:
         kept_rows = (np.array(counts) - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
@@ -376,18 +491,26 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     if unsorted or not ascending:
         # One key: the section numbered across the batch (far below 2**24)
         # above the offset (which the checks bound by a section size, far below 2**40).
-        first = list(accumulate((p.nsections for p in pend), initial=0))
-        place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
-        at = np.repeat(np.array(place, dtype=np.uint64), counts)
-        key = at << np.uint64(40) | offset
-        if dropped:
-            key = key[keep]
+        if batch:
+            key = np.left_shift(out["section"], 40, dtype=np.int64)
+        else:
+            first = _section_starts(pend)
+            place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
+            key = np.repeat(np.array(place, dtype=np.int64), counts)
+            if dropped:
+                key = key.compress(keep)
+            key <<= 40
+        key |= (offset.compress(keep) if dropped else offset).view(np.int64)
         out = out.take(np.argsort(key, kind="stable"))
     if len(pend) == 1:
-        return [out]
+        return out, [len(out)]
     if dropped:
         per_table = iter(kept_rows)
-        ends = list(accumulate(sum(next(per_table) for _ in p.tables) for p in pend))
-    else:
-        ends = list(accumulate(p.rows for p in pend))
-    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+        return out, [sum(next(per_table) for _ in p.tables) for p in pend]
+    return out, [p.rows for p in pend]
+
+
+def _section_starts(pend: list[_Pending]) -> list[int]:
+    """Per object, the number of its first section across the batch, as
+    the batch numbers them: an object without sections takes one number."""
+    return list(accumulate((max(p.nsections, 1) for p in pend), initial=0))

@@ -78,6 +78,10 @@ RELOC_DTYPE = np.dtype(
 )
 
 
+# A batch's relocations (rtdyld.batch): an object's, plus which object and its own symbol number.
+BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
+
+
 def empty_relocs(n: int = 0) -> np.ndarray:
     r = np.zeros(n, dtype=RELOC_DTYPE)
     r["sym2"] = -1
