@@ -76,3 +76,37 @@ def test_a_process_definition_made_in_bulk_describes_itself_when_read():
     (d,) = Dylib().resolve_many(["malloc"]).values()
     assert (d.size, d.type, d.bind, d.vis, d.section, d.batch) == (0, 0, 1, 0, "", None)
     assert d.origin.startswith("libc.so")
+
+
+MACHO_IR = """
+@value_src = external global i8
+define ptr @macho_addr() {
+  ret ptr @value_src
+}
+"""
+
+# An ELF object's names are taken as they are: no underscore is dropped for it.
+ELF_IR = """
+@_other_src = extern_weak global i8
+define ptr @elf_addr() {
+  ret ptr @_other_src
+}
+"""
+
+
+def test_each_outside_name_is_resolved_with_its_referrers_prefix():
+    import rtdyld
+
+    ln = rtdyld.Linker()
+    try:
+        ln.define("value_src", 0x7000)
+        ln.define("other_src", 0x8000)
+        ln.add_module(MACHO_IR, name="macho.o", triple="x86_64-apple-macosx10.15")
+        ln.add_module(ELF_IR, name="elf.o")
+        handle = ln.finalize()
+        assert ln.function("macho_addr", "uintptr_t(void)")() == 0x7000
+        assert ln.function("elf_addr", "uintptr_t(void)")() == 0
+        sources = {e.name: e.source for e in handle.batch.externals}
+        assert sources == {"_value_src": "user definition", "_other_src": "weak undefined"}
+    finally:
+        ln.close()
