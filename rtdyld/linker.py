@@ -374,10 +374,10 @@ class Linker:
         before archives in the chain; libraries and the process after them."""
         others = [d for d in dylib.order() if isinstance(d, Dylib)]
         if not others:  # the usual link order: libraries and the process only
-            return lambda name, prefix: dylib.own(name, prefix) is not None
+            return dylib.defines
 
         def defined(name: str, prefix: str) -> bool:
-            return dylib.own(name, prefix) is not None or any(d.own(name, prefix) for d in others)
+            return dylib.defines(name, prefix) or any(d.defines(name, prefix) for d in others)
 
         return defined
 

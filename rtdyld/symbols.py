@@ -170,6 +170,31 @@ class Dylib:
                 return d
         return None
 
+    def defines(self, name: str, prefix: str = "") -> bool:
+        """Whether :meth:`own` finds ``name``: without making its SymbolDef."""
+        if name in self.published:
+            return True
+        user = self.user
+        return bool(user) and any(n in user for n in host_names(name, prefix))
+
+    def own_many(self, names: list[str], prefix: str = "") -> dict[str, SymbolDef]:
+        """:meth:`own` of each of ``names`` found here: name -> definition."""
+        found: dict[str, SymbolDef] = {}
+        published = self.published
+        if published:
+            for name in published.keys() & names:  # iterates names, at C speed
+                found[name] = published[name]
+        user = self.user
+        if user:
+            for name in names:
+                if name not in found:
+                    for n in host_names(name, prefix):
+                        d = user.get(n)
+                        if d is not None:
+                            found[name] = d
+                            break
+        return found
+
     def resolve(self, name: str, prefix: str = "", pending=None) -> SymbolDef | None:
         """Find ``name`` outside this dylib's batch in flight, or None.
 
@@ -199,6 +224,37 @@ class Dylib:
                 return d
         return None
 
+    def resolve_many(self, names: list[str], prefix: str = "", pending=None) -> dict[str, SymbolDef]:
+        """:meth:`resolve` of each of ``names``: name -> definition, for those found.
+
+        Each source of the chain is asked once, for the names no source
+        before it defines: a batch's outside names cost one pass over the
+        chain (and one over dlsym for the process), not the chain per name.
+        """
+        found = self.own_many(names, prefix)
+        left = [n for n in names if n not in found] if found else names
+        # The order as order() gives it, built once for all the names.
+        order = self._order if self._order is not None else (*self.libraries, PROCESS)
+        for entry in order:
+            if not left:
+                break
+            if entry == PROCESS:  # first: the usual last entry, and a Dylib or Library never equals a str
+                _from_process_many(left, prefix, found)
+            elif isinstance(entry, Dylib):
+                for name in left:
+                    d = pending(entry, name) if pending else None
+                    d = d or entry.own(name, prefix)
+                    if d is not None:
+                        found[name] = d
+            elif isinstance(entry, Library):
+                _from_handle_many(entry.handle, entry.path, left, prefix, found)
+            else:
+                lib = next((x for x in self.libraries if entry in (x.name, x.path)), None)
+                if lib is not None:
+                    _from_handle_many(lib.handle, lib.path, left, prefix, found)
+            left = [n for n in left if n not in found]
+        return found
+
     def lookup(self, name: str) -> SymbolDef | None:
         """A published symbol by its plain or Mach-O-decorated name."""
         return self.published.get(name) or self.published.get("_" + name)
@@ -212,13 +268,35 @@ def _from_handle(handle, path: str, name: str, prefix: str) -> SymbolDef | None:
     return None
 
 
+def _unprefixed(names: list[str], prefix: str) -> dict[str, str]:
+    """The second of :func:`host_names` of those of ``names`` that have one: name -> host name."""
+    n = len(prefix)
+    return {name: name[n:] for name in names if name.startswith(prefix) and len(name) > n}
+
+
+def _from_handle_many(handle, path: str, names: list[str], prefix: str, found: dict) -> None:
+    """:func:`_from_handle` of each of ``names``, into ``found``."""
+    for name, addr in zip(names, host.library_symbols(handle, names)):
+        if addr:
+            found[name] = SymbolDef(name=name, address=addr, origin=path)
+    if prefix:
+        bare = _unprefixed([n for n in names if n not in found], prefix)
+        for (name, n), addr in zip(bare.items(), host.library_symbols(handle, list(bare.values()))):
+            if addr:
+                found[name] = SymbolDef(name=n, address=addr, origin=path)
+
+
 class _ProcessSymbolDef(SymbolDef):
     """A definition found in the process.  Which library holds it (``origin``)
     costs the loader a look-up (~4 us) that only a message, a map or a trace
     reads, so it is asked for then, once."""
 
     def __init__(self, name: str, address: int) -> None:
-        SymbolDef.__init__(self, name, address)
+        # The other fields keep SymbolDef's defaults (class attributes): one
+        # of these is made per outside name per link, and the dataclass
+        # __init__ would also go through the origin property.
+        self.name = name
+        self.address = address
         self._origin: str | None = None
 
     @property
@@ -238,6 +316,18 @@ def _from_process(name: str, prefix: str) -> SymbolDef | None:
         if addr:
             return _ProcessSymbolDef(n, addr)
     return None
+
+
+def _from_process_many(names: list[str], prefix: str, found: dict) -> None:
+    """:func:`_from_process` of each of ``names``, into ``found``."""
+    for name, addr in zip(names, host.process_symbols(names)):
+        if addr:
+            found[name] = _ProcessSymbolDef(name, addr)
+    if prefix:
+        bare = _unprefixed([n for n in names if n not in found], prefix)
+        for (name, n), addr in zip(bare.items(), host.process_symbols(list(bare.values()))):
+            if addr:
+                found[name] = _ProcessSymbolDef(n, addr)
 
 
 # The name the first design used; a Dylib is the resolver of its batches.

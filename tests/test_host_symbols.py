@@ -20,32 +20,52 @@ define i64 @hello_len() {
 """
 
 
-class _CountingLibc:
-    """host.libc, counting its dlsym calls."""
+class _CountingDlsym:
+    """host's dlsym binding, counting its calls."""
 
     def __init__(self, real):
         self.real = real
         self.asked: list[bytes] = []
 
-    def dlsym(self, handle, name):
+    def __call__(self, handle, name):
         self.asked.append(name)
-        return self.real.dlsym(handle, name)
+        return self.real(handle, name)
 
 
 @pytest.fixture
-def counting_libc(monkeypatch):
-    libc = _CountingLibc(host.libc)
-    monkeypatch.setattr(host, "libc", libc)
-    return libc
+def counting_dlsym(monkeypatch):
+    dlsym = _CountingDlsym(host._dlsym_address)
+    monkeypatch.setattr(host, "_dlsym_address", dlsym)
+    return dlsym
 
 
-def test_every_look_up_asks_the_loader(counting_libc):
+def test_every_look_up_asks_the_loader(counting_dlsym):
     # Nothing is remembered between look-ups: a library unloaded behind
     # rtdyld's back cannot leave a stale address, found or not.
     first = host.process_symbol("malloc")
     assert first and host.process_symbol("malloc") == first
     assert host.process_symbol("rtdyld_test_no_such_symbol") == 0
-    assert counting_libc.asked == [b"malloc", b"malloc", b"rtdyld_test_no_such_symbol"]
+    assert host.process_symbols(["malloc", "rtdyld_test_no_such_symbol"]) == [first, 0]
+    assert counting_dlsym.asked == [b"malloc", b"malloc", b"rtdyld_test_no_such_symbol",
+                                    b"malloc", b"rtdyld_test_no_such_symbol"]
+
+
+def test_the_integer_binding_answers_as_dlsym_does():
+    for name in ("malloc", "stdout", "rtdyld_test_no_such_symbol"):
+        pointer = host.libc.dlsym(host.RTLD_DEFAULT, name.encode())
+        assert host.process_symbol(name) == int(host.ffi.cast("uintptr_t", pointer))
+
+
+def test_each_link_asks_the_loader_again(counting_dlsym):
+    for _ in range(2):
+        ln = rtdyld.Linker()
+        try:
+            ln.add_module(STRLEN_IR, name="strlen_user")
+            ln.finalize()
+            assert ln.function("hello_len", "long(void)")() == 5
+        finally:
+            ln.close()
+    assert counting_dlsym.asked.count(b"strlen") == 2
 
 
 @pytest.fixture

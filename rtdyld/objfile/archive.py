@@ -19,6 +19,7 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Callable, Iterable
+from functools import cached_property
 from typing import Self
 
 from rtdyld.errors import MalformedObjectError, UsageError
@@ -74,7 +75,7 @@ class Member:
     @property
     def display_name(self) -> str:
         """``libfoo.a(member.o)``: how messages name this member."""
-        return f"{os.path.basename(self.archive.name)}({self.name})"
+        return f"{self.archive.file_name}({self.name})"
 
     @property
     def data(self) -> memoryview:
@@ -150,6 +151,11 @@ class Archive:
             names, positions = parse_index(layout.index_layout, layout.index_data, header_offsets, where)
             self._index = self._group(names, positions)
 
+    @cached_property
+    def file_name(self) -> str:
+        """The archive's file name, for messages: worked out once, not for every member a pull names."""
+        return os.path.basename(self.name)
+
     def definers(self, symbol: str) -> list[Member]:
         """The members the index says define ``symbol``, in index order."""
         found = self._symbol_index().get(symbol)
@@ -168,6 +174,15 @@ class Archive:
     def listed(self, names: Iterable[str]) -> set[str]:
         """Those of ``names`` the index lists (one set intersection)."""
         return self._symbol_index().keys() & names
+
+    def first_definers(self, names: Iterable[str]) -> dict[str, Member]:
+        """``definers(name)[0]`` of those of ``names`` the index lists."""
+        index, members = self._symbol_index(), self.members
+        found = {}
+        for name in index.keys() & names:
+            p = index[name]
+            found[name] = members[p if isinstance(p, int) else p[0]]
+        return found
 
     def symbols(self) -> list[str]:
         """Every name in the index, once each, in index order."""
