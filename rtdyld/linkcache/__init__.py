@@ -250,9 +250,9 @@ class LinkCache:
         """An archive for ``archives`` (an ArchiveSet) read only if a cold link needs it."""
         real = os.path.abspath(path)
         try:
+            source = InputFile(real)
             # The identity now, the digest when a link asks for it; the magic
             # number (eight bytes) now, to tell a thin archive at once.
-            source = InputFile(real)
             fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 magic = os.read(fd, 8)

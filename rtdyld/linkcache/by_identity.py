@@ -24,7 +24,6 @@ the rest of the session as for any batch entry (:class:`.plan.BatchPlan`).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 
@@ -46,7 +45,11 @@ class InputFile:
     __slots__ = ("_data", "_digest", "_settled", "ident", "path")
 
     def __init__(self, path) -> None:
-        self.path = os.path.abspath(path)
+        path = os.fspath(path)
+        # Absolute, so a change of directory does not change what it names; an
+        # absolute path is kept as spelt (normalising it costs more than the
+        # stat, and another spelling of the same file is only another key).
+        self.path = path if path.startswith("/") else os.path.abspath(path)
         self.ident = file_identity(os.stat(self.path))
         self._data: bytes | None = None
         self._digest: str | None = None
@@ -96,10 +99,11 @@ def key(identity: dict, objs, search, loaded: list, kept, memory: str, version: 
         if src is None:
             return None
         archives.append([a.name, src.path, src.ident, offsets])
-    h = hashlib.sha256(b"rtdyld link cache: batch by input identity\0")
-    h.update(json.dumps({**identity, "objects": objects, "archives": archives, "kept": kept, "memory": memory,
-                         "format": version}, sort_keys=True).encode())
-    return h.digest()
+    # repr of strings, integers and lists is exact and, unlike json.dumps,
+    # nothing a warm link would otherwise set up on its way.
+    text = repr((sorted(identity.items()), objects, archives, kept, memory, version))
+    return hashlib.sha256(b"rtdyld link cache: batch by input identity\0%s" % text.encode("utf-8", "surrogateescape")
+                          ).digest()
 
 
 def recorded_inputs(cache, objs, search, planned: list[str]) -> dict | None:
