@@ -99,11 +99,12 @@ def key(identity: dict, objs, search, loaded: list, kept, memory: str, version: 
         if src is None:
             return None
         archives.append([a.name, src.path, src.ident, offsets])
-    # repr of strings, integers and lists is exact and, unlike json.dumps,
-    # nothing a warm link would otherwise set up on its way.
-    text = repr((sorted(identity.items()), objects, archives, kept, memory, version))
-    return hashlib.sha256(b"rtdyld link cache: batch by input identity\0%s" % text.encode("utf-8", "surrogateescape")
-                          ).digest()
+    # repr of dicts (in the identity's fixed order), lists, strings and
+    # integers is exact and, unlike json.dumps, nothing a warm link would
+    # otherwise set up on its way; it escapes unpaired surrogates (undecodable
+    # bytes of a file name), so the text always encodes.
+    text = repr((identity, objects, archives, kept, memory, version))
+    return hashlib.sha256(b"rtdyld link cache: batch by input identity\0" + text.encode()).digest()
 
 
 def recorded_inputs(cache, objs, search, planned: list[str]) -> dict | None:
