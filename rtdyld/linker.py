@@ -167,7 +167,7 @@ class Linker:
     def add_object(self, src, name: str | None = None, dylib: Dylib | None = None) -> ObjectFile:
         """Add a relocatable object (path, bytes or binary file) to the batch."""
         if self.link_cache:
-            obj = self.link_cache.parse(*self.link_cache.read_input(src, name))
+            obj = self.link_cache.add_object(src, name)
         else:
             obj = parse_object(*read_input(src, name))
         with self._lock:

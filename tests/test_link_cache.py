@@ -799,3 +799,160 @@ def test_warm_sections_are_the_cold_ones_at_the_new_base(tmp_path, user_value):
     assert [p.address for p in warm] == [base + w for *_, w in placed]
     assert warm[-1] == list(warm)[-1] and warm == list(warm)
     ln.close()
+
+
+# --- the by-identity entry: one file found from the inputs' file identities -----------------------
+
+
+@pytest.fixture
+def settled(monkeypatch):
+    """Files count as settled however recently written (the tests write them just before)."""
+    from rtdyld.linkcache import digests
+
+    monkeypatch.setattr(digests, "SETTLE_NS", -(1 << 62))
+
+
+def _fresh(cache_dir: Path) -> LinkCache:
+    return LinkCache(cache_dir)  # counts of its own
+
+
+def test_inputs_added_by_path_link_warm_from_one_entry_reading_no_input(tmp_path, user_value, settled,
+                                                                         monkeypatch):
+    from rtdyld.linkcache import by_identity, deferred
+
+    prog, ar = _program(tmp_path / "src")
+    cold = _fresh(tmp_path / "cache")
+    ln, _ = _link(cold, prog, ar, user_value[1])
+    assert cold.stats["inputs"]["stores"] == 1 and cold.stats["batches"]["stores"] == 1
+    ln.close()
+
+    def refuse(*_a):
+        raise AssertionError("an input was read")
+
+    monkeypatch.setattr(by_identity.InputFile, "read", refuse)
+    monkeypatch.setattr(deferred.DeferredArchive, "_open", refuse)
+    warm = _fresh(tmp_path / "cache")
+    ln, h = _link(warm, prog, ar, user_value[1])
+    assert warm.stats["inputs"]["hits"] == 1 and warm.stats["batches"]["hits"] == 1
+    assert warm.stats["objects"] == dict.fromkeys(warm.stats["objects"], 0)  # no object table looked up
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    assert sorted(h.symbols) == sorted(_reference_symbols(prog, ar, user_value[1]))
+    ln.close()
+
+
+def _reference_symbols(prog: Path, ar: Path, user_address: int) -> list[str]:
+    ln, h = _link(False, prog, ar, user_address)
+    try:
+        return list(h.symbols)
+    finally:
+        ln.close()
+
+
+def test_inputs_written_too_recently_are_not_recorded_by_identity(tmp_path, user_value):
+    prog, ar = _program(tmp_path / "src")  # just written: not settled
+    cold = _fresh(tmp_path / "cache")
+    _link(cold, prog, ar, user_value[1])[0].close()
+    assert cold.stats["inputs"]["stores"] == 0 and cold.stats["inputs"]["unstored"] == 1
+    assert not list((tmp_path / "cache").glob("inputs/*.ent"))
+    warm = _fresh(tmp_path / "cache")
+    ln, _ = _link(warm, prog, ar, user_value[1])
+    assert warm.stats["inputs"]["misses"] == 1 and warm.stats["batches"]["hits"] == 1  # by digest
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+
+
+def test_an_input_rewritten_alike_misses_by_identity_then_hits_by_digest(tmp_path, user_value, settled):
+    prog, ar = _program(tmp_path / "src")
+    _link(_fresh(tmp_path / "cache"), prog, ar, user_value[1])[0].close()
+    prog.write_bytes(prog.read_bytes())  # the same bytes: a new ctime, so a new identity
+    again = _fresh(tmp_path / "cache")
+    ln, _ = _link(again, prog, ar, user_value[1])
+    assert again.stats["inputs"]["misses"] == 1 and again.stats["batches"]["hits"] == 1
+    assert again.stats["inputs"]["stores"] == 1  # recorded under the new identity
+    ln.close()
+    third = _fresh(tmp_path / "cache")
+    ln, _ = _link(third, prog, ar, user_value[1])
+    assert third.stats["inputs"]["hits"] == 1
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+
+
+@pytest.mark.parametrize("which", ["object", "archive"])
+def test_a_changed_input_misses_by_identity_and_by_digest(tmp_path, user_value, settled, which):
+    prog, ar = _program(tmp_path / "src")
+    _link(_fresh(tmp_path / "cache"), prog, ar, user_value[1])[0].close()
+    if which == "object":
+        prog2 = compile_c(PROG.replace("* 1000", "* 2000"), tmp_path / "prog2.o", *CFLAGS)
+        os.replace(prog2, prog)
+        want = 4 * 3 + 5 + 22 + 10000
+    else:
+        _program(tmp_path / "src", factor=9)
+        want = 4 * 9 + 5 + 22 + 5000
+    again = _fresh(tmp_path / "cache")
+    ln, _ = _link(again, prog, ar, user_value[1])
+    assert again.stats["inputs"]["hits"] == 0 and again.stats["batches"]["hits"] == 0
+    assert again.stats["batches"]["stores"] == 1 and again.stats["inputs"]["stores"] == 1
+    assert _calls(ln)[0] == want
+    ln.close()
+
+
+def test_a_session_difference_makes_the_by_identity_entry_stale(tmp_path, user_value, settled):
+    prog, ar = _program(tmp_path / "src")
+    _link(_fresh(tmp_path / "cache"), prog, ar, user_value[1])[0].close()
+    lib = Linker()
+    lib.add_object(compile_c("int helper(int x) { return -x; }", tmp_path / "h.o", *CFLAGS))
+    lib.finalize()
+    again = _fresh(tmp_path / "cache")
+    ln, _ = _link(again, prog, ar, user_value[1], lambda ln: ln.define("helper", lib.lookup("helper")))
+    assert again.stats["inputs"]["stale"] == 1 and again.stats["batches"]["stale"] == 1
+    ref, _ = _link(False, prog, ar, user_value[1], lambda ln: ln.define("helper", lib.lookup("helper")))
+    assert _calls(ln) == _calls(ref)
+    ref.close()
+    ln.close()
+    lib.close()
+
+
+@pytest.mark.parametrize("damage", ["flip", "undecodable"])
+def test_a_damaged_by_identity_entry_falls_back(tmp_path, user_value, settled, damage):
+    from rtdyld.linkcache.container import pack
+
+    prog, ar = _program(tmp_path / "src")
+    _link(_fresh(tmp_path / "cache"), prog, ar, user_value[1])[0].close()
+    (entry,) = (tmp_path / "cache").glob("inputs/*.ent")
+    if damage == "flip":
+        data = bytearray(entry.read_bytes())
+        data[len(data) // 2] ^= 0x40
+        entry.write_bytes(bytes(data))
+    else:
+        entry.write_bytes(pack(bytes.fromhex(entry.stem), {"segments": []}, {}))  # checksum fine, content not
+    again = _fresh(tmp_path / "cache")
+    ln, _ = _link(again, prog, ar, user_value[1])
+    assert again.stats["inputs"]["corrupt"] == 1 and again.stats["batches"]["hits"] == 1
+    assert again.stats["inputs"]["stores"] == 1  # rewritten from the entry found by digest
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+    # Both entries damaged: a cold link.
+    for e in (tmp_path / "cache").glob("*/*.ent"):
+        if e.parent.name in ("inputs", "batches"):
+            e.write_bytes(b"")
+    last = _fresh(tmp_path / "cache")
+    ln, _ = _link(last, prog, ar, user_value[1])
+    assert last.stats["inputs"]["corrupt"] == 1 and last.stats["batches"]["corrupt"] == 1
+    assert last.stats["batches"]["stores"] == 1
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+
+
+def test_an_object_added_by_path_is_read_when_needed_and_its_errors_named(tmp_path):
+    from rtdyld.errors import LinkError, MalformedObjectError
+
+    ln = Linker(link_cache=tmp_path / "cache")
+    with pytest.raises(MalformedObjectError, match="missing.o: cannot read"):
+        ln.add_object(tmp_path / "missing.o")
+    bad = tmp_path / "bad.o"
+    bad.write_bytes(b"\x7fELF" + b"\0" * 12)
+    obj = ln.add_object(bad)
+    assert obj.name == str(bad)
+    with pytest.raises(LinkError, match="bad.o"):
+        ln.finalize()
+    ln.close()

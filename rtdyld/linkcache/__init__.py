@@ -16,7 +16,11 @@
 ``stat/``
     the digest (and the magic number) of each archive under its file
     identity (:mod:`.digests`), so a warm link hashes nothing it has hashed
-    before, and opens no archive.
+    before, and opens no archive;
+``inputs/``
+    each batch entry again, keyed by the file identities of its inputs
+    rather than their digests (:mod:`.by_identity`): a warm finalize of
+    inputs added by path reads this one file, and no input.
 
 The reader's identity is the rtdyld version, the cache format, and the size
 and mtime of every module of rtdyld and memmgr: editing the linker
@@ -39,20 +43,22 @@ from functools import cache
 
 import numpy as np
 
+from .. import batch_runtime
 from ..cache_entry import TEMP_PREFIX, atomic_write
 from ..errors import MalformedObjectError
 from ..inputs import parse_object, read_input
 from ..objfile.archive_layout import RawMember
 from ..objfile.model import ObjectFile
-from . import container, image, tables
+from . import by_identity, container, image, tables
+from .by_identity import INPUT_ATTR, InputFile
 from .container import FORMAT_VERSION, CorruptEntry, pack, read_file, unpack
 from .deferred import DeferredArchive
 from .digests import StatDigests, digest
-from .plan import DIGEST_ATTR, BatchPlan, make_plan
+from .plan import DIGEST_ATTR, BatchPlan, identity_plan, make_plan
 
 ENV = "RTDYLD_LINK_CACHE"
 ENTRY_SUFFIX = ".ent"
-LAYERS = ("objects", "archives", "batches")
+LAYERS = ("objects", "archives", "batches", by_identity.LAYER)
 
 __all__ = ["ENV", "LinkCache", "open_link_cache"]
 
@@ -143,6 +149,10 @@ class LinkCache:
         self._lock = threading.Lock()
         _prime()
         self._key("object", "")  # serialises this identity for every key to come
+        # Publishing asks whether a debugger is attached (a read of
+        # /proc/self/status, remembered for batch_runtime.TRACE_CHECK_INTERVAL):
+        # asked now, a link soon after this session starts finds the answer.
+        batch_runtime.being_traced()
 
     def __repr__(self) -> str:
         return f"<rtdyld.LinkCache {self.directory}>"
@@ -171,6 +181,29 @@ class LinkCache:
         except OSError as e:
             raise MalformedObjectError(f"{src}: cannot read: {e.strerror}") from None
         return data, name or str(src)
+
+    def add_object(self, src, name: str | None = None) -> ObjectFile:
+        """The object ``Linker.add_object`` adds.  A path is only stat'ed: its
+        bytes are read, and parsed or loaded from the cache, when a link or a
+        caller first needs them (a warm batch found by identity never does),
+        so errors in its contents are reported then."""
+        if not isinstance(src, (str, os.PathLike)):
+            return self.parse(*read_input(src, name))
+        try:
+            inp = InputFile(src)
+        except OSError as e:
+            raise MalformedObjectError(f"{src}: cannot read: {e.strerror}") from None
+        display = name or str(src)
+        obj = tables.LazyObject.deferred(display, functools.partial(self._load_input, inp, display))
+        setattr(obj, INPUT_ATTR, inp)
+        return obj
+
+    def _load_input(self, inp: InputFile, name: str) -> ObjectFile:
+        try:
+            data = inp.read()
+        except OSError as e:
+            raise MalformedObjectError(f"{name}: cannot read: {e.strerror}") from None
+        return self.parse(data, name)
 
     def parse(self, data: bytes, name: str) -> ObjectFile:
         """``parse_object(data, name)``; when these bytes were read before, an
@@ -217,7 +250,14 @@ class LinkCache:
         """An archive for ``archives`` (an ArchiveSet) read only if a cold link needs it."""
         real = os.path.abspath(path)
         try:
-            content, magic = self.digests.file_digest_and_head(real)
+            source = InputFile(real)
+            # The identity now, the digest when a link asks for it; the magic
+            # number (eight bytes) now, to tell a thin archive at once.
+            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                magic = os.read(fd, 8)
+            finally:
+                os.close(fd)
         except OSError as e:
             raise MalformedObjectError(f"{real}: cannot read the archive: {e.strerror or e}") from None
         if magic != b"!<arch>\n":
@@ -228,7 +268,7 @@ class LinkCache:
         from ..archives import list_member_definitions
 
         archives.parse = self.parse
-        return DeferredArchive(real, list_member_definitions, content, self)
+        return DeferredArchive(real, list_member_definitions, None, self, source)
 
     def _archive_key(self, content: str) -> bytes:
         return self._key("archive", content)
@@ -291,15 +331,24 @@ class LinkCache:
 
     def hook_link(self, linker, dylib, objs, whole, done, new_archives, link_cold):
         """The batch from the cache, or ``link_cold()``'s, which is then stored."""
+        quick = identity_plan(self, linker, dylib, objs, whole, done, new_archives)
+        if quick is not None:
+            lb = quick.load()
+            if lb is not None:
+                self._count(by_identity.LAYER, "hits")
+                self._count("batches", "hits")
+                return lb
         plan = self.plan(linker, dylib, objs, whole, done, new_archives)
         if plan is None:
             return link_cold()
         lb = plan.load()
         if lb is not None:
             self._count("batches", "hits")
-            return lb
-        lb = link_cold()
-        plan.store(lb)
+        else:
+            lb = link_cold()
+            plan.store(lb)
+        if quick is not None and plan.entry is not None:
+            quick.store_entry(plan)
         return lb
 
     # --- entries -------------------------------------------------------------------------

@@ -34,7 +34,7 @@ FORMAT_VERSION = 2
 HEADER = struct.Struct("<8sI32sIQI")
 _ALIGN = 16
 
-__all__ = ["FORMAT_VERSION", "CorruptEntry", "pack", "read_file", "unpack"]
+__all__ = ["FORMAT_VERSION", "CorruptEntry", "pack", "read_file", "read_file_and_stat", "unpack"]
 
 
 def pack(key: bytes, meta: dict, blobs: dict[str, np.ndarray | bytes | memoryview]) -> bytes:
@@ -138,16 +138,22 @@ def read_file(path: str) -> bytes:
     """A file's bytes in one read: four system calls, where ``open().read()``
     makes nine (a tty test, two seeks, a second stat and a read to see EOF).
     Raises OSError."""
+    return read_file_and_stat(path)[0]
+
+
+def read_file_and_stat(path: str) -> tuple[bytes, os.stat_result]:
+    """:func:`read_file`, and the ``fstat`` of the file it read."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
         data = os.read(fd, size)
         if len(data) < size:  # a short read: finish it
             parts = [data]
             while chunk := os.read(fd, size):
                 parts.append(chunk)
             data = b"".join(parts)
-        return data
+        return data, st
     finally:
         os.close(fd)
 

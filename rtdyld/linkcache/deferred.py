@@ -2,7 +2,8 @@
 
 A warm link never reads an archive: the cache entry says which members were
 pulled.  So with a link cache, ``add_archive`` records the archive's path and
-content digest and returns a :class:`DeferredArchive`, which maps and parses
+identity and returns a :class:`DeferredArchive` (its content digest worked
+out when first asked for), which maps and parses
 the file the first time anything asks about its members — exactly as
 :func:`~rtdyld.objfile.archive.read_archive` would — and then checks that the
 bytes it read are still the ones the digest (and so the cache key) describes.
@@ -25,18 +26,24 @@ class DeferredArchive(Archive):
     """An :class:`Archive` opened on first use.  ``content_digest`` is the
     sha256 of its bytes: as planned when added, then as actually read."""
 
-    def __init__(self, path: str, list_definitions, content_digest: str, tables=None) -> None:
+    def __init__(self, path: str, list_definitions, content_digest: str | None, tables=None, source=None) -> None:
         self.name = path
         self.path = path
         self.list_definitions = list_definitions
-        self.content_digest = content_digest
+        if content_digest is not None:
+            self.content_digest = content_digest
         self.tables = tables  # where member tables and symbol indexes are kept (a LinkCache), if anywhere
+        self.source = source  # the InputFile (identity) it was added as, if any
         self.opened = False
 
     def __getattr__(self, attr: str):
         if attr in _FROM_FILE and not self.__dict__.get("opened", True):
             self._open()
             return getattr(self, attr)
+        if attr == "content_digest" and self.__dict__.get("tables") is not None:
+            # Added by identity alone: hashed (or its digest remembered) when first asked for.
+            self.content_digest = self.tables.digests.file_digest(self.path)
+            return self.content_digest
         raise AttributeError(attr)
 
     def _open(self) -> None:

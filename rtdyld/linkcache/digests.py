@@ -66,6 +66,18 @@ class StatDigests:
             pass
         return self._rehash(real)
 
+    def settled(self, path, ident: list[int]) -> str | None:
+        """The digest remembered for the file at ``path`` while it had identity
+        ``ident`` (records are made only of settled files), or None."""
+        real = os.path.abspath(path)
+        try:
+            doc = json.loads(read_file(self._record_path(real)))
+            if doc["path"] == real and doc["ident"] == list(ident) and isinstance(doc["digest"], str):
+                return doc["digest"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
     def rehash(self, path) -> str:
         """Hash the file now, and remember it if it has settled."""
         return self._rehash(os.path.abspath(path))[0]

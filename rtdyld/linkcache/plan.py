@@ -41,17 +41,14 @@ from ..batch import External, LinkedBatch
 from .. import unwind
 from ..symbols import SymbolDef
 from ..x86_64 import scan
-from . import image, resolutions, tables
+from . import by_identity, image, resolutions, tables
 from .container import FORMAT_VERSION, pack, unpack
-from .deferred import CachedMember
+from .deferred import CachedMember, DeferredArchive
+from .definitions import warm_definitions
 from .placed import PlacedSections
 
-_M64 = (1 << 64) - 1
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
 _SYMBOL_FIELDS = tuple(f.name for f in dataclasses.fields(SymbolDef) if f.name not in ("address", "batch"))
-# SymbolDef's fields in order, up to the last one an entry holds (``batch`` is set at publication).
-_POSITIONAL = tuple(f.name for f in dataclasses.fields(SymbolDef))[: -1]
-assert dataclasses.fields(SymbolDef)[-1].name == "batch" and _POSITIONAL[0] == "name"
 
 
 def batch_key(identity: dict, parts: dict) -> bytes:
@@ -63,7 +60,8 @@ def batch_key(identity: dict, parts: dict) -> bytes:
 class BatchPlan:
     """Construct with :func:`make_plan`; then :meth:`load`, or :meth:`store` after a cold link."""
 
-    def __init__(self, cache, linker, dylib, objs, search, archives, pending, key: bytes) -> None:
+    def __init__(self, cache, linker, dylib, objs, search, archives, pending, key: bytes,
+                 planned_digests: list[str] | None = None, layer: str = "batches") -> None:
         self.cache = cache
         self.linker = linker
         self.dylib = dylib
@@ -72,14 +70,16 @@ class BatchPlan:
         self.archives = archives
         self.pending = pending
         self.key = key
-        self.planned_digests = [a.content_digest for a in search]
+        self.planned_digests = planned_digests  # the archives' digests in the key (None: keyed by identity)
+        self.layer = layer
+        self.entry: tuple[dict, dict] | None = None  # (meta, blobs) read or stored under the key
 
     # --- warm -------------------------------------------------------------------------
 
     def load(self) -> LinkedBatch | None:
         """The batch from the cache, allocated and fixed up but not finalized;
         None on a miss (the reason is counted)."""
-        entry = self.cache.read_entry("batches", self.key)
+        entry = self.cache.read_entry(self.layer, self.key)
         if entry is None:
             return None
         # Restoring makes many small acyclic objects; a collection in the middle
@@ -88,13 +88,17 @@ class BatchPlan:
         gc.disable()
         try:
             meta, blobs = entry
-            return self._restore(meta, blobs)
+            lb = self._restore(meta, blobs)
+            if self.planned_digests is None:
+                by_identity.adopt(meta, self.search)
+            self.entry = entry
+            return lb
         except _Stale as e:
-            self.cache.note("batches", "stale", str(e))
+            self.cache.note(self.layer, "stale", str(e))
             return None
         except Exception as e:  # noqa: BLE001 - an entry that does not restore is a miss, whatever the cause
-            self.cache.note("batches", "corrupt", f"{type(e).__name__}: {e}")
-            self.cache.discard("batches", self.key)
+            self.cache.note(self.layer, "corrupt", f"{type(e).__name__}: {e}")
+            self.cache.discard(self.layer, self.key)
             return None
         finally:
             if collecting:
@@ -206,11 +210,7 @@ class BatchPlan:
                    for kind, value, k in meta["objects"]]
         lb.objects = objects
         lb.sections = PlacedSections(s["obj"], s["index"], s["segment"], s["work"], base)
-        # Plain integers and positional arguments: a hundred definitions cost
-        # less this way than three numpy calls would on their first use.
-        addresses = [(o + base if r else o) & _M64 for o, r in zip(defs["address_offset"], defs["address_relative"])]
-        cols = [addresses if f == "address" else defs[f] for f in _POSITIONAL]
-        lb.definitions = {row[0]: SymbolDef(*row) for row in zip(*cols)}
+        lb.definitions = warm_definitions(defs, base)
         lb.got = {t: base + o for t, o in meta["got"]}
         lb.stubs = {t: base + o for t, o in meta["stubs"]}
         lb.initializers = [tuple(x) for x in meta["init"]]
@@ -245,7 +245,19 @@ class BatchPlan:
             warnings.warn(f"link cache {self.cache.directory}: cannot capture the batch: {e}", RuntimeWarning,
                           stacklevel=2)
             return
+        self.entry = (meta, blobs)
         self.cache.write_entry("batches", self.key, pack(self.key, meta, blobs))
+
+    def store_entry(self, keyed: BatchPlan) -> None:
+        """Store, under this plan's by-identity key, the entry ``keyed`` (the
+        same batch's digest-keyed plan) read or stored, when every input's
+        digest may be recorded under its identity (:mod:`.by_identity`)."""
+        inputs = by_identity.recorded_inputs(self.cache, self.objs, self.search, keyed.planned_digests)
+        if inputs is None:
+            self.cache.note(self.layer, "unstored", "an input had not settled when it was hashed")
+            return
+        meta, blobs = keyed.entry
+        self.cache.write_entry(self.layer, self.key, pack(self.key, {**meta, "inputs": inputs}, dict(blobs.items())))
 
     def _capture(self, lb: LinkedBatch) -> tuple[dict, dict]:
         alloc = lb.allocation
@@ -389,18 +401,57 @@ def make_plan(cache, linker, dylib, objs, whole, done, new_archives) -> BatchPla
     inputs the cache did not read)."""
     if linker.validators or linker.pinned or any(d is dylib for _, _, d in whole):
         return None
-    digests = [getattr(o, DIGEST_ATTR, None) for o in objs]
+    try:
+        digests = [_object_digest(o) for o in objs]
+    except OSError:
+        return None  # the cold link reports the unreadable input
     if None in digests:
         return None
-    archives = linker._archives(dylib)
-    search = [a for a in archives.archives if a not in new_archives] + list(new_archives)
+    archives, search, loaded, kept, pending = _session(linker, dylib, done, new_archives)
     arch = []
-    for a in search:
-        dg = a.__dict__.get("content_digest")
+    for a, offsets in zip(search, loaded):
+        try:
+            dg = a.content_digest if isinstance(a, DeferredArchive) else None
+        except OSError:
+            return None
         if dg is None:
             return None
-        loaded = sorted(off for aid, off in archives.loaded if aid == id(a))
-        arch.append([a.name, dg, loaded])
+        arch.append([a.name, dg, offsets])
+    key = batch_key(cache.identity(), {
+        "objects": [[o.name, dg] for o, dg in zip(objs, digests)],
+        "archives": arch,
+        "kept": kept,
+        "memory": type(linker.memory).__name__,
+        "format": FORMAT_VERSION,
+    })
+    return BatchPlan(cache, linker, dylib, objs, search, archives, pending, key, [a[1] for a in arch])
+
+
+def identity_plan(cache, linker, dylib, objs, whole, done, new_archives) -> BatchPlan | None:
+    """The plan of the batch's by-identity entry (:mod:`.by_identity`), or
+    None when the batch must not use the cache or an input was not added by path."""
+    if linker.validators or linker.pinned or any(d is dylib for _, _, d in whole):
+        return None
+    archives, search, loaded, kept, pending = _session(linker, dylib, done, new_archives)
+    key = by_identity.key(cache.identity(), objs, search, loaded, kept, type(linker.memory).__name__,
+                          FORMAT_VERSION)
+    if key is None:
+        return None
+    return BatchPlan(cache, linker, dylib, objs, search, archives, pending, key, layer=by_identity.LAYER)
+
+
+def _object_digest(o) -> str | None:
+    inp = by_identity.input_of(o)
+    return inp.digest() if inp is not None else getattr(o, DIGEST_ATTR, None)
+
+
+def _session(linker, dylib, done, new_archives):
+    """What a batch key covers of the session: the archives searched, in order,
+    with the member offsets already loaded from each; the COMDAT groups kept;
+    and the look-up of definitions made earlier in the same finalize."""
+    archives = linker._archives(dylib)
+    search = [a for a in archives.archives if a not in new_archives] + list(new_archives)
+    loaded = [sorted(off for aid, off in archives.loaded if aid == id(a)) for a in search]
     kept = set(linker.kept_groups)
     for _, lb in done:
         kept |= lb.kept_groups
@@ -410,11 +461,4 @@ def make_plan(cache, linker, dylib, objs, whole, done, new_archives) -> BatchPla
         lb = in_flight.get(other)
         return lb.definitions.get(name) if lb else None
 
-    key = batch_key(cache.identity(), {
-        "objects": [[o.name, dg] for o, dg in zip(objs, digests)],
-        "archives": arch,
-        "kept": sorted(kept),
-        "memory": type(linker.memory).__name__,
-        "format": FORMAT_VERSION,
-    })
-    return BatchPlan(cache, linker, dylib, objs, search, archives, pending, key)
+    return archives, search, loaded, sorted(kept), pending

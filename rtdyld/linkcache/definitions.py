@@ -1,0 +1,55 @@
+"""A warm batch's definitions, made from the entry's columns when first asked for.
+
+A warm load publishes a batch's names without making a SymbolDef for each:
+:class:`~rtdyld.definitions.BatchDefinitions` holds the names, and
+:class:`EntryColumns` makes a name's SymbolDef from the entry's columns the
+first time a look-up, a later batch or a listing asks for it (most names of
+a batch are never asked for).  The SymbolDefs are the ones the cold link
+made: the same fields, the address moved to where the batch now lies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..definitions import BatchDefinitions
+from ..symbols import SymbolDef
+
+_M64 = (1 << 64) - 1
+# SymbolDef's fields in order, up to the last one an entry holds (``batch`` is set at publication).
+POSITIONAL = tuple(f.name for f in dataclasses.fields(SymbolDef))[:-1]
+assert dataclasses.fields(SymbolDef)[-1].name == "batch" and POSITIONAL[0] == "name"
+
+
+class EntryColumns:
+    """The ``make`` of a :class:`~rtdyld.definitions.DefinitionTable` over an
+    entry's definition columns (plain lists), for a batch at ``base``."""
+
+    def __init__(self, defs: dict[str, list], base: int) -> None:
+        n = len(defs["name"])
+        if any(len(defs[f]) != n for f in (*POSITIONAL[1:], "address_offset", "address_relative")
+               if f != "address"):
+            raise ValueError("definition columns of unequal length")
+        self._defs = defs
+        self._base = base
+
+    def make(self, names: list[str], rows: list[int], batch) -> list[SymbolDef]:
+        """SymbolDefs of ``names`` (entry rows ``rows``), attributed to ``batch``."""
+        defs, base = self._defs, self._base
+        offset, relative = defs["address_offset"], defs["address_relative"]
+        columns = [defs[f] for f in POSITIONAL[1:] if f != "address"]
+        out = []
+        for name, i in zip(names, rows):
+            address = (offset[i] + base if relative[i] else offset[i]) & _M64
+            # SymbolDef(name, address, size, type, bind, vis, origin, section, batch)
+            out.append(SymbolDef(name, address, *[c[i] for c in columns], batch))
+        return out
+
+
+def warm_definitions(defs: dict[str, list], base: int) -> BatchDefinitions:
+    """name -> SymbolDef of a batch restored at ``base``, each made on first use."""
+    names = defs["name"]
+    rows = dict(zip(names, range(len(names))))
+    if len(rows) != len(names):
+        raise ValueError("a name defined twice")
+    return BatchDefinitions(rows, EntryColumns(defs, base))
