@@ -17,9 +17,8 @@ import numpy as np
 
 from .inputs import parse_member
 from .objfile.archive import Archive, ArchiveCache, Member
-from .objfile.model import SEC_ABS, SEC_COMMON, SEC_UNDEF, Bind, ObjectFile
+from .objfile.model import ObjectFile, names_by_role_of_rows
 
-_LOCAL, _GLOBAL = int(Bind.LOCAL), int(Bind.GLOBAL)  # plain ints: an enum member costs a look-up per use
 SMALL_TABLE = 1024  # symbols; see names_by_role
 
 
@@ -49,18 +48,7 @@ def names_by_role(obj: ObjectFile) -> tuple[list[str], list[str]]:
     else:
         rows = np.flatnonzero(s["bind"]).tolist()
         sections, binds = s["section"][rows].tolist(), s["bind"][rows].tolist()
-    names = obj.names
-    defines: list[str] = []
-    needs: list[str] = []
-    for i, sec, bind in zip(rows, sections, binds):
-        name = names[i]
-        if bind == _LOCAL or not name:
-            continue
-        if sec >= 0 or sec == SEC_ABS or sec == SEC_COMMON:
-            defines.append(name)
-        elif sec == SEC_UNDEF and bind == _GLOBAL:
-            needs.append(name)
-    return defines, needs
+    return names_by_role_of_rows(rows, sections, binds, obj.names)
 
 
 def list_member_definitions(data: memoryview, name: str) -> list[str]:

@@ -286,7 +286,7 @@ def _from_handle_many(handle, path: str, names: list[str], prefix: str, found: d
                 found[name] = SymbolDef(name=n, address=addr, origin=path)
 
 
-class _ProcessSymbolDef(SymbolDef):
+class ProcessSymbolDef(SymbolDef):
     """A definition found in the process.  Which library holds it (``origin``)
     costs the loader a look-up (~4 us) that only a message, a map or a trace
     reads, so it is asked for then, once."""
@@ -314,7 +314,7 @@ def _from_process(name: str, prefix: str) -> SymbolDef | None:
     for n in host_names(name, prefix) if prefix else (name,):
         addr = host.process_symbol(n)
         if addr:
-            return _ProcessSymbolDef(n, addr)
+            return ProcessSymbolDef(n, addr)
     return None
 
 
@@ -322,12 +322,12 @@ def _from_process_many(names: list[str], prefix: str, found: dict) -> None:
     """:func:`_from_process` of each of ``names``, into ``found``."""
     for name, addr in zip(names, host.process_symbols(names)):
         if addr:
-            found[name] = _ProcessSymbolDef(name, addr)
+            found[name] = ProcessSymbolDef(name, addr)
     if prefix:
         bare = _unprefixed([n for n in names if n not in found], prefix)
         for (name, n), addr in zip(bare.items(), host.process_symbols(list(bare.values()))):
             if addr:
-                found[name] = _ProcessSymbolDef(n, addr)
+                found[name] = ProcessSymbolDef(n, addr)
 
 
 # The name the first design used; a Dylib is the resolver of its batches.

@@ -4,7 +4,7 @@ Most names a batch leaves undefined (``malloc``, ``memcpy``) resolve to the
 process.  A cold link describes each such definition with the library that
 holds it (``dladdr``, for traces and messages); a warm load needs only the
 address, so it looks the name up with one ``dlsym`` and leaves the
-description until something asks for it (:class:`ProcessSymbol`).
+description until something asks for it (:class:`rtdyld.symbols.ProcessSymbolDef`).
 
 :func:`process_definition` decides only where the answer is certain: the
 name is defined nowhere that comes before the process in the dylib's chain
@@ -18,41 +18,14 @@ from __future__ import annotations
 
 from .. import host
 from ..batch import External
-from ..symbols import PROCESS, Dylib, SymbolDef, host_names
-
-
-class ProcessSymbol(SymbolDef):
-    """What :func:`rtdyld.symbols._from_process` makes, its ``origin`` (the
-    library holding the address) described when first read."""
-
-    def __init__(self, name: str, address: int, size: int = 0, type: int = 0, bind: int = 1, vis: int = 0,
-                 origin: str | None = None, section: str = "", batch: object | None = None) -> None:
-        self.name = name
-        self.address = address
-        self.size = size
-        self.type = type
-        self.bind = bind
-        self.vis = vis
-        self._origin = origin
-        self.section = section
-        self.batch = batch
-
-    @property
-    def origin(self) -> str:
-        if self._origin is None:
-            self._origin = host.describe_address(self.address) or PROCESS
-        return self._origin
-
-    @origin.setter
-    def origin(self, value: str) -> None:
-        self._origin = value
+from ..symbols import PROCESS, Dylib, ProcessSymbolDef, SymbolDef, host_names
 
 
 class ProcessExternal(External):
-    """An :class:`External` whose ``source`` is its :class:`ProcessSymbol`'s
+    """An :class:`External` whose ``source`` is its :class:`~rtdyld.symbols.ProcessSymbolDef`'s
     origin, described when first read."""
 
-    def __init__(self, name: str, definition: ProcessSymbol) -> None:
+    def __init__(self, name: str, definition: ProcessSymbolDef) -> None:
         self.name = name
         self.address = definition.address
         self.size = definition.size
@@ -63,7 +36,7 @@ class ProcessExternal(External):
         return self.definition.origin
 
 
-def process_definition(dylib: Dylib, name: str, prefix: str, pending) -> ProcessSymbol | None:
+def process_definition(dylib: Dylib, name: str, prefix: str, pending) -> ProcessSymbolDef | None:
     """The process's definition of ``name`` when ``dylib.resolve(name, prefix,
     pending)`` certainly returns it; None when it may not (resolve in full)."""
     if dylib.own(name, prefix) is not None:
@@ -76,7 +49,7 @@ def process_definition(dylib: Dylib, name: str, prefix: str, pending) -> Process
             for n in host_names(name, prefix):
                 address = host.process_symbol(n)
                 if address:
-                    return ProcessSymbol(n, address)
+                    return ProcessSymbolDef(n, address)
             return None
         else:
             return None  # a library, loaded or named: its own dlsym comes first

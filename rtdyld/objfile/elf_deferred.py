@@ -36,7 +36,15 @@ import numpy as np
 from ..errors import LinkError
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
-from .model import BATCH_RELOC_DTYPE, RELOC_DTYPE, SEC_ABS, SEC_COMMON, SEC_UNDEF, SYM_DTYPE, Bind, ObjectFile
+from .model import (
+    BATCH_RELOC_DTYPE,
+    RELOC_DTYPE,
+    SEC_UNDEF,
+    SYM_DTYPE,
+    Bind,
+    ObjectFile,
+    names_by_role_of_rows,
+)
 
 # Width of each kind's fixup, zero for the unsupported marker (rows so marked fail anyway).
 _WIDTH = np.zeros(256, dtype=np.uint64)
@@ -247,20 +255,10 @@ def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
 
 def _pull_names(symbols: np.ndarray, names: list[str]) -> tuple[list[str], list[str]]:
     """What lazy extraction asks of a member, worked out once from its
-    non-local symbols: (names it defines for others, names it needs),
-    as :func:`rtdyld.archives.defined_globals` and ``strong_undefined`` give them."""
+    non-local symbols, as :func:`rtdyld.archives.names_by_role` gives them."""
     bind = symbols["bind"]
     named = np.flatnonzero(bind).tolist()
-    defined, needed = [], []
-    for i, sec, b in zip(named, symbols["section"][named].tolist(), bind[named].tolist()):
-        name = names[i]
-        if not name:
-            continue
-        if sec >= 0 or sec == SEC_ABS or sec == SEC_COMMON:
-            defined.append(name)
-        elif sec == SEC_UNDEF and b == _GLOBAL:
-            needed.append(name)
-    return defined, needed
+    return names_by_role_of_rows(named, symbols["section"][named].tolist(), bind[named].tolist(), names)
 
 
 def convert_pending(objects: list[ObjectFile]) -> None:

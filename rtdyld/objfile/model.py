@@ -165,3 +165,24 @@ class ObjectFile:
         if 0 <= sec < len(self.sections):
             return self.sections[sec].name
         return f"<symbol {index}>"
+
+
+_LOCAL_BIND, _GLOBAL_BIND = int(Bind.LOCAL), int(Bind.GLOBAL)  # plain ints: an enum member costs a look-up per use
+
+
+def names_by_role_of_rows(rows, sections: list[int], binds: list[int], names: list[str]) -> tuple[list[str], list[str]]:
+    """What lazy extraction asks of an object, from the given symbol rows:
+    (names it defines for others: global or weak, in a section, absolute or
+    tentative, as in ld; names it needs: strong undefined, since weak
+    references pull no member).  Local and nameless rows are skipped."""
+    defines: list[str] = []
+    needs: list[str] = []
+    for i, sec, bind in zip(rows, sections, binds):
+        name = names[i]
+        if bind == _LOCAL_BIND or not name:
+            continue
+        if sec >= 0 or sec == SEC_ABS or sec == SEC_COMMON:
+            defines.append(name)
+        elif sec == SEC_UNDEF and bind == _GLOBAL_BIND:
+            needs.append(name)
+    return defines, needs
