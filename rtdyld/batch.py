@@ -14,9 +14,8 @@ from itertools import accumulate, chain
 
 import numpy as np
 
-from . import cxxabi, ifunc, stub_slots, suggest, tls, unwind
+from . import cxxabi, ifunc, limits, stub_slots, suggest, tls, unwind
 from . import layout as L
-from . import limits
 from .definitions import BatchDefinitions, DefinitionTable
 from .errors import (
     DuplicateSymbolError,

@@ -36,9 +36,9 @@ import numpy as np
 
 from memmgr import MemMgrError, Prot, SegmentRequest
 
+from .. import unwind
 from ..archives import Pull
 from ..batch import External, LinkedBatch
-from .. import unwind
 from ..symbols import SymbolDef
 from ..x86_64 import scan
 from . import by_identity, image, resolutions, tables
