@@ -11,7 +11,7 @@ import struct
 import numpy as np
 import pytest
 from fixtures_build import FIXTURES
-from test_elf_deferred import PIE, R_X86_64_NONE, readers_table, rela_count, rela_entry
+from test_elf_deferred import PIE, none_row_and_rows_out_of_order, readers_table, rela_entry
 
 from rtdyld.batch import BatchLinker
 from rtdyld.inputs import parse_member
@@ -65,16 +65,8 @@ def test_the_converted_tables_are_the_joined_tables(build, flags):
 def test_dropped_none_rows_and_unsorted_tables(build):
     """Rows out of order are sorted within their object, NONE rows dropped,
     and the rows' batch section numbers follow them."""
-    original = build.cc_bytes("fptr.c", *PIE)
-    fptr = bytearray(original)
-    at, _, info = rela_entry(original, index=0)
-    struct.pack_into("<Q", fptr, at + 8, info & ~0xFFFFFFFF | R_X86_64_NONE)
-    leaf = bytearray(build.cc_bytes(CHAIN / "leaf.c", *PIE))
-    count = rela_count(bytes(leaf))
-    first, _, _ = rela_entry(bytes(leaf), index=count - 2)
-    second, _, _ = rela_entry(bytes(leaf), index=count - 1)
-    leaf[first : first + 24], leaf[second : second + 24] = leaf[second : second + 24], leaf[first : first + 24]
-    objects = [("fptr.o", bytes(fptr)), ("leaf.o", bytes(leaf)), ("mid.o", build.cc_bytes(CHAIN / "mid.c", *SPLIT))]
+    fptr, leaf = none_row_and_rows_out_of_order(build)
+    objects = [("fptr.o", fptr), ("leaf.o", leaf), ("mid.o", build.cc_bytes(CHAIN / "mid.c", *SPLIT))]
     direct = _joined(objects, converted_first=False)
     _same_batch(direct, _joined(objects, converted_first=True))
     key = direct.relocs["section"].astype(np.int64) << 40 | direct.relocs["offset"].astype(np.int64)

@@ -75,19 +75,26 @@ def test_batch_conversion_gives_each_object_the_readers_table(build, flags):
         assert np.array_equal(a.relocs, b.relocs), a.name
 
 
-def test_batch_conversion_drops_none_entries_and_sorts_each_object(build):
+def none_row_and_rows_out_of_order(build) -> tuple[bytes, bytes]:
+    """fptr.o with its first relocation turned into R_X86_64_NONE, and leaf.o
+    with the last two entries of its table swapped, so its rows come out of order."""
     original = build.cc_bytes("fptr.c", *PIE)
     fptr = bytearray(original)
     at, _, info = rela_entry(original, index=0)
     struct.pack_into("<Q", fptr, at + 8, info & ~0xFFFFFFFF | R_X86_64_NONE)
-    # The last two entries of leaf.o's table swapped: its rows come out of order.
     leaf = bytearray(build.cc_bytes(CHAIN / "leaf.c", *PIE))
     count = rela_count(bytes(leaf))
     assert count >= 2
     first, _, _ = rela_entry(bytes(leaf), index=count - 2)
     second, _, _ = rela_entry(bytes(leaf), index=count - 1)
     leaf[first : first + 24], leaf[second : second + 24] = leaf[second : second + 24], leaf[first : first + 24]
-    objects = [("fptr.o", bytes(fptr)), ("leaf.o", bytes(leaf)), ("mid.o", build.cc_bytes(CHAIN / "mid.c", *PIE))]
+    return bytes(fptr), bytes(leaf)
+
+
+def test_batch_conversion_drops_none_entries_and_sorts_each_object(build):
+    original = build.cc_bytes("fptr.c", *PIE)
+    fptr, leaf = none_row_and_rows_out_of_order(build)
+    objects = [("fptr.o", fptr), ("leaf.o", leaf), ("mid.o", build.cc_bytes(CHAIN / "mid.c", *PIE))]
     eager, deferred = eager_and_deferred(objects)
     assert len(deferred[0].relocs) == len(parse_object(original, "fptr.o").relocs) - 1
     offsets = deferred[1].relocs["offset"]
