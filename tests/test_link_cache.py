@@ -584,11 +584,28 @@ def test_a_batch_with_thread_locals_is_linked_but_never_cached(build, tmp_path):
     assert _outcome(cache)["hits"] == 0 and _outcome(cache)["unstored"] == 2
 
 
+def _random_residual(rng, kind, spread: int, const=None):
+    """A residual-fixup table of ``kind`` fields back to back, random constants
+    within ``spread`` (or ``const``), bases, outside symbols and a placement:
+    (residual, base, outside addresses, image size)."""
+    from rtdyld.linkcache import image
+
+    n = len(kind)
+    where = np.cumsum(np.concatenate([[0], WIDTH[kind][:-1]])).astype(np.int64)  # fields back to back
+    if const is None:
+        const = rng.integers(-spread, spread, n).astype(np.int64).view(np.uint64)
+    cb = rng.integers(-1, 2, n).astype(np.int8)
+    ext = rng.integers(0, spread, 3).astype(np.uint64)
+    j = rng.integers(-1, 3, n).astype(np.int32)
+    size = -(-int(where[-1] + WIDTH[kind[-1]]) // 8) * 8
+    return image.Residual(where, kind, const, cb, j), int(rng.integers(0, spread)), ext, size
+
+
 def test_residual_fixups_written_alike_with_integers_and_with_arrays():
     import numpy as np
 
     from rtdyld.linkcache import image
-    from rtdyld.x86_64.edges import WIDTH, Edge
+    from rtdyld.x86_64.edges import Edge
 
     rng = np.random.default_rng(7)
     signed = [Edge.Pointer64, Edge.Pointer32Signed, Edge.Pointer16, Edge.Pointer8, Edge.Delta32, Edge.Branch32,
@@ -603,15 +620,8 @@ def test_residual_fixups_written_alike_with_integers_and_with_arrays():
         kind = rng.choice(np.array([int(k) for k in kinds], dtype=np.uint8), n)
         if trial % 6 == 4:  # a pointer table: aligned 64-bit fields
             kind = rng.choice(np.array([int(Edge.Pointer64), int(Edge.Delta64)], dtype=np.uint8), n)
-        where = np.cumsum(np.concatenate([[0], WIDTH[kind][:-1]])).astype(np.int64)  # fields back to back
         spread = 1 << int(rng.integers(1, 6) if fits else rng.integers(4, 40))
-        const = rng.integers(-spread, spread, n).astype(np.int64).view(np.uint64)
-        cb = rng.integers(-1, 2, n).astype(np.int8)
-        ext = rng.integers(0, spread, 3).astype(np.uint64)
-        j = rng.integers(-1, 3, n).astype(np.int32)
-        res = image.Residual(where, kind, const, cb, j)
-        base = int(rng.integers(0, spread))
-        size = -(-int(where[-1] + WIDTH[kind[-1]]) // 8) * 8
+        res, base, ext, size = _random_residual(rng, kind, spread)
         few, arrays, stored = np.zeros(size, np.uint8), np.zeros(size, np.uint8), np.zeros(size, np.uint8)
         ok_few = image._apply_few(res, few, base, ext)
         ok_arrays = image._apply_arrays(res, arrays, base, ext)
@@ -673,17 +683,11 @@ def test_residual_fixups_written_alike_grouped():
         kind = rng.choice(np.array([int(k) for k in kinds], dtype=np.uint8), n)
         if trial % 5 == 0:  # a pointer table: aligned 64-bit fields
             kind = np.full(n, int(Edge.Pointer64), dtype=np.uint8)
-        where = np.cumsum(np.concatenate([[0], WIDTH[kind][:-1]])).astype(np.int64)
         spread = 1 << int(rng.integers(1, 40))
         const = rng.integers(-spread, spread, n).astype(np.int64).view(np.uint64)
         if trial % 7 == 3:  # constants near 2**64: a group whose bounds alone would misjudge wrap-around
             const = (np.uint64(1 << 63) + const).astype(np.uint64)
-        cb = rng.integers(-1, 2, n).astype(np.int8)
-        ext = rng.integers(0, spread, 3).astype(np.uint64)
-        j = rng.integers(-1, 3, n).astype(np.int32)
-        res = image.Residual(where, kind, const, cb, j)
-        base = int(rng.integers(0, spread))
-        size = -(-int(where[-1] + WIDTH[kind[-1]]) // 8) * 8
+        res, base, ext, size = _random_residual(rng, kind, spread, const)
         few, grouped, targeted = np.zeros(size, np.uint8), np.zeros(size, np.uint8), np.zeros(size, np.uint8)
         ok_few = image._apply_few(res, few, base, ext)
         rec, groups = image.grouped(res)
