@@ -201,28 +201,8 @@ class Dylib:
         ``pending(dylib, name)`` lets the batch being linked offer its own
         not-yet-published definitions of other dylibs in the link order.
         """
-        d = self.own(name, prefix)
-        if d is not None:
-            return d
-        return self.resolve_in_order(name, prefix, pending)
-
-    def resolve_in_order(self, name: str, prefix: str = "", pending=None) -> SymbolDef | None:
-        # The order as order() gives it, without copying it for every name.
-        order = self._order if self._order is not None else (*self.libraries, PROCESS)
-        for entry in order:
-            if entry == PROCESS:  # first: the usual last entry, and a Dylib or Library never equals a str
-                d = _from_process(name, prefix)
-            elif isinstance(entry, Dylib):
-                d = pending(entry, name) if pending else None
-                d = d or entry.own(name, prefix)
-            elif isinstance(entry, Library):
-                d = _from_handle(entry.handle, entry.path, name, prefix)
-            else:
-                lib = next((x for x in self.libraries if entry in (x.name, x.path)), None)
-                d = _from_handle(lib.handle, lib.path, name, prefix) if lib else None
-            if d is not None:
-                return d
-        return None
+        # One walk of the chain serves one name and a batch's many alike.
+        return self.resolve_many([name], prefix, pending).get(name)
 
     def resolve_many(self, names: list[str], prefix: str = "", pending=None) -> dict[str, SymbolDef]:
         """:meth:`resolve` of each of ``names``: name -> definition, for those found.
@@ -239,17 +219,16 @@ class Dylib:
             if not left:
                 break
             if entry == PROCESS:  # first: the usual last entry, and a Dylib or Library never equals a str
-                _from_process_many(left, prefix, found)
+                _found_many(host.process_symbols, ProcessSymbolDef, left, prefix, found)
             elif isinstance(entry, Dylib):
                 for name in left:
                     d = pending(entry, name) if pending else None
                     d = d or entry.own(name, prefix)
                     if d is not None:
                         found[name] = d
-            elif isinstance(entry, Library):
-                _from_handle_many(entry.handle, entry.path, left, prefix, found)
             else:
-                lib = next((x for x in self.libraries if entry in (x.name, x.path)), None)
+                lib = entry if isinstance(entry, Library) else next(
+                    (x for x in self.libraries if entry in (x.name, x.path)), None)
                 if lib is not None:
                     _from_handle_many(lib.handle, lib.path, left, prefix, found)
             left = [n for n in left if n not in found]
@@ -260,14 +239,6 @@ class Dylib:
         return self.published.get(name) or self.published.get("_" + name)
 
 
-def _from_handle(handle, path: str, name: str, prefix: str) -> SymbolDef | None:
-    for n in host_names(name, prefix):
-        addr = host.library_symbol(handle, n)
-        if addr:
-            return SymbolDef(name=n, address=addr, origin=path)
-    return None
-
-
 def _unprefixed(names: list[str], prefix: str) -> dict[str, str]:
     """The second of :func:`host_names` of those of ``names`` that have one: name -> host name."""
     n = len(prefix)
@@ -275,15 +246,23 @@ def _unprefixed(names: list[str], prefix: str) -> dict[str, str]:
 
 
 def _from_handle_many(handle, path: str, names: list[str], prefix: str, found: dict) -> None:
-    """:func:`_from_handle` of each of ``names``, into ``found``."""
-    for name, addr in zip(names, host.library_symbols(handle, names)):
+    """Each of ``names`` the library ``handle`` defines, into ``found``."""
+    _found_many(lambda ns: host.library_symbols(handle, ns),
+                lambda n, addr: SymbolDef(name=n, address=addr, origin=path), names, prefix, found)
+
+
+def _found_many(look_up, make, names: list[str], prefix: str, found: dict) -> None:
+    """Each of ``names`` that ``look_up`` (names -> addresses, 0 for none)
+    finds, as ``make(host name, address)`` into ``found``: the name itself
+    first, then, for those not found, without the object's ``prefix``."""
+    for name, addr in zip(names, look_up(names)):
         if addr:
-            found[name] = SymbolDef(name=name, address=addr, origin=path)
+            found[name] = make(name, addr)
     if prefix:
         bare = _unprefixed([n for n in names if n not in found], prefix)
-        for (name, n), addr in zip(bare.items(), host.library_symbols(handle, list(bare.values()))):
+        for (name, n), addr in zip(bare.items(), look_up(list(bare.values()))):
             if addr:
-                found[name] = SymbolDef(name=n, address=addr, origin=path)
+                found[name] = make(n, addr)
 
 
 class ProcessSymbolDef(SymbolDef):
@@ -308,26 +287,6 @@ class ProcessSymbolDef(SymbolDef):
     @origin.setter
     def origin(self, value: str) -> None:
         self._origin = value
-
-
-def _from_process(name: str, prefix: str) -> SymbolDef | None:
-    for n in host_names(name, prefix) if prefix else (name,):
-        addr = host.process_symbol(n)
-        if addr:
-            return ProcessSymbolDef(n, addr)
-    return None
-
-
-def _from_process_many(names: list[str], prefix: str, found: dict) -> None:
-    """:func:`_from_process` of each of ``names``, into ``found``."""
-    for name, addr in zip(names, host.process_symbols(names)):
-        if addr:
-            found[name] = ProcessSymbolDef(name, addr)
-    if prefix:
-        bare = _unprefixed([n for n in names if n not in found], prefix)
-        for (name, n), addr in zip(bare.items(), host.process_symbols(list(bare.values()))):
-            if addr:
-                found[name] = ProcessSymbolDef(n, addr)
 
 
 # The name the first design used; a Dylib is the resolver of its batches.
