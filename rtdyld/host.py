@@ -72,14 +72,12 @@ def process_symbol(name: str) -> int:
     # Asked of the loader at every link, not remembered: a library the
     # process unloads behind rtdyld's back would leave a remembered address
     # dangling, and a cold link should pay what a first link pays.
-    return _dlsym_address(RTLD_DEFAULT, _c_name(name))
+    return library_symbol(RTLD_DEFAULT, name)
 
 
 def process_symbols(names: list[str]) -> list[int]:
-    """:func:`process_symbol` of each of ``names``, in one pass (names
-    encoded as :func:`_c_name` does, inline: a call per name costs more)."""
-    dlsym, default = _dlsym_address, RTLD_DEFAULT
-    return [dlsym(default, name.encode("utf-8", "surrogateescape")) for name in names]
+    """:func:`process_symbol` of each of ``names``, in one pass."""
+    return library_symbols(RTLD_DEFAULT, names)
 
 
 def library_symbol(handle, name: str) -> int:
@@ -87,7 +85,8 @@ def library_symbol(handle, name: str) -> int:
 
 
 def library_symbols(handle, names: list[str]) -> list[int]:
-    """:func:`library_symbol` of each of ``names``, in one pass (encoded as :func:`_c_name` does)."""
+    """:func:`library_symbol` of each of ``names``, in one pass (names
+    encoded as :func:`_c_name` does, inline: a call per name costs more)."""
     dlsym = _dlsym_address
     return [dlsym(handle, name.encode("utf-8", "surrogateescape")) for name in names]
 
