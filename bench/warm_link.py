@@ -14,10 +14,10 @@ return what Python works out).
 ``Linker(link_cache=DIR)`` is created before the timed region, as the peers'
 engines are, and pays there what is paid once per process: the code
 identity, lazily set-up library paths (cffi accessors, numpy kinds of
-operation, the entry blobs' dtypes) and one read of ``/proc/self/status``,
-whose answer (is a debugger attached?) publishing reuses for
-``batch_runtime.TRACE_CHECK_INTERVAL`` (0.5 s) — so a link started within
-that time of the session does not read it.  The inputs are added by path,
+operation, the entry blobs' dtypes) and, as every session does, one read of
+``/proc/self/status``, whose answer (is a debugger attached?) publishing
+reuses for ``batch_runtime.TRACE_CHECK_INTERVAL`` (0.5 s) — so a link
+started within that time of the session does not read it.  The inputs are added by path,
 so the warm link finds its batch by the inputs' file identities
 (:mod:`rtdyld.linkcache.by_identity`): it stats them and reads one entry.
 

@@ -87,6 +87,10 @@ class BatchRuntime:
             perf_map = _env_flag("RTDYLD_PERF_MAP")
         self.debugger = debugger  # None: whenever the process is traced
         self.perf_map = bool(perf_map)
+        if debugger is None:
+            # Asked as the session starts; a load within TRACE_CHECK_INTERVAL
+            # of it reuses the answer instead of reading /proc again.
+            being_traced()
         self._registered: dict[int, list] = {}  # id(LinkedBatch) -> undo actions, newest last
 
     def loaded(self, lb) -> None:

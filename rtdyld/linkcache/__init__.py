@@ -43,7 +43,6 @@ from functools import cache
 
 import numpy as np
 
-from .. import batch_runtime
 from ..cache_entry import TEMP_PREFIX, atomic_write
 from ..errors import MalformedObjectError
 from ..inputs import parse_object, read_input
@@ -149,10 +148,6 @@ class LinkCache:
         self._lock = threading.Lock()
         _prime()
         self._key("object", "")  # serialises this identity for every key to come
-        # Publishing asks whether a debugger is attached (a read of
-        # /proc/self/status, remembered for batch_runtime.TRACE_CHECK_INTERVAL):
-        # asked now, a link soon after this session starts finds the answer.
-        batch_runtime.being_traced()
 
     def __repr__(self) -> str:
         return f"<rtdyld.LinkCache {self.directory}>"
