@@ -100,7 +100,7 @@ def _resolve(function_id: int) -> int:
         fn.compiling = me
         try:
             address, handle = materialise(fn.linker, fn.name, fn.compile_fn(), fn.dylib)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - it cannot cross machine code: fall back or abort
             return _failed(fn, e)
         finally:
             fn.compiling = None
@@ -141,7 +141,7 @@ def _failed(fn: LazyFunction, error: BaseException) -> int:
         _die(head + "".join(lines) + "rtdyld: no fallback registered; aborting\n")
     try:
         address, _ = fn.linker.stubs._target(fn.fallback, fn.dylib)
-    except BaseException as e:
+    except BaseException as e:  # noqa: BLE001 - as above: nothing may propagate back into the caller's machine code
         _die(head + "".join(lines) + f"rtdyld: the fallback {fn.fallback!r} cannot be used ({e}); aborting\n")
     sys.stderr.write(head + "".join(lines) + f"rtdyld: calling the fallback of {fn.name!r} instead\n")
     sys.stderr.flush()

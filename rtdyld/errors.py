@@ -50,13 +50,13 @@ class UsageError(LinkError):
 
 
 __all__ = [
+    "DuplicateSymbolError",
+    "LayoutError",
     "LinkError",
     "MalformedObjectError",
-    "UnsupportedRelocationError",
-    "UndefinedSymbolError",
-    "DuplicateSymbolError",
     "RelocationOverflowError",
-    "ValidationError",
-    "LayoutError",
+    "UndefinedSymbolError",
+    "UnsupportedRelocationError",
     "UsageError",
+    "ValidationError",
 ]
