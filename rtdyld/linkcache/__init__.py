@@ -336,7 +336,8 @@ class LinkCache:
         plan = self.plan(linker, dylib, objs, whole, done, new_archives)
         if plan is None:
             return link_cold()
-        lb = plan.load()
+        # The image is kept if the by-identity entry is to be written from this one.
+        lb = plan.load(keep_image=quick is not None)
         if lb is not None:
             self._count("batches", "hits")
         else:
@@ -361,6 +362,20 @@ class LinkCache:
             return None
         try:
             return unpack(blob, key)
+        except CorruptEntry as e:
+            self.note(layer, "corrupt", str(e))
+            self.discard(layer, key)
+            return None
+
+    def open_entry(self, layer: str, key: bytes) -> container.OpenEntry | None:
+        """:func:`.container.open_entry` of a verified entry's head, its tail
+        left to read; or None (a miss, counted).  The caller closes it."""
+        path = self._path(layer, key)
+        try:
+            return container.open_entry(path, key)
+        except OSError:
+            self._count(layer, "misses")
+            return None
         except CorruptEntry as e:
             self.note(layer, "corrupt", str(e))
             self.discard(layer, key)

@@ -39,15 +39,16 @@ from memmgr import MemMgrError, Prot, SegmentRequest
 from .. import unwind
 from ..archives import Pull
 from ..batch import External, LinkedBatch
-from ..symbols import SymbolDef
+from ..symbols import ProcessSymbolDef, SymbolDef
 from ..x86_64 import scan
 from . import by_identity, image, resolutions, tables
-from .container import FORMAT_VERSION, pack, unpack
+from .container import FORMAT_VERSION, OpenEntry, pack, unpack
 from .deferred import CachedMember, DeferredArchive
 from .definitions import warm_definitions
 from .placed import PlacedSections
 
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
+_IMAGE = "image"  # the blob _capture makes of the batch's bytes, stored as the entry's tail
 _SYMBOL_FIELDS = tuple(f.name for f in dataclasses.fields(SymbolDef) if f.name not in ("address", "batch"))
 
 
@@ -72,26 +73,30 @@ class BatchPlan:
         self.key = key
         self.planned_digests = planned_digests  # the archives' digests in the key (None: keyed by identity)
         self.layer = layer
-        self.entry: tuple[dict, dict] | None = None  # (meta, blobs) read or stored under the key
+        # (meta, blobs, image) read or stored under the key; image None if not kept.
+        self.entry: tuple[dict, dict, bytes | None] | None = None
 
     # --- warm -------------------------------------------------------------------------
 
-    def load(self) -> LinkedBatch | None:
+    def load(self, keep_image: bool = False) -> LinkedBatch | None:
         """The batch from the cache, allocated and fixed up but not finalized;
-        None on a miss (the reason is counted)."""
-        entry = self.cache.read_entry(self.layer, self.key)
-        if entry is None:
+        None on a miss (the reason is counted).  The image is read straight into
+        the batch's memory; with ``keep_image`` it is also kept as bytes, in
+        :attr:`entry`, to be stored again (:meth:`store_entry`)."""
+        opened = self.cache.open_entry(self.layer, self.key)
+        if opened is None:
             return None
         # Restoring makes many small acyclic objects; a collection in the middle
         # of it (a full one, in a young process) would cost more than the rest.
         collecting = gc.isenabled()
         gc.disable()
         try:
-            meta, blobs = entry
-            lb = self._restore(meta, blobs)
+            with opened:
+                meta, blobs = opened.meta, opened.blobs
+                lb, image_bytes = self._restore(opened, keep_image)
             if self.planned_digests is None:
                 by_identity.adopt(meta, self.search)
-            self.entry = entry
+            self.entry = (meta, blobs, image_bytes)
             return lb
         except _Stale as e:
             self.cache.note(self.layer, "stale", str(e))
@@ -104,57 +109,67 @@ class BatchPlan:
             if collecting:
                 gc.enable()
 
-    def _restore(self, meta: dict, blobs: dict) -> LinkedBatch:
-        dylib = self.dylib
-        columns = tables.unnamed(blobs, "c", meta["ncolumnblobs"])
-        defs = tables.decode_columns(meta["definitions"], columns)
-        names = defs["name"]
-        if not dylib.published.keys().isdisjoint(names):
+    def _restore(self, opened: OpenEntry, keep_image: bool) -> tuple[LinkedBatch, bytes | None]:
+        meta, blobs = opened.meta, opened.blobs
+        defs = meta["definitions"]
+        if not self.dylib.published.keys().isdisjoint(defs["name"]):
             raise _Stale("a name the batch defines is now published by another batch")
         ext_addr, externals = self._externals(meta)
-        pulls = tables.decode_columns(meta["pulls"], columns)
+        pulls = meta["pulls"]
         self._check_pulls(meta, pulls)
-        residual = blobs["residual"]
-        targets = blobs["residual_targets"]
-        if residual.dtype != image.RECORD or residual.ndim != 1 or targets.dtype != np.int64 or targets.ndim != 1:
-            raise ValueError("residual fixups of the wrong type")
+        listed = meta["residual_rows"]
+        if listed is None:
+            residual = blobs["residual"]
+            targets = blobs["residual_targets"]
+            if residual.dtype != image.RECORD or residual.ndim != 1 or targets.dtype != np.int64 or targets.ndim != 1:
+                raise ValueError("residual fixups of the wrong type")
         lb = self._allocate(meta)
         try:
             alloc = lb.allocation
             base = alloc.target_base
-            image_bytes = np.frombuffer(blobs["image"], dtype=np.uint8)
             mem = alloc.memory
-            mem[: len(image_bytes)] = image_bytes
-            if not image.apply_grouped(residual, meta["residual_groups"], mem, base, ext_addr,
-                                       (targets, bool(meta["residual_quads"]))):
+            image_bytes = None
+            if keep_image:
+                image_bytes = opened.tail_bytes()
+                memoryview(mem)[: len(image_bytes)] = image_bytes
+            else:
+                opened.read_tail_into(mem)
+            if listed is not None:
+                fits = image.apply_listed(listed, meta["residual_groups"], mem, base, ext_addr)
+            else:
+                fits = image.apply_grouped(residual, meta["residual_groups"], mem, base,
+                                           np.array(ext_addr, dtype=np.uint64), (targets, bool(meta["residual_quads"])))
+            if not fits:
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             lb.externals = externals
-            self._finish(lb, meta, blobs, defs, pulls, tables.decode_columns(meta["sections"], columns), base)
+            self._finish(lb, meta, blobs, defs, pulls, meta["sections"], base)
         except BaseException:
             lb.allocation.release()
             raise
-        return lb
+        return lb, image_bytes
 
-    def _externals(self, meta: dict) -> tuple[np.ndarray, list[External]]:
+    def _externals(self, meta: dict) -> tuple[list[int], list[External]]:
         prefix = meta["prefix"]
         recorded = meta["externals"]
-        addr = [0] * max(1, len(recorded))
+        # One walk of the resolver chain for all of them (one dlsym each, for the process).
+        found = self.dylib.resolve_many([row[0] for row in recorded if row[1] in ("resolved", "none")], prefix,
+                                        self.pending)
+        addr = [0] * len(recorded)
         out: list[External] = []
         check = []
         for j, (name, role, origin, size, bind, stype, reach, via_process) in enumerate(recorded):
             if role in ("got", "dso"):
                 out.append(None)  # filled once the batch has an address
                 continue
-            if via_process:
-                # One dlsym; the origin is described only if asked for, since
-                # the image depends on the address alone (and its reach, below).
-                p = resolutions.process_definition(self.dylib, name, prefix, self.pending)
-                if p is not None:
-                    addr[j] = p.address
-                    out.append(resolutions.ProcessExternal(name, p))
-                    check.append((j, reach))
-                    continue
-            d = self.dylib.resolve(name, prefix, self.pending)
+            d = found.get(name)
+            if via_process and isinstance(d, ProcessSymbolDef):
+                # Still the process's: its origin is described only if asked
+                # for, since the image depends on the address alone (and its
+                # reach, below).
+                addr[j] = d.address
+                out.append(resolutions.ProcessExternal(name, d))
+                check.append((j, reach))
+                continue
             if role == "none":
                 if d is not None:
                     raise _Stale(f"weak reference {name!r} is now defined ({d.origin})")
@@ -175,7 +190,7 @@ class BatchPlan:
                     a = out[j].address
                     if (abs(a - lo) < scan.REACH and abs(a - hi) < scan.REACH) != bool(reach & bit):
                         raise _Stale("an outside symbol moved in or out of 32-bit reach")
-        return np.array(addr, dtype=np.uint64), out
+        return addr, out
 
     def _check_pulls(self, meta: dict, pulls: dict) -> None:
         outranks = self.linker._outranks_archives(self.dylib)
@@ -223,7 +238,7 @@ class BatchPlan:
         loaded = {}
         for oi, ar, off_, index, name, size, symbol, referrer in zip(
                 pulls["obj"], pulls["archive"], pulls["header_offset"], pulls["index"], pulls["name"],
-                pulls["size"], pulls["symbol"], pulls["referrer"]):
+                pulls["size"], pulls["symbol"], pulls["referrer"], strict=True):
             member = CachedMember(self.search[ar], off_, index, name, size)
             loaded[id(objects[oi])] = Pull(member, symbol, referrer)
         lb.pulls = loaded
@@ -245,8 +260,9 @@ class BatchPlan:
             warnings.warn(f"link cache {self.cache.directory}: cannot capture the batch: {e}", RuntimeWarning,
                           stacklevel=2)
             return
-        self.entry = (meta, blobs)
-        self.cache.write_entry("batches", self.key, pack(self.key, meta, blobs))
+        image_bytes = blobs.pop(_IMAGE)
+        self.entry = (meta, blobs, image_bytes)
+        self.cache.write_entry("batches", self.key, pack(self.key, meta, blobs, image_bytes))
 
     def store_entry(self, keyed: BatchPlan) -> None:
         """Store, under this plan's by-identity key, the entry ``keyed`` (the
@@ -256,8 +272,12 @@ class BatchPlan:
         if inputs is None:
             self.cache.note(self.layer, "unstored", "an input had not settled when it was hashed")
             return
-        meta, blobs = keyed.entry
-        self.cache.write_entry(self.layer, self.key, pack(self.key, {**meta, "inputs": inputs}, dict(blobs.items())))
+        meta, blobs, image_bytes = keyed.entry
+        if image_bytes is None:
+            self.cache.note(self.layer, "unstored", "the image was not kept")
+            return
+        self.cache.write_entry(self.layer, self.key,
+                               pack(self.key, {**meta, "inputs": inputs}, dict(blobs.items()), image_bytes))
 
     def _capture(self, lb: LinkedBatch) -> tuple[dict, dict]:
         alloc = lb.allocation
@@ -274,10 +294,16 @@ class BatchPlan:
         roles = image.external_roles(lb)
         res = image.capture(lb, roles)
         residual, residual_groups = image.grouped(res)
-        residual_targets, residual_quads = image.targets(residual, residual_groups)
-        blobs: dict = {"residual": residual, "residual_targets": residual_targets}
+        blobs: dict = {}
+        if len(residual) <= image.FEW_LISTED:
+            residual_rows, residual_quads = image.listed(residual), False
+        else:
+            residual_rows = None
+            blobs["residual"] = residual
+            blobs["residual_targets"], residual_quads = image.targets(residual, residual_groups)
         end = max([s.offset + s.size for s in alloc.segments if not s.zero_fill] or [0])
-        blobs["image"] = alloc.memory[:end].tobytes()
+        # The entry's tail: read at load straight into the batch's new memory.
+        blobs[_IMAGE] = alloc.memory[:end].tobytes()
         # Per resolved external: bit 1 if in 32-bit reach of the main range, bit 2 of the low one.
         resolved = np.array([e.definition.address for e in lb.externals if e.definition is not None], dtype=np.uint64)
         reach = np.zeros(len(resolved), dtype=np.int64)
@@ -320,8 +346,8 @@ class BatchPlan:
                 raise tables.Uncacheable(f"{m.display_name} comes from an archive outside the search order")
             pulled.append((oi, ar, m.header_offset, m.index, m.name, m.size, p.symbol, p.referrer))
         pull_fields = ("obj", "archive", "header_offset", "index", "name", "size", "symbol", "referrer")
-        cblobs: list = []
-        pulls = tables.encode_columns({f: [row[i] for row in pulled] for i, f in enumerate(pull_fields)}, cblobs)
+        # Table columns as plain lists: marshal reads them back faster than numpy would.
+        pulls = {f: [_plain(row[i]) for row in pulled] for i, f in enumerate(pull_fields)}
         defs = list(lb.definitions.values())
         rel = np.array([d.section != "" for d in defs], dtype=bool)
         off = np.array([d.address for d in defs], dtype=np.uint64)
@@ -332,15 +358,15 @@ class BatchPlan:
         # The address: an offset into the batch's memory, or absolute (as int64 bits).
         columns["address_offset"] = off.view(np.int64).tolist()
         columns["address_relative"] = rel.astype(np.int64).tolist()
-        definitions = tables.encode_columns(columns, cblobs)
-        sections = tables.encode_columns({
-            "obj": [p.obj for p in lb.sections],
-            "index": [p.index for p in lb.sections],
-            "segment": [p.segment for p in lb.sections],
-            "work": [p.work for p in lb.sections],
-        }, cblobs)
-        blobs.update(tables.named(cblobs, "c"))
+        definitions = columns
+        sections = {
+            "obj": [int(p.obj) for p in lb.sections],
+            "index": [int(p.index) for p in lb.sections],
+            "segment": [str(p.segment) for p in lb.sections],
+            "work": [int(p.work) for p in lb.sections],
+        }
         meta = {
+            "residual_rows": residual_rows,
             "residual_groups": residual_groups,
             "residual_quads": residual_quads,
             "segments": [[s.name, s.offset, s.size, int(s.prot), bool(s.zero_fill)] for s in alloc.segments],
@@ -350,7 +376,6 @@ class BatchPlan:
             "stubs": [[int(t), a - base] for t, a in lb.stubs.items()],
             "sections": sections,
             "definitions": definitions,
-            "ncolumnblobs": len(cblobs),
             "externals": externals,
             "prefix": prefixes.pop() if prefixes else "",
             "objects": objects,
@@ -383,7 +408,8 @@ class _Skeletons:
     def loader(self, k: int):
         def load():
             if self.docs is None:
-                meta, blobs = unpack(bytes(self.packed), self.key)
+                # The outer entry's checksum covered these bytes: not checked again.
+                meta, blobs = unpack(self.packed, self.key, checked=True)
                 self.blobs = tables.unnamed(blobs, "o", meta["nblobs"])
                 self.docs = meta["docs"]
             return tables.object_from_doc(self.docs[k], self.blobs, "")
