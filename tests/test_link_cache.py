@@ -855,6 +855,11 @@ def test_inputs_added_by_path_link_warm_from_one_entry_reading_no_input(tmp_path
     assert warm.stats["objects"] == dict.fromkeys(warm.stats["objects"], 0)  # no object table looked up
     assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
     assert sorted(h.symbols) == sorted(_reference_symbols(prog, ar, user_value[1]))
+    # The pulled members' sections, from the entry (not from the archive, which is not read).
+    ref, rh = _link(False, prog, ar, user_value[1])
+    members = [[(s.name, s.size) for s in o.sections] for o in h.batch.objects[1:]]
+    assert members == [[(s.name, s.size) for s in o.sections] for o in rh.batch.objects[1:]] and members
+    ref.close()
     ln.close()
 
 

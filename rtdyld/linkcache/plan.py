@@ -220,7 +220,7 @@ class BatchPlan:
         own = {"got": (got_base, "the batch's GOT"), "dso": (lb.dso_handle, "the batch's DSO handle")}
         lb.externals = [e if e is not None else External(meta["externals"][j][0], *own[meta["externals"][j][1]])
                         for j, e in enumerate(lb.externals)]
-        skeletons = _Skeletons(blobs["skeletons"], self.key)
+        skeletons = _Skeletons(blobs["skeletons"])
         objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
                    for kind, value, k in meta["objects"]]
         lb.objects = objects
@@ -333,7 +333,7 @@ class BatchPlan:
                 docs.append(tables.object_doc(tables.skeleton(o), skel))
         # One nested entry, unpacked only if a member's sections are asked for:
         # the outer entry's metadata stays a few dozen blobs long.
-        blobs["skeletons"] = pack(self.key, {"docs": docs, "nblobs": len(skel)}, tables.named(skel, "o"))
+        blobs["skeletons"] = pack(_NESTED_KEY, {"docs": docs, "nblobs": len(skel)}, tables.named(skel, "o"))
         position = {id(a): i for i, a in enumerate(self.search)}
         pulled = []
         for oi, o in enumerate(lb.objects):
@@ -397,19 +397,24 @@ def _plain(v):
     return int(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
+# The key of the nested skeletons entry: the same entry is stored under a
+# batch's digest key and its by-identity key, and the outer key already
+# says which entry this is.
+_NESTED_KEY = bytes(32)
+
+
 class _Skeletons:
     """The pulled members' skeletons of one entry (a nested entry), parsed when first asked for."""
 
-    def __init__(self, packed, key: bytes) -> None:
+    def __init__(self, packed) -> None:
         self.packed = packed
-        self.key = key
         self.docs = self.blobs = None
 
     def loader(self, k: int):
         def load():
             if self.docs is None:
                 # The outer entry's checksum covered these bytes: not checked again.
-                meta, blobs = unpack(self.packed, self.key, checked=True)
+                meta, blobs = unpack(self.packed, _NESTED_KEY, checked=True)
                 self.blobs = tables.unnamed(blobs, "o", meta["nblobs"])
                 self.docs = meta["docs"]
             return tables.object_from_doc(self.docs[k], self.blobs, "")
