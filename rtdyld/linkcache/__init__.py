@@ -37,6 +37,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import threading
 import warnings
 from functools import cache
@@ -56,6 +57,7 @@ from .digests import StatDigests, digest
 from .plan import DIGEST_ATTR, BatchPlan, identity_plan, make_plan
 
 ENV = "RTDYLD_LINK_CACHE"
+_PACKAGE = sys.modules[__package__.rpartition(".")[0]]  # rtdyld, imported before its subpackages
 ENTRY_SUFFIX = ".ent"
 LAYERS = ("objects", "archives", "batches", by_identity.LAYER)
 
@@ -154,9 +156,9 @@ class LinkCache:
 
     def identity(self) -> dict:
         """What every key includes: the code that would make the entry."""
-        from .. import __version__
-
-        return {"rtdyld": __version__, "format": FORMAT_VERSION, "code": _code_identity()}
+        # The package's attribute read at each call (a test may change it), without
+        # the import machinery a ``from .. import`` statement runs each time.
+        return {"rtdyld": _PACKAGE.__version__, "format": FORMAT_VERSION, "code": _code_identity()}
 
     def _key(self, what: str, content: str) -> bytes:
         """The key of the ``what`` (object, archive) whose bytes have sha256 ``content``.

@@ -48,8 +48,8 @@ _MARSHAL_VERSION = 4  # read by every Python rtdyld supports
 # and blobs; what lies beyond is read where it is needed.
 FIRST_READ = 1 << 15
 
-__all__ = ["FORMAT_VERSION", "CorruptEntry", "OpenEntry", "open_entry", "pack", "read_file", "read_file_and_stat",
-           "unpack"]
+__all__ = ["FORMAT_VERSION", "CorruptEntry", "OpenEntry", "dumps", "loads", "open_entry", "pack", "read_file",
+           "read_file_and_stat", "unpack"]
 
 
 def pack(key: bytes, meta: dict, blobs: Mapping[str, np.ndarray | bytes | memoryview], tail=b"") -> bytes:
@@ -70,13 +70,7 @@ def pack(key: bytes, meta: dict, blobs: Mapping[str, np.ndarray | bytes | memory
         parts.append(b"\0" * pad)
         at += len(raw) + pad
     body = b"".join(parts)
-    try:
-        text = marshal.dumps({"meta": meta, "blobs": index}, _MARSHAL_VERSION)
-    except ValueError:
-        # marshal holds only the exact built-in types: enums and other int or
-        # str subclasses are stored as the values they are (a TypeError for
-        # anything else).
-        text = marshal.dumps({"meta": _plain(meta), "blobs": index}, _MARSHAL_VERSION)
+    text = dumps({"meta": meta, "blobs": index})
     # Trailing zeros (marshal reads one value and ignores what follows) start the
     # body 16-byte aligned in the file, and so in the bytes read back: numpy on
     # misaligned arrays takes slow paths.
@@ -88,6 +82,8 @@ def pack(key: bytes, meta: dict, blobs: Mapping[str, np.ndarray | bytes | memory
 
 
 def _plain(value):
+    # marshal holds only the exact built-in types: enums and other int or str
+    # subclasses are stored as the values they are (a TypeError for anything else).
     if value is None or type(value) in (bool, int, float, str, bytes):
         return value
     if isinstance(value, (list, tuple)):
@@ -99,6 +95,23 @@ def _plain(value):
     if isinstance(value, str):
         return str(value)
     raise TypeError(f"entry metadata cannot hold a {type(value).__name__}")
+
+
+def dumps(value) -> bytes:
+    """``value`` (plain data, as ``meta``) as bytes for :func:`loads`: a part of an
+    entry's metadata that a load decodes only if asked for."""
+    try:
+        return marshal.dumps(value, _MARSHAL_VERSION)
+    except ValueError:
+        return marshal.dumps(_plain(value), _MARSHAL_VERSION)
+
+
+def loads(raw: bytes):
+    """The value :func:`dumps` made ``raw`` from (raises CorruptEntry)."""
+    try:
+        return marshal.loads(raw)
+    except (ValueError, EOFError, TypeError) as e:
+        raise CorruptEntry(f"unreadable metadata: {e}") from None
 
 
 @lru_cache(maxsize=256)

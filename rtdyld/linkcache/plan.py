@@ -27,6 +27,7 @@ Any difference is a miss, and the batch is linked cold.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
@@ -41,7 +42,7 @@ from ..archives import Pull
 from ..batch import External, LinkedBatch
 from ..symbols import ProcessSymbolDef, SymbolDef
 from ..x86_64 import scan
-from . import by_identity, image, resolutions, tables
+from . import by_identity, container, image, resolutions, tables
 from .container import FORMAT_VERSION, OpenEntry, pack, unpack
 from .deferred import CachedMember, DeferredArchive
 from .definitions import warm_definitions
@@ -111,8 +112,8 @@ class BatchPlan:
 
     def _restore(self, opened: OpenEntry, keep_image: bool) -> tuple[LinkedBatch, bytes | None]:
         meta, blobs = opened.meta, opened.blobs
-        defs = meta["definitions"]
-        if not self.dylib.published.keys().isdisjoint(defs["name"]):
+        names = meta["definition_names"]
+        if not self.dylib.published.keys().isdisjoint(names):
             raise _Stale("a name the batch defines is now published by another batch")
         ext_addr, externals = self._externals(meta)
         pulls = meta["pulls"]
@@ -142,7 +143,7 @@ class BatchPlan:
             if not fits:
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             lb.externals = externals
-            self._finish(lb, meta, blobs, defs, pulls, meta["sections"], base)
+            self._finish(lb, meta, blobs, names, pulls, base)
         except BaseException:
             lb.allocation.release()
             raise
@@ -211,8 +212,7 @@ class BatchPlan:
         return LinkedBatch(objects=[], allocation=alloc, sections=[], definitions={}, externals=[], got={},
                            stubs={}, got_base=0)
 
-    def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, defs: dict, pulls: dict, s: dict,
-                base: int) -> None:
+    def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, names: list[str], pulls: dict, base: int) -> None:
         got_base = base + meta["got_off"]
         lb.got_base = got_base
         if meta["dso_handle"] is not None:
@@ -224,8 +224,9 @@ class BatchPlan:
         objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
                    for kind, value, k in meta["objects"]]
         lb.objects = objects
-        lb.sections = PlacedSections(s["obj"], s["index"], s["segment"], s["work"], base)
-        lb.definitions = warm_definitions(defs, base)
+        later = _Later(meta["later"])
+        lb.sections = PlacedSections(functools.partial(later.get, "sections"), meta["nsections"], base)
+        lb.definitions = warm_definitions(names, functools.partial(later.get, "definitions"), base)
         lb.got = {t: base + o for t, o in meta["got"]}
         lb.stubs = {t: base + o for t, o in meta["stubs"]}
         lb.initializers = [tuple(x) for x in meta["init"]]
@@ -354,11 +355,10 @@ class BatchPlan:
         off[rel] -= np.uint64(base)
         if np.any(rel & (off > np.uint64(alloc.size))):
             raise tables.Uncacheable("a definition outside the batch's memory")
-        columns = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS}
+        columns = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS if f != "name"}
         # The address: an offset into the batch's memory, or absolute (as int64 bits).
         columns["address_offset"] = off.view(np.int64).tolist()
         columns["address_relative"] = rel.astype(np.int64).tolist()
-        definitions = columns
         sections = {
             "obj": [int(p.obj) for p in lb.sections],
             "index": [int(p.index) for p in lb.sections],
@@ -374,8 +374,10 @@ class BatchPlan:
             "got_off": lb.got_base - base,
             "got": [[int(t), a - base] for t, a in lb.got.items()],
             "stubs": [[int(t), a - base] for t, a in lb.stubs.items()],
-            "sections": sections,
-            "definitions": definitions,
+            "definition_names": [d.name for d in defs],
+            "nsections": len(lb.sections),
+            # What only maps, listings and look-ups read, decoded when first asked for.
+            "later": container.dumps({"definitions": columns, "sections": sections}),
             "externals": externals,
             "prefix": prefixes.pop() if prefixes else "",
             "objects": objects,
@@ -420,6 +422,19 @@ class _Skeletons:
             return tables.object_from_doc(self.docs[k], self.blobs, "")
 
         return load
+
+
+class _Later:
+    """The part of an entry's metadata decoded only if asked for (:func:`.container.dumps`)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._doc: dict | None = None
+
+    def get(self, name: str):
+        if self._doc is None:
+            self._doc = container.loads(self._raw)
+        return self._doc[name]
 
 
 class _Stale(Exception):
