@@ -363,6 +363,36 @@ def test_a_thin_archive_is_linked_but_never_cached(tmp_path, user_value):
     assert (cache.stats["batches"]["hits"], cache.stats["batches"]["stores"]) == (0, 0)
 
 
+def test_a_thin_archive_added_by_path_is_never_cached_by_identity_either(tmp_path, user_value, settled):
+    prog, _ar = _program(tmp_path / "src")
+    thin = build_gnu_archive(tmp_path / "src" / "libthin.a",
+                             [tmp_path / "src" / n for n in ("helper.o", "slots.o", "unused.o")], thin=True)
+    for _ in range(2):
+        cache = _fresh(tmp_path / "cache")
+        ln, _ = _link(cache, prog, thin, user_value[1])
+        assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+        ln.close()
+        assert cache.stats["inputs"]["misses"] == 1 and cache.stats["inputs"]["stores"] == 0
+        assert (cache.stats["batches"]["hits"], cache.stats["batches"]["stores"]) == (0, 0)
+    assert not list((tmp_path / "cache").glob("archives/*.ent"))  # its member table is not kept either
+
+
+def test_an_archive_added_with_a_link_cache_is_only_stated_until_a_link_reads_it(tmp_path):
+    from rtdyld.errors import MalformedObjectError
+
+    ln = Linker(link_cache=tmp_path / "cache")
+    with pytest.raises(MalformedObjectError, match="missing.a: cannot read the archive"):
+        ln.add_archive(tmp_path / "missing.a")
+    bad = tmp_path / "bad.a"
+    bad.write_bytes(b"not an archive at all")
+    ln.add_archive(bad)
+    ln.add_object(compile_c("extern int helper(int);\nint f(int x) { return helper(x); }", tmp_path / "f.o",
+                            *CFLAGS))
+    with pytest.raises(MalformedObjectError, match="bad.a"):
+        ln.finalize()
+    ln.close()
+
+
 def test_a_later_batch_pulls_from_archives_of_an_earlier_one(tmp_path, user_value):
     prog, ar = _program(tmp_path / "src")
     late = compile_c("extern int never_pulled(void);\nint late(void) { return never_pulled() + 1; }",

@@ -44,6 +44,7 @@ from functools import cache
 
 import numpy as np
 
+from ..archives import list_member_definitions
 from ..cache_entry import TEMP_PREFIX, atomic_write
 from ..errors import MalformedObjectError
 from ..inputs import parse_object, read_input
@@ -244,26 +245,15 @@ class LinkCache:
     # --- archives ----------------------------------------------------------------------
 
     def open_archive(self, archives, path) -> DeferredArchive:
-        """An archive for ``archives`` (an ArchiveSet) read only if a cold link needs it."""
+        """An archive for ``archives`` (an ArchiveSet) read only if a cold link
+        needs it: ``add_archive`` only stats the file, as ``add_object`` does.
+        What kind of file it is (a thin archive's batches are not cached) and
+        any error in it are found when it is opened or its digest taken."""
         real = os.path.abspath(path)
         try:
             source = InputFile(real)
-            # The identity now, the digest when a link asks for it; the magic
-            # number (eight bytes) now, to tell a thin archive at once.
-            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                magic = os.read(fd, 8)
-            finally:
-                os.close(fd)
         except OSError as e:
             raise MalformedObjectError(f"{real}: cannot read the archive: {e.strerror or e}") from None
-        if magic != b"!<arch>\n":
-            # A thin archive's members are other files its digest does not
-            # cover: it is read as usual, and batches using it are not cached.
-            # Anything else is left for the reader to report.
-            return archives.open(path)
-        from ..archives import list_member_definitions
-
         archives.parse = self.parse
         return DeferredArchive(real, list_member_definitions, None, self, source)
 
