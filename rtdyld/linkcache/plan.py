@@ -115,7 +115,7 @@ class BatchPlan:
         names = meta["definition_names"]
         if not self.dylib.published.keys().isdisjoint(names):
             raise _Stale("a name the batch defines is now published by another batch")
-        ext_addr, externals = self._externals(meta)
+        ext_addr, externals, own = self._externals(meta)
         pulls = meta["pulls"]
         self._check_pulls(meta, pulls)
         listed = meta["residual_rows"]
@@ -143,13 +143,15 @@ class BatchPlan:
             if not fits:
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             lb.externals = externals
-            self._finish(lb, meta, blobs, names, pulls, base)
+            self._finish(lb, meta, blobs, names, pulls, base, own)
         except BaseException:
             lb.allocation.release()
             raise
         return lb, image_bytes
 
-    def _externals(self, meta: dict) -> tuple[list[int], list[External]]:
+    def _externals(self, meta: dict) -> tuple[list[int], list[External | None], list[int]]:
+        """The externals' addresses, their records (None for the batch's own, at
+        ``own``), each resolved again and checked against the entry."""
         prefix = meta["prefix"]
         recorded = meta["externals"]
         # One walk of the resolver chain for all of them (one dlsym each, for the process).
@@ -158,9 +160,11 @@ class BatchPlan:
         addr = [0] * len(recorded)
         out: list[External] = []
         check = []
+        own: list[int] = []
         for j, (name, role, origin, size, bind, stype, reach, via_process) in enumerate(recorded):
             if role in ("got", "dso"):
-                out.append(None)  # filled once the batch has an address
+                out.append(None)  # filled once the batch has an address (_finish)
+                own.append(j)
                 continue
             d = found.get(name)
             if via_process and isinstance(d, ProcessSymbolDef):
@@ -169,7 +173,7 @@ class BatchPlan:
                 # reach, below).
                 addr[j] = d.address
                 out.append(resolutions.ProcessExternal(name, d))
-                check.append((j, reach))
+                check.append((d.address, reach))
                 continue
             if role == "none":
                 if d is not None:
@@ -182,16 +186,16 @@ class BatchPlan:
                 raise _Stale(f"{name!r} now resolves to {d.origin}, not {origin}")
             addr[j] = d.address
             out.append(External(name, d.address, d.origin, d.size, d))
-            check.append((j, reach))
+            check.append((d.address, reach))
         if check:
             # A handful of addresses: plain integers, as scan.in_reach decides.
+            limit = scan.REACH
             for bit, low in ((1, False), (2, True)):
                 lo, hi = self.linker.memory.reach_range(low=low)
-                for j, reach in check:
-                    a = out[j].address
-                    if (abs(a - lo) < scan.REACH and abs(a - hi) < scan.REACH) != bool(reach & bit):
+                for a, reach in check:
+                    if (abs(a - lo) < limit and abs(a - hi) < limit) != bool(reach & bit):
                         raise _Stale("an outside symbol moved in or out of 32-bit reach")
-        return addr, out
+        return addr, out, own
 
     def _check_pulls(self, meta: dict, pulls: dict) -> None:
         outranks = self.linker._outranks_archives(self.dylib)
@@ -212,14 +216,17 @@ class BatchPlan:
         return LinkedBatch(objects=[], allocation=alloc, sections=[], definitions={}, externals=[], got={},
                            stubs={}, got_base=0)
 
-    def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, names: list[str], pulls: dict, base: int) -> None:
+    def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, names: list[str], pulls: dict, base: int,
+                own_externals: list[int]) -> None:
         got_base = base + meta["got_off"]
         lb.got_base = got_base
         if meta["dso_handle"] is not None:
             lb.dso_handle = base + meta["dso_handle"]
         own = {"got": (got_base, "the batch's GOT"), "dso": (lb.dso_handle, "the batch's DSO handle")}
-        lb.externals = [e if e is not None else External(meta["externals"][j][0], *own[meta["externals"][j][1]])
-                        for j, e in enumerate(lb.externals)]
+        externals = lb.externals
+        for j in own_externals:  # the GOT symbol and __dso_handle, which move with the batch
+            name, role = meta["externals"][j][:2]
+            externals[j] = External(name, *own[role])
         skeletons = _Skeletons(blobs["skeletons"])
         objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
                    for kind, value, k in meta["objects"]]
