@@ -342,7 +342,8 @@ class LinkCache:
     # --- entries -------------------------------------------------------------------------
 
     def _path(self, layer: str, key: bytes) -> str:
-        return os.path.join(self.directory, layer, key.hex() + ENTRY_SUFFIX)
+        # Formatted rather than os.path.join'ed: the directory is absolute and the parts plain names.
+        return f"{self.directory}/{layer}/{key.hex()}{ENTRY_SUFFIX}"
 
     def read_entry(self, layer: str, key: bytes) -> tuple[dict, dict] | None:
         """A verified entry's ``(meta, blobs)``, or None (a miss, counted)."""
