@@ -390,8 +390,6 @@ def apply_listed(rows: list[list[int]], groups: list, mem: np.ndarray, base: int
     addresses ``ext`` as a list or an array: the same values, range checks and
     bytes, with Python integers."""
     where, const = rows
-    if len(where) != len(const) or sum(g[3] for g in groups) != len(where):
-        raise ValueError("residual groups do not cover the rows")
     if where and min(where) < 0:  # pack_into counts a negative offset from the end; past the end it raises
         raise ValueError("a residual fixup outside the batch's memory")
     ext_ = ext.tolist() if isinstance(ext, np.ndarray) else ext
@@ -407,6 +405,8 @@ def apply_listed(rows: list[list[int]], groups: list, mem: np.ndarray, base: int
                     return False
         deltas.append(d)
         at += count
+    if at != len(where) or len(const) != len(where):
+        raise ValueError("residual groups do not cover the rows")
     view = memoryview(mem)
     at = 0
     for (kind, _cb, _j, count, _lo, _hi), d in zip(groups, deltas):
