@@ -18,7 +18,9 @@ linear form reproduces every value the cold link wrote.  An entry stores
 the rows grouped by field width, kind, ``cb`` and ``j`` (:func:`grouped`),
 with where each run is written (:func:`targets`): at load each group is
 range-checked with two comparisons of its extreme constants, and the values
-are computed and written in a handful of numpy calls (:func:`apply_grouped`).
+are computed and written in a handful of numpy calls (:func:`apply_grouped`),
+or, for a batch with few of them, listed in the entry's metadata and written
+with plain integers (:func:`listed`, :func:`apply_listed`).
 :func:`apply_records` is the row-by-row form of the same computation, the
 reference the grouped one is tested against.  Anything the capture cannot
 classify with certainty makes the batch uncacheable (:class:`Uncacheable`),
