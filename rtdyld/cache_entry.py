@@ -51,7 +51,7 @@ def verify_header(blob, key: bytes, header: struct.Struct, magic: bytes, version
     """``(meta length, body length, checksum)`` from the header of an entry laid
     out as ``magic | format | key | meta length | body length | checksum``,
     which must be stored under ``key`` and account for the whole of ``blob``;
-    raises CorruptEntry otherwise.  Shared by the object and link caches."""
+    raises CorruptEntry otherwise."""
     if len(blob) < header.size:
         raise CorruptEntry(f"{len(blob)} bytes, shorter than the {header.size}-byte header")
     found, found_version, stored_key, meta_len, body_len, checksum = header.unpack_from(blob)

@@ -363,6 +363,36 @@ def test_a_thin_archive_is_linked_but_never_cached(tmp_path, user_value):
     assert (cache.stats["batches"]["hits"], cache.stats["batches"]["stores"]) == (0, 0)
 
 
+def test_a_thin_archive_added_by_path_is_never_cached_by_identity_either(tmp_path, user_value, settled):
+    prog, _ar = _program(tmp_path / "src")
+    thin = build_gnu_archive(tmp_path / "src" / "libthin.a",
+                             [tmp_path / "src" / n for n in ("helper.o", "slots.o", "unused.o")], thin=True)
+    for _ in range(2):
+        cache = _fresh(tmp_path / "cache")
+        ln, _ = _link(cache, prog, thin, user_value[1])
+        assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+        ln.close()
+        assert cache.stats["inputs"]["misses"] == 1 and cache.stats["inputs"]["stores"] == 0
+        assert (cache.stats["batches"]["hits"], cache.stats["batches"]["stores"]) == (0, 0)
+    assert not list((tmp_path / "cache").glob("archives/*.ent"))  # its member table is not kept either
+
+
+def test_an_archive_added_with_a_link_cache_is_only_stated_until_a_link_reads_it(tmp_path):
+    from rtdyld.errors import MalformedObjectError
+
+    ln = Linker(link_cache=tmp_path / "cache")
+    with pytest.raises(MalformedObjectError, match="missing.a: cannot read the archive"):
+        ln.add_archive(tmp_path / "missing.a")
+    bad = tmp_path / "bad.a"
+    bad.write_bytes(b"not an archive at all")
+    ln.add_archive(bad)
+    ln.add_object(compile_c("extern int helper(int);\nint f(int x) { return helper(x); }", tmp_path / "f.o",
+                            *CFLAGS))
+    with pytest.raises(MalformedObjectError, match="bad.a"):
+        ln.finalize()
+    ln.close()
+
+
 def test_a_later_batch_pulls_from_archives_of_an_earlier_one(tmp_path, user_value):
     prog, ar = _program(tmp_path / "src")
     late = compile_c("extern int never_pulled(void);\nint late(void) { return never_pulled() + 1; }",
@@ -698,9 +728,12 @@ def test_residual_fixups_written_alike_grouped():
         groups = json.loads(json.dumps(groups))
         ok_grouped = image.apply_grouped(stored["r"], groups, grouped, base, ext)
         ok_targeted = image.apply_grouped(stored["r"], groups, targeted, base, ext, (stored["t"], quads))
-        assert ok_few == ok_grouped == ok_targeted, trial
+        listed = np.zeros(size, np.uint8)
+        rows = unpack(pack(key, {"rows": image.listed(rec)}, {}), key)[0]["rows"]  # as an entry lists them
+        ok_listed = image.apply_listed(rows, groups, listed, base, ext.tolist())
+        assert ok_few == ok_grouped == ok_targeted == ok_listed, trial
         if ok_few:
-            assert few.tobytes() == grouped.tobytes() == targeted.tobytes(), trial
+            assert few.tobytes() == grouped.tobytes() == targeted.tobytes() == listed.tobytes(), trial
             written += 1
         else:
             refused += 1
@@ -715,7 +748,10 @@ def test_residual_groups_range_checked_at_the_field_limits():
         res = image.Residual(np.zeros(1, np.int64), np.array([int(kind)], np.uint8),
                              np.array([value & (1 << 64) - 1], np.uint64), np.array([cb], np.int8),
                              np.full(1, -1, np.int32))
-        return image.apply_grouped(*image.grouped(res), np.zeros(8, np.uint8), base, np.zeros(1, np.uint64))
+        rec, groups = image.grouped(res)
+        grouped = image.apply_grouped(rec, groups, np.zeros(8, np.uint8), base, np.zeros(1, np.uint64))
+        assert image.apply_listed(image.listed(rec), groups, np.zeros(8, np.uint8), base, [0]) == grouped
+        return grouped
 
     for kind, good, bad in ((Edge.Branch32, (-(1 << 31), (1 << 31) - 1), (-(1 << 31) - 1, 1 << 31)),
                             (Edge.Pointer32, (0, (1 << 32) - 1), (-1, 1 << 32)),
@@ -728,23 +764,31 @@ def test_residual_groups_range_checked_at_the_field_limits():
     assert fits(Edge.Pointer8, (1 << 64) - 8, 1, 16)
 
 
-@pytest.mark.parametrize("damage", ["groups", "targets"])
-def test_residual_groups_or_targets_that_do_not_cover_the_rows_are_a_corrupt_entry(tmp_path, user_value, damage):
+@pytest.mark.parametrize("listed", [True, False])
+@pytest.mark.parametrize("damage", ["groups", "rows"])
+def test_residual_groups_or_rows_that_do_not_cover_each_other_are_a_corrupt_entry(tmp_path, user_value, damage,
+                                                                                  listed, monkeypatch):
+    from rtdyld.linkcache import image
     from rtdyld.linkcache.container import pack
 
+    if not listed:  # the rows as arrays, with where they are written, as a large batch stores them
+        monkeypatch.setattr(image, "FEW_LISTED", 0)
     prog, ar = _program(tmp_path / "src")
     cache = LinkCache(tmp_path / "cache")
     _link(cache, prog, ar, user_value[1])[0].close()
     (entry,) = (tmp_path / "cache").glob("batches/*.ent")
     key = bytes.fromhex(entry.stem)
     meta, blobs = unpack(entry.read_bytes(), key)
+    tail = blobs.tail
     blobs = dict(blobs)
-    assert meta["residual_groups"] and len(blobs["residual_targets"])
+    assert meta["residual_groups"] and (meta["residual_rows"] is not None) == listed
     if damage == "groups":
         meta["residual_groups"][0][3] += 1
+    elif listed:
+        meta["residual_rows"][0].pop()  # checksum fine, content not
     else:
-        blobs["residual_targets"] = blobs["residual_targets"][:-1]  # checksum fine, content not
-    entry.write_bytes(pack(key, meta, blobs))
+        blobs["residual_targets"] = blobs["residual_targets"][:-1]
+    entry.write_bytes(pack(key, meta, blobs, tail))
     ln, _ = _link(cache, prog, ar, user_value[1])
     assert cache.stats["batches"]["corrupt"] == 1 and cache.stats["batches"]["hits"] == 0
     assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
@@ -841,6 +885,11 @@ def test_inputs_added_by_path_link_warm_from_one_entry_reading_no_input(tmp_path
     assert warm.stats["objects"] == dict.fromkeys(warm.stats["objects"], 0)  # no object table looked up
     assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
     assert sorted(h.symbols) == sorted(_reference_symbols(prog, ar, user_value[1]))
+    # The pulled members' sections, from the entry (not from the archive, which is not read).
+    ref, rh = _link(False, prog, ar, user_value[1])
+    members = [[(s.name, s.size) for s in o.sections] for o in h.batch.objects[1:]]
+    assert members == [[(s.name, s.size) for s in o.sections] for o in rh.batch.objects[1:]] and members
+    ref.close()
     ln.close()
 
 
@@ -959,4 +1008,73 @@ def test_an_object_added_by_path_is_read_when_needed_and_its_errors_named(tmp_pa
     assert obj.name == str(bad)
     with pytest.raises(LinkError, match="bad.o"):
         ln.finalize()
+    ln.close()
+
+
+@pytest.mark.parametrize("head, tail", [(100, 5000), (3000, 40_000), (50_000, 100), (50_000, 70_000), (10, 0)])
+def test_an_entry_tail_read_into_place_and_every_damage_refused(tmp_path, head, tail):
+    from rtdyld.linkcache.container import FIRST_READ, CorruptEntry, open_entry, pack
+
+    key = bytes(range(32))
+    rng = np.random.default_rng(head + tail)
+    blob = rng.integers(0, 256, head, dtype=np.uint8)
+    image_bytes = rng.integers(0, 256, tail, dtype=np.uint8).tobytes()
+    whole = pack(key, {"n": head, "rows": [[1, -2], ["a", None]]}, {"b": blob}, image_bytes)
+    # Read whole at once, or the head in two reads, or the tail after the first read.
+    assert (len(whole) < FIRST_READ) == (head + tail < 10_000)
+    path = tmp_path / "e.ent"
+
+    def read(data: bytes) -> bytes:
+        path.write_bytes(data)
+        with open_entry(str(path), key) as opened:
+            assert opened.meta == {"n": head, "rows": [[1, -2], ["a", None]]}
+            assert bytes(opened.blobs["b"]) == blob.tobytes()
+            into = np.full(tail + 3, 0xEE, np.uint8)
+            opened.read_tail_into(into)
+            assert into[tail:].tolist() == [0xEE] * 3
+            return into[:tail].tobytes()
+
+    assert read(whole) == image_bytes
+    with open_entry(str(path), key) as opened:
+        assert opened.tail_bytes() == image_bytes
+    meta, blobs = unpack(whole, key)
+    assert meta["n"] == head and bytes(blobs.tail) == image_bytes
+    # A byte flipped anywhere (header, metadata, blobs, the image where it landed), the file
+    # cut short or extended, another key: refused.
+    for at in sorted({0, 20, 60, 70, 90, len(whole) - tail - 1, len(whole) - tail, len(whole) - tail // 2,
+                      len(whole) - 1}):
+        if not 0 <= at < len(whole):
+            continue
+        damaged = bytearray(whole)
+        damaged[at] ^= 0x10
+        with pytest.raises(CorruptEntry):
+            read(bytes(damaged))
+        with pytest.raises(CorruptEntry):
+            unpack(bytes(damaged), key)
+    for damaged in {whole[:-1], whole[: len(whole) - tail - 1], whole + b"\0", whole[:40], b""}:
+        with pytest.raises(CorruptEntry):
+            read(damaged)
+    path.write_bytes(whole)
+    with pytest.raises(CorruptEntry):
+        open_entry(str(path), bytes(32))
+
+
+def test_a_damaged_image_is_refused_where_it_landed(tmp_path, user_value, settled):
+    prog, ar = _program(tmp_path / "src")
+    _link(_fresh(tmp_path / "cache"), prog, ar, user_value[1])[0].close()
+    for entry in (tmp_path / "cache").glob("*/*.ent"):
+        if entry.parent.name in ("inputs", "batches"):
+            data = bytearray(entry.read_bytes())
+            data[-5] ^= 0x01  # in the image, the entry's tail
+            entry.write_bytes(bytes(data))
+    again = _fresh(tmp_path / "cache")
+    ln, _ = _link(again, prog, ar, user_value[1])
+    assert again.stats["inputs"]["corrupt"] == 1 and again.stats["batches"]["corrupt"] == 1
+    assert any("tail" in why for _, what, why in again.events if what == "corrupt")
+    assert again.stats["batches"]["stores"] == 1 and again.stats["inputs"]["stores"] == 1
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+    last = _fresh(tmp_path / "cache")
+    ln, _ = _link(last, prog, ar, user_value[1])
+    assert last.stats["inputs"]["hits"] == 1 and _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
     ln.close()

@@ -37,12 +37,14 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import threading
 import warnings
 from functools import cache
 
 import numpy as np
 
+from ..archives import list_member_definitions
 from ..cache_entry import TEMP_PREFIX, atomic_write
 from ..errors import MalformedObjectError
 from ..inputs import parse_object, read_input
@@ -56,6 +58,7 @@ from .digests import StatDigests, digest
 from .plan import DIGEST_ATTR, BatchPlan, identity_plan, make_plan
 
 ENV = "RTDYLD_LINK_CACHE"
+_PACKAGE = sys.modules[__package__.rpartition(".")[0]]  # rtdyld, imported before its subpackages
 ENTRY_SUFFIX = ".ent"
 LAYERS = ("objects", "archives", "batches", by_identity.LAYER)
 
@@ -154,9 +157,9 @@ class LinkCache:
 
     def identity(self) -> dict:
         """What every key includes: the code that would make the entry."""
-        from .. import __version__
-
-        return {"rtdyld": __version__, "format": FORMAT_VERSION, "code": _code_identity()}
+        # The package's attribute read at each call (a test may change it), without
+        # the import machinery a ``from .. import`` statement runs each time.
+        return {"rtdyld": _PACKAGE.__version__, "format": FORMAT_VERSION, "code": _code_identity()}
 
     def _key(self, what: str, content: str) -> bytes:
         """The key of the ``what`` (object, archive) whose bytes have sha256 ``content``.
@@ -242,26 +245,15 @@ class LinkCache:
     # --- archives ----------------------------------------------------------------------
 
     def open_archive(self, archives, path) -> DeferredArchive:
-        """An archive for ``archives`` (an ArchiveSet) read only if a cold link needs it."""
+        """An archive for ``archives`` (an ArchiveSet) read only if a cold link
+        needs it: ``add_archive`` only stats the file, as ``add_object`` does.
+        What kind of file it is (a thin archive's batches are not cached) and
+        any error in it are found when it is opened or its digest taken."""
         real = os.path.abspath(path)
         try:
             source = InputFile(real)
-            # The identity now, the digest when a link asks for it; the magic
-            # number (eight bytes) now, to tell a thin archive at once.
-            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                magic = os.read(fd, 8)
-            finally:
-                os.close(fd)
         except OSError as e:
             raise MalformedObjectError(f"{real}: cannot read the archive: {e.strerror or e}") from None
-        if magic != b"!<arch>\n":
-            # A thin archive's members are other files its digest does not
-            # cover: it is read as usual, and batches using it are not cached.
-            # Anything else is left for the reader to report.
-            return archives.open(path)
-        from ..archives import list_member_definitions
-
         archives.parse = self.parse
         return DeferredArchive(real, list_member_definitions, None, self, source)
 
@@ -336,7 +328,8 @@ class LinkCache:
         plan = self.plan(linker, dylib, objs, whole, done, new_archives)
         if plan is None:
             return link_cold()
-        lb = plan.load()
+        # The image is kept if the by-identity entry is to be written from this one.
+        lb = plan.load(keep_image=quick is not None)
         if lb is not None:
             self._count("batches", "hits")
         else:
@@ -349,7 +342,8 @@ class LinkCache:
     # --- entries -------------------------------------------------------------------------
 
     def _path(self, layer: str, key: bytes) -> str:
-        return os.path.join(self.directory, layer, key.hex() + ENTRY_SUFFIX)
+        # Formatted rather than os.path.join'ed: the directory is absolute and the parts plain names.
+        return f"{self.directory}/{layer}/{key.hex()}{ENTRY_SUFFIX}"
 
     def read_entry(self, layer: str, key: bytes) -> tuple[dict, dict] | None:
         """A verified entry's ``(meta, blobs)``, or None (a miss, counted)."""
@@ -361,6 +355,20 @@ class LinkCache:
             return None
         try:
             return unpack(blob, key)
+        except CorruptEntry as e:
+            self.note(layer, "corrupt", str(e))
+            self.discard(layer, key)
+            return None
+
+    def open_entry(self, layer: str, key: bytes) -> container.OpenEntry | None:
+        """:func:`.container.open_entry` of a verified entry's head, its tail
+        left to read; or None (a miss, counted).  The caller closes it."""
+        path = self._path(layer, key)
+        try:
+            return container.open_entry(path, key)
+        except OSError:
+            self._count(layer, "misses")
+            return None
         except CorruptEntry as e:
             self.note(layer, "corrupt", str(e))
             self.discard(layer, key)

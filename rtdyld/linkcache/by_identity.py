@@ -104,7 +104,9 @@ def key(identity: dict, objs, search, loaded: list, kept, memory: str, version: 
     # otherwise set up on its way; it escapes unpaired surrogates (undecodable
     # bytes of a file name), so the text always encodes.
     text = repr((identity, objects, archives, kept, memory, version))
-    return hashlib.sha256(b"rtdyld link cache: batch by input identity\0" + text.encode()).digest()
+    # BLAKE2 is built into Python: unlike sha256, no OpenSSL digest is looked
+    # up for each hash (tens of µs in a new process).
+    return hashlib.blake2b(b"rtdyld link cache: batch by input identity\0" + text.encode(), digest_size=32).digest()
 
 
 def recorded_inputs(cache, objs, search, planned: list[str]) -> dict | None:

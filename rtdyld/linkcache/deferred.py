@@ -18,13 +18,17 @@ from ..errors import MalformedObjectError
 from ..objfile.archive import Archive, Member
 from .digests import digest
 
+MAGIC = b"!<arch>\n"  # a regular archive: a thin one's members are other files, which no digest covers
 # Attributes Archive.__init__ sets from the file; asking for one opens it.
 _FROM_FILE = frozenset({"_view", "_mapping", "kind", "has_index", "members", "_index"})
 
 
 class DeferredArchive(Archive):
     """An :class:`Archive` opened on first use.  ``content_digest`` is the
-    sha256 of its bytes: as planned when added, then as actually read."""
+    sha256 of its bytes: as planned when added, then as actually read; None
+    for a file that is not a regular archive (a thin one, or not an archive
+    at all: the reader reports that when the archive is opened), which no
+    batch entry may then depend on."""
 
     def __init__(self, path: str, list_definitions, content_digest: str | None, tables=None, source=None) -> None:
         self.name = path
@@ -41,8 +45,10 @@ class DeferredArchive(Archive):
             self._open()
             return getattr(self, attr)
         if attr == "content_digest" and self.__dict__.get("tables") is not None:
-            # Added by identity alone: hashed (or its digest remembered) when first asked for.
-            self.content_digest = self.tables.digests.file_digest(self.path)
+            # Added by identity alone: hashed (or its digest and magic number
+            # remembered) when first asked for.
+            content, head = self.tables.digests.file_digest_and_head(self.path)
+            self.content_digest = content if head == MAGIC else None
             return self.content_digest
         raise AttributeError(attr)
 
@@ -55,11 +61,12 @@ class DeferredArchive(Archive):
         except OSError as e:
             raise MalformedObjectError(f"{self.path}: cannot read the archive: {e.strerror or e}") from None
         view = memoryview(mapping) if mapping is not None else memoryview(b"")
-        self.content_digest = digest(view)
-        known = self.tables.load_archive(self.content_digest) if self.tables is not None else None
+        regular = view[: len(MAGIC)] == MAGIC
+        self.content_digest = digest(view) if regular else None
+        known = self.tables.load_archive(self.content_digest) if self.tables is not None and regular else None
         if known is None:
             Archive.__init__(self, self.name, view, mapping, self.list_definitions, os.path.dirname(self.path))
-            if self._index is not None and self.tables is not None:
+            if self._index is not None and self.tables is not None and regular:
                 self.tables.store_archive(self)
             return
         kind, has_index, raw, names, positions = known
@@ -73,7 +80,7 @@ class DeferredArchive(Archive):
         # worth remembering.
         index = super()._index_by_callback()
         self._index = index
-        if self.tables is not None:
+        if self.tables is not None and self.content_digest is not None:
             self.tables.store_archive(self)
         return index
 

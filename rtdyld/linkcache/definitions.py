@@ -4,7 +4,7 @@ A warm load publishes a batch's names without making a SymbolDef for each:
 :class:`~rtdyld.definitions.BatchDefinitions` holds the names, and
 :class:`EntryColumns` makes a name's SymbolDef from the entry's columns the
 first time a look-up, a later batch or a listing asks for it (most names of
-a batch are never asked for).  The SymbolDefs are the ones the cold link
+a batch are never asked for); the columns themselves are decoded then.  The SymbolDefs are the ones the cold link
 made: the same fields, the address moved to where the batch now lies.
 """
 
@@ -18,26 +18,34 @@ from ..symbols import SymbolDef
 _M64 = (1 << 64) - 1
 # SymbolDef's fields in order, up to the last one an entry holds (``batch`` is set at publication).
 POSITIONAL = tuple(f.name for f in dataclasses.fields(SymbolDef))[:-1]
-assert dataclasses.fields(SymbolDef)[-1].name == "batch" and POSITIONAL[0] == "name"
+assert dataclasses.fields(SymbolDef)[-1].name == "batch" and POSITIONAL[:2] == ("name", "address")
 
 
 class EntryColumns:
     """The ``make`` of a :class:`~rtdyld.definitions.DefinitionTable` over an
-    entry's definition columns (plain lists), for a batch at ``base``."""
+    entry's definition columns (plain lists, but for the names), which
+    ``columns()`` gives when first needed, for a batch at ``base`` that
+    defines ``count`` names."""
 
-    def __init__(self, defs: dict[str, list], base: int) -> None:
-        n = len(defs["name"])
-        if any(len(defs[f]) != n for f in (*POSITIONAL[1:], "address_offset", "address_relative")
-               if f != "address"):
-            raise ValueError("definition columns of unequal length")
-        self._defs = defs
+    def __init__(self, columns, count: int, base: int) -> None:
+        self._columns = columns
+        self._count = count
         self._base = base
+        self._defs: dict[str, list] | None = None
+
+    def _decoded(self) -> dict[str, list]:
+        if self._defs is None:
+            defs = self._columns()
+            if any(len(defs[f]) != self._count for f in (*POSITIONAL[2:], "address_offset", "address_relative")):
+                raise ValueError("definition columns of unequal length")
+            self._defs = defs
+        return self._defs
 
     def make(self, names: list[str], rows: list[int], batch) -> list[SymbolDef]:
         """SymbolDefs of ``names`` (entry rows ``rows``), attributed to ``batch``."""
-        defs, base = self._defs, self._base
+        defs, base = self._decoded(), self._base
         offset, relative = defs["address_offset"], defs["address_relative"]
-        columns = [defs[f] for f in POSITIONAL[1:] if f != "address"]
+        columns = [defs[f] for f in POSITIONAL[2:]]
         out = []
         for name, i in zip(names, rows):
             address = (offset[i] + base if relative[i] else offset[i]) & _M64
@@ -46,10 +54,10 @@ class EntryColumns:
         return out
 
 
-def warm_definitions(defs: dict[str, list], base: int) -> BatchDefinitions:
-    """name -> SymbolDef of a batch restored at ``base``, each made on first use."""
-    names = defs["name"]
+def warm_definitions(names: list[str], columns, base: int) -> BatchDefinitions:
+    """name -> SymbolDef of a batch restored at ``base`` that defines ``names``,
+    each made on first use from the columns ``columns()`` gives."""
     rows = dict(zip(names, range(len(names))))
     if len(rows) != len(names):
         raise ValueError("a name defined twice")
-    return BatchDefinitions(rows, EntryColumns(defs, base))
+    return BatchDefinitions(rows, EntryColumns(columns, len(names), base))

@@ -18,7 +18,9 @@ linear form reproduces every value the cold link wrote.  An entry stores
 the rows grouped by field width, kind, ``cb`` and ``j`` (:func:`grouped`),
 with where each run is written (:func:`targets`): at load each group is
 range-checked with two comparisons of its extreme constants, and the values
-are computed and written in a handful of numpy calls (:func:`apply_grouped`).
+are computed and written in a handful of numpy calls (:func:`apply_grouped`),
+or, for a batch with few of them, listed in the entry's metadata and written
+with plain integers (:func:`listed`, :func:`apply_listed`).
 :func:`apply_records` is the row-by-row form of the same computation, the
 reference the grouped one is tested against.  Anything the capture cannot
 classify with certainty makes the batch uncacheable (:class:`Uncacheable`),
@@ -28,6 +30,7 @@ never approximately cached.
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 import numpy as np
 
@@ -367,6 +370,54 @@ def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext
 
 
 _LITTLE = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_PACK = {1: struct.Struct("<B").pack_into, 2: struct.Struct("<H").pack_into, 4: struct.Struct("<I").pack_into,
+         8: struct.Struct("<Q").pack_into}
+
+
+def listed(rec: np.ndarray) -> list[list[int]]:
+    """``[where, const]`` of rows :func:`grouped` arranged, as plain lists (the
+    constants read as signed), for :func:`apply_listed`: how an entry stores a
+    batch's residual fixups when there are at most :data:`FEW_LISTED`."""
+    return [rec["where"].tolist(), rec["const"].view(np.int64).tolist()]
+
+
+# Up to this many residual fixups an entry lists them in its metadata: a warm
+# load in a new process then writes them with plain integers, with no numpy
+# call (each costs 10-40 µs there, while caches are cold; a row ~0.1 µs).
+FEW_LISTED = 1024
+
+
+def apply_listed(rows: list[list[int]], groups: list, mem: np.ndarray, base: int, ext) -> bool:
+    """:func:`apply_grouped` for rows :func:`listed` gives, with the externals'
+    addresses ``ext`` as a list or an array: the same values, range checks and
+    bytes, with Python integers."""
+    where, const = rows
+    if where and min(where) < 0:  # pack_into counts a negative offset from the end; past the end it raises
+        raise ValueError("a residual fixup outside the batch's memory")
+    ext_ = ext.tolist() if isinstance(ext, np.ndarray) else ext
+    deltas = []
+    at = 0
+    for kind, cb, j, count, cmin, cmax in groups:
+        d = cb * base + (ext_[j] if j >= 0 else 0)
+        if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
+            lo, hi = _LOW[kind], _HIGH[kind]
+            for c in const[at : at + count]:
+                v = (c + d) & _M64
+                if not lo <= (v - (1 << 64) if v >> 63 else v) <= hi:
+                    return False
+        deltas.append(d)
+        at += count
+    if at != len(where) or len(const) != len(where):
+        raise ValueError("residual groups do not cover the rows")
+    view = memoryview(mem)
+    at = 0
+    for (kind, _cb, _j, count, _lo, _hi), d in zip(groups, deltas):
+        w = _WIDTH[kind]
+        put, mask = _PACK[w], (1 << 8 * w) - 1
+        for i in range(at, at + count):
+            put(view, where[i], (const[i] + d) & mask)
+        at += count
+    return True
 
 
 def _store_run(mem: np.ndarray, where: np.ndarray, w: int, value: np.ndarray) -> None:
@@ -411,3 +462,4 @@ def prime() -> None:
     for stored_targets in (targets(rec, groups), None):
         apply_grouped(stored, groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U),
                       stored_targets)
+    apply_listed(listed(rec), groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, [1 << 40] * 2)

@@ -2,8 +2,8 @@
 
 A warm load publishes a batch without reading its ``sections`` (which object
 section lies where); maps, traces, listings and the debugger interface do.
-Making the :class:`~rtdyld.batch.PlacedSection` records only then saves a
-Python object per section on the way to the first call.
+Decoding the entry's columns and making the :class:`~rtdyld.batch.PlacedSection`
+records only then saves a Python object per section on the way to the first call.
 """
 
 from __future__ import annotations
@@ -14,24 +14,29 @@ from ..batch import PlacedSection
 
 
 class PlacedSections(Sequence):
-    """``LinkedBatch.sections`` from an entry's columns, for a batch at ``base``;
-    a read-only sequence equal to the list a cold link makes."""
+    """``LinkedBatch.sections`` of ``count`` sections, for a batch at ``base``,
+    from the entry's columns (obj, index, segment, work) that ``columns()``
+    gives when first needed; a read-only sequence equal to the list a cold
+    link makes."""
 
-    def __init__(self, obj: list[int], index: list[int], segment: list[str], work: list[int], base: int) -> None:
-        if not len(obj) == len(index) == len(segment) == len(work):
-            raise ValueError("placed-section columns of unequal length")
-        self._columns = (obj, index, segment, work)
+    def __init__(self, columns, count: int, base: int) -> None:
+        self._columns = columns
+        self._count = count
         self._base = base
         self._made: list[PlacedSection] | None = None
 
     def _list(self) -> list[PlacedSection]:
         if self._made is None:
+            c = self._columns()
+            obj, index, segment, work = c["obj"], c["index"], c["segment"], c["work"]
+            if not len(obj) == len(index) == len(segment) == len(work) == self._count:
+                raise ValueError("placed-section columns of unequal length")
             base = self._base
-            self._made = [PlacedSection(o, i, seg, base + w, w) for o, i, seg, w in zip(*self._columns)]
+            self._made = [PlacedSection(o, i, seg, base + w, w) for o, i, seg, w in zip(obj, index, segment, work)]
         return self._made
 
     def __len__(self) -> int:
-        return len(self._columns[0])
+        return self._count
 
     def __getitem__(self, i):
         return self._list()[i]

@@ -27,6 +27,7 @@ Any difference is a miss, and the batch is linked cold.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
@@ -39,15 +40,19 @@ from memmgr import MemMgrError, Prot, SegmentRequest
 from .. import unwind
 from ..archives import Pull
 from ..batch import External, LinkedBatch
-from ..symbols import SymbolDef
+from ..symbols import ProcessSymbolDef, SymbolDef
 from ..x86_64 import scan
-from . import by_identity, image, resolutions, tables
-from .container import FORMAT_VERSION, pack, unpack
+from . import by_identity, container, image, resolutions, tables
+from .container import FORMAT_VERSION, OpenEntry, pack, unpack
 from .deferred import CachedMember, DeferredArchive
 from .definitions import warm_definitions
 from .placed import PlacedSections
 
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
+# Every protection a segment may have, made once: the enum's constructor costs
+# two Python calls per segment on the way to a warm batch's memory.
+_PROT = {int(p): p for p in map(Prot, range(8))}
+_IMAGE = "image"  # the blob _capture makes of the batch's bytes, stored as the entry's tail
 _SYMBOL_FIELDS = tuple(f.name for f in dataclasses.fields(SymbolDef) if f.name not in ("address", "batch"))
 
 
@@ -72,26 +77,30 @@ class BatchPlan:
         self.key = key
         self.planned_digests = planned_digests  # the archives' digests in the key (None: keyed by identity)
         self.layer = layer
-        self.entry: tuple[dict, dict] | None = None  # (meta, blobs) read or stored under the key
+        # (meta, blobs, image) read or stored under the key; image None if not kept.
+        self.entry: tuple[dict, dict, bytes | None] | None = None
 
     # --- warm -------------------------------------------------------------------------
 
-    def load(self) -> LinkedBatch | None:
+    def load(self, keep_image: bool = False) -> LinkedBatch | None:
         """The batch from the cache, allocated and fixed up but not finalized;
-        None on a miss (the reason is counted)."""
-        entry = self.cache.read_entry(self.layer, self.key)
-        if entry is None:
+        None on a miss (the reason is counted).  The image is read straight into
+        the batch's memory; with ``keep_image`` it is also kept as bytes, in
+        :attr:`entry`, to be stored again (:meth:`store_entry`)."""
+        opened = self.cache.open_entry(self.layer, self.key)
+        if opened is None:
             return None
         # Restoring makes many small acyclic objects; a collection in the middle
         # of it (a full one, in a young process) would cost more than the rest.
         collecting = gc.isenabled()
         gc.disable()
         try:
-            meta, blobs = entry
-            lb = self._restore(meta, blobs)
+            with opened:
+                meta, blobs = opened.meta, opened.blobs
+                lb, image_bytes = self._restore(opened, keep_image)
             if self.planned_digests is None:
                 by_identity.adopt(meta, self.search)
-            self.entry = entry
+            self.entry = (meta, blobs, image_bytes)
             return lb
         except _Stale as e:
             self.cache.note(self.layer, "stale", str(e))
@@ -104,57 +113,71 @@ class BatchPlan:
             if collecting:
                 gc.enable()
 
-    def _restore(self, meta: dict, blobs: dict) -> LinkedBatch:
-        dylib = self.dylib
-        columns = tables.unnamed(blobs, "c", meta["ncolumnblobs"])
-        defs = tables.decode_columns(meta["definitions"], columns)
-        names = defs["name"]
-        if not dylib.published.keys().isdisjoint(names):
+    def _restore(self, opened: OpenEntry, keep_image: bool) -> tuple[LinkedBatch, bytes | None]:
+        meta, blobs = opened.meta, opened.blobs
+        names = meta["definition_names"]
+        if not self.dylib.published.keys().isdisjoint(names):
             raise _Stale("a name the batch defines is now published by another batch")
-        ext_addr, externals = self._externals(meta)
-        pulls = tables.decode_columns(meta["pulls"], columns)
+        ext_addr, externals, own = self._externals(meta)
+        pulls = meta["pulls"]
         self._check_pulls(meta, pulls)
-        residual = blobs["residual"]
-        targets = blobs["residual_targets"]
-        if residual.dtype != image.RECORD or residual.ndim != 1 or targets.dtype != np.int64 or targets.ndim != 1:
-            raise ValueError("residual fixups of the wrong type")
+        listed = meta["residual_rows"]
+        if listed is None:
+            residual = blobs["residual"]
+            targets = blobs["residual_targets"]
+            if residual.dtype != image.RECORD or residual.ndim != 1 or targets.dtype != np.int64 or targets.ndim != 1:
+                raise ValueError("residual fixups of the wrong type")
         lb = self._allocate(meta)
         try:
             alloc = lb.allocation
             base = alloc.target_base
-            image_bytes = np.frombuffer(blobs["image"], dtype=np.uint8)
             mem = alloc.memory
-            mem[: len(image_bytes)] = image_bytes
-            if not image.apply_grouped(residual, meta["residual_groups"], mem, base, ext_addr,
-                                       (targets, bool(meta["residual_quads"]))):
+            image_bytes = None
+            if keep_image:
+                image_bytes = opened.tail_bytes()
+                memoryview(mem)[: len(image_bytes)] = image_bytes
+            else:
+                opened.read_tail_into(mem)
+            if listed is not None:
+                fits = image.apply_listed(listed, meta["residual_groups"], mem, base, ext_addr)
+            else:
+                fits = image.apply_grouped(residual, meta["residual_groups"], mem, base,
+                                           np.array(ext_addr, dtype=np.uint64), (targets, bool(meta["residual_quads"])))
+            if not fits:
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             lb.externals = externals
-            self._finish(lb, meta, blobs, defs, pulls, tables.decode_columns(meta["sections"], columns), base)
+            self._finish(lb, meta, blobs, names, pulls, base, own)
         except BaseException:
             lb.allocation.release()
             raise
-        return lb
+        return lb, image_bytes
 
-    def _externals(self, meta: dict) -> tuple[np.ndarray, list[External]]:
+    def _externals(self, meta: dict) -> tuple[list[int], list[External | None], list[int]]:
+        """The externals' addresses, their records (None for the batch's own, at
+        ``own``), each resolved again and checked against the entry."""
         prefix = meta["prefix"]
         recorded = meta["externals"]
-        addr = [0] * max(1, len(recorded))
+        # One walk of the resolver chain for all of them (one dlsym each, for the process).
+        found = self.dylib.resolve_many([row[0] for row in recorded if row[1] in ("resolved", "none")], prefix,
+                                        self.pending)
+        addr = [0] * len(recorded)
         out: list[External] = []
         check = []
+        own: list[int] = []
         for j, (name, role, origin, size, bind, stype, reach, via_process) in enumerate(recorded):
             if role in ("got", "dso"):
-                out.append(None)  # filled once the batch has an address
+                out.append(None)  # filled once the batch has an address (_finish)
+                own.append(j)
                 continue
-            if via_process:
-                # One dlsym; the origin is described only if asked for, since
-                # the image depends on the address alone (and its reach, below).
-                p = resolutions.process_definition(self.dylib, name, prefix, self.pending)
-                if p is not None:
-                    addr[j] = p.address
-                    out.append(resolutions.ProcessExternal(name, p))
-                    check.append((j, reach))
-                    continue
-            d = self.dylib.resolve(name, prefix, self.pending)
+            d = found.get(name)
+            if via_process and isinstance(d, ProcessSymbolDef):
+                # Still the process's: its origin is described only if asked
+                # for, since the image depends on the address alone (and its
+                # reach, below).
+                addr[j] = d.address
+                out.append(resolutions.ProcessExternal(name, d))
+                check.append((d.address, reach))
+                continue
             if role == "none":
                 if d is not None:
                     raise _Stale(f"weak reference {name!r} is now defined ({d.origin})")
@@ -166,16 +189,16 @@ class BatchPlan:
                 raise _Stale(f"{name!r} now resolves to {d.origin}, not {origin}")
             addr[j] = d.address
             out.append(External(name, d.address, d.origin, d.size, d))
-            check.append((j, reach))
+            check.append((d.address, reach))
         if check:
             # A handful of addresses: plain integers, as scan.in_reach decides.
+            limit = scan.REACH
             for bit, low in ((1, False), (2, True)):
                 lo, hi = self.linker.memory.reach_range(low=low)
-                for j, reach in check:
-                    a = out[j].address
-                    if (abs(a - lo) < scan.REACH and abs(a - hi) < scan.REACH) != bool(reach & bit):
+                for a, reach in check:
+                    if (abs(a - lo) < limit and abs(a - hi) < limit) != bool(reach & bit):
                         raise _Stale("an outside symbol moved in or out of 32-bit reach")
-        return np.array(addr, dtype=np.uint64), out
+        return addr, out, own
 
     def _check_pulls(self, meta: dict, pulls: dict) -> None:
         outranks = self.linker._outranks_archives(self.dylib)
@@ -184,7 +207,7 @@ class BatchPlan:
                 raise _Stale(f"{symbol!r}, which pulled an archive member, is now defined elsewhere")
 
     def _allocate(self, meta: dict) -> LinkedBatch:
-        requests = [SegmentRequest(name, size, Prot(prot), zero_fill=zf) for name, _off, size, prot, zf in
+        requests = [SegmentRequest(name, size, _PROT[prot], zero_fill=zf) for name, _off, size, prot, zf in
                     meta["segments"]]
         try:
             alloc = self.linker.memory.allocate(requests, low=meta["low"])
@@ -196,21 +219,24 @@ class BatchPlan:
         return LinkedBatch(objects=[], allocation=alloc, sections=[], definitions={}, externals=[], got={},
                            stubs={}, got_base=0)
 
-    def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, defs: dict, pulls: dict, s: dict,
-                base: int) -> None:
+    def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, names: list[str], pulls: dict, base: int,
+                own_externals: list[int]) -> None:
         got_base = base + meta["got_off"]
         lb.got_base = got_base
         if meta["dso_handle"] is not None:
             lb.dso_handle = base + meta["dso_handle"]
         own = {"got": (got_base, "the batch's GOT"), "dso": (lb.dso_handle, "the batch's DSO handle")}
-        lb.externals = [e if e is not None else External(meta["externals"][j][0], *own[meta["externals"][j][1]])
-                        for j, e in enumerate(lb.externals)]
-        skeletons = _Skeletons(blobs["skeletons"], self.key)
+        externals = lb.externals
+        for j in own_externals:  # the GOT symbol and __dso_handle, which move with the batch
+            name, role = meta["externals"][j][:2]
+            externals[j] = External(name, *own[role])
+        skeletons = _Skeletons(blobs["skeletons"])
         objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
                    for kind, value, k in meta["objects"]]
         lb.objects = objects
-        lb.sections = PlacedSections(s["obj"], s["index"], s["segment"], s["work"], base)
-        lb.definitions = warm_definitions(defs, base)
+        later = _Later(meta["later"])
+        lb.sections = PlacedSections(functools.partial(later.get, "sections"), meta["nsections"], base)
+        lb.definitions = warm_definitions(names, functools.partial(later.get, "definitions"), base)
         lb.got = {t: base + o for t, o in meta["got"]}
         lb.stubs = {t: base + o for t, o in meta["stubs"]}
         lb.initializers = [tuple(x) for x in meta["init"]]
@@ -223,7 +249,7 @@ class BatchPlan:
         loaded = {}
         for oi, ar, off_, index, name, size, symbol, referrer in zip(
                 pulls["obj"], pulls["archive"], pulls["header_offset"], pulls["index"], pulls["name"],
-                pulls["size"], pulls["symbol"], pulls["referrer"]):
+                pulls["size"], pulls["symbol"], pulls["referrer"], strict=True):
             member = CachedMember(self.search[ar], off_, index, name, size)
             loaded[id(objects[oi])] = Pull(member, symbol, referrer)
         lb.pulls = loaded
@@ -245,8 +271,9 @@ class BatchPlan:
             warnings.warn(f"link cache {self.cache.directory}: cannot capture the batch: {e}", RuntimeWarning,
                           stacklevel=2)
             return
-        self.entry = (meta, blobs)
-        self.cache.write_entry("batches", self.key, pack(self.key, meta, blobs))
+        image_bytes = blobs.pop(_IMAGE)
+        self.entry = (meta, blobs, image_bytes)
+        self.cache.write_entry("batches", self.key, pack(self.key, meta, blobs, image_bytes))
 
     def store_entry(self, keyed: BatchPlan) -> None:
         """Store, under this plan's by-identity key, the entry ``keyed`` (the
@@ -256,8 +283,12 @@ class BatchPlan:
         if inputs is None:
             self.cache.note(self.layer, "unstored", "an input had not settled when it was hashed")
             return
-        meta, blobs = keyed.entry
-        self.cache.write_entry(self.layer, self.key, pack(self.key, {**meta, "inputs": inputs}, dict(blobs.items())))
+        meta, blobs, image_bytes = keyed.entry
+        if image_bytes is None:
+            self.cache.note(self.layer, "unstored", "the image was not kept")
+            return
+        self.cache.write_entry(self.layer, self.key,
+                               pack(self.key, {**meta, "inputs": inputs}, dict(blobs.items()), image_bytes))
 
     def _capture(self, lb: LinkedBatch) -> tuple[dict, dict]:
         alloc = lb.allocation
@@ -274,10 +305,16 @@ class BatchPlan:
         roles = image.external_roles(lb)
         res = image.capture(lb, roles)
         residual, residual_groups = image.grouped(res)
-        residual_targets, residual_quads = image.targets(residual, residual_groups)
-        blobs: dict = {"residual": residual, "residual_targets": residual_targets}
+        blobs: dict = {}
+        if len(residual) <= image.FEW_LISTED:
+            residual_rows, residual_quads = image.listed(residual), False
+        else:
+            residual_rows = None
+            blobs["residual"] = residual
+            blobs["residual_targets"], residual_quads = image.targets(residual, residual_groups)
         end = max([s.offset + s.size for s in alloc.segments if not s.zero_fill] or [0])
-        blobs["image"] = alloc.memory[:end].tobytes()
+        # The entry's tail: read at load straight into the batch's new memory.
+        blobs[_IMAGE] = alloc.memory[:end].tobytes()
         # Per resolved external: bit 1 if in 32-bit reach of the main range, bit 2 of the low one.
         resolved = np.array([e.definition.address for e in lb.externals if e.definition is not None], dtype=np.uint64)
         reach = np.zeros(len(resolved), dtype=np.int64)
@@ -307,7 +344,7 @@ class BatchPlan:
                 docs.append(tables.object_doc(tables.skeleton(o), skel))
         # One nested entry, unpacked only if a member's sections are asked for:
         # the outer entry's metadata stays a few dozen blobs long.
-        blobs["skeletons"] = pack(self.key, {"docs": docs, "nblobs": len(skel)}, tables.named(skel, "o"))
+        blobs["skeletons"] = pack(_NESTED_KEY, {"docs": docs, "nblobs": len(skel)}, tables.named(skel, "o"))
         position = {id(a): i for i, a in enumerate(self.search)}
         pulled = []
         for oi, o in enumerate(lb.objects):
@@ -320,27 +357,26 @@ class BatchPlan:
                 raise tables.Uncacheable(f"{m.display_name} comes from an archive outside the search order")
             pulled.append((oi, ar, m.header_offset, m.index, m.name, m.size, p.symbol, p.referrer))
         pull_fields = ("obj", "archive", "header_offset", "index", "name", "size", "symbol", "referrer")
-        cblobs: list = []
-        pulls = tables.encode_columns({f: [row[i] for row in pulled] for i, f in enumerate(pull_fields)}, cblobs)
+        # Table columns as plain lists: marshal reads them back faster than numpy would.
+        pulls = {f: [_plain(row[i]) for row in pulled] for i, f in enumerate(pull_fields)}
         defs = list(lb.definitions.values())
         rel = np.array([d.section != "" for d in defs], dtype=bool)
         off = np.array([d.address for d in defs], dtype=np.uint64)
         off[rel] -= np.uint64(base)
         if np.any(rel & (off > np.uint64(alloc.size))):
             raise tables.Uncacheable("a definition outside the batch's memory")
-        columns = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS}
+        columns = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS if f != "name"}
         # The address: an offset into the batch's memory, or absolute (as int64 bits).
         columns["address_offset"] = off.view(np.int64).tolist()
         columns["address_relative"] = rel.astype(np.int64).tolist()
-        definitions = tables.encode_columns(columns, cblobs)
-        sections = tables.encode_columns({
-            "obj": [p.obj for p in lb.sections],
-            "index": [p.index for p in lb.sections],
-            "segment": [p.segment for p in lb.sections],
-            "work": [p.work for p in lb.sections],
-        }, cblobs)
-        blobs.update(tables.named(cblobs, "c"))
+        sections = {
+            "obj": [int(p.obj) for p in lb.sections],
+            "index": [int(p.index) for p in lb.sections],
+            "segment": [str(p.segment) for p in lb.sections],
+            "work": [int(p.work) for p in lb.sections],
+        }
         meta = {
+            "residual_rows": residual_rows,
             "residual_groups": residual_groups,
             "residual_quads": residual_quads,
             "segments": [[s.name, s.offset, s.size, int(s.prot), bool(s.zero_fill)] for s in alloc.segments],
@@ -348,9 +384,10 @@ class BatchPlan:
             "got_off": lb.got_base - base,
             "got": [[int(t), a - base] for t, a in lb.got.items()],
             "stubs": [[int(t), a - base] for t, a in lb.stubs.items()],
-            "sections": sections,
-            "definitions": definitions,
-            "ncolumnblobs": len(cblobs),
+            "definition_names": [d.name for d in defs],
+            "nsections": len(lb.sections),
+            # What only maps, listings and look-ups read, decoded when first asked for.
+            "later": container.dumps({"definitions": columns, "sections": sections}),
             "externals": externals,
             "prefix": prefixes.pop() if prefixes else "",
             "objects": objects,
@@ -372,23 +409,42 @@ def _plain(v):
     return int(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
+# The key of the nested skeletons entry: the same entry is stored under a
+# batch's digest key and its by-identity key, and the outer key already
+# says which entry this is.
+_NESTED_KEY = bytes(32)
+
+
 class _Skeletons:
     """The pulled members' skeletons of one entry (a nested entry), parsed when first asked for."""
 
-    def __init__(self, packed, key: bytes) -> None:
+    def __init__(self, packed) -> None:
         self.packed = packed
-        self.key = key
         self.docs = self.blobs = None
 
     def loader(self, k: int):
         def load():
             if self.docs is None:
-                meta, blobs = unpack(bytes(self.packed), self.key)
+                # The outer entry's checksum covered these bytes: not checked again.
+                meta, blobs = unpack(self.packed, _NESTED_KEY, checked=True)
                 self.blobs = tables.unnamed(blobs, "o", meta["nblobs"])
                 self.docs = meta["docs"]
             return tables.object_from_doc(self.docs[k], self.blobs, "")
 
         return load
+
+
+class _Later:
+    """The part of an entry's metadata decoded only if asked for (:func:`.container.dumps`)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._doc: dict | None = None
+
+    def get(self, name: str):
+        if self._doc is None:
+            self._doc = container.loads(self._raw)
+        return self._doc[name]
 
 
 class _Stale(Exception):
