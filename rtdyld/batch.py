@@ -39,7 +39,7 @@ from .objfile.model import (
 from .objfile.records import join
 from .symbols import Resolver, SymbolDef
 from .x86_64 import fixup, scan
-from .x86_64.edges import ABSOLUTE_32, N_EDGES, SIZE_KINDS, WIDTH, Edge, kind_mask
+from .x86_64.edges import ABSOLUTE_32, DIFFERENCE_KINDS, N_EDGES, SIZE_KINDS, WIDTH, Edge, kind_mask
 
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
@@ -55,6 +55,8 @@ _FINI_ARRAY, _DTORS = int(SectionRole.FINI_ARRAY), int(SectionRole.DTORS)
 _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 _EH_FRAME = int(SectionRole.EH_FRAME)
 _OBJECT_ROW = np.dtype((np.void, RELOC_DTYPE.itemsize))  # an object's relocation, as bytes
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_ROWS.flags.writeable = False
 
 
 @cache
@@ -537,12 +539,13 @@ class BatchLinker:
         # Targets that are absolute symbols: not in the batch, and their own reach.
         # Objects have some (STT_FILE), relocations against them are rare.
         self.absolute = None
-        absolute_sym = self.gsec == SEC_ABS
-        if np.count_nonzero(absolute_sym):
-            absolute = np.concatenate([absolute_sym, np.zeros(len(self.externals), dtype=bool)])[tgt]
+        if n:  # (an outside target, past the batch's symbols, clips to the last: masked out below)
+            absolute = self.gsec.take(tgt, mode="clip") == SEC_ABS
             if np.count_nonzero(absolute):
-                internal &= ~absolute
-                self.absolute = absolute
+                absolute &= internal
+                if np.count_nonzero(absolute):
+                    internal &= ~absolute
+                    self.absolute = absolute
         self.internal = internal
         # Code built without PIC must live low; so must code whose 32-bit
         # PC-relative data references only reach targets that live low.
@@ -557,7 +560,7 @@ class BatchLinker:
                 self._reachability(False)
         if len(stuck):
             self._unreachable(int(stuck[0]))
-        opcode = modrm = np.zeros(len(r), dtype=np.uint8)
+        opcode = modrm = None  # read only for relaxable loads
         if self.kind_count[_RELAXABLE]:
             relaxable = kind == _RELAXABLE
             opcode = np.zeros(len(r), dtype=np.uint8)
@@ -584,17 +587,17 @@ class BatchLinker:
         except MemMgrError as e:
             raise LayoutError(f"cannot reserve memory for the batch: {e}") from None
         self.reach = (lo, hi)
+        stuck = _NO_ROWS
+        # The batch's own GOT and DSO handle are placed with it: in reach.
+        own = (self.got_ext, self.dso_ext)
+        ext_addr = [e.address for e in self.externals]
+        if self.absolute is None and scan.all_in_reach([a for i, a in enumerate(ext_addr, n) if i not in own], lo, hi):
+            return None, stuck, None  # the usual case: every target
         branch_like = np.zeros(len(kind), dtype=bool)
-        stuck = np.zeros(0, dtype=np.int64)
-        ext_ok = np.ones(0, dtype=bool)
-        if self.externals:
-            ext_addr = np.array([e.address for e in self.externals], dtype=np.uint64)
-            ext_ok = scan.in_reach(ext_addr, lo, hi)
-            for owned in (self.got_ext, self.dso_ext):
-                if owned is not None:
-                    ext_ok[owned - n] = True
-        if self.absolute is None and np.count_nonzero(ext_ok) == len(ext_ok):
-            return np.ones(len(kind), dtype=bool), stuck, branch_like  # the usual case: every target
+        ext_ok = scan.in_reach(np.array(ext_addr, dtype=np.uint64), lo, hi)
+        for owned in own:
+            if owned is not None:
+                ext_ok[owned - n] = True
         reachable = internal.copy()
         if self.externals:
             ext = tgt >= n
@@ -724,11 +727,13 @@ class BatchLinker:
             p.work = work = p.work + seg_offset[p.segment]
             p.address = base + work
             works.append(work)
+        self.pinned_sections = False  # else the fixups read each section's address
         if pinned:
             for p, s in zip(self.placed, self.placed_sections):
                 pin = pinned.get((self.objects[p.obj].name, s.name))
                 if pin is not None:
                     p.address = pin
+                    self.pinned_sections = True
         n = self.nsyms
         self.sec_addr = np.array([p.address for p in self.placed] or [0], dtype=np.uint64)
         self.sec_work = np.array(works or [0], dtype=np.int64)
@@ -792,10 +797,15 @@ class BatchLinker:
         tgt = self.target
         sc = self.scanned
         mem = self.allocation.memory
-        where = self.sec_work[r["section"]] + r["offset"].astype(np.int64)
-        P = self.sec_addr[r["section"]] + r["offset"]
-        S = self.addr[tgt]
-        if np.count_nonzero(sc.use_stub):  # stub_targets is sorted: each stub's number in one search
+        section, offset = r["section"], r["offset"]
+        where = self.sec_work.take(section)
+        where += offset.view(np.int64)
+        if self.pinned_sections:
+            P = self.sec_addr.take(section) + offset
+        else:  # every section at its place in the allocation
+            P = where.view(np.uint64) + np.uint64(self.allocation.target_base)
+        S = self.addr.take(tgt)
+        if len(sc.stub_targets):  # stub_targets is sorted: each stub's number in one search
             n_stub = np.searchsorted(sc.stub_targets, tgt[sc.use_stub]).astype(np.uint64)
             S[sc.use_stub] = np.uint64(self.stub_base) + np.uint64(STUB_SIZE) * n_stub
         G = np.zeros(len(r), dtype=np.uint64)
@@ -812,8 +822,8 @@ class BatchLinker:
                 ext_size = np.array([e.size for e in self.externals], dtype=np.uint64)
                 Z[ext] = ext_size[tgt[ext] - self.nsyms]
         S2 = np.zeros(len(r), dtype=np.uint64)
-        has2 = r["sym2"] >= 0
-        if np.count_nonzero(has2):
+        if self.has_kind(DIFFERENCE_KINDS):  # the only kinds with a subtrahend
+            has2 = r["sym2"] >= 0
             S2[has2] = self.addr[self.canon[r["sym2"][has2]]]
         S = tls.resolve(self, kind, S, P, G, Z, S2, where)
         stub_slots.bind(self, kind, S)

@@ -50,6 +50,13 @@ def in_reach(addresses: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return (a > max(lo, hi) - REACH) & (a < min(lo, hi) + REACH)
 
 
+def all_in_reach(addresses: list[int], lo: int, hi: int) -> bool:
+    """Whether every one of ``addresses`` is :func:`in_reach`: plain integers,
+    a batch having a handful of outside targets (no numpy calls for them)."""
+    low, high = max(lo, hi) - REACH, min(lo, hi) + REACH
+    return all(low < a < high for a in addresses)
+
+
 def sorted_unique(a: np.ndarray) -> np.ndarray:
     """``np.unique(a)`` without its first-call import of numpy.ma (start-up time)."""
     s = np.sort(a)
@@ -59,18 +66,19 @@ def sorted_unique(a: np.ndarray) -> np.ndarray:
 def scan(
     kind: np.ndarray,
     target: np.ndarray,
-    reachable: np.ndarray,
-    opcode: np.ndarray,
-    modrm: np.ndarray,
-    branch_like: np.ndarray,
+    reachable: np.ndarray | None,
+    opcode: np.ndarray | None,
+    modrm: np.ndarray | None,
+    branch_like: np.ndarray | None,
 ) -> ScanResult:
     """Classify relocations.
 
     ``target`` is each relocation's canonical target id, ``reachable`` says
-    per relocation whether that target is in reach, ``opcode``/``modrm`` are
-    the two bytes before the fixup (0 where not applicable), ``branch_like``
-    marks Delta32 fixups that are the operand of a call/jmp (which a stub can
-    serve as well as a PLT entry would).
+    per relocation whether that target is in reach (None: every target is),
+    ``opcode``/``modrm`` are the two bytes before the fixup (0 where not
+    applicable; None if no relocation is GOTDelta32Relaxable), ``branch_like`` marks Delta32 fixups that are the operand
+    of a call/jmp (which a stub can serve as well as a PLT entry would;
+    read only where a target is out of reach).
     """
     n = len(kind)
     relax = np.zeros(n, dtype=np.uint8)
@@ -79,14 +87,14 @@ def scan(
     n_relaxable = np.count_nonzero(relaxable)
     if n_relaxable:
         rip = (modrm & 0xC7) == 0x05
-        can = relaxable & reachable & rip
+        can = relaxable & rip if reachable is None else relaxable & reachable & rip
         relax[can & (opcode == MOV_LOAD)] = RELAX_MOV
         relax[can & (opcode == 0xFF) & (modrm == 0x15)] = RELAX_CALL
         relax[can & (opcode == 0xFF) & (modrm == 0x25)] = RELAX_JMP
     needs_slot = _NEEDS_GOT_SLOT[kind]
     if n_relaxable:
         needs_slot &= relax == RELAX_NONE
-    if np.count_nonzero(reachable) < n:
+    if reachable is not None and np.count_nonzero(reachable) < n:
         use_stub = ((kind == _BRANCH32) | branch_like) & ~reachable
     else:
         use_stub = np.zeros(n, dtype=bool)
