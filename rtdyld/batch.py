@@ -213,10 +213,12 @@ class BatchLinker:
             counts = converted.symbol_counts
             syms = converted.symbols
             owner = converted.symbol_owner
+            gsec = converted.symbol_sections
         else:
             counts = [len(o.symbols) for o in objects]
             syms = join([o.symbols for o in objects], SYM_DTYPE)
             owner = None
+            gsec = syms["section"].astype(np.int64)
         sym_base = [0, *accumulate(counts)]
         self.sym_base = np.array(sym_base, dtype=np.int64)
         self.nsyms = sym_base[-1]
@@ -225,10 +227,8 @@ class BatchLinker:
         self.bind = syms["bind"]
         self.stype = syms["type"]
         self.vis = syms["vis"]
-        obj_ids = np.arange(len(objects))
-        self.sym_obj = owner if owner is not None else np.repeat(obj_ids, counts)
+        self.sym_obj = owner if owner is not None else np.repeat(np.arange(len(objects)), counts)
         self.names = list(chain.from_iterable(o.names for o in objects))
-        gsec = syms["section"].astype(np.int64)
         defined = gsec >= 0
         if renumber:
             first = sec_base[self.sym_obj[defined]]
@@ -243,7 +243,7 @@ class BatchLinker:
             self._joined_relocs(converted.relocs, gid_of)
             return
         tables = [o.relocs for o in objects]
-        robj = np.repeat(obj_ids, [len(t) for t in tables])
+        robj = np.repeat(np.arange(len(objects)), [len(t) for t in tables])
         out = self._batch_relocs(tables, robj)
         g = sec_base[robj] + out["section"]
         if renumber:

@@ -27,7 +27,7 @@ which remains for SHT_REL tables and for naming bad entries.
 from __future__ import annotations
 
 from array import array
-from itertools import accumulate, pairwise
+from itertools import accumulate
 from operator import ge, gt
 from typing import NamedTuple
 
@@ -97,17 +97,16 @@ _BATCH_OUT = np.dtype({"names": [*_RELOC_OUT.names, "obj", "lsym"],
 class _Pending:
     """What converting an object's tables needs: its reader (which holds the
     raw symbol table and the section map), and its (non-empty) SHT_RELA
-    tables' bytes and the section each patches; its rows in all, and
-    whether the tables patch sections in order (then each table sorted
-    makes the object's rows sorted).  Kept lean: what waits for the batch
-    to be joined counts towards the next garbage collection.
+    tables' bytes and the section each patches; its rows in all.  Kept
+    lean: what waits for the batch to be joined counts towards the next
+    garbage collection.
 
     What the batch conversion reads of each object is gathered here as the
     object is read, while its reader and sections are in the cache: each
     table's rows and the size of the section it patches, the object's
     section count, and (:func:`_section_blocks`) its symbols' section map."""
 
-    __slots__ = ("ascending", "blocks", "counts", "nsections", "reader", "rows", "sizes", "tables", "targets")
+    __slots__ = ("blocks", "counts", "nsections", "reader", "rows", "sizes", "tables", "targets")
 
     def __init__(self, reader, tables: list[memoryview], targets: list[int]):
         self.reader = reader
@@ -118,7 +117,6 @@ class _Pending:
         sections = reader.sections
         self.sizes = [sections[t].size for t in targets]
         self.nsections = len(sections)
-        self.ascending = all(a < b for a, b in pairwise(targets))
         self.blocks = None
 
 
@@ -130,6 +128,7 @@ class BatchTables(NamedTuple):
     symbols: np.ndarray  # SYM_DTYPE
     symbol_counts: list[int]  # per object
     symbol_owner: np.ndarray | None  # per symbol, its object; None for a batch of one
+    symbol_sections: np.ndarray  # the symbols' ``section`` column in 64 bits, for the batch to renumber in place
     # BATCH_RELOC_DTYPE, each object's rows sorted by (section, offset), the
     # sections numbered across the batch (each object's after the previous
     # one's, an object without sections taking one number); ``sym`` is for
@@ -304,15 +303,14 @@ def convert_batch(objects: list[ObjectFile]) -> BatchTables | None:
     converted = _symbol_rows(pend)
     if converted is None:
         return None
-    symbols, owner = converted
-    counts = [p.reader.nsyms for p in pend]
+    symbols, owner, sections, counts = converted
     converted = _relocation_rows(pend, counts, batch=True)
     if converted is None:
         return None
-    relocs, rows = converted
-    tables = BatchTables(symbols, counts, owner, relocs, rows)
+    relocs, rows, firsts = converted
+    tables = BatchTables(symbols, counts, owner, sections, relocs, rows)
     s0 = r0 = 0
-    for o, n, m, first in zip(objects, counts, rows, _section_starts(pend)):
+    for o, n, m, first in zip(objects, counts, rows, firsts):
         o._pending = None
         o._rows = (tables, s0, s0 + n, r0, r0 + m, first)
         s0 += n
@@ -343,19 +341,26 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
     converted = _symbol_rows(pend)
     if converted is None:
         return None
-    out = converted[0]
+    out, counts = converted[0], converted[3]
     if len(pend) == 1:
         return [out]
-    ends = list(accumulate(p.reader.nsyms for p in pend))
+    ends = list(accumulate(counts))
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """:func:`_convert_symbols`' tables end to end, and each row's object
-    (its place in ``pend``; None for one object)."""
-    readers = [p.reader for p in pend]
-    counts = [r.nsyms for r in readers]
-    raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=_SYM_IN)
+def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[int]] | None:
+    """:func:`_convert_symbols`' tables end to end, each row's object (its
+    place in ``pend``; None for one object), their ``section`` column in
+    64 bits (a copy), and how many rows each object has."""
+    counts: list[int] = []  # per object: its symbols
+    parts: list = []  # per object: its raw symbol table
+    sections = 0  # the most sections an object has
+    for p in pend:  # (one pass: in a cold link each pass of Python code costs more than its lists)
+        reader = p.reader
+        counts.append(reader.nsyms)
+        parts.append(reader.sym_bytes)
+        sections = max(sections, len(p.blocks[0]))
+    raw = np.frombuffer(b"".join(parts), dtype=_SYM_IN)
     # Per object, a block of ``width`` entries indexed by section number
     # plus _SHIFT (in 16 bits, so SHN_ABS and SHN_COMMON wrap round to the
     # block's first entries): the model section, and the bound a symbol's
@@ -363,7 +368,7 @@ def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray | None] |
     # section, reserved or not, is clamped to the block's last entry, BAD_INDEX.
     # The blocks are arrays of 64-bit numbers, each object's part made as
     # it was read: joined here as bytes; the rows are then looked up in one go.
-    width = _SHIFT + max(len(p.blocks[0]) for p in pend) + 1
+    width = _SHIFT + sections + 1
     table = array("q")
     bound = array("q")
     for p in pend:
@@ -377,9 +382,9 @@ def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray | None] |
         bound += _UNBOUNDED_PAD[:pad]
     at = np.minimum(np.add(raw["shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
     owner = None
-    if len(readers) > 1:
+    if len(pend) > 1:
         # Each row's object is also what the batch numbers its symbols by.
-        owner = np.repeat(np.arange(len(readers)), counts)
+        owner = np.repeat(np.arange(len(pend)), counts)
         at += owner * width
     # Both look-ups in one (ndarray.take: the same as indexing, at half the
     # call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
@@ -394,7 +399,7 @@ def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray | None] |
     out["value_size"] = raw["value_size"]
     out["section"] = sec
     out["attrs"] = _ATTRS.take(attrs)
-    return out.view(SYM_DTYPE), owner
+    return out.view(SYM_DTYPE), owner, sec, counts
 
 
 def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
@@ -403,35 +408,47 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     converted = _relocation_rows(pend, nsyms)
     if converted is None:
         return None
-    out, rows = converted
+    out, rows, _ = converted
     if len(pend) == 1:
         return [out]
     ends = list(accumulate(rows))
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def _relocation_rows(pend: list[_Pending], nsyms: list[int], batch: bool = False) -> tuple[np.ndarray, list[int]] | None:
+def _relocation_rows(pend: list[_Pending], nsyms: list[int],
+                     batch: bool = False) -> tuple[np.ndarray, list[int], list[int]] | None:
     """:func:`_convert`'s tables end to end (each object's rows sorted, the
-    objects in order), and how many rows each object has.  With ``batch``
+    objects in order), how many rows each object has, and the number of
+    each object's first section across the batch.  With ``batch``
     the rows are in the batch's layout (BATCH_RELOC_DTYPE): each row's
     object and its symbol number (in ``sym`` and ``lsym``), its section
-    numbered across the batch (see :func:`_section_starts`)."""
+    numbered across the batch (each object's after the previous one's, an
+    object without sections taking one number, as the batch numbers them)."""
+    # What is per table, gathered in one pass over the objects (in a cold
+    # link each pass of Python code costs more than the lists it makes).
     tables: list[memoryview] = []
     counts: list[int] = []  # per table: its rows
     sections: list[int] = []  # per table: the patched section, object-local
     sizes: list[int] = []  # per table: that section's size
     symbols: list[int] = []  # per table: its object's symbol count
-    ascending = True
-    for p, n in zip(pend, nsyms):
+    place: list[int] = []  # per table: the patched section numbered across the batch
+    owner: list[int] = []  # per table: its object
+    firsts: list[int] = []  # per object: its first section's number across the batch
+    first = 0
+    for k, (p, n) in enumerate(zip(pend, nsyms)):
+        ntables = len(p.tables)
         tables += p.tables
         counts += p.counts
         sections += p.targets
         sizes += p.sizes
-        symbols += [n] * len(p.tables)
-        ascending = ascending and p.ascending
+        symbols += [n] * ntables
+        place += map(first.__add__, p.targets)
+        owner += [k] * ntables
+        firsts.append(first)
+        first += p.nsections or 1
     # The tables' bytes end to end: one copy at C speed, however many tables.
     if not tables:
-        return np.empty(0, dtype=BATCH_RELOC_DTYPE if batch else RELOC_DTYPE), [0] * len(pend)
+        return np.empty(0, dtype=BATCH_RELOC_DTYPE if batch else RELOC_DTYPE), [0] * len(pend), firsts
     raw = np.frombuffer(b"".join(tables), dtype=_RELA_IN)
     starts = [0, *accumulate(counts)][:-1]
     offset = raw["offset"]
@@ -460,24 +477,24 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int], batch: bool = False
         return None
     if any(map(ge, np.maximum.reduceat(sym, starts).tolist(), symbols)):
         return None
-    # Each object's rows sorted by (section, offset), as the reader leaves
-    # them: so they are if its tables patch sections in order and each is
-    # sorted (a decrease where one table ends and the next begins is allowed).
-    descents = offset[1:] < offset[:-1]
-    if len(starts) > 1:
-        descents[[s - 1 for s in starts[1:]]] = False
-    unsorted = np.count_nonzero(descents)
+    # Each row's section numbered across the batch, and the rows' order:
+    # one key, that section (far below 2**24) above the offset (which the
+    # checks bound by a section size, far below 2**40).  The reader leaves
+    # each object's rows sorted by (section, offset); so does this, sorting
+    # only if a key decreases (compilers write some tables out of order).
+    # Each row's section and object: both per table, repeated in one call.
+    place, owner = np.repeat([place, owner], counts, axis=1)
+    key = np.left_shift(place, 40)
+    key |= offset.view(np.int64)
     out = np.empty(len(raw), dtype=_BATCH_OUT if batch else _RELOC_OUT)
     out["offset"] = offset
     out["info"] = raw["info"]
     out["addend"] = raw["addend"]
+    # (An object's own numbers are the batch's for a batch of one.)
+    out["section"] = place if batch or len(pend) == 1 else np.repeat(sections, counts)
     if batch:
-        first = _section_starts(pend)
-        out["section"] = np.repeat([first[k] + t for k, p in enumerate(pend) for t in p.targets], counts)
-        out["obj"] = np.repeat([k for k, p in enumerate(pend) for _ in p.tables], counts)
+        out["obj"] = owner
         out["lsym"] = sym
-    else:
-        out["section"] = np.repeat(sections, counts)
     out["kind"] = kinds
     out["sym2"] = -1
     out = out.view(BATCH_RELOC_DTYPE if batch else RELOC_DTYPE)
@@ -486,29 +503,12 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int], batch: bool = False
         kept_rows = (np.array(counts) - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
         keep = ~none
         out = out.compress(keep)  # (compress and take: a tenth of the cost of indexing records)
-    if unsorted or not ascending:
-        # One key: the section numbered across the batch (far below 2**24)
-        # above the offset (which the checks bound by a section size, far below 2**40).
-        if batch:
-            key = np.left_shift(out["section"], 40, dtype=np.int64)
-        else:
-            first = _section_starts(pend)
-            place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
-            key = np.repeat(np.array(place, dtype=np.int64), counts)
-            if dropped:
-                key = key.compress(keep)
-            key <<= 40
-        key |= (offset.compress(keep) if dropped else offset).view(np.int64)
+        key = key.compress(keep)
+    if np.count_nonzero(key[1:] < key[:-1]):
         out = out.take(np.argsort(key, kind="stable"))
     if len(pend) == 1:
-        return out, [len(out)]
+        return out, [len(out)], firsts
     if dropped:
         per_table = iter(kept_rows)
-        return out, [sum(next(per_table) for _ in p.tables) for p in pend]
-    return out, [p.rows for p in pend]
-
-
-def _section_starts(pend: list[_Pending]) -> list[int]:
-    """Per object, the number of its first section across the batch, as
-    the batch numbers them: an object without sections takes one number."""
-    return list(accumulate((max(p.nsections, 1) for p in pend), initial=0))
+        return out, [sum(next(per_table) for _ in p.tables) for p in pend], firsts
+    return out, [p.rows for p in pend], firsts

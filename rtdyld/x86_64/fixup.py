@@ -69,7 +69,7 @@ def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
     ``S`` is already the stub address where a stub is used, ``G`` the GOT
     slot's offset (meaningful only for GOT kinds), ``GOT`` a scalar.
     """
-    A = A.astype(np.int64).view(U)
+    A = A.view(U) if A.dtype == np.int64 else A.astype(np.int64).view(U)  # a 64-bit column: no copy
     GOT = U(GOT)
     formula = _FORMULA[kind]
     # S + A for every row (the pointer formula), then each other formula
