@@ -56,9 +56,9 @@ _STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLO
 _SHIFT = 0x10000 - T.SHN_ABS
 _RESERVED_TOP = array("q", [int(T.RESERVED_SECTIONS[k - T.SHN_LORESERVE]) for k in range(T.SHN_ABS, 0x10000)])
 _UNBOUNDED_TOP = array("q", [-1] * _SHIFT)  # NO_SECTION in 64 bits
-# What pads each object's block: past its last section, BAD_INDEX and unbounded.
-_BAD_PAD = array("q", [T.BAD_INDEX] * T.SHN_LORESERVE)
-_UNBOUNDED_PAD = array("q", [-1] * T.SHN_LORESERVE)
+# What ends each object's block: past its last section, BAD_INDEX and unbounded.
+_BAD_END = array("q", [T.BAD_INDEX])
+_UNBOUNDED_END = array("q", [-1])
 
 # The batch conversion reads and writes rows through these views of the
 # ELF and model records, so that a field the two share is copied in one
@@ -127,7 +127,7 @@ class BatchTables(NamedTuple):
 
     symbols: np.ndarray  # SYM_DTYPE
     symbol_counts: list[int]  # per object
-    symbol_owner: np.ndarray | None  # per symbol, its object; None for a batch of one
+    symbol_owner: np.ndarray  # per symbol, its object
     symbol_sections: np.ndarray  # the symbols' ``section`` column in 64 bits, for the batch to renumber in place
     # BATCH_RELOC_DTYPE, each object's rows sorted by (section, offset), the
     # sections numbered across the batch (each object's after the previous
@@ -326,12 +326,14 @@ def convert_now(reader, symbols: np.ndarray, tables: list[memoryview], targets: 
 
 
 def _section_blocks(reader) -> tuple[array, array]:
-    """Per section number of the object ``reader`` read: its model section
-    (SEC_UNDEF for section 0) and the bound of a symbol's value there
-    (-1: unbounded), as 64-bit numbers for :func:`_convert_symbols`."""
-    sections = array("q", reader.model_index)
-    sections[0] = SEC_UNDEF
-    return sections, array("q", reader.bounds)
+    """The object ``reader`` read's block of the symbols' look-up table
+    (:func:`_symbol_rows`), indexed by section number plus _SHIFT: the
+    model section (SEC_UNDEF for section 0) and the bound of a symbol's
+    value there (-1: unbounded), as 64-bit numbers; made as the object is
+    read, the batch only joins them."""
+    sections = _RESERVED_TOP + array("q", reader.model_index) + _BAD_END
+    sections[_SHIFT] = SEC_UNDEF
+    return sections, _UNBOUNDED_TOP + array("q", reader.bounds) + _UNBOUNDED_END
 
 
 def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
@@ -348,47 +350,40 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[int]] | None:
+def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]] | None:
     """:func:`_convert_symbols`' tables end to end, each row's object (its
-    place in ``pend``; None for one object), their ``section`` column in
-    64 bits (a copy), and how many rows each object has."""
+    place in ``pend``), their ``section`` column in 64 bits (a copy), and
+    how many rows each object has."""
+    # One look-up table for every row: per object, its block (made as it
+    # was read, see :func:`_section_blocks`) of the model section and the
+    # bound a symbol's value must not pass, indexed by section number plus
+    # _SHIFT (in 16 bits, so SHN_ABS and SHN_COMMON wrap round to the
+    # block's first entries); every other number past the object's last
+    # section, reserved or not, is clamped to the block's last entry,
+    # BAD_INDEX.  A third row holds the block's object.  Gathered in one
+    # pass (in a cold link each pass of Python code costs more than its lists).
     counts: list[int] = []  # per object: its symbols
     parts: list = []  # per object: its raw symbol table
-    sections = 0  # the most sections an object has
-    for p in pend:  # (one pass: in a cold link each pass of Python code costs more than its lists)
+    ends: list[list[int]] = [[], []]  # per object: its block's first and last entries
+    first, last = ends
+    table, bound, owners = array("q"), array("q"), array("q")
+    for k, p in enumerate(pend):
         reader = p.reader
         counts.append(reader.nsyms)
         parts.append(reader.sym_bytes)
-        sections = max(sections, len(p.blocks[0]))
-    raw = np.frombuffer(b"".join(parts), dtype=_SYM_IN)
-    # Per object, a block of ``width`` entries indexed by section number
-    # plus _SHIFT (in 16 bits, so SHN_ABS and SHN_COMMON wrap round to the
-    # block's first entries): the model section, and the bound a symbol's
-    # value must not pass.  Every other number past the object's last
-    # section, reserved or not, is clamped to the block's last entry, BAD_INDEX.
-    # The blocks are arrays of 64-bit numbers, each object's part made as
-    # it was read: joined here as bytes; the rows are then looked up in one go.
-    width = _SHIFT + sections + 1
-    table = array("q")
-    bound = array("q")
-    for p in pend:
         sections, bounds = p.blocks
-        pad = width - _SHIFT - len(sections)
-        table += _RESERVED_TOP
+        first.append(len(table))
         table += sections
-        table += _BAD_PAD[:pad]
-        bound += _UNBOUNDED_TOP
         bound += bounds
-        bound += _UNBOUNDED_PAD[:pad]
-    at = np.minimum(np.add(raw["shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
-    owner = None
-    if len(pend) > 1:
-        # Each row's object is also what the batch numbers its symbols by.
-        owner = np.repeat(np.arange(len(pend)), counts)
-        at += owner * width
-    # Both look-ups in one (ndarray.take: the same as indexing, at half the
-    # call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
-    sec, limit = np.frombuffer(table + bound, dtype=np.int64).reshape(2, -1).take(at, axis=1)
+        last.append(len(table) - 1)
+        owners += array("q", [k]) * len(sections)
+    raw = np.frombuffer(b"".join(parts), dtype=_SYM_IN)
+    block = np.repeat(ends, counts, axis=1)
+    at = block[0] + np.add(raw["shndx"], _SHIFT, dtype=np.uint16)
+    np.minimum(at, block[1], out=at)
+    # The three look-ups in one (ndarray.take: the same as indexing, at half
+    # the call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
+    sec, limit, owner = np.frombuffer(table + bound + owners, dtype=np.int64).reshape(3, -1).take(at, axis=1)
     attrs = raw["attrs"] & 0x3FF
     bad = raw["value"] > limit.view(np.uint64)
     bad |= sec <= T.BAD_INDEX
