@@ -53,14 +53,14 @@ _FORMULA_KINDS = {
 _FORMULA = np.full(N_EDGES, _UNHANDLED, dtype=np.intp)
 for _f, _kinds in _FORMULA_KINDS.items():
     _FORMULA[[int(k) for k in _kinds]] = _f
-# The same as tables indexed by kind: the low end, and the span above it
-# (2**64 - 1 for kinds without a range, 64-bit fields, which accept anything).
+# The same as tables indexed by kind (kinds without a range, 64-bit fields,
+# accept anything); for the check, the low end's bits and the span above it.
 _LOW = np.full(N_EDGES, np.iinfo(np.int64).min, dtype=np.int64)
 _HIGH = np.full(N_EDGES, np.iinfo(np.int64).max, dtype=np.int64)
 for _k, (_lo, _hi) in _RANGE.items():
     _LOW[_k], _HIGH[_k] = _lo, _hi
 _SPAN = (_HIGH - _LOW).view(U)  # wraps to 2**64 - 1 for the 64-bit kinds, as meant
-_LOW = _LOW.view(U)
+_LOW_BITS = _LOW.view(U)
 
 
 def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
@@ -105,7 +105,7 @@ def out_of_range(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Mask of relocations whose value does not fit the field."""
     # low <= v <= high, on the signed view, is (v - low) mod 2**64 <= high - low:
     # one comparison, and no signed copy.
-    return (value.view(U) - _LOW.take(kind)) > _SPAN.take(kind)
+    return (value.view(U) - _LOW_BITS.take(kind)) > _SPAN.take(kind)
 
 
 # Per field width: the little-endian integer type.
@@ -114,13 +114,17 @@ _FIELD = {w: np.dtype(f"<u{w}") for w in (1, 2, 4, 8)}
 
 def write(memory: np.ndarray, where: np.ndarray, kind: np.ndarray, value: np.ndarray) -> None:
     """Store each value little-endian in WIDTH[kind] bytes at ``where``."""
-    width = WIDTH[kind]
+    width = WIDTH.take(kind)
     count = np.bincount(width, minlength=9).tolist()
+    narrowest = True
     for w in (1, 2, 4, 8):
         if not count[w]:
             continue
-        if count[w] == len(width):  # one width for the whole batch: no selection
+        if narrowest:
+            # The narrowest width present, stored for every row: no selection
+            # (a wider field's low bytes, which its own store rewrites after).
             at, v = where, value
+            narrowest = False
         else:
             m = width == w
             at, v = where[m], value[m]
