@@ -55,6 +55,7 @@ _FINI_ARRAY, _DTORS = int(SectionRole.FINI_ARRAY), int(SectionRole.DTORS)
 _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 _EH_FRAME = int(SectionRole.EH_FRAME)
 _OBJECT_ROW = np.dtype((np.void, RELOC_DTYPE.itemsize))  # an object's relocation, as bytes
+_ALL_BITS = (1 << 64) - 1
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 _NO_ROWS.flags.writeable = False
 
@@ -722,26 +723,33 @@ class BatchLinker:
         base = self.allocation.target_base
         pinned = self.pinned
         seg_offset = self.seg_offset
-        works = []
+        works, addresses = [], []
         for p in self.placed:
             p.work = work = p.work + seg_offset[p.segment]
-            p.address = base + work
+            p.address = address = base + work
             works.append(work)
+            addresses.append(address)
         self.pinned_sections = False  # else the fixups read each section's address
         if pinned:
-            for p, s in zip(self.placed, self.placed_sections):
+            for i, (p, s) in enumerate(zip(self.placed, self.placed_sections)):
                 pin = pinned.get((self.objects[p.obj].name, s.name))
                 if pin is not None:
-                    p.address = pin
+                    p.address = addresses[i] = pin
                     self.pinned_sections = True
         n = self.nsyms
-        self.sec_addr = np.array([p.address for p in self.placed] or [0], dtype=np.uint64)
+        nsec = len(addresses)
+        # A symbol's address is its section's plus its value, an absolute
+        # one's its value, any other's 0 (a tentative definition's is set
+        # below): one look-up by batch section of the address to add and a
+        # mask of the value, the SEC_* numbers (-4..-1) the table's last
+        # four entries (ndarray.take reads negative numbers from the end).
+        table = np.array([addresses + [0, 0, 0, 0], [_ALL_BITS] * nsec + [0, 0, _ALL_BITS, 0]], dtype=np.uint64)
+        self.sec_addr = table[0, : max(nsec, 1)]  # (no sections: [0])
         self.sec_work = np.array(works or [0], dtype=np.int64)
-        addr = np.zeros(n + len(self.externals), dtype=np.uint64)
-        defined = self.gsec >= 0
-        addr[:n][defined] = self.sec_addr[self.gsec[defined]] + self.value[defined]
-        absolute = self.gsec == SEC_ABS
-        addr[:n][absolute] = self.value[absolute]
+        addr = np.empty(n + len(self.externals), dtype=np.uint64)
+        start, value = table.take(self.gsec, axis=1)
+        value &= self.value
+        np.add(start, value, out=addr[:n])
         for name, (i, _, _) in self.commons.items():
             addr[i] = base + self.seg_offset[L.BSS] + self.common_off[name]
         self.got_base = base + self.seg_offset[L.RODATA] + self.got_off
@@ -808,21 +816,26 @@ class BatchLinker:
         if len(sc.stub_targets):  # stub_targets is sorted: each stub's number in one search
             n_stub = np.searchsorted(sc.stub_targets, tgt[sc.use_stub]).astype(np.uint64)
             S[sc.use_stub] = np.uint64(self.stub_base) + np.uint64(STUB_SIZE) * n_stub
-        G = np.zeros(len(r), dtype=np.uint64)
+        # G, Z and S2 where the batch has no kind reading them: one array of
+        # zeros, read-only, shared.
+        zero = np.zeros(len(r), dtype=np.uint64)
+        zero.flags.writeable = False
+        G = Z = S2 = zero
         if len(sc.got_targets):  # got_targets is sorted: membership and slot number in one search
+            G = np.zeros(len(r), dtype=np.uint64)
             at = np.minimum(np.searchsorted(sc.got_targets, tgt), len(sc.got_targets) - 1)
             slot = (sc.got_targets[at] == tgt) & (sc.relax == scan.RELAX_NONE)
             G[slot] = at[slot].astype(np.uint64) * np.uint64(8)
-        Z = np.zeros(len(r), dtype=np.uint64)  # only the Size kinds read it
-        if self.has_kind(SIZE_KINDS):
+        if self.has_kind(SIZE_KINDS):  # only the Size kinds read Z
+            Z = np.zeros(len(r), dtype=np.uint64)
             internal = tgt < self.nsyms
             Z[internal] = self.size[tgt[internal]]
             ext = ~internal
             if np.count_nonzero(ext):
                 ext_size = np.array([e.size for e in self.externals], dtype=np.uint64)
                 Z[ext] = ext_size[tgt[ext] - self.nsyms]
-        S2 = np.zeros(len(r), dtype=np.uint64)
         if self.has_kind(DIFFERENCE_KINDS):  # the only kinds with a subtrahend
+            S2 = np.zeros(len(r), dtype=np.uint64)
             has2 = r["sym2"] >= 0
             S2[has2] = self.addr[self.canon[r["sym2"][has2]]]
         S = tls.resolve(self, kind, S, P, G, Z, S2, where)
