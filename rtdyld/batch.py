@@ -46,7 +46,8 @@ STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
 PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
 _PC32_DATA = kind_mask(PC32_DATA)
 # Plain ints: numpy probes an enum operand's attributes on every comparison (~2.5 us).
-_LOCAL, _WEAK = int(Bind.LOCAL), int(Bind.WEAK)
+_WEAK = int(Bind.WEAK)
+assert Bind.LOCAL == 0  # resolve finds the other symbols by bind.nonzero()
 # Members for identity tests, ints for the rest: hashing or comparing an IntEnum costs ~0.2 us.
 _NORMAL, _EH_FRAME = SectionRole.NORMAL, SectionRole.EH_FRAME  # run nothing
 _PLAIN, _EH = int(_NORMAL), int(_EH_FRAME)
@@ -257,12 +258,10 @@ class BatchLinker:
 
     def _joined_relocs(self, out: np.ndarray, gid_of: np.ndarray | None) -> None:
         """The batch's relocations from the rows converted in its layout
-        (sections numbered as ``sec_base`` does, symbols the objects' own):
-        symbols and, when sections were dropped, sections renumbered.  The
-        converted rows keep their sections and ``lsym`` (the objects' own
-        tables are cut from them), so the renumbered rows are a copy."""
-        sym = out["sym"]
-        sym += self.sym_base.take(out["obj"])  # no subtrahend symbols in ELF
+        (sections numbered as ``sec_base`` does, symbols as the batch does):
+        when sections were dropped, sections renumbered.  The converted rows
+        keep their sections (the objects' own tables are cut from them), so
+        the renumbered rows are a copy."""
         if gid_of is not None:
             g = gid_of.take(out["section"])
             keep = g >= 0
@@ -317,7 +316,9 @@ class BatchLinker:
     def resolve(self) -> None:
         n = self.nsyms
         canon = np.arange(n, dtype=np.int64)
-        named = np.flatnonzero(self.bind != _LOCAL)
+        # (ndarray methods, take and compress rather than indexing: a third of
+        # the cost of the numpy functions and of indexing, per call.)
+        named = self.bind.nonzero()[0]  # not LOCAL, which is 0
         names, gsec, bind = self.names, self.gsec, self.bind
         defs: dict[str, int] = {}
         strong: dict[str, bool] = {}
@@ -327,21 +328,21 @@ class BatchLinker:
         # A batch's definitions rarely share a name (or lack one): then they are
         # indexed by dict() at C speed, thousands for a large archive, and the
         # loop below sees only the other symbols.
-        named_sec = gsec[named]
+        named_sec = gsec.take(named)
         defining = (named_sec >= 0) | (named_sec == SEC_ABS)
-        def_idx = named[defining]
+        def_idx = named.compress(defining)
         def_list = def_idx.tolist()
         def_names = [names[i] for i in def_list]
         if "" not in def_names:
             defs = dict(zip(def_names, def_list))
             if len(defs) == len(def_names):  # no name twice
-                strong = dict(zip(def_names, (bind[def_idx] != _WEAK).tolist()))
+                strong = dict(zip(def_names, (bind.take(def_idx) != _WEAK).tolist()))
                 rest = ~defining
-                named, named_sec = named[rest], named_sec[rest]
+                named, named_sec = named.compress(rest), named_sec.compress(rest)
             else:
                 defs = {}
         sec_of = named_sec.tolist()
-        weak_of = (bind[named] == _WEAK).tolist()
+        weak_of = (bind.take(named) == _WEAK).tolist()
         for i, sec, weak in zip(named.tolist(), sec_of, weak_of):
             name = names[i]
             if not name:
@@ -506,7 +507,7 @@ class BatchLinker:
         Unwind tables of a dropped copy still point at it; those entries are
         harmless if left unrelocated.  Anything else is a malformed group.
         """
-        tgt = self.target = self.canon[self.relocs["sym"]]
+        tgt = self.target = self.canon.take(self.relocs["sym"])
         if not np.count_nonzero(self.gsec == SEC_DISCARDED):
             return
         internal = tgt < self.nsyms

@@ -131,8 +131,8 @@ class BatchTables(NamedTuple):
     symbol_sections: np.ndarray  # the symbols' ``section`` column in 64 bits, for the batch to renumber in place
     # BATCH_RELOC_DTYPE, each object's rows sorted by (section, offset), the
     # sections numbered across the batch (each object's after the previous
-    # one's, an object without sections taking one number); ``sym`` is for
-    # the batch to renumber, ``lsym`` keeps the object's own.
+    # one's, an object without sections taking one number); ``sym`` numbered
+    # across the batch, ``lsym`` the object's own.
     relocs: np.ndarray
     reloc_counts: list[int]  # per object
 
@@ -416,8 +416,9 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     objects in order), how many rows each object has, and the number of
     each object's first section across the batch.  With ``batch``
     the rows are in the batch's layout (BATCH_RELOC_DTYPE): each row's
-    object and its symbol number (in ``sym`` and ``lsym``), its section
-    numbered across the batch (each object's after the previous one's, an
+    object, its symbol numbered across the batch (``sym``, the symbols of
+    the objects of ``pend`` end to end) and the object's own (``lsym``),
+    its section numbered across the batch (each object's after the previous one's, an
     object without sections taking one number, as the batch numbers them)."""
     # What is per table, gathered in one pass over the objects (in a cold
     # link each pass of Python code costs more than the lists it makes).
@@ -428,8 +429,9 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     symbols: list[int] = []  # per table: its object's symbol count
     place: list[int] = []  # per table: the patched section numbered across the batch
     owner: list[int] = []  # per table: its object
+    base: list[int] = []  # per table: its object's first symbol's number across the batch
     firsts: list[int] = []  # per object: its first section's number across the batch
-    first = 0
+    first = first_symbol = 0
     for k, (p, n) in enumerate(zip(pend, nsyms)):
         ntables = len(p.tables)
         tables += p.tables
@@ -439,8 +441,10 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
         symbols += [n] * ntables
         place += map(first.__add__, p.targets)
         owner += [k] * ntables
+        base += [first_symbol] * ntables
         firsts.append(first)
         first += p.nsections or 1
+        first_symbol += n
     # The tables' bytes end to end: one copy at C speed, however many tables.
     if not tables:
         return np.empty(0, dtype=BATCH_RELOC_DTYPE if batch else RELOC_DTYPE), [0] * len(pend), firsts
@@ -477,8 +481,8 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     # checks bound by a section size, far below 2**40).  The reader leaves
     # each object's rows sorted by (section, offset); so does this, sorting
     # only if a key decreases (compilers write some tables out of order).
-    # Each row's section and object: both per table, repeated in one call.
-    place, owner = np.repeat([place, owner], counts, axis=1)
+    # Each row's section, object and first symbol: per table, repeated in one call.
+    place, owner, base = np.repeat([place, owner, base], counts, axis=1)
     key = np.left_shift(place, 40)
     key |= offset.view(np.int64)
     out = np.empty(len(raw), dtype=_BATCH_OUT if batch else _RELOC_OUT)
@@ -493,6 +497,8 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     out["kind"] = kinds
     out["sym2"] = -1
     out = out.view(BATCH_RELOC_DTYPE if batch else RELOC_DTYPE)
+    if batch:
+        out["sym"] += base  # (no subtrahend symbols in ELF)
     # R_X86_64_NONE rows go; the records move once, not column by column.
     if dropped:
         kept_rows = (np.array(counts) - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
