@@ -241,8 +241,12 @@ class BatchLinker:
             # One masked add: gathering and scattering by a mask costs more on a large batch.
             np.add(gsec, sec_base.take(self.sym_obj), out=gsec, where=defined)
         self.gsec = gsec
+        # The conversion's census of edge kinds holds while no row is dropped.
+        self.kind_count = None
         if converted is not None:
             self._joined_relocs(converted.relocs, gid_of)
+            if gid_of is None:
+                self.kind_count = converted.kind_counts
             return
         tables = [o.relocs for o in objects]
         robj = np.repeat(np.arange(len(objects)), [len(t) for t in tables])
@@ -526,6 +530,7 @@ class BatchLinker:
             )
         self.relocs = self.relocs[~bad]
         self.target = tgt[~bad]
+        self.kind_count = None
 
     # --- scan ---------------------------------------------------------------
 
@@ -536,7 +541,8 @@ class BatchLinker:
         n = self.nsyms
         # Relocations per edge kind: passes for kinds the batch lacks are skipped
         # (numpy's per-call cost, not the rows, is what a small batch pays).
-        self.kind_count = np.bincount(kind, minlength=N_EDGES).tolist()
+        if self.kind_count is None:
+            self.kind_count = np.bincount(kind, minlength=N_EDGES).tolist()
         internal = tgt < n
         # Targets that are absolute symbols: not in the batch, and their own reach.
         # Objects have some (STT_FILE), relocations against them are rare.

@@ -135,6 +135,7 @@ class BatchTables(NamedTuple):
     # across the batch, ``lsym`` the object's own.
     relocs: np.ndarray
     reloc_counts: list[int]  # per object
+    kind_counts: list[int]  # rows of each edge kind, indexed by kind
 
 
 class DeferredElfObject(ObjectFile):
@@ -307,8 +308,8 @@ def convert_batch(objects: list[ObjectFile]) -> BatchTables | None:
     converted = _relocation_rows(pend, counts, batch=True)
     if converted is None:
         return None
-    relocs, rows, firsts = converted
-    tables = BatchTables(symbols, counts, owner, sections, relocs, rows)
+    relocs, rows, firsts, kinds = converted
+    tables = BatchTables(symbols, counts, owner, sections, relocs, rows, kinds)
     s0 = r0 = 0
     for o, n, m, first in zip(objects, counts, rows, firsts):
         o._pending = None
@@ -403,7 +404,7 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     converted = _relocation_rows(pend, nsyms)
     if converted is None:
         return None
-    out, rows, _ = converted
+    out, rows = converted[:2]
     if len(pend) == 1:
         return [out]
     ends = list(accumulate(rows))
@@ -411,10 +412,11 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
 
 
 def _relocation_rows(pend: list[_Pending], nsyms: list[int],
-                     batch: bool = False) -> tuple[np.ndarray, list[int], list[int]] | None:
+                     batch: bool = False) -> tuple[np.ndarray, list[int], list[int], list[int]] | None:
     """:func:`_convert`'s tables end to end (each object's rows sorted, the
-    objects in order), how many rows each object has, and the number of
-    each object's first section across the batch.  With ``batch``
+    objects in order), how many rows each object has, the number of each
+    object's first section across the batch, and how many rows there are
+    of each edge kind (a list indexed by kind).  With ``batch``
     the rows are in the batch's layout (BATCH_RELOC_DTYPE): each row's
     object, its symbol numbered across the batch (``sym``, the symbols of
     the objects of ``pend`` end to end) and the object's own (``lsym``),
@@ -447,7 +449,7 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
         first_symbol += n
     # The tables' bytes end to end: one copy at C speed, however many tables.
     if not tables:
-        return np.empty(0, dtype=BATCH_RELOC_DTYPE if batch else RELOC_DTYPE), [0] * len(pend), firsts
+        return np.empty(0, dtype=BATCH_RELOC_DTYPE if batch else RELOC_DTYPE), [0] * len(pend), firsts, [0] * 256
     raw = np.frombuffer(b"".join(tables), dtype=_RELA_IN)
     starts = [0, *accumulate(counts)][:-1]
     offset = raw["offset"]
@@ -455,10 +457,11 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     kinds = T.ELF_EDGE.take(raw["rtype"], mode="clip")  # the last entry: every type past the table
     # How many rows of each kind: R_X86_64_NONE rows (dropped) and
     # unsupported ones (rejected) are rare, so their masks are made only when present.
-    census = np.bincount(kinds, minlength=256)
+    census = np.bincount(kinds, minlength=256).tolist()
     if census[T.UNSUPPORTED]:
         return None
-    dropped = int(census[_NONE])
+    dropped = census[_NONE]
+    census[_NONE] = 0  # (the rows that stay: the batch's census of kinds)
     # Where each row's write ends (an offset past 2**64 - 8 wraps below
     # it), R_X86_64_NONE rows aside; then the farthest of each table
     # against the size of the section it patches, and the highest symbol
@@ -508,8 +511,8 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     if np.count_nonzero(key[1:] < key[:-1]):
         out = out.take(np.argsort(key, kind="stable"))
     if len(pend) == 1:
-        return out, [len(out)], firsts
+        return out, [len(out)], firsts, census
     if dropped:
         per_table = iter(kept_rows)
-        return out, [sum(next(per_table) for _ in p.tables) for p in pend], firsts
-    return out, [p.rows for p in pend], firsts
+        return out, [sum(next(per_table) for _ in p.tables) for p in pend], firsts, census
+    return out, [p.rows for p in pend], firsts, census
