@@ -46,8 +46,7 @@ STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
 PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
 _PC32_DATA = kind_mask(PC32_DATA)
 # Plain ints: numpy probes an enum operand's attributes on every comparison (~2.5 us).
-_WEAK = int(Bind.WEAK)
-assert Bind.LOCAL == 0  # resolve finds the other symbols by bind.nonzero()
+_LOCAL, _WEAK = int(Bind.LOCAL), int(Bind.WEAK)
 # Members for identity tests, ints for the rest: hashing or comparing an IntEnum costs ~0.2 us.
 _NORMAL, _EH_FRAME = SectionRole.NORMAL, SectionRole.EH_FRAME  # run nothing
 _PLAIN, _EH = int(_NORMAL), int(_EH_FRAME)
@@ -320,9 +319,9 @@ class BatchLinker:
     def resolve(self) -> None:
         n = self.nsyms
         canon = np.arange(n, dtype=np.int64)
-        # (ndarray methods, take and compress rather than indexing: a third of
-        # the cost of the numpy functions and of indexing, per call.)
-        named = self.bind.nonzero()[0]  # not LOCAL, which is 0
+        # (ndarray methods rather than the numpy functions wrapping them;
+        # ``bind`` is a strided column: compared first, indexed not taken.)
+        named = (self.bind != _LOCAL).nonzero()[0]
         names, gsec, bind = self.names, self.gsec, self.bind
         defs: dict[str, int] = {}
         strong: dict[str, bool] = {}
@@ -340,13 +339,13 @@ class BatchLinker:
         if "" not in def_names:
             defs = dict(zip(def_names, def_list))
             if len(defs) == len(def_names):  # no name twice
-                strong = dict(zip(def_names, (bind.take(def_idx) != _WEAK).tolist()))
+                strong = dict(zip(def_names, (bind[def_idx] != _WEAK).tolist()))
                 rest = ~defining
                 named, named_sec = named.compress(rest), named_sec.compress(rest)
             else:
                 defs = {}
         sec_of = named_sec.tolist()
-        weak_of = (bind.take(named) == _WEAK).tolist()
+        weak_of = (bind[named] == _WEAK).tolist()
         for i, sec, weak in zip(named.tolist(), sec_of, weak_of):
             name = names[i]
             if not name:
