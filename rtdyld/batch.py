@@ -55,7 +55,6 @@ _FINI_ARRAY, _DTORS = int(SectionRole.FINI_ARRAY), int(SectionRole.DTORS)
 _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 _EH_FRAME = int(SectionRole.EH_FRAME)
 _OBJECT_ROW = np.dtype((np.void, RELOC_DTYPE.itemsize))  # an object's relocation, as bytes
-_ALL_BITS = (1 << 64) - 1
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 _NO_ROWS.flags.writeable = False
 
@@ -743,19 +742,13 @@ class BatchLinker:
                     p.address = addresses[i] = pin
                     self.pinned_sections = True
         n = self.nsyms
-        nsec = len(addresses)
-        # A symbol's address is its section's plus its value, an absolute
-        # one's its value, any other's 0 (a tentative definition's is set
-        # below): one look-up by batch section of the address to add and a
-        # mask of the value, the SEC_* numbers (-4..-1) the table's last
-        # four entries (ndarray.take reads negative numbers from the end).
-        table = np.array([addresses + [0, 0, 0, 0], [_ALL_BITS] * nsec + [0, 0, _ALL_BITS, 0]], dtype=np.uint64)
-        self.sec_addr = table[0, : max(nsec, 1)]  # (no sections: [0])
+        self.sec_addr = np.array(addresses or [0], dtype=np.uint64)
         self.sec_work = np.array(works or [0], dtype=np.int64)
-        addr = np.empty(n + len(self.externals), dtype=np.uint64)
-        start, value = table.take(self.gsec, axis=1)
-        value &= self.value
-        np.add(start, value, out=addr[:n])
+        addr = np.zeros(n + len(self.externals), dtype=np.uint64)
+        defined = self.gsec >= 0
+        addr[:n][defined] = self.sec_addr[self.gsec[defined]] + self.value[defined]
+        absolute = self.gsec == SEC_ABS
+        addr[:n][absolute] = self.value[absolute]
         for name, (i, _, _) in self.commons.items():
             addr[i] = base + self.seg_offset[L.BSS] + self.common_off[name]
         self.got_base = base + self.seg_offset[L.RODATA] + self.got_off
