@@ -572,7 +572,7 @@ class BatchLinker:
             opcode = np.zeros(len(r), dtype=np.uint8)
             modrm = np.zeros(len(r), dtype=np.uint8)
             opcode[relaxable], modrm[relaxable] = self._opcode_bytes(relaxable)
-        self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
+        self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like, self.kind_count)
         self.scanned = tls.keep_tls_calls(self, self.scanned)
         self.scanned, self.ifunc = ifunc.plan(self, self.scanned)
         self.scanned, self.stub_slots = stub_slots.plan(self, self.scanned)
