@@ -420,8 +420,9 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     the rows are in the batch's layout (BATCH_RELOC_DTYPE): each row's
     object, its symbol numbered across the batch (``sym``, the symbols of
     the objects of ``pend`` end to end) and the object's own (``lsym``),
-    its section numbered across the batch (each object's after the previous one's, an
-    object without sections taking one number, as the batch numbers them)."""
+    its section numbered across the batch (each object's after the previous
+    one's, an object without sections taking one number, as the batch
+    numbers them)."""
     # What is per table, gathered in one pass over the objects (in a cold
     # link each pass of Python code costs more than the lists it makes).
     tables: list[memoryview] = []
@@ -479,12 +480,12 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
         return None
     if any(map(ge, np.maximum.reduceat(sym, starts).tolist(), symbols)):
         return None
-    # Each row's section numbered across the batch, and the rows' order:
-    # one key, that section (far below 2**24) above the offset (which the
-    # checks bound by a section size, far below 2**40).  The reader leaves
-    # each object's rows sorted by (section, offset); so does this, sorting
-    # only if a key decreases (compilers write some tables out of order).
-    # Each row's section, object and first symbol: per table, repeated in one call.
+    # Each row's section numbered across the batch, object and first
+    # symbol: per table, repeated in one call.  The rows' order is one key,
+    # that section (far below 2**24) above the offset (which the checks
+    # bound by a section size, far below 2**40).  The reader leaves each
+    # object's rows sorted by (section, offset); so does this, sorting only
+    # if a key decreases (compilers write some tables out of order).
     place, owner, base = np.repeat([place, owner, base], counts, axis=1)
     key = np.left_shift(place, 40)
     key |= offset.view(np.int64)
