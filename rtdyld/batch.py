@@ -839,7 +839,7 @@ class BatchLinker:
             S2[has2] = self.addr[self.canon[r["sym2"][has2]]]
         S = tls.resolve(self, kind, S, P, G, Z, S2, where)
         stub_slots.bind(self, kind, S)
-        relaxing = np.count_nonzero(sc.relax)
+        relaxing = self.kind_count[_RELAXABLE] and np.count_nonzero(sc.relax)  # (only those loads relax)
         if relaxing:  # relaxed GOT loads become plain PC-relative references
             relaxed = sc.relax != scan.RELAX_NONE
             kind[relaxed] = Edge.Delta32
