@@ -587,7 +587,8 @@ class BatchLinker:
 
     def _reachability(self, low: bool):
         """Per relocation: is the target in reach from the region ``low`` picks;
-        which 32-bit data references cannot reach; which fixups are branches."""
+        which 32-bit data references cannot reach; which fixups are branches
+        (None and None when every target is in reach: nothing to tell apart)."""
         kind, tgt, n, internal = self.relocs["kind"], self.target, self.nsyms, self.internal
         from memmgr import MemMgrError
 
