@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import accumulate, chain
+from operator import attrgetter
 
 import numpy as np
 
@@ -34,12 +35,13 @@ from .objfile.model import (
     SYM_DTYPE,
     Bind,
     ObjectFile,
+    Section,
     SectionRole,
 )
 from .objfile.records import join
 from .symbols import Resolver, SymbolDef
 from .x86_64 import fixup, scan
-from .x86_64.edges import ABSOLUTE_32, N_EDGES, SIZE_KINDS, WIDTH, Edge, kind_mask
+from .x86_64.edges import ABSOLUTE_32, DIFFERENCE_KINDS, N_EDGES, SIZE_KINDS, WIDTH, Edge, kind_mask
 
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
@@ -49,12 +51,15 @@ _PC32_DATA = kind_mask(PC32_DATA)
 _LOCAL, _WEAK = int(Bind.LOCAL), int(Bind.WEAK)
 # Members for identity tests, ints for the rest: hashing or comparing an IntEnum costs ~0.2 us.
 _NORMAL, _EH_FRAME = SectionRole.NORMAL, SectionRole.EH_FRAME  # run nothing
+_ROLE = attrgetter("role")
 _PLAIN, _EH = int(_NORMAL), int(_EH_FRAME)
 _INIT_ARRAY, _CTORS = int(SectionRole.INIT_ARRAY), int(SectionRole.CTORS)
 _FINI_ARRAY, _DTORS = int(SectionRole.FINI_ARRAY), int(SectionRole.DTORS)
 _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 _EH_FRAME = int(SectionRole.EH_FRAME)
 _OBJECT_ROW = np.dtype((np.void, RELOC_DTYPE.itemsize))  # an object's relocation, as bytes
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_ROWS.flags.writeable = False
 
 
 @cache
@@ -211,10 +216,12 @@ class BatchLinker:
             counts = converted.symbol_counts
             syms = converted.symbols
             owner = converted.symbol_owner
+            gsec = converted.symbol_sections
         else:
             counts = [len(o.symbols) for o in objects]
             syms = join([o.symbols for o in objects], SYM_DTYPE)
             owner = None
+            gsec = syms["section"].astype(np.int64)
         sym_base = [0, *accumulate(counts)]
         self.sym_base = np.array(sym_base, dtype=np.int64)
         self.nsyms = sym_base[-1]
@@ -223,10 +230,8 @@ class BatchLinker:
         self.bind = syms["bind"]
         self.stype = syms["type"]
         self.vis = syms["vis"]
-        obj_ids = np.arange(len(objects))
-        self.sym_obj = owner if owner is not None else np.repeat(obj_ids, counts)
+        self.sym_obj = owner if owner is not None else np.repeat(np.arange(len(objects)), counts)
         self.names = list(chain.from_iterable(o.names for o in objects))
-        gsec = syms["section"].astype(np.int64)
         defined = gsec >= 0
         if renumber:
             first = sec_base[self.sym_obj[defined]]
@@ -237,11 +242,15 @@ class BatchLinker:
             # One masked add: gathering and scattering by a mask costs more on a large batch.
             np.add(gsec, sec_base.take(self.sym_obj), out=gsec, where=defined)
         self.gsec = gsec
+        # The conversion's census of edge kinds holds while no row is dropped.
+        self.kind_count = None
         if converted is not None:
             self._joined_relocs(converted.relocs, gid_of)
+            if gid_of is None:
+                self.kind_count = converted.kind_counts
             return
         tables = [o.relocs for o in objects]
-        robj = np.repeat(obj_ids, [len(t) for t in tables])
+        robj = np.repeat(np.arange(len(objects)), [len(t) for t in tables])
         out = self._batch_relocs(tables, robj)
         g = sec_base[robj] + out["section"]
         if renumber:
@@ -254,12 +263,10 @@ class BatchLinker:
 
     def _joined_relocs(self, out: np.ndarray, gid_of: np.ndarray | None) -> None:
         """The batch's relocations from the rows converted in its layout
-        (sections numbered as ``sec_base`` does, symbols the objects' own):
-        symbols and, when sections were dropped, sections renumbered.  The
-        converted rows keep their sections and ``lsym`` (the objects' own
-        tables are cut from them), so the renumbered rows are a copy."""
-        sym = out["sym"]
-        sym += self.sym_base.take(out["obj"])  # no subtrahend symbols in ELF
+        (sections numbered as ``sec_base`` does, symbols as the batch does):
+        when sections were dropped, sections renumbered.  The converted rows
+        keep their sections (the objects' own tables are cut from them), so
+        the renumbered rows are a copy."""
         if gid_of is not None:
             g = gid_of.take(out["section"])
             keep = g >= 0
@@ -314,7 +321,9 @@ class BatchLinker:
     def resolve(self) -> None:
         n = self.nsyms
         canon = np.arange(n, dtype=np.int64)
-        named = np.flatnonzero(self.bind != _LOCAL)
+        # (ndarray methods rather than the numpy functions wrapping them;
+        # ``bind`` is a strided column: compared first, indexed not taken.)
+        named = (self.bind != _LOCAL).nonzero()[0]
         names, gsec, bind = self.names, self.gsec, self.bind
         defs: dict[str, int] = {}
         strong: dict[str, bool] = {}
@@ -324,9 +333,9 @@ class BatchLinker:
         # A batch's definitions rarely share a name (or lack one): then they are
         # indexed by dict() at C speed, thousands for a large archive, and the
         # loop below sees only the other symbols.
-        named_sec = gsec[named]
+        named_sec = gsec.take(named)
         defining = (named_sec >= 0) | (named_sec == SEC_ABS)
-        def_idx = named[defining]
+        def_idx = named.compress(defining)
         def_list = def_idx.tolist()
         def_names = [names[i] for i in def_list]
         if "" not in def_names:
@@ -334,7 +343,7 @@ class BatchLinker:
             if len(defs) == len(def_names):  # no name twice
                 strong = dict(zip(def_names, (bind[def_idx] != _WEAK).tolist()))
                 rest = ~defining
-                named, named_sec = named[rest], named_sec[rest]
+                named, named_sec = named.compress(rest), named_sec.compress(rest)
             else:
                 defs = {}
         sec_of = named_sec.tolist()
@@ -503,7 +512,7 @@ class BatchLinker:
         Unwind tables of a dropped copy still point at it; those entries are
         harmless if left unrelocated.  Anything else is a malformed group.
         """
-        tgt = self.target = self.canon[self.relocs["sym"]]
+        tgt = self.target = self.canon.take(self.relocs["sym"])
         if not np.count_nonzero(self.gsec == SEC_DISCARDED):
             return
         internal = tgt < self.nsyms
@@ -522,6 +531,7 @@ class BatchLinker:
             )
         self.relocs = self.relocs[~bad]
         self.target = tgt[~bad]
+        self.kind_count = None
 
     # --- scan ---------------------------------------------------------------
 
@@ -532,17 +542,19 @@ class BatchLinker:
         n = self.nsyms
         # Relocations per edge kind: passes for kinds the batch lacks are skipped
         # (numpy's per-call cost, not the rows, is what a small batch pays).
-        self.kind_count = np.bincount(kind, minlength=N_EDGES).tolist()
+        if self.kind_count is None:
+            self.kind_count = np.bincount(kind, minlength=N_EDGES).tolist()
         internal = tgt < n
         # Targets that are absolute symbols: not in the batch, and their own reach.
         # Objects have some (STT_FILE), relocations against them are rare.
         self.absolute = None
-        absolute_sym = self.gsec == SEC_ABS
-        if np.count_nonzero(absolute_sym):
-            absolute = np.concatenate([absolute_sym, np.zeros(len(self.externals), dtype=bool)])[tgt]
+        if n:  # (an outside target, past the batch's symbols, clips to the last: masked out below)
+            absolute = self.gsec.take(tgt, mode="clip") == SEC_ABS
             if np.count_nonzero(absolute):
-                internal &= ~absolute
-                self.absolute = absolute
+                absolute &= internal
+                if np.count_nonzero(absolute):
+                    internal &= ~absolute
+                    self.absolute = absolute
         self.internal = internal
         # Code built without PIC must live low; so must code whose 32-bit
         # PC-relative data references only reach targets that live low.
@@ -557,13 +569,13 @@ class BatchLinker:
                 self._reachability(False)
         if len(stuck):
             self._unreachable(int(stuck[0]))
-        opcode = modrm = np.zeros(len(r), dtype=np.uint8)
+        opcode = modrm = None  # read only for relaxable loads
         if self.kind_count[_RELAXABLE]:
             relaxable = kind == _RELAXABLE
             opcode = np.zeros(len(r), dtype=np.uint8)
             modrm = np.zeros(len(r), dtype=np.uint8)
             opcode[relaxable], modrm[relaxable] = self._opcode_bytes(relaxable)
-        self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like)
+        self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like, self.kind_count)
         self.scanned = tls.keep_tls_calls(self, self.scanned)
         self.scanned, self.ifunc = ifunc.plan(self, self.scanned)
         self.scanned, self.stub_slots = stub_slots.plan(self, self.scanned)
@@ -575,7 +587,8 @@ class BatchLinker:
 
     def _reachability(self, low: bool):
         """Per relocation: is the target in reach from the region ``low`` picks;
-        which 32-bit data references cannot reach; which fixups are branches."""
+        which 32-bit data references cannot reach; which fixups are branches
+        (None and None when every target is in reach: nothing to tell apart)."""
         kind, tgt, n, internal = self.relocs["kind"], self.target, self.nsyms, self.internal
         from memmgr import MemMgrError
 
@@ -584,17 +597,17 @@ class BatchLinker:
         except MemMgrError as e:
             raise LayoutError(f"cannot reserve memory for the batch: {e}") from None
         self.reach = (lo, hi)
+        stuck = _NO_ROWS
+        # The batch's own GOT and DSO handle are placed with it: in reach.
+        own = (self.got_ext, self.dso_ext)
+        ext_addr = [e.address for e in self.externals]
+        if self.absolute is None and scan.all_in_reach([a for i, a in enumerate(ext_addr, n) if i not in own], lo, hi):
+            return None, stuck, None  # the usual case: every target
         branch_like = np.zeros(len(kind), dtype=bool)
-        stuck = np.zeros(0, dtype=np.int64)
-        ext_ok = np.ones(0, dtype=bool)
-        if self.externals:
-            ext_addr = np.array([e.address for e in self.externals], dtype=np.uint64)
-            ext_ok = scan.in_reach(ext_addr, lo, hi)
-            for owned in (self.got_ext, self.dso_ext):
-                if owned is not None:
-                    ext_ok[owned - n] = True
-        if self.absolute is None and np.count_nonzero(ext_ok) == len(ext_ok):
-            return np.ones(len(kind), dtype=bool), stuck, branch_like  # the usual case: every target
+        ext_ok = scan.in_reach(np.array(ext_addr, dtype=np.uint64), lo, hi)
+        for owned in own:
+            if owned is not None:
+                ext_ok[owned - n] = True
         reachable = internal.copy()
         if self.externals:
             ext = tgt >= n
@@ -719,18 +732,21 @@ class BatchLinker:
         base = self.allocation.target_base
         pinned = self.pinned
         seg_offset = self.seg_offset
-        works = []
+        works, addresses = [], []
         for p in self.placed:
             p.work = work = p.work + seg_offset[p.segment]
-            p.address = base + work
+            p.address = address = base + work
             works.append(work)
+            addresses.append(address)
+        self.pinned_sections = False  # else the fixups read each section's address
         if pinned:
-            for p, s in zip(self.placed, self.placed_sections):
+            for i, (p, s) in enumerate(zip(self.placed, self.placed_sections)):
                 pin = pinned.get((self.objects[p.obj].name, s.name))
                 if pin is not None:
-                    p.address = pin
+                    p.address = addresses[i] = pin
+                    self.pinned_sections = True
         n = self.nsyms
-        self.sec_addr = np.array([p.address for p in self.placed] or [0], dtype=np.uint64)
+        self.sec_addr = np.array(addresses or [0], dtype=np.uint64)
         self.sec_work = np.array(works or [0], dtype=np.int64)
         addr = np.zeros(n + len(self.externals), dtype=np.uint64)
         defined = self.gsec >= 0
@@ -792,32 +808,42 @@ class BatchLinker:
         tgt = self.target
         sc = self.scanned
         mem = self.allocation.memory
-        where = self.sec_work[r["section"]] + r["offset"].astype(np.int64)
-        P = self.sec_addr[r["section"]] + r["offset"]
-        S = self.addr[tgt]
-        if np.count_nonzero(sc.use_stub):  # stub_targets is sorted: each stub's number in one search
+        section, offset = r["section"], r["offset"]
+        where = self.sec_work.take(section)
+        where += offset.view(np.int64)
+        if self.pinned_sections:
+            P = self.sec_addr.take(section) + offset
+        else:  # every section at its place in the allocation
+            P = where.view(np.uint64) + np.uint64(self.allocation.target_base)
+        S = self.addr.take(tgt)
+        if len(sc.stub_targets):  # stub_targets is sorted: each stub's number in one search
             n_stub = np.searchsorted(sc.stub_targets, tgt[sc.use_stub]).astype(np.uint64)
             S[sc.use_stub] = np.uint64(self.stub_base) + np.uint64(STUB_SIZE) * n_stub
-        G = np.zeros(len(r), dtype=np.uint64)
+        # G, Z and S2 where the batch has no kind reading them: one array of
+        # zeros, read-only, shared.
+        zero = np.zeros(len(r), dtype=np.uint64)
+        zero.flags.writeable = False
+        G = Z = S2 = zero
         if len(sc.got_targets):  # got_targets is sorted: membership and slot number in one search
+            G = np.zeros(len(r), dtype=np.uint64)
             at = np.minimum(np.searchsorted(sc.got_targets, tgt), len(sc.got_targets) - 1)
             slot = (sc.got_targets[at] == tgt) & (sc.relax == scan.RELAX_NONE)
             G[slot] = at[slot].astype(np.uint64) * np.uint64(8)
-        Z = np.zeros(len(r), dtype=np.uint64)  # only the Size kinds read it
-        if self.has_kind(SIZE_KINDS):
+        if self.has_kind(SIZE_KINDS):  # only the Size kinds read Z
+            Z = np.zeros(len(r), dtype=np.uint64)
             internal = tgt < self.nsyms
             Z[internal] = self.size[tgt[internal]]
             ext = ~internal
             if np.count_nonzero(ext):
                 ext_size = np.array([e.size for e in self.externals], dtype=np.uint64)
                 Z[ext] = ext_size[tgt[ext] - self.nsyms]
-        S2 = np.zeros(len(r), dtype=np.uint64)
-        has2 = r["sym2"] >= 0
-        if np.count_nonzero(has2):
+        if self.has_kind(DIFFERENCE_KINDS):  # the only kinds with a subtrahend
+            S2 = np.zeros(len(r), dtype=np.uint64)
+            has2 = r["sym2"] >= 0
             S2[has2] = self.addr[self.canon[r["sym2"][has2]]]
         S = tls.resolve(self, kind, S, P, G, Z, S2, where)
         stub_slots.bind(self, kind, S)
-        relaxing = np.count_nonzero(sc.relax)
+        relaxing = self.kind_count[_RELAXABLE] and np.count_nonzero(sc.relax)  # (only those loads relax)
         if relaxing:  # relaxed GOT loads become plain PC-relative references
             relaxed = sc.relax != scan.RELAX_NONE
             kind[relaxed] = Edge.Delta32
@@ -908,7 +934,7 @@ class BatchLinker:
         """(priority key, order, work offset, count, reverse) per init/fini section."""
         init, fini = [], []
         objects = self.objects
-        if not _has_init_or_fini(objects):  # most batches: done in a third of the walk below
+        if not _has_init_or_fini(self.placed_sections):  # most batches
             return init, fini
         for order, p in enumerate(self.placed):
             s = objects[p.obj].sections[p.index]
@@ -928,11 +954,10 @@ class BatchLinker:
         return init, fini
 
 
-def _has_init_or_fini(objects: list[ObjectFile]) -> bool:
-    """Whether any section of ``objects`` may be an init or fini array."""
-    # Plain loops over each object's list, roles told apart by identity.
-    for o in objects:
-        for s in o.sections:
-            if s.role is not _NORMAL and s.role is not _EH_FRAME:
-                return True
-    return False
+def _has_init_or_fini(sections: list[Section]) -> bool:
+    """Whether any of ``sections`` may be an init or fini array."""
+    # Every step a C loop (no bytecode per section, which in a cold link
+    # costs most): the roles gathered, and counted by list.count, which
+    # tells members apart by identity (hashing an IntEnum is Python code).
+    roles = list(map(_ROLE, sections))
+    return roles.count(SectionRole.NORMAL) + roles.count(SectionRole.EH_FRAME) != len(roles)

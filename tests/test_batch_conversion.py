@@ -71,6 +71,9 @@ def test_dropped_none_rows_and_unsorted_tables(build):
     _same_batch(direct, _joined(objects, converted_first=True))
     key = direct.relocs["section"].astype(np.int64) << 40 | direct.relocs["offset"].astype(np.int64)
     assert np.all(key[1:] > key[:-1])
+    # The conversion's census of kinds, which the scan reuses, counts the rows kept.
+    census = np.bincount(direct.relocs["kind"], minlength=len(direct.kind_count)).tolist()
+    assert direct.kind_count == census and direct.kind_count[0] == 0
 
 
 def test_only_a_batch_of_objects_still_waiting_is_converted_whole(build):

@@ -27,7 +27,7 @@ which remains for SHT_REL tables and for naming bad entries.
 from __future__ import annotations
 
 from array import array
-from itertools import accumulate, pairwise
+from itertools import accumulate
 from operator import ge, gt
 from typing import NamedTuple
 
@@ -56,9 +56,9 @@ _STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLO
 _SHIFT = 0x10000 - T.SHN_ABS
 _RESERVED_TOP = array("q", [int(T.RESERVED_SECTIONS[k - T.SHN_LORESERVE]) for k in range(T.SHN_ABS, 0x10000)])
 _UNBOUNDED_TOP = array("q", [-1] * _SHIFT)  # NO_SECTION in 64 bits
-# What pads each object's block: past its last section, BAD_INDEX and unbounded.
-_BAD_PAD = array("q", [T.BAD_INDEX] * T.SHN_LORESERVE)
-_UNBOUNDED_PAD = array("q", [-1] * T.SHN_LORESERVE)
+# What ends each object's block: past its last section, BAD_INDEX and unbounded.
+_BAD_END = array("q", [T.BAD_INDEX])
+_UNBOUNDED_END = array("q", [-1])
 
 # The batch conversion reads and writes rows through these views of the
 # ELF and model records, so that a field the two share is copied in one
@@ -97,17 +97,16 @@ _BATCH_OUT = np.dtype({"names": [*_RELOC_OUT.names, "obj", "lsym"],
 class _Pending:
     """What converting an object's tables needs: its reader (which holds the
     raw symbol table and the section map), and its (non-empty) SHT_RELA
-    tables' bytes and the section each patches; its rows in all, and
-    whether the tables patch sections in order (then each table sorted
-    makes the object's rows sorted).  Kept lean: what waits for the batch
-    to be joined counts towards the next garbage collection.
+    tables' bytes and the section each patches; its rows in all.  Kept
+    lean: what waits for the batch to be joined counts towards the next
+    garbage collection.
 
     What the batch conversion reads of each object is gathered here as the
     object is read, while its reader and sections are in the cache: each
     table's rows and the size of the section it patches, the object's
     section count, and (:func:`_section_blocks`) its symbols' section map."""
 
-    __slots__ = ("ascending", "blocks", "counts", "nsections", "reader", "rows", "sizes", "tables", "targets")
+    __slots__ = ("blocks", "counts", "nsections", "reader", "rows", "sizes", "tables", "targets")
 
     def __init__(self, reader, tables: list[memoryview], targets: list[int]):
         self.reader = reader
@@ -118,7 +117,6 @@ class _Pending:
         sections = reader.sections
         self.sizes = [sections[t].size for t in targets]
         self.nsections = len(sections)
-        self.ascending = all(a < b for a, b in pairwise(targets))
         self.blocks = None
 
 
@@ -129,13 +127,15 @@ class BatchTables(NamedTuple):
 
     symbols: np.ndarray  # SYM_DTYPE
     symbol_counts: list[int]  # per object
-    symbol_owner: np.ndarray | None  # per symbol, its object; None for a batch of one
+    symbol_owner: np.ndarray  # per symbol, its object
+    symbol_sections: np.ndarray  # the symbols' ``section`` column in 64 bits, for the batch to renumber in place
     # BATCH_RELOC_DTYPE, each object's rows sorted by (section, offset), the
     # sections numbered across the batch (each object's after the previous
-    # one's, an object without sections taking one number); ``sym`` is for
-    # the batch to renumber, ``lsym`` keeps the object's own.
+    # one's, an object without sections taking one number); ``sym`` numbered
+    # across the batch, ``lsym`` the object's own.
     relocs: np.ndarray
     reloc_counts: list[int]  # per object
+    kind_counts: list[int]  # rows of each edge kind, indexed by kind
 
 
 class DeferredElfObject(ObjectFile):
@@ -304,15 +304,14 @@ def convert_batch(objects: list[ObjectFile]) -> BatchTables | None:
     converted = _symbol_rows(pend)
     if converted is None:
         return None
-    symbols, owner = converted
-    counts = [p.reader.nsyms for p in pend]
+    symbols, owner, sections, counts = converted
     converted = _relocation_rows(pend, counts, batch=True)
     if converted is None:
         return None
-    relocs, rows = converted
-    tables = BatchTables(symbols, counts, owner, relocs, rows)
+    relocs, rows, firsts, kinds = converted
+    tables = BatchTables(symbols, counts, owner, sections, relocs, rows, kinds)
     s0 = r0 = 0
-    for o, n, m, first in zip(objects, counts, rows, _section_starts(pend)):
+    for o, n, m, first in zip(objects, counts, rows, firsts):
         o._pending = None
         o._rows = (tables, s0, s0 + n, r0, r0 + m, first)
         s0 += n
@@ -328,12 +327,14 @@ def convert_now(reader, symbols: np.ndarray, tables: list[memoryview], targets: 
 
 
 def _section_blocks(reader) -> tuple[array, array]:
-    """Per section number of the object ``reader`` read: its model section
-    (SEC_UNDEF for section 0) and the bound of a symbol's value there
-    (-1: unbounded), as 64-bit numbers for :func:`_convert_symbols`."""
-    sections = array("q", reader.model_index)
-    sections[0] = SEC_UNDEF
-    return sections, array("q", reader.bounds)
+    """The object ``reader`` read's block of the symbols' look-up table
+    (:func:`_symbol_rows`), indexed by section number plus _SHIFT: the
+    model section (SEC_UNDEF for section 0) and the bound of a symbol's
+    value there (-1: unbounded), as 64-bit numbers; made as the object is
+    read, the batch only joins them."""
+    sections = _RESERVED_TOP + array("q", reader.model_index) + _BAD_END
+    sections[_SHIFT] = SEC_UNDEF
+    return sections, _UNBOUNDED_TOP + array("q", reader.bounds) + _UNBOUNDED_END
 
 
 def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
@@ -343,47 +344,47 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
     converted = _symbol_rows(pend)
     if converted is None:
         return None
-    out = converted[0]
+    out, counts = converted[0], converted[3]
     if len(pend) == 1:
         return [out]
-    ends = list(accumulate(p.reader.nsyms for p in pend))
+    ends = list(accumulate(counts))
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """:func:`_convert_symbols`' tables end to end, and each row's object
-    (its place in ``pend``; None for one object)."""
-    readers = [p.reader for p in pend]
-    counts = [r.nsyms for r in readers]
-    raw = np.frombuffer(b"".join([r.sym_bytes for r in readers]), dtype=_SYM_IN)
-    # Per object, a block of ``width`` entries indexed by section number
-    # plus _SHIFT (in 16 bits, so SHN_ABS and SHN_COMMON wrap round to the
-    # block's first entries): the model section, and the bound a symbol's
-    # value must not pass.  Every other number past the object's last
-    # section, reserved or not, is clamped to the block's last entry, BAD_INDEX.
-    # The blocks are arrays of 64-bit numbers, each object's part made as
-    # it was read: joined here as bytes; the rows are then looked up in one go.
-    width = _SHIFT + max(len(p.blocks[0]) for p in pend) + 1
-    table = array("q")
-    bound = array("q")
-    for p in pend:
+def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]] | None:
+    """:func:`_convert_symbols`' tables end to end, each row's object (its
+    place in ``pend``), their ``section`` column in 64 bits (a copy), and
+    how many rows each object has."""
+    # One look-up table for every row: per object, its block (made as it
+    # was read, see :func:`_section_blocks`) of the model section and the
+    # bound a symbol's value must not pass, indexed by section number plus
+    # _SHIFT (in 16 bits, so SHN_ABS and SHN_COMMON wrap round to the
+    # block's first entries); every other number past the object's last
+    # section, reserved or not, is clamped to the block's last entry,
+    # BAD_INDEX.  A third row holds the block's object.  Gathered in one
+    # pass (in a cold link each pass of Python code costs more than its lists).
+    counts: list[int] = []  # per object: its symbols
+    parts: list = []  # per object: its raw symbol table
+    ends: list[list[int]] = [[], []]  # per object: its block's first and last entries
+    first, last = ends
+    table, bound, owners = array("q"), array("q"), array("q")
+    for k, p in enumerate(pend):
+        reader = p.reader
+        counts.append(reader.nsyms)
+        parts.append(reader.sym_bytes)
         sections, bounds = p.blocks
-        pad = width - _SHIFT - len(sections)
-        table += _RESERVED_TOP
+        first.append(len(table))
         table += sections
-        table += _BAD_PAD[:pad]
-        bound += _UNBOUNDED_TOP
         bound += bounds
-        bound += _UNBOUNDED_PAD[:pad]
-    at = np.minimum(np.add(raw["shndx"], _SHIFT, dtype=np.uint16), width - 1, dtype=np.int64)
-    owner = None
-    if len(readers) > 1:
-        # Each row's object is also what the batch numbers its symbols by.
-        owner = np.repeat(np.arange(len(readers)), counts)
-        at += owner * width
-    # Both look-ups in one (ndarray.take: the same as indexing, at half the
-    # call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
-    sec, limit = np.frombuffer(table + bound, dtype=np.int64).reshape(2, -1).take(at, axis=1)
+        last.append(len(table) - 1)
+        owners += array("q", [k]) * len(sections)
+    raw = np.frombuffer(b"".join(parts), dtype=_SYM_IN)
+    block = np.repeat(ends, counts, axis=1)
+    at = block[0] + np.add(raw["shndx"], _SHIFT, dtype=np.uint16)
+    np.minimum(at, block[1], out=at)
+    # The three look-ups in one (ndarray.take: the same as indexing, at half
+    # the call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
+    sec, limit, owner = np.frombuffer(table + bound + owners, dtype=np.int64).reshape(3, -1).take(at, axis=1)
     attrs = raw["attrs"] & 0x3FF
     bad = raw["value"] > limit.view(np.uint64)
     bad |= sec <= T.BAD_INDEX
@@ -394,7 +395,7 @@ def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray | None] |
     out["value_size"] = raw["value_size"]
     out["section"] = sec
     out["attrs"] = _ATTRS.take(attrs)
-    return out.view(SYM_DTYPE), owner
+    return out.view(SYM_DTYPE), owner, sec, counts
 
 
 def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
@@ -403,35 +404,53 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     converted = _relocation_rows(pend, nsyms)
     if converted is None:
         return None
-    out, rows = converted
+    out, rows = converted[:2]
     if len(pend) == 1:
         return [out]
     ends = list(accumulate(rows))
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def _relocation_rows(pend: list[_Pending], nsyms: list[int], batch: bool = False) -> tuple[np.ndarray, list[int]] | None:
+def _relocation_rows(pend: list[_Pending], nsyms: list[int],
+                     batch: bool = False) -> tuple[np.ndarray, list[int], list[int], list[int]] | None:
     """:func:`_convert`'s tables end to end (each object's rows sorted, the
-    objects in order), and how many rows each object has.  With ``batch``
+    objects in order), how many rows each object has, the number of each
+    object's first section across the batch, and how many rows there are
+    of each edge kind (a list indexed by kind).  With ``batch``
     the rows are in the batch's layout (BATCH_RELOC_DTYPE): each row's
-    object and its symbol number (in ``sym`` and ``lsym``), its section
-    numbered across the batch (see :func:`_section_starts`)."""
+    object, its symbol numbered across the batch (``sym``, the symbols of
+    the objects of ``pend`` end to end) and the object's own (``lsym``),
+    its section numbered across the batch (each object's after the previous
+    one's, an object without sections taking one number, as the batch
+    numbers them)."""
+    # What is per table, gathered in one pass over the objects (in a cold
+    # link each pass of Python code costs more than the lists it makes).
     tables: list[memoryview] = []
     counts: list[int] = []  # per table: its rows
     sections: list[int] = []  # per table: the patched section, object-local
     sizes: list[int] = []  # per table: that section's size
     symbols: list[int] = []  # per table: its object's symbol count
-    ascending = True
-    for p, n in zip(pend, nsyms):
+    place: list[int] = []  # per table: the patched section numbered across the batch
+    owner: list[int] = []  # per table: its object
+    base: list[int] = []  # per table: its object's first symbol's number across the batch
+    firsts: list[int] = []  # per object: its first section's number across the batch
+    first = first_symbol = 0
+    for k, (p, n) in enumerate(zip(pend, nsyms)):
+        ntables = len(p.tables)
         tables += p.tables
         counts += p.counts
         sections += p.targets
         sizes += p.sizes
-        symbols += [n] * len(p.tables)
-        ascending = ascending and p.ascending
+        symbols += [n] * ntables
+        place += map(first.__add__, p.targets)
+        owner += [k] * ntables
+        base += [first_symbol] * ntables
+        firsts.append(first)
+        first += p.nsections or 1
+        first_symbol += n
     # The tables' bytes end to end: one copy at C speed, however many tables.
     if not tables:
-        return np.empty(0, dtype=BATCH_RELOC_DTYPE if batch else RELOC_DTYPE), [0] * len(pend)
+        return np.empty(0, dtype=BATCH_RELOC_DTYPE if batch else RELOC_DTYPE), [0] * len(pend), firsts, [0] * 256
     raw = np.frombuffer(b"".join(tables), dtype=_RELA_IN)
     starts = [0, *accumulate(counts)][:-1]
     offset = raw["offset"]
@@ -439,10 +458,11 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int], batch: bool = False
     kinds = T.ELF_EDGE.take(raw["rtype"], mode="clip")  # the last entry: every type past the table
     # How many rows of each kind: R_X86_64_NONE rows (dropped) and
     # unsupported ones (rejected) are rare, so their masks are made only when present.
-    census = np.bincount(kinds, minlength=256)
+    census = np.bincount(kinds, minlength=256).tolist()
     if census[T.UNSUPPORTED]:
         return None
-    dropped = int(census[_NONE])
+    dropped = census[_NONE]
+    census[_NONE] = 0  # (the rows that stay: the batch's census of kinds)
     # Where each row's write ends (an offset past 2**64 - 8 wraps below
     # it), R_X86_64_NONE rows aside; then the farthest of each table
     # against the size of the section it patches, and the highest symbol
@@ -460,55 +480,40 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int], batch: bool = False
         return None
     if any(map(ge, np.maximum.reduceat(sym, starts).tolist(), symbols)):
         return None
-    # Each object's rows sorted by (section, offset), as the reader leaves
-    # them: so they are if its tables patch sections in order and each is
-    # sorted (a decrease where one table ends and the next begins is allowed).
-    descents = offset[1:] < offset[:-1]
-    if len(starts) > 1:
-        descents[[s - 1 for s in starts[1:]]] = False
-    unsorted = np.count_nonzero(descents)
+    # Each row's section numbered across the batch, object and first
+    # symbol: per table, repeated in one call.  The rows' order is one key,
+    # that section (far below 2**24) above the offset (which the checks
+    # bound by a section size, far below 2**40).  The reader leaves each
+    # object's rows sorted by (section, offset); so does this, sorting only
+    # if a key decreases (compilers write some tables out of order).
+    place, owner, base = np.repeat([place, owner, base], counts, axis=1)
+    key = np.left_shift(place, 40)
+    key |= offset.view(np.int64)
     out = np.empty(len(raw), dtype=_BATCH_OUT if batch else _RELOC_OUT)
     out["offset"] = offset
     out["info"] = raw["info"]
     out["addend"] = raw["addend"]
+    # (An object's own numbers are the batch's for a batch of one.)
+    out["section"] = place if batch or len(pend) == 1 else np.repeat(sections, counts)
     if batch:
-        first = _section_starts(pend)
-        out["section"] = np.repeat([first[k] + t for k, p in enumerate(pend) for t in p.targets], counts)
-        out["obj"] = np.repeat([k for k, p in enumerate(pend) for _ in p.tables], counts)
+        out["obj"] = owner
         out["lsym"] = sym
-    else:
-        out["section"] = np.repeat(sections, counts)
     out["kind"] = kinds
     out["sym2"] = -1
     out = out.view(BATCH_RELOC_DTYPE if batch else RELOC_DTYPE)
+    if batch:
+        out["sym"] += base  # (no subtrahend symbols in ELF)
     # R_X86_64_NONE rows go; the records move once, not column by column.
     if dropped:
         kept_rows = (np.array(counts) - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
         keep = ~none
         out = out.compress(keep)  # (compress and take: a tenth of the cost of indexing records)
-    if unsorted or not ascending:
-        # One key: the section numbered across the batch (far below 2**24)
-        # above the offset (which the checks bound by a section size, far below 2**40).
-        if batch:
-            key = np.left_shift(out["section"], 40, dtype=np.int64)
-        else:
-            first = _section_starts(pend)
-            place = [first[k] + t for k, p in enumerate(pend) for t in p.targets]
-            key = np.repeat(np.array(place, dtype=np.int64), counts)
-            if dropped:
-                key = key.compress(keep)
-            key <<= 40
-        key |= (offset.compress(keep) if dropped else offset).view(np.int64)
+        key = key.compress(keep)
+    if np.count_nonzero(key[1:] < key[:-1]):
         out = out.take(np.argsort(key, kind="stable"))
     if len(pend) == 1:
-        return out, [len(out)]
+        return out, [len(out)], firsts, census
     if dropped:
         per_table = iter(kept_rows)
-        return out, [sum(next(per_table) for _ in p.tables) for p in pend]
-    return out, [p.rows for p in pend]
-
-
-def _section_starts(pend: list[_Pending]) -> list[int]:
-    """Per object, the number of its first section across the batch, as
-    the batch numbers them: an object without sections takes one number."""
-    return list(accumulate((max(p.nsections, 1) for p in pend), initial=0))
+        return out, [sum(next(per_table) for _ in p.tables) for p in pend], firsts, census
+    return out, [p.rows for p in pend], firsts, census

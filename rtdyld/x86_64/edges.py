@@ -78,6 +78,8 @@ TLS_KINDS = frozenset(
 )
 # Kinds whose value is the symbol's size (Z).
 SIZE_KINDS = frozenset({Edge.Size32, Edge.Size64})
+# Kinds with a subtrahend symbol (S2): Mach-O SUBTRACTOR pairs.
+DIFFERENCE_KINDS = frozenset({Edge.Difference64, Edge.Difference32})
 # Kinds that store an absolute 32-bit address: code using them must live low.
 ABSOLUTE_32 = frozenset({Edge.Pointer32, Edge.Pointer32Signed})
 

@@ -53,11 +53,14 @@ _FORMULA_KINDS = {
 _FORMULA = np.full(N_EDGES, _UNHANDLED, dtype=np.intp)
 for _f, _kinds in _FORMULA_KINDS.items():
     _FORMULA[[int(k) for k in _kinds]] = _f
-# The same as tables indexed by kind; kinds without a range (64-bit fields) accept anything.
+# The same as tables indexed by kind (kinds without a range, 64-bit fields,
+# accept anything); for the check, the low end's bits and the span above it.
 _LOW = np.full(N_EDGES, np.iinfo(np.int64).min, dtype=np.int64)
 _HIGH = np.full(N_EDGES, np.iinfo(np.int64).max, dtype=np.int64)
 for _k, (_lo, _hi) in _RANGE.items():
     _LOW[_k], _HIGH[_k] = _lo, _hi
+_SPAN = (_HIGH - _LOW).view(U)  # wraps to 2**64 - 1 for the 64-bit kinds, as meant
+_LOW_BITS = _LOW.view(U)
 
 
 def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
@@ -66,7 +69,7 @@ def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
     ``S`` is already the stub address where a stub is used, ``G`` the GOT
     slot's offset (meaningful only for GOT kinds), ``GOT`` a scalar.
     """
-    A = A.astype(np.int64).view(U)
+    A = A.view(U) if A.dtype == np.int64 else A.astype(np.int64).view(U)  # a 64-bit column: no copy
     GOT = U(GOT)
     formula = _FORMULA[kind]
     # S + A for every row (the pointer formula), then each other formula
@@ -100,26 +103,33 @@ def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
 
 def out_of_range(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Mask of relocations whose value does not fit the field."""
-    signed = value.view(np.int64)
-    return (signed < _LOW[kind]) | (signed > _HIGH[kind])
+    # low <= v <= high, on the signed view, is (v - low) mod 2**64 <= high - low:
+    # one comparison, and no signed copy.
+    return (value.view(U) - _LOW_BITS.take(kind)) > _SPAN.take(kind)
 
 
-# Per field width: the little-endian integer type, and the byte offsets within a field.
-_FIELD = {w: (np.dtype(f"<u{w}"), np.arange(w, dtype=np.int64)) for w in (1, 2, 4, 8)}
+# Per field width: the little-endian integer type.
+_FIELD = {w: np.dtype(f"<u{w}") for w in (1, 2, 4, 8)}
 
 
 def write(memory: np.ndarray, where: np.ndarray, kind: np.ndarray, value: np.ndarray) -> None:
     """Store each value little-endian in WIDTH[kind] bytes at ``where``."""
-    width = WIDTH[kind]
+    width = WIDTH.take(kind)
     count = np.bincount(width, minlength=9).tolist()
+    narrowest = True
     for w in (1, 2, 4, 8):
         if not count[w]:
             continue
-        # Every field of this width in one scatter: its value's bytes to where[i] + 0..w-1.
-        dtype, span = _FIELD[w]
-        if count[w] == len(width):  # one width for the whole batch: no selection
+        if narrowest:
+            # The narrowest width present, stored for every row: no selection
+            # (a wider field's low bytes, which its own store rewrites after).
             at, v = where, value
+            narrowest = False
         else:
             m = width == w
             at, v = where[m], value[m]
-        memory[(at.astype(np.int64, copy=False)[:, None] + span).ravel()] = v.astype(dtype).view(np.uint8)
+        # Every field of this width in one store: a view of ``memory`` whose
+        # i-th element is the w bytes at i (overlapping, unaligned as a field
+        # may be); the narrowing cast keeps each value's low bytes.
+        fields = np.ndarray((max(len(memory) - w + 1, 0),), dtype=_FIELD[w], buffer=memory, strides=(1,))
+        fields[at] = v

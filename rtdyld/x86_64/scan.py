@@ -25,6 +25,7 @@ MOV_LOAD, LEA = 0x8B, 0x8D
 RELAX_NONE, RELAX_MOV, RELAX_CALL, RELAX_JMP = 0, 1, 2, 3
 _ABSOLUTE_32 = kind_mask(ABSOLUTE_32)
 _NEEDS_GOT_SLOT = kind_mask(NEEDS_GOT_SLOT)
+_SLOT_KINDS = [int(k) for k in NEEDS_GOT_SLOT]
 # Plain ints: numpy probes an enum operand's attributes on every comparison.
 _RELAXABLE, _BRANCH32 = int(Edge.GOTDelta32Relaxable), int(Edge.Branch32)
 
@@ -50,6 +51,13 @@ def in_reach(addresses: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return (a > max(lo, hi) - REACH) & (a < min(lo, hi) + REACH)
 
 
+def all_in_reach(addresses: list[int], lo: int, hi: int) -> bool:
+    """Whether every one of ``addresses`` is :func:`in_reach`: plain integers,
+    a batch having a handful of outside targets (no numpy calls for them)."""
+    low, high = max(lo, hi) - REACH, min(lo, hi) + REACH
+    return all(low < a < high for a in addresses)
+
+
 def sorted_unique(a: np.ndarray) -> np.ndarray:
     """``np.unique(a)`` without its first-call import of numpy.ma (start-up time)."""
     s = np.sort(a)
@@ -59,39 +67,54 @@ def sorted_unique(a: np.ndarray) -> np.ndarray:
 def scan(
     kind: np.ndarray,
     target: np.ndarray,
-    reachable: np.ndarray,
-    opcode: np.ndarray,
-    modrm: np.ndarray,
-    branch_like: np.ndarray,
+    reachable: np.ndarray | None,
+    opcode: np.ndarray | None,
+    modrm: np.ndarray | None,
+    branch_like: np.ndarray | None,
+    kind_count: list[int] | None = None,
 ) -> ScanResult:
     """Classify relocations.
 
     ``target`` is each relocation's canonical target id, ``reachable`` says
-    per relocation whether that target is in reach, ``opcode``/``modrm`` are
-    the two bytes before the fixup (0 where not applicable), ``branch_like``
-    marks Delta32 fixups that are the operand of a call/jmp (which a stub can
-    serve as well as a PLT entry would).
+    per relocation whether that target is in reach (None: every target is),
+    ``opcode``/``modrm`` are the two bytes before the fixup (0 where not
+    applicable; None if no relocation is GOTDelta32Relaxable),
+    ``branch_like`` marks Delta32 fixups that are the operand of a call/jmp
+    (which a stub can serve as well as a PLT entry would; read only where a
+    target is out of reach), ``kind_count`` (if known) is how many
+    relocations there are of each kind.
     """
     n = len(kind)
     relax = np.zeros(n, dtype=np.uint8)
-    relaxable = kind == _RELAXABLE
-    # Each class is worked out only if the batch has one (count_nonzero is the cheapest test numpy has).
-    n_relaxable = np.count_nonzero(relaxable)
-    if n_relaxable:
+    # Each class is worked out only if the batch has one: as the kinds'
+    # count says, else by count_nonzero (the cheapest test numpy has).
+    relaxable = None
+    if kind_count is None or kind_count[_RELAXABLE]:
+        relaxable = kind == _RELAXABLE
+        if not np.count_nonzero(relaxable):
+            relaxable = None
+    if relaxable is not None:
         rip = (modrm & 0xC7) == 0x05
-        can = relaxable & reachable & rip
+        can = relaxable & rip if reachable is None else relaxable & reachable & rip
         relax[can & (opcode == MOV_LOAD)] = RELAX_MOV
         relax[can & (opcode == 0xFF) & (modrm == 0x15)] = RELAX_CALL
         relax[can & (opcode == 0xFF) & (modrm == 0x25)] = RELAX_JMP
-    needs_slot = _NEEDS_GOT_SLOT[kind]
-    if n_relaxable:
-        needs_slot &= relax == RELAX_NONE
-    if np.count_nonzero(reachable) < n:
+    needs_slot = None
+    if kind_count is None or any(kind_count[k] for k in _SLOT_KINDS):
+        needs_slot = _NEEDS_GOT_SLOT[kind]
+        if relaxable is not None:
+            needs_slot &= relax == RELAX_NONE
+        if not np.count_nonzero(needs_slot):
+            needs_slot = None
+    stubs = 0
+    if reachable is not None and np.count_nonzero(reachable) < n:
         use_stub = ((kind == _BRANCH32) | branch_like) & ~reachable
+        stubs = np.count_nonzero(use_stub)
     else:
         use_stub = np.zeros(n, dtype=bool)
-    if np.count_nonzero(needs_slot) or np.count_nonzero(use_stub):
-        got_targets = sorted_unique(np.concatenate([target[needs_slot], target[use_stub]]))
+    if needs_slot is not None or stubs:
+        slotted = [target[needs_slot]] if needs_slot is not None else []
+        got_targets = sorted_unique(np.concatenate([*slotted, target[use_stub]]))
         stub_targets = sorted_unique(target[use_stub])
     else:
         got_targets = stub_targets = np.zeros(0, dtype=target.dtype)
