@@ -51,6 +51,7 @@ class Segment(NamedTuple):
     zero_fill: bool = False
 
 
+_tuple_new = tuple.__new__
 _W, _X, _RWX, _RW_BITS = int(Prot.W), int(Prot.X), int(Prot.R | Prot.W | Prot.X), int(Prot.RW)
 
 
@@ -66,25 +67,23 @@ def layout(requests: list[SegmentRequest], page_size: int) -> tuple[list[Segment
     for req in requests:
         if not isinstance(req, SegmentRequest):
             raise MemMgrError(f"expected a SegmentRequest, got {req!r}")
-        size = req.size
+        name, size, prot, zero_fill = req
         if type(size) is not int:  # numpy sizes are fine, floats are not
             try:
                 size = operator.index(size)
             except TypeError:
                 size = -1
         if size < 0:
-            raise MemMgrError(f"segment {req.name!r}: bad size {req.size!r}")
-        prot = req.prot
+            raise MemMgrError(f"segment {name!r}: bad size {req.size!r}")
         if type(prot) is not Prot:  # converting a member costs more than the rest of the loop
             prot = Prot(prot)
-        bits = int(prot)  # tested as a plain int: IntFlag operators cost microseconds each
+        bits = prot._value_  # tested as a plain int: IntFlag operators cost microseconds each
         if bits & ~_RWX:
-            raise MemMgrError(f"segment {req.name!r}: unknown protection bits {bits:#x}")
+            raise MemMgrError(f"segment {name!r}: unknown protection bits {bits:#x}")
         if bits & _W and bits & _X:
-            raise MemMgrError(
-                f"segment {req.name!r}: writable and executable at once is never allowed"
-            )
-        segments.append(Segment(req.name, offset, size, prot, bool(req.zero_fill)))
+            raise MemMgrError(f"segment {name!r}: writable and executable at once is never allowed")
+        # tuple.__new__ is what Segment(...) calls, minus a Python-level frame per segment.
+        segments.append(_tuple_new(Segment, (name, offset, size, prot, bool(zero_fill))))
         offset += -(-size // page_size) * page_size
     return segments, offset
 
@@ -105,7 +104,7 @@ def seal_runs(segments: list[Segment], page_size: int) -> list[list[int]]:
         length = -(-seg.size // page_size) * page_size
         if not length:
             continue
-        bits = int(seg.prot)
+        bits = seg.prot._value_
         if bits == _RW_BITS:
             last = None
         elif last is not None and last[2] == bits and end == seg.offset:

@@ -708,7 +708,6 @@ class BatchLinker:
                 f"no room {where}for the batch of {suggest.listing(self.objects)} ({total} bytes): {e}"
                 f"\n  hint: {suggest.allocation_hint(self.low)}"
             ) from None
-        self.plans = plans
         self.seg_offset = {s.name: s.offset for s in self.allocation.segments}
 
     def assign_addresses(self) -> None:
