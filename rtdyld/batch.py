@@ -695,10 +695,8 @@ class BatchLinker:
         limits.check_batch_fits(self, plans)
         prot = _segment_protections()
         SegmentRequest = memmgr.SegmentRequest
-        requests = [
-            SegmentRequest(name, plans[name].size, prot[name], zero_fill=(name == L.BSS))
-            for name in L.SEGMENT_ORDER
-        ]
+        # zero_fill passed by position: a keyword takes the named tuple's slower path.
+        requests = [SegmentRequest(name, plans[name].size, prot[name], name == L.BSS) for name in L.SEGMENT_ORDER]
         try:
             self.allocation = self.memory.allocate(requests, low=self.low)
         except memmgr.MemMgrError as e:
