@@ -51,11 +51,8 @@ class Segment(NamedTuple):
     zero_fill: bool = False
 
 
-_W, _X, _RWX = int(Prot.W), int(Prot.X), int(Prot.R | Prot.W | Prot.X)
-
-
-def _round_up(n: int, page: int) -> int:
-    return -(-n // page) * page
+_tuple_new = tuple.__new__
+_W, _X, _RWX, _RW_BITS = int(Prot.W), int(Prot.X), int(Prot.R | Prot.W | Prot.X), int(Prot.RW)
 
 
 def layout(requests: list[SegmentRequest], page_size: int) -> tuple[list[Segment], int]:
@@ -70,48 +67,57 @@ def layout(requests: list[SegmentRequest], page_size: int) -> tuple[list[Segment
     for req in requests:
         if not isinstance(req, SegmentRequest):
             raise MemMgrError(f"expected a SegmentRequest, got {req!r}")
-        size = req.size
+        name, size, prot, zero_fill = req
         if type(size) is not int:  # numpy sizes are fine, floats are not
             try:
                 size = operator.index(size)
             except TypeError:
                 size = -1
         if size < 0:
-            raise MemMgrError(f"segment {req.name!r}: bad size {req.size!r}")
-        prot = req.prot
+            raise MemMgrError(f"segment {name!r}: bad size {req.size!r}")
         if type(prot) is not Prot:  # converting a member costs more than the rest of the loop
             prot = Prot(prot)
-        bits = int(prot)  # tested as a plain int: IntFlag operators cost microseconds each
+        bits = prot._value_  # tested as a plain int: IntFlag operators cost microseconds each
         if bits & ~_RWX:
-            raise MemMgrError(f"segment {req.name!r}: unknown protection bits {bits:#x}")
+            raise MemMgrError(f"segment {name!r}: unknown protection bits {bits:#x}")
         if bits & _W and bits & _X:
-            raise MemMgrError(
-                f"segment {req.name!r}: writable and executable at once is never allowed"
-            )
-        segments.append(Segment(req.name, offset, size, prot, bool(req.zero_fill)))
-        offset += _round_up(size, page_size)
+            raise MemMgrError(f"segment {name!r}: writable and executable at once is never allowed")
+        # tuple.__new__ is what Segment(...) calls, minus a Python-level frame per segment.
+        segments.append(_tuple_new(Segment, (name, offset, size, prot, bool(zero_fill))))
+        offset += -(-size // page_size) * page_size
     return segments, offset
 
 
-def protection_runs(
-    segments: list[Segment], page_size: int
-) -> list[tuple[int, int, Prot]]:
-    """Maximal ``(offset, length, prot)`` page runs of equal final protection, in address order."""
-    runs: list[tuple[int, int, Prot]] = []
+def seal_runs(segments: list[Segment], page_size: int) -> list[list[int]]:
+    """The ``[offset, length, prot]`` page runs that sealing ``segments`` changes, in calling order.
+
+    A run is a maximal stretch of adjacent pages with the same final
+    protection.  In flight every page is RW, so runs that stay RW need no
+    call; executable runs come last, so code becomes runnable only once its
+    data is sealed.  ``prot`` is a plain int, as the kernel takes it.
+    """
+    plain: list[list[int]] = []
+    code: list[list[int]] = []
+    last = None  # the run the previous segment with pages belongs to, or None for RW
+    end = -1  # where that segment's pages end
     for seg in segments:
-        length = _round_up(seg.size, page_size)
+        length = -(-seg.size // page_size) * page_size
         if not length:
             continue
-        if runs and runs[-1][2] == seg.prot and runs[-1][0] + runs[-1][1] == seg.offset:
-            start, prev, prot = runs[-1]
-            runs[-1] = (start, prev + length, prot)
+        bits = seg.prot._value_
+        if bits == _RW_BITS:
+            last = None
+        elif last is not None and last[2] == bits and end == seg.offset:
+            last[1] += length
         else:
-            runs.append((seg.offset, length, seg.prot))
-    return runs
+            last = [seg.offset, length, bits]
+            (code if bits & _X else plain).append(last)
+        end = seg.offset + length
+    return plain + code
 
 
 class _Owner(Protocol):
-    def _finalize(self, alloc: Allocation, segments: list[Segment]) -> None: ...
+    def _finalize(self, alloc: Allocation, runs: list[list[int]]) -> None: ...
 
     def _release(self, alloc: Allocation) -> None: ...
 
@@ -218,7 +224,10 @@ class Allocation:
                 raise MemMgrError(f"cannot finalize {self!r}: already released")
             if self._state == FINALIZED:
                 return
-            self._owner._finalize(self, [s for s in self.segments if s.name not in self._sealed])
+            segments = self.segments
+            if self._sealed:
+                segments = [s for s in segments if s.name not in self._sealed]
+            self._owner._finalize(self, seal_runs(segments, self.page_size))
             self._state = FINALIZED
 
     def finalize_segments(self, names) -> None:
@@ -238,7 +247,7 @@ class Allocation:
             if unknown:
                 raise MemMgrError(f"{self!r} has no segment {min(unknown)!r}")
             picked = [s for s in self.segments if s.name in names and s.name not in self._sealed]
-            self._owner._finalize(self, picked)
+            self._owner._finalize(self, seal_runs(picked, self.page_size))
             self._sealed |= names
 
     def add_release_hook(self, fn) -> None:

@@ -52,9 +52,8 @@ def mmap(addr: int, length: int, prot: int, flags: int) -> int:
     ``addr`` is a hint unless ``flags`` has MAP_FIXED or MAP_FIXED_NOREPLACE;
     callers must check the returned address themselves.
     """
-    result = libc.mmap(ffi.cast("void *", addr), length, prot, flags, -1, 0)
+    address = libc.mmap(addr, length, prot, flags, -1, 0)
     err = ffi.errno
-    address = int(ffi.cast("uintptr_t", result))
     if address == MAP_FAILED:
         raise _error("mmap", err, addr, length)
     return address
@@ -62,17 +61,17 @@ def mmap(addr: int, length: int, prot: int, flags: int) -> int:
 
 def mprotect(addr: int, length: int, prot: int) -> None:
     """Set the protection of the page-aligned range ``[addr, addr+length)``."""
-    if libc.mprotect(ffi.cast("void *", addr), length, prot) != 0:
+    if libc.mprotect(addr, length, prot) != 0:
         raise _error("mprotect", ffi.errno, addr, length)
 
 
 def munmap(addr: int, length: int) -> None:
     """Unmap the page-aligned range ``[addr, addr+length)``."""
-    if libc.munmap(ffi.cast("void *", addr), length) != 0:
+    if libc.munmap(addr, length) != 0:
         raise _error("munmap", ffi.errno, addr, length)
 
 
 def madvise(addr: int, length: int, advice: int) -> None:
     """Give the kernel ``advice`` (e.g. MADV_DONTNEED) about a range."""
-    if libc.madvise(ffi.cast("void *", addr), length, advice) != 0:
+    if libc.madvise(addr, length, advice) != 0:
         raise _error("madvise", ffi.errno, addr, length)

@@ -10,13 +10,11 @@ from typing import Self
 import numpy as np
 
 from . import libc, placement
-from .allocation import Allocation, Prot, Segment, SegmentRequest, layout, protection_runs
+from .allocation import Allocation, SegmentRequest, layout
 from .errors import AllocationError, MemMgrError
 from .reservation import Reservation
 
 _MIN_RESERVE = 16 << 20
-# Plain ints: every IntFlag operation is a Python-level call.
-_RW, _X = int(Prot.RW), int(Prot.X)
 
 # Every manager of the process, so that invariant checks can find all
 # reservations; weak, so that registering keeps nothing alive.
@@ -116,7 +114,7 @@ class MemoryManager:
                     errno=last_error.errno if last_error else None,
                 )
         assert size is not None
-        self._main = Reservation(base, size, self.page_size, "main")
+        self._main = self._viewed(Reservation(base, size, self.page_size, "main"))
         self._near_ok = self.near is None or placement.within_reach(base, size, self.near)
         return self._main
 
@@ -128,7 +126,7 @@ class MemoryManager:
         for size in _sizes(self.low_reserve_size):
             base = placement.reserve_low(size)
             if base is not None:
-                self._low = Reservation(base, size, self.page_size, "low (below 2 GiB)")
+                self._low = self._viewed(Reservation(base, size, self.page_size, "low (below 2 GiB)"))
                 return self._low
         raise AllocationError(
             "memory below 2 GiB could not be reserved (needed for code built without "
@@ -180,7 +178,10 @@ class MemoryManager:
         """
         segments, total = layout(list(requests), self.page_size)
         with self._lock:
-            r = self._reserve_low() if low else self._reserve_main()
+            if low:
+                r = self._low or self._reserve_low()
+            else:
+                r = self._main or self._reserve_main()
             if total == 0:
                 alloc = Allocation(
                     self, r.base, 0, segments, np.zeros(0, dtype=np.uint8), self.page_size, low
@@ -193,35 +194,32 @@ class MemoryManager:
             except MemMgrError:
                 r.give(base, total)
                 raise
-            memory = self._working_memory(r, base, total)
+            start = base - r.base
+            memory = self._views[r.base][start : start + total]
             alloc = Allocation(self, base, total, segments, memory, self.page_size, low)
             self._live[id(alloc)] = alloc
             return alloc
 
-    def _working_memory(self, r: Reservation, base: int, size: int) -> np.ndarray:
-        # One array over the whole reservation, made on first use: slicing it
-        # costs a tenth of wrapping every block in a cffi buffer of its own.
-        whole = self._views.get(r.base)
-        if whole is None:
-            whole = np.frombuffer(libc.ffi.buffer(libc.ffi.cast("char *", r.base), r.size), dtype=np.uint8)
-            self._views[r.base] = whole
-        return whole[base - r.base : base - r.base + size]
+    def _viewed(self, r: Reservation) -> Reservation:
+        # One array over the whole reservation, made with it: slicing it costs
+        # a tenth of wrapping every block in a cffi buffer of its own, and
+        # the first allocation does not pay for making it.
+        buffer = libc.ffi.buffer(libc.ffi.cast("char *", r.base), r.size)
+        self._views[r.base] = np.frombuffer(buffer, dtype=np.uint8)
+        return r
 
     def live_allocations(self) -> list[Allocation]:
         """Allocations not yet released, in allocation order."""
         with self._lock:
             return list(self._live.values())
 
-    def _finalize(self, alloc: Allocation, segments: list[Segment]) -> None:
+    def _finalize(self, alloc: Allocation, runs: list[list[int]]) -> None:
         # Pages are only RW in flight, and each mprotect sets a run's final
-        # protection in one step, so no page is ever W and X.  A run that stays
-        # RW needs no call at all.  Executable runs go last: code becomes
-        # runnable only once its data is sealed.
-        runs = [run for run in protection_runs(segments, self.page_size) if run[2] != _RW]
-        runs.sort(key=lambda run: int(run[2]) & _X)
+        # protection in one step, so no page is ever W and X.
+        base = alloc.target_base
         with self._lock:
             for offset, length, prot in runs:
-                libc.mprotect(alloc.target_base + offset, length, int(prot))
+                libc.mprotect(base + offset, length, prot)
 
     def _release(self, alloc: Allocation) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ from typing import Self
 
 import numpy as np
 
-from .allocation import Allocation, Segment, SegmentRequest, layout
+from .allocation import Allocation, SegmentRequest, layout
 from .errors import AllocationError, MemMgrError
 
 _LOW_LIMIT = 1 << 31
@@ -114,7 +114,7 @@ class VirtualMemory:
         """Allocations not yet released, in allocation order."""
         return list(self._live.values())
 
-    def _finalize(self, alloc: Allocation, segments: list[Segment]) -> None:
+    def _finalize(self, alloc: Allocation, runs: list[list[int]]) -> None:
         if id(alloc) not in self._live:
             raise MemMgrError(f"{alloc!r} does not belong to this VirtualMemory")
 

@@ -685,7 +685,9 @@ class BatchLinker:
     # --- layout -------------------------------------------------------------
 
     def allocate(self) -> None:
-        from memmgr import MemMgrError, SegmentRequest
+        # The package, not names from it: a from-import of a package runs
+        # Python-level import code on every call.
+        import memmgr
 
         plans = L.plan_segments()
         order = tls.image_first(self, self.placed)
@@ -693,15 +695,8 @@ class BatchLinker:
         if order is not self.placed:
             sections = [self.objects[p.obj].sections[p.index] for p in order]
         # Unwind tables are placed after the rest of their segment, by rtdyld.unwind.
-        regular, regular_sections, tables = [], [], []
-        for p, s in zip(order, sections):
-            if s.role == _EH_FRAME and unwind.is_unwind_section(self.objects[p.obj], p.index):
-                tables.append(p)
-            else:
-                regular.append(p)
-                regular_sections.append(s)
-        L.place_sections(plans, regular, regular_sections)
-        self.eh_frame = unwind.place(plans, tables, self.objects)
+        tables, table_sections = L.place_sections(plans, order, sections, unwind.table_objects(self.objects))
+        self.eh_frame = unwind.place(plans[L.RODATA], tables, table_sections)
         if self.dso_ext is not None:
             self.dso_off = plans[L.RODATA].place(cxxabi.DSO_HANDLE_SIZE, 8)
         self.stub_off = plans[L.TEXT].place(STUB_SIZE * len(self.scanned.stub_targets), 8)
@@ -712,20 +707,18 @@ class BatchLinker:
         }
         limits.check_batch_fits(self, plans)
         prot = _segment_protections()
-        requests = [
-            SegmentRequest(name, plans[name].size, prot[name], zero_fill=(name == L.BSS))
-            for name in L.SEGMENT_ORDER
-        ]
-        total = sum(r.size for r in requests)
+        SegmentRequest = memmgr.SegmentRequest
+        # zero_fill passed by position: a keyword takes the named tuple's slower path.
+        requests = [SegmentRequest(name, plans[name].size, prot[name], name == L.BSS) for name in L.SEGMENT_ORDER]
         try:
             self.allocation = self.memory.allocate(requests, low=self.low)
-        except MemMgrError as e:
+        except memmgr.MemMgrError as e:
             where = "below 2 GiB " if self.low else ""
+            total = sum(r.size for r in requests)
             raise LayoutError(
                 f"no room {where}for the batch of {suggest.listing(self.objects)} ({total} bytes): {e}"
                 f"\n  hint: {suggest.allocation_hint(self.low)}"
             ) from None
-        self.plans = plans
         self.seg_offset = {s.name: s.offset for s in self.allocation.segments}
 
     def assign_addresses(self) -> None:

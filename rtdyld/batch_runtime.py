@@ -95,7 +95,7 @@ class BatchRuntime:
 
     def loaded(self, lb) -> None:
         """The batch is sealed; its initializers have not run yet."""
-        undo = self._registered.setdefault(id(lb), [])
+        undo = []
         if unwind.register(lb.eh_frame):
             undo.append(lambda: unwind.deregister(lb.eh_frame))
         if self.debugging():
@@ -108,6 +108,8 @@ class BatchRuntime:
             from . import perfmap
 
             perfmap.append(lb)
+        if undo:
+            self._registered[id(lb)] = undo
 
     def debugging(self) -> bool:
         return self.debugger if self.debugger is not None else being_traced()

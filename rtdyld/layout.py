@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .objfile.model import Section, SectionFlags
+from .objfile.model import Section, SectionFlags, SectionRole
 
 TEXT, RODATA, DATA, BSS = "text", "rodata", "data", "bss"
 SEGMENT_ORDER = (TEXT, RODATA, DATA, BSS)
@@ -20,6 +20,7 @@ SEGMENT_ORDER = (TEXT, RODATA, DATA, BSS)
 # Plain ints: IntFlag arithmetic costs microseconds, and this runs for every section.
 _EXEC, _ZERO_FILL, _WRITE = int(SectionFlags.EXEC), int(SectionFlags.ZERO_FILL), int(SectionFlags.WRITE)
 _TLS = int(SectionFlags.TLS)
+_EH_FRAME = int(SectionRole.EH_FRAME)
 
 
 def segment_of(section: Section) -> str:
@@ -61,13 +62,23 @@ class SegmentPlan:
         return off
 
 
-def place_sections(plans: dict[str, SegmentPlan], placed: list, sections: list) -> None:
+def place_sections(plans: dict[str, SegmentPlan], placed: list, sections: list, set_aside=()) -> tuple[list, list]:
     """``place`` each section (``sections[i]`` is placed[i]'s) in its segment,
-    in order, setting the PlacedSection's ``work`` to its offset there.  One
-    loop over the ends kept in a dict: a call per section costs more than
-    the arithmetic."""
+    in order, setting the PlacedSection's ``work`` to its offset there.
+
+    Unwind tables (role EH_FRAME) of the objects numbered in ``set_aside``
+    are left unplaced: they are returned, as PlacedSections and their
+    Sections, for the caller to place after the rest.  One loop over the
+    ends kept in a dict: a call per section costs more than the arithmetic.
+    """
     ends = {name: plan.size for name, plan in plans.items()}
+    aside: list = []
+    aside_sections: list = []
     for p, s in zip(placed, sections):
+        if s.role == _EH_FRAME and p.obj in set_aside:
+            aside.append(p)
+            aside_sections.append(s)
+            continue
         align = s.align
         off = ends[p.segment]
         if align > 1:
@@ -76,6 +87,7 @@ def place_sections(plans: dict[str, SegmentPlan], placed: list, sections: list) 
         ends[p.segment] = off + s.size
     for name, end in ends.items():
         plans[name].size = end
+    return aside, aside_sections
 
 
 def plan_segments() -> dict[str, SegmentPlan]:

@@ -406,12 +406,11 @@ class Linker:
 
     def _publish(self, parts: list[tuple[Dylib, LinkedBatch]]) -> Handle:
         executable = self._executable()
-        done = []
         try:
             for _, lb in parts:
-                ifunc.bind(lb, executable, run_code=self.run_initializers)
+                if lb.ifunc is not None:
+                    ifunc.bind(lb, executable, run_code=self.run_initializers)
                 lb.allocation.finalize()
-                done.append(lb)
         except Exception as e:
             for _, lb in parts:
                 lb.allocation.release()
@@ -432,17 +431,19 @@ class Linker:
                     initfini.call_all(initfini.initializer_order(lb.allocation.memory, lb.initializers))
             dylib.published.update(lb.definitions)
             self.kept_groups |= lb.kept_groups
-            archives = self._archives(dylib)
-            for p in lb.pulls.values():
-                archives.loaded.add(archives.key(p.member))
+            if lb.pulls:
+                archives = self._archives(dylib)
+                archives.loaded.update([archives.key(p.member) for p in lb.pulls.values()])
         self.handles.append(handle)
         return handle
 
     def _executable(self) -> bool:
         """Whether batches land in this process's memory (not VirtualMemory): code may run."""
-        from memmgr import MemoryManager
+        # The package, not a name from it: a from-import of a package runs
+        # Python-level import code on every call.
+        import memmgr
 
-        return isinstance(self.memory, MemoryManager)
+        return isinstance(self.memory, memmgr.MemoryManager)
 
     def remove(self, handle: Handle, force: bool = False) -> None:
         """Unload a batch.  Refused while live batches refer to it, unless ``force``."""

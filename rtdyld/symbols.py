@@ -84,7 +84,10 @@ class PublishedSymbols(MutableMapping):
                 return
             holders = getattr(other, "holders", None)
             if holders is not None:  # a batch's definitions (BatchDefinitions): by reference
-                self._holder.update(holders())
+                if self._holder:
+                    self._holder.update(holders())
+                else:  # the first publication: its mapping becomes the table, with no second pass
+                    self._holder = holders()
                 return
         super().update(other, **kwargs)
 

@@ -65,10 +65,11 @@ def tls_sections(batch) -> list[int]:
     IntFlag arithmetic costs microseconds per section."""
     found = getattr(batch, "_tls_sections", None)
     if found is None:
-        flags = [s.flags for s in batch.placed_sections]
-        # A batch has a handful of distinct flag values: test those, not every section.
-        tls_flags = {f for f in set(flags) if int(f) & _TLS_FLAG}
-        found = batch._tls_sections = [i for i, f in enumerate(flags) if f in tls_flags] if tls_flags else []
+        sections = batch.placed_sections
+        # A batch has a handful of distinct flag values: test those, not every
+        # section, and walk the sections again only when one is TLS.
+        tls_flags = {f for f in {s.flags for s in sections} if int(f) & _TLS_FLAG}
+        found = batch._tls_sections = [i for i, s in enumerate(sections) if s.flags in tls_flags] if tls_flags else []
     return found
 
 

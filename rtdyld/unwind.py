@@ -30,7 +30,7 @@ import numpy as np
 
 from . import host
 from . import layout as L
-from .objfile.model import ObjectFile, SectionRole
+from .objfile.model import ObjectFile
 
 TERMINATOR = 4  # bytes of zero length word ending the image
 
@@ -45,26 +45,27 @@ class EhFrameImage:
     segment_offset: int  # offset within the read-only segment, before placement
 
 
-def is_unwind_section(obj: ObjectFile, index: int) -> bool:
-    return obj.format == "elf" and obj.sections[index].role == SectionRole.EH_FRAME
+def table_objects(objects: list[ObjectFile]) -> set[int]:
+    """Indices of the ``objects`` whose EH_FRAME sections are unwind tables: the ELF ones."""
+    return {i for i, obj in enumerate(objects) if obj.format == "elf"}
 
 
-def place(plans, placed, objects) -> EhFrameImage | None:
-    """Place every ELF ``.eh_frame`` of the batch contiguously in the read-only
-    segment, then the terminator.  The caller has placed everything else."""
-    first = None
-    end = 0
-    for p in placed:
-        if not is_unwind_section(objects[p.obj], p.index):
-            continue
-        s = objects[p.obj].sections[p.index]
-        p.segment = L.RODATA
-        p.work = plans[L.RODATA].place(s.size, s.align if first is None else 4)
-        first = p.work if first is None else first
-        end = p.work + s.size
-    if first is None:
+def place(rodata, tables: list, sections: list) -> EhFrameImage | None:
+    """Place the batch's unwind tables (``tables``, the PlacedSections of the
+    EH_FRAME sections of :func:`table_objects`, and their ``sections``)
+    contiguously in the read-only segment, ``rodata`` (a SegmentPlan), then
+    the terminator.  The caller has placed everything else."""
+    if not tables:
         return None
-    plans[L.RODATA].place(TERMINATOR, 4)
+    # SegmentPlan.place's arithmetic inline: a call per table costs more than it.
+    align = max(1, sections[0].align)
+    first = work = -(-rodata.size // align) * align
+    for p, s in zip(tables, sections):
+        p.segment = L.RODATA
+        p.work = work
+        end = work + s.size
+        work = -(-end // 4) * 4
+    rodata.size = work + TERMINATOR  # 4-aligned after the last table
     return EhFrameImage(work=0, address=0, size=end + TERMINATOR - first, segment_offset=first)
 
 

@@ -145,3 +145,27 @@ def test_published_symbols_behave_as_a_dict():
     assert p == {"b": newer}
     del p["b"]
     assert p == {} and not p
+
+
+class _Batch(dict):
+    """A batch's definitions as PublishedSymbols takes them: by reference, through ``holders``."""
+
+    def holders(self) -> dict:
+        return dict.fromkeys(self, self)
+
+
+def test_batches_published_by_reference_in_order_and_withdrawn():
+    p = PublishedSymbols()
+    a1, b1, b2, c2 = SymbolDef("a", 1), SymbolDef("b", 1), SymbolDef("b", 2), SymbolDef("c", 2)
+    first, second = _Batch(a=a1, b=b1), _Batch(b=b2, c=c2)
+    p.update(first)  # into an empty table
+    p["d"] = d = SymbolDef("d", 4)
+    p.update(second)
+    assert list(p) == ["a", "b", "d", "c"] and [p[n] for n in p] == [a1, b2, d, c2]
+    p.withdraw(first)  # b is the second batch's now
+    assert dict(p) == {"b": b2, "d": d, "c": c2}
+    p.withdraw(second)
+    del p["d"]
+    assert not p
+    p.update(second)
+    assert dict(p) == {"b": b2, "c": c2}

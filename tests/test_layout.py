@@ -6,8 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rtdyld import layout as L
+from rtdyld import unwind
 from rtdyld.batch import PlacedSection
-from rtdyld.objfile.model import Section, SectionFlags
+from rtdyld.objfile.model import Section, SectionFlags, SectionRole
 
 
 def _section(name: str, flags: SectionFlags, size: int = 16, align: int = 8) -> Section:
@@ -54,3 +55,28 @@ def test_placing_sections_together_is_placing_them_one_by_one(rows, already):
     assert {n: p.size for n, p in together.items()} == {n: p.size for n, p in one_by_one.items()}
     for p, (_, _, align) in zip(placed, rows):
         assert p.work % max(align, 1) == 0
+
+
+def test_unwind_tables_are_set_aside_then_placed_back_to_back_after_the_rest():
+    """An ELF object's .eh_frame goes after the rest of the read-only data, the
+    first keeping its alignment, the others 4-aligned, then a 4-byte terminator;
+    EH_FRAME sections of objects not set aside (Mach-O) are placed in order."""
+    eh = SectionRole.EH_FRAME
+    rows = [  # (object, section)
+        (0, Section(".rodata", b"", 5, 1, SectionFlags.NONE)),
+        (0, Section(".eh_frame", b"", 0x2A, 8, SectionFlags.NONE, eh)),
+        (1, Section("__TEXT,__eh_frame", b"", 16, 8, SectionFlags.NONE, eh)),
+        (0, Section(".rodata.2", b"", 3, 1, SectionFlags.NONE)),
+        (2, Section(".eh_frame", b"", 0x30, 8, SectionFlags.NONE, eh)),
+    ]
+    placed = [PlacedSection(o, i, L.RODATA) for i, (o, _) in enumerate(rows)]
+    plans = L.plan_segments()
+    tables, table_sections = L.place_sections(plans, placed, [s for _, s in rows], {0, 2})
+    assert tables == [placed[1], placed[4]] and table_sections == [rows[1][1], rows[4][1]]
+    assert [p.work for p in (placed[0], placed[2], placed[3])] == [0, 8, 24]
+    assert plans[L.RODATA].size == 27
+    image = unwind.place(plans[L.RODATA], tables, table_sections)
+    assert [p.work for p in tables] == [32, 32 + 0x2C] and {p.segment for p in tables} == {L.RODATA}
+    assert plans[L.RODATA].size == 32 + 0x2C + 0x30 + unwind.TERMINATOR
+    assert (image.segment_offset, image.size) == (32, 0x2C + 0x30 + unwind.TERMINATOR)
+    assert unwind.place(plans[L.RODATA], [], []) is None

@@ -137,6 +137,37 @@ def test_finalize_changes_only_what_is_not_already_rw_code_last(mm, monkeypatch)
     alloc.release()
 
 
+def test_finalize_merges_adjacent_runs_of_one_protection(mm, monkeypatch):
+    """Neighbours with one final protection are sealed by one call; an empty segment
+    takes no pages and parts nothing, a segment staying RW does."""
+    alloc = mm.allocate(
+        [
+            SegmentRequest("ro1", PAGE_SIZE, Prot.R),
+            SegmentRequest("empty", 0, Prot.RX),
+            SegmentRequest("ro2", PAGE_SIZE + 1, Prot.R),
+            SegmentRequest("code1", 10, Prot.RX),
+            SegmentRequest("code2", PAGE_SIZE, Prot.RX),
+            SegmentRequest("data", 10, Prot.RW),
+            SegmentRequest("ro3", 10, Prot.R),
+        ]
+    )
+    calls = []
+    real = memmgr.libc.mprotect
+
+    def recording(addr, length, prot):
+        calls.append((addr - alloc.target_base, length, prot))
+        real(addr, length, prot)
+
+    monkeypatch.setattr(memmgr.libc, "mprotect", recording)
+    alloc.finalize()
+    R, RX = int(Prot.R), int(Prot.RX)
+    assert calls == [(0, 3 * PAGE_SIZE, R), (6 * PAGE_SIZE, PAGE_SIZE, R), (3 * PAGE_SIZE, 2 * PAGE_SIZE, RX)]
+    assert [perms_at(alloc.target_base + page * PAGE_SIZE) for page in range(7)] == (
+        ["r--p"] * 3 + ["r-xp"] * 2 + ["rw-p", "r--p"]
+    )
+    alloc.release()
+
+
 def test_working_memory_of_each_allocation_is_its_own_block(mm):
     first = mm.allocate([SegmentRequest("data", 3 * PAGE_SIZE, Prot.RW)])
     second = mm.allocate([SegmentRequest("data", PAGE_SIZE, Prot.RW)])
