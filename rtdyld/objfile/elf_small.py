@@ -35,25 +35,20 @@ _NONE = int(Edge.NONE)
 
 
 class SymbolColumns(NamedTuple):
-    """The fields of a symbol table the checks and the pull names read, one list each."""
+    """The fields of a symbol table the names and the pull names read, one list each
+    (an archive member's are read for those alone: the checks read st_value themselves)."""
 
     name: list[int]
     info: list[int]
     shndx: list[int]
-    value: list[int]
 
 
 # A table's fields are strided slices of its bytes viewed as words: each
 # column is one C-level copy, and no tuple per row.  Native byte order is
 # the file's: rtdyld reads x86-64 objects on the x86-64 host that runs them.
 def symbol_columns(table: memoryview) -> SymbolColumns:
-    """The st_name, st_info, st_shndx and st_value of each entry of an ELF64 symbol table."""
-    return SymbolColumns(
-        table.cast("I")[0::6].tolist(),
-        table.cast("B")[4::24].tolist(),
-        table.cast("H")[3::12].tolist(),
-        table.cast("Q")[1::3].tolist(),
-    )
+    """The st_name, st_info and st_shndx of each entry of an ELF64 symbol table."""
+    return SymbolColumns(table.cast("I")[0::6].tolist(), table.cast("B")[4::24].tolist(), table.cast("H")[3::12].tolist())
 
 
 def valid(reader, tables: tuple[list[memoryview], list[int]]) -> bool:
@@ -72,7 +67,8 @@ def _symbols_valid(reader) -> bool:
     bounds = reader.bounds  # per section number; -1 where not loaded (unbounded)
     n = len(bounds)
     columns = reader.sym_columns
-    for info, shndx, value in zip(columns.info, columns.shndx, columns.value):
+    values = memoryview(reader.sym_bytes).cast("Q")[1::3].tolist()  # st_value
+    for info, shndx, value in zip(columns.info, columns.shndx, values):
         if _BIND[info >> 4] == 255:
             return False
         if shndx < n:
