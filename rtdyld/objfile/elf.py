@@ -24,6 +24,16 @@ from . import elf_deferred, elf_small
 from . import elf_tables as T
 from .elf_headers import ELF64_EHDR, HeaderError, read_section_headers, section_name, section_names
 from .elf_precheck import SHF_COMPRESSED, check_section_tables
+from .elf_tables import (
+    LOADABLE_TYPES,
+    SHF_ALLOC,
+    SHT_GROUP,
+    SHT_NOBITS,
+    SHT_REL,
+    SHT_RELA,
+    SHT_SYMTAB,
+    SHT_SYMTAB_SHNDX,
+)
 from .model import (
     MAX_ZERO_FILL,
     RELOC_DTYPE,
@@ -134,23 +144,25 @@ class _ElfReader:
         symtabs, shndx_sections, group_sections, loadable, compressed = [], [], [], [], []
         self.rel_sections = rel_sections = []
         for i, (_, t, flags, offset, size, _, _, align, _) in enumerate(headers):
-            if t != T.SHT_NOBITS and i and t != 0 and offset + size > end:
+            if t != SHT_NOBITS and i and t != 0 and offset + size > end:
                 raise self.fail(
                     f"section [{i}] {self._name(i)!r} extends past the end of the file "
                     f"(offset {offset:#x} + size {size:#x} > {end:#x})"
                 )
             if align & (align - 1):
                 raise self.fail(f"section [{i}] {self._name(i)!r} has alignment {align}, not a power of two")
-            if t == T.SHT_RELA or t == T.SHT_REL:
+            # (The kinds are disjoint; the most common first.)
+            if t in LOADABLE_TYPES:
+                if flags & SHF_ALLOC:
+                    loadable.append(i)
+            elif t == SHT_RELA or t == SHT_REL:
                 rel_sections.append(i)
-            elif t == T.SHT_SYMTAB:
+            elif t == SHT_SYMTAB:
                 symtabs.append(i)
-            elif t == T.SHT_SYMTAB_SHNDX:
+            elif t == SHT_SYMTAB_SHNDX:
                 shndx_sections.append(i)
-            elif t == T.SHT_GROUP:
+            elif t == SHT_GROUP:
                 group_sections.append(i)
-            elif flags & T.SHF_ALLOC and t in T.LOADABLE_TYPES:
-                loadable.append(i)
             if flags & SHF_COMPRESSED:
                 compressed.append(i)
         # What the headers say of each other, for the few sections it concerns, in section order.
@@ -202,7 +214,7 @@ class _ElfReader:
         if self.symtab_index is None:
             self.sym_bytes = b""
             self.nsyms = 0
-            self.sym_columns = elf_small.SymbolColumns([], [], [])
+            self.sym_columns = [], [], []
             self.names = []
             return
         headers = self._headers
@@ -218,8 +230,8 @@ class _ElfReader:
             if self.nsyms <= elf_small.ROWS:
                 # A small table as lists of its fields: the names, the pull names
                 # and (read alone) the checks of its rows work on them in plain Python.
-                self.sym_columns = elf_small.symbol_columns(self.sym_bytes)
-                self.names = names_at(strtab, self.sym_columns.name)
+                self.sym_columns = columns = elf_small.symbol_columns(self.sym_bytes)
+                self.names = names_at(strtab, columns[0])
             else:
                 self.names = read_names(strtab, self.raw_syms["st_name"])
         except ValueError as e:
@@ -252,7 +264,7 @@ class _ElfReader:
         self.bounds = bounds = [-1] * n
         for i, name in zip(loadable, section_names(self._shstrtab, headers, loadable)):
             _, t, sh_flags, offset, size, _, _, align, _ = headers[i]
-            zero_fill = t == T.SHT_NOBITS
+            zero_fill = t == SHT_NOBITS
             if zero_fill and size > MAX_ZERO_FILL:
                 raise self.fail(f"section [{i}] {name!r} claims {size} bytes of zero-fill")
             flags, role, priority = _kind(name, t, sh_flags & _FLAG_MASK)

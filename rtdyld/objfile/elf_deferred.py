@@ -232,7 +232,7 @@ def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
     names = reader.names
     columns = reader.sym_columns
     if columns is not None:  # a small table, already unpacked
-        info, shndx = columns.info, columns.shndx
+        _, info, shndx = columns
     else:
         raw = reader.raw_syms
         at = np.flatnonzero(raw["st_info"] >> 4)  # the non-local rows, a few of a big table

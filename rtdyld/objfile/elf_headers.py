@@ -63,28 +63,18 @@ def read_section_headers(data, shoff: int, shentsize: int, shnum: int, shstrndx:
         raise HeaderError(_past_end(shoff, n, size))
     table = memoryview(data)[shoff : shoff + n * SHDR_SIZE]
     rows = list(ELF64_SHDR.iter_unpack(table))
-    return rows, _name_table(data, rows, table, shstrndx)
-
-
-def _past_end(shoff: int, n: int, size: int) -> str:
-    return (f"the table at offset {shoff:#x} ({n} entries of {SHDR_SIZE} bytes) runs past the end of "
-            f"the file ({size} bytes)")
-
-
-def _name_table(data, rows: list[tuple], table: memoryview, shstrndx: int) -> bytes:
-    """The section name table, once every section's name (but section 0's,
-    which names nothing) is known to start in it and end with a NUL."""
-    n = len(rows)
+    # The section name table, once every section's name (but section 0's,
+    # which names nothing) is known to start in it and end with a NUL.
     if shstrndx == 0:
-        return b""
+        return rows, b""
     if shstrndx >= n:
         raise HeaderError(f"section name table index {shstrndx} is past the last section ({n})")
-    _, _, _, offset, size, _, _, _, _ = rows[shstrndx]
-    if offset > len(data) or size > len(data) - offset:
+    _, _, _, offset, length, _, _, _, _ = rows[shstrndx]
+    if offset > size or length > size - offset:
         raise HeaderError(
-            f"section name table (offset {offset:#x}, size {size:#x}) extends past the end of the file"
+            f"section name table (offset {offset:#x}, size {length:#x}) extends past the end of the file"
         )
-    strtab = bytes(memoryview(data)[offset : offset + size])
+    strtab = bytes(memoryview(data)[offset : offset + length])
     # A name is read up to the first NUL at or after its offset: every
     # offset up to the table's last NUL has one, every other has none.
     # (sh_name of each header after the first, one strided slice of the words.)
@@ -92,22 +82,33 @@ def _name_table(data, rows: list[tuple], table: memoryview, shstrndx: int) -> by
     if n > 1 and max(table.cast("I")[16::16]) > last_nul:
         at, i = next((row[0], i) for i, row in enumerate(rows) if i and row[0] > last_nul)
         raise HeaderError(f"section [{i}] name offset {at} is past the section name table or unterminated")
-    return strtab
+    return rows, strtab
+
+
+def _past_end(shoff: int, n: int, size: int) -> str:
+    return (f"the table at offset {shoff:#x} ({n} entries of {SHDR_SIZE} bytes) runs past the end of "
+            f"the file ({size} bytes)")
 
 
 def section_names(strtab: bytes, rows: list[tuple], indices: list[int]) -> list[str]:
-    """The names of the sections ``indices``, ascending (rows as :func:`read_section_headers`
+    """The names of the sections ``indices`` (rows as :func:`read_section_headers`
     gives them, ``strtab`` the name table it checked them against)."""
     if not strtab:
         return [""] * len(indices)
     # (Section 0 is named nothing: its sh_name is not checked.)
-    if strtab.isascii():
-        # Each name sliced out of the table decoded once (ASCII: a string
-        # index is a byte offset), its offset checked with the table.
-        text = strtab.decode("ascii")
-        find = text.index
-        return [text[(at := rows[i][0]) : find("\0", at)] if i else "" for i in indices]
-    return [names_at(strtab, [rows[i][0]])[0] if i else "" for i in indices]
+    if not strtab.isascii():
+        return [names_at(strtab, [rows[i][0]])[0] if i else "" for i in indices]
+    # Each name sliced out of the table decoded once (ASCII: a string index
+    # is a byte offset), its offset checked with the table.  (A plain loop:
+    # a list comprehension is one more function to call, and to fetch into
+    # the caches in a cold link.)
+    text = strtab.decode("ascii")
+    find = text.index
+    names = []
+    for i in indices:
+        at = rows[i][0]
+        names.append(text[at : find("\0", at)] if i else "")
+    return names
 
 
 def section_name(strtab: bytes, rows: list[tuple], i: int) -> str:
