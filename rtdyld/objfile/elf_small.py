@@ -57,7 +57,7 @@ def valid(reader, tables: tuple[list[memoryview], list[int]]) -> bool:
     rela, targets = tables
     if reader.sym_columns is None or reader.xindex is not None or len(reader.bounds) >= T.SHN_LORESERVE:
         return False  # (section numbers that may be reserved ones: the reader tells them apart)
-    if sum(len(t) for t in rela) > ROWS * RELA_SIZE:
+    if sum(map(len, rela)) > ROWS * RELA_SIZE:
         return False
     return _symbols_valid(reader) and _relocations_valid(reader, rela, targets)
 
