@@ -371,7 +371,7 @@ class _ElfReader:
         the section each patches; None if a loaded section has SHT_REL
         entries (their addends are read eagerly)."""
         rela, targets = [], []
-        headers = self._headers
+        headers = self.headers
         for i, t, target in self._relocation_sections():
             if t == T.SHT_REL:
                 return None
