@@ -144,7 +144,7 @@ class _ElfReader:
         symtabs, shndx_sections, group_sections, loadable, compressed = [], [], [], [], []
         self.rel_sections = rel_sections = []
         for i, (_, t, flags, offset, size, _, _, align, _) in enumerate(headers):
-            if t != SHT_NOBITS and i and t != 0 and offset + size > end:
+            if offset + size > end and t != SHT_NOBITS and t != 0 and i:  # (the rare condition first)
                 raise self.fail(
                     f"section [{i}] {self._name(i)!r} extends past the end of the file "
                     f"(offset {offset:#x} + size {size:#x} > {end:#x})"
