@@ -213,13 +213,13 @@ class _ElfReader:
         self.sym_columns = None
         if self.symtab_index is None:
             self.sym_bytes = b""
-            self.nsyms = 0
+            self.nsyms = self.first_global = 0
             self.sym_columns = [], [], []
             self.names = []
             return
         headers = self._headers
         # (The table's entry size, size and link were checked with the other tables: elf_precheck.)
-        _, _, _, offset, size, link, _, _, _ = headers[self.symtab_index]
+        _, _, _, offset, size, link, self.first_global, _, _ = headers[self.symtab_index]  # (sh_info)
         self.sym_bytes = self.view[offset : offset + size]
         self.nsyms = size // T.ELF64_SYM.itemsize
         if link == 0:  # (a section 0 posing as a string table)
@@ -249,6 +249,7 @@ class _ElfReader:
 
     def _select_sections(self, loadable: list[int], group_sections: list[int]) -> None:
         """Pick the sections to load (``loadable``) and read COMDAT groups."""
+        self.loadable = loadable  # (their section numbers)
         self.sections: list[Section] = []
         self.groups: list[Group] = []
         sections = self.sections
