@@ -34,7 +34,7 @@ def parse_member(data: bytes, name: str) -> ObjectFile:
     symbol and relocation tables are converted with the batch's
     (rtdyld.objfile.elf_deferred)."""
     if data[:4] == ELF_MAGIC:
-        return read_elf(data, name, True)
+        return read_elf(data, name, defer_tables=True)
     return parse_object(data, name)
 
 
