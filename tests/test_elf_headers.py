@@ -13,6 +13,7 @@ import pytest
 from fixtures_build import C_FLAG_SETS
 
 import rtdyld
+from rtdyld.objfile.elf import read_elf
 
 PIE = C_FLAG_SETS["O2-pie"]
 # More sections than e_shnum can hold (SHN_LORESERVE is 0xff00).
@@ -95,3 +96,14 @@ def test_malformed_section_header_table(build, what):
         ln.add_object(bytes(data), name="headers.o")
     assert str(exc.value).startswith("headers.o: bad section headers: "), str(exc.value)
     assert message in str(exc.value)
+
+
+def test_section_names_that_are_not_ascii(build):
+    # Names are bytes to ELF: one not valid UTF-8 reads with its bytes escaped, as symbol names do.
+    data = bytearray(build.cc_bytes("errors/ok.c", *PIE))
+    (names,) = struct.unpack_from("<Q", data, _shoff(data) + 64 * _shstrndx(data) + 0x18)
+    at = data.index(b".text\0", names)
+    data[at + 2] = 0xE9  # ".t\xe9xt"
+    obj = read_elf(bytes(data), "names.o")
+    assert ".t\udce9xt" in [s.name for s in obj.sections]
+    assert ".text" not in [s.name for s in obj.sections]

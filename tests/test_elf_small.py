@@ -85,6 +85,19 @@ def test_rows_out_of_order_are_sorted_as_the_reader_sorts_them(build):
     assert np.array_equal(relocs, vectorised(bytes(data))[1])
 
 
+def test_a_none_row_pointing_past_its_section_is_dropped_as_the_reader_drops_it(build):
+    # R_X86_64_NONE writes nothing, so where it points is not checked.
+    data = bytearray(build.cc_bytes("switch.c", *PIE))
+    at, _ = rela_entries(bytes(data))
+    struct.pack_into("<QQ", data, at, 0x7FFFFFF0, 0)  # r_offset far past .text; r_info: type 0, symbol 0
+    assert small(bytes(data))
+    obj = parse_object(bytes(data), "switch.o")
+    want_symbols, want_relocs = vectorised(bytes(data))
+    assert 0x7FFFFFF0 not in obj.relocs["offset"] and len(obj.relocs) > 0
+    assert np.array_equal(obj.symbols, want_symbols)
+    assert np.array_equal(obj.relocs, want_relocs)
+
+
 def test_a_table_too_big_is_left_to_the_vectorised_conversion(build, monkeypatch):
     data = build.cc_bytes("switch.c", *PIE)
     _, count = rela_entries(data)

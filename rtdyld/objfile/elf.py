@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import re
 import struct
+from dataclasses import fields
 
 import numpy as np
 
@@ -21,9 +22,18 @@ from ..errors import LinkError, MalformedObjectError, UnsupportedRelocationError
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_deferred, elf_small
 from . import elf_tables as T
-from .elf_headers import HeaderError, read_section_headers
-from .elf_headers import SectionHeader as _Header
-from .elf_precheck import check_section_tables
+from .elf_headers import ELF64_EHDR, HeaderError, read_section_headers, section_name, section_names
+from .elf_precheck import SHF_COMPRESSED, check_section_tables
+from .elf_tables import (
+    LOADABLE_TYPES,
+    SHF_ALLOC,
+    SHT_GROUP,
+    SHT_NOBITS,
+    SHT_REL,
+    SHT_RELA,
+    SHT_SYMTAB,
+    SHT_SYMTAB_SHNDX,
+)
 from .model import (
     MAX_ZERO_FILL,
     RELOC_DTYPE,
@@ -40,14 +50,24 @@ from .records import join
 from .strtab import names_at, read_names
 
 _PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
+# Sections and objects are made with positional arguments, in the order of
+# the model's fields: a dataclass takes keyword arguments at twice the cost,
+# which is a tenth of reading a small archive member.
+assert [f.name for f in fields(Section)] == [
+    "name", "data", "size", "align", "flags", "role", "priority", "group", "source_index"]
+assert [f.name for f in fields(ObjectFile)][:9] == [
+    "name", "format", "sections", "symbols", "names", "relocs", "groups", "symbol_prefix", "rtype_names"]
 _WIDTH = WIDTH.astype(np.uint64)
 _NONE = int(Edge.NONE)
 # Checks below test "any row bad?" with np.count_nonzero: a fifth of the cost of
 # ndarray.any(), which matters with a dozen checks per archive member.
 
 
+ELF_MAGIC = b"\x7fELF"
+
+
 def is_elf(data: bytes | memoryview) -> bool:
-    return bytes(data[:4]) == b"\x7fELF"
+    return bytes(data[:4]) == ELF_MAGIC
 
 
 def read_elf(data: bytes | memoryview, name: str, defer_tables: bool = False) -> ObjectFile:
@@ -64,6 +84,7 @@ class _ElfReader:
         self.data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
         self.view = memoryview(self.data)  # sliced for each section's bytes, uncopied
         self._headers = None
+        self._shstrtab = b""
         self.name = name
 
     def fail(self, msg: str) -> MalformedObjectError:
@@ -80,58 +101,73 @@ class _ElfReader:
             # of them would set off a garbage collection.
             self.sym_columns = None
             self._headers = None
+            self._shstrtab = b""
 
     @property
-    def headers(self) -> list[_Header]:
-        """The section headers; read again after :meth:`read` let them go,
-        for converting a member's tables alone (to name a bad row)."""
+    def headers(self) -> list[tuple]:
+        """The section headers (tuples, :mod:`.elf_headers`); read again
+        after :meth:`read` let them go, for converting a member's tables
+        alone (to name a bad row)."""
         if self._headers is None:
-            self._headers = read_section_headers(self.data)  # checked when first read
+            _, _, _, _, _, *table = ELF64_EHDR.unpack_from(self.data)
+            self._headers, self._shstrtab = read_section_headers(self.data, *table)  # checked when first read
         return self._headers
+
+    def _name(self, i: int) -> str:
+        """Section ``i``'s name: decoded only for the sections loaded and for messages."""
+        headers = self.headers  # (first: it reads the name table again if read() let it go)
+        return section_name(self._shstrtab, headers, i)
 
     def _read(self, defer_tables: bool) -> ObjectFile:
         d = self.data
-        if len(d) < 64 or not is_elf(d):
+        if len(d) < 64:
             raise self.fail("not an ELF object (bad magic or truncated header)")
-        if d[4] != 2:
+        magic, elf_class, encoding, e_type, machine, *table = ELF64_EHDR.unpack_from(d)
+        if magic != ELF_MAGIC:
+            raise self.fail("not an ELF object (bad magic or truncated header)")
+        if elf_class != 2:
             raise self.fail("wrong ELF class: only 64-bit (ELFCLASS64) objects are supported")
-        if d[5] != 1:
+        if encoding != 1:
             raise self.fail("wrong data encoding: only little-endian x86-64 objects are supported")
-        e_type = int.from_bytes(d[16:18], "little")
-        machine = int.from_bytes(d[18:20], "little")
         if machine != T.EM_X86_64:
             raise self.fail(f"wrong machine {machine}: only x86-64 (EM_X86_64) objects are supported")
         if e_type != T.ET_REL:
             raise self.fail(f"not a relocatable object (e_type {e_type}); rtdyld links .o files")
         try:
             # (Read through the attribute, not the property, while reading: tens of look-ups an object.)
-            self._headers = headers = read_section_headers(d)
+            headers, self._shstrtab = read_section_headers(d, *table)
         except HeaderError as e:
             raise self.fail(f"bad section headers: {e}") from None
+        self._headers = headers
         end = len(d)
         # The one walk over the headers: check each, and sort out the few kinds later steps read.
-        symtabs, shndx_sections, group_sections, loadable = [], [], [], []
-        self.rel_sections = []
-        for i, h in enumerate(headers):
-            t = h.type
-            if t != T.SHT_NOBITS and i and t != 0 and h.offset + h.size > end:
+        symtabs, shndx_sections, group_sections, loadable, compressed = [], [], [], [], []
+        self.rel_sections = rel_sections = []
+        for i, (_, t, flags, offset, size, _, _, align, _) in enumerate(headers):
+            if offset + size > end and t != SHT_NOBITS and t != 0 and i:  # (the rare condition first)
                 raise self.fail(
-                    f"section [{i}] {h.name!r} extends past the end of the file "
-                    f"(offset {h.offset:#x} + size {h.size:#x} > {end:#x})"
+                    f"section [{i}] {self._name(i)!r} extends past the end of the file "
+                    f"(offset {offset:#x} + size {size:#x} > {end:#x})"
                 )
-            if h.align & (h.align - 1):
-                raise self.fail(f"section [{i}] {h.name!r} has alignment {h.align}, not a power of two")
-            if t == T.SHT_RELA or t == T.SHT_REL:
-                self.rel_sections.append(i)
-            elif t == T.SHT_SYMTAB:
+            if align & (align - 1):
+                raise self.fail(f"section [{i}] {self._name(i)!r} has alignment {align}, not a power of two")
+            # (The kinds are disjoint; the most common first.)
+            if t in LOADABLE_TYPES:
+                if flags & SHF_ALLOC:
+                    loadable.append(i)
+            elif t == SHT_RELA or t == SHT_REL:
+                rel_sections.append(i)
+            elif t == SHT_SYMTAB:
                 symtabs.append(i)
-            elif t == T.SHT_SYMTAB_SHNDX:
+            elif t == SHT_SYMTAB_SHNDX:
                 shndx_sections.append(i)
-            elif t == T.SHT_GROUP:
+            elif t == SHT_GROUP:
                 group_sections.append(i)
-            elif h.flags & T.SHF_ALLOC and t in T.LOADABLE_TYPES:
-                loadable.append(i)
-        check_section_tables(headers, self.fail)
+            if flags & SHF_COMPRESSED:
+                compressed.append(i)
+        # What the headers say of each other, for the few sections it concerns, in section order.
+        tables = sorted({*symtabs, *rel_sections, *compressed}) if compressed else sorted(symtabs + rel_sections)
+        check_section_tables(headers, tables, self._name, self.fail)
         self._read_symtab(symtabs, shndx_sections)
         self._select_sections(loadable, group_sections)
         if defer_tables:
@@ -154,24 +190,18 @@ class _ElfReader:
 
     def object(self, cls: type[ObjectFile], symbols: np.ndarray | None, relocs: np.ndarray | None) -> ObjectFile:
         """The object read, as ``cls``, with these tables."""
-        return cls(
-            name=self.name,
-            format="elf",
-            sections=self.sections,
-            symbols=symbols,
-            names=self.names,
-            relocs=relocs,
-            groups=self.groups,
-            rtype_names=T.R_X86_64,
-        )
+        # (name, format, sections, symbols, names, relocs, groups, symbol_prefix, rtype_names)
+        return cls(self.name, "elf", self.sections, symbols, self.names, relocs, self.groups, "", T.R_X86_64)
 
-    def _bytes(self, h: _Header) -> memoryview:
-        return self.view[h.offset : h.offset + h.size]
+    def _bytes(self, i: int) -> memoryview:
+        _, _, _, offset, size, _, _, _, _ = self.headers[i]
+        return self.view[offset : offset + size]
 
-    def _table(self, h: _Header, dtype: np.dtype, what: str) -> np.ndarray:
-        if h.size % dtype.itemsize:
-            raise self.fail(f"{what} section {h.name!r} size {h.size} is not a multiple of {dtype.itemsize}")
-        return np.frombuffer(self._bytes(h), dtype=dtype)
+    def _table(self, i: int, dtype: np.dtype, what: str) -> np.ndarray:
+        size = self.headers[i][4]
+        if size % dtype.itemsize:
+            raise self.fail(f"{what} section {self._name(i)!r} size {size} is not a multiple of {dtype.itemsize}")
+        return np.frombuffer(self._bytes(i), dtype=dtype)
 
     # --- symbols -------------------------------------------------------------
 
@@ -183,33 +213,32 @@ class _ElfReader:
         self.sym_columns = None
         if self.symtab_index is None:
             self.sym_bytes = b""
-            self.nsyms = 0
-            self.sym_columns = elf_small.SymbolColumns([], [], [], [])
+            self.nsyms = self.first_global = 0
+            self.sym_columns = [], [], []
             self.names = []
             return
         headers = self._headers
-        h = headers[self.symtab_index]
-        if h.size % T.ELF64_SYM.itemsize:
-            raise self.fail(f"symbol table section {h.name!r} size {h.size} is not a multiple of {T.ELF64_SYM.itemsize}")
-        self.sym_bytes = self._bytes(h)
-        self.nsyms = h.size // T.ELF64_SYM.itemsize
-        if not 0 < h.link < len(headers) or headers[h.link].type != T.SHT_STRTAB:
-            raise self.fail(f"symbol table's string table index {h.link} is not a string table")
-        strtab = self._bytes(headers[h.link])
+        # (The table's entry size, size and link were checked with the other tables: elf_precheck.)
+        _, _, _, offset, size, link, self.first_global, _, _ = headers[self.symtab_index]  # (sh_info)
+        self.sym_bytes = self.view[offset : offset + size]
+        self.nsyms = size // T.ELF64_SYM.itemsize
+        if link == 0:  # (a section 0 posing as a string table)
+            raise self.fail(f"symbol table's string table index {link} is not a string table")
+        _, _, _, offset, size, _, _, _, _ = headers[link]
+        strtab = bytes(self.data[offset : offset + size])  # (the file's bytes: a slice is the copy)
         try:
             if self.nsyms <= elf_small.ROWS:
                 # A small table as lists of its fields: the names, the pull names
                 # and (read alone) the checks of its rows work on them in plain Python.
-                self.sym_columns = elf_small.symbol_columns(self.sym_bytes)
-                self.names = names_at(bytes(strtab), self.sym_columns.name)
+                self.sym_columns = columns = elf_small.symbol_columns(self.sym_bytes)
+                self.names = names_at(strtab, columns[0])
             else:
                 self.names = read_names(strtab, self.raw_syms["st_name"])
         except ValueError as e:
             raise self.fail(f"symbol table: {e}") from None
         for i in shndx_sections:
-            sh = headers[i]
-            if sh.link == self.symtab_index:
-                self.xindex = self._table(sh, np.dtype("<u4"), "extended section index")
+            if headers[i][5] == self.symtab_index:  # sh_link
+                self.xindex = self._table(i, np.dtype("<u4"), "extended section index")
                 if len(self.xindex) < self.nsyms:
                     raise self.fail("extended section index table is shorter than the symbol table")
 
@@ -220,6 +249,7 @@ class _ElfReader:
 
     def _select_sections(self, loadable: list[int], group_sections: list[int]) -> None:
         """Pick the sections to load (``loadable``) and read COMDAT groups."""
+        self.loadable = loadable  # (their section numbers)
         self.sections: list[Section] = []
         self.groups: list[Group] = []
         sections = self.sections
@@ -233,43 +263,36 @@ class _ElfReader:
         # unbounded (NO_SECTION as a signed 64-bit number: the batch
         # conversion turns these lists into arrays, small numbers at C speed).
         self.bounds = bounds = [-1] * n
-        for i in loadable:
-            h = headers[i]
-            zero_fill = h.type == T.SHT_NOBITS
-            if zero_fill and h.size > MAX_ZERO_FILL:
-                raise self.fail(f"section [{i}] {h.name!r} claims {h.size} bytes of zero-fill")
-            flags, role, priority = _kind(h.name, h.type, h.flags & _FLAG_MASK)
+        for i, name in zip(loadable, section_names(self._shstrtab, headers, loadable)):
+            _, t, sh_flags, offset, size, _, _, align, _ = headers[i]
+            zero_fill = t == SHT_NOBITS
+            if zero_fill and size > MAX_ZERO_FILL:
+                raise self.fail(f"section [{i}] {name!r} claims {size} bytes of zero-fill")
+            flags, role, priority = _kind(name, t, sh_flags & _FLAG_MASK)
             model_index[i] = len(sections)
-            bounds[i] = h.size
+            bounds[i] = size
+            # (name, data, size, align, flags, role, priority, group, source_index)
             sections.append(
-                Section(
-                    name=h.name,
-                    data=b"" if zero_fill else view[h.offset : h.offset + h.size],
-                    size=h.size,
-                    align=h.align,
-                    flags=flags,
-                    role=role,
-                    priority=priority,
-                    source_index=i,
-                )
+                Section(name, b"" if zero_fill else view[offset : offset + size], size, align or 1, flags, role,
+                        priority, None, i)
             )
         for i in group_sections:
-            h = headers[i]
-            if h.size % 4:
-                raise self.fail(f"group section {h.name!r} size {h.size} is not a multiple of 4")
-            words = struct.unpack_from(f"<{h.size // 4}I", self.data, h.offset)
+            _, _, _, offset, size, link, info, _, _ = headers[i]
+            if size % 4:
+                raise self.fail(f"group section {self._name(i)!r} size {size} is not a multiple of 4")
+            words = struct.unpack_from(f"<{size // 4}I", self.data, offset)
             if len(words) == 0 or not (words[0] & T.GRP_COMDAT):
                 continue
-            if h.link != self.symtab_index or h.info >= self.nsyms:
-                raise self.fail(f"group section [{i}] {h.name!r} has a bad signature symbol {h.info}")
+            if link != self.symtab_index or info >= self.nsyms:
+                raise self.fail(f"group section [{i}] {self._name(i)!r} has a bad signature symbol {info}")
             members = words[1:]
             if members and max(members) >= n:
-                raise self.fail(f"group section [{i}] {h.name!r} names a section past the last one")
+                raise self.fail(f"group section [{i}] {self._name(i)!r} names a section past the last one")
             loaded = [model_index[m] for m in members if model_index[m] >= 0]
             gi = len(self.groups)
             for m in loaded:
                 self.sections[m].group = gi
-            self.groups.append(Group(signature=self.names[h.info] or h.name, sections=loaded))
+            self.groups.append(Group(signature=self.names[info] or self._name(i), sections=loaded))
 
     def _convert_symbols(self) -> np.ndarray:
         raw = self.raw_syms
@@ -328,29 +351,34 @@ class _ElfReader:
     # --- relocations ------------------------------------------------------------
 
     def _relocation_sections(self):
-        """``(header, model section index)`` of each SHT_RELA/SHT_REL table
-        that patches a loaded section.  Their entry sizes and links to the
-        (one) symbol table were checked with the other tables (:mod:`.elf_precheck`)."""
+        """``(section number, SHT_RELA or SHT_REL, model section index)`` of
+        each relocation table that patches a loaded section.  Their entry
+        sizes and links to the (one) symbol table were checked with the
+        other tables (:mod:`.elf_precheck`)."""
         headers = self.headers
+        n = len(headers)
+        model_index = self.model_index
         for i in self.rel_sections:
-            h = headers[i]
-            if h.info >= len(headers):
-                raise self.fail(f"relocation section [{i}] {h.name!r} applies to missing section {h.info}")
-            target = self.model_index[h.info]
+            _, t, _, _, _, _, info, _, _ = headers[i]
+            if info >= n:
+                raise self.fail(f"relocation section [{i}] {self._name(i)!r} applies to missing section {info}")
+            target = model_index[info]
             if target < 0:
                 continue  # debug info and other sections we do not load
-            yield h, target
+            yield i, t, target
 
     def _rela_tables(self) -> tuple[list[memoryview], list[int]] | None:
         """The bytes of the non-empty SHT_RELA tables of loaded sections and
         the section each patches; None if a loaded section has SHT_REL
         entries (their addends are read eagerly)."""
         rela, targets = [], []
-        for h, target in self._relocation_sections():
-            if h.type == T.SHT_REL:
+        headers = self.headers
+        for i, t, target in self._relocation_sections():
+            if t == T.SHT_REL:
                 return None
-            if h.size:
-                rela.append(self._bytes(h))
+            _, _, _, offset, size, _, _, _, _ = headers[i]
+            if size:
+                rela.append(self.view[offset : offset + size])
                 targets.append(target)
         return rela, targets
 
@@ -359,12 +387,12 @@ class _ElfReader:
         # per-call cost of numpy, not the row count, dominates for archive
         # members); SHT_REL, which x86-64 compilers do not emit, one by one.
         rela, rela_targets, parts = [], [], []
-        for h, target in self._relocation_sections():
-            if h.type == T.SHT_RELA:
-                rela.append(self._table(h, T.ELF64_RELA, "relocation"))
+        for i, t, target in self._relocation_sections():
+            if t == T.SHT_RELA:
+                rela.append(self._table(i, T.ELF64_RELA, "relocation"))
                 rela_targets.append(target)
             else:
-                raw = self._table(h, T.ELF64_REL, "relocation")
+                raw = self._table(i, T.ELF64_REL, "relocation")
                 parts.append(self._convert_relocs(raw, False, np.full(len(raw), target, dtype=np.int32), symbols))
         if rela:
             targets = np.repeat(np.array(rela_targets, dtype=np.int32), [len(r) for r in rela])

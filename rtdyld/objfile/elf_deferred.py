@@ -228,27 +228,31 @@ def _deferred(reader, symbols: np.ndarray | None, tables: tuple[list[memoryview]
 def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
     """:func:`_pull_names` from the raw symbol table (the section numbers and
     bindings the conversion maps; rows it would reject count for neither)."""
-    loaded = reader.model_index
-    n = len(loaded)
     names = reader.names
-    defined, needed = [], []
     columns = reader.sym_columns
-    if columns is not None:  # a small table, already unpacked: a plain loop
-        # st_info below 16 is local binding, most of an object's symbols.
-        named = ((name, shndx, info >> 4) for name, info, shndx in zip(names, columns.info, columns.shndx)
-                 if info >= 16)
+    if columns is not None:  # a small table, already unpacked
+        _, info, shndx = columns
+        first = reader.first_global
+        if 0 < first <= len(info) and max(info[:first]) < 16:
+            # The rows before sh_info are local, as ELF has it: only the rest are looked at.
+            names, info, shndx = names[first:], info[first:], shndx[first:]
     else:
         raw = reader.raw_syms
-        binding = raw["st_info"] >> 4
-        at = np.flatnonzero(binding)
-        named = zip([names[i] for i in at.tolist()], raw["st_shndx"][at].tolist(), binding[at].tolist())
-    for name, shndx, b in named:
-        if not name:
+        at = np.flatnonzero(raw["st_info"] >> 4)  # the non-local rows, a few of a big table
+        names = [names[i] for i in at.tolist()]
+        info, shndx = raw["st_info"][at].tolist(), raw["st_shndx"][at].tolist()
+    # Where a non-local symbol is a definition: a loaded section, SHN_ABS or SHN_COMMON.
+    defining = {*reader.loadable, T.SHN_ABS, T.SHN_COMMON}
+    defined, needed = [], []
+    # One plain loop (a generator or two comprehensions cost more); st_info
+    # below 16 is local binding.
+    for name, i, k in zip(names, info, shndx):
+        if i < 16 or not name:
             continue
-        if shndx == T.SHN_UNDEF:
-            if b in _STB_GLOBAL:
+        if not k:  # SHN_UNDEF
+            if i >> 4 in _STB_GLOBAL:
                 needed.append(name)
-        elif shndx == T.SHN_ABS or shndx == T.SHN_COMMON or (shndx < n and loaded[shndx] >= 0):
+        elif k in defining:
             defined.append(name)
     return defined, needed
 

@@ -24,36 +24,41 @@ _LINKS = {SHT_SYMTAB: (SHT_STRTAB, "its string table"), SHT_RELA: (SHT_SYMTAB, "
           SHT_REL: (SHT_SYMTAB, "a symbol table")}  # fmt: skip
 
 
-def check_section_tables(headers: list, fail: Callable[[str], Exception]) -> None:
+def check_section_tables(
+    headers: list[tuple], indices: list[int], name: Callable[[int], str], fail: Callable[[str], Exception]
+) -> None:
     """Raise ``fail(message)`` if a table the headers describe cannot be read as is.
 
-    ``headers`` are the object's section headers (``elf_headers.SectionHeader``).
-    A plain loop: an object has tens of sections, and numpy calls on arrays
-    that small cost more than they save.
+    ``headers`` are the object's section headers (as
+    ``elf_headers.read_section_headers`` gives them), ``indices`` (in
+    order) those of its symbol and relocation tables and of its compressed
+    sections: the reader sorts them out in its walk over the headers, so
+    that the others are not looked at twice.  ``name(i)`` is section i's
+    name, for a message.
     """
     n = len(headers)
-    for i, h in enumerate(headers):
-        sized = _ENTRY_SIZES.get(h.type)
+    for i in indices:
+        _, t, flags, _, size, link, _, _, entsize = headers[i]
+        sized = _ENTRY_SIZES.get(t)
         if sized is not None:
             kind, want = sized
-            if h.entsize != want or h.size % want:
+            if entsize != want or size % want:
                 raise fail(
-                    f"{_label(i, h)} ({kind}) has entry size {h.entsize} and size {h.size}; {kind} entries are "
+                    f"{_label(i, name)} ({kind}) has entry size {entsize} and size {size}; {kind} entries are "
                     f"{want} bytes"
                 )
             # Every table with an entry size also has a link to check.
-            want_type, what = _LINKS[h.type]
-            target = h.link
-            if target >= n or headers[target].type != want_type:
-                found = f"section [{target}] of type {headers[target].type}" if target < n else "no section"
-                raise fail(f"{_label(i, h)} links to {found} (sh_link {target}), not to {what}")
-        if h.flags & SHF_COMPRESSED and h.type != SHT_NOBITS and h.size < CHDR_SIZE:
+            want_type, what = _LINKS[t]
+            if link >= n or headers[link][1] != want_type:
+                found = f"section [{link}] of type {headers[link][1]}" if link < n else "no section"
+                raise fail(f"{_label(i, name)} links to {found} (sh_link {link}), not to {what}")
+        if flags & SHF_COMPRESSED and t != SHT_NOBITS and size < CHDR_SIZE:
             raise fail(
-                f"{_label(i, h)} is compressed (SHF_COMPRESSED) but too small ({h.size} bytes) for its "
+                f"{_label(i, name)} is compressed (SHF_COMPRESSED) but too small ({size} bytes) for its "
                 f"{CHDR_SIZE}-byte compression header"
             )
 
 
-def _label(i: int, h) -> str:
-    # Built only for a message: formatting it for every header cost more than the checks.
-    return f"section [{i}] {h.name!r}"
+def _label(i: int, name: Callable[[int], str]) -> str:
+    # Built only for a message: a section's name is decoded only then.
+    return f"section [{i}] {name(i)!r}"

@@ -3,8 +3,9 @@
 A program object added on its own has a dozen symbols and a few dozen
 relocations.  Checking tables that small with numpy costs some fifty calls
 whose fixed cost (and, in a cold link, the cache misses of numpy's code)
-is many times the work on the rows; a loop over the fields (a list each,
-see :func:`symbol_columns`) is faster up to a few hundred rows.  An
+is many times the work on the rows; a loop over the symbols' fields (a
+list each, see :func:`symbol_columns`) and built-in functions over the
+relocations' are faster up to a few hundred rows.  An
 object whose rows all pass has its tables converted with its batch's
 (:mod:`.elf_deferred`), where it adds rows, not calls.  Larger tables
 keep the reader's vectorised checks.
@@ -16,7 +17,8 @@ error; so this module never words an error itself.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from itertools import compress
+from operator import add
 
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
@@ -29,31 +31,23 @@ ROWS = 192
 RELA_SIZE = 24
 
 _BIND = T.BIND_MAP.tolist()  # 255: unknown binding
-_EDGE = T.ELF_EDGE.tolist()  # T.UNSUPPORTED: no edge kind
-_WIDTH = [int(w) for w in WIDTH]
-_NONE = int(Edge.NONE)
-
-
-class SymbolColumns(NamedTuple):
-    """The fields of a symbol table the checks and the pull names read, one list each."""
-
-    name: list[int]
-    info: list[int]
-    shndx: list[int]
-    value: list[int]
+# Relocations are checked a table at a time by built-in functions over the
+# fields (max, set inclusion, map): no Python code runs per row.
+_EDGE = T.ELF_EDGE.tolist()[:-1]  # per relocation type; T.UNSUPPORTED: no edge kind
+_SUPPORTED = frozenset(t for t, kind in enumerate(_EDGE) if kind != T.UNSUPPORTED)
+# Per supported relocation type: how many bytes it writes (none for R_X86_64_NONE).
+_REACH = [0 if kind == Edge.NONE or kind == T.UNSUPPORTED else int(WIDTH[kind]) for kind in _EDGE]
 
 
 # A table's fields are strided slices of its bytes viewed as words: each
 # column is one C-level copy, and no tuple per row.  Native byte order is
 # the file's: rtdyld reads x86-64 objects on the x86-64 host that runs them.
-def symbol_columns(table: memoryview) -> SymbolColumns:
-    """The st_name, st_info, st_shndx and st_value of each entry of an ELF64 symbol table."""
-    return SymbolColumns(
-        table.cast("I")[0::6].tolist(),
-        table.cast("B")[4::24].tolist(),
-        table.cast("H")[3::12].tolist(),
-        table.cast("Q")[1::3].tolist(),
-    )
+def symbol_columns(table: memoryview) -> tuple[list[int], list[int], list[int]]:
+    """The st_name, st_info and st_shndx of each entry of an ELF64 symbol
+    table, one list each: what the names and the pull names read (the
+    checks read st_value themselves: an archive member's rows are not
+    checked on their own)."""
+    return table.cast("I")[0::6].tolist(), table.cast("B")[4::24].tolist(), table.cast("H")[3::12].tolist()
 
 
 def valid(reader, tables: tuple[list[memoryview], list[int]]) -> bool:
@@ -63,16 +57,18 @@ def valid(reader, tables: tuple[list[memoryview], list[int]]) -> bool:
     rela, targets = tables
     if reader.sym_columns is None or reader.xindex is not None or len(reader.bounds) >= T.SHN_LORESERVE:
         return False  # (section numbers that may be reserved ones: the reader tells them apart)
-    if sum(len(t) for t in rela) > ROWS * RELA_SIZE:
+    if sum(map(len, rela)) > ROWS * RELA_SIZE:
         return False
     return _symbols_valid(reader) and _relocations_valid(reader, rela, targets)
 
 
 def _symbols_valid(reader) -> bool:
+    # (A plain loop: a dozen symbols, where setting up the built-ins' look-ups would cost more.)
     bounds = reader.bounds  # per section number; -1 where not loaded (unbounded)
     n = len(bounds)
-    columns = reader.sym_columns
-    for info, shndx, value in zip(columns.info, columns.shndx, columns.value):
+    _, infos, shndxs = reader.sym_columns
+    values = memoryview(reader.sym_bytes).cast("Q")[1::3].tolist()  # st_value
+    for info, shndx, value in zip(infos, shndxs, values):
         if _BIND[info >> 4] == 255:
             return False
         if shndx < n:
@@ -84,16 +80,15 @@ def _symbols_valid(reader) -> bool:
 
 
 def _relocations_valid(reader, rela: list[memoryview], targets: list[int]) -> bool:
-    sizes = [s.size for s in reader.sections]
+    sections = reader.sections
     nsyms = reader.nsyms
-    last = len(_EDGE) - 1
     for table, target in zip(rela, targets):
-        size = sizes[target]
-        words = table.cast("Q")  # r_offset, r_info, r_addend
-        for offset, info in zip(words[0::3].tolist(), words[1::3].tolist()):
-            kind = _EDGE[min(info & 0xFFFFFFFF, last)]
-            if info >> 32 >= nsyms or kind == T.UNSUPPORTED:
-                return False
-            if kind != _NONE and offset + _WIDTH[kind] > size:
-                return False
+        words = table.cast("I")  # per row: r_offset (two words), r_info's type and symbol, r_addend (two)
+        types = words[2::6]
+        if not _SUPPORTED.issuperset(types) or max(words[3::6]) >= nsyms:
+            return False
+        # Where each write ends; R_X86_64_NONE (type 0) writes nothing, wherever it points.
+        ends = compress(map(add, table.cast("Q")[0::3], map(_REACH.__getitem__, types)), types)
+        if max(ends, default=0) > sections[target].size:
+            return False
     return True
