@@ -47,6 +47,18 @@ def encode(key: bytes, data: bytes, module: str, symbols: list[str], settings: d
     return HEADER.pack(MAGIC, FORMAT_VERSION, key, len(meta), len(data), checksum) + meta + data
 
 
+def check_stamp(found: tuple[bytes, int, bytes], expected: tuple[bytes, int, bytes]) -> None:
+    """Raise CorruptEntry unless an entry's ``(magic, format version, key)``
+    are those ``expected``."""
+    (magic, version, key), (want_magic, want_version, want_key) = found, expected
+    if magic != want_magic:
+        raise CorruptEntry(f"bad magic {magic!r}")
+    if version != want_version:
+        raise CorruptEntry(f"format version {version}, expected {want_version}")
+    if key != want_key:
+        raise CorruptEntry("stored under another key")
+
+
 def verify_header(blob, key: bytes, header: struct.Struct, magic: bytes, version: int) -> tuple[int, int, object]:
     """``(meta length, body length, checksum)`` from the header of an entry laid
     out as ``magic | format | key | meta length | body length | checksum``,
@@ -55,12 +67,7 @@ def verify_header(blob, key: bytes, header: struct.Struct, magic: bytes, version
     if len(blob) < header.size:
         raise CorruptEntry(f"{len(blob)} bytes, shorter than the {header.size}-byte header")
     found, found_version, stored_key, meta_len, body_len, checksum = header.unpack_from(blob)
-    if found != magic:
-        raise CorruptEntry(f"bad magic {found!r}")
-    if found_version != version:
-        raise CorruptEntry(f"format version {found_version}, expected {version}")
-    if stored_key != key:
-        raise CorruptEntry("stored under another key")
+    check_stamp((found, found_version, stored_key), (magic, version, key))
     if header.size + meta_len + body_len != len(blob):
         raise CorruptEntry(f"header promises {header.size + meta_len + body_len} bytes, file has {len(blob)}")
     return meta_len, body_len, checksum
@@ -68,7 +75,7 @@ def verify_header(blob, key: bytes, header: struct.Struct, magic: bytes, version
 
 def decode(blob: bytes, key: bytes) -> Entry:
     """The entry in ``blob``, which must be stored under ``key``; raises CorruptEntry."""
-    meta_len, data_len, checksum = verify_header(blob, key, HEADER, MAGIC, FORMAT_VERSION)
+    meta_len, _data_len, checksum = verify_header(blob, key, HEADER, MAGIC, FORMAT_VERSION)
     body = memoryview(blob)[HEADER.size:]
     if hashlib.sha256(body).digest() != checksum:
         raise CorruptEntry("checksum mismatch")

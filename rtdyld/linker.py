@@ -6,6 +6,7 @@ import atexit
 import os
 import threading
 import weakref
+from typing import Self
 
 from . import host, ifunc, initfini, suggest
 from .archives import ArchiveSet, Pull
@@ -63,7 +64,7 @@ class Handle:
         """Run finalizers, unpublish the symbols and give the memory back."""
         self._linker.remove(self, force=force)
 
-    def __enter__(self) -> Handle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -512,7 +513,7 @@ class Linker:
         ptype = f"{signature[:paren]}(*){signature[paren:]}"
         try:
             return host.function_pointer(ptype, addr)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - cffi reports a bad C type through several exception classes
             raise UsageError(f"bad signature {signature!r}: {e}") from None
 
     def snapshot(self) -> dict:
@@ -557,6 +558,6 @@ def _run_finalizers_at_exit() -> None:
     for ln in list(_live_linkers):
         try:
             ln.close()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - at exit, one linker failing to close must not keep the others open
             pass
     host.flush_stdio()

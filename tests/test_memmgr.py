@@ -109,6 +109,20 @@ def test_in_flight_is_rw_and_finalize_sets_protections(mm):
     assert alloc.state == "finalized"
 
 
+
+def _finalize_recording_mprotect(alloc, monkeypatch) -> list[tuple[int, int, int]]:
+    """Finalize ``alloc``; the mprotect calls it made, as (offset, length, protection)."""
+    calls = []
+    real = memmgr.libc.mprotect
+
+    def recording(addr, length, prot):
+        calls.append((addr - alloc.target_base, length, prot))
+        real(addr, length, prot)
+
+    monkeypatch.setattr(memmgr.libc, "mprotect", recording)
+    alloc.finalize()
+    return calls
+
 def test_finalize_changes_only_what_is_not_already_rw_code_last(mm, monkeypatch):
     """In flight every page is RW: sealing costs one mprotect per read-only or code run, none for data."""
     alloc = mm.allocate(
@@ -119,15 +133,7 @@ def test_finalize_changes_only_what_is_not_already_rw_code_last(mm, monkeypatch)
             SegmentRequest("bss", PAGE_SIZE, Prot.RW, zero_fill=True),
         ]
     )
-    calls = []
-    real = memmgr.libc.mprotect
-
-    def recording(addr, length, prot):
-        calls.append((addr - alloc.target_base, length, prot))
-        real(addr, length, prot)
-
-    monkeypatch.setattr(memmgr.libc, "mprotect", recording)
-    alloc.finalize()
+    calls = _finalize_recording_mprotect(alloc, monkeypatch)
     assert calls == [(PAGE_SIZE, 2 * PAGE_SIZE, int(Prot.R)), (0, PAGE_SIZE, int(Prot.RX))]
     _, rodata, data, bss = alloc.segments
     assert perms_at(alloc.target_base + data.offset) == "rw-p"
@@ -151,15 +157,7 @@ def test_finalize_merges_adjacent_runs_of_one_protection(mm, monkeypatch):
             SegmentRequest("ro3", 10, Prot.R),
         ]
     )
-    calls = []
-    real = memmgr.libc.mprotect
-
-    def recording(addr, length, prot):
-        calls.append((addr - alloc.target_base, length, prot))
-        real(addr, length, prot)
-
-    monkeypatch.setattr(memmgr.libc, "mprotect", recording)
-    alloc.finalize()
+    calls = _finalize_recording_mprotect(alloc, monkeypatch)
     R, RX = int(Prot.R), int(Prot.RX)
     assert calls == [(0, 3 * PAGE_SIZE, R), (6 * PAGE_SIZE, PAGE_SIZE, R), (3 * PAGE_SIZE, 2 * PAGE_SIZE, RX)]
     assert [perms_at(alloc.target_base + page * PAGE_SIZE) for page in range(7)] == (

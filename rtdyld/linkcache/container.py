@@ -37,7 +37,7 @@ from typing import Self
 
 import numpy as np
 
-from ..cache_entry import CorruptEntry
+from ..cache_entry import CorruptEntry, check_stamp
 
 MAGIC = b"RTDYLDLC"
 FORMAT_VERSION = 3
@@ -137,12 +137,7 @@ def _header(data, key: bytes) -> tuple[int, int, int, int, int]:
     if len(data) < HEADER.size:
         raise CorruptEntry(f"{len(data)} bytes, shorter than the {HEADER.size}-byte header")
     magic, version, stored_key, meta_len, body_len, tail_len, head_sum, tail_sum = HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise CorruptEntry(f"bad magic {magic!r}")
-    if version != FORMAT_VERSION:
-        raise CorruptEntry(f"format version {version}, expected {FORMAT_VERSION}")
-    if stored_key != key:
-        raise CorruptEntry("stored under another key")
+    check_stamp((magic, version, stored_key), (MAGIC, FORMAT_VERSION, key))
     return meta_len, body_len, tail_len, head_sum, tail_sum
 
 
