@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import re
 import struct
+from array import array
 from dataclasses import fields
 
 import numpy as np
@@ -58,6 +59,7 @@ assert [f.name for f in fields(Section)] == [
 assert [f.name for f in fields(ObjectFile)][:9] == [
     "name", "format", "sections", "symbols", "names", "relocs", "groups", "symbol_prefix", "rtype_names"]
 _WIDTH = WIDTH.astype(np.uint64)
+_DISCARDED, _UNBOUNDED = array("q", [SEC_DISCARDED]), array("q", [-1])
 _NONE = int(Edge.NONE)
 # Checks below test "any row bad?" with np.count_nonzero: a fifth of the cost of
 # ndarray.any(), which matters with a dozen checks per archive member.
@@ -256,13 +258,13 @@ class _ElfReader:
         view = self.view
         headers = self._headers
         n = len(headers)
-        # Section number -> index in self.sections, or SEC_DISCARDED.  A list:
-        # the tables are a dozen entries, and per-item numpy access costs more.
-        self.model_index = model_index = [SEC_DISCARDED] * n
+        # Section number -> index in self.sections, or SEC_DISCARDED.  Not
+        # numpy: the tables are a dozen entries, and per-item numpy access
+        # costs more; 64-bit arrays, which the batch conversion joins as they are.
+        self.model_index = model_index = _DISCARDED * n
         # Section number -> how far a symbol defined there may lie, -1 where
-        # unbounded (NO_SECTION as a signed 64-bit number: the batch
-        # conversion turns these lists into arrays, small numbers at C speed).
-        self.bounds = bounds = [-1] * n
+        # unbounded (NO_SECTION as a signed 64-bit number).
+        self.bounds = bounds = _UNBOUNDED * n
         for i, name in zip(loadable, section_names(self._shstrtab, headers, loadable)):
             _, t, sh_flags, offset, size, _, _, align, _ = headers[i]
             zero_fill = t == SHT_NOBITS
@@ -334,7 +336,7 @@ class _ElfReader:
             reserved &= ~escaped
         n = len(self.headers)
         # model_index for 0..n-1 (0 is SHN_UNDEF), then "past the last section", then the reserved range.
-        table = np.concatenate((np.array(self.model_index + [T.BAD_INDEX], dtype=np.int32), T.RESERVED_SECTIONS))
+        table = np.concatenate((np.array([*self.model_index, T.BAD_INDEX], dtype=np.int32), T.RESERVED_SECTIONS))
         table[0] = SEC_UNDEF
         sec = table[np.where(reserved, n + 1 + (shndx - T.SHN_LORESERVE), np.minimum(shndx, n))]
         bad = sec <= T.BAD_INDEX
@@ -356,16 +358,18 @@ class _ElfReader:
         sizes and links to the (one) symbol table were checked with the
         other tables (:mod:`.elf_precheck`)."""
         headers = self.headers
-        n = len(headers)
-        model_index = self.model_index
         for i in self.rel_sections:
-            _, t, _, _, _, _, info, _, _ = headers[i]
-            if info >= n:
-                raise self.fail(f"relocation section [{i}] {self._name(i)!r} applies to missing section {info}")
-            target = model_index[info]
-            if target < 0:
-                continue  # debug info and other sections we do not load
-            yield i, t, target
+            info = headers[i][6]
+            target = self._target(i, info)
+            if target >= 0:  # (not debug info or another section we do not load)
+                yield i, headers[i][1], target
+
+    def _target(self, i: int, info: int) -> int:
+        """The model section relocation table ``i`` patches (its sh_info), or SEC_DISCARDED."""
+        model_index = self.model_index
+        if info >= len(model_index):
+            raise self.fail(f"relocation section [{i}] {self._name(i)!r} applies to missing section {info}")
+        return model_index[info]
 
     def _rela_tables(self) -> tuple[list[memoryview], list[int]] | None:
         """The bytes of the non-empty SHT_RELA tables of loaded sections and
@@ -373,12 +377,19 @@ class _ElfReader:
         entries (their addends are read eagerly)."""
         rela, targets = [], []
         headers = self.headers
-        for i, t, target in self._relocation_sections():
+        view = self.view
+        model_index = self.model_index
+        n = len(model_index)
+        # (The loop of _relocation_sections, without a generator: read for every archive member.)
+        for i in self.rel_sections:
+            _, t, _, offset, size, _, info, _, _ = headers[i]
+            target = model_index[info] if info < n else self._target(i, info)
+            if target < 0:
+                continue
             if t == T.SHT_REL:
                 return None
-            _, _, _, offset, size, _, _, _, _ = headers[i]
             if size:
-                rela.append(self.view[offset : offset + size])
+                rela.append(view[offset : offset + size])
                 targets.append(target)
         return rela, targets
 
