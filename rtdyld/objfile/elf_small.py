@@ -54,18 +54,16 @@ def valid(reader, tables: tuple[list[memoryview], list[int]]) -> bool:
     """Whether the object ``reader`` read (whose SHT_RELA tables and the
     sections they patch are ``tables``) is small enough to check here and
     has no row the reader would reject."""
+    # (One function: on the path of a link's first object, read with the
+    # caches cold, each more to run costs more than its lines.)
     rela, targets = tables
-    if reader.sym_columns is None or reader.xindex is not None or len(reader.bounds) >= T.SHN_LORESERVE:
+    bounds = reader.bounds  # per section number; -1 where not loaded (unbounded)
+    n = len(bounds)
+    if reader.sym_columns is None or reader.xindex is not None or n >= T.SHN_LORESERVE:
         return False  # (section numbers that may be reserved ones: the reader tells them apart)
     if sum(map(len, rela)) > ROWS * RELA_SIZE:
         return False
-    return _symbols_valid(reader) and _relocations_valid(reader, rela, targets)
-
-
-def _symbols_valid(reader) -> bool:
-    # (A plain loop: a dozen symbols, where setting up the built-ins' look-ups would cost more.)
-    bounds = reader.bounds  # per section number; -1 where not loaded (unbounded)
-    n = len(bounds)
+    # The symbols: a plain loop (a dozen of them, where setting up the built-ins' look-ups would cost more).
     _, infos, shndxs = reader.sym_columns
     values = memoryview(reader.sym_bytes).cast("Q")[1::3].tolist()  # st_value
     for info, shndx, value in zip(infos, shndxs, values):
@@ -76,10 +74,7 @@ def _symbols_valid(reader) -> bool:
                 return False
         elif shndx != T.SHN_ABS and shndx != T.SHN_COMMON:
             return False  # past the last section, or a reserved number we do not support
-    return True
-
-
-def _relocations_valid(reader, rela: list[memoryview], targets: list[int]) -> bool:
+    # The relocations, a table at a time.
     sections = reader.sections
     nsyms = reader.nsyms
     for table, target in zip(rela, targets):
