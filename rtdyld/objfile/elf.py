@@ -23,7 +23,7 @@ from ..errors import LinkError, MalformedObjectError, UnsupportedRelocationError
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_deferred, elf_small
 from . import elf_tables as T
-from .elf_headers import ELF64_EHDR, HeaderError, read_section_headers, section_name, section_names
+from .elf_headers import ELF64_EHDR, HeaderError, read_section_headers, section_name
 from .elf_precheck import SHF_COMPRESSED, check_section_tables
 from .elf_tables import (
     LOADABLE_TYPES,
@@ -142,10 +142,23 @@ class _ElfReader:
             raise self.fail(f"bad section headers: {e}") from None
         self._headers = headers
         end = len(d)
+        shstrtab = self._shstrtab
+        n = len(headers)
+        # The loaded sections are made in the same walk (see _select_sections for the maps).
+        self.sections = sections = []
+        self.groups = []
+        self.model_index = model_index = _DISCARDED * n
+        self.bounds = bounds = _UNBOUNDED * n
+        view = self.view
+        # Their names sliced out of the name table decoded once (ASCII: a
+        # string index is a byte offset), every offset checked with the table.
+        text = shstrtab.decode("ascii") if shstrtab.isascii() else None
+        find = text.index if text else None
+        oversized = None  # the first zero-fill section too big, named after the checks that come first
         # The one walk over the headers: check each, and sort out the few kinds later steps read.
         symtabs, shndx_sections, group_sections, loadable, compressed = [], [], [], [], []
         self.rel_sections = rel_sections = []
-        for i, (_, t, flags, offset, size, _, _, align, _) in enumerate(headers):
+        for i, (at, t, flags, offset, size, _, _, align, _) in enumerate(headers):
             if offset + size > end and t != SHT_NOBITS and t != 0 and i:  # (the rare condition first)
                 raise self.fail(
                     f"section [{i}] {self._name(i)!r} extends past the end of the file "
@@ -157,6 +170,20 @@ class _ElfReader:
             if t in LOADABLE_TYPES:
                 if flags & SHF_ALLOC:
                     loadable.append(i)
+                    name = text[at : find("\0", at)] if text and i else section_name(shstrtab, headers, i)
+                    zero_fill = t == SHT_NOBITS
+                    if zero_fill and size > MAX_ZERO_FILL:
+                        if oversized is None:
+                            oversized = f"section [{i}] {name!r} claims {size} bytes of zero-fill"
+                    else:
+                        kind, role, priority = _kind(name, t, flags & _FLAG_MASK)
+                        model_index[i] = len(sections)
+                        bounds[i] = size
+                        # (name, data, size, align, flags, role, priority, group, source_index)
+                        sections.append(
+                            Section(name, b"" if zero_fill else view[offset : offset + size], size, align or 1,
+                                    kind, role, priority, None, i)
+                        )
             elif t == SHT_RELA or t == SHT_REL:
                 rel_sections.append(i)
             elif t == SHT_SYMTAB:
@@ -167,11 +194,15 @@ class _ElfReader:
                 group_sections.append(i)
             if flags & SHF_COMPRESSED:
                 compressed.append(i)
+        self.loadable = loadable  # (their section numbers)
         # What the headers say of each other, for the few sections it concerns, in section order.
         tables = sorted({*symtabs, *rel_sections, *compressed}) if compressed else sorted(symtabs + rel_sections)
         check_section_tables(headers, tables, self._name, self.fail)
         self._read_symtab(symtabs, shndx_sections)
-        self._select_sections(loadable, group_sections)
+        if oversized is not None:
+            raise self.fail(oversized)
+        if group_sections:
+            self._read_groups(group_sections)
         if defer_tables:
             deferred = elf_deferred.deferred_object(self)
             if deferred is not None:
@@ -249,35 +280,17 @@ class _ElfReader:
         """The symbol table as ELF64_SYM rows, over the file's bytes."""
         return np.frombuffer(self.sym_bytes, dtype=T.ELF64_SYM)
 
-    def _select_sections(self, loadable: list[int], group_sections: list[int]) -> None:
-        """Pick the sections to load (``loadable``) and read COMDAT groups."""
-        self.loadable = loadable  # (their section numbers)
-        self.sections: list[Section] = []
-        self.groups: list[Group] = []
-        sections = self.sections
-        view = self.view
+    def _read_groups(self, group_sections: list[int]) -> None:
+        """Read COMDAT groups, once the walk over the headers has made the
+        loaded sections (``self.sections``) and their maps: ``model_index``,
+        section number -> index in self.sections or SEC_DISCARDED, and
+        ``bounds``, section number -> how far a symbol defined there may
+        lie, -1 where unbounded (NO_SECTION as a signed 64-bit number).
+        Both are 64-bit arrays, not numpy (a dozen entries, where per-item
+        numpy access costs more), which the batch conversion joins as they are."""
         headers = self._headers
         n = len(headers)
-        # Section number -> index in self.sections, or SEC_DISCARDED.  Not
-        # numpy: the tables are a dozen entries, and per-item numpy access
-        # costs more; 64-bit arrays, which the batch conversion joins as they are.
-        self.model_index = model_index = _DISCARDED * n
-        # Section number -> how far a symbol defined there may lie, -1 where
-        # unbounded (NO_SECTION as a signed 64-bit number).
-        self.bounds = bounds = _UNBOUNDED * n
-        for i, name in zip(loadable, section_names(self._shstrtab, headers, loadable)):
-            _, t, sh_flags, offset, size, _, _, align, _ = headers[i]
-            zero_fill = t == SHT_NOBITS
-            if zero_fill and size > MAX_ZERO_FILL:
-                raise self.fail(f"section [{i}] {name!r} claims {size} bytes of zero-fill")
-            flags, role, priority = _kind(name, t, sh_flags & _FLAG_MASK)
-            model_index[i] = len(sections)
-            bounds[i] = size
-            # (name, data, size, align, flags, role, priority, group, source_index)
-            sections.append(
-                Section(name, b"" if zero_fill else view[offset : offset + size], size, align or 1, flags, role,
-                        priority, None, i)
-            )
+        model_index = self.model_index
         for i in group_sections:
             _, _, _, offset, size, link, info, _, _ = headers[i]
             if size % 4:
