@@ -49,3 +49,26 @@ def test_the_first_oversized_zero_fill_section_is_named(build):
     first = min((section_header(data, n), n) for n in (".bss.a", ".bss.b"))[1]
     with pytest.raises(rtdyld.MalformedObjectError, match=rf"'{first}' claims \d+ bytes of zero-fill$"):
         parse_object(data, "two.o")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # ASCII names: found with the names, in one loop (elf_small.names_and_pull_names).
+        "extern int need(int);\nextern int weak_need(int) __attribute__((weak));\nstatic int local_helper(int x)"
+        " { return x + 1; }\nint defined_here(int x) { return need(local_helper(x)) + weak_need(x); }\n"
+        "int common_one;\n",
+        # A UTF-8 name: the string table is not ASCII, the pull names are worked out afterwards.
+        "extern int need(int);\nint d\u00e9fini(int x) { return need(x); }\n",
+    ],
+)
+def test_a_members_pull_names_are_what_extraction_would_compute(build, source):
+    from rtdyld import archives
+
+    data = build.cc_text(source, *PIE, "-fcommon", stem=f"walk_pull_{len(source)}").read_bytes()
+    member, plain = parse_member(data, "m.o"), parse_object(data, "m.o")
+    assert member.names == plain.names
+    assert member.pull_names == (archives.defined_globals(plain), archives.strong_undefined(plain))
+    assert "need" in member.pull_names[1]
+    assert "weak_need" not in member.pull_names[1]
+    assert any(n.startswith("d") for n in member.pull_names[0])

@@ -244,6 +244,7 @@ class _ElfReader:
         self.symtab_index = tabs[0] if tabs else None
         self.xindex = None
         self.sym_columns = None
+        self.pull_names = None
         if self.symtab_index is None:
             self.sym_bytes = b""
             self.nsyms = self.first_global = 0
@@ -264,7 +265,12 @@ class _ElfReader:
                 # A small table as lists of its fields: the names, the pull names
                 # and (read alone) the checks of its rows work on them in plain Python.
                 self.sym_columns = columns = elf_small.symbol_columns(self.sym_bytes)
-                self.names = names_at(strtab, columns[0])
+                # A definition's section: a loaded one, SHN_ABS or SHN_COMMON.
+                named = elf_small.names_and_pull_names(strtab, columns, {*self.loadable, T.SHN_ABS, T.SHN_COMMON})
+                if named is not None:
+                    self.names, self.pull_names = named
+                else:  # (not ASCII, or a bad offset for names_at to name)
+                    self.names = names_at(strtab, columns[0])
             else:
                 self.names = read_names(strtab, self.raw_syms["st_name"])
         except ValueError as e:

@@ -249,6 +249,8 @@ assert {f.name for f in fields(ObjectFile)} == {
 def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
     """:func:`_pull_names` from the raw symbol table (the section numbers and
     bindings the conversion maps; rows it would reject count for neither)."""
+    if reader.pull_names is not None:  # worked out with the names (elf_small.names_and_pull_names)
+        return reader.pull_names
     names = reader.names
     columns = reader.sym_columns
     if columns is not None:  # a small table, already unpacked

@@ -22,6 +22,7 @@ from operator import add
 
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
+from .model import Bind
 
 # Tables up to this many rows are checked here: converting them in plain
 # Python was measured faster than the vectorised conversion below about 200
@@ -31,6 +32,7 @@ ROWS = 192
 RELA_SIZE = 24
 
 _BIND = T.BIND_MAP.tolist()  # 255: unknown binding
+_STRONG = frozenset(i for i, bind in enumerate(_BIND) if bind == Bind.GLOBAL)  # GLOBAL, GNU_UNIQUE
 # Relocations are checked a table at a time by built-in functions over the
 # fields (max, set inclusion, map): no Python code runs per row.
 _EDGE = T.ELF_EDGE.tolist()[:-1]  # per relocation type; T.UNSUPPORTED: no edge kind
@@ -48,6 +50,39 @@ def symbol_columns(table: memoryview) -> tuple[list[int], list[int], list[int]]:
     checks read st_value themselves: an archive member's rows are not
     checked on their own)."""
     return table.cast("I")[0::6].tolist(), table.cast("B")[4::24].tolist(), table.cast("H")[3::12].tolist()
+
+
+def names_and_pull_names(
+    strtab: bytes, columns: tuple[list[int], list[int], list[int]], defining: set[int]
+) -> tuple[list[str], tuple[list[str], list[str]]] | None:
+    """The names of a small symbol table's entries (``columns`` as
+    :func:`symbol_columns` gives them) and what lazy extraction asks of the
+    object (:func:`.elf_deferred._raw_pull_names`: the names non-local rows
+    define in a section of ``defining``, and those strong undefined rows
+    need), in one loop over the rows; None if the string table is not
+    ASCII or an offset is bad (:func:`.strtab.names_at` then says which)."""
+    offsets, infos, shndxs = columns
+    defined: list[str] = []
+    needed: list[str] = []
+    names: list[str] = []
+    try:
+        # Each name sliced out of the table decoded once (ASCII: a string
+        # index is a byte offset); offset 0, every section symbol's, once.
+        text = strtab.decode("ascii")
+        find = text.index
+        first = text[: find("\0")]
+        for at, info, shndx in zip(offsets, infos, shndxs):
+            name = text[at : find("\0", at)] if at else first
+            names.append(name)
+            if info >= 16 and name:  # (st_info below 16: local binding)
+                if not shndx:  # SHN_UNDEF
+                    if info >> 4 in _STRONG:
+                        needed.append(name)
+                elif shndx in defining:
+                    defined.append(name)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    return names, (defined, needed)
 
 
 def valid(reader, tables: tuple[list[memoryview], list[int]]) -> bool:
