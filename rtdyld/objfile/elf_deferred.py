@@ -235,7 +235,9 @@ def _deferred(reader, symbols: np.ndarray | None, tables: tuple[list[memoryview]
         "name": reader.name, "format": "elf", "sections": reader.sections, "names": reader.names,
         "groups": reader.groups, "symbol_prefix": "", "rtype_names": T.R_X86_64, "subsections_via_symbols": False,
         "_symbols": symbols, "_pending": _Pending(reader, *tables, symbols is None),
-        "pull_names": _raw_pull_names(reader) if symbols is None else _pull_names(symbols, reader.names),
+        # (Those of a small table were worked out with its names: elf_small.names_and_pull_names.)
+        "pull_names": (reader.pull_names or _raw_pull_names(reader)) if symbols is None
+        else _pull_names(symbols, reader.names),
     }  # fmt: skip
     return obj
 
@@ -249,8 +251,6 @@ assert {f.name for f in fields(ObjectFile)} == {
 def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
     """:func:`_pull_names` from the raw symbol table (the section numbers and
     bindings the conversion maps; rows it would reject count for neither)."""
-    if reader.pull_names is not None:  # worked out with the names (elf_small.names_and_pull_names)
-        return reader.pull_names
     names = reader.names
     columns = reader.sym_columns
     if columns is not None:  # a small table, already unpacked
