@@ -43,7 +43,9 @@ def test_a_bad_symbol_table_is_named_before_an_oversized_zero_fill(bss_object, p
 def test_the_first_oversized_zero_fill_section_is_named(build):
     data = build.cc_text(
         "static char a[64], b[64];\nint touch(void) { a[1] = b[2] = 1; return a[0] + b[0]; }\n",
-        *PIE, "-fdata-sections", stem="walk_two_bss",
+        *PIE,
+        "-fdata-sections",
+        stem="walk_two_bss",
     ).read_bytes()
     data = with_field(with_field(data, ".bss.a", "size", 1 << 61), ".bss.b", "size", 1 << 62)
     first = min((section_header(data, n), n) for n in (".bss.a", ".bss.b"))[1]
@@ -55,9 +57,11 @@ def test_the_first_oversized_zero_fill_section_is_named(build):
     "source",
     [
         # ASCII names: found with the names, in one loop (elf_small.names_and_pull_names).
-        "extern int need(int);\nextern int weak_need(int) __attribute__((weak));\nstatic int local_helper(int x)"
-        " { return x + 1; }\nint defined_here(int x) { return need(local_helper(x)) + weak_need(x); }\n"
-        "int common_one;\n",
+        (
+            "extern int need(int);\nextern int weak_need(int) __attribute__((weak));\nstatic int local_helper(int x)"
+            " { return x + 1; }\nint defined_here(int x) { return need(local_helper(x)) + weak_need(x); }\n"
+            "int common_one;\n"
+        ),
         # A UTF-8 name: the string table is not ASCII, the pull names are worked out afterwards.
         "extern int need(int);\nint d\u00e9fini(int x) { return need(x); }\n",
     ],

@@ -144,7 +144,7 @@ class _ElfReader:
         end = len(d)
         shstrtab = self._shstrtab
         n = len(headers)
-        # The loaded sections are made in the same walk (see _select_sections for the maps).
+        # The loaded sections are made in the walk below (_read_groups says what the maps hold).
         self.sections = sections = []
         self.groups = []
         self.model_index = model_index = _DISCARDED * n
@@ -155,7 +155,8 @@ class _ElfReader:
         text = shstrtab.decode("ascii") if shstrtab.isascii() else None
         find = text.index if text else None
         oversized = None  # the first zero-fill section too big, named after the checks that come first
-        # The one walk over the headers: check each, and sort out the few kinds later steps read.
+        # The one walk over the headers: check each, make the loaded sections, and sort out
+        # the few other kinds later steps read.
         symtabs, shndx_sections, group_sections, loadable, compressed = [], [], [], [], []
         self.rel_sections = rel_sections = []
         for i, (at, t, flags, offset, size, _, _, align, _) in enumerate(headers):
