@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import re
 import struct
+from array import array
 from dataclasses import fields
 
 import numpy as np
@@ -22,7 +23,7 @@ from ..errors import LinkError, MalformedObjectError, UnsupportedRelocationError
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_deferred, elf_small
 from . import elf_tables as T
-from .elf_headers import ELF64_EHDR, HeaderError, read_section_headers, section_name, section_names
+from .elf_headers import ELF64_EHDR, HeaderError, read_section_headers, section_name
 from .elf_precheck import SHF_COMPRESSED, check_section_tables
 from .elf_tables import (
     LOADABLE_TYPES,
@@ -58,6 +59,7 @@ assert [f.name for f in fields(Section)] == [
 assert [f.name for f in fields(ObjectFile)][:9] == [
     "name", "format", "sections", "symbols", "names", "relocs", "groups", "symbol_prefix", "rtype_names"]
 _WIDTH = WIDTH.astype(np.uint64)
+_DISCARDED, _UNBOUNDED = array("q", [SEC_DISCARDED]), array("q", [-1])
 _NONE = int(Edge.NONE)
 # Checks below test "any row bad?" with np.count_nonzero: a fifth of the cost of
 # ndarray.any(), which matters with a dozen checks per archive member.
@@ -140,10 +142,24 @@ class _ElfReader:
             raise self.fail(f"bad section headers: {e}") from None
         self._headers = headers
         end = len(d)
-        # The one walk over the headers: check each, and sort out the few kinds later steps read.
+        shstrtab = self._shstrtab
+        n = len(headers)
+        # The loaded sections are made in the walk below (_read_groups says what the maps hold).
+        self.sections = sections = []
+        self.groups = []
+        self.model_index = model_index = _DISCARDED * n
+        self.bounds = bounds = _UNBOUNDED * n
+        view = self.view
+        # Their names sliced out of the name table decoded once (ASCII: a
+        # string index is a byte offset), every offset checked with the table.
+        text = shstrtab.decode("ascii") if shstrtab.isascii() else None
+        find = text.index if text else None
+        oversized = None  # the first zero-fill section too big, named after the checks that come first
+        # The one walk over the headers: check each, make the loaded sections, and sort out
+        # the few other kinds later steps read.
         symtabs, shndx_sections, group_sections, loadable, compressed = [], [], [], [], []
         self.rel_sections = rel_sections = []
-        for i, (_, t, flags, offset, size, _, _, align, _) in enumerate(headers):
+        for i, (at, t, flags, offset, size, _, _, align, _) in enumerate(headers):
             if offset + size > end and t != SHT_NOBITS and t != 0 and i:  # (the rare condition first)
                 raise self.fail(
                     f"section [{i}] {self._name(i)!r} extends past the end of the file "
@@ -155,6 +171,20 @@ class _ElfReader:
             if t in LOADABLE_TYPES:
                 if flags & SHF_ALLOC:
                     loadable.append(i)
+                    name = text[at : find("\0", at)] if text and i else section_name(shstrtab, headers, i)
+                    zero_fill = t == SHT_NOBITS
+                    if zero_fill and size > MAX_ZERO_FILL:
+                        if oversized is None:
+                            oversized = f"section [{i}] {name!r} claims {size} bytes of zero-fill"
+                    else:
+                        kind, role, priority = _kind(name, t, flags & _FLAG_MASK)
+                        model_index[i] = len(sections)
+                        bounds[i] = size
+                        # (name, data, size, align, flags, role, priority, group, source_index)
+                        sections.append(
+                            Section(name, b"" if zero_fill else view[offset : offset + size], size, align or 1,
+                                    kind, role, priority, None, i)
+                        )
             elif t == SHT_RELA or t == SHT_REL:
                 rel_sections.append(i)
             elif t == SHT_SYMTAB:
@@ -165,11 +195,15 @@ class _ElfReader:
                 group_sections.append(i)
             if flags & SHF_COMPRESSED:
                 compressed.append(i)
+        self.loadable = loadable  # (their section numbers)
         # What the headers say of each other, for the few sections it concerns, in section order.
         tables = sorted({*symtabs, *rel_sections, *compressed}) if compressed else sorted(symtabs + rel_sections)
         check_section_tables(headers, tables, self._name, self.fail)
         self._read_symtab(symtabs, shndx_sections)
-        self._select_sections(loadable, group_sections)
+        if oversized is not None:
+            raise self.fail(oversized)
+        if group_sections:
+            self._read_groups(group_sections)
         if defer_tables:
             deferred = elf_deferred.deferred_object(self)
             if deferred is not None:
@@ -211,6 +245,7 @@ class _ElfReader:
         self.symtab_index = tabs[0] if tabs else None
         self.xindex = None
         self.sym_columns = None
+        self.pull_names = None
         if self.symtab_index is None:
             self.sym_bytes = b""
             self.nsyms = self.first_global = 0
@@ -231,7 +266,12 @@ class _ElfReader:
                 # A small table as lists of its fields: the names, the pull names
                 # and (read alone) the checks of its rows work on them in plain Python.
                 self.sym_columns = columns = elf_small.symbol_columns(self.sym_bytes)
-                self.names = names_at(strtab, columns[0])
+                # A definition's section: a loaded one, SHN_ABS or SHN_COMMON.
+                named = elf_small.names_and_pull_names(strtab, columns, {*self.loadable, T.SHN_ABS, T.SHN_COMMON})
+                if named is not None:
+                    self.names, self.pull_names = named
+                else:  # (not ASCII, or a bad offset for names_at to name)
+                    self.names = names_at(strtab, columns[0])
             else:
                 self.names = read_names(strtab, self.raw_syms["st_name"])
         except ValueError as e:
@@ -247,35 +287,17 @@ class _ElfReader:
         """The symbol table as ELF64_SYM rows, over the file's bytes."""
         return np.frombuffer(self.sym_bytes, dtype=T.ELF64_SYM)
 
-    def _select_sections(self, loadable: list[int], group_sections: list[int]) -> None:
-        """Pick the sections to load (``loadable``) and read COMDAT groups."""
-        self.loadable = loadable  # (their section numbers)
-        self.sections: list[Section] = []
-        self.groups: list[Group] = []
-        sections = self.sections
-        view = self.view
+    def _read_groups(self, group_sections: list[int]) -> None:
+        """Read COMDAT groups, once the walk over the headers has made the
+        loaded sections (``self.sections``) and their maps: ``model_index``,
+        section number -> index in self.sections or SEC_DISCARDED, and
+        ``bounds``, section number -> how far a symbol defined there may
+        lie, -1 where unbounded (NO_SECTION as a signed 64-bit number).
+        Both are 64-bit arrays, not numpy (a dozen entries, where per-item
+        numpy access costs more), which the batch conversion joins as they are."""
         headers = self._headers
         n = len(headers)
-        # Section number -> index in self.sections, or SEC_DISCARDED.  A list:
-        # the tables are a dozen entries, and per-item numpy access costs more.
-        self.model_index = model_index = [SEC_DISCARDED] * n
-        # Section number -> how far a symbol defined there may lie, -1 where
-        # unbounded (NO_SECTION as a signed 64-bit number: the batch
-        # conversion turns these lists into arrays, small numbers at C speed).
-        self.bounds = bounds = [-1] * n
-        for i, name in zip(loadable, section_names(self._shstrtab, headers, loadable)):
-            _, t, sh_flags, offset, size, _, _, align, _ = headers[i]
-            zero_fill = t == SHT_NOBITS
-            if zero_fill and size > MAX_ZERO_FILL:
-                raise self.fail(f"section [{i}] {name!r} claims {size} bytes of zero-fill")
-            flags, role, priority = _kind(name, t, sh_flags & _FLAG_MASK)
-            model_index[i] = len(sections)
-            bounds[i] = size
-            # (name, data, size, align, flags, role, priority, group, source_index)
-            sections.append(
-                Section(name, b"" if zero_fill else view[offset : offset + size], size, align or 1, flags, role,
-                        priority, None, i)
-            )
+        model_index = self.model_index
         for i in group_sections:
             _, _, _, offset, size, link, info, _, _ = headers[i]
             if size % 4:
@@ -334,7 +356,7 @@ class _ElfReader:
             reserved &= ~escaped
         n = len(self.headers)
         # model_index for 0..n-1 (0 is SHN_UNDEF), then "past the last section", then the reserved range.
-        table = np.concatenate((np.array(self.model_index + [T.BAD_INDEX], dtype=np.int32), T.RESERVED_SECTIONS))
+        table = np.concatenate((np.array([*self.model_index, T.BAD_INDEX], dtype=np.int32), T.RESERVED_SECTIONS))
         table[0] = SEC_UNDEF
         sec = table[np.where(reserved, n + 1 + (shndx - T.SHN_LORESERVE), np.minimum(shndx, n))]
         bad = sec <= T.BAD_INDEX
@@ -356,16 +378,18 @@ class _ElfReader:
         sizes and links to the (one) symbol table were checked with the
         other tables (:mod:`.elf_precheck`)."""
         headers = self.headers
-        n = len(headers)
-        model_index = self.model_index
         for i in self.rel_sections:
-            _, t, _, _, _, _, info, _, _ = headers[i]
-            if info >= n:
-                raise self.fail(f"relocation section [{i}] {self._name(i)!r} applies to missing section {info}")
-            target = model_index[info]
-            if target < 0:
-                continue  # debug info and other sections we do not load
-            yield i, t, target
+            info = headers[i][6]
+            target = self._target(i, info)
+            if target >= 0:  # (not debug info or another section we do not load)
+                yield i, headers[i][1], target
+
+    def _target(self, i: int, info: int) -> int:
+        """The model section relocation table ``i`` patches (its sh_info), or SEC_DISCARDED."""
+        model_index = self.model_index
+        if info >= len(model_index):
+            raise self.fail(f"relocation section [{i}] {self._name(i)!r} applies to missing section {info}")
+        return model_index[info]
 
     def _rela_tables(self) -> tuple[list[memoryview], list[int]] | None:
         """The bytes of the non-empty SHT_RELA tables of loaded sections and
@@ -373,12 +397,19 @@ class _ElfReader:
         entries (their addends are read eagerly)."""
         rela, targets = [], []
         headers = self.headers
-        for i, t, target in self._relocation_sections():
+        view = self.view
+        model_index = self.model_index
+        n = len(model_index)
+        # (The loop of _relocation_sections, without a generator: read for every archive member.)
+        for i in self.rel_sections:
+            _, t, _, offset, size, _, info, _, _ = headers[i]
+            target = model_index[info] if info < n else self._target(i, info)
+            if target < 0:
+                continue
             if t == T.SHT_REL:
                 return None
-            _, _, _, offset, size, _, _, _, _ = headers[i]
             if size:
-                rela.append(self.view[offset : offset + size])
+                rela.append(view[offset : offset + size])
                 targets.append(target)
         return rela, targets
 

@@ -27,6 +27,7 @@ which remains for SHT_REL tables and for naming bad entries.
 from __future__ import annotations
 
 from array import array
+from dataclasses import fields
 from itertools import accumulate
 from operator import ge, gt
 from typing import NamedTuple
@@ -108,16 +109,25 @@ class _Pending:
 
     __slots__ = ("blocks", "counts", "nsections", "reader", "rows", "sizes", "tables", "targets")
 
-    def __init__(self, reader, tables: list[memoryview], targets: list[int]):
+    def __init__(self, reader, tables: list[memoryview], targets: list[int], blocks: bool = False):
         self.reader = reader
         self.tables = tables
         self.targets = targets
-        self.counts = [len(t) // T.ELF64_RELA.itemsize for t in tables]
-        self.rows = sum(self.counts)
         sections = reader.sections
-        self.sizes = [sections[t].size for t in targets]
         self.nsections = len(sections)
-        self.blocks = None
+        # (One plain loop for both lists: comprehensions are a function call
+        # each; 24 is an SHT_RELA row's size, checked against the header's
+        # entry size before the object got here.)
+        self.counts = counts = []
+        self.sizes = sizes = []
+        rows = 0
+        for table, target in zip(tables, targets):
+            n = len(table) // 24
+            counts.append(n)
+            rows += n
+            sizes.append(sections[target].size)
+        self.rows = rows
+        self.blocks = _section_blocks(reader) if blocks else None
 
 
 class BatchTables(NamedTuple):
@@ -217,12 +227,25 @@ def checked_object(reader, tables: tuple[list[memoryview], list[int]]) -> Object
 
 
 def _deferred(reader, symbols: np.ndarray | None, tables: tuple[list[memoryview], list[int]]) -> ObjectFile:
-    obj = reader.object(DeferredElfObject, symbols, None)
-    obj._pending = _Pending(reader, *tables)
-    if symbols is None:
-        obj._pending.blocks = _section_blocks(reader)
-    obj.pull_names = _raw_pull_names(reader) if symbols is None else _pull_names(symbols, reader.names)
+    # The object's fields set as its dict in one step, not by
+    # ObjectFile.__init__: that assigns ``symbols`` and ``relocs`` through
+    # this class's properties, two Python calls more for every member.
+    obj = object.__new__(DeferredElfObject)
+    obj.__dict__ = {
+        "name": reader.name, "format": "elf", "sections": reader.sections, "names": reader.names,
+        "groups": reader.groups, "symbol_prefix": "", "rtype_names": T.R_X86_64, "subsections_via_symbols": False,
+        "_symbols": symbols, "_pending": _Pending(reader, *tables, symbols is None),
+        # (Those of a small table were worked out with its names: elf_small.names_and_pull_names.)
+        "pull_names": (reader.pull_names or _raw_pull_names(reader)) if symbols is None
+        else _pull_names(symbols, reader.names),
+    }  # fmt: skip
     return obj
+
+
+# What _deferred sets: the model's fields, ``symbols`` and ``relocs`` as their attributes behind the properties.
+assert {f.name for f in fields(ObjectFile)} == {
+    "name", "format", "sections", "symbols", "names", "relocs", "groups", "symbol_prefix", "rtype_names",
+    "subsections_via_symbols"}
 
 
 def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
@@ -336,9 +359,10 @@ def _section_blocks(reader) -> tuple[array, array]:
     model section (SEC_UNDEF for section 0) and the bound of a symbol's
     value there (-1: unbounded), as 64-bit numbers; made as the object is
     read, the batch only joins them."""
-    sections = _RESERVED_TOP + array("q", reader.model_index) + _BAD_END
+    # (The reader's model_index and bounds are 64-bit arrays already: joined, not converted.)
+    sections = _RESERVED_TOP + reader.model_index + _BAD_END
     sections[_SHIFT] = SEC_UNDEF
-    return sections, _UNBOUNDED_TOP + array("q", reader.bounds) + _UNBOUNDED_END
+    return sections, _UNBOUNDED_TOP + reader.bounds + _UNBOUNDED_END
 
 
 def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:

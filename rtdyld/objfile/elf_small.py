@@ -22,6 +22,7 @@ from operator import add
 
 from ..x86_64.edges import WIDTH, Edge
 from . import elf_tables as T
+from .model import Bind
 
 # Tables up to this many rows are checked here: converting them in plain
 # Python was measured faster than the vectorised conversion below about 200
@@ -31,6 +32,7 @@ ROWS = 192
 RELA_SIZE = 24
 
 _BIND = T.BIND_MAP.tolist()  # 255: unknown binding
+_STRONG = frozenset(i for i, bind in enumerate(_BIND) if bind == Bind.GLOBAL)  # GLOBAL, GNU_UNIQUE
 # Relocations are checked a table at a time by built-in functions over the
 # fields (max, set inclusion, map): no Python code runs per row.
 _EDGE = T.ELF_EDGE.tolist()[:-1]  # per relocation type; T.UNSUPPORTED: no edge kind
@@ -50,22 +52,53 @@ def symbol_columns(table: memoryview) -> tuple[list[int], list[int], list[int]]:
     return table.cast("I")[0::6].tolist(), table.cast("B")[4::24].tolist(), table.cast("H")[3::12].tolist()
 
 
+def names_and_pull_names(
+    strtab: bytes, columns: tuple[list[int], list[int], list[int]], defining: set[int]
+) -> tuple[list[str], tuple[list[str], list[str]]] | None:
+    """The names of a small symbol table's entries (``columns`` as
+    :func:`symbol_columns` gives them) and what lazy extraction asks of the
+    object (:func:`.elf_deferred._raw_pull_names`: the names non-local rows
+    define in a section of ``defining``, and those strong undefined rows
+    need), in one loop over the rows; None if the string table is not
+    ASCII or an offset is bad (:func:`.strtab.names_at` then says which)."""
+    offsets, infos, shndxs = columns
+    defined: list[str] = []
+    needed: list[str] = []
+    names: list[str] = []
+    try:
+        # Each name sliced out of the table decoded once (ASCII: a string
+        # index is a byte offset); offset 0, every section symbol's, once.
+        text = strtab.decode("ascii")
+        find = text.index
+        first = text[: find("\0")]
+        for at, info, shndx in zip(offsets, infos, shndxs):
+            name = text[at : find("\0", at)] if at else first
+            names.append(name)
+            if info >= 16 and name:  # (st_info below 16: local binding)
+                if not shndx:  # SHN_UNDEF
+                    if info >> 4 in _STRONG:
+                        needed.append(name)
+                elif shndx in defining:
+                    defined.append(name)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    return names, (defined, needed)
+
+
 def valid(reader, tables: tuple[list[memoryview], list[int]]) -> bool:
     """Whether the object ``reader`` read (whose SHT_RELA tables and the
     sections they patch are ``tables``) is small enough to check here and
     has no row the reader would reject."""
+    # (One function: on the path of a link's first object, read with the
+    # caches cold, each more to run costs more than its lines.)
     rela, targets = tables
-    if reader.sym_columns is None or reader.xindex is not None or len(reader.bounds) >= T.SHN_LORESERVE:
+    bounds = reader.bounds  # per section number; -1 where not loaded (unbounded)
+    n = len(bounds)
+    if reader.sym_columns is None or reader.xindex is not None or n >= T.SHN_LORESERVE:
         return False  # (section numbers that may be reserved ones: the reader tells them apart)
     if sum(map(len, rela)) > ROWS * RELA_SIZE:
         return False
-    return _symbols_valid(reader) and _relocations_valid(reader, rela, targets)
-
-
-def _symbols_valid(reader) -> bool:
-    # (A plain loop: a dozen symbols, where setting up the built-ins' look-ups would cost more.)
-    bounds = reader.bounds  # per section number; -1 where not loaded (unbounded)
-    n = len(bounds)
+    # The symbols: a plain loop (a dozen of them, where setting up the built-ins' look-ups would cost more).
     _, infos, shndxs = reader.sym_columns
     values = memoryview(reader.sym_bytes).cast("Q")[1::3].tolist()  # st_value
     for info, shndx, value in zip(infos, shndxs, values):
@@ -76,10 +109,7 @@ def _symbols_valid(reader) -> bool:
                 return False
         elif shndx != T.SHN_ABS and shndx != T.SHN_COMMON:
             return False  # past the last section, or a reserved number we do not support
-    return True
-
-
-def _relocations_valid(reader, rela: list[memoryview], targets: list[int]) -> bool:
+    # The relocations, a table at a time.
     sections = reader.sections
     nsyms = reader.nsyms
     for table, target in zip(rela, targets):

@@ -41,9 +41,12 @@ def names_at(raw: bytes, offs: list[int]) -> list[str]:
         try:
             text = raw.decode("ascii")
             find = text.index
+            # Offset 0 (a section symbol's: an ELF object has several) is
+            # looked up once, not for each.
+            first = text[: find("\0")]
             names = []
             for o in offs:
-                names.append(text[o : find("\0", o)])
+                names.append(text[o : find("\0", o)] if o else first)
             return names
         except ValueError:  # UnicodeDecodeError included
             pass
