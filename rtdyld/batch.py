@@ -214,12 +214,13 @@ class BatchLinker:
         sec_base = np.array(starts, dtype=np.int64)
         if converted is not None:
             counts = converted.symbol_counts
-            syms = converted.symbols
+            # The columns straight from the conversion: no model table in between.
+            syms, attrs = converted.raw_symbols, converted.symbol_attrs
             owner = converted.symbol_owner
             gsec = converted.symbol_sections
         else:
             counts = [len(o.symbols) for o in objects]
-            syms = join([o.symbols for o in objects], SYM_DTYPE)
+            syms = attrs = join([o.symbols for o in objects], SYM_DTYPE)
             owner = None
             gsec = syms["section"].astype(np.int64)
         sym_base = [0, *accumulate(counts)]
@@ -227,9 +228,9 @@ class BatchLinker:
         self.nsyms = sym_base[-1]
         self.value = syms["value"]
         self.size = syms["size"]
-        self.bind = syms["bind"]
-        self.stype = syms["type"]
-        self.vis = syms["vis"]
+        self.bind = attrs["bind"]
+        self.stype = attrs["type"]
+        self.vis = attrs["vis"]
         self.sym_obj = owner if owner is not None else np.repeat(np.arange(len(objects)), counts)
         self.names = list(chain.from_iterable(o.names for o in objects))
         defined = gsec >= 0

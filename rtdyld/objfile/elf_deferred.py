@@ -67,8 +67,8 @@ _UNBOUNDED_END = array("q", [-1])
 # and st_size are the model's value and size; st_info and st_other (one
 # 16-bit word, of which the low ten bits count) give bind, type and vis
 # (three bytes) through one look-up.
-_SYM_IN = np.dtype({"names": ["attrs", "shndx", "value", "value_size"],
-                    "formats": ["<u2", "<u2", "<u8", "V16"], "offsets": [4, 6, 8, 8], "itemsize": 24})
+_SYM_IN = np.dtype({"names": ["attrs", "shndx", "value", "size", "value_size"],
+                    "formats": ["<u2", "<u2", "<u8", "<u8", "V16"], "offsets": [4, 6, 8, 16, 8], "itemsize": 24})
 _SYM_OUT = np.dtype({"names": ["value_size", "section", "attrs"], "formats": ["V16", "<i4", "V3"],
                      "offsets": [0, 16, 20], "itemsize": SYM_DTYPE.itemsize})
 assert [SYM_DTYPE.fields[f][1] for f in ("section", "bind", "type", "vis")] == [16, 20, 21, 22]
@@ -77,7 +77,6 @@ _ATTRS["bind"] = T.BIND_MAP[(np.arange(1024) & 0xFF) >> 4]
 _ATTRS["type"] = T.TYPE_MAP[np.arange(1024) & 0xF]
 _ATTRS["vis"] = np.arange(1024) >> 8
 _BAD_BIND = _ATTRS["bind"] == 255
-_ATTRS = _ATTRS.view("V3")
 # Relocations: r_info's low and high halves are the model's rtype and sym,
 # next to each other in both records, so r_offset, r_info and r_addend are three copies.
 _RELA_IN = np.dtype({"names": ["offset", "info", "rtype", "sym", "addend"],
@@ -123,9 +122,14 @@ class _Pending:
 class BatchTables(NamedTuple):
     """The symbol and relocation tables of a batch's objects, converted
     together: each object's rows in its own numbering (its sections, its
-    symbols), the objects' rows end to end in batch order."""
+    symbols), the objects' rows end to end in batch order.
 
-    symbols: np.ndarray  # SYM_DTYPE
+    The batch reads the symbols' columns; the model's table of them
+    (``symbols``) is made only if an object's own is asked for."""
+
+    raw_symbols: np.ndarray  # the ELF rows (_SYM_IN): ``value`` and ``size`` are the model's
+    symbol_attrs: np.ndarray  # per symbol, its model bind, type and vis
+    object_sections: np.ndarray  # per symbol, its section in its object's numbering (the model's)
     symbol_counts: list[int]  # per object
     symbol_owner: np.ndarray  # per symbol, its object
     symbol_sections: np.ndarray  # the symbols' ``section`` column in 64 bits, for the batch to renumber in place
@@ -136,6 +140,14 @@ class BatchTables(NamedTuple):
     relocs: np.ndarray
     reloc_counts: list[int]  # per object
     kind_counts: list[int]  # rows of each edge kind, indexed by kind
+    # The model's symbol table (SYM_DTYPE) once made, in a list so the tuple can hold it.
+    made: list
+
+    @property
+    def symbols(self) -> np.ndarray:
+        if not self.made:
+            self.made.append(_symbol_table(self.raw_symbols, self.symbol_attrs, self.object_sections))
+        return self.made[0]
 
 
 class DeferredElfObject(ObjectFile):
@@ -308,12 +320,12 @@ def convert_batch(objects: list[ObjectFile]) -> BatchTables | None:
     converted = _symbol_rows(pend)
     if converted is None:
         return None
-    symbols, owner, sections, counts = converted
+    raw, attrs, own, owner, sections, counts = converted
     converted = _relocation_rows(pend, counts, batch=True)
     if converted is None:
         return None
     relocs, rows, firsts, kinds = converted
-    tables = BatchTables(symbols, counts, owner, sections, relocs, rows, kinds)
+    tables = BatchTables(raw, attrs, own, counts, owner, sections, relocs, rows, kinds, [])
     s0 = r0 = 0
     for o, n, m, first in zip(objects, counts, rows, firsts):
         o._pending = None
@@ -348,17 +360,21 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
     converted = _symbol_rows(pend)
     if converted is None:
         return None
-    out, counts = converted[0], converted[3]
+    raw, attrs, sec, _, _, counts = converted
+    out = _symbol_table(raw, attrs, sec)
     if len(pend) == 1:
         return [out]
     ends = list(accumulate(counts))
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]] | None:
-    """:func:`_convert_symbols`' tables end to end, each row's object (its
-    place in ``pend``), their ``section`` column in 64 bits (a copy), and
-    how many rows each object has."""
+def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                 list[int]] | None:
+    """The rows of the objects of ``pend`` end to end, checked: the ELF
+    rows (_SYM_IN), their model bind, type and vis, their model section
+    twice in 64 bits (the second copy the batch's to renumber), each row's
+    object (its place in ``pend``), and how many rows each object has; or
+    None if a row is bad.  :func:`_symbol_table` makes the model's table."""
     # One look-up table for every row: per object, its block (made as it
     # was read, see :func:`_section_blocks`) of the model section and the
     # bound a symbol's value must not pass, indexed by section number plus
@@ -369,37 +385,47 @@ def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     # pass (in a cold link each pass of Python code costs more than its lists).
     counts: list[int] = []  # per object: its symbols
     parts: list = []  # per object: its raw symbol table
-    ends: list[list[int]] = [[], []]  # per object: its block's first and last entries
-    first, last = ends
+    # Per symbol, its object's block's first and last entries, repeated
+    # here by array (C speed, no list of lists for numpy to convert).
+    firsts, lasts = array("q"), array("q")
     table, bound, owners = array("q"), array("q"), array("q")
     for k, p in enumerate(pend):
         reader = p.reader
-        counts.append(reader.nsyms)
+        nsyms = reader.nsyms
+        counts.append(nsyms)
         parts.append(reader.sym_bytes)
         sections, bounds = p.blocks
-        first.append(len(table))
+        first = len(table)
         table += sections
         bound += bounds
-        last.append(len(table) - 1)
+        firsts += array("q", [first]) * nsyms
+        lasts += array("q", [len(table) - 1]) * nsyms
         owners += array("q", [k]) * len(sections)
     raw = np.frombuffer(b"".join(parts), dtype=_SYM_IN)
-    block = np.repeat(ends, counts, axis=1)
+    block = np.frombuffer(firsts + lasts, dtype=np.int64).reshape(2, -1)
     at = block[0] + np.add(raw["shndx"], _SHIFT, dtype=np.uint16)
     np.minimum(at, block[1], out=at)
     # The three look-ups in one (ndarray.take: the same as indexing, at half
     # the call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
-    sec, limit, owner = np.frombuffer(table + bound + owners, dtype=np.int64).reshape(3, -1).take(at, axis=1)
+    # The model section is looked up twice: a copy for the batch to renumber
+    # in place, at no extra call.
+    sec, sec2, limit, owner = np.frombuffer(table + table + bound + owners, dtype=np.int64).reshape(4, -1).take(at, axis=1)
     attrs = raw["attrs"] & 0x3FF
     bad = raw["value"] > limit.view(np.uint64)
     bad |= sec <= T.BAD_INDEX
     bad |= _BAD_BIND.take(attrs)
     if np.count_nonzero(bad):
         return None
+    return raw, _ATTRS.take(attrs), sec, owner, sec2, counts
+
+
+def _symbol_table(raw: np.ndarray, attrs: np.ndarray, sections: np.ndarray) -> np.ndarray:
+    """The model's symbol table (SYM_DTYPE) of :func:`_symbol_rows`' columns."""
     out = np.empty(len(raw), dtype=_SYM_OUT)
     out["value_size"] = raw["value_size"]
-    out["section"] = sec
-    out["attrs"] = _ATTRS.take(attrs)
-    return out.view(SYM_DTYPE), owner, sec, counts
+    out["section"] = sections
+    out["attrs"] = attrs.view("V3")
+    return out.view(SYM_DTYPE)
 
 
 def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
