@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
-from itertools import accumulate, chain
+from itertools import accumulate, chain, repeat
 from operator import attrgetter
 
 import numpy as np
@@ -327,7 +327,7 @@ class BatchLinker:
         named = (self.bind != _LOCAL).nonzero()[0]
         names, gsec, bind = self.names, self.gsec, self.bind
         defs: dict[str, int] = {}
-        strong: dict[str, bool] = {}
+        strong: dict[str, bool] | None = {}
         commons: dict[str, list[int]] = {}
         refs: dict[str, list[int]] = {}
         losers: list[tuple[str, int]] = []  # weak or duplicate-weak definitions that did not win
@@ -342,13 +342,16 @@ class BatchLinker:
         if "" not in def_names:
             defs = dict(zip(def_names, def_list))
             if len(defs) == len(def_names):  # no name twice
-                strong = dict(zip(def_names, (bind[def_idx] != _WEAK).tolist()))
+                # Which of them are strong is asked only by a tentative or an
+                # earlier batch's definition (most batches have neither): made then.
+                strong = None
                 rest = ~defining
                 named, named_sec = named.compress(rest), named_sec.compress(rest)
             else:
                 defs = {}
         sec_of = named_sec.tolist()
-        weak_of = (bind[named] == _WEAK).tolist()
+        # (Only a definition's binding is read below: when the definitions were indexed above, the loop sees none.)
+        weak_of = (bind[named] == _WEAK).tolist() if strong is not None else repeat(False)
         for i, sec, weak in zip(named.tolist(), sec_of, weak_of):
             name = names[i]
             if not name:
@@ -372,6 +375,9 @@ class BatchLinker:
                 commons.setdefault(name, []).append(i)
             else:
                 refs.setdefault(name, []).append(i)
+        published = self.resolver.published
+        if strong is None and (commons or published):
+            strong = dict(zip(def_names, (bind[def_idx] != _WEAK).tolist()))
         # Tentative definitions merge into one zero-filled object unless a real one exists.
         self.commons: dict[str, tuple[int, int, int]] = {}  # name -> (canonical sym, size, align)
         for name, idx in commons.items():
@@ -391,7 +397,6 @@ class BatchLinker:
         self.externals: list[External] = []
         self._ext_index: dict[str, int] = {}
         # Earlier batches win over weak definitions here; strong ones clash.
-        published = self.resolver.published
         for name in [m for m in defs if m in published] if published else []:
             earlier = published[name]
             i = defs[name]
