@@ -462,7 +462,10 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     symbols: list[int] = []  # per table: its object's symbol count
     place: list[int] = []  # per table: the patched section numbered across the batch
     owner: list[int] = []  # per table: its object
-    base: list[int] = []  # per table: its object's first symbol's number across the batch
+    # per table: its object's first symbol's number across the batch, as
+    # r_info's upper half (added to a row's r_info, it numbers the row's
+    # symbol across the batch: the checks bound the sum by the batch's symbols)
+    base: list[int] = []
     firsts: list[int] = []  # per object: its first section's number across the batch
     first = first_symbol = 0
     for k, (p, n) in enumerate(zip(pend, nsyms)):
@@ -474,7 +477,7 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
         symbols += [n] * ntables
         place += map(first.__add__, p.targets)
         owner += [k] * ntables
-        base += [first_symbol] * ntables
+        base += [first_symbol << 32] * ntables
         firsts.append(first)
         first += p.nsections or 1
         first_symbol += n
@@ -521,18 +524,19 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     key |= offset.view(np.int64)
     out = np.empty(len(raw), dtype=_BATCH_OUT if batch else _RELOC_OUT)
     out["offset"] = offset
-    out["info"] = raw["info"]
+    if batch:
+        # rtype, and sym numbered across the batch, in one (no subtrahend symbols in ELF)
+        np.add(raw["info"], base.view(np.uint64), out=out["info"])
+        out["obj"] = owner
+        out["lsym"] = sym
+    else:
+        out["info"] = raw["info"]
     out["addend"] = raw["addend"]
     # (An object's own numbers are the batch's for a batch of one.)
     out["section"] = place if batch or len(pend) == 1 else np.repeat(sections, counts)
-    if batch:
-        out["obj"] = owner
-        out["lsym"] = sym
     out["kind"] = kinds
     out["sym2"] = -1
     out = out.view(BATCH_RELOC_DTYPE if batch else RELOC_DTYPE)
-    if batch:
-        out["sym"] += base  # (no subtrahend symbols in ELF)
     # R_X86_64_NONE rows go; the records move once, not column by column.
     if dropped:
         kept_rows = (np.array(counts) - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
