@@ -211,13 +211,12 @@ class BatchLinker:
         # is batch-wide section start + i, and the look-up table can be skipped.
         renumber = len(gids) != len(placed)
         gid_of = np.array(gids or [0], dtype=np.int64) if renumber else None
-        sec_base = np.array(starts, dtype=np.int64)
         if converted is not None:
             counts = converted.symbol_counts
             # The columns straight from the conversion: no model table in between.
             syms, attrs = converted.raw_symbols, converted.symbol_attrs
             owner = converted.symbol_owner
-            gsec = converted.symbol_sections
+            gsec = converted.symbol_sections  # numbered across the batch already, as ``starts`` numbers them
         else:
             counts = [len(o.symbols) for o in objects]
             syms = attrs = join([o.symbols for o in objects], SYM_DTYPE)
@@ -233,15 +232,16 @@ class BatchLinker:
         self.vis = attrs["vis"]
         self.sym_obj = owner if owner is not None else np.repeat(np.arange(len(objects)), counts)
         self.names = list(chain.from_iterable(o.names for o in objects))
-        defined = gsec >= 0
+        sec_base = None
+        if converted is None:
+            sec_base = np.array(starts, dtype=np.int64)
+            # One masked add: gathering and scattering by a mask costs more on a large batch.
+            np.add(gsec, sec_base.take(self.sym_obj), out=gsec, where=gsec >= 0)
         if renumber:
-            first = sec_base[self.sym_obj[defined]]
-            gsec[defined] = gid_of[first + gsec[defined]]
+            defined = gsec >= 0
+            gsec[defined] = gid_of.take(gsec[defined])
             # A symbol in a dropped section is a reference to the kept copy.
             gsec[defined & (gsec < 0)] = SEC_DISCARDED
-        else:
-            # One masked add: gathering and scattering by a mask costs more on a large batch.
-            np.add(gsec, sec_base.take(self.sym_obj), out=gsec, where=defined)
         self.gsec = gsec
         # The conversion's census of edge kinds holds while no row is dropped.
         self.kind_count = None

@@ -132,7 +132,9 @@ class BatchTables(NamedTuple):
     object_sections: np.ndarray  # per symbol, its section in its object's numbering (the model's)
     symbol_counts: list[int]  # per object
     symbol_owner: np.ndarray  # per symbol, its object
-    symbol_sections: np.ndarray  # the symbols' ``section`` column in 64 bits, for the batch to renumber in place
+    # the symbols' sections numbered across the batch as ``relocs`` numbers
+    # them (SEC_* numbers as they are), in 64 bits, for the batch to renumber in place
+    symbol_sections: np.ndarray
     # BATCH_RELOC_DTYPE, each object's rows sorted by (section, offset), the
     # sections numbered across the batch (each object's after the previous
     # one's, an object without sections taking one number); ``sym`` numbered
@@ -372,23 +374,26 @@ def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarr
                                                  list[int]] | None:
     """The rows of the objects of ``pend`` end to end, checked: the ELF
     rows (_SYM_IN), their model bind, type and vis, their model section
-    twice in 64 bits (the second copy the batch's to renumber), each row's
-    object (its place in ``pend``), and how many rows each object has; or
-    None if a row is bad.  :func:`_symbol_table` makes the model's table."""
+    in 64 bits, each row's object (its place in ``pend``), their section
+    numbered across the batch (as :func:`_relocation_rows` numbers them;
+    SEC_* numbers as they are), and how many rows each object has; or None
+    if a row is bad.  :func:`_symbol_table` makes the model's table."""
     # One look-up table for every row: per object, its block (made as it
     # was read, see :func:`_section_blocks`) of the model section and the
     # bound a symbol's value must not pass, indexed by section number plus
     # _SHIFT (in 16 bits, so SHN_ABS and SHN_COMMON wrap round to the
     # block's first entries); every other number past the object's last
     # section, reserved or not, is clamped to the block's last entry,
-    # BAD_INDEX.  A third row holds the block's object.  Gathered in one
+    # BAD_INDEX.  A third row holds the block's object, a fourth the number
+    # across the batch of the object's first section.  Gathered in one
     # pass (in a cold link each pass of Python code costs more than its lists).
     counts: list[int] = []  # per object: its symbols
     parts: list = []  # per object: its raw symbol table
     # Per symbol, its object's block's first and last entries, repeated
     # here by array (C speed, no list of lists for numpy to convert).
     firsts, lasts = array("q"), array("q")
-    table, bound, owners = array("q"), array("q"), array("q")
+    table, bound, owners, bases = array("q"), array("q"), array("q"), array("q")
+    base = 0  # the object's first section's number across the batch
     for k, p in enumerate(pend):
         reader = p.reader
         nsyms = reader.nsyms
@@ -401,22 +406,27 @@ def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarr
         firsts += array("q", [first]) * nsyms
         lasts += array("q", [len(table) - 1]) * nsyms
         owners += array("q", [k]) * len(sections)
+        bases += array("q", [base]) * len(sections)
+        base += p.nsections or 1
     raw = np.frombuffer(b"".join(parts), dtype=_SYM_IN)
     block = np.frombuffer(firsts + lasts, dtype=np.int64).reshape(2, -1)
     at = block[0] + np.add(raw["shndx"], _SHIFT, dtype=np.uint16)
     np.minimum(at, block[1], out=at)
-    # The three look-ups in one (ndarray.take: the same as indexing, at half
+    lookup = np.frombuffer(table + bound + owners + table + bases, dtype=np.int64).reshape(5, -1)
+    # The batch's numbers: a section's with its object's first's added, on
+    # the blocks (a few entries per object), not on the rows.
+    batch = lookup[3]
+    np.add(batch, lookup[4], out=batch, where=batch >= 0)
+    # The four look-ups in one (ndarray.take: the same as indexing, at half
     # the call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
-    # The model section is looked up twice: a copy for the batch to renumber
-    # in place, at no extra call.
-    sec, sec2, limit, owner = np.frombuffer(table + table + bound + owners, dtype=np.int64).reshape(4, -1).take(at, axis=1)
+    sec, limit, owner, gsec = lookup[:4].take(at, axis=1)
     attrs = raw["attrs"] & 0x3FF
     bad = raw["value"] > limit.view(np.uint64)
     bad |= sec <= T.BAD_INDEX
     bad |= _BAD_BIND.take(attrs)
     if np.count_nonzero(bad):
         return None
-    return raw, _ATTRS.take(attrs), sec, owner, sec2, counts
+    return raw, _ATTRS.take(attrs), sec, owner, gsec, counts
 
 
 def _symbol_table(raw: np.ndarray, attrs: np.ndarray, sections: np.ndarray) -> np.ndarray:
