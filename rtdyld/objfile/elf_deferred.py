@@ -389,27 +389,24 @@ def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     # pass (in a cold link each pass of Python code costs more than its lists).
     counts: list[int] = []  # per object: its symbols
     parts: list = []  # per object: its raw symbol table
-    # Per symbol, its object's block's first and last entries, repeated
-    # here by array (C speed, no list of lists for numpy to convert).
-    firsts, lasts = array("q"), array("q")
+    ends: list[list[int]] = [[], []]  # per object: its block's first and last entries
+    first_entry, last_entry = ends
     table, bound, owners, bases = array("q"), array("q"), array("q"), array("q")
     base = 0  # the object's first section's number across the batch
     for k, p in enumerate(pend):
         reader = p.reader
-        nsyms = reader.nsyms
-        counts.append(nsyms)
+        counts.append(reader.nsyms)
         parts.append(reader.sym_bytes)
         sections, bounds = p.blocks
-        first = len(table)
+        first_entry.append(len(table))
         table += sections
         bound += bounds
-        firsts += array("q", [first]) * nsyms
-        lasts += array("q", [len(table) - 1]) * nsyms
+        last_entry.append(len(table) - 1)
         owners += array("q", [k]) * len(sections)
         bases += array("q", [base]) * len(sections)
         base += p.nsections or 1
     raw = np.frombuffer(b"".join(parts), dtype=_SYM_IN)
-    block = np.frombuffer(firsts + lasts, dtype=np.int64).reshape(2, -1)
+    block = np.repeat(ends, counts, axis=1)
     at = block[0] + np.add(raw["shndx"], _SHIFT, dtype=np.uint16)
     np.minimum(at, block[1], out=at)
     lookup = np.frombuffer(table + bound + owners + table + bases, dtype=np.int64).reshape(5, -1)
