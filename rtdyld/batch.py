@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
-from itertools import accumulate, chain
+from itertools import accumulate, chain, repeat
 from operator import attrgetter
 
 import numpy as np
@@ -211,15 +211,15 @@ class BatchLinker:
         # is batch-wide section start + i, and the look-up table can be skipped.
         renumber = len(gids) != len(placed)
         gid_of = np.array(gids or [0], dtype=np.int64) if renumber else None
-        sec_base = np.array(starts, dtype=np.int64)
         if converted is not None:
             counts = converted.symbol_counts
-            syms = converted.symbols
+            # The columns straight from the conversion: no model table in between.
+            syms, attrs = converted.raw_symbols, converted.symbol_attrs
             owner = converted.symbol_owner
-            gsec = converted.symbol_sections
+            gsec = converted.symbol_sections  # numbered across the batch already, as ``starts`` numbers them
         else:
             counts = [len(o.symbols) for o in objects]
-            syms = join([o.symbols for o in objects], SYM_DTYPE)
+            syms = attrs = join([o.symbols for o in objects], SYM_DTYPE)
             owner = None
             gsec = syms["section"].astype(np.int64)
         sym_base = [0, *accumulate(counts)]
@@ -227,20 +227,21 @@ class BatchLinker:
         self.nsyms = sym_base[-1]
         self.value = syms["value"]
         self.size = syms["size"]
-        self.bind = syms["bind"]
-        self.stype = syms["type"]
-        self.vis = syms["vis"]
+        self.bind = attrs["bind"]
+        self.stype = attrs["type"]
+        self.vis = attrs["vis"]
         self.sym_obj = owner if owner is not None else np.repeat(np.arange(len(objects)), counts)
         self.names = list(chain.from_iterable(o.names for o in objects))
-        defined = gsec >= 0
+        sec_base = None
+        if converted is None:
+            sec_base = np.array(starts, dtype=np.int64)
+            # One masked add: gathering and scattering by a mask costs more on a large batch.
+            np.add(gsec, sec_base.take(self.sym_obj), out=gsec, where=gsec >= 0)
         if renumber:
-            first = sec_base[self.sym_obj[defined]]
-            gsec[defined] = gid_of[first + gsec[defined]]
+            defined = gsec >= 0
+            gsec[defined] = gid_of.take(gsec[defined])
             # A symbol in a dropped section is a reference to the kept copy.
             gsec[defined & (gsec < 0)] = SEC_DISCARDED
-        else:
-            # One masked add: gathering and scattering by a mask costs more on a large batch.
-            np.add(gsec, sec_base.take(self.sym_obj), out=gsec, where=defined)
         self.gsec = gsec
         # The conversion's census of edge kinds holds while no row is dropped.
         self.kind_count = None
@@ -326,7 +327,7 @@ class BatchLinker:
         named = (self.bind != _LOCAL).nonzero()[0]
         names, gsec, bind = self.names, self.gsec, self.bind
         defs: dict[str, int] = {}
-        strong: dict[str, bool] = {}
+        strong: dict[str, bool] | None = {}
         commons: dict[str, list[int]] = {}
         refs: dict[str, list[int]] = {}
         losers: list[tuple[str, int]] = []  # weak or duplicate-weak definitions that did not win
@@ -341,13 +342,16 @@ class BatchLinker:
         if "" not in def_names:
             defs = dict(zip(def_names, def_list))
             if len(defs) == len(def_names):  # no name twice
-                strong = dict(zip(def_names, (bind[def_idx] != _WEAK).tolist()))
+                # Which of them are strong is asked only by a tentative or an
+                # earlier batch's definition (most batches have neither): made then.
+                strong = None
                 rest = ~defining
                 named, named_sec = named.compress(rest), named_sec.compress(rest)
             else:
                 defs = {}
         sec_of = named_sec.tolist()
-        weak_of = (bind[named] == _WEAK).tolist()
+        # (Only a definition's binding is read below: when the definitions were indexed above, the loop sees none.)
+        weak_of = (bind[named] == _WEAK).tolist() if strong is not None else repeat(False)
         for i, sec, weak in zip(named.tolist(), sec_of, weak_of):
             name = names[i]
             if not name:
@@ -371,6 +375,9 @@ class BatchLinker:
                 commons.setdefault(name, []).append(i)
             else:
                 refs.setdefault(name, []).append(i)
+        published = self.resolver.published
+        if strong is None and (commons or published):
+            strong = dict(zip(def_names, (bind[def_idx] != _WEAK).tolist()))
         # Tentative definitions merge into one zero-filled object unless a real one exists.
         self.commons: dict[str, tuple[int, int, int]] = {}  # name -> (canonical sym, size, align)
         for name, idx in commons.items():
@@ -390,7 +397,6 @@ class BatchLinker:
         self.externals: list[External] = []
         self._ext_index: dict[str, int] = {}
         # Earlier batches win over weak definitions here; strong ones clash.
-        published = self.resolver.published
         for name in [m for m in defs if m in published] if published else []:
             earlier = published[name]
             i = defs[name]

@@ -68,8 +68,8 @@ _UNBOUNDED_END = array("q", [-1])
 # and st_size are the model's value and size; st_info and st_other (one
 # 16-bit word, of which the low ten bits count) give bind, type and vis
 # (three bytes) through one look-up.
-_SYM_IN = np.dtype({"names": ["attrs", "shndx", "value", "value_size"],
-                    "formats": ["<u2", "<u2", "<u8", "V16"], "offsets": [4, 6, 8, 8], "itemsize": 24})
+_SYM_IN = np.dtype({"names": ["attrs", "shndx", "value", "size", "value_size"],
+                    "formats": ["<u2", "<u2", "<u8", "<u8", "V16"], "offsets": [4, 6, 8, 16, 8], "itemsize": 24})
 _SYM_OUT = np.dtype({"names": ["value_size", "section", "attrs"], "formats": ["V16", "<i4", "V3"],
                      "offsets": [0, 16, 20], "itemsize": SYM_DTYPE.itemsize})
 assert [SYM_DTYPE.fields[f][1] for f in ("section", "bind", "type", "vis")] == [16, 20, 21, 22]
@@ -78,7 +78,6 @@ _ATTRS["bind"] = T.BIND_MAP[(np.arange(1024) & 0xFF) >> 4]
 _ATTRS["type"] = T.TYPE_MAP[np.arange(1024) & 0xF]
 _ATTRS["vis"] = np.arange(1024) >> 8
 _BAD_BIND = _ATTRS["bind"] == 255
-_ATTRS = _ATTRS.view("V3")
 # Relocations: r_info's low and high halves are the model's rtype and sym,
 # next to each other in both records, so r_offset, r_info and r_addend are three copies.
 _RELA_IN = np.dtype({"names": ["offset", "info", "rtype", "sym", "addend"],
@@ -133,12 +132,19 @@ class _Pending:
 class BatchTables(NamedTuple):
     """The symbol and relocation tables of a batch's objects, converted
     together: each object's rows in its own numbering (its sections, its
-    symbols), the objects' rows end to end in batch order."""
+    symbols), the objects' rows end to end in batch order.
 
-    symbols: np.ndarray  # SYM_DTYPE
+    The batch reads the symbols' columns; the model's table of them
+    (``symbols``) is made only if an object's own is asked for."""
+
+    raw_symbols: np.ndarray  # the ELF rows (_SYM_IN): ``value`` and ``size`` are the model's
+    symbol_attrs: np.ndarray  # per symbol, its model bind, type and vis
+    object_sections: np.ndarray  # per symbol, its section in its object's numbering (the model's)
     symbol_counts: list[int]  # per object
     symbol_owner: np.ndarray  # per symbol, its object
-    symbol_sections: np.ndarray  # the symbols' ``section`` column in 64 bits, for the batch to renumber in place
+    # the symbols' sections numbered across the batch as ``relocs`` numbers
+    # them (SEC_* numbers as they are), in 64 bits, for the batch to renumber in place
+    symbol_sections: np.ndarray
     # BATCH_RELOC_DTYPE, each object's rows sorted by (section, offset), the
     # sections numbered across the batch (each object's after the previous
     # one's, an object without sections taking one number); ``sym`` numbered
@@ -146,6 +152,14 @@ class BatchTables(NamedTuple):
     relocs: np.ndarray
     reloc_counts: list[int]  # per object
     kind_counts: list[int]  # rows of each edge kind, indexed by kind
+    # The model's symbol table (SYM_DTYPE) once made, in a list so the tuple can hold it.
+    made: list
+
+    @property
+    def symbols(self) -> np.ndarray:
+        if not self.made:
+            self.made.append(_symbol_table(self.raw_symbols, self.symbol_attrs, self.object_sections))
+        return self.made[0]
 
 
 class DeferredElfObject(ObjectFile):
@@ -331,12 +345,12 @@ def convert_batch(objects: list[ObjectFile]) -> BatchTables | None:
     converted = _symbol_rows(pend)
     if converted is None:
         return None
-    symbols, owner, sections, counts = converted
+    raw, attrs, own, owner, sections, counts = converted
     converted = _relocation_rows(pend, counts, batch=True)
     if converted is None:
         return None
     relocs, rows, firsts, kinds = converted
-    tables = BatchTables(symbols, counts, owner, sections, relocs, rows, kinds)
+    tables = BatchTables(raw, attrs, own, counts, owner, sections, relocs, rows, kinds, [])
     s0 = r0 = 0
     for o, n, m, first in zip(objects, counts, rows, firsts):
         o._pending = None
@@ -372,58 +386,77 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
     converted = _symbol_rows(pend)
     if converted is None:
         return None
-    out, counts = converted[0], converted[3]
+    raw, attrs, sec, _, _, counts = converted
+    out = _symbol_table(raw, attrs, sec)
     if len(pend) == 1:
         return [out]
     ends = list(accumulate(counts))
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]] | None:
-    """:func:`_convert_symbols`' tables end to end, each row's object (its
-    place in ``pend``), their ``section`` column in 64 bits (a copy), and
-    how many rows each object has."""
+def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                 list[int]] | None:
+    """The rows of the objects of ``pend`` end to end, checked: the ELF
+    rows (_SYM_IN), their model bind, type and vis, their model section
+    in 64 bits, each row's object (its place in ``pend``), their section
+    numbered across the batch (as :func:`_relocation_rows` numbers them;
+    SEC_* numbers as they are), and how many rows each object has; or None
+    if a row is bad.  :func:`_symbol_table` makes the model's table."""
     # One look-up table for every row: per object, its block (made as it
     # was read, see :func:`_section_blocks`) of the model section and the
     # bound a symbol's value must not pass, indexed by section number plus
     # _SHIFT (in 16 bits, so SHN_ABS and SHN_COMMON wrap round to the
     # block's first entries); every other number past the object's last
     # section, reserved or not, is clamped to the block's last entry,
-    # BAD_INDEX.  A third row holds the block's object.  Gathered in one
+    # BAD_INDEX.  A third row holds the block's object, a fourth the number
+    # across the batch of the object's first section.  Gathered in one
     # pass (in a cold link each pass of Python code costs more than its lists).
     counts: list[int] = []  # per object: its symbols
     parts: list = []  # per object: its raw symbol table
     ends: list[list[int]] = [[], []]  # per object: its block's first and last entries
-    first, last = ends
-    table, bound, owners = array("q"), array("q"), array("q")
+    first_entry, last_entry = ends
+    table, bound, owners, bases = array("q"), array("q"), array("q"), array("q")
+    base = 0  # the object's first section's number across the batch
     for k, p in enumerate(pend):
         reader = p.reader
         counts.append(reader.nsyms)
         parts.append(reader.sym_bytes)
         sections, bounds = p.blocks
-        first.append(len(table))
+        first_entry.append(len(table))
         table += sections
         bound += bounds
-        last.append(len(table) - 1)
+        last_entry.append(len(table) - 1)
         owners += array("q", [k]) * len(sections)
+        bases += array("q", [base]) * len(sections)
+        base += p.nsections or 1
     raw = np.frombuffer(b"".join(parts), dtype=_SYM_IN)
     block = np.repeat(ends, counts, axis=1)
     at = block[0] + np.add(raw["shndx"], _SHIFT, dtype=np.uint16)
     np.minimum(at, block[1], out=at)
-    # The three look-ups in one (ndarray.take: the same as indexing, at half
+    lookup = np.frombuffer(table + bound + owners + table + bases, dtype=np.int64).reshape(5, -1)
+    # The batch's numbers: a section's with its object's first's added, on
+    # the blocks (a few entries per object), not on the rows.
+    batch = lookup[3]
+    np.add(batch, lookup[4], out=batch, where=batch >= 0)
+    # The four look-ups in one (ndarray.take: the same as indexing, at half
     # the call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
-    sec, limit, owner = np.frombuffer(table + bound + owners, dtype=np.int64).reshape(3, -1).take(at, axis=1)
+    sec, limit, owner, gsec = lookup[:4].take(at, axis=1)
     attrs = raw["attrs"] & 0x3FF
     bad = raw["value"] > limit.view(np.uint64)
     bad |= sec <= T.BAD_INDEX
     bad |= _BAD_BIND.take(attrs)
     if np.count_nonzero(bad):
         return None
+    return raw, _ATTRS.take(attrs), sec, owner, gsec, counts
+
+
+def _symbol_table(raw: np.ndarray, attrs: np.ndarray, sections: np.ndarray) -> np.ndarray:
+    """The model's symbol table (SYM_DTYPE) of :func:`_symbol_rows`' columns."""
     out = np.empty(len(raw), dtype=_SYM_OUT)
     out["value_size"] = raw["value_size"]
-    out["section"] = sec
-    out["attrs"] = _ATTRS.take(attrs)
-    return out.view(SYM_DTYPE), owner, sec, counts
+    out["section"] = sections
+    out["attrs"] = attrs.view("V3")
+    return out.view(SYM_DTYPE)
 
 
 def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
@@ -460,7 +493,10 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     symbols: list[int] = []  # per table: its object's symbol count
     place: list[int] = []  # per table: the patched section numbered across the batch
     owner: list[int] = []  # per table: its object
-    base: list[int] = []  # per table: its object's first symbol's number across the batch
+    # per table: its object's first symbol's number across the batch, as
+    # r_info's upper half (added to a row's r_info, it numbers the row's
+    # symbol across the batch: the checks bound the sum by the batch's symbols)
+    base: list[int] = []
     firsts: list[int] = []  # per object: its first section's number across the batch
     first = first_symbol = 0
     for k, (p, n) in enumerate(zip(pend, nsyms)):
@@ -472,7 +508,7 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
         symbols += [n] * ntables
         place += map(first.__add__, p.targets)
         owner += [k] * ntables
-        base += [first_symbol] * ntables
+        base += [first_symbol << 32] * ntables
         firsts.append(first)
         first += p.nsections or 1
         first_symbol += n
@@ -519,18 +555,19 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     key |= offset.view(np.int64)
     out = np.empty(len(raw), dtype=_BATCH_OUT if batch else _RELOC_OUT)
     out["offset"] = offset
-    out["info"] = raw["info"]
+    if batch:
+        # rtype, and sym numbered across the batch, in one (no subtrahend symbols in ELF)
+        np.add(raw["info"], base.view(np.uint64), out=out["info"])
+        out["obj"] = owner
+        out["lsym"] = sym
+    else:
+        out["info"] = raw["info"]
     out["addend"] = raw["addend"]
     # (An object's own numbers are the batch's for a batch of one.)
     out["section"] = place if batch or len(pend) == 1 else np.repeat(sections, counts)
-    if batch:
-        out["obj"] = owner
-        out["lsym"] = sym
     out["kind"] = kinds
     out["sym2"] = -1
     out = out.view(BATCH_RELOC_DTYPE if batch else RELOC_DTYPE)
-    if batch:
-        out["sym"] += base  # (no subtrahend symbols in ELF)
     # R_X86_64_NONE rows go; the records move once, not column by column.
     if dropped:
         kept_rows = (np.array(counts) - np.add.reduceat(none, starts, dtype=np.int64)).tolist() if len(pend) > 1 else None
