@@ -49,14 +49,12 @@ PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
 _PC32_DATA = kind_mask(PC32_DATA)
 # Plain ints: numpy probes an enum operand's attributes on every comparison (~2.5 us).
 _LOCAL, _WEAK = int(Bind.LOCAL), int(Bind.WEAK)
-# Members for identity tests, ints for the rest: hashing or comparing an IntEnum costs ~0.2 us.
-_NORMAL, _EH_FRAME = SectionRole.NORMAL, SectionRole.EH_FRAME  # run nothing
+# Roles as ints: hashing or comparing an IntEnum costs ~0.2 us.
 _ROLE = attrgetter("role")
-_PLAIN, _EH = int(_NORMAL), int(_EH_FRAME)
+_PLAIN, _EH = int(SectionRole.NORMAL), int(SectionRole.EH_FRAME)  # sections that run nothing
 _INIT_ARRAY, _CTORS = int(SectionRole.INIT_ARRAY), int(SectionRole.CTORS)
 _FINI_ARRAY, _DTORS = int(SectionRole.FINI_ARRAY), int(SectionRole.DTORS)
 _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
-_EH_FRAME = int(SectionRole.EH_FRAME)
 _OBJECT_ROW = np.dtype((np.void, RELOC_DTYPE.itemsize))  # an object's relocation, as bytes
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 _NO_ROWS.flags.writeable = False
