@@ -101,9 +101,9 @@ def _code_identity() -> str:
 def _prime() -> None:
     """Pay once per process, when a cache is opened, the lazy set-up a first
     warm link would otherwise pay inside the link: the code identity, cffi's
-    parsing of the C types the host look-ups use, numpy's lazily imported
-    helpers, the model's field annotations, and the unwinder's entry points
-    (libgcc_s found and opened, as an LLVM engine has it from the start)."""
+    parsing of the C types the host look-ups use, the model's field
+    annotations, and the unwinder's entry points (libgcc_s found and opened,
+    as an LLVM engine has it from the start)."""
     import numpy as np
 
     from memmgr import libc
@@ -120,7 +120,6 @@ def _prime() -> None:
         getattr(libc.libc, name)
     host.ffi.typeof("void *")
     unwind._functions()
-    np.unique(np.zeros(2, dtype=np.uint8))
     for cls in (model.ObjectFile, model.Section, model.Group):
         tables.enum_fields(cls)
     digest(b"")

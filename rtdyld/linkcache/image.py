@@ -99,7 +99,8 @@ def _symbol_is_abs(lb: LinkedBatch, targets: np.ndarray) -> np.ndarray:
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     out = np.zeros(len(targets), dtype=bool)
     oi = np.searchsorted(starts, targets, side="right") - 1
-    for o in np.unique(oi).tolist():
+    # The objects present, by counting: np.unique would import numpy.ma (~10 ms) in a new process.
+    for o in np.flatnonzero(np.bincount(oi)).tolist():
         m = oi == o
         sec = lb.objects[o].symbols["section"][targets[m] - starts[o]]
         out[m] = sec == SEC_ABS
