@@ -61,3 +61,23 @@ def test_link_cache_opened_from_the_environment_only_when_set(tmp_path, monkeypa
     given = link_cache_setting.open_link_cache(str(tmp_path / "arg"))
     assert given.directory == str(tmp_path / "arg")
     assert link_cache_setting.open_link_cache(given) is given
+
+
+def test_a_link_cache_stores_and_reuses_a_batch_without_numpy_ma(build, tmp_path):
+    """numpy.ma (about 10 ms to import) is needed by neither opening a cache,
+    storing a batch nor linking from it."""
+    obj = build.cc_text("int answer(void) { return 42; }\nint (*pick)(void) = answer;\n", "-O2", "-fPIC",
+                        stem="cached_answer")
+    code = (
+        "import sys\n"
+        "from rtdyld import Linker\n"
+        "for _ in range(2):\n"
+        f"    ln = Linker(link_cache={str(tmp_path / 'cache')!r})\n"
+        f"    ln.add_object({str(obj)!r})\n"
+        "    ln.finalize()\n"
+        "    print(ln.function('answer', 'int(void)')(), ln.link_cache.stats['batches'], 'numpy.ma' in sys.modules)\n"
+        "    ln.close()\n"
+    )
+    first, second = _child(code).splitlines()
+    assert first.startswith("42 ") and "'stores': 1" in first and first.endswith(" False")
+    assert second.startswith("42 ") and "'hits': 1" in second and second.endswith(" False")
