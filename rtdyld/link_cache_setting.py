@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-ENV = "RTDYLD_LINK_CACHE"  # rtdyld.linkcache.ENV (tests/test_lazy_imports.py keeps them equal)
+ENV = "RTDYLD_LINK_CACHE"  # the link cache directory, when set and not empty
 
 
 def open_link_cache(setting):

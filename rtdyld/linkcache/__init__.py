@@ -48,6 +48,7 @@ from ..archives import list_member_definitions
 from ..cache_entry import TEMP_PREFIX, atomic_write
 from ..errors import MalformedObjectError
 from ..inputs import parse_object, read_input
+from ..link_cache_setting import ENV
 from ..objfile.archive_layout import RawMember
 from ..objfile.model import ObjectFile
 from . import by_identity, container, image, tables
@@ -57,7 +58,6 @@ from .deferred import DeferredArchive
 from .digests import StatDigests, digest
 from .plan import DIGEST_ATTR, BatchPlan, identity_plan, make_plan
 
-ENV = "RTDYLD_LINK_CACHE"
 _PACKAGE = sys.modules[__package__.rpartition(".")[0]]  # rtdyld, imported before its subpackages
 ENTRY_SUFFIX = ".ent"
 LAYERS = ("objects", "archives", "batches", by_identity.LAYER)
@@ -168,17 +168,6 @@ class LinkCache:
 
     # --- objects ------------------------------------------------------------------
 
-    def read_input(self, src, name: str | None = None) -> tuple[bytes, str]:
-        """:func:`rtdyld.inputs.read_input`, a path read with the four system
-        calls of :func:`.container.read_file` rather than a buffered file's nine."""
-        if not isinstance(src, (str, os.PathLike)):
-            return read_input(src, name)
-        try:
-            data = read_file(src)
-        except OSError as e:
-            raise MalformedObjectError(f"{src}: cannot read: {e.strerror}") from None
-        return data, name or str(src)
-
     def add_object(self, src, name: str | None = None) -> ObjectFile:
         """The object ``Linker.add_object`` adds.  A path is only stat'ed: its
         bytes are read, and parsed or loaded from the cache, when a link or a
@@ -254,7 +243,7 @@ class LinkCache:
         except OSError as e:
             raise MalformedObjectError(f"{real}: cannot read the archive: {e.strerror or e}") from None
         archives.parse = self.parse
-        return DeferredArchive(real, list_member_definitions, None, self, source)
+        return DeferredArchive(real, list_member_definitions, self, source)
 
     def _archive_key(self, content: str) -> bytes:
         return self._key("archive", content)

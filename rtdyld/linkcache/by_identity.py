@@ -34,10 +34,6 @@ LAYER = "inputs"
 INPUT_ATTR = "_link_cache_input"  # set on objects added by path, to their InputFile
 
 
-def file_identity(st: os.stat_result) -> list[int]:
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
 class InputFile:
     """A file added to the link, known by its identity until its bytes are asked for.
     Raises OSError if the file cannot be stat'ed."""
@@ -50,7 +46,7 @@ class InputFile:
         # absolute path is kept as spelt (normalising it costs more than the
         # stat, and another spelling of the same file is only another key).
         self.path = path if path.startswith("/") else os.path.abspath(path)
-        self.ident = file_identity(os.stat(self.path))
+        self.ident = digests.file_identity(os.stat(self.path))
         self._data: bytes | None = None
         self._digest: str | None = None
         self._settled = False
@@ -63,8 +59,7 @@ class InputFile:
             self._digest = digests.digest(data)
             # The digest stands for the identity in the key only if the bytes
             # hashed are that identity's and the file had settled.
-            self._settled = (file_identity(st) == self.ident
-                             and before - max(st.st_mtime_ns, st.st_ctime_ns) > digests.SETTLE_NS)
+            self._settled = digests.file_identity(st) == self.ident and digests.had_settled(st, before)
             self._data = data
         return self._data
 

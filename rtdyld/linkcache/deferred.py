@@ -25,17 +25,16 @@ _FROM_FILE = frozenset({"_view", "_mapping", "kind", "has_index", "members", "_i
 
 class DeferredArchive(Archive):
     """An :class:`Archive` opened on first use.  ``content_digest`` is the
-    sha256 of its bytes: as planned when added, then as actually read; None
+    sha256 of its bytes: hashed (or remembered) when first asked for, then
+    as actually read; None
     for a file that is not a regular archive (a thin one, or not an archive
     at all: the reader reports that when the archive is opened), which no
     batch entry may then depend on."""
 
-    def __init__(self, path: str, list_definitions, content_digest: str | None, tables=None, source=None) -> None:
+    def __init__(self, path: str, list_definitions, tables=None, source=None) -> None:
         self.name = path
         self.path = path
         self.list_definitions = list_definitions
-        if content_digest is not None:
-            self.content_digest = content_digest
         self.tables = tables  # where member tables and symbol indexes are kept (a LinkCache), if anywhere
         self.source = source  # the InputFile (identity) it was added as, if any
         self.opened = False

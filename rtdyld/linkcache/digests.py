@@ -21,16 +21,27 @@ import os
 import time
 
 from ..cache_entry import atomic_write
-from .container import read_file
+from .container import read_file, read_file_and_stat
 
 SETTLE_NS = 2_000_000_000
 HEAD = 8  # bytes of the file's start a record keeps: an archive's magic
-_FIELDS = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
 
 
 def digest(data) -> str:
     """sha256 of ``data``, hex."""
     return hashlib.sha256(data).hexdigest()
+
+
+def file_identity(st: os.stat_result) -> list[int]:
+    """What names a file's current contents: ``(device, inode, size, mtime_ns, ctime_ns)``."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def had_settled(st: os.stat_result, before_ns: int) -> bool:
+    """Whether the file ``st`` describes had not changed for :data:`SETTLE_NS`
+    at ``before_ns`` (when its reading began): only then may its digest stand
+    for its identity."""
+    return before_ns - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLE_NS
 
 
 class StatDigests:
@@ -55,42 +66,38 @@ class StatDigests:
         """:meth:`file_digest` and the file's first :data:`HEAD` bytes (its
         magic number), which the record keeps too: no read when it holds."""
         real = os.path.abspath(path)
-        st = os.stat(real)
-        ident = [getattr(st, f) for f in _FIELDS]
-        record = self._record_path(real)
+        doc = self._record(real, file_identity(os.stat(real)))
         try:
-            doc = json.loads(read_file(record))
-            if doc["path"] == real and doc["ident"] == ident and isinstance(doc["digest"], str):
+            if doc is not None:
                 return doc["digest"], bytes.fromhex(doc["head"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             pass
         return self._rehash(real)
 
     def settled(self, path, ident: list[int]) -> str | None:
         """The digest remembered for the file at ``path`` while it had identity
         ``ident`` (records are made only of settled files), or None."""
-        real = os.path.abspath(path)
+        doc = self._record(os.path.abspath(path), list(ident))
+        return doc["digest"] if doc is not None else None
+
+    def _record(self, real: str, ident: list[int]) -> dict | None:
+        """The record of the file at ``real`` if it was made while the file had
+        identity ``ident`` and holds a digest, else None."""
         try:
             doc = json.loads(read_file(self._record_path(real)))
-            if doc["path"] == real and doc["ident"] == list(ident) and isinstance(doc["digest"], str):
-                return doc["digest"]
+            if doc["path"] == real and doc["ident"] == ident and isinstance(doc["digest"], str):
+                return doc
         except (OSError, ValueError, KeyError, TypeError):
             pass
         return None
 
-    def rehash(self, path) -> str:
-        """Hash the file now, and remember it if it has settled."""
-        return self._rehash(os.path.abspath(path))[0]
-
     def _rehash(self, real: str) -> tuple[str, bytes]:
         before = time.time_ns()
-        with open(real, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
+        data, st = read_file_and_stat(real)
         value = digest(data)
         head = data[:HEAD]
-        ident = [getattr(st, f) for f in _FIELDS]
-        if before - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLE_NS and os.stat(real).st_ctime_ns == st.st_ctime_ns:
+        ident = file_identity(st)
+        if had_settled(st, before) and os.stat(real).st_ctime_ns == st.st_ctime_ns:
             try:
                 atomic_write(self._record_path(real), json.dumps(
                     {"path": real, "ident": ident, "digest": value, "head": head.hex()}).encode(), durable=False)
