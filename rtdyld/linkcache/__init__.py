@@ -56,7 +56,7 @@ from .by_identity import INPUT_ATTR, InputFile
 from .container import FORMAT_VERSION, CorruptEntry, pack, read_file, unpack
 from .deferred import DeferredArchive
 from .digests import StatDigests, digest
-from .plan import DIGEST_ATTR, BatchPlan, identity_plan, make_plan
+from .plan import DIGEST_ATTR, identity_plan, make_plan, session_of
 
 _PACKAGE = sys.modules[__package__.rpartition(".")[0]]  # rtdyld, imported before its subpackages
 ENTRY_SUFFIX = ".ent"
@@ -301,19 +301,19 @@ class LinkCache:
 
     # --- batches -------------------------------------------------------------------------
 
-    def plan(self, linker, dylib, objs, whole, done, new_archives) -> BatchPlan | None:
-        return make_plan(self, linker, dylib, objs, whole, done, new_archives)
-
     def hook_link(self, linker, dylib, objs, whole, done, new_archives, link_cold):
         """The batch from the cache, or ``link_cold()``'s, which is then stored."""
-        quick = identity_plan(self, linker, dylib, objs, whole, done, new_archives)
+        session = session_of(linker, dylib, whole, done, new_archives)
+        if session is None:
+            return link_cold()
+        quick = identity_plan(self, linker, dylib, objs, session)
         if quick is not None:
             lb = quick.load()
             if lb is not None:
                 self._count(by_identity.LAYER, "hits")
                 self._count("batches", "hits")
                 return lb
-        plan = self.plan(linker, dylib, objs, whole, done, new_archives)
+        plan = make_plan(self, linker, dylib, objs, session)
         if plan is None:
             return link_cold()
         # The image is kept if the by-identity entry is to be written from this one.

@@ -63,7 +63,7 @@ def batch_key(identity: dict, parts: dict) -> bytes:
 
 
 class BatchPlan:
-    """Construct with :func:`make_plan`; then :meth:`load`, or :meth:`store` after a cold link."""
+    """Construct with :func:`make_plan` or :func:`identity_plan`; then :meth:`load`, or :meth:`store` after a cold link."""
 
     def __init__(self, cache, linker, dylib, objs, search, archives, pending, key: bytes,
                  planned_digests: list[str] | None = None, layer: str = "batches") -> None:
@@ -451,19 +451,24 @@ class _Stale(Exception):
     """The session differs from the one the entry was made in."""
 
 
-def make_plan(cache, linker, dylib, objs, whole, done, new_archives) -> BatchPlan | None:
-    """The plan for linking ``objs`` into ``dylib``, or None when the batch
-    must not use the cache (validators, pinned sections, whole archives,
-    inputs the cache did not read)."""
+def session_of(linker, dylib, whole, done, new_archives) -> tuple | None:
+    """What the batch's plans are made from (:func:`_session`), or None when
+    the batch must not use the cache (validators, pinned sections, whole archives)."""
     if linker.validators or linker.pinned or any(d is dylib for _, _, d in whole):
         return None
+    return _session(linker, dylib, done, new_archives)
+
+
+def make_plan(cache, linker, dylib, objs, session) -> BatchPlan | None:
+    """The plan for linking ``objs`` into ``dylib`` in ``session``
+    (:func:`session_of`), or None when an input was not read by the cache."""
     try:
         digests = [_object_digest(o) for o in objs]
     except OSError:
         return None  # the cold link reports the unreadable input
     if None in digests:
         return None
-    archives, search, loaded, kept, pending = _session(linker, dylib, done, new_archives)
+    archives, search, loaded, kept, pending = session
     arch = []
     for a, offsets in zip(search, loaded):
         try:
@@ -483,12 +488,10 @@ def make_plan(cache, linker, dylib, objs, whole, done, new_archives) -> BatchPla
     return BatchPlan(cache, linker, dylib, objs, search, archives, pending, key, [a[1] for a in arch])
 
 
-def identity_plan(cache, linker, dylib, objs, whole, done, new_archives) -> BatchPlan | None:
-    """The plan of the batch's by-identity entry (:mod:`.by_identity`), or
-    None when the batch must not use the cache or an input was not added by path."""
-    if linker.validators or linker.pinned or any(d is dylib for _, _, d in whole):
-        return None
-    archives, search, loaded, kept, pending = _session(linker, dylib, done, new_archives)
+def identity_plan(cache, linker, dylib, objs, session) -> BatchPlan | None:
+    """The plan of the batch's by-identity entry (:mod:`.by_identity`) in
+    ``session`` (:func:`session_of`), or None when an input was not added by path."""
+    archives, search, loaded, kept, pending = session
     key = by_identity.key(cache.identity(), objs, search, loaded, kept, type(linker.memory).__name__,
                           FORMAT_VERSION)
     if key is None:
