@@ -395,7 +395,10 @@ class BatchLinker:
         self.externals: list[External] = []
         self._ext_index: dict[str, int] = {}
         # Earlier batches win over weak definitions here; strong ones clash.
-        for name in [m for m in defs if m in published] if published else []:
+        # The names both define, by one set intersection (a membership test
+        # per definition would be a Python call each); then in ``defs``' order.
+        clash = published.keys() & defs.keys() if published else ()
+        for name in [m for m in defs if m in clash] if clash else []:
             earlier = published[name]
             i = defs[name]
             if strong[name] and earlier.bind != Bind.WEAK:
@@ -630,10 +633,6 @@ class BatchLinker:
             branch_like[far_data] = is_branch
             stuck = np.flatnonzero(far_data)[~is_branch]
         return reachable, stuck, branch_like
-
-    def _bytes_before(self, mask: np.ndarray, back: int) -> np.ndarray:
-        """The byte ``back`` bytes before each masked fixup, from the object's bytes."""
-        return self._opcode_bytes(mask, (back,))[0]
 
     def _opcode_bytes(self, mask: np.ndarray, backs: tuple[int, ...] = (2, 1)) -> list[np.ndarray]:
         """For each of ``backs``, the byte that many bytes before each masked

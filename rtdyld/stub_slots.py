@@ -61,8 +61,7 @@ def plan(batch, scanned: scan_mod.ScanResult) -> tuple[scan_mod.ScanResult, np.n
     cand = got_pc & (slot != 0)
     cand[cand] = scan_mod.in_reach(slot[cand], lo, hi)
     if np.any(cand):
-        opcode = batch._bytes_before(cand, 2)
-        modrm = batch._bytes_before(cand, 1)
+        opcode, modrm = batch._opcode_bytes(cand)  # the bytes 2 and 1 before each
         cand[cand] = (opcode == _INDIRECT) & ((modrm == _CALL_RIP) | (modrm == _JMP_RIP))
     if not np.any(cand):
         return scanned, None

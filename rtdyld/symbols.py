@@ -216,9 +216,7 @@ class Dylib:
         """
         found = self.own_many(names, prefix)
         left = [n for n in names if n not in found] if found else names
-        # The order as order() gives it, built once for all the names.
-        order = self._order if self._order is not None else (*self.libraries, PROCESS)
-        for entry in order:
+        for entry in self.order():  # walked once for all the names
             if not left:
                 break
             if entry == PROCESS:  # first: the usual last entry, and a Dylib or Library never equals a str
