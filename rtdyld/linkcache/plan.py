@@ -175,7 +175,7 @@ class BatchPlan:
                 # for, since the image depends on the address alone (and its
                 # reach, below).
                 addr[j] = d.address
-                out.append(resolutions.ProcessExternal(name, d))
+                out.append(resolutions.ProcessExternal(name, d.address, "", d.size, d))
                 check.append((d.address, reach))
                 continue
             if role == "none":
@@ -324,11 +324,10 @@ class BatchPlan:
                 reach |= bit * scan.in_reach(resolved, lo, hi)
         reaches = iter(reach.tolist())
         externals = []
-        prefix = next(iter(prefixes), "")
         for e, role in zip(lb.externals, roles):
             d = e.definition
             if d is not None:
-                via = resolutions.is_process_definition(d, self.dylib, e.name, prefix, self.pending)
+                via = isinstance(d, ProcessSymbolDef)  # the chain reached the process, which defined it
                 externals.append([e.name, role, d.origin, d.size, d.bind, d.type, next(reaches), via])
             else:
                 externals.append([e.name, role, "", 0, 0, 0, 0, False])
@@ -389,7 +388,7 @@ class BatchPlan:
             # What only maps, listings and look-ups read, decoded when first asked for.
             "later": container.dumps({"definitions": columns, "sections": sections}),
             "externals": externals,
-            "prefix": prefixes.pop() if prefixes else "",
+            "prefix": next(iter(prefixes), ""),
             "objects": objects,
             "pulls": pulls,
             "init": [list(x) for x in lb.initializers],
