@@ -101,7 +101,7 @@ class LinkedBatch:
     objects: list[ObjectFile]
     allocation: object
     sections: list[PlacedSection]
-    definitions: BatchDefinitions | dict[str, SymbolDef]  # a dict when rebuilt by the link cache
+    definitions: BatchDefinitions  # the link cache rebuilds one too (rtdyld.linkcache.definitions)
     externals: list[External]
     got: dict[int, int]  # canonical target id -> slot address
     stubs: dict[int, int]  # canonical target id -> stub address

@@ -134,14 +134,3 @@ class BatchDefinitions(Mapping):
 
     def __repr__(self) -> str:
         return f"<BatchDefinitions: {len(self._rows)} names, {len(self._made)} made>"
-
-
-def set_batch(definitions: Mapping, handle) -> None:
-    """Attribute a batch's definitions (a BatchDefinitions, or any mapping such as
-    the dict the link cache rebuilds) to ``handle``."""
-    own = getattr(definitions, "set_batch", None)
-    if own is not None:
-        own(handle)
-        return
-    for d in definitions.values():
-        d.batch = handle

@@ -12,7 +12,6 @@ from . import host, ifunc, initfini, suggest
 from .archives import ArchiveSet, Pull
 from .batch import BatchLinker, LinkedBatch
 from .batch_runtime import BatchRuntime
-from .definitions import set_batch
 from .errors import LinkError, UndefinedSymbolError, UsageError, ValidationError
 from .inputs import parse_object, read_input
 from .link_cache_setting import open_link_cache
@@ -421,7 +420,7 @@ class Linker:
         self._batches += 1
         handle = Handle(self, parts, self._batches)
         for dylib, lb in parts:
-            set_batch(lb.definitions, handle)
+            lb.definitions.set_batch(handle)
             for e in lb.externals:
                 owner = e.definition.batch if e.definition is not None else None
                 if isinstance(owner, Handle) and owner is not handle:

@@ -79,9 +79,6 @@ class PublishedSymbols(MutableMapping):
 
     def update(self, other=(), /, **kwargs) -> None:
         if not kwargs:
-            if type(other) is dict:  # SymbolDefs by value, at C speed
-                self._holder.update(other)
-                return
             holders = getattr(other, "holders", None)
             if holders is not None:  # a batch's definitions (BatchDefinitions): by reference
                 if self._holder:
