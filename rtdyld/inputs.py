@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from .errors import MalformedObjectError
-from .objfile.elf import ELF_MAGIC, is_elf, read_elf
+from .objfile.elf import is_elf, read_elf
 from .objfile.model import ObjectFile
 
 
@@ -33,7 +33,7 @@ def parse_member(data: bytes, name: str) -> ObjectFile:
     """:func:`parse_object` for an archive member pulled into a batch: ELF
     symbol and relocation tables are converted with the batch's
     (rtdyld.objfile.elf_deferred)."""
-    if data[:4] == ELF_MAGIC:
+    if is_elf(data):
         return read_elf(data, name, defer_tables=True)
     return parse_object(data, name)
 

@@ -171,10 +171,6 @@ class Archive:
         built), so that asking it reads no member."""
         return self._index is not None
 
-    def listed(self, names: Iterable[str]) -> set[str]:
-        """Those of ``names`` the index lists (one set intersection)."""
-        return self._symbol_index().keys() & names
-
     def first_definers(self, names: Iterable[str]) -> dict[str, Member]:
         """``definers(name)[0]`` of those of ``names`` the index lists."""
         index, members = self._symbol_index(), self.members

@@ -69,7 +69,7 @@ ELF_MAGIC = b"\x7fELF"
 
 
 def is_elf(data: bytes | memoryview) -> bool:
-    return bytes(data[:4]) == ELF_MAGIC
+    return data[:4] == ELF_MAGIC  # a byte view compares with bytes as it is, uncopied
 
 
 def read_elf(data: bytes | memoryview, name: str, defer_tables: bool = False) -> ObjectFile:
@@ -354,7 +354,7 @@ class _ElfReader:
         reserved = shndx >= T.SHN_LORESERVE
         if escaped is not None:
             reserved &= ~escaped
-        n = len(self.headers)
+        n = len(self.model_index)  # the section count (the headers may have been let go)
         # model_index for 0..n-1 (0 is SHN_UNDEF), then "past the last section", then the reserved range.
         table = np.concatenate((np.array([*self.model_index, T.BAD_INDEX], dtype=np.int32), T.RESERVED_SECTIONS))
         table[0] = SEC_UNDEF

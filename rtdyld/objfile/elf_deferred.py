@@ -150,7 +150,6 @@ class BatchTables(NamedTuple):
     # one's, an object without sections taking one number); ``sym`` numbered
     # across the batch, ``lsym`` the object's own.
     relocs: np.ndarray
-    reloc_counts: list[int]  # per object
     kind_counts: list[int]  # rows of each edge kind, indexed by kind
     # The model's symbol table (SYM_DTYPE) once made, in a list so the tuple can hold it.
     made: list
@@ -350,7 +349,7 @@ def convert_batch(objects: list[ObjectFile]) -> BatchTables | None:
     if converted is None:
         return None
     relocs, rows, firsts, kinds = converted
-    tables = BatchTables(raw, attrs, own, counts, owner, sections, relocs, rows, kinds, [])
+    tables = BatchTables(raw, attrs, own, counts, owner, sections, relocs, kinds, [])
     s0 = r0 = 0
     for o, n, m, first in zip(objects, counts, rows, firsts):
         o._pending = None

@@ -11,7 +11,7 @@ sh_addr dropped), which the reader unpacks where it reads them: an object
 per header, or a name decoded for every section, cost more than the rest
 of reading a small archive member's headers, and most sections of an
 object (debug info, relocation tables, string tables) need neither.
-Names are decoded on request (:func:`section_name`, :func:`section_names`),
+Names are decoded on request (:func:`section_name`),
 every name offset having been checked with the table.
 An object has a dozen or so sections: numpy's per-call cost (and, in a cold
 link, the cache misses of its code) outweighs what it saves on so few rows.
@@ -90,27 +90,9 @@ def _past_end(shoff: int, n: int, size: int) -> str:
             f"the file ({size} bytes)")
 
 
-def section_names(strtab: bytes, rows: list[tuple], indices: list[int]) -> list[str]:
-    """The names of the sections ``indices`` (rows as :func:`read_section_headers`
-    gives them, ``strtab`` the name table it checked them against)."""
-    if not strtab:
-        return [""] * len(indices)
-    # (Section 0 is named nothing: its sh_name is not checked.)
-    if not strtab.isascii():
-        return [names_at(strtab, [rows[i][0]])[0] if i else "" for i in indices]
-    # Each name sliced out of the table decoded once (ASCII: a string index
-    # is a byte offset), its offset checked with the table.  (A plain loop:
-    # a list comprehension is one more function to call, and to fetch into
-    # the caches in a cold link.)
-    text = strtab.decode("ascii")
-    find = text.index
-    names = []
-    for i in indices:
-        at = rows[i][0]
-        names.append(text[at : find("\0", at)] if i else "")
-    return names
-
-
 def section_name(strtab: bytes, rows: list[tuple], i: int) -> str:
-    """The name of section ``i``, for a message or a group without a signature."""
-    return section_names(strtab, rows, [i])[0] if i else ""
+    """The name of section ``i``, for a message or a group without a signature
+    (rows as :func:`read_section_headers` gives them, ``strtab`` the name table
+    it checked their offsets against).  Section 0 is named nothing: its
+    sh_name is not checked."""
+    return names_at(strtab, [rows[i][0]])[0] if i and strtab else ""
