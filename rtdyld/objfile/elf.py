@@ -195,7 +195,8 @@ class _ElfReader:
                 group_sections.append(i)
             if flags & SHF_COMPRESSED:
                 compressed.append(i)
-        self.loadable = loadable  # (their section numbers)
+        # Where a non-local symbol is a definition: a loaded section, SHN_ABS or SHN_COMMON.
+        self.defining = {*loadable, T.SHN_ABS, T.SHN_COMMON}
         # What the headers say of each other, for the few sections it concerns, in section order.
         tables = sorted({*symtabs, *rel_sections, *compressed}) if compressed else sorted(symtabs + rel_sections)
         check_section_tables(headers, tables, self._name, self.fail)
@@ -248,13 +249,13 @@ class _ElfReader:
         self.pull_names = None
         if self.symtab_index is None:
             self.sym_bytes = b""
-            self.nsyms = self.first_global = 0
+            self.nsyms = 0
             self.sym_columns = [], [], []
             self.names = []
             return
         headers = self._headers
         # (The table's entry size, size and link were checked with the other tables: elf_precheck.)
-        _, _, _, offset, size, link, self.first_global, _, _ = headers[self.symtab_index]  # (sh_info)
+        _, _, _, offset, size, link, _, _, _ = headers[self.symtab_index]
         self.sym_bytes = self.view[offset : offset + size]
         self.nsyms = size // T.ELF64_SYM.itemsize
         if link == 0:  # (a section 0 posing as a string table)
@@ -266,8 +267,7 @@ class _ElfReader:
                 # A small table as lists of its fields: the names, the pull names
                 # and (read alone) the checks of its rows work on them in plain Python.
                 self.sym_columns = columns = elf_small.symbol_columns(self.sym_bytes)
-                # A definition's section: a loaded one, SHN_ABS or SHN_COMMON.
-                named = elf_small.names_and_pull_names(strtab, columns, {*self.loadable, T.SHN_ABS, T.SHN_COMMON})
+                named = elf_small.names_and_pull_names(strtab, columns, self.defining)
                 if named is not None:
                     self.names, self.pull_names = named
                 else:  # (not ASCII, or a bad offset for names_at to name)

@@ -36,13 +36,13 @@ import numpy as np
 
 from ..errors import LinkError
 from ..x86_64.edges import WIDTH, Edge
+from . import elf_small
 from . import elf_tables as T
 from .model import (
     BATCH_RELOC_DTYPE,
     RELOC_DTYPE,
     SEC_UNDEF,
     SYM_DTYPE,
-    Bind,
     ObjectFile,
     names_by_role_of_rows,
 )
@@ -51,8 +51,6 @@ from .model import (
 _WIDTH = np.zeros(256, dtype=np.uint64)
 _WIDTH[: len(WIDTH)] = WIDTH
 _NONE = int(Edge.NONE)
-_GLOBAL = int(Bind.GLOBAL)
-_STB_GLOBAL = frozenset(i for i in range(16) if T.BIND_MAP[i] == _GLOBAL)  # GLOBAL, GNU_UNIQUE
 # Section numbers from SHN_ABS (0xfff1) up wrap round to 0.. when _SHIFT is added in 16 bits.
 _SHIFT = 0x10000 - T.SHN_ABS
 _RESERVED_TOP = array("q", [int(T.RESERVED_SECTIONS[k - T.SHN_LORESERVE]) for k in range(T.SHN_ABS, 0x10000)])
@@ -266,31 +264,14 @@ def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
     bindings the conversion maps; rows it would reject count for neither)."""
     names = reader.names
     columns = reader.sym_columns
-    if columns is not None:  # a small table, already unpacked
+    if columns is not None:  # a small table, already unpacked (and its names not ASCII)
         _, info, shndx = columns
-        first = reader.first_global
-        if 0 < first <= len(info) and max(info[:first]) < 16:
-            # The rows before sh_info are local, as ELF has it: only the rest are looked at.
-            names, info, shndx = names[first:], info[first:], shndx[first:]
     else:
         raw = reader.raw_syms
         at = np.flatnonzero(raw["st_info"] >> 4)  # the non-local rows, a few of a big table
         names = [names[i] for i in at.tolist()]
         info, shndx = raw["st_info"][at].tolist(), raw["st_shndx"][at].tolist()
-    # Where a non-local symbol is a definition: a loaded section, SHN_ABS or SHN_COMMON.
-    defining = {*reader.loadable, T.SHN_ABS, T.SHN_COMMON}
-    defined, needed = [], []
-    # One plain loop (a generator or two comprehensions cost more); st_info
-    # below 16 is local binding.
-    for name, i, k in zip(names, info, shndx):
-        if i < 16 or not name:
-            continue
-        if not k:  # SHN_UNDEF
-            if i >> 4 in _STB_GLOBAL:
-                needed.append(name)
-        elif k in defining:
-            defined.append(name)
-    return defined, needed
+    return elf_small.pull_names(names, info, shndx, reader.defining)
 
 
 def _pull_names(symbols: np.ndarray, names: list[str]) -> tuple[list[str], list[str]]:
