@@ -59,23 +59,22 @@ def check_stamp(found: tuple[bytes, int, bytes], expected: tuple[bytes, int, byt
         raise CorruptEntry("stored under another key")
 
 
-def verify_header(blob, key: bytes, header: struct.Struct, magic: bytes, version: int) -> tuple[int, int, object]:
-    """``(meta length, body length, checksum)`` from the header of an entry laid
-    out as ``magic | format | key | meta length | body length | checksum``,
-    which must be stored under ``key`` and account for the whole of ``blob``;
+def _verify_header(blob, key: bytes) -> tuple[int, bytes]:
+    """``(meta length, checksum)`` from the :data:`HEADER` of an entry, which
+    must be stored under ``key`` and account for the whole of ``blob``;
     raises CorruptEntry otherwise."""
-    if len(blob) < header.size:
-        raise CorruptEntry(f"{len(blob)} bytes, shorter than the {header.size}-byte header")
-    found, found_version, stored_key, meta_len, body_len, checksum = header.unpack_from(blob)
-    check_stamp((found, found_version, stored_key), (magic, version, key))
-    if header.size + meta_len + body_len != len(blob):
-        raise CorruptEntry(f"header promises {header.size + meta_len + body_len} bytes, file has {len(blob)}")
-    return meta_len, body_len, checksum
+    if len(blob) < HEADER.size:
+        raise CorruptEntry(f"{len(blob)} bytes, shorter than the {HEADER.size}-byte header")
+    found, found_version, stored_key, meta_len, body_len, checksum = HEADER.unpack_from(blob)
+    check_stamp((found, found_version, stored_key), (MAGIC, FORMAT_VERSION, key))
+    if HEADER.size + meta_len + body_len != len(blob):
+        raise CorruptEntry(f"header promises {HEADER.size + meta_len + body_len} bytes, file has {len(blob)}")
+    return meta_len, checksum
 
 
 def decode(blob: bytes, key: bytes) -> Entry:
     """The entry in ``blob``, which must be stored under ``key``; raises CorruptEntry."""
-    meta_len, _data_len, checksum = verify_header(blob, key, HEADER, MAGIC, FORMAT_VERSION)
+    meta_len, checksum = _verify_header(blob, key)
     body = memoryview(blob)[HEADER.size:]
     if hashlib.sha256(body).digest() != checksum:
         raise CorruptEntry("checksum mismatch")

@@ -21,22 +21,20 @@ from ._libc_ffi import ffi as _ffi
 
 @cache
 def _finder():
-    """(ffi, _dl_find_object), or None; looked up on first use, not at import."""
+    """_dl_find_object, or None; looked up on first use, not at import."""
     try:
-        find = _ffi.dlopen(None)._dl_find_object
+        return _ffi.dlopen(None)._dl_find_object
     except (AttributeError, _ffi.error):  # glibc before 2.35, or another C library
         return None
-    _ffi.typeof("struct dl_find_object *")
-    return _ffi, find
 
 
 def object_file_name(addr: int) -> str | None:
     """The file name (as the loader knows it) of the shared object holding
     ``addr``, or None when dladdr must be asked instead."""
-    finder = _finder() if addr else None
-    if finder is None:
+    find = _finder() if addr else None
+    if find is None:
         return None
-    ffi, find = finder
+    ffi = _ffi
     out = ffi.new("struct dl_find_object *")
     if find(ffi.cast("void *", addr), out) != 0 or out.dlfo_link_map == ffi.NULL:
         return None

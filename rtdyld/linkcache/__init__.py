@@ -116,8 +116,7 @@ def _prime() -> None:
     libc.ffi.typeof("char *")
     # cffi makes a library function's accessor on its first use (~100 µs):
     # the in-flight allocation and its sealing call mprotect.
-    for name in ("mprotect",):
-        getattr(libc.libc, name)
+    libc.libc.mprotect  # noqa: B018 - the accessor is made when first read
     host.ffi.typeof("void *")
     unwind._functions()
     for cls in (model.ObjectFile, model.Section, model.Group):
