@@ -576,13 +576,13 @@ class BatchLinker:
                 self._reachability(False)
         if len(stuck):
             self._unreachable(int(stuck[0]))
-        opcode = modrm = None  # read only for relaxable loads
+        relaxable = opcode = modrm = None  # read only for relaxable loads
         if self.kind_count[_RELAXABLE]:
             relaxable = kind == _RELAXABLE
             opcode = np.zeros(len(r), dtype=np.uint8)
             modrm = np.zeros(len(r), dtype=np.uint8)
             opcode[relaxable], modrm[relaxable] = self._opcode_bytes(relaxable)
-        self.scanned = scan.scan(kind, tgt, reachable, opcode, modrm, branch_like, self.kind_count)
+        self.scanned = scan.scan(kind, tgt, reachable, relaxable, opcode, modrm, branch_like, self.kind_count)
         self.scanned = tls.keep_tls_calls(self, self.scanned)
         self.scanned, self.ifunc = ifunc.plan(self, self.scanned)
         self.scanned, self.stub_slots = stub_slots.plan(self, self.scanned)

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..batch import GOT_SYMBOL, LinkedBatch
 from ..objfile.model import SEC_ABS
-from ..x86_64 import fixup
+from ..x86_64 import fixup, scan
 from ..x86_64.edges import WIDTH, Edge
 from .tables import Uncacheable
 
@@ -99,8 +99,7 @@ def _symbol_is_abs(lb: LinkedBatch, targets: np.ndarray) -> np.ndarray:
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     out = np.zeros(len(targets), dtype=bool)
     oi = np.searchsorted(starts, targets, side="right") - 1
-    # The objects present, by counting: np.unique would import numpy.ma (~10 ms) in a new process.
-    for o in np.flatnonzero(np.bincount(oi)).tolist():
+    for o in scan.sorted_unique(oi).tolist():
         m = oi == o
         sec = lb.objects[o].symbols["section"][targets[m] - starts[o]]
         out[m] = sec == SEC_ABS

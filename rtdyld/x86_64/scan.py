@@ -27,7 +27,7 @@ _ABSOLUTE_32 = kind_mask(ABSOLUTE_32)
 _NEEDS_GOT_SLOT = kind_mask(NEEDS_GOT_SLOT)
 _SLOT_KINDS = [int(k) for k in NEEDS_GOT_SLOT]
 # Plain ints: numpy probes an enum operand's attributes on every comparison.
-_RELAXABLE, _BRANCH32 = int(Edge.GOTDelta32Relaxable), int(Edge.Branch32)
+_BRANCH32 = int(Edge.Branch32)
 
 
 @dataclass
@@ -68,31 +68,27 @@ def scan(
     kind: np.ndarray,
     target: np.ndarray,
     reachable: np.ndarray | None,
+    relaxable: np.ndarray | None,
     opcode: np.ndarray | None,
     modrm: np.ndarray | None,
     branch_like: np.ndarray | None,
-    kind_count: list[int] | None = None,
+    kind_count: list[int],
 ) -> ScanResult:
     """Classify relocations.
 
     ``target`` is each relocation's canonical target id, ``reachable`` says
     per relocation whether that target is in reach (None: every target is),
-    ``opcode``/``modrm`` are the two bytes before the fixup (0 where not
-    applicable; None if no relocation is GOTDelta32Relaxable),
+    ``relaxable`` marks the GOTDelta32Relaxable relocations (None if there
+    are none), ``opcode``/``modrm`` are the two bytes before the fixup (0
+    where not applicable; None with ``relaxable``),
     ``branch_like`` marks Delta32 fixups that are the operand of a call/jmp
     (which a stub can serve as well as a PLT entry would; read only where a
-    target is out of reach), ``kind_count`` (if known) is how many
-    relocations there are of each kind.
+    target is out of reach), ``kind_count`` is how many relocations there
+    are of each kind.
     """
     n = len(kind)
     relax = np.zeros(n, dtype=np.uint8)
-    # Each class is worked out only if the batch has one: as the kinds'
-    # count says, else by count_nonzero (the cheapest test numpy has).
-    relaxable = None
-    if kind_count is None or kind_count[_RELAXABLE]:
-        relaxable = kind == _RELAXABLE
-        if not np.count_nonzero(relaxable):
-            relaxable = None
+    # Each class is worked out only if the batch has one, as the kinds' count says.
     if relaxable is not None:
         rip = (modrm & 0xC7) == 0x05
         can = relaxable & rip if reachable is None else relaxable & reachable & rip
@@ -100,7 +96,7 @@ def scan(
         relax[can & (opcode == 0xFF) & (modrm == 0x15)] = RELAX_CALL
         relax[can & (opcode == 0xFF) & (modrm == 0x25)] = RELAX_JMP
     needs_slot = None
-    if kind_count is None or any(kind_count[k] for k in _SLOT_KINDS):
+    if any(kind_count[k] for k in _SLOT_KINDS):
         needs_slot = _NEEDS_GOT_SLOT[kind]
         if relaxable is not None:
             needs_slot &= relax == RELAX_NONE
