@@ -66,7 +66,7 @@ class BatchPlan:
     """Construct with :func:`make_plan` or :func:`identity_plan`; then :meth:`load`, or :meth:`store` after a cold link."""
 
     def __init__(self, cache, linker, dylib, objs, search, archives, pending, key: bytes,
-                 planned_digests: list[str] | None = None, layer: str = "batches") -> None:
+                 planned_digests: list[str] | None = None) -> None:
         self.cache = cache
         self.linker = linker
         self.dylib = dylib
@@ -76,7 +76,7 @@ class BatchPlan:
         self.pending = pending
         self.key = key
         self.planned_digests = planned_digests  # the archives' digests in the key (None: keyed by identity)
-        self.layer = layer
+        self.layer = "batches" if planned_digests is not None else by_identity.LAYER
         # (meta, blobs, image) read or stored under the key; image None if not kept.
         self.entry: tuple[dict, dict, bytes | None] | None = None
 
@@ -259,21 +259,21 @@ class BatchPlan:
     def store(self, lb: LinkedBatch) -> None:
         """Remember a batch just linked cold (before it is finalized)."""
         if [a.content_digest for a in self.search] != self.planned_digests:
-            self.cache.note("batches", "unstored", "an archive changed while the batch was linked")
+            self.cache.note(self.layer, "unstored", "an archive changed while the batch was linked")
             return
         try:
             meta, blobs = self._capture(lb)
         except tables.Uncacheable as e:
-            self.cache.note("batches", "unstored", str(e))
+            self.cache.note(self.layer, "unstored", str(e))
             return
         except Exception as e:  # noqa: BLE001 - failing to cache must never fail a link that worked
-            self.cache.note("batches", "unstored", f"{type(e).__name__}: {e}")
+            self.cache.note(self.layer, "unstored", f"{type(e).__name__}: {e}")
             warnings.warn(f"link cache {self.cache.directory}: cannot capture the batch: {e}", RuntimeWarning,
                           stacklevel=2)
             return
         image_bytes = blobs.pop(_IMAGE)
         self.entry = (meta, blobs, image_bytes)
-        self.cache.write_entry("batches", self.key, pack(self.key, meta, blobs, image_bytes))
+        self.cache.write_entry(self.layer, self.key, pack(self.key, meta, blobs, image_bytes))
 
     def store_entry(self, keyed: BatchPlan) -> None:
         """Store, under this plan's by-identity key, the entry ``keyed`` (the
@@ -495,7 +495,7 @@ def identity_plan(cache, linker, dylib, objs, session) -> BatchPlan | None:
                           FORMAT_VERSION)
     if key is None:
         return None
-    return BatchPlan(cache, linker, dylib, objs, search, archives, pending, key, layer=by_identity.LAYER)
+    return BatchPlan(cache, linker, dylib, objs, search, archives, pending, key)
 
 
 def _object_digest(o) -> str | None:

@@ -367,8 +367,12 @@ def _convert_symbols(pend: list[_Pending]) -> list[np.ndarray] | None:
     if converted is None:
         return None
     raw, attrs, sec, _, _, counts = converted
-    out = _symbol_table(raw, attrs, sec)
-    if len(pend) == 1:
+    return _per_object(_symbol_table(raw, attrs, sec), counts)
+
+
+def _per_object(out: np.ndarray, counts: list[int]) -> list[np.ndarray]:
+    """``out``, the objects' rows end to end, cut into each object's (``counts`` rows each)."""
+    if len(counts) == 1:
         return [out]
     ends = list(accumulate(counts))
     return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
@@ -446,10 +450,7 @@ def _convert(pend: list[_Pending], nsyms: list[int]) -> list[np.ndarray] | None:
     if converted is None:
         return None
     out, rows = converted[:2]
-    if len(pend) == 1:
-        return [out]
-    ends = list(accumulate(rows))
-    return [out[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+    return _per_object(out, rows)
 
 
 def _relocation_rows(pend: list[_Pending], nsyms: list[int],
