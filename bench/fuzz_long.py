@@ -35,6 +35,10 @@ TESTS = REPO / "tests"
 REGRESSIONS = TESTS / "regressions"
 BATCH = 500  # examples per child
 TIMEOUT = 30.0  # seconds without progress: a hang
+# A child's start (interpreter, numpy, the seeds) is not an example: on a busy
+# machine it can outlast a short --timeout, which would then lose the child's
+# whole batch as a "hang" outside any example.
+STARTUP_TIMEOUT = 120.0
 
 
 def regression_name(kind: str, whole: bool, data: bytes) -> str:
@@ -74,6 +78,7 @@ def child(args) -> int:
     seeds = load_seeds(Path(args.seeds))
     oracle = Oracle(Path(args.work))
     current = Path(args.work) / f"current-{os.getpid()}"
+    time.sleep(args.start_delay)  # self-test: a slow start is not a hang
     out = sys.stdout
     for i in range(args.start, args.start + args.examples):
         seed, data, whole, ops = example(seeds, args.seed, i, args.max_ops)
@@ -136,6 +141,8 @@ class Run:
             str(self.args.crash_at),
             "--hang-at",
             str(self.args.hang_at),
+            "--start-delay",
+            str(self.args.start_delay),
         ]
         env = dict(os.environ, PYTHONPATH=str(REPO))
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, bufsize=1)
@@ -170,7 +177,8 @@ class Run:
                 else:
                     self._ended(live, c)
             for c in list(live.values()):
-                if now - c["last"] > self.args.timeout:
+                limit = self.args.timeout if c["started"] else max(self.args.timeout, STARTUP_TIMEOUT)
+                if now - c["last"] > limit:
                     c["proc"].kill()
                     c["proc"].wait()
                     self._crashed(live, c, f"no progress for {self.args.timeout:.0f} s (hang)")
@@ -191,13 +199,15 @@ class Run:
 
     def _start(self, live, start: int, count: int) -> None:
         proc = self.spawn(start, count)
-        live[proc.pid] = {"proc": proc, "start": start, "end": start + count, "current": None, "last": time.monotonic()}
+        live[proc.pid] = {"proc": proc, "start": start, "end": start + count, "current": None, "started": False,
+                          "last": time.monotonic()}
 
     def _line(self, c, line: str, now: float) -> None:
         c["last"] = now
         word, _, rest = line.partition(" ")
         if word == "start":
             c["current"] = int(rest)
+            c["started"] = True
         elif word == "done":
             c["current"] = None
             self.done += 1
@@ -254,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--crash-at", type=int, default=-1, help=argparse.SUPPRESS)
     p.add_argument("--hang-at", type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument("--start-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(args)

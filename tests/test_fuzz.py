@@ -234,3 +234,20 @@ def test_thin_member_name_with_nul(tmp_path, fuzz):
     ):
         _ = member.data
     ar.close()
+
+
+def test_long_harness_gives_a_slow_starting_child_time_before_calling_it_hung(tmp_path):
+    """--timeout bounds an example, not a child's start (imports, seeds), which
+    on a busy machine may take longer."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "fuzz_long.py"), "--examples", "4", "--jobs", "1", "--timeout", "1",
+         "--start-delay", "2", "--regressions", str(tmp_path / "saved")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "examples run: 4 " in run.stdout
+    assert "crashes or wrong exceptions found: 0" in run.stdout
