@@ -122,25 +122,21 @@ def test_regression(fuzz, path):
         raise AssertionError(f"{path.name} ({note.splitlines()[0]}): {e}") from e
 
 
-def test_long_harness_runs_and_counts(tmp_path):
-    """bench/fuzz_long.py runs examples in children and reports the count."""
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "fuzz_long.py"),
-            "--examples",
-            "60",
-            "--jobs",
-            "1",
-            "--regressions",
-            str(tmp_path / "saved"),
-        ],
+def _harness(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """bench/fuzz_long.py run with ``args``, one child at a time, from ``tmp_path``."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / "fuzz_long.py"), *args, "--jobs", "1"],
         capture_output=True,
         text=True,
         check=False,
         cwd=tmp_path,
         timeout=600,
     )
+
+
+def test_long_harness_runs_and_counts(tmp_path):
+    """bench/fuzz_long.py runs examples in children and reports the count."""
+    run = _harness(tmp_path, "--examples", "60", "--regressions", str(tmp_path / "saved"))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "examples run: 60 " in run.stdout
     assert "crashes or wrong exceptions found: 0" in run.stdout
@@ -151,29 +147,8 @@ def test_long_harness_saves_crashing_and_hanging_inputs(tmp_path):
     """A child killed by a signal or gone quiet is detected, its input saved with
     a note, and the run goes on with the next example."""
     saved = tmp_path / "saved"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "fuzz_long.py"),
-            "--examples",
-            "12",
-            "--jobs",
-            "1",
-            "--crash-at",
-            "3",
-            "--hang-at",
-            "7",
-            "--timeout",
-            "5",
-            "--regressions",
-            str(saved),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    run = _harness(tmp_path, "--examples", "12", "--crash-at", "3", "--hang-at", "7", "--timeout", "5",
+                   "--regressions", str(saved))
     assert run.returncode == 1, run.stdout + run.stderr
     assert "examples run: 12 " in run.stdout
     assert "crashes or wrong exceptions found: 2" in run.stdout
@@ -239,15 +214,8 @@ def test_thin_member_name_with_nul(tmp_path, fuzz):
 def test_long_harness_gives_a_slow_starting_child_time_before_calling_it_hung(tmp_path):
     """--timeout bounds an example, not a child's start (imports, seeds), which
     on a busy machine may take longer."""
-    run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "fuzz_long.py"), "--examples", "4", "--jobs", "1", "--timeout", "1",
-         "--start-delay", "2", "--regressions", str(tmp_path / "saved")],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    run = _harness(tmp_path, "--examples", "4", "--timeout", "1", "--start-delay", "2",
+                   "--regressions", str(tmp_path / "saved"))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "examples run: 4 " in run.stdout
     assert "crashes or wrong exceptions found: 0" in run.stdout
