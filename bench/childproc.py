@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -51,3 +52,23 @@ def write_objects(objects: list[bytes], directory: str) -> list[str]:
         p.write_bytes(data)
         paths.append(str(p))
     return paths
+
+
+def run_json(code: str, args: list[str], env: dict[str, str] | None = None,
+             timeout: float = 120) -> tuple[dict | None, str | None]:
+    """``python -c code args...`` that prints a JSON object last: (that object, None),
+    or (None, why not) if it exited non-zero, printed no JSON or ran past ``timeout``
+    seconds, so a child that fails or hangs is reported rather than ending or
+    stalling the benchmark."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, *args], check=False, cwd=REPO,
+                              env=child_env() if env is None else env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"no answer within {timeout:g} s"
+    if proc.returncode != 0:
+        return None, last_line(proc).removeprefix("LLVM ERROR: ")
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1]), None
+    except (IndexError, ValueError):
+        return None, f"printed no result: {last_line(proc)}"

@@ -21,14 +21,33 @@ started within that time of the session does not read it.  The inputs are added 
 so the warm link finds its batch by the inputs' file identities
 (:mod:`rtdyld.linkcache.by_identity`): it stats them and reads one entry.
 
-The peers link, in this (the parent) process, the program objects and
-exactly the archive members rtdyld pulled, extracted beforehand to files:
-MCJIT (``add_object_file`` + ``finalize_object``), LLJIT with RuntimeDyld and
-LLJIT with JITLink.  Their timed region too starts at the first input read
-(each object file is read inside it) and ends once the symbols are
-published; creating the engine is untimed, as the rtdyld session is.  Each peer is first tried in a child process, since a
-failed LLVM link can end the process.  The ratio column is rtdyld warm over
-the peer, medians of wall clock.
+The peers — MCJIT (``add_object_file`` + ``finalize_object``), LLJIT with
+RuntimeDyld and LLJIT with JITLink — are given the program objects and
+exactly the archive members rtdyld pulled, extracted beforehand to files,
+and are timed under two protocols:
+
+- new process: each timed run is a NEW child process making that peer's
+  first link, timed exactly as rtdyld's warm child is: the engine is created
+  untimed (as ``Linker(link_cache=DIR)`` is), then ``gc.collect()``, then the
+  clock runs from the first object read until the symbols are published
+  (MCJIT: ``finalize_object``; LLJIT and JITLink: the library linked with the
+  entry exported, so looked up), and the link is checked by calling it.  This
+  is the like-for-like comparison: both are the first link in a fresh
+  process, with cold caches and code never run there before, which is what
+  a user who restarts a program pays — the peers have no cache to make it
+  cheaper.  The children of all engines (rtdyld warm and each peer) take
+  turns round by round, in an order rotated each round, so a change in the
+  machine's load falls on every engine alike; each gets ``--runs`` children.
+- hot in this process: in the long-lived bench process, after a checked
+  warm-up link, where LLVM's code and data are hot; the same timed region.
+  It flatters the peers, so it is the conservative bound, and the one
+  earlier reports used.
+
+A peer whose child fails (a failed LLVM link can end the process), answers
+wrongly or does not answer within ``CHILD_TIMEOUT`` is reported as failed,
+left out of later rounds and not run in this process.  The ratio column is
+rtdyld warm over the peer, medians of wall clock; the summary has one row per
+protocol for each case.
 """
 
 from __future__ import annotations
@@ -46,8 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import report
-from .childproc import child_env, last_line, run_python, write_objects
-from .childproc import probe as probe_child
+from .childproc import child_env, run_json, write_objects
 from .cold_link import AVAILABILITY, SYSTEM_LIBS, check_link
 from .cold_link import CASES as ARCHIVE_CASES
 from .cold_link import _compile as compile_driver
@@ -65,6 +83,8 @@ GEN_VERSION = 1
 MASK = (1 << 64) - 1
 GEN_ARG = 7
 PEERS = ("MCJIT", "LLJIT", "JITLink")
+RTDYLD = "rtdyld warm, new process"
+CHILD_TIMEOUT = 120  # seconds a child may take to start, link and check before it counts as failed
 
 
 @dataclass(frozen=True)
@@ -95,7 +115,7 @@ def run(session: Session) -> list[Row]:
     runs = session.options.runs
     rows = []
     for case in _cases(session):
-        rows.append(_run_case(session, case, runs))
+        rows += _run_case(session, case, runs)
     return rows
 
 
@@ -247,10 +267,10 @@ def _run_child(cache: Path, case: Case) -> dict:
     args = [str(cache), case.name, str(case.members), *map(str, case.programs), "--", *map(str, case.archives)]
     env = child_env()
     env.pop("RTDYLD_LINK_CACHE", None)
-    proc = run_python(code, args, env)
-    if proc.returncode != 0:
-        raise RuntimeError(last_line(proc))
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out, why = run_json(code, args, env, timeout=CHILD_TIMEOUT)
+    if why is not None:
+        raise RuntimeError(f"rtdyld warm link of {case.name} in a child process: {why}")
+    return out
 
 
 # --- peers -------------------------------------------------------------------------------------
@@ -319,20 +339,34 @@ def _peer(name: str, paths: list[str], entries: tuple[str, ...]):
     return prepare, link_lljit, lambda state, s: state[1][s], release
 
 
-def probe(argv: list[str]) -> int:
-    """The child side of :func:`_probe`: link the objects with one peer and check the case."""
-    name, case_name, members, entries, paths = argv[0], argv[1], int(argv[2]), argv[3].split(","), argv[4:]
-    prepare, link, address, _release = _peer(name, paths, tuple(entries))
-    state = link(prepare())
-    case = Case(case_name, (), (), tuple(entries), members)
-    verdict = case.check(functools.partial(address, state))
-    print(verdict)
-    return 0 if verdict == "ok" else 1
+def peer_child(argv: list[str]) -> int:
+    """``python -c 'from bench.warm_link import peer_child; ...' PEER CASE MEMBERS ENTRIES PATH...``:
+    the peer's first link in this new process, timed as :func:`child` times rtdyld's
+    (engine creation untimed, then ``gc.collect()``, then from the first object read
+    until the symbols are published) and checked by calling the entry; prints JSON."""
+    name, case_name, members, entries, paths = argv[0], argv[1], int(argv[2]), tuple(argv[3].split(",")), argv[4:]
+    prepare, link, address, _release = _peer(name, paths, entries)
+    s0 = time.perf_counter()
+    state = prepare()
+    setup = time.perf_counter() - s0
+    gc.collect()
+    c0, t0 = time.process_time(), time.perf_counter()
+    state = link(state)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    check = Case(case_name, (), (), entries, members).check(functools.partial(address, state))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "setup": setup, "check": check}))
+    return 0
 
 
-def _probe(name: str, case: Case, paths: list[str]) -> str | None:
-    code = "import sys; from bench.warm_link import probe; sys.exit(probe(sys.argv[1:]))"
-    return probe_child(code, [name, case.name, str(case.members), ",".join(case.entries), *paths])
+def _run_peer_child(name: str, case: Case, paths: list[str]) -> tuple[dict | None, str | None]:
+    """One new-process link by a peer: its result, or why it failed (a failed LLVM
+    link can end the process; a wrong result counts as a failure too)."""
+    code = "import sys; from bench.warm_link import peer_child; sys.exit(peer_child(sys.argv[1:]))"
+    out, why = run_json(code, [name, case.name, str(case.members), ",".join(case.entries), *paths],
+                        timeout=CHILD_TIMEOUT)
+    if why is None and out["check"] != "ok":
+        return None, out["check"]
+    return out, why
 
 
 def _measure_peer(name: str, case: Case, paths: list[str], relocs: int, runs: int) -> Measurement:
@@ -352,20 +386,34 @@ def _measure_peer(name: str, case: Case, paths: list[str], relocs: int, runs: in
                 cpu.append(used)
         finally:
             release(state)
-    return Measurement(engine=name, relocs=relocs, times=times, cpu=cpu, results=(0, 0), check=check)
+    return Measurement(engine=f"{name}, hot in this process", relocs=relocs, times=times, cpu=cpu, results=(0, 0),
+                       check=check)
 
 
 # --- one case ----------------------------------------------------------------------------------
 
 
-def _run_case(session: Session, case: Case, runs: int) -> Row:
+def _run_case(session: Session, case: Case, runs: int) -> list[Row]:
     objects, relocs = _pulled(case)
-    with tempfile.TemporaryDirectory(prefix="rtdyld-link-cache-") as d:
-        cache = Path(d)
-        cold = _run_child(cache, case)
+    peers = []
+    for name in PEERS:
+        why = AVAILABILITY[name].unavailable()
+        if why:
+            session.note(f"{name} skipped: {why}")
+        else:
+            peers.append(name)
+    with (tempfile.TemporaryDirectory(prefix="rtdyld-link-cache-") as cache,
+          tempfile.TemporaryDirectory(prefix="rtdyld-warm-") as d):
+        paths = write_objects(objects, d)
+        cold = _run_child(Path(cache), case)
         if not cold["stored"]:
             session.note(f"warm_link {case.name}: the cold link stored no batch")
-        warm_runs = [_run_child(cache, case) for _ in range(runs)]
+        warm_runs, fresh, failed = _new_process_rounds(Path(cache), case, paths, peers, runs)
+        for name, why in failed.items():
+            session.note(f"{name} on {case.name} failed: {why}")
+        # The parent-process (hot) links come after the new-process ones, and
+        # only for peers whose children linked: a failed LLVM link can end this process.
+        hot = {name: _measure_peer(name, case, paths, relocs, runs) for name in peers if name not in failed}
     not_warm = [r for r in warm_runs if not r["warm"]]
     if not_warm:
         session.note(f"warm_link {case.name}: {len(not_warm)} of {runs} runs missed the cache")
@@ -377,50 +425,67 @@ def _run_case(session: Session, case: Case, runs: int) -> Row:
     check = bad[0] if bad else "ok"
     if bad:
         session.wrong.append(f"warm_link {case.name}: {check}")
-    warm = Measurement("rtdyld warm", relocs, [r["seconds"] for r in timed], [r["cpu"] for r in timed], (0, 0),
-                       check)
+    warm = _from_children(RTDYLD, relocs, timed, check)
     steps = {k: statistics.median_low([r["steps"][k] for r in timed]) for k in timed[0]["steps"]} if timed else {}
-    if timed:
-        steps["session set-up, untimed"] = statistics.median_low([r["setup"] for r in timed])
-    peers: dict[str, Measurement | None] = {}
-    failed: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="rtdyld-warm-") as d:
-        paths = write_objects(objects, d)
-        for name in PEERS:
-            why = AVAILABILITY[name].unavailable()
-            if why:
-                session.note(f"{name} skipped: {why}")
-                peers[name] = None
-                continue
-            why = _probe(name, case, paths)
-            if why:
-                session.note(f"{name} on {case.name} failed: {why}")
-                failed[name] = why
-                peers[name] = None
-                continue
-            peers[name] = _measure_peer(name, case, paths, relocs, runs)
+    new = {name: _from_children(f"{name}, new process", relocs, fresh[name], "ok")
+           for name in peers if name not in failed}
     cold_m = Measurement("rtdyld cold (fill run)", relocs, [cold["seconds"]], [cold["cpu"]], (0, 0), cold["check"])
-    _print_table(case, objects, warm, cold_m, peers, failed, steps)
-    return Row("warm_link", f"{case.name}, warm, new process", relocs, warm, peers)
+    setup = {RTDYLD: [r["setup"] for r in timed]}  # engine creation in the new process, by table label
+    setup.update({m.engine: [r["setup"] for r in fresh[name]] for name, m in new.items()})
+    _print_table(case, objects, warm, cold_m, new, hot, failed, steps, setup)
+    return [Row("warm_link", f"{case.name}, warm; peers in a new process", relocs, warm,
+                {name: new.get(name) for name in peers}),
+            Row("warm_link", f"{case.name}, warm; peers hot in the bench", relocs, warm,
+                {name: hot.get(name) for name in peers})]
 
 
-def _print_table(case: Case, objects, warm: Measurement, cold: Measurement, peers, failed, steps) -> None:
-    headers = ["engine", "runs", "median ms", "min ms", "cpu ms", "warm/engine", "(cpu)", "check"]
+def _new_process_rounds(cache: Path, case: Case, paths: list[str], peers: list[str], runs: int):
+    """``runs`` rounds of one new process per engine: rtdyld's warm link and each
+    peer's first link, in an order rotated each round so that a change in the
+    machine's load falls on every engine alike.  Returns rtdyld's results, each
+    peer's and, for peers whose child failed (then left out of later rounds), why."""
+    order = [RTDYLD, *peers]
+    warm_runs: list[dict] = []
+    fresh: dict[str, list[dict]] = {name: [] for name in peers}
+    failed: dict[str, str] = {}
+    for r in range(runs):
+        for name in order[r % len(order):] + order[: r % len(order)]:
+            if name == RTDYLD:
+                warm_runs.append(_run_child(cache, case))
+            elif name not in failed:
+                out, why = _run_peer_child(name, case, paths)
+                if why is None:
+                    fresh[name].append(out)
+                else:
+                    failed[name] = why
+    return warm_runs, fresh, failed
+
+
+def _from_children(engine: str, relocs: int, results: list[dict], check: str) -> Measurement:
+    return Measurement(engine, relocs, [r["seconds"] for r in results], [r["cpu"] for r in results], (0, 0), check)
+
+
+def _print_table(case: Case, objects, warm: Measurement, cold: Measurement, new, hot, failed, steps, setup) -> None:
+    headers = ["engine", "runs", "median ms", "min ms", "cpu ms", "warm/engine", "(cpu)", "set-up ms (untimed)",
+               "check"]
     lines = []
-    for m in (warm, cold, *[p for p in peers.values() if p is not None]):
+    for m in (warm, cold, *new.values(), *hot.values()):
         ok = bool(m.times) and bool(warm.times)
         lines.append([m.engine, str(len(m.times)), report.timing(m) if m.times else report.MISSING,
                       report.ms(m.best) if m.times else report.MISSING,
                       report.ms(m.cpu_median) if m.cpu else report.MISSING,
                       f"{warm.median / m.median:.2f}" if ok else report.MISSING,
-                      f"{warm.cpu_median / m.cpu_median:.2f}" if ok and m.cpu_median else report.MISSING, m.check])
+                      f"{warm.cpu_median / m.cpu_median:.2f}" if ok and m.cpu_median else report.MISSING,
+                      report.ms(statistics.median_low(setup[m.engine])) if setup.get(m.engine) else report.MISSING,
+                      m.check])
     for name, why in failed.items():
-        lines.append([name, "0", *[report.MISSING] * 5, f"failed: {why}"])
+        lines.append([name, "0", *[report.MISSING] * 6, f"failed: {why}"])
     title = (f"warm_link: {case.name} ({len(objects)} objects: the program and the members pulled, "
-             f"{warm.relocs} relocations; rtdyld warm = a new process per run, from the first input read)")
+             f"{warm.relocs} relocations; new process = one link per new process, engine creation untimed, "
+             f"rounds interleaved; hot = links in this process after a warm-up)")
     print(report.table(headers, lines, title))
     if steps:
         print("rtdyld warm, median per step: " + ", ".join(f"{k} {report.ms(v)} ms" for k, v in steps.items()))
-        print("(session set-up: Linker(link_cache=DIR) in the new process, as the peers' engine creation is "
-              "untimed; it includes the once-per-process priming of lazily initialised libraries)")
+    print("(set-up: Linker(link_cache=DIR), or the peer's engine, created in the new process before the timed "
+          "link; rtdyld's includes the once-per-process priming of lazily initialised libraries)")
     print()

@@ -115,22 +115,44 @@ def test_generated_archive_links_every_member_and_checks(tmp_path, monkeypatch):
 
 
 def test_warm_link_quick_run_links_warm_and_checks(tmp_path):
+    """rtdyld's warm link and each peer's first link, each in new processes, and
+    the peers' links in the bench process: all checked, both ratios summarised."""
     out = run_bench(tmp_path, "--only", "warm_link", timeout=600)
     assert "WRONG" not in out and "error:" not in out and "missed the cache" not in out, out
     assert "the cold link stored no batch" not in out, out
     header, rows = table_after("warm_link: generated", out)
     engines = {r[0]: r for r in rows}
-    warm = engines["rtdyld warm"]
+    warm = engines["rtdyld warm, new process"]
     assert warm[header.index("runs")] == "1", out  # the one timed run was served by the cache
     assert warm[header.index("check")] == "ok", out
     assert engines["rtdyld cold (fill run)"][header.index("check")] == "ok", out
-    assert engines["MCJIT"][header.index("check")] == "ok", out
-    assert RATIO.match(warm[header.index("warm/engine")]), out
+    for protocol in ("new process", "hot in this process"):
+        mcjit = engines[f"MCJIT, {protocol}"]
+        assert mcjit[header.index("check")] == "ok", out
+        assert mcjit[header.index("runs")] == warm[header.index("runs")], out
+        assert RATIO.match(mcjit[header.index("warm/engine")]), out
+    # the new-process rows say what their untimed engine creation took, as rtdyld's does
+    assert re.match(r"^\d+\.\d$", engines["MCJIT, new process"][header.index("set-up ms (untimed)")]), out
+    assert re.match(r"^\d+\.\d$", warm[header.index("set-up ms (untimed)")]), out
 
     header, rows = table_after("Summary", out)
     cases = {r[1]: r for r in rows}
-    assert "generated, warm, new process" in cases, rows
-    assert RATIO.match(cases["generated, warm, new process"][header.index("rtdyld/MCJIT")]), rows
+    for case in ("generated, warm; peers in a new process", "generated, warm; peers hot in the bench"):
+        assert case in cases, rows
+        assert RATIO.match(cases[case][header.index("rtdyld/MCJIT")]), rows
+
+
+def test_warm_link_peer_child_that_fails_or_hangs_is_reported(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import childproc, warm_link
+
+    bogus = tmp_path / "0.o"
+    bogus.write_bytes(b"\x7fELF not an object")
+    case = warm_link.Case("generated", (), (), ("wg_run",), 1)
+    out, why = warm_link._run_peer_child("MCJIT", case, [str(bogus)])
+    assert out is None and why, why
+    assert childproc.run_json("import time; time.sleep(30)", [], timeout=0.5) == (None, "no answer within 0.5 s")
+    assert childproc.run_json("print('no json')", []) == (None, "printed no result: no json")
 
 
 @pytest.mark.slow
