@@ -19,7 +19,6 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Callable, Iterable
-from functools import cached_property
 from typing import Self
 
 from rtdyld.errors import MalformedObjectError, UsageError
@@ -115,6 +114,19 @@ class Member:
         return f"<Member {self.display_name} #{self.index} at {self.header_offset:#x}>"
 
 
+class _FileName:
+    """An archive's file name, for messages: worked out when first asked
+    for, not for every member a pull names, and kept in the archive's dict.
+    (Not functools.cached_property: in Python 3.11 that takes a lock, more
+    code to fetch in a cold link than the name costs.)"""
+
+    def __get__(self, archive: Archive | None, owner: type | None = None):
+        if archive is None:
+            return self
+        name = archive.__dict__["file_name"] = os.path.basename(archive.name)
+        return name
+
+
 class Archive:
     """A parsed archive: its members in file order and its symbol index.
 
@@ -150,10 +162,7 @@ class Archive:
             header_offsets = [raw[1] for raw in layout.members]
             self._index = read_index(layout.index_layout, layout.index_data, header_offsets, name, layout.index_offset)
 
-    @cached_property
-    def file_name(self) -> str:
-        """The archive's file name, for messages: worked out once, not for every member a pull names."""
-        return os.path.basename(self.name)
+    file_name = _FileName()
 
     def definers(self, symbol: str) -> list[Member]:
         """The members the index says define ``symbol``, in index order."""
