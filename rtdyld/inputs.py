@@ -11,6 +11,10 @@ from .objfile.model import ObjectFile
 
 def read_input(src, name: str | None = None) -> tuple[bytes, str]:
     """Bytes and display name of a path, bytes-like or binary file object."""
+    # Bytes first: asking whether they are an os.PathLike goes through the
+    # ABC machinery, some microseconds of a cold link for bytes given as they are.
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src), name or "<memory>"
     if isinstance(src, (str, os.PathLike)):
         try:
             # open() rather than Path.read_bytes(): ~60 µs less in a new process.
@@ -19,8 +23,6 @@ def read_input(src, name: str | None = None) -> tuple[bytes, str]:
         except OSError as e:
             raise MalformedObjectError(f"{src}: cannot read: {e.strerror}") from None
         return data, name or str(src)
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return bytes(src), name or "<memory>"
     if hasattr(src, "read"):
         data = src.read()
         if not isinstance(data, (bytes, bytearray)):

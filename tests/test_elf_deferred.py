@@ -166,6 +166,21 @@ def test_pull_names_of_a_member_are_what_extraction_would_compute(build):
         assert member.pull_names[0] and member.pull_names[1] is not None
 
 
+def test_a_member_whose_symbols_convert_as_it_is_read_leaves_its_pull_names_to_extraction(build):
+    # Symbols converted at once (extended section indexes, very many
+    # sections): lazy extraction works the names out from the converted table.
+    from rtdyld import archives
+    from rtdyld.objfile import elf_deferred
+
+    data = build.cc_bytes(str(CHAIN / "mid.c"), *PIE)
+    reader = _ElfReader(data, "mid.o")
+    reader.read(defer_tables=True)
+    member = elf_deferred._deferred(reader, reader._convert_symbols(), reader._rela_tables())
+    plain = parse_object(data, "mid.o")
+    assert member.pull_names is None
+    assert archives.names_by_role(member) == archives.names_by_role(plain)
+    assert archives.names_by_role(member) == (["mid_value", "mid_counter"], ["leaf_value", "leaf_counter"])
+
 def _symbol_entry(data: bytes, name: str) -> tuple[int, int]:
     """(index, file offset) of the symbol table entry of ``name``."""
     symtab = ELFFile(io.BytesIO(data)).get_section_by_name(".symtab")

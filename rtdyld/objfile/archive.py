@@ -19,14 +19,14 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Callable, Iterable
-from functools import cached_property
 from typing import Self
 
 from rtdyld.errors import MalformedObjectError, UsageError
-from rtdyld.objfile.archive_index import parse_index
+from rtdyld.objfile.archive_index import group, read_index
 from rtdyld.objfile.archive_layout import (
     NAME_ENCODING,
     NAME_ERRORS,
+    THIN_MAGIC,
     RawMember,
     is_archive,
     walk,
@@ -114,6 +114,19 @@ class Member:
         return f"<Member {self.display_name} #{self.index} at {self.header_offset:#x}>"
 
 
+class _FileName:
+    """An archive's file name, for messages: worked out when first asked
+    for, not for every member a pull names, and kept in the archive's dict.
+    (Not functools.cached_property: in Python 3.11 that takes a lock, more
+    code to fetch in a cold link than the name costs.)"""
+
+    def __get__(self, archive: Archive | None, owner: type | None = None):
+        if archive is None:
+            return self
+        name = archive.__dict__["file_name"] = os.path.basename(archive.name)
+        return name
+
+
 class Archive:
     """A parsed archive: its members in file order and its symbol index.
 
@@ -147,14 +160,9 @@ class Archive:
         self._index: dict[str, int | list[int]] | None = None
         if layout.index_layout is not None:
             header_offsets = [raw[1] for raw in layout.members]
-            where = f"{name}: symbol index at offset {layout.index_offset:#x}"
-            names, positions = parse_index(layout.index_layout, layout.index_data, header_offsets, where)
-            self._index = self._group(names, positions)
+            self._index = read_index(layout.index_layout, layout.index_data, header_offsets, name, layout.index_offset)
 
-    @cached_property
-    def file_name(self) -> str:
-        """The archive's file name, for messages: worked out once, not for every member a pull names."""
-        return os.path.basename(self.name)
+    file_name = _FileName()
 
     def definers(self, symbol: str) -> list[Member]:
         """The members the index says define ``symbol``, in index order."""
@@ -235,21 +243,9 @@ class Archive:
             positions.extend([member.index] * len(defined))
         return self._group(names, positions)
 
-    @staticmethod
-    def _group(names: list[str], positions: list[int]) -> dict[str, int | list[int]]:
-        # Names defined once, nearly all of them, are indexed by dict() in C;
-        # an index of 15,000 names took 4 ms grouped one by one in Python.
-        index: dict[str, int | list[int]] = dict(zip(names, positions))
-        if len(index) == len(names):
-            return index
-        grouped: dict[str, list[int]] = {}
-        for name, pos in zip(names, positions):
-            definers = grouped.setdefault(name, [])
-            if pos not in definers:
-                definers.append(pos)
-        for name, definers in grouped.items():
-            index[name] = definers[0] if len(definers) == 1 else definers
-        return index
+    # name -> position(s) from the names and positions of a symbol index
+    # (archive_index.group), for an index read some other way.
+    _group = staticmethod(group)
 
 
 def read_archive(
@@ -269,22 +265,39 @@ def read_archive(
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         display = name if name is not None else "<memory>"
         view = memoryview(path_or_bytes).cast("B")
-        return Archive(display, view, None, list_definitions, os.path.dirname(name or ""))
+        return Archive(display, view, None, list_definitions, _thin_dir(view, name or ""))
     path = os.fspath(path_or_bytes)
-    display = name if name is not None else path
+    return _read_file(path, name if name is not None else path, list_definitions)[2]
+
+
+def _read_file(
+    path: str,
+    display: str,
+    list_definitions: ListDefinitions | None,
+    known: Callable[[tuple[int, int], tuple[int, int]], Archive | None] | None = None,
+) -> tuple[tuple[int, int], tuple[int, int], Archive]:
+    """The file at ``path`` as opened, known by its (device, inode) and
+    stamped with its (mtime_ns, size), and the archive in it: parsed from
+    the bytes read, unless ``known(file, stamp)`` has it already."""
     fd = _open(path, display)
     try:
-        view, mapping = _contents(fd, os.fstat(fd).st_size, display)
+        # The file as opened, so that the bytes read are those stamped.
+        st = os.fstat(fd)
+        file, stamp = (st.st_dev, st.st_ino), (st.st_mtime_ns, st.st_size)
+        archive = known(file, stamp) if known is not None else None
+        if archive is not None:
+            return file, stamp, archive
+        view, mapping = _contents(fd, st.st_size, display)
     finally:
         os.close(fd)
-    return _parse_file(display, view, mapping, list_definitions, os.path.dirname(path))
+    return file, stamp, _parse_file(display, view, mapping, list_definitions, path)
 
 
 def _parse_file(
-    display: str, view: memoryview, mapping: mmap.mmap | None, list_definitions: ListDefinitions | None, thin_dir: str
+    display: str, view: memoryview, mapping: mmap.mmap | None, list_definitions: ListDefinitions | None, path: str
 ) -> Archive:
     try:
-        return Archive(display, view, mapping, list_definitions, thin_dir)
+        return Archive(display, view, mapping, list_definitions, _thin_dir(view, path))
     except BaseException:
         view.release()
         if mapping is not None:
@@ -293,6 +306,13 @@ def _parse_file(
             except BufferError:
                 pass  # the traceback still holds views of it; they unmap it when they go
         raise
+
+
+def _thin_dir(view: memoryview, path: str) -> str:
+    """Where the members of the archive in ``view``, found at ``path``, are
+    if it is a thin one: beside it.  (Worked out only then: os.path.dirname
+    is some microseconds of a cold link.)"""
+    return os.path.dirname(path) if bytes(view[:8]) == THIN_MAGIC else ""
 
 
 def _open(path: str, display: str) -> int:
@@ -337,24 +357,18 @@ class ArchiveCache:
     ) -> Archive:
         """The parsed archive at ``path``; see :func:`read_archive` for errors."""
         path = os.fspath(path)
-        fd = _open(path, path)
-        try:
-            # The file as opened, so that the bytes read are those stamped.
-            st = os.fstat(fd)
-            file = (st.st_dev, st.st_ino)
-            stamp = (st.st_mtime_ns, st.st_size)
-            cached = self._archives.get(file)
-            if cached is not None and cached[0] == stamp and not cached[1].closed:
-                archive = cached[1]
-                if archive.list_definitions is None:
-                    archive.list_definitions = list_definitions
-                return archive
-            view, mapping = _contents(fd, st.st_size, path)
-        finally:
-            os.close(fd)
-        archive = _parse_file(path, view, mapping, list_definitions, os.path.dirname(path))
+        file, stamp, archive = _read_file(path, path, list_definitions, self._unchanged)
+        if archive.list_definitions is None:
+            archive.list_definitions = list_definitions
         self._archives[file] = (stamp, archive)
         return archive
+
+    def _unchanged(self, file: tuple[int, int], stamp: tuple[int, int]) -> Archive | None:
+        """The archive parsed from ``file`` if it still has that ``stamp``."""
+        cached = self._archives.get(file)
+        if cached is not None and cached[0] == stamp and not cached[1].closed:
+            return cached[1]
+        return None
 
     def clear(self) -> None:
         """Forget every archive (they unmap once nothing uses them)."""

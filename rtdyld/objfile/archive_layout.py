@@ -37,6 +37,9 @@ INDEX_LAYOUTS = {
 }
 LONG_NAMES = b"//"
 BSD_LONG_NAME = b"#1/"
+# What an ordinary GNU name ("name/") never starts with (a tuple made once,
+# not for every header).
+_SPECIAL_STARTS = (b"/", BSD_LONG_NAME)
 
 # Names are file names: decoded as the OS decodes them, so any byte survives.
 NAME_ENCODING = "utf-8"
@@ -125,7 +128,7 @@ def walk(view: memoryview, archive: str) -> Layout:
         size = int(digits)
         data_offset = pos + HEADER_SIZE
 
-        if field.endswith(b"/") and not field.startswith((b"/", BSD_LONG_NAME)):
+        if field.endswith(b"/") and not field.startswith(_SPECIAL_STARTS):
             # "name/", an ordinary GNU member: nearly every header, so it is
             # told apart first with the two tests no special name passes.
             saw_gnu = True

@@ -83,8 +83,10 @@ def read_elf(data: bytes | memoryview, name: str, defer_tables: bool = False) ->
 
 class _ElfReader:
     def __init__(self, data, name: str):
-        self.data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        self.view = memoryview(self.data)  # sliced for each section's bytes, uncopied
+        if isinstance(data, bytes):
+            self.data, self.view = data, memoryview(data)  # the view sliced for each section's bytes, uncopied
+        else:  # (an archive member's bytes, a view of its archive's: one view serves both)
+            self.data = self.view = memoryview(data).cast("B")
         self._headers = None
         self._shstrtab = b""
         self.name = name
@@ -98,10 +100,12 @@ class _ElfReader:
         try:
             return self._read(defer_tables)
         finally:
-            # The symbol columns and the section headers serve reading: kept
-            # (with the reader) until the batch is joined, a link's hundreds
-            # of them would set off a garbage collection.
+            # The symbol columns, the sections where a symbol is defined and
+            # the section headers serve reading: kept (with the reader) until
+            # the batch is joined, a link's hundreds of them would set off a
+            # garbage collection.
             self.sym_columns = None
+            self.defining = None
             self._headers = None
             self._shstrtab = b""
 
@@ -257,7 +261,7 @@ class _ElfReader:
         # (The table's entry size, size and link were checked with the other tables: elf_precheck.)
         _, _, _, offset, size, link, _, _, _ = headers[self.symtab_index]
         self.sym_bytes = self.view[offset : offset + size]
-        self.nsyms = size // T.ELF64_SYM.itemsize
+        self.nsyms = size // elf_small.SYM_SIZE
         if link == 0:  # (a section 0 posing as a string table)
             raise self.fail(f"symbol table's string table index {link} is not a string table")
         _, _, _, offset, size, _, _, _, _ = headers[link]

@@ -44,7 +44,6 @@ from .model import (
     SEC_UNDEF,
     SYM_DTYPE,
     ObjectFile,
-    names_by_role_of_rows,
 )
 
 # Width of each kind's fixup, zero for the unsupported marker (rows so marked fail anyway).
@@ -246,9 +245,9 @@ def _deferred(reader, symbols: np.ndarray | None, tables: tuple[list[memoryview]
         "name": reader.name, "format": "elf", "sections": reader.sections, "names": reader.names,
         "groups": reader.groups, "symbol_prefix": "", "rtype_names": T.R_X86_64, "subsections_via_symbols": False,
         "_symbols": symbols, "_pending": _Pending(reader, *tables, symbols is None),
-        # (Those of a small table were worked out with its names: elf_small.names_and_pull_names.)
-        "pull_names": (reader.pull_names or _raw_pull_names(reader)) if symbols is None
-        else _pull_names(symbols, reader.names),
+        # (Those of a small table were worked out with its names: elf_small.names_and_pull_names.
+        # An object whose symbols are converted already leaves them to archives.names_by_role.)
+        "pull_names": (reader.pull_names or _raw_pull_names(reader)) if symbols is None else None,
     }  # fmt: skip
     return obj
 
@@ -260,8 +259,9 @@ assert {f.name for f in fields(ObjectFile)} == {
 
 
 def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
-    """:func:`_pull_names` from the raw symbol table (the section numbers and
-    bindings the conversion maps; rows it would reject count for neither)."""
+    """:func:`rtdyld.archives.names_by_role` from the raw symbol table (the
+    section numbers and bindings the conversion maps; rows it would reject
+    count for neither)."""
     names = reader.names
     columns = reader.sym_columns
     if columns is not None:  # a small table, already unpacked (and its names not ASCII)
@@ -272,14 +272,6 @@ def _raw_pull_names(reader) -> tuple[list[str], list[str]]:
         names = [names[i] for i in at.tolist()]
         info, shndx = raw["st_info"][at].tolist(), raw["st_shndx"][at].tolist()
     return elf_small.pull_names(names, info, shndx, reader.defining)
-
-
-def _pull_names(symbols: np.ndarray, names: list[str]) -> tuple[list[str], list[str]]:
-    """What lazy extraction asks of a member, worked out once from its
-    non-local symbols, as :func:`rtdyld.archives.names_by_role` gives them."""
-    bind = symbols["bind"]
-    named = np.flatnonzero(bind).tolist()
-    return names_by_role_of_rows(named, symbols["section"][named].tolist(), bind[named].tolist(), names)
 
 
 def convert_pending(objects: list[ObjectFile]) -> None:

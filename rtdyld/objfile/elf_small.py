@@ -30,6 +30,10 @@ from .model import Bind
 # per object), cache-cold or not; checking alone costs less still.
 ROWS = 192
 RELA_SIZE = 24
+# An ELF64 symbol's size (elf_tables.ELF64_SYM's, as a plain int: asking
+# the numpy dtype costs a cold link a few microseconds).
+SYM_SIZE = 24
+assert SYM_SIZE == T.ELF64_SYM.itemsize
 
 _BIND = T.BIND_MAP.tolist()  # 255: unknown binding
 _STRONG = frozenset(i for i, bind in enumerate(_BIND) if bind == Bind.GLOBAL)  # GLOBAL, GNU_UNIQUE
