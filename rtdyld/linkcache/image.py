@@ -319,10 +319,11 @@ def targets(rec: np.ndarray, groups: list) -> tuple[np.ndarray, bool]:
 
 
 def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray,
-                  stored_targets: tuple[np.ndarray, bool] | None = None) -> bool:
-    """:func:`apply_records` for rows :func:`grouped` arranged: the same values,
-    range checks and bytes, in a handful of numpy calls whatever the count
-    (fewer still with the rows' :func:`targets`, as an entry stores them).
+                  stored_targets: tuple[np.ndarray, bool]) -> bool:
+    """:func:`apply_records` for rows :func:`grouped` arranged, written where
+    their :func:`targets` (``stored_targets``, as an entry stores them) say:
+    the same values, range checks and bytes, in a handful of numpy calls
+    whatever the count.
 
     Every row of a group moves by the same ``cb * base + ext[j]``: if the
     group's smallest and largest constants, moved, lie within the field's
@@ -349,11 +350,6 @@ def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext
     if not at:
         return True
     value = const + np.array(deltas, dtype=U).repeat(counts)
-    if stored_targets is None:
-        where = rec["where"]
-        for w, (s, e) in runs.items():
-            _store_run(mem, where[s:e], w, value[s:e])
-        return True
     index, quads = stored_targets
     done = 0
     for w, (s, e) in sorted(runs.items()):
@@ -420,16 +416,6 @@ def apply_listed(rows: list[list[int]], groups: list, mem: np.ndarray, base: int
     return True
 
 
-def _store_run(mem: np.ndarray, where: np.ndarray, w: int, value: np.ndarray) -> None:
-    """``value`` little-endian in ``w`` bytes at each ``where``."""
-    if w == 8 and len(mem) % 8 == 0 and not (where & 7).any():
-        mem.view(U)[where >> 3] = value  # aligned pointers: one store each
-        return
-    # One flat scatter of bytes (a 2-D index costs several times more); the
-    # narrowing cast keeps each value's low bytes, as the field does.
-    mem[(where[:, None] + _BYTE[w]).ravel()] = value.astype(_LITTLE[w]).view(np.uint8)
-
-
 def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndarray) -> None:
     """``value`` little-endian in ``width`` bytes at each ``where``: one scatter per
     width present (:func:`~rtdyld.x86_64.fixup.write` makes one per byte)."""
@@ -447,8 +433,8 @@ def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndar
 def prime() -> None:
     """Apply a few residual fixups to scratch memory the way a load does (rows
     read back from an entry's bytes, groups of 64-, 32-, 16- and 8-bit fields,
-    against the batch and against externals, written through stored targets
-    and computed ones), so a process's first warm link finds numpy set up."""
+    against the batch and against externals, written through stored
+    targets), so a process's first warm link finds numpy set up."""
     from .container import pack, unpack
 
     kinds = np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Branch32), int(Edge.Pointer64),
@@ -459,7 +445,6 @@ def prime() -> None:
     rec, groups = grouped(res)
     key = bytes(32)
     stored = unpack(pack(key, {}, {"r": rec}), key)[1]["r"]
-    for stored_targets in (targets(rec, groups), None):
-        apply_grouped(stored, groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U),
-                      stored_targets)
+    apply_grouped(stored, groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U),
+                  targets(rec, groups))
     apply_listed(listed(rec), groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, [1 << 40] * 2)
