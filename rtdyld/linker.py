@@ -433,7 +433,9 @@ class Linker:
             self.kept_groups |= lb.kept_groups
             if lb.pulls:
                 archives = self._archives(dylib)
-                archives.loaded.update([archives.key(p.member) for p in lb.pulls.values()])
+                # A warm batch knows its members' keys without making its pulls.
+                keys = getattr(lb.pulls, "member_keys", None)
+                archives.loaded.update(keys if keys is not None else [archives.key(p.member) for p in lb.pulls.values()])
         self.handles.append(handle)
         return handle
 

@@ -177,6 +177,19 @@ class Dylib:
         user = self.user
         return bool(user) and any(n in user for n in host_names(name, prefix))
 
+    def first_defined(self, names: list[str], prefix: str = "") -> str | None:
+        """The first of ``names`` that :meth:`defines` finds, or None: one set
+        operation for the published names, a pass only if there are user definitions."""
+        published = self.published.keys()
+        if not published.isdisjoint(names):
+            return next(name for name in names if name in published)
+        user = self.user
+        if user:
+            for name in names:
+                if any(n in user for n in host_names(name, prefix)):
+                    return name
+        return None
+
     def own_many(self, names: list[str], prefix: str = "") -> dict[str, SymbolDef]:
         """:meth:`own` of each of ``names`` found here: name -> definition."""
         found: dict[str, SymbolDef] = {}

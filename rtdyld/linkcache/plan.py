@@ -40,13 +40,13 @@ from memmgr import MemMgrError, Prot, SegmentRequest
 from .. import unwind
 from ..archives import Pull
 from ..batch import External, LinkedBatch
-from ..symbols import ProcessSymbolDef, SymbolDef
+from ..symbols import Dylib, ProcessSymbolDef, SymbolDef
 from ..x86_64 import scan
 from . import by_identity, container, image, resolutions, tables
 from .container import FORMAT_VERSION, OpenEntry, pack, unpack
 from .deferred import CachedMember, DeferredArchive
 from .definitions import warm_definitions
-from .placed import PlacedSections
+from .placed import FirstRead, WarmPulls, placed_sections
 
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
 # Every protection a segment may have, made once: the enum's constructor costs
@@ -201,9 +201,13 @@ class BatchPlan:
         return addr, out, own
 
     def _check_pulls(self, meta: dict, pulls: dict) -> None:
-        outranks = self.linker._outranks_archives(self.dylib)
-        for symbol in pulls["symbol"]:
-            if symbol and outranks(symbol, meta["prefix"]):
+        # What outranks archives (Linker._outranks_archives): this dylib's
+        # batches and user definitions, and the dylibs of its link order;
+        # each asked once for all the names.
+        symbols = [s for s in pulls["symbol"] if s]  # "" for a whole-archive member
+        for d in (self.dylib, *(d for d in self.dylib.order() if isinstance(d, Dylib))):
+            symbol = d.first_defined(symbols, meta["prefix"])
+            if symbol is not None:
                 raise _Stale(f"{symbol!r}, which pulled an archive member, is now defined elsewhere")
 
     def _allocate(self, meta: dict) -> LinkedBatch:
@@ -230,12 +234,9 @@ class BatchPlan:
         for j in own_externals:  # the GOT symbol and __dso_handle, which move with the batch
             name, role = meta["externals"][j][:2]
             externals[j] = External(name, *own[role])
-        skeletons = _Skeletons(blobs["skeletons"])
-        objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
-                   for kind, value, k in meta["objects"]]
-        lb.objects = objects
         later = _Later(meta["later"])
-        lb.sections = PlacedSections(functools.partial(later.get, "sections"), meta["nsections"], base)
+        lb.objects = FirstRead(functools.partial(_objects, self.objs, later, blobs), meta["nobjects"])
+        lb.sections = placed_sections(functools.partial(later.get, "sections"), meta["nsections"], base)
         lb.definitions = warm_definitions(names, functools.partial(later.get, "definitions"), base)
         lb.got = {t: base + o for t, o in meta["got"]}
         lb.stubs = {t: base + o for t, o in meta["stubs"]}
@@ -246,13 +247,9 @@ class BatchPlan:
             work, size, segment_offset = meta["eh_frame"]
             lb.eh_frame = unwind.EhFrameImage(work, base + work, size, segment_offset)
         lb.segments = {seg.name: seg for seg in lb.allocation.segments}
-        loaded = {}
-        for oi, ar, off_, index, name, size, symbol, referrer in zip(
-                pulls["obj"], pulls["archive"], pulls["header_offset"], pulls["index"], pulls["name"],
-                pulls["size"], pulls["symbol"], pulls["referrer"], strict=True):
-            member = CachedMember(self.search[ar], off_, index, name, size)
-            loaded[id(objects[oi])] = Pull(member, symbol, referrer)
-        lb.pulls = loaded
+        search = self.search
+        lb.pulls = WarmPulls(functools.partial(_pulls, lb.objects, search, pulls, later),
+                             [(id(search[ar]), off) for ar, off in zip(pulls["archive"], pulls["header_offset"])])
 
     # --- cold -------------------------------------------------------------------------
 
@@ -355,19 +352,20 @@ class BatchPlan:
             if ar is None:
                 raise tables.Uncacheable(f"{m.display_name} comes from an archive outside the search order")
             pulled.append((oi, ar, m.header_offset, m.index, m.name, m.size, p.symbol, p.referrer))
-        pull_fields = ("obj", "archive", "header_offset", "index", "name", "size", "symbol", "referrer")
         # Table columns as plain lists: marshal reads them back faster than numpy would.
-        pulls = {f: [_plain(row[i]) for row in pulled] for i, f in enumerate(pull_fields)}
+        columns = {f: [_plain(row[i]) for row in pulled] for i, f in enumerate(_PULL_FIELDS)}
+        # What a warm load checks and publishes; the rest only maps and traces read.
+        pulls = {f: columns.pop(f) for f in _PULLS_CHECKED}
         defs = list(lb.definitions.values())
         rel = np.array([d.section != "" for d in defs], dtype=bool)
         off = np.array([d.address for d in defs], dtype=np.uint64)
         off[rel] -= np.uint64(base)
         if np.any(rel & (off > np.uint64(alloc.size))):
             raise tables.Uncacheable("a definition outside the batch's memory")
-        columns = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS if f != "name"}
+        definitions = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS if f != "name"}
         # The address: an offset into the batch's memory, or absolute (as int64 bits).
-        columns["address_offset"] = off.view(np.int64).tolist()
-        columns["address_relative"] = rel.astype(np.int64).tolist()
+        definitions["address_offset"] = off.view(np.int64).tolist()
+        definitions["address_relative"] = rel.astype(np.int64).tolist()
         sections = {
             "obj": [int(p.obj) for p in lb.sections],
             "index": [int(p.index) for p in lb.sections],
@@ -386,10 +384,11 @@ class BatchPlan:
             "definition_names": [d.name for d in defs],
             "nsections": len(lb.sections),
             # What only maps, listings and look-ups read, decoded when first asked for.
-            "later": container.dumps({"definitions": columns, "sections": sections}),
+            "later": container.dumps({"definitions": definitions, "sections": sections, "objects": objects,
+                                      "pulls": columns}),
             "externals": externals,
             "prefix": next(iter(prefixes), ""),
-            "objects": objects,
+            "nobjects": len(objects),
             "pulls": pulls,
             "init": [list(x) for x in lb.initializers],
             "fini": [list(x) for x in lb.finalizers],
@@ -401,6 +400,36 @@ class BatchPlan:
         if any(p.address != base + p.work for p in lb.sections):
             raise tables.Uncacheable("a section placed outside the batch's memory")
         return meta, blobs
+
+
+_PULL_FIELDS = ("obj", "archive", "header_offset", "index", "name", "size", "symbol", "referrer")
+_PULLS_CHECKED = ("archive", "header_offset", "symbol")
+
+
+def _objects(own: list, later: _Later, blobs) -> list:
+    """A warm batch's objects: the batch's own, then its members, each known by
+    name and decoded from the entry's skeletons only if asked for more."""
+    skeletons = None
+    out = []
+    for kind, value, k in later.get("objects"):
+        if kind == "own":
+            out.append(own[value])
+            continue
+        if skeletons is None:
+            skeletons = _Skeletons(blobs["skeletons"])
+        out.append(tables.LazyObject.deferred(value, skeletons.loader(k)))
+    return out
+
+
+def _pulls(objects, search: list, pulls: dict, later: _Later) -> dict:
+    """A warm batch's ``pulls`` (id(object) -> Pull) from the entry's columns."""
+    more = later.get("pulls")
+    out = {}
+    for oi, ar, off, index, name, size, symbol, referrer in zip(
+            more["obj"], pulls["archive"], pulls["header_offset"], more["index"], more["name"], more["size"],
+            pulls["symbol"], more["referrer"], strict=True):
+        out[id(objects[oi])] = Pull(CachedMember(search[ar], off, index, name, size), symbol, referrer)
+    return out
 
 
 def _plain(v):
