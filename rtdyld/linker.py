@@ -421,8 +421,10 @@ class Linker:
         handle = Handle(self, parts, self._batches)
         for dylib, lb in parts:
             lb.definitions.set_batch(handle)
-            for e in lb.externals:
-                owner = e.definition.batch if e.definition is not None else None
+            # A warm batch names the definitions its externals resolved to without making them.
+            definitions = getattr(lb.externals, "outside_definitions", None)
+            for d in definitions if definitions is not None else [e.definition for e in lb.externals]:
+                owner = d.batch if d is not None else None
                 if isinstance(owner, Handle) and owner is not handle:
                     owner.dependents.add(handle)
             if executable:

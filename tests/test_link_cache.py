@@ -173,6 +173,28 @@ def test_warm_batch_can_be_removed_and_relinked(tmp_path, user_value):
     h2.remove()
 
 
+def test_a_warm_batch_keeps_the_earlier_batch_it_calls_from_removal(tmp_path):
+    lib = compile_c("int base_value(void) { return 7; }", tmp_path / "lib.o", *CFLAGS)
+    use = compile_c("extern int base_value(void); int use(void) { return base_value() * 6; }", tmp_path / "use.o",
+                    *CFLAGS)
+    cache = LinkCache(tmp_path / "cache")
+    for hits in (0, 2):  # cold, then both batches warm
+        ln = Linker(link_cache=cache)
+        ln.add_object(str(lib))
+        first = ln.finalize()
+        ln.add_object(str(use))
+        second = ln.finalize()
+        assert cache.stats["batches"]["hits"] == hits
+        assert ffi.cast("int (*)(void)", ln.lookup("use"))() == 42
+        assert [e.definition for e in second.batch.externals if e.name == "base_value"] == [
+            first.batch.definitions["base_value"]]
+        with pytest.raises(rtdyld.UsageError, match="still referenced"):
+            first.remove()
+        second.remove()
+        first.remove()
+        ln.close()
+
+
 def test_a_modified_object_misses(tmp_path, user_value):
     prog, ar = _program(tmp_path / "src")
     cache = LinkCache(tmp_path / "cache")

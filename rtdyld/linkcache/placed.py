@@ -1,11 +1,12 @@
-"""A warm batch's objects, placed sections and archive pulls, made when first read.
+"""A warm batch's objects, placed sections, externals and archive pulls, made when first read.
 
 A warm load publishes a batch without reading its ``objects`` (the pulled
-members, known by name), its ``sections`` (which object section lies where)
-or its ``pulls`` (why each member was loaded); maps, traces, listings, the
-debugger interface and removal do.  Decoding the entry's columns and making
-the Python object per member, section and pull only then keeps them off the
-way to the first call.
+members, known by name), its ``sections`` (which object section lies where),
+its ``externals`` (beyond the definitions they resolved to) or its ``pulls``
+(why each member was loaded); maps, traces, listings, the debugger interface
+and removal do.  Decoding the entry's columns and making the Python object
+per member, section, external and pull only then keeps them off the way to
+the first call.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ class FirstRead(Sequence):
 
     def __repr__(self) -> str:
         return repr(self._list())
+
+
+class WarmExternals(FirstRead):
+    """``LinkedBatch.externals`` of a warm batch, made when first read.
+    :attr:`outside_definitions` is what publishing needs without them: the
+    definitions, outside the process, that they resolved to."""
+
+    def __init__(self, make, count: int, outside_definitions: list) -> None:
+        super().__init__(make, count)
+        self.outside_definitions = outside_definitions
 
 
 def placed_sections(columns, count: int, base: int) -> FirstRead:

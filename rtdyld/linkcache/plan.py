@@ -46,7 +46,7 @@ from . import by_identity, container, image, resolutions, tables
 from .container import FORMAT_VERSION, OpenEntry, pack, unpack
 from .deferred import CachedMember, DeferredArchive
 from .definitions import warm_definitions
-from .placed import FirstRead, WarmPulls, placed_sections
+from .placed import FirstRead, WarmExternals, WarmPulls, placed_sections
 
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
 # Every protection a segment may have, made once: the enum's constructor costs
@@ -118,7 +118,7 @@ class BatchPlan:
         names = meta["definition_names"]
         if not self.dylib.published.keys().isdisjoint(names):
             raise _Stale("a name the batch defines is now published by another batch")
-        ext_addr, externals, own = self._externals(meta)
+        ext_addr, externals, outside = self._externals(meta)
         pulls = meta["pulls"]
         self._check_pulls(meta, pulls)
         listed = meta["residual_rows"]
@@ -145,39 +145,40 @@ class BatchPlan:
                                            np.array(ext_addr, dtype=np.uint64), (targets, bool(meta["residual_quads"])))
             if not fits:
                 raise _Stale("a residual fixup no longer fits at the new addresses")
-            lb.externals = externals
-            self._finish(lb, meta, blobs, names, pulls, base, own)
+            self._finish(lb, meta, blobs, names, pulls, base, externals, outside)
         except BaseException:
             lb.allocation.release()
             raise
         return lb, image_bytes
 
-    def _externals(self, meta: dict) -> tuple[list[int], list[External | None], list[int]]:
-        """The externals' addresses, their records (None for the batch's own, at
-        ``own``), each resolved again and checked against the entry."""
+    def _externals(self, meta: dict) -> tuple[list[int], list, list[SymbolDef]]:
+        """The externals' addresses; what :func:`.resolutions.made` makes them
+        from (None for the batch's own); and the definitions outside the
+        process they resolved to: each resolved again and checked against the entry."""
         prefix = meta["prefix"]
         recorded = meta["externals"]
         # One walk of the resolver chain for all of them (one dlsym each, for the process).
         found = self.dylib.resolve_many([row[0] for row in recorded if row[1] in ("resolved", "none")], prefix,
-                                        self.pending)
+                                        self.pending, resolutions.found_in_process)
         addr = [0] * len(recorded)
-        out: list[External] = []
+        out: list = []
+        outside: list[SymbolDef] = []
         check = []
-        own: list[int] = []
         for j, (name, role, origin, size, bind, stype, reach, via_process) in enumerate(recorded):
             if role in ("got", "dso"):
-                out.append(None)  # filled once the batch has an address (_finish)
-                own.append(j)
+                out.append(None)  # made once the batch has an address
                 continue
             d = found.get(name)
-            if via_process and isinstance(d, ProcessSymbolDef):
-                # Still the process's: its origin is described only if asked
-                # for, since the image depends on the address alone (and its
-                # reach, below).
-                addr[j] = d.address
-                out.append(resolutions.ProcessExternal(name, d.address, "", d.size, d))
-                check.append((d.address, reach))
-                continue
+            if type(d) is tuple:  # the process's (resolutions.found_in_process)
+                if via_process:
+                    # Still the process's: its origin is described only if asked
+                    # for, since the image depends on the address alone (and its
+                    # reach, below).
+                    addr[j] = d[1]
+                    out.append(d)
+                    check.append((d[1], reach))
+                    continue
+                d = ProcessSymbolDef(*d)  # now the process's: checked below as any definition
             if role == "none":
                 if d is not None:
                     raise _Stale(f"weak reference {name!r} is now defined ({d.origin})")
@@ -189,6 +190,7 @@ class BatchPlan:
                 raise _Stale(f"{name!r} now resolves to {d.origin}, not {origin}")
             addr[j] = d.address
             out.append(External(name, d.address, d.origin, d.size, d))
+            outside.append(d)
             check.append((d.address, reach))
         if check:
             # A handful of addresses: plain integers, as scan.in_reach decides.
@@ -198,7 +200,7 @@ class BatchPlan:
                 for a, reach in check:
                     if (abs(a - lo) < limit and abs(a - hi) < limit) != bool(reach & bit):
                         raise _Stale("an outside symbol moved in or out of 32-bit reach")
-        return addr, out, own
+        return addr, out, outside
 
     def _check_pulls(self, meta: dict, pulls: dict) -> None:
         # What outranks archives (Linker._outranks_archives): this dylib's
@@ -224,16 +226,15 @@ class BatchPlan:
                            stubs={}, got_base=0)
 
     def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, names: list[str], pulls: dict, base: int,
-                own_externals: list[int]) -> None:
+                externals: list, outside: list[SymbolDef]) -> None:
         got_base = base + meta["got_off"]
         lb.got_base = got_base
         if meta["dso_handle"] is not None:
             lb.dso_handle = base + meta["dso_handle"]
+        # The GOT symbol and __dso_handle move with the batch.
         own = {"got": (got_base, "the batch's GOT"), "dso": (lb.dso_handle, "the batch's DSO handle")}
-        externals = lb.externals
-        for j in own_externals:  # the GOT symbol and __dso_handle, which move with the batch
-            name, role = meta["externals"][j][:2]
-            externals[j] = External(name, *own[role])
+        lb.externals = WarmExternals(functools.partial(resolutions.made, meta["externals"], externals, own),
+                                     len(externals), outside)
         later = _Later(meta["later"])
         lb.objects = FirstRead(functools.partial(_objects, self.objs, later, blobs), meta["nobjects"])
         lb.sections = placed_sections(functools.partial(later.get, "sections"), meta["nsections"], base)
