@@ -746,7 +746,7 @@ def test_residual_fixups_written_alike_grouped():
         index, quads = image.targets(rec, groups)
         assert quads or trial % 5 != 0  # a pointer table is written a word at a time
         key = bytes(32)
-        stored = unpack(pack(key, {}, {"r": rec, "t": index}), key)[1]  # as an entry holds them
+        stored = unpack(pack(key, {}, {"r": rec["const"], "t": index}), key)[1]  # as an entry holds them
         groups = json.loads(json.dumps(groups))
         ok_targeted = image.apply_grouped(stored["r"], groups, targeted, base, ext, (stored["t"], quads))
         listed = np.zeros(size, np.uint8)
@@ -770,7 +770,7 @@ def test_residual_groups_range_checked_at_the_field_limits():
                              np.array([value & (1 << 64) - 1], np.uint64), np.array([cb], np.int8),
                              np.full(1, -1, np.int32))
         rec, groups = image.grouped(res)
-        grouped = image.apply_grouped(rec, groups, np.zeros(8, np.uint8), base, np.zeros(1, np.uint64),
+        grouped = image.apply_grouped(rec["const"], groups, np.zeros(8, np.uint8), base, np.zeros(1, np.uint64),
                                       image.targets(rec, groups))
         assert image.apply_listed(image.listed(rec), groups, np.zeros(8, np.uint8), base, [0]) == grouped
         return grouped

@@ -125,8 +125,8 @@ def _prime() -> None:
     # numpy sets up each kind of operation on first use (tens of µs each in a
     # new process): re-apply two fixups of each width to scratch memory once.
     image.prime()
-    # The dtypes of a batch entry's blobs: residual fixups, integer columns.
-    container.prime((image.RECORD, np.int64))
+    # The dtypes of a batch entry's blobs: residual fixups' constants and targets, integer columns.
+    container.prime((np.uint64, np.int64))
 
 
 @functools.lru_cache(maxsize=8)

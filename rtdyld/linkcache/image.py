@@ -16,7 +16,8 @@ with the batch moved, then with the externals moved, and the differences
 give ``cb`` and whether ``ext[j]`` counts; the capture then checks that the
 linear form reproduces every value the cold link wrote.  An entry stores
 the rows grouped by field width, kind, ``cb`` and ``j`` (:func:`grouped`),
-with where each run is written (:func:`targets`): at load each group is
+as their constants, with where each run is written (:func:`targets`), since
+the groups give the rest of every row: at load each group is
 range-checked with two comparisons of its extreme constants, and the values
 are computed and written in a handful of numpy calls (:func:`apply_grouped`),
 or, for a batch with few of them, listed in the entry's metadata and written
@@ -59,8 +60,8 @@ class Residual:
     j: np.ndarray  # int32 external index, -1 for none
 
 
-# How an entry stores a Residual: one record per fixup, read back with one
-# numpy call (and, when few, turned into Python rows with one more).
+# A Residual as one record per fixup: what grouped() sorts and an entry's
+# rows (their constants and targets) are made from.
 RECORD = np.dtype([("where", "<i8"), ("const", "<u8"), ("j", "<i4"), ("kind", "u1"), ("cb", "i1")], align=True)
 
 
@@ -318,12 +319,12 @@ def targets(rec: np.ndarray, groups: list) -> tuple[np.ndarray, bool]:
     return np.concatenate(parts).astype(np.int64), quads
 
 
-def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray,
+def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray,
                   stored_targets: tuple[np.ndarray, bool]) -> bool:
-    """:func:`apply_records` for rows :func:`grouped` arranged, written where
-    their :func:`targets` (``stored_targets``, as an entry stores them) say:
-    the same values, range checks and bytes, in a handful of numpy calls
-    whatever the count.
+    """:func:`apply_records` for rows :func:`grouped` arranged, given as their
+    constants (``const``, uint64) and written where their :func:`targets`
+    (``stored_targets``) say, as an entry stores them: the same values, range
+    checks and bytes, in a handful of numpy calls whatever the count.
 
     Every row of a group moves by the same ``cb * base + ext[j]``: if the
     group's smallest and largest constants, moved, lie within the field's
@@ -331,7 +332,6 @@ def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext
     then exact, two comparisons per group); otherwise the group's rows are
     checked one by one, with the cold link's 64-bit arithmetic."""
     ext_ = ext.tolist()
-    const = rec["const"]
     deltas, counts = [], []
     runs: dict[int, list[int]] = {}  # width -> [first row, end]: rows are sorted by width
     at = 0
@@ -345,7 +345,7 @@ def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext
         counts.append(count)
         runs.setdefault(_WIDTH[kind], [at, at])[1] = at + count
         at += count
-    if at != len(rec) or sum(e - s for s, e in runs.values()) != at:
+    if at != len(const) or sum(e - s for s, e in runs.values()) != at:
         raise ValueError("residual groups do not cover the rows")
     if not at:
         return True
@@ -444,7 +444,7 @@ def prime() -> None:
                    np.array([1, -1, -1, 1, 0, 0], np.int8), np.array([-1, 0, 1, -1, -1, -1], dtype=np.int32))
     rec, groups = grouped(res)
     key = bytes(32)
-    stored = unpack(pack(key, {}, {"r": rec}), key)[1]["r"]
+    stored = unpack(pack(key, {}, {"r": rec["const"]}), key)[1]["r"]
     apply_grouped(stored, groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U),
                   targets(rec, groups))
     apply_listed(listed(rec), groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, [1 << 40] * 2)

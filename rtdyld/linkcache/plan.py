@@ -125,7 +125,7 @@ class BatchPlan:
         if listed is None:
             residual = blobs["residual"]
             targets = blobs["residual_targets"]
-            if residual.dtype != image.RECORD or residual.ndim != 1 or targets.dtype != np.int64 or targets.ndim != 1:
+            if residual.dtype != np.uint64 or residual.ndim != 1 or targets.dtype != np.int64 or targets.ndim != 1:
                 raise ValueError("residual fixups of the wrong type")
         lb = self._allocate(meta)
         try:
@@ -308,7 +308,7 @@ class BatchPlan:
             residual_rows, residual_quads = image.listed(residual), False
         else:
             residual_rows = None
-            blobs["residual"] = residual
+            blobs["residual"] = np.ascontiguousarray(residual["const"])  # the groups hold the rest of each row
             blobs["residual_targets"], residual_quads = image.targets(residual, residual_groups)
         end = max([s.offset + s.size for s in alloc.segments if not s.zero_fill] or [0])
         # The entry's tail: read at load straight into the batch's new memory.
