@@ -308,7 +308,8 @@ class Linker:
                 groups.setdefault(d, [])
             if not groups:
                 groups[self.main] = []
-            groups = _providers_first(groups)
+            if len(groups) > 1:  # one dylib has no other to come first
+                groups = _providers_first(groups)
             linked: list[tuple[Dylib, LinkedBatch]] = []
             try:
                 for d, objs in groups.items():
