@@ -126,7 +126,7 @@ def _prime() -> None:
     # new process): re-apply two fixups of each width to scratch memory once.
     image.prime()
     # The dtypes of a batch entry's blobs: residual fixups' constants and targets, integer columns.
-    container.prime((np.uint64, np.int64))
+    container.prime((np.uint64, np.int32, np.int64))
 
 
 @functools.lru_cache(maxsize=8)

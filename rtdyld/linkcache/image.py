@@ -308,7 +308,8 @@ def targets(rec: np.ndarray, groups: list) -> tuple[np.ndarray, bool]:
     """Where :func:`apply_grouped` writes the rows :func:`grouped` arranged,
     worked out once when the entry is made: per run of one width, in row
     order, the 8-byte words' indices if every 8-byte field is aligned
-    (``quads``), otherwise each field's byte offsets; all in one array."""
+    (``quads``), otherwise each field's byte offsets; all in one int32 array
+    (a batch is far smaller than 2 GiB: half the bytes of int64 to read)."""
     width = WIDTH[rec["kind"]]
     where = rec["where"]
     quads = bool(np.all(where[width == 8] & 7 == 0))
@@ -316,7 +317,10 @@ def targets(rec: np.ndarray, groups: list) -> tuple[np.ndarray, bool]:
     for w in (1, 2, 4, 8):
         at = where[width == w]
         parts.append(at >> 3 if w == 8 and quads else (at[:, None] + _BYTE[w]).ravel())
-    return np.concatenate(parts).astype(np.int64), quads
+    index = np.concatenate(parts)
+    if len(index) and (index.min() < 0 or index.max() > np.iinfo(np.int32).max):
+        raise Uncacheable("a residual fixup beyond 2 GiB into the batch")
+    return index.astype(np.int32), quads
 
 
 def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray,

@@ -125,7 +125,7 @@ class BatchPlan:
         if listed is None:
             residual = blobs["residual"]
             targets = blobs["residual_targets"]
-            if residual.dtype != np.uint64 or residual.ndim != 1 or targets.dtype != np.int64 or targets.ndim != 1:
+            if residual.dtype != np.uint64 or residual.ndim != 1 or targets.dtype != np.int32 or targets.ndim != 1:
                 raise ValueError("residual fixups of the wrong type")
         lb = self._allocate(meta)
         try:
