@@ -193,12 +193,12 @@ class BatchPlan:
             outside.append(d)
             check.append((d.address, reach))
         if check:
-            # A handful of addresses: plain integers, as scan.in_reach decides.
-            limit = scan.REACH
+            # A handful of addresses: plain integers, with scan.in_reach's interval.
             for bit, low in ((1, False), (2, True)):
                 lo, hi = self.linker.memory.reach_range(low=low)
+                above, below = max(lo, hi) - scan.REACH, min(lo, hi) + scan.REACH
                 for a, reach in check:
-                    if (abs(a - lo) < limit and abs(a - hi) < limit) != bool(reach & bit):
+                    if (above < a < below) != bool(reach & bit):
                         raise _Stale("an outside symbol moved in or out of 32-bit reach")
         return addr, out, outside
 
