@@ -32,6 +32,7 @@ import gc
 import hashlib
 import json
 import warnings
+import zlib
 
 import numpy as np
 
@@ -340,8 +341,11 @@ class BatchPlan:
                 objects.append(["member", o.name, len(docs)])
                 docs.append(tables.object_doc(tables.skeleton(o), skel))
         # One nested entry, unpacked only if a member's sections are asked for:
-        # the outer entry's metadata stays a few dozen blobs long.
-        blobs["skeletons"] = pack(_NESTED_KEY, {"docs": docs, "nblobs": len(skel)}, tables.named(skel, "o"))
+        # the outer entry's metadata stays a few dozen blobs long.  Compressed
+        # (to a tenth: the members' tables repeat one shape), since every warm
+        # load reads and checks it and few ever unpack it.
+        blobs["skeletons"] = zlib.compress(
+            pack(_NESTED_KEY, {"docs": docs, "nblobs": len(skel)}, tables.named(skel, "o")), 1)
         position = {id(a): i for i, a in enumerate(self.search)}
         pulled = []
         for oi, o in enumerate(lb.objects):
@@ -445,7 +449,7 @@ _NESTED_KEY = bytes(32)
 
 
 class _Skeletons:
-    """The pulled members' skeletons of one entry (a nested entry), parsed when first asked for."""
+    """The pulled members' skeletons of one entry (a compressed nested entry), unpacked when first asked for."""
 
     def __init__(self, packed) -> None:
         self.packed = packed
@@ -455,7 +459,7 @@ class _Skeletons:
         def load():
             if self.docs is None:
                 # The outer entry's checksum covered these bytes: not checked again.
-                meta, blobs = unpack(self.packed, _NESTED_KEY, checked=True)
+                meta, blobs = unpack(zlib.decompress(self.packed), _NESTED_KEY, checked=True)
                 self.blobs = tables.unnamed(blobs, "o", meta["nblobs"])
                 self.docs = meta["docs"]
             return tables.object_from_doc(self.docs[k], self.blobs, "")
