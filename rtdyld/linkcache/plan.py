@@ -53,6 +53,7 @@ DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their by
 # Every protection a segment may have, made once: the enum's constructor costs
 # two Python calls per segment on the way to a warm batch's memory.
 _PROT = {int(p): p for p in map(Prot, range(8))}
+_tuple_new = tuple.__new__
 _IMAGE = "image"  # the blob _capture makes of the batch's bytes, stored as the entry's tail
 _SYMBOL_FIELDS = tuple(f.name for f in dataclasses.fields(SymbolDef) if f.name not in ("address", "batch"))
 
@@ -214,7 +215,8 @@ class BatchPlan:
                 raise _Stale(f"{symbol!r}, which pulled an archive member, is now defined elsewhere")
 
     def _allocate(self, meta: dict) -> LinkedBatch:
-        requests = [SegmentRequest(name, size, _PROT[prot], zero_fill=zf) for name, _off, size, prot, zf in
+        # tuple.__new__ is what SegmentRequest(...) calls, minus a Python-level frame per segment.
+        requests = [_tuple_new(SegmentRequest, (name, size, _PROT[prot], zf)) for name, _off, size, prot, zf in
                     meta["segments"]]
         try:
             alloc = self.linker.memory.allocate(requests, low=meta["low"])
