@@ -11,10 +11,16 @@ the first call.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 
 from ..archives import Pull
 from ..batch import PlacedSection
+
+# Held while one of these is made, so threads reading a batch at once see
+# the same objects (pulls are keyed by the objects' ids).  Re-entrant: making
+# a batch's pulls reads its objects.
+_making = threading.RLock()
 
 
 class FirstRead(Sequence):
@@ -28,10 +34,12 @@ class FirstRead(Sequence):
 
     def _list(self) -> list:
         if self._made is None:
-            made = self._make()
-            if len(made) != self._count:
-                raise ValueError(f"{len(made)} items where the entry promised {self._count}")
-            self._made = made
+            with _making:
+                if self._made is None:
+                    made = self._make()
+                    if len(made) != self._count:
+                        raise ValueError(f"{len(made)} items where the entry promised {self._count}")
+                    self._made = made
         return self._made
 
     def __len__(self) -> int:
@@ -90,7 +98,9 @@ class WarmPulls(Mapping):
 
     def _dict(self) -> dict[int, Pull]:
         if self._made is None:
-            self._made = self._make()
+            with _making:
+                if self._made is None:
+                    self._made = self._make()
         return self._made
 
     def __getitem__(self, key: int) -> Pull:
