@@ -308,7 +308,8 @@ class Linker:
                 groups.setdefault(d, [])
             if not groups:
                 groups[self.main] = []
-            groups = _providers_first(groups)
+            if len(groups) > 1:  # one dylib has no other to come first
+                groups = _providers_first(groups)
             linked: list[tuple[Dylib, LinkedBatch]] = []
             try:
                 for d, objs in groups.items():
@@ -421,8 +422,10 @@ class Linker:
         handle = Handle(self, parts, self._batches)
         for dylib, lb in parts:
             lb.definitions.set_batch(handle)
-            for e in lb.externals:
-                owner = e.definition.batch if e.definition is not None else None
+            # A warm batch names the definitions its externals resolved to without making them.
+            definitions = getattr(lb.externals, "outside_definitions", None)
+            for d in definitions if definitions is not None else [e.definition for e in lb.externals]:
+                owner = d.batch if d is not None else None
                 if isinstance(owner, Handle) and owner is not handle:
                     owner.dependents.add(handle)
             if executable:
@@ -433,7 +436,9 @@ class Linker:
             self.kept_groups |= lb.kept_groups
             if lb.pulls:
                 archives = self._archives(dylib)
-                archives.loaded.update([archives.key(p.member) for p in lb.pulls.values()])
+                # A warm batch knows its members' keys without making its pulls.
+                keys = getattr(lb.pulls, "member_keys", None)
+                archives.loaded.update(keys if keys is not None else [archives.key(p.member) for p in lb.pulls.values()])
         self.handles.append(handle)
         return handle
 

@@ -177,6 +177,19 @@ class Dylib:
         user = self.user
         return bool(user) and any(n in user for n in host_names(name, prefix))
 
+    def first_defined(self, names: list[str], prefix: str = "") -> str | None:
+        """The first of ``names`` that :meth:`defines` finds, or None: one set
+        operation for the published names, a pass only if there are user definitions."""
+        published = self.published.keys()
+        if not published.isdisjoint(names):
+            return next(name for name in names if name in published)
+        user = self.user
+        if user:
+            for name in names:
+                if any(n in user for n in host_names(name, prefix)):
+                    return name
+        return None
+
     def own_many(self, names: list[str], prefix: str = "") -> dict[str, SymbolDef]:
         """:meth:`own` of each of ``names`` found here: name -> definition."""
         found: dict[str, SymbolDef] = {}
@@ -204,12 +217,14 @@ class Dylib:
         # One walk of the chain serves one name and a batch's many alike.
         return self.resolve_many([name], prefix, pending).get(name)
 
-    def resolve_many(self, names: list[str], prefix: str = "", pending=None) -> dict[str, SymbolDef]:
+    def resolve_many(self, names: list[str], prefix: str = "", pending=None, process=None) -> dict[str, SymbolDef]:
         """:meth:`resolve` of each of ``names``: name -> definition, for those found.
 
         Each source of the chain is asked once, for the names no source
         before it defines: a batch's outside names cost one pass over the
         chain (and one over dlsym for the process), not the chain per name.
+        ``process(host name, address)`` makes what the process defines
+        (default: a :class:`ProcessSymbolDef`).
         """
         found = self.own_many(names, prefix)
         left = [n for n in names if n not in found] if found else names
@@ -217,7 +232,7 @@ class Dylib:
             if not left:
                 break
             if entry == PROCESS:  # first: the usual last entry, and a Dylib or Library never equals a str
-                _found_many(host.process_symbols, ProcessSymbolDef, left, prefix, found)
+                _found_many(host.process_symbols, process or ProcessSymbolDef, left, prefix, found)
             elif isinstance(entry, Dylib):
                 for name in left:
                     d = pending(entry, name) if pending else None

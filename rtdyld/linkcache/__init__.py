@@ -125,8 +125,8 @@ def _prime() -> None:
     # numpy sets up each kind of operation on first use (tens of µs each in a
     # new process): re-apply two fixups of each width to scratch memory once.
     image.prime()
-    # The dtypes of a batch entry's blobs: residual fixups, integer columns.
-    container.prime((image.RECORD, np.int64))
+    # The dtypes of a batch entry's blobs: residual fixups' constants and targets, integer columns.
+    container.prime((np.uint64, np.int32, np.int64))
 
 
 @functools.lru_cache(maxsize=8)
@@ -236,13 +236,12 @@ class LinkCache:
         needs it: ``add_archive`` only stats the file, as ``add_object`` does.
         What kind of file it is (a thin archive's batches are not cached) and
         any error in it are found when it is opened or its digest taken."""
-        real = os.path.abspath(path)
         try:
-            source = InputFile(real)
+            source = InputFile(path)  # its path absolute, as InputFile spells it
         except OSError as e:
-            raise MalformedObjectError(f"{real}: cannot read the archive: {e.strerror or e}") from None
+            raise MalformedObjectError(f"{os.path.abspath(path)}: cannot read the archive: {e.strerror or e}") from None
         archives.parse = self.parse
-        return DeferredArchive(real, list_member_definitions, self, source)
+        return DeferredArchive(source.path, list_member_definitions, self, source)
 
     def _archive_key(self, content: str) -> bytes:
         return self._key("archive", content)

@@ -40,7 +40,7 @@ import numpy as np
 from ..cache_entry import CorruptEntry, check_stamp
 
 MAGIC = b"RTDYLDLC"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 HEADER = struct.Struct("<8sI32sIQQII")
 _ALIGN = 16
 _MARSHAL_VERSION = 4  # read by every Python rtdyld supports
@@ -61,7 +61,7 @@ def pack(key: bytes, meta: dict, blobs: Mapping[str, np.ndarray | bytes | memory
         if isinstance(blob, np.ndarray):
             arr = np.ascontiguousarray(blob)
             raw = arr.tobytes()
-            index[name] = [at, len(raw), _freeze(np.lib.format.dtype_to_descr(arr.dtype)), list(arr.shape)]
+            index[name] = [at, len(raw), _descr(arr.dtype), list(arr.shape)]
         else:
             raw = bytes(blob)
             index[name] = [at, len(raw)]
@@ -118,6 +118,13 @@ def loads(raw: bytes):
 def _dtype(descr) -> np.dtype:
     # A structured descriptor is a list at the top level; it is stored as a tuple, to be hashable.
     return np.lib.format.descr_to_dtype(list(descr) if isinstance(descr, tuple) else descr)
+
+
+@lru_cache(maxsize=256)
+def _descr(dtype: np.dtype) -> object:
+    # One object per dtype: marshal writes an object it meets again as a
+    # reference, so an entry of many arrays of a few dtypes spells each once.
+    return _freeze(np.lib.format.dtype_to_descr(dtype))
 
 
 def _freeze(value):

@@ -16,7 +16,8 @@ with the batch moved, then with the externals moved, and the differences
 give ``cb`` and whether ``ext[j]`` counts; the capture then checks that the
 linear form reproduces every value the cold link wrote.  An entry stores
 the rows grouped by field width, kind, ``cb`` and ``j`` (:func:`grouped`),
-with where each run is written (:func:`targets`): at load each group is
+as their constants, with where each run is written (:func:`targets`), since
+the groups give the rest of every row: at load each group is
 range-checked with two comparisons of its extreme constants, and the values
 are computed and written in a handful of numpy calls (:func:`apply_grouped`),
 or, for a batch with few of them, listed in the entry's metadata and written
@@ -59,8 +60,8 @@ class Residual:
     j: np.ndarray  # int32 external index, -1 for none
 
 
-# How an entry stores a Residual: one record per fixup, read back with one
-# numpy call (and, when few, turned into Python rows with one more).
+# A Residual as one record per fixup: what grouped() sorts and an entry's
+# rows (their constants and targets) are made from.
 RECORD = np.dtype([("where", "<i8"), ("const", "<u8"), ("j", "<i4"), ("kind", "u1"), ("cb", "i1")], align=True)
 
 
@@ -307,7 +308,8 @@ def targets(rec: np.ndarray, groups: list) -> tuple[np.ndarray, bool]:
     """Where :func:`apply_grouped` writes the rows :func:`grouped` arranged,
     worked out once when the entry is made: per run of one width, in row
     order, the 8-byte words' indices if every 8-byte field is aligned
-    (``quads``), otherwise each field's byte offsets; all in one array."""
+    (``quads``), otherwise each field's byte offsets; all in one int32 array
+    (a batch is far smaller than 2 GiB: half the bytes of int64 to read)."""
     width = WIDTH[rec["kind"]]
     where = rec["where"]
     quads = bool(np.all(where[width == 8] & 7 == 0))
@@ -315,14 +317,18 @@ def targets(rec: np.ndarray, groups: list) -> tuple[np.ndarray, bool]:
     for w in (1, 2, 4, 8):
         at = where[width == w]
         parts.append(at >> 3 if w == 8 and quads else (at[:, None] + _BYTE[w]).ravel())
-    return np.concatenate(parts).astype(np.int64), quads
+    index = np.concatenate(parts)
+    if len(index) and (index.min() < 0 or index.max() > np.iinfo(np.int32).max):
+        raise Uncacheable("a residual fixup beyond 2 GiB into the batch")
+    return index.astype(np.int32), quads
 
 
-def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray,
-                  stored_targets: tuple[np.ndarray, bool] | None = None) -> bool:
-    """:func:`apply_records` for rows :func:`grouped` arranged: the same values,
-    range checks and bytes, in a handful of numpy calls whatever the count
-    (fewer still with the rows' :func:`targets`, as an entry stores them).
+def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray,
+                  stored_targets: tuple[np.ndarray, bool]) -> bool:
+    """:func:`apply_records` for rows :func:`grouped` arranged, given as their
+    constants (``const``, uint64) and written where their :func:`targets`
+    (``stored_targets``) say, as an entry stores them: the same values, range
+    checks and bytes, in a handful of numpy calls whatever the count.
 
     Every row of a group moves by the same ``cb * base + ext[j]``: if the
     group's smallest and largest constants, moved, lie within the field's
@@ -330,7 +336,6 @@ def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext
     then exact, two comparisons per group); otherwise the group's rows are
     checked one by one, with the cold link's 64-bit arithmetic."""
     ext_ = ext.tolist()
-    const = rec["const"]
     deltas, counts = [], []
     runs: dict[int, list[int]] = {}  # width -> [first row, end]: rows are sorted by width
     at = 0
@@ -344,16 +349,11 @@ def apply_grouped(rec: np.ndarray, groups: list, mem: np.ndarray, base: int, ext
         counts.append(count)
         runs.setdefault(_WIDTH[kind], [at, at])[1] = at + count
         at += count
-    if at != len(rec) or sum(e - s for s, e in runs.values()) != at:
+    if at != len(const) or sum(e - s for s, e in runs.values()) != at:
         raise ValueError("residual groups do not cover the rows")
     if not at:
         return True
     value = const + np.array(deltas, dtype=U).repeat(counts)
-    if stored_targets is None:
-        where = rec["where"]
-        for w, (s, e) in runs.items():
-            _store_run(mem, where[s:e], w, value[s:e])
-        return True
     index, quads = stored_targets
     done = 0
     for w, (s, e) in sorted(runs.items()):
@@ -420,16 +420,6 @@ def apply_listed(rows: list[list[int]], groups: list, mem: np.ndarray, base: int
     return True
 
 
-def _store_run(mem: np.ndarray, where: np.ndarray, w: int, value: np.ndarray) -> None:
-    """``value`` little-endian in ``w`` bytes at each ``where``."""
-    if w == 8 and len(mem) % 8 == 0 and not (where & 7).any():
-        mem.view(U)[where >> 3] = value  # aligned pointers: one store each
-        return
-    # One flat scatter of bytes (a 2-D index costs several times more); the
-    # narrowing cast keeps each value's low bytes, as the field does.
-    mem[(where[:, None] + _BYTE[w]).ravel()] = value.astype(_LITTLE[w]).view(np.uint8)
-
-
 def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndarray) -> None:
     """``value`` little-endian in ``width`` bytes at each ``where``: one scatter per
     width present (:func:`~rtdyld.x86_64.fixup.write` makes one per byte)."""
@@ -447,8 +437,8 @@ def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndar
 def prime() -> None:
     """Apply a few residual fixups to scratch memory the way a load does (rows
     read back from an entry's bytes, groups of 64-, 32-, 16- and 8-bit fields,
-    against the batch and against externals, written through stored targets
-    and computed ones), so a process's first warm link finds numpy set up."""
+    against the batch and against externals, written through stored
+    targets), so a process's first warm link finds numpy set up."""
     from .container import pack, unpack
 
     kinds = np.array([int(Edge.Pointer64), int(Edge.Branch32), int(Edge.Branch32), int(Edge.Pointer64),
@@ -458,8 +448,7 @@ def prime() -> None:
                    np.array([1, -1, -1, 1, 0, 0], np.int8), np.array([-1, 0, 1, -1, -1, -1], dtype=np.int32))
     rec, groups = grouped(res)
     key = bytes(32)
-    stored = unpack(pack(key, {}, {"r": rec}), key)[1]["r"]
-    for stored_targets in (targets(rec, groups), None):
-        apply_grouped(stored, groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U),
-                      stored_targets)
+    stored = unpack(pack(key, {}, {"r": rec["const"]}), key)[1]["r"]
+    apply_grouped(stored, groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, np.full(2, 1 << 40, dtype=U),
+                  targets(rec, groups))
     apply_listed(listed(rec), groups, np.zeros(8 * n, dtype=np.uint8), 1 << 40, [1 << 40] * 2)

@@ -1,38 +1,45 @@
-"""A warm batch's placed sections, made when first read.
+"""A warm batch's objects, placed sections, externals and archive pulls, made when first read.
 
-A warm load publishes a batch without reading its ``sections`` (which object
-section lies where); maps, traces, listings and the debugger interface do.
-Decoding the entry's columns and making the :class:`~rtdyld.batch.PlacedSection`
-records only then saves a Python object per section on the way to the first call.
+A warm load publishes a batch without reading its ``objects`` (the pulled
+members, known by name), its ``sections`` (which object section lies where),
+its ``externals`` (beyond the definitions they resolved to) or its ``pulls``
+(why each member was loaded); maps, traces, listings, the debugger interface
+and removal do.  Decoding the entry's columns and making the Python object
+per member, section, external and pull only then keeps them off the way to
+the first call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 
+from ..archives import Pull
 from ..batch import PlacedSection
 
+# Held while one of these is made, so threads reading a batch at once see
+# the same objects (pulls are keyed by the objects' ids).  Re-entrant: making
+# a batch's pulls reads its objects.
+_making = threading.RLock()
 
-class PlacedSections(Sequence):
-    """``LinkedBatch.sections`` of ``count`` sections, for a batch at ``base``,
-    from the entry's columns (obj, index, segment, work) that ``columns()``
-    gives when first needed; a read-only sequence equal to the list a cold
-    link makes."""
 
-    def __init__(self, columns, count: int, base: int) -> None:
-        self._columns = columns
+class FirstRead(Sequence):
+    """A read-only sequence of ``count`` items that ``make()`` gives when
+    first read; equal to the list it stands for."""
+
+    def __init__(self, make, count: int) -> None:
+        self._make = make
         self._count = count
-        self._base = base
-        self._made: list[PlacedSection] | None = None
+        self._made: list | None = None
 
-    def _list(self) -> list[PlacedSection]:
+    def _list(self) -> list:
         if self._made is None:
-            c = self._columns()
-            obj, index, segment, work = c["obj"], c["index"], c["segment"], c["work"]
-            if not len(obj) == len(index) == len(segment) == len(work) == self._count:
-                raise ValueError("placed-section columns of unequal length")
-            base = self._base
-            self._made = [PlacedSection(o, i, seg, base + w, w) for o, i, seg, w in zip(obj, index, segment, work)]
+            with _making:
+                if self._made is None:
+                    made = self._make()
+                    if len(made) != self._count:
+                        raise ValueError(f"{len(made)} items where the entry promised {self._count}")
+                    self._made = made
         return self._made
 
     def __len__(self) -> int:
@@ -51,3 +58,56 @@ class PlacedSections(Sequence):
 
     def __repr__(self) -> str:
         return repr(self._list())
+
+
+class WarmExternals(FirstRead):
+    """``LinkedBatch.externals`` of a warm batch, made when first read.
+    :attr:`outside_definitions` is what publishing needs without them: the
+    definitions, outside the process, that they resolved to."""
+
+    def __init__(self, make, count: int, outside_definitions: list) -> None:
+        super().__init__(make, count)
+        self.outside_definitions = outside_definitions
+
+
+def placed_sections(columns, count: int, base: int) -> FirstRead:
+    """``LinkedBatch.sections`` of ``count`` sections, for a batch at ``base``,
+    from the entry's columns (obj, index, segment, work) that ``columns()``
+    gives when first needed."""
+
+    def make() -> list[PlacedSection]:
+        c = columns()
+        obj, index, segment, work = c["obj"], c["index"], c["segment"], c["work"]
+        if not len(obj) == len(index) == len(segment) == len(work):
+            raise ValueError("placed-section columns of unequal length")
+        return [PlacedSection(o, i, seg, base + w, w) for o, i, seg, w in zip(obj, index, segment, work)]
+
+    return FirstRead(make, count)
+
+
+class WarmPulls(Mapping):
+    """``LinkedBatch.pulls`` of a warm batch: ``id(object) -> Pull`` for the
+    members at ``objects`` positions, made by ``make()`` when first read.
+    :attr:`member_keys` is what publishing needs without them: each member's
+    ``ArchiveSet.key``."""
+
+    def __init__(self, make, member_keys: list[tuple[int, int]]) -> None:
+        self._make = make
+        self.member_keys = member_keys
+        self._made: dict[int, Pull] | None = None
+
+    def _dict(self) -> dict[int, Pull]:
+        if self._made is None:
+            with _making:
+                if self._made is None:
+                    self._made = self._make()
+        return self._made
+
+    def __getitem__(self, key: int) -> Pull:
+        return self._dict()[key]
+
+    def __iter__(self):
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self.member_keys)

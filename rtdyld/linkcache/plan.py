@@ -32,6 +32,7 @@ import gc
 import hashlib
 import json
 import warnings
+import zlib
 
 import numpy as np
 
@@ -40,18 +41,19 @@ from memmgr import MemMgrError, Prot, SegmentRequest
 from .. import unwind
 from ..archives import Pull
 from ..batch import External, LinkedBatch
-from ..symbols import ProcessSymbolDef, SymbolDef
+from ..symbols import Dylib, ProcessSymbolDef, SymbolDef
 from ..x86_64 import scan
 from . import by_identity, container, image, resolutions, tables
 from .container import FORMAT_VERSION, OpenEntry, pack, unpack
 from .deferred import CachedMember, DeferredArchive
 from .definitions import warm_definitions
-from .placed import PlacedSections
+from .placed import FirstRead, WarmExternals, WarmPulls, placed_sections
 
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
 # Every protection a segment may have, made once: the enum's constructor costs
 # two Python calls per segment on the way to a warm batch's memory.
 _PROT = {int(p): p for p in map(Prot, range(8))}
+_tuple_new = tuple.__new__
 _IMAGE = "image"  # the blob _capture makes of the batch's bytes, stored as the entry's tail
 _SYMBOL_FIELDS = tuple(f.name for f in dataclasses.fields(SymbolDef) if f.name not in ("address", "batch"))
 
@@ -118,14 +120,14 @@ class BatchPlan:
         names = meta["definition_names"]
         if not self.dylib.published.keys().isdisjoint(names):
             raise _Stale("a name the batch defines is now published by another batch")
-        ext_addr, externals, own = self._externals(meta)
+        ext_addr, externals, outside = self._externals(meta)
         pulls = meta["pulls"]
         self._check_pulls(meta, pulls)
         listed = meta["residual_rows"]
         if listed is None:
             residual = blobs["residual"]
             targets = blobs["residual_targets"]
-            if residual.dtype != image.RECORD or residual.ndim != 1 or targets.dtype != np.int64 or targets.ndim != 1:
+            if residual.dtype != np.uint64 or residual.ndim != 1 or targets.dtype != np.int32 or targets.ndim != 1:
                 raise ValueError("residual fixups of the wrong type")
         lb = self._allocate(meta)
         try:
@@ -145,39 +147,40 @@ class BatchPlan:
                                            np.array(ext_addr, dtype=np.uint64), (targets, bool(meta["residual_quads"])))
             if not fits:
                 raise _Stale("a residual fixup no longer fits at the new addresses")
-            lb.externals = externals
-            self._finish(lb, meta, blobs, names, pulls, base, own)
+            self._finish(lb, meta, blobs, names, pulls, base, externals, outside)
         except BaseException:
             lb.allocation.release()
             raise
         return lb, image_bytes
 
-    def _externals(self, meta: dict) -> tuple[list[int], list[External | None], list[int]]:
-        """The externals' addresses, their records (None for the batch's own, at
-        ``own``), each resolved again and checked against the entry."""
+    def _externals(self, meta: dict) -> tuple[list[int], list, list[SymbolDef]]:
+        """The externals' addresses; what :func:`.resolutions.made` makes them
+        from (None for the batch's own); and the definitions outside the
+        process they resolved to: each resolved again and checked against the entry."""
         prefix = meta["prefix"]
         recorded = meta["externals"]
         # One walk of the resolver chain for all of them (one dlsym each, for the process).
         found = self.dylib.resolve_many([row[0] for row in recorded if row[1] in ("resolved", "none")], prefix,
-                                        self.pending)
+                                        self.pending, resolutions.found_in_process)
         addr = [0] * len(recorded)
-        out: list[External] = []
+        out: list = []
+        outside: list[SymbolDef] = []
         check = []
-        own: list[int] = []
         for j, (name, role, origin, size, bind, stype, reach, via_process) in enumerate(recorded):
             if role in ("got", "dso"):
-                out.append(None)  # filled once the batch has an address (_finish)
-                own.append(j)
+                out.append(None)  # made once the batch has an address
                 continue
             d = found.get(name)
-            if via_process and isinstance(d, ProcessSymbolDef):
-                # Still the process's: its origin is described only if asked
-                # for, since the image depends on the address alone (and its
-                # reach, below).
-                addr[j] = d.address
-                out.append(resolutions.ProcessExternal(name, d.address, "", d.size, d))
-                check.append((d.address, reach))
-                continue
+            if type(d) is tuple:  # the process's (resolutions.found_in_process)
+                if via_process:
+                    # Still the process's: its origin is described only if asked
+                    # for, since the image depends on the address alone (and its
+                    # reach, below).
+                    addr[j] = d[1]
+                    out.append(d)
+                    check.append((d[1], reach))
+                    continue
+                d = ProcessSymbolDef(*d)  # now the process's: checked below as any definition
             if role == "none":
                 if d is not None:
                     raise _Stale(f"weak reference {name!r} is now defined ({d.origin})")
@@ -189,25 +192,31 @@ class BatchPlan:
                 raise _Stale(f"{name!r} now resolves to {d.origin}, not {origin}")
             addr[j] = d.address
             out.append(External(name, d.address, d.origin, d.size, d))
+            outside.append(d)
             check.append((d.address, reach))
         if check:
-            # A handful of addresses: plain integers, as scan.in_reach decides.
-            limit = scan.REACH
+            # A handful of addresses: plain integers, with scan.in_reach's interval.
             for bit, low in ((1, False), (2, True)):
                 lo, hi = self.linker.memory.reach_range(low=low)
+                above, below = max(lo, hi) - scan.REACH, min(lo, hi) + scan.REACH
                 for a, reach in check:
-                    if (abs(a - lo) < limit and abs(a - hi) < limit) != bool(reach & bit):
+                    if (above < a < below) != bool(reach & bit):
                         raise _Stale("an outside symbol moved in or out of 32-bit reach")
-        return addr, out, own
+        return addr, out, outside
 
     def _check_pulls(self, meta: dict, pulls: dict) -> None:
-        outranks = self.linker._outranks_archives(self.dylib)
-        for symbol in pulls["symbol"]:
-            if symbol and outranks(symbol, meta["prefix"]):
+        # What outranks archives (Linker._outranks_archives): this dylib's
+        # batches and user definitions, and the dylibs of its link order;
+        # each asked once for all the names.
+        symbols = [s for s in pulls["symbol"] if s]  # "" for a whole-archive member
+        for d in (self.dylib, *(d for d in self.dylib.order() if isinstance(d, Dylib))):
+            symbol = d.first_defined(symbols, meta["prefix"])
+            if symbol is not None:
                 raise _Stale(f"{symbol!r}, which pulled an archive member, is now defined elsewhere")
 
     def _allocate(self, meta: dict) -> LinkedBatch:
-        requests = [SegmentRequest(name, size, _PROT[prot], zero_fill=zf) for name, _off, size, prot, zf in
+        # tuple.__new__ is what SegmentRequest(...) calls, minus a Python-level frame per segment.
+        requests = [_tuple_new(SegmentRequest, (name, size, _PROT[prot], zf)) for name, _off, size, prot, zf in
                     meta["segments"]]
         try:
             alloc = self.linker.memory.allocate(requests, low=meta["low"])
@@ -220,22 +229,18 @@ class BatchPlan:
                            stubs={}, got_base=0)
 
     def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, names: list[str], pulls: dict, base: int,
-                own_externals: list[int]) -> None:
+                externals: list, outside: list[SymbolDef]) -> None:
         got_base = base + meta["got_off"]
         lb.got_base = got_base
         if meta["dso_handle"] is not None:
             lb.dso_handle = base + meta["dso_handle"]
+        # The GOT symbol and __dso_handle move with the batch.
         own = {"got": (got_base, "the batch's GOT"), "dso": (lb.dso_handle, "the batch's DSO handle")}
-        externals = lb.externals
-        for j in own_externals:  # the GOT symbol and __dso_handle, which move with the batch
-            name, role = meta["externals"][j][:2]
-            externals[j] = External(name, *own[role])
-        skeletons = _Skeletons(blobs["skeletons"])
-        objects = [self.objs[value] if kind == "own" else tables.LazyObject.deferred(value, skeletons.loader(k))
-                   for kind, value, k in meta["objects"]]
-        lb.objects = objects
+        lb.externals = WarmExternals(functools.partial(resolutions.made, meta["externals"], externals, own),
+                                     len(externals), outside)
         later = _Later(meta["later"])
-        lb.sections = PlacedSections(functools.partial(later.get, "sections"), meta["nsections"], base)
+        lb.objects = FirstRead(functools.partial(_objects, self.objs, later, blobs), meta["nobjects"])
+        lb.sections = placed_sections(functools.partial(later.get, "sections"), meta["nsections"], base)
         lb.definitions = warm_definitions(names, functools.partial(later.get, "definitions"), base)
         lb.got = {t: base + o for t, o in meta["got"]}
         lb.stubs = {t: base + o for t, o in meta["stubs"]}
@@ -246,13 +251,9 @@ class BatchPlan:
             work, size, segment_offset = meta["eh_frame"]
             lb.eh_frame = unwind.EhFrameImage(work, base + work, size, segment_offset)
         lb.segments = {seg.name: seg for seg in lb.allocation.segments}
-        loaded = {}
-        for oi, ar, off_, index, name, size, symbol, referrer in zip(
-                pulls["obj"], pulls["archive"], pulls["header_offset"], pulls["index"], pulls["name"],
-                pulls["size"], pulls["symbol"], pulls["referrer"], strict=True):
-            member = CachedMember(self.search[ar], off_, index, name, size)
-            loaded[id(objects[oi])] = Pull(member, symbol, referrer)
-        lb.pulls = loaded
+        search = self.search
+        lb.pulls = WarmPulls(functools.partial(_pulls, lb.objects, search, pulls, later),
+                             [(id(search[ar]), off) for ar, off in zip(pulls["archive"], pulls["header_offset"])])
 
     # --- cold -------------------------------------------------------------------------
 
@@ -310,7 +311,7 @@ class BatchPlan:
             residual_rows, residual_quads = image.listed(residual), False
         else:
             residual_rows = None
-            blobs["residual"] = residual
+            blobs["residual"] = np.ascontiguousarray(residual["const"])  # the groups hold the rest of each row
             blobs["residual_targets"], residual_quads = image.targets(residual, residual_groups)
         end = max([s.offset + s.size for s in alloc.segments if not s.zero_fill] or [0])
         # The entry's tail: read at load straight into the batch's new memory.
@@ -342,8 +343,11 @@ class BatchPlan:
                 objects.append(["member", o.name, len(docs)])
                 docs.append(tables.object_doc(tables.skeleton(o), skel))
         # One nested entry, unpacked only if a member's sections are asked for:
-        # the outer entry's metadata stays a few dozen blobs long.
-        blobs["skeletons"] = pack(_NESTED_KEY, {"docs": docs, "nblobs": len(skel)}, tables.named(skel, "o"))
+        # the outer entry's metadata stays a few dozen blobs long.  Compressed
+        # (to a tenth: the members' tables repeat one shape), since every warm
+        # load reads and checks it and few ever unpack it.
+        blobs["skeletons"] = zlib.compress(
+            pack(_NESTED_KEY, {"docs": docs, "nblobs": len(skel)}, tables.named(skel, "o")), 1)
         position = {id(a): i for i, a in enumerate(self.search)}
         pulled = []
         for oi, o in enumerate(lb.objects):
@@ -355,19 +359,20 @@ class BatchPlan:
             if ar is None:
                 raise tables.Uncacheable(f"{m.display_name} comes from an archive outside the search order")
             pulled.append((oi, ar, m.header_offset, m.index, m.name, m.size, p.symbol, p.referrer))
-        pull_fields = ("obj", "archive", "header_offset", "index", "name", "size", "symbol", "referrer")
         # Table columns as plain lists: marshal reads them back faster than numpy would.
-        pulls = {f: [_plain(row[i]) for row in pulled] for i, f in enumerate(pull_fields)}
+        columns = {f: [_plain(row[i]) for row in pulled] for i, f in enumerate(_PULL_FIELDS)}
+        # What a warm load checks and publishes; the rest only maps and traces read.
+        pulls = {f: columns.pop(f) for f in _PULLS_CHECKED}
         defs = list(lb.definitions.values())
         rel = np.array([d.section != "" for d in defs], dtype=bool)
         off = np.array([d.address for d in defs], dtype=np.uint64)
         off[rel] -= np.uint64(base)
         if np.any(rel & (off > np.uint64(alloc.size))):
             raise tables.Uncacheable("a definition outside the batch's memory")
-        columns = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS if f != "name"}
+        definitions = {f: [_plain(getattr(d, f)) for d in defs] for f in _SYMBOL_FIELDS if f != "name"}
         # The address: an offset into the batch's memory, or absolute (as int64 bits).
-        columns["address_offset"] = off.view(np.int64).tolist()
-        columns["address_relative"] = rel.astype(np.int64).tolist()
+        definitions["address_offset"] = off.view(np.int64).tolist()
+        definitions["address_relative"] = rel.astype(np.int64).tolist()
         sections = {
             "obj": [int(p.obj) for p in lb.sections],
             "index": [int(p.index) for p in lb.sections],
@@ -386,10 +391,11 @@ class BatchPlan:
             "definition_names": [d.name for d in defs],
             "nsections": len(lb.sections),
             # What only maps, listings and look-ups read, decoded when first asked for.
-            "later": container.dumps({"definitions": columns, "sections": sections}),
+            "later": container.dumps({"definitions": definitions, "sections": sections, "objects": objects,
+                                      "pulls": columns}),
             "externals": externals,
             "prefix": next(iter(prefixes), ""),
-            "objects": objects,
+            "nobjects": len(objects),
             "pulls": pulls,
             "init": [list(x) for x in lb.initializers],
             "fini": [list(x) for x in lb.finalizers],
@@ -401,6 +407,36 @@ class BatchPlan:
         if any(p.address != base + p.work for p in lb.sections):
             raise tables.Uncacheable("a section placed outside the batch's memory")
         return meta, blobs
+
+
+_PULL_FIELDS = ("obj", "archive", "header_offset", "index", "name", "size", "symbol", "referrer")
+_PULLS_CHECKED = ("archive", "header_offset", "symbol")
+
+
+def _objects(own: list, later: _Later, blobs) -> list:
+    """A warm batch's objects: the batch's own, then its members, each known by
+    name and decoded from the entry's skeletons only if asked for more."""
+    skeletons = None
+    out = []
+    for kind, value, k in later.get("objects"):
+        if kind == "own":
+            out.append(own[value])
+            continue
+        if skeletons is None:
+            skeletons = _Skeletons(blobs["skeletons"])
+        out.append(tables.LazyObject.deferred(value, skeletons.loader(k)))
+    return out
+
+
+def _pulls(objects, search: list, pulls: dict, later: _Later) -> dict:
+    """A warm batch's ``pulls`` (id(object) -> Pull) from the entry's columns."""
+    more = later.get("pulls")
+    out = {}
+    for oi, ar, off, index, name, size, symbol, referrer in zip(
+            more["obj"], pulls["archive"], pulls["header_offset"], more["index"], more["name"], more["size"],
+            pulls["symbol"], more["referrer"], strict=True):
+        out[id(objects[oi])] = Pull(CachedMember(search[ar], off, index, name, size), symbol, referrer)
+    return out
 
 
 def _plain(v):
@@ -415,7 +451,7 @@ _NESTED_KEY = bytes(32)
 
 
 class _Skeletons:
-    """The pulled members' skeletons of one entry (a nested entry), parsed when first asked for."""
+    """The pulled members' skeletons of one entry (a compressed nested entry), unpacked when first asked for."""
 
     def __init__(self, packed) -> None:
         self.packed = packed
@@ -425,7 +461,7 @@ class _Skeletons:
         def load():
             if self.docs is None:
                 # The outer entry's checksum covered these bytes: not checked again.
-                meta, blobs = unpack(self.packed, _NESTED_KEY, checked=True)
+                meta, blobs = unpack(zlib.decompress(self.packed), _NESTED_KEY, checked=True)
                 self.blobs = tables.unnamed(blobs, "o", meta["nblobs"])
                 self.docs = meta["docs"]
             return tables.object_from_doc(self.docs[k], self.blobs, "")

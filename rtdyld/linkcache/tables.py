@@ -152,7 +152,8 @@ def object_from_doc(doc: dict, blobs: list, name: str) -> model.ObjectFile:
 
 def skeleton(obj: model.ObjectFile) -> model.ObjectFile:
     """``obj`` with only what a linked batch keeps of an archive member after a
-    warm link: its name and its sections' names, sizes and flags."""
+    warm link: its name and its sections' names, sizes and flags (with no
+    relocations left, no names of their types either)."""
     return dataclasses.replace(
         obj,
         sections=[dataclasses.replace(s, data=b"") for s in obj.sections],
@@ -160,6 +161,7 @@ def skeleton(obj: model.ObjectFile) -> model.ObjectFile:
         names=[],
         relocs=obj.relocs[:0],
         groups=[],
+        rtype_names={},
     )
 
 
