@@ -518,6 +518,22 @@ def test_archive_member_tables_and_index_are_remembered(tmp_path, user_value, in
     assert cache.stats["archives"]["hits"] == 1 and cache.stats["archives"]["stores"] == 1
 
 
+def test_an_archive_spelt_two_ways_is_one_archive(tmp_path, user_value):
+    """As without a cache: an archive added again by another spelling of its
+    path replaces itself in the search order rather than joining it twice."""
+    prog, ar = _program(tmp_path / "src")
+    other = ar.parent / ".." / ar.parent.name / ar.name
+    for cache in (None, LinkCache(tmp_path / "cache")):
+        ln = Linker(link_cache=cache)
+        ln.define("user_value", user_value[1])
+        ln.add_object(prog)
+        ln.add_archive(ar)
+        ln.add_archive(str(other))
+        ln.finalize()
+        assert [a.name for a in ln._archives(ln.main).archives] == [str(ar.resolve())]
+        ln.close()
+
+
 def test_an_entry_that_does_not_restore_misses(tmp_path, user_value):
     from rtdyld.linkcache.container import pack
 

@@ -42,10 +42,11 @@ class InputFile:
 
     def __init__(self, path) -> None:
         path = os.fspath(path)
-        # Absolute, so a change of directory does not change what it names; an
-        # absolute path is kept as spelt (normalising it costs more than the
-        # stat, and another spelling of the same file is only another key).
-        self.path = path if path.startswith("/") else os.path.abspath(path)
+        # Absolute and normalised, as a session without the cache names its
+        # archives: a change of directory does not change what it names, and
+        # "lib/../lib/libz.a" is the same archive as "lib/libz.a".  (normpath,
+        # not abspath, for a path already absolute: no getcwd call.)
+        self.path = os.path.normpath(path) if path.startswith("/") else os.path.abspath(path)
         self.ident = digests.file_identity(os.stat(self.path))
         self._data: bytes | None = None
         self._digest: str | None = None
