@@ -54,13 +54,15 @@ _FORMULA = np.full(N_EDGES, _UNHANDLED, dtype=np.intp)
 for _f, _kinds in _FORMULA_KINDS.items():
     _FORMULA[[int(k) for k in _kinds]] = _f
 # The same as tables indexed by kind (kinds without a range, 64-bit fields,
-# accept anything); for the check, the low end's bits and the span above it.
-_LOW = np.full(N_EDGES, np.iinfo(np.int64).min, dtype=np.int64)
-_HIGH = np.full(N_EDGES, np.iinfo(np.int64).max, dtype=np.int64)
+# accept anything), public for the link cache's own checks of replayed
+# values; for the check here, the low end's bits and the span above it.
+LOW = np.full(N_EDGES, np.iinfo(np.int64).min, dtype=np.int64)
+HIGH = np.full(N_EDGES, np.iinfo(np.int64).max, dtype=np.int64)
 for _k, (_lo, _hi) in _RANGE.items():
-    _LOW[_k], _HIGH[_k] = _lo, _hi
-_SPAN = (_HIGH - _LOW).view(U)  # wraps to 2**64 - 1 for the 64-bit kinds, as meant
-_LOW_BITS = _LOW.view(U)
+    LOW[_k], HIGH[_k] = _lo, _hi
+_LOW, _HIGH = LOW, HIGH  # the names the link cache used to read
+_SPAN = (HIGH - LOW).view(U)  # wraps to 2**64 - 1 for the 64-bit kinds, as meant
+_LOW_BITS = LOW.view(U)
 
 
 def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
