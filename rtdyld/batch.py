@@ -840,13 +840,20 @@ class BatchLinker:
         S = tls.resolve(self, kind, S, P, G, Z, S2, where)
         stub_slots.bind(self, kind, S)
         relaxing = self.kind_count[_RELAXABLE] and np.count_nonzero(sc.relax)  # (only those loads relax)
+        # The kinds' census, when it holds (TLS and stub slots rewrite kinds),
+        # spares the fixups counting them again; relaxed loads are Delta32 now.
+        census = self.kind_count if self.tls is None and self.stub_slots is None else None
         if relaxing:  # relaxed GOT loads become plain PC-relative references
             relaxed = sc.relax != scan.RELAX_NONE
             kind[relaxed] = Edge.Delta32
             jmp = sc.relax == scan.RELAX_JMP
             where[jmp] -= 1
             P[jmp] -= np.uint64(1)
-        value = fixup.compute(kind, S, r["addend"], P, self.got_base, G, Z, S2)
+            if census is not None:
+                census = census.copy()
+                census[_RELAXABLE] -= relaxing
+                census[_DELTA32] += relaxing
+        value = fixup.compute(kind, S, r["addend"], P, self.got_base, G, Z, S2, census)
         bad = fixup.out_of_range(kind, value)
         if np.count_nonzero(bad):
             self._overflow(np.flatnonzero(bad), kind, value, S)
@@ -858,7 +865,7 @@ class BatchLinker:
             mem[where[call] - 1] = 0xE8
             mem[where[jmp] - 1] = 0xE9
             mem[where[jmp] + 4] = 0x90
-        fixup.write(mem, where, kind, value)
+        fixup.write(mem, where, kind, value, census)
         self._finish_eh_frame()
         self.tables = {
             "relocs": r,
