@@ -394,29 +394,30 @@ def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     # section, reserved or not, is clamped to the block's last entry,
     # BAD_INDEX.  A third row holds the block's object, a fourth the number
     # across the batch of the object's first section.  Gathered in one
-    # pass (in a cold link each pass of Python code costs more than its lists).
+    # pass (in a cold link each pass of Python code costs more than its
+    # lists), with each row's block's first and last entries: repeated by
+    # the arrays, at C speed, not by numpy from lists (several times the cost).
     counts: list[int] = []  # per object: its symbols
     parts: list = []  # per object: its raw symbol table
-    ends: list[list[int]] = [[], []]  # per object: its block's first and last entries
-    first_entry, last_entry = ends
+    first_entry, last_entry = array("q"), array("q")  # per row
     table, bound, owners, bases = array("q"), array("q"), array("q"), array("q")
     base = 0  # the object's first section's number across the batch
     for k, p in enumerate(pend):
         reader = p.reader
-        counts.append(reader.nsyms)
+        n = reader.nsyms
+        counts.append(n)
         parts.append(reader.sym_bytes)
         sections, bounds = p.blocks
-        first_entry.append(len(table))
+        first_entry += array("q", [len(table)]) * n
         table += sections
         bound += bounds
-        last_entry.append(len(table) - 1)
+        last_entry += array("q", [len(table) - 1]) * n
         owners += array("q", [k]) * len(sections)
         bases += array("q", [base]) * len(sections)
         base += p.nsections or 1
     raw = np.frombuffer(b"".join(parts), dtype=_SYM_IN)
-    block = np.repeat(ends, counts, axis=1)
-    at = block[0] + np.add(raw["shndx"], _SHIFT, dtype=np.uint16)
-    np.minimum(at, block[1], out=at)
+    at = np.frombuffer(first_entry, dtype=np.int64) + np.add(raw["shndx"], _SHIFT, dtype=np.uint16)
+    np.minimum(at, np.frombuffer(last_entry, dtype=np.int64), out=at)
     lookup = np.frombuffer(table + bound + owners + table + bases, dtype=np.int64).reshape(5, -1)
     # The batch's numbers: a section's with its object's first's added, on
     # the blocks (a few entries per object), not on the rows.
@@ -526,12 +527,13 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     if any(map(ge, np.maximum.reduceat(sym, starts).tolist(), symbols)):
         return None
     # Each row's section numbered across the batch, object and first
-    # symbol: per table, repeated in one call.  The rows' order is one key,
+    # symbol: per table, repeated in one call (the ndarray method: the
+    # function wraps a list in Python code).  The rows' order is one key,
     # that section (far below 2**24) above the offset (which the checks
     # bound by a section size, far below 2**40).  The reader leaves each
     # object's rows sorted by (section, offset); so does this, sorting only
     # if a key decreases (compilers write some tables out of order).
-    place, owner, base = np.repeat([place, owner, base], counts, axis=1)
+    place, owner, base = np.array([place, owner, base]).repeat(counts, axis=1)
     key = np.left_shift(place, 40)
     key |= offset.view(np.int64)
     out = np.empty(len(raw), dtype=_BATCH_OUT if batch else _RELOC_OUT)
