@@ -8,6 +8,8 @@ memory untouched.
 
 from __future__ import annotations
 
+from itertools import compress
+
 import numpy as np
 
 from .edges import N_EDGES, WIDTH, Edge
@@ -54,8 +56,6 @@ _FORMULA = np.full(N_EDGES, _UNHANDLED, dtype=np.intp)
 for _f, _kinds in _FORMULA_KINDS.items():
     _FORMULA[[int(k) for k in _kinds]] = _f
 _FORMULA_OF = _FORMULA.tolist()
-# Per formula, a table indexed by kind: a formula's rows are one gather away.
-_OF_FORMULA = [_FORMULA == _f for _f in range(_UNHANDLED + 1)]
 # The same as tables indexed by kind (kinds without a range, 64-bit fields,
 # accept anything), public for the link cache's own checks of replayed
 # values; for the check here, the low end's bits and the span above it.
@@ -81,10 +81,13 @@ def compute(kind, S, A, P, GOT, G, Z, S2, census: list[int] | None = None) -> np
     # S + A for every row (the pointer formula), then each other formula
     # present fixes its rows: most batches have only pointers and deltas.
     v = S + A
+    formula = None
     for f in _formulas(kind, census):
         if f == _POINTER:
             continue
-        m = _OF_FORMULA[f].take(kind)
+        if formula is None:
+            formula = _FORMULA.take(kind)
+        m = formula == f
         if f == _DELTA:
             np.subtract(v, P, out=v, where=m)
             continue
@@ -108,10 +111,10 @@ def compute(kind, S, A, P, GOT, G, Z, S2, census: list[int] | None = None) -> np
 
 def _present(kind: np.ndarray, census: list[int] | None) -> list[int]:
     """The kinds ``kind`` holds, from ``census`` when given (a plain list
-    of a few dozen counts: no numpy call)."""
+    of counts: no numpy call, and picked at C speed, however long)."""
     if census is None:
         census = np.bincount(kind, minlength=N_EDGES).tolist()
-    return [k for k, count in enumerate(census) if count]
+    return list(compress(range(len(census)), census))
 
 
 def _formulas(kind: np.ndarray, census: list[int] | None) -> list[int]:
@@ -127,9 +130,8 @@ def out_of_range(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
     return (value.view(U) - _LOW_BITS.take(kind)) > _SPAN.take(kind)
 
 
-# Per field width: the little-endian integer type, and a table indexed by kind of the kinds that wide.
+# Per field width: the little-endian integer type.
 _FIELD = {w: np.dtype(f"<u{w}") for w in (1, 2, 4, 8)}
-_OF_WIDTH = {w: WIDTH == w for w in _FIELD}
 _WIDTH_OF = WIDTH.tolist()
 
 
@@ -138,13 +140,14 @@ def write(memory: np.ndarray, where: np.ndarray, kind: np.ndarray, value: np.nda
     """Store each value little-endian in WIDTH[kind] bytes at ``where``
     (``census`` as for :func:`compute`)."""
     widths = sorted({_WIDTH_OF[k] for k in _present(kind, census)} - {0})
+    width = WIDTH.take(kind) if len(widths) > 1 else None
     for i, w in enumerate(widths):
         if not i:
             # The narrowest width present, stored for every row: no selection
             # (a wider field's low bytes, which its own store rewrites after).
             at, v = where, value
         else:
-            m = _OF_WIDTH[w].take(kind)
+            m = width == w
             at, v = where[m], value[m]
         # Every field of this width in one store: a view of ``memory`` whose
         # i-th element is the w bytes at i (overlapping, unaligned as a field
