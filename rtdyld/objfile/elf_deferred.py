@@ -424,8 +424,11 @@ def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     batch = lookup[3]
     np.add(batch, lookup[4], out=batch, where=batch >= 0)
     # The four look-ups in one (ndarray.take: the same as indexing, at half
-    # the call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
-    sec, limit, owner, gsec = lookup[:4].take(at, axis=1)
+    # the call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.  (Its rows
+    # by index: unpacking an array iterates it until an IndexError, a
+    # message formatted and dropped.)
+    rows = lookup[:4].take(at, axis=1)
+    sec, limit, owner, gsec = rows[0], rows[1], rows[2], rows[3]
     attrs = raw["attrs"] & 0x3FF
     bad = raw["value"] > limit.view(np.uint64)
     bad |= sec <= T.BAD_INDEX
@@ -527,13 +530,17 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     if any(map(ge, np.maximum.reduceat(sym, starts).tolist(), symbols)):
         return None
     # Each row's section numbered across the batch, object and first
-    # symbol: per table, repeated in one call (the ndarray method: the
-    # function wraps a list in Python code).  The rows' order is one key,
+    # symbol: per table, repeated in one call, on an array made by the
+    # array module (numpy would work out a list's type and shape, item by
+    # item); its rows by index, as unpacking it would raise and drop an
+    # IndexError at its end.  The rows' order is one key,
     # that section (far below 2**24) above the offset (which the checks
     # bound by a section size, far below 2**40).  The reader leaves each
     # object's rows sorted by (section, offset); so does this, sorting only
     # if a key decreases (compilers write some tables out of order).
-    place, owner, base = np.array([place, owner, base]).repeat(counts, axis=1)
+    per_table = np.frombuffer(array("q", place + owner + base), dtype=np.int64).reshape(3, -1)
+    per_row = per_table.repeat(np.frombuffer(array("q", counts), dtype=np.int64), axis=1)
+    place, owner, base = per_row[0], per_row[1], per_row[2]
     key = np.left_shift(place, 40)
     key |= offset.view(np.int64)
     out = np.empty(len(raw), dtype=_BATCH_OUT if batch else _RELOC_OUT)
