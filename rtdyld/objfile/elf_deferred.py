@@ -29,6 +29,7 @@ from __future__ import annotations
 from array import array
 from dataclasses import fields
 from itertools import accumulate
+from operator import ge, gt
 from typing import NamedTuple
 
 import numpy as np
@@ -512,9 +513,9 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     dropped = census[_NONE]
     census[_NONE] = 0  # (the rows that stay: the batch's census of kinds)
     # Where each row's write ends (an offset past 2**64 - 8 wraps below
-    # it), R_X86_64_NONE rows aside, for the check below against the size
-    # of the section it patches (and its symbol number against its
-    # object's symbol count).
+    # it), R_X86_64_NONE rows aside; then the farthest of each table
+    # against the size of the section it patches, and the highest symbol
+    # number against its object's symbol count.
     # In place: a 64-bit temporary per row costs more than the arithmetic on a big batch.
     reach = _WIDTH.take(kinds)
     reach += offset
@@ -522,31 +523,24 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     if dropped:
         none = kinds == _NONE
         reach[none] = 0
-    # Each row's section numbered across the batch, object, first symbol,
-    # and the bounds of its table (its section's size, its object's symbol
-    # count): per table, repeated in one call, on an array made by the
+    # (A value per table, tens of them: compared as lists, which in a cold
+    # link costs less than the numpy calls to compare them as arrays.)
+    if any(map(gt, np.maximum.reduceat(reach, starts).tolist(), sizes)):
+        return None
+    if any(map(ge, np.maximum.reduceat(sym, starts).tolist(), symbols)):
+        return None
+    # Each row's section numbered across the batch, object and first
+    # symbol: per table, repeated in one call, on an array made by the
     # array module (numpy would work out a list's type and shape, item by
     # item); its rows by index, as unpacking it would raise and drop an
-    # IndexError at its end.  The bounds are compared row by row: a
-    # reduction per table would touch numpy's reduction machinery, which
-    # nothing else in a link uses.  (A size past 2**63 is no section's
-    # the reader loads: then the reader's conversion judges.)
-    try:
-        per_table = array("q", place + owner + base + sizes + symbols)
-    except OverflowError:
-        return None
-    per_row = np.frombuffer(per_table, dtype=np.int64).reshape(5, -1).repeat(
-        np.frombuffer(array("q", counts), dtype=np.int64), axis=1)
-    place, owner, base = per_row[0], per_row[1], per_row[2]
-    bad = reach > per_row[3].view(np.uint64)
-    bad |= sym >= per_row[4]
-    if np.count_nonzero(bad):
-        return None
-    # The rows' order is one key,
+    # IndexError at its end.  The rows' order is one key,
     # that section (far below 2**24) above the offset (which the checks
     # bound by a section size, far below 2**40).  The reader leaves each
     # object's rows sorted by (section, offset); so does this, sorting only
     # if a key decreases (compilers write some tables out of order).
+    per_table = np.frombuffer(array("q", place + owner + base), dtype=np.int64).reshape(3, -1)
+    per_row = per_table.repeat(np.frombuffer(array("q", counts), dtype=np.int64), axis=1)
+    place, owner, base = per_row[0], per_row[1], per_row[2]
     key = np.left_shift(place, 40)
     key |= offset.view(np.int64)
     out = np.empty(len(raw), dtype=_BATCH_OUT if batch else _RELOC_OUT)
