@@ -32,6 +32,7 @@ from .objfile.model import (
     SEC_ABS,
     SEC_COMMON,
     SEC_DISCARDED,
+    SEC_UNDEF,
     SYM_DTYPE,
     Bind,
     ObjectFile,
@@ -58,6 +59,12 @@ _RELAXABLE, _DELTA32 = int(Edge.GOTDelta32Relaxable), int(Edge.Delta32)
 _OBJECT_ROW = np.dtype((np.void, RELOC_DTYPE.itemsize))  # an object's relocation, as bytes
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 _NO_ROWS.flags.writeable = False
+# What assign_addresses adds to a symbol's value for the SEC_* numbers, -4
+# to -1, and the mask it keeps of the sum: only an absolute symbol has an address.
+assert (SEC_DISCARDED, SEC_COMMON, SEC_ABS, SEC_UNDEF) == (-4, -3, -2, -1)
+_ALL = (1 << 64) - 1
+_SPECIAL_BASES = [0, 0, 0, 0]
+_SPECIAL_KEEP = [0, 0, _ALL, 0]
 
 
 @cache
@@ -178,36 +185,23 @@ class BatchLinker:
         converted = convert_batch(objects)
         if converted is None:
             convert_pending(objects)
-        placed: list[PlacedSection] = []
-        sections: list = []  # placed[i]'s Section, so later phases skip two look-ups per section
-        # Object-local section numbers become batch-wide ones through one table
-        # (-1: dropped), built as a list: a few numpy calls per batch, not per object.
-        gids: list[int] = []
-        starts = [0]
-        segment_of = L.segment_of
-        for oi, obj in enumerate(objects):
-            dropped = self.dropped[oi]
-            own = obj.sections
-            if not dropped:
-                gids.extend(range(len(placed), len(placed) + len(own)))
-                placed += [PlacedSection(oi, si, segment_of(s)) for si, s in enumerate(own)]
-                sections += own
-            else:
-                for si, s in enumerate(own):
-                    if si in dropped:
-                        gids.append(-1)
-                        continue
-                    gids.append(len(placed))
-                    placed.append(PlacedSection(oi, si, segment_of(s)))
-                    sections.append(s)
-            if not own:
-                gids.append(-1)
-            starts.append(len(gids))
+        counts = [len(o.sections) for o in objects]
+        if 0 not in counts and not any(self.dropped):
+            # Nothing dropped and no object without sections: an object's
+            # section i is batch-wide section start + i, no look-up table is
+            # needed, and the sections are placed by one call per step for
+            # the batch, not one per section.
+            starts = [0, *accumulate(counts)]
+            sections = list(chain.from_iterable(o.sections for o in objects))
+            owners = chain.from_iterable(map(repeat, range(len(objects)), counts))
+            numbers = chain.from_iterable(map(range, counts))
+            placed = list(map(PlacedSection, owners, numbers, L.segments_of(sections)))
+            renumber = False
+        else:
+            placed, sections, starts, gids = self._place_dropping()
+            renumber = True
         self.placed = placed
-        self.placed_sections = sections
-        # Nothing dropped and no object without sections: an object's section i
-        # is batch-wide section start + i, and the look-up table can be skipped.
-        renumber = len(gids) != len(placed)
+        self.placed_sections = sections  # placed[i]'s Section, so later phases skip two look-ups per section
         gid_of = np.array(gids or [0], dtype=np.int64) if renumber else None
         if converted is not None:
             counts = converted.symbol_counts
@@ -220,8 +214,9 @@ class BatchLinker:
             syms = attrs = join([o.symbols for o in objects], SYM_DTYPE)
             owner = None
             gsec = syms["section"].astype(np.int64)
-        sym_base = [0, *accumulate(counts)]
-        self.sym_base = np.array(sym_base, dtype=np.int64)
+        # Each object's first symbol's number: a list, read for messages (and
+        # an array made of it only for tables joined here, below).
+        self.sym_base = sym_base = [0, *accumulate(counts)]
         self.nsyms = sym_base[-1]
         self.value = syms["value"]
         self.size = syms["size"]
@@ -241,12 +236,8 @@ class BatchLinker:
             # A symbol in a dropped section is a reference to the kept copy.
             gsec[defined & (gsec < 0)] = SEC_DISCARDED
         self.gsec = gsec
-        # The conversion's census of edge kinds holds while no row is dropped.
-        self.kind_count = None
         if converted is not None:
-            self._joined_relocs(converted.relocs, gid_of)
-            if gid_of is None:
-                self.kind_count = converted.kind_counts
+            self._joined_relocs(converted.relocs, gid_of, converted.kind_counts)
             return
         tables = [o.relocs for o in objects]
         robj = np.repeat(np.arange(len(objects)), [len(t) for t in tables])
@@ -258,20 +249,62 @@ class BatchLinker:
             if np.count_nonzero(keep) < len(keep):
                 out, g = out[keep], g[keep]
         out["section"] = g
-        self.relocs = out
+        self._set_relocs(out)
 
-    def _joined_relocs(self, out: np.ndarray, gid_of: np.ndarray | None) -> None:
+    def _place_dropping(self) -> tuple[list[PlacedSection], list[Section], list[int], list[int]]:
+        """The batch's sections when COMDAT groups dropped some (or an object
+        has none): the kept ones placed, their Sections, each object's first
+        entry in the look-up table, and that table, which numbers an object's
+        sections across the batch (-1: dropped; an object without sections
+        takes one entry)."""
+        placed: list[PlacedSection] = []
+        sections: list[Section] = []
+        gids: list[int] = []
+        starts = [0]
+        segment_of = L.segment_of
+        for oi, obj in enumerate(self.objects):
+            dropped = self.dropped[oi]
+            own = obj.sections
+            if not dropped:
+                gids.extend(range(len(placed), len(placed) + len(own)))
+                placed += [PlacedSection(oi, si, segment_of(s)) for si, s in enumerate(own)]
+                sections += own
+            else:
+                for si, s in enumerate(own):
+                    if si in dropped:
+                        gids.append(-1)
+                        continue
+                    gids.append(len(placed))
+                    placed.append(PlacedSection(oi, si, segment_of(s)))
+                    sections.append(s)
+            if not own:
+                gids.append(-1)
+            starts.append(len(gids))
+        return placed, sections, starts, gids
+
+    def _set_relocs(self, rows: np.ndarray, census: list[int] | None = None) -> None:
+        """``rows`` are the batch's relocations now, and ``census`` (counted
+        if not given) how many there are of each edge kind: later phases skip
+        the passes for kinds the batch lacks, and the fixups count nothing."""
+        self.relocs = rows
+        if census is None:
+            census = np.bincount(rows["kind"], minlength=N_EDGES).tolist()
+        self.kind_count = census[:N_EDGES]  # (a conversion counts every value of the byte)
+
+    def _joined_relocs(self, out: np.ndarray, gid_of: np.ndarray | None, census: list[int]) -> None:
         """The batch's relocations from the rows converted in its layout
-        (sections numbered as ``sec_base`` does, symbols as the batch does):
-        when sections were dropped, sections renumbered.  The converted rows
-        keep their sections (the objects' own tables are cut from them), so
-        the renumbered rows are a copy."""
+        (sections numbered as ``sec_base`` does, symbols as the batch does,
+        ``census`` their kinds' count): when sections were dropped, sections
+        renumbered.  The converted rows keep their sections (the objects'
+        own tables are cut from them), so the renumbered rows are a copy."""
         if gid_of is not None:
             g = gid_of.take(out["section"])
             keep = g >= 0
             out = out.compress(keep)
             out["section"] = g.compress(keep)
-        self.relocs = out
+            if len(out) != len(keep):
+                census = None  # (rows dropped: counted again)
+        self._set_relocs(out, census)
 
     def _batch_relocs(self, tables: list[np.ndarray], robj: np.ndarray) -> np.ndarray:
         """The objects' relocation tables end to end, with each row's object,
@@ -292,7 +325,7 @@ class BatchLinker:
         out["obj"] = robj
         sym = out["sym"]
         out["lsym"] = sym
-        base = self.sym_base[robj]
+        base = np.array(self.sym_base, dtype=np.int64).take(robj)
         sym += base
         sym2 = out["sym2"]
         has2 = sym2 >= 0
@@ -536,9 +569,8 @@ class BatchLinker:
                 f"{self.where(k)}: {self.rtype_name(k)} refers to {self.name_of(int(self.relocs['sym'][k]))!r} "
                 "in a discarded COMDAT group section"
             )
-        self.relocs = self.relocs[~bad]
+        self._set_relocs(self.relocs[~bad])
         self.target = tgt[~bad]
-        self.kind_count = None
 
     # --- scan ---------------------------------------------------------------
 
@@ -547,10 +579,9 @@ class BatchLinker:
         kind = r["kind"]
         tgt = self.target  # set by resolve
         n = self.nsyms
-        # Relocations per edge kind: passes for kinds the batch lacks are skipped
-        # (numpy's per-call cost, not the rows, is what a small batch pays).
-        if self.kind_count is None:
-            self.kind_count = np.bincount(kind, minlength=N_EDGES).tolist()
+        # Passes for edge kinds the batch lacks are skipped, as its census
+        # (_set_relocs) says: numpy's per-call cost, not the rows, is what a
+        # small batch pays.
         internal = tgt < n
         # Targets that are absolute symbols: not in the batch, and their own reach.
         # Objects have some (STT_FILE), relocations against them are rare.
@@ -742,13 +773,17 @@ class BatchLinker:
                     p.address = addresses[i] = pin
                     self.pinned_sections = True
         n = self.nsyms
-        self.sec_addr = np.array(addresses or [0], dtype=np.uint64)
         self.sec_work = np.array(works or [0], dtype=np.int64)
-        addr = np.zeros(n + len(self.externals), dtype=np.uint64)
-        defined = self.gsec >= 0
-        addr[:n][defined] = self.sec_addr[self.gsec[defined]] + self.value[defined]
-        absolute = self.gsec == SEC_ABS
-        addr[:n][absolute] = self.value[absolute]
+        # Each symbol's address, its section's plus its value, by one gather
+        # over the sections and the SEC_* numbers after them (a negative
+        # number counts from the end): an absolute symbol's is its value, an
+        # undefined, tentative or discarded one's none yet (masked to 0).
+        self.sec_addr = np.array(addresses + _SPECIAL_BASES, dtype=np.uint64)
+        keep = np.array([_ALL] * len(addresses) + _SPECIAL_KEEP, dtype=np.uint64)
+        addr = np.empty(n + len(self.externals), dtype=np.uint64)
+        own = addr[:n]
+        np.add(self.sec_addr.take(self.gsec), self.value, out=own)
+        own &= keep.take(self.gsec)
         for name, (i, _, _) in self.commons.items():
             addr[i] = base + self.seg_offset[L.BSS] + self.common_off[name]
         self.got_base = base + self.seg_offset[L.RODATA] + self.got_off
@@ -840,13 +875,20 @@ class BatchLinker:
         S = tls.resolve(self, kind, S, P, G, Z, S2, where)
         stub_slots.bind(self, kind, S)
         relaxing = self.kind_count[_RELAXABLE] and np.count_nonzero(sc.relax)  # (only those loads relax)
+        # The kinds' census, when it holds (TLS and stub slots rewrite kinds),
+        # spares the fixups counting them again; relaxed loads are Delta32 now.
+        census = self.kind_count if self.tls is None and self.stub_slots is None else None
         if relaxing:  # relaxed GOT loads become plain PC-relative references
             relaxed = sc.relax != scan.RELAX_NONE
             kind[relaxed] = Edge.Delta32
             jmp = sc.relax == scan.RELAX_JMP
             where[jmp] -= 1
             P[jmp] -= np.uint64(1)
-        value = fixup.compute(kind, S, r["addend"], P, self.got_base, G, Z, S2)
+            if census is not None:
+                census = census.copy()
+                census[_RELAXABLE] -= relaxing
+                census[_DELTA32] += relaxing
+        value = fixup.compute(kind, S, r["addend"], P, self.got_base, G, Z, S2, census)
         bad = fixup.out_of_range(kind, value)
         if np.count_nonzero(bad):
             self._overflow(np.flatnonzero(bad), kind, value, S)
@@ -858,7 +900,7 @@ class BatchLinker:
             mem[where[call] - 1] = 0xE8
             mem[where[jmp] - 1] = 0xE9
             mem[where[jmp] + 4] = 0x90
-        fixup.write(mem, where, kind, value)
+        fixup.write(mem, where, kind, value, census)
         self._finish_eh_frame()
         self.tables = {
             "relocs": r,

@@ -44,7 +44,7 @@ def _same_batch(a: BatchLinker, b: BatchLinker) -> None:
     assert a.relocs.dtype == b.relocs.dtype
     assert a.relocs.tolist() == b.relocs.tolist()
     for column in ("gsec", "sym_obj", "sym_base", "value", "size", "bind", "stype", "vis"):
-        assert getattr(a, column).tolist() == getattr(b, column).tolist(), column
+        assert np.asarray(getattr(a, column)).tolist() == np.asarray(getattr(b, column)).tolist(), column
     assert a.names == b.names
     assert [(p.obj, p.index, p.segment) for p in a.placed] == [(p.obj, p.index, p.segment) for p in b.placed]
 

@@ -46,3 +46,32 @@ def test_write_one_width_into_a_view():
                 np.array([1, 2], dtype=np.uint64))
     assert big[:8].tolist() == [0xAA] * 8 and big[24:].tolist() == [0xAA] * 8
     assert part[:4].tolist() == [1, 0, 0, 0] and part[12:16].tolist() == [2, 0, 0, 0]
+
+
+def test_census_given_or_counted_gives_the_same_values_and_bytes():
+    """The kinds' census a caller passes (exact, or counting a kind that is
+    absent) computes and stores what counting the kinds gives."""
+    kinds = np.array([Edge.Pointer64, Edge.Delta32, Edge.GOTDelta32, Edge.Size32, Edge.Pointer8, Edge.Delta16],
+                     dtype=np.uint8)
+    n = len(kinds)
+    S = np.array([0x1000, 0x2000, 0x3000, 0x4000, 0x10, 0x5000], dtype=np.uint64)
+    A = np.array([8, -4, -4, 0, 1, 2], dtype=np.int64)
+    P = np.array([0x100, 0x1F00, 0x2F00, 0x300, 0x400, 0x4FF0], dtype=np.uint64)
+    G = np.full(n, 16, dtype=np.uint64)
+    Z = np.full(n, 24, dtype=np.uint64)
+    S2 = np.zeros(n, dtype=np.uint64)
+    where = np.array([0, 9, 14, 19, 24, 26], dtype=np.int64)
+    exact = np.bincount(kinds, minlength=N_EDGES).tolist()
+    loose = list(exact)
+    loose[Edge.Pointer32] += 1  # counted, absent: another width and no other formula
+    loose[Edge.GOTOffset64] += 1  # another formula
+    outputs = []
+    for census in (None, exact, loose):
+        value = fixup.compute(kinds, S, A, P, 0x8000, G, Z, S2, census)
+        mem = np.zeros(32, dtype=np.uint8)
+        fixup.write(mem, where, kinds, value, census)
+        outputs.append((value.tolist(), mem.tobytes()))
+    assert outputs[0] == outputs[1] == outputs[2]
+    value, mem = outputs[0]
+    assert value[:4] == [0x1008, 0x2000 - 4 - 0x1F00, 0x8000 + 16 - 4 - 0x2F00, 24]
+    assert mem[9:13] == (0xFC).to_bytes(4, "little")

@@ -386,37 +386,41 @@ def _symbol_rows(pend: list[_Pending]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     # section, reserved or not, is clamped to the block's last entry,
     # BAD_INDEX.  A third row holds the block's object, a fourth the number
     # across the batch of the object's first section.  Gathered in one
-    # pass (in a cold link each pass of Python code costs more than its lists).
+    # pass (in a cold link each pass of Python code costs more than its
+    # lists), with each row's block's first and last entries: repeated by
+    # the arrays, at C speed, not by numpy from lists (several times the cost).
     counts: list[int] = []  # per object: its symbols
     parts: list = []  # per object: its raw symbol table
-    ends: list[list[int]] = [[], []]  # per object: its block's first and last entries
-    first_entry, last_entry = ends
+    first_entry, last_entry = array("q"), array("q")  # per row
     table, bound, owners, bases = array("q"), array("q"), array("q"), array("q")
     base = 0  # the object's first section's number across the batch
     for k, p in enumerate(pend):
         reader = p.reader
-        counts.append(reader.nsyms)
+        n = reader.nsyms
+        counts.append(n)
         parts.append(reader.sym_bytes)
         sections, bounds = p.blocks
-        first_entry.append(len(table))
+        first_entry += array("q", [len(table)]) * n
         table += sections
         bound += bounds
-        last_entry.append(len(table) - 1)
+        last_entry += array("q", [len(table) - 1]) * n
         owners += array("q", [k]) * len(sections)
         bases += array("q", [base]) * len(sections)
         base += p.nsections or 1
     raw = np.frombuffer(b"".join(parts), dtype=_SYM_IN)
-    block = np.repeat(ends, counts, axis=1)
-    at = block[0] + np.add(raw["shndx"], _SHIFT, dtype=np.uint16)
-    np.minimum(at, block[1], out=at)
+    at = np.frombuffer(first_entry, dtype=np.int64) + np.add(raw["shndx"], _SHIFT, dtype=np.uint16)
+    np.minimum(at, np.frombuffer(last_entry, dtype=np.int64), out=at)
     lookup = np.frombuffer(table + bound + owners + table + bases, dtype=np.int64).reshape(5, -1)
     # The batch's numbers: a section's with its object's first's added, on
     # the blocks (a few entries per object), not on the rows.
     batch = lookup[3]
     np.add(batch, lookup[4], out=batch, where=batch >= 0)
     # The four look-ups in one (ndarray.take: the same as indexing, at half
-    # the call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.
-    sec, limit, owner, gsec = lookup[:4].take(at, axis=1)
+    # the call's cost); NO_SECTION, 2**64 - 1, is -1 in 64 bits.  (Its rows
+    # by index: unpacking an array iterates it until an IndexError, a
+    # message formatted and dropped.)
+    rows = lookup[:4].take(at, axis=1)
+    sec, limit, owner, gsec = rows[0], rows[1], rows[2], rows[3]
     attrs = raw["attrs"] & 0x3FF
     bad = raw["value"] > limit.view(np.uint64)
     bad |= sec <= T.BAD_INDEX
@@ -518,12 +522,17 @@ def _relocation_rows(pend: list[_Pending], nsyms: list[int],
     if any(map(ge, np.maximum.reduceat(sym, starts).tolist(), symbols)):
         return None
     # Each row's section numbered across the batch, object and first
-    # symbol: per table, repeated in one call.  The rows' order is one key,
+    # symbol: per table, repeated in one call, on an array made by the
+    # array module (numpy would work out a list's type and shape, item by
+    # item); its rows by index, as unpacking it would raise and drop an
+    # IndexError at its end.  The rows' order is one key,
     # that section (far below 2**24) above the offset (which the checks
     # bound by a section size, far below 2**40).  The reader leaves each
     # object's rows sorted by (section, offset); so does this, sorting only
     # if a key decreases (compilers write some tables out of order).
-    place, owner, base = np.repeat([place, owner, base], counts, axis=1)
+    per_table = np.frombuffer(array("q", place + owner + base), dtype=np.int64).reshape(3, -1)
+    per_row = per_table.repeat(np.frombuffer(array("q", counts), dtype=np.int64), axis=1)
+    place, owner, base = per_row[0], per_row[1], per_row[2]
     key = np.left_shift(place, 40)
     key |= offset.view(np.int64)
     out = np.empty(len(raw), dtype=_BATCH_OUT if batch else _RELOC_OUT)

@@ -8,6 +8,8 @@ memory untouched.
 
 from __future__ import annotations
 
+from itertools import compress
+
 import numpy as np
 
 from .edges import N_EDGES, WIDTH, Edge
@@ -53,32 +55,38 @@ _FORMULA_KINDS = {
 _FORMULA = np.full(N_EDGES, _UNHANDLED, dtype=np.intp)
 for _f, _kinds in _FORMULA_KINDS.items():
     _FORMULA[[int(k) for k in _kinds]] = _f
+_FORMULA_OF = _FORMULA.tolist()
 # The same as tables indexed by kind (kinds without a range, 64-bit fields,
-# accept anything); for the check, the low end's bits and the span above it.
-_LOW = np.full(N_EDGES, np.iinfo(np.int64).min, dtype=np.int64)
-_HIGH = np.full(N_EDGES, np.iinfo(np.int64).max, dtype=np.int64)
+# accept anything), public for the link cache's own checks of replayed
+# values; for the check here, the low end's bits and the span above it.
+LOW = np.full(N_EDGES, np.iinfo(np.int64).min, dtype=np.int64)
+HIGH = np.full(N_EDGES, np.iinfo(np.int64).max, dtype=np.int64)
 for _k, (_lo, _hi) in _RANGE.items():
-    _LOW[_k], _HIGH[_k] = _lo, _hi
-_SPAN = (_HIGH - _LOW).view(U)  # wraps to 2**64 - 1 for the 64-bit kinds, as meant
-_LOW_BITS = _LOW.view(U)
+    LOW[_k], HIGH[_k] = _lo, _hi
+_LOW, _HIGH = LOW, HIGH  # the names the link cache used to read
+_SPAN = (HIGH - LOW).view(U)  # wraps to 2**64 - 1 for the 64-bit kinds, as meant
+_LOW_BITS = LOW.view(U)
 
 
-def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
+def compute(kind, S, A, P, GOT, G, Z, S2, census: list[int] | None = None) -> np.ndarray:
     """The value of every relocation, by the psABI formula of its kind.
 
     ``S`` is already the stub address where a stub is used, ``G`` the GOT
     slot's offset (meaningful only for GOT kinds), ``GOT`` a scalar.
+    ``census`` is how many rows there are of each kind, if the caller
+    knows (a kind counted but absent costs a pass, no more); else counted.
     """
     A = A.view(U) if A.dtype == np.int64 else A.astype(np.int64).view(U)  # a 64-bit column: no copy
     GOT = U(GOT)
-    formula = _FORMULA[kind]
     # S + A for every row (the pointer formula), then each other formula
     # present fixes its rows: most batches have only pointers and deltas.
     v = S + A
-    present = [f for f, count in enumerate(np.bincount(formula).tolist()) if count]
-    for f in present:
+    formula = None
+    for f in _formulas(kind, census):
         if f == _POINTER:
             continue
+        if formula is None:
+            formula = _FORMULA.take(kind)
         m = formula == f
         if f == _DELTA:
             np.subtract(v, P, out=v, where=m)
@@ -101,6 +109,20 @@ def compute(kind, S, A, P, GOT, G, Z, S2) -> np.ndarray:
     return v
 
 
+def _present(kind: np.ndarray, census: list[int] | None) -> list[int]:
+    """The kinds ``kind`` holds, from ``census`` when given (a plain list
+    of counts: no numpy call, and picked at C speed, however long)."""
+    if census is None:
+        census = np.bincount(kind, minlength=N_EDGES).tolist()
+    return list(compress(range(len(census)), census))
+
+
+def _formulas(kind: np.ndarray, census: list[int] | None) -> list[int]:
+    """The formulas of the kinds ``kind`` holds, each once, in order."""
+    # (A kind past the table has no formula: the look-up fails, as indexing by it would.)
+    return sorted({_FORMULA_OF[k] for k in _present(kind, census)})
+
+
 def out_of_range(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Mask of relocations whose value does not fit the field."""
     # low <= v <= high, on the signed view, is (v - low) mod 2**64 <= high - low:
@@ -110,21 +132,20 @@ def out_of_range(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
 
 # Per field width: the little-endian integer type.
 _FIELD = {w: np.dtype(f"<u{w}") for w in (1, 2, 4, 8)}
+_WIDTH_OF = WIDTH.tolist()
 
 
-def write(memory: np.ndarray, where: np.ndarray, kind: np.ndarray, value: np.ndarray) -> None:
-    """Store each value little-endian in WIDTH[kind] bytes at ``where``."""
-    width = WIDTH.take(kind)
-    count = np.bincount(width, minlength=9).tolist()
-    narrowest = True
-    for w in (1, 2, 4, 8):
-        if not count[w]:
-            continue
-        if narrowest:
+def write(memory: np.ndarray, where: np.ndarray, kind: np.ndarray, value: np.ndarray,
+          census: list[int] | None = None) -> None:
+    """Store each value little-endian in WIDTH[kind] bytes at ``where``
+    (``census`` as for :func:`compute`)."""
+    widths = sorted({_WIDTH_OF[k] for k in _present(kind, census)} - {0})
+    width = WIDTH.take(kind) if len(widths) > 1 else None
+    for i, w in enumerate(widths):
+        if not i:
             # The narrowest width present, stored for every row: no selection
             # (a wider field's low bytes, which its own store rewrites after).
             at, v = where, value
-            narrowest = False
         else:
             m = width == w
             at, v = where[m], value[m]
