@@ -12,7 +12,7 @@ from rtdyld.x86_64.edges import N_EDGES, WIDTH, Edge
 def test_out_of_range_at_each_kinds_edges():
     kinds, values, expected = [], [], []
     for k in range(N_EDGES):
-        lo, hi = int(fixup._LOW[k]), int(fixup._HIGH[k])
+        lo, hi = int(fixup.LOW[k]), int(fixup.HIGH[k])
         for v in {lo, hi, lo - 1, hi + 1, 0, -1}:
             if not -(1 << 63) <= v < (1 << 63):
                 continue  # a 64-bit field: nothing lies outside

@@ -226,11 +226,11 @@ _BYTE = {w: np.arange(w, dtype=np.int64) for w in (1, 2, 4, 8)}
 # numpy call costs 10-40 µs there (cold caches after start-up), a fixup ~1 µs.
 _FEW = 512
 _M64 = (1 << 64) - 1
-_LOW = fixup._LOW.tolist()
-_HIGH = fixup._HIGH.tolist()
+_LOW = fixup.LOW.tolist()
+_HIGH = fixup.HIGH.tolist()
 _WIDTH = WIDTH.tolist()
-_ANY_VALUE_IN_64 = bool(np.all((fixup._LOW[WIDTH == 8] == np.iinfo(np.int64).min)
-                               & (fixup._HIGH[WIDTH == 8] == np.iinfo(np.int64).max)))
+_ANY_VALUE_IN_64 = bool(np.all((fixup.LOW[WIDTH == 8] == np.iinfo(np.int64).min)
+                               & (fixup.HIGH[WIDTH == 8] == np.iinfo(np.int64).max)))
 
 
 def apply_records(rec: np.ndarray, mem: np.ndarray, base: int, ext: np.ndarray) -> bool:

@@ -63,7 +63,6 @@ LOW = np.full(N_EDGES, np.iinfo(np.int64).min, dtype=np.int64)
 HIGH = np.full(N_EDGES, np.iinfo(np.int64).max, dtype=np.int64)
 for _k, (_lo, _hi) in _RANGE.items():
     LOW[_k], HIGH[_k] = _lo, _hi
-_LOW, _HIGH = LOW, HIGH  # the names the link cache used to read
 _SPAN = (HIGH - LOW).view(U)  # wraps to 2**64 - 1 for the 64-bit kinds, as meant
 _LOW_BITS = LOW.view(U)
 
