@@ -81,3 +81,40 @@ def test_a_link_cache_stores_and_reuses_a_batch_without_numpy_ma(build, tmp_path
     first, second = _child(code).splitlines()
     assert first.startswith("42 ") and "'stores': 1" in first and first.endswith(" False")
     assert second.startswith("42 ") and "'hits': 1" in second and second.endswith(" False")
+
+
+THREADS_PROGRAM = r"""
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(void) {
+    const char *v = getenv("OPENBLAS_NUM_THREADS");
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    printf("%s %d\n", v ? v : "unset", n);
+    fflush(stdout);
+    return 0;
+}
+"""
+
+
+def test_rtdyld_run_starts_no_blas_threads_and_hands_the_program_its_environment(build):
+    """numpy's OpenBLAS starts a thread per core at import; the command never
+    calls BLAS, so it imports numpy with one, and the program still sees the
+    environment it was given."""
+    obj = build.cc_text(THREADS_PROGRAM, "-O2", "-fPIC", stem="count_threads")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("OPENBLAS_NUM_THREADS", None)
+
+    def run(**extra) -> str:
+        return subprocess.run([sys.executable, "-m", "rtdyld", "run", str(obj)], check=True, cwd=REPO,
+                              env={**env, **extra}, capture_output=True, text=True, timeout=120).stdout
+
+    plain = int(_child("import os, numpy\nprint(len(os.listdir('/proc/self/task')))"))
+    assert run() == "unset 1\n"
+    if plain > 1:  # (one core: OpenBLAS starts no thread either way)
+        given = run(OPENBLAS_NUM_THREADS=str(plain))
+        assert given == f"{plain} {plain}\n"  # a value the user set is theirs
