@@ -595,6 +595,76 @@ def test_object_tables_round_trip_field_by_field(tmp_path):
                 assert a == b, f.name
 
 
+def test_an_object_added_through_the_cache_reports_its_error_each_time_it_is_read(tmp_path):
+    """Its bytes are read when first needed: a failed read fails again, with its
+    own error, not with an AttributeError for a field that was never made."""
+    bad = tmp_path / "bad.o"
+    bad.write_bytes(b"\x7fELF not an object")
+    obj = LinkCache(tmp_path / "cache").add_object(str(bad))
+    for _ in range(2):
+        with pytest.raises(rtdyld.MalformedObjectError, match=r"bad\.o: not an ELF object"):
+            obj.sections
+
+
+def test_a_lazy_object_survives_a_protocol_probe(tmp_path):
+    from rtdyld.linkcache import tables
+    from rtdyld.inputs import parse_object
+
+    full = parse_object(compile_c("int g = 3;", tmp_path / "g.o", *CFLAGS).read_bytes(), "g.o")
+    obj = tables.LazyObject.deferred("g.o", lambda: full)
+    assert not hasattr(obj, "__deepcopy__")  # as copy.deepcopy asks, before any field is read
+    names = [s.name for s in obj.sections]
+    assert names == [s.name for s in full.sections] and ".data" in names
+
+
+def test_a_lazy_object_read_by_two_threads_at_once_is_made_once_for_both(tmp_path, monkeypatch):
+    import threading
+
+    from rtdyld.linkcache import tables
+    from rtdyld.inputs import parse_object
+
+    full = parse_object(compile_c("int g = 3;", tmp_path / "g.o", *CFLAGS).read_bytes(), "g.o")
+    second_reader = threading.Event()
+    real_lock = tables._loading
+    entered = []
+
+    class Watched:  # the lock, noting when the second reader asks for it
+        def __enter__(self):
+            entered.append(threading.current_thread())
+            if len(entered) == 2:
+                second_reader.set()
+            return real_lock.__enter__()
+
+        def __exit__(self, *exc):
+            return real_lock.__exit__(*exc)
+
+    monkeypatch.setattr(tables, "_loading", Watched())
+    loads = []
+
+    def load():
+        loads.append(1)
+        second_reader.wait(timeout=20)  # the other thread reads while this one is loading
+        return full
+
+    obj = tables.LazyObject.deferred("g.o", load)
+    results: dict = {}
+
+    def read(who):
+        try:
+            results[who] = [s.name for s in obj.sections]
+        except Exception as e:  # noqa: BLE001 - what the test reports
+            results[who] = e
+
+    first = threading.Thread(target=read, args=("first",))
+    first.start()
+    while not loads:
+        first.join(timeout=0.01)
+    read("second")
+    first.join()
+    names = [s.name for s in full.sections]
+    assert results == {"first": names, "second": names} and len(loads) == 1
+
+
 def test_an_outside_symbol_moving_into_reach_misses(tmp_path, user_value):
     from rtdyld.linker import default_memory
     from rtdyld.x86_64.scan import in_reach
