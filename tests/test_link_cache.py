@@ -872,6 +872,26 @@ def test_residual_groups_range_checked_at_the_field_limits():
     assert fits(Edge.Pointer8, (1 << 64) - 8, 1, 16)
 
 
+def test_residual_targets_are_int32_and_a_fixup_past_2_gib_is_not_cached():
+    from rtdyld.linkcache import image
+    from rtdyld.linkcache.tables import Uncacheable
+    from rtdyld.x86_64.edges import Edge
+
+    def targets(kind: Edge, where: int):
+        res = image.Residual(np.array([where], np.int64), np.array([int(kind)], np.uint8), np.zeros(1, np.uint64),
+                             np.ones(1, np.int8), np.full(1, -1, np.int32))
+        rec, groups = image.grouped(res)
+        index, quads = image.targets(rec, groups)
+        return index.dtype, index.tolist(), quads
+
+    # An aligned pointer is stored as its word's index: far past 2 GiB, it still fits.
+    assert targets(Edge.Pointer64, 1 << 33) == (np.dtype(np.int32), [1 << 30], True)
+    assert targets(Edge.Pointer32, (1 << 31) - 4)[:2] == (np.dtype(np.int32), [(1 << 31) - 4 + i for i in range(4)])
+    for kind, where in ((Edge.Pointer32, (1 << 31) - 3), (Edge.Pointer64, (1 << 31) + 1), (Edge.Pointer8, 1 << 32)):
+        with pytest.raises(Uncacheable, match="beyond 2 GiB"):
+            targets(kind, where)
+
+
 @pytest.mark.parametrize("listed", [True, False])
 @pytest.mark.parametrize("damage", ["groups", "rows"])
 def test_residual_groups_or_rows_that_do_not_cover_each_other_are_a_corrupt_entry(tmp_path, user_value, damage,
