@@ -1124,6 +1124,25 @@ def test_a_damaged_by_identity_entry_falls_back(tmp_path, user_value, settled, d
     ln.close()
 
 
+def test_a_by_identity_entry_that_restores_but_does_not_adopt_leaves_no_memory_behind(tmp_path, user_value,
+                                                                                     settled):
+    from rtdyld.linkcache.container import pack, unpack
+
+    prog, ar = _program(tmp_path / "src")
+    _link(_fresh(tmp_path / "cache"), prog, ar, user_value[1])[0].close()
+    (entry,) = (tmp_path / "cache").glob("inputs/*.ent")
+    key = bytes.fromhex(entry.stem)
+    meta, blobs = unpack(entry.read_bytes(), key)
+    meta["inputs"]["archives"].append(meta["inputs"]["archives"][0])  # one archive more than the session searches
+    entry.write_bytes(pack(key, meta, dict(blobs.items()), blobs.tail))  # checksums fine
+    again = _fresh(tmp_path / "cache")
+    ln, h = _link(again, prog, ar, user_value[1])
+    assert again.stats["inputs"]["corrupt"] == 1 and again.stats["batches"]["hits"] == 1
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    assert ln.memory.live_allocations() == [h.batch.allocation]
+    ln.close()
+
+
 def test_an_object_added_by_path_is_read_when_needed_and_its_errors_named(tmp_path):
     from rtdyld.errors import LinkError, MalformedObjectError
 
