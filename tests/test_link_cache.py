@@ -240,6 +240,36 @@ def test_a_user_definition_of_a_pulled_symbol_misses(tmp_path, user_value):
     lib.close()
 
 
+def test_a_pulled_symbol_now_defined_by_a_dylib_of_the_link_order_misses(tmp_path, user_value):
+    """What outranks archives includes the dylibs of the link order, not only the batch's own."""
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    lib = Linker()
+    lib.add_object(compile_c("int helper(int x) { return -x; }", tmp_path / "h.o", *CFLAGS))
+    lib.finalize()
+
+    def order(define_helper: bool):
+        def extra(ln):
+            first = ln.create_dylib("first")
+            if define_helper:
+                ln.define("helper", lib.lookup("helper"), dylib=first)
+            ln.main.link_order([first, "process"])
+        return extra
+
+    _link(cache, prog, ar, user_value[1], order(False))[0].close()
+    ln, _ = _link(cache, prog, ar, user_value[1], order(False))
+    assert _outcome(cache)["hits"] == 1
+    ln.close()
+    ln, h = _link(cache, prog, ar, user_value[1], order(True))
+    assert _outcome(cache)["stale"] == 1
+    assert any("'helper', which pulled an archive member" in why for _, what, why in cache.events if what == "stale")
+    ref, hr = _link(False, prog, ar, user_value[1], order(True))
+    assert _calls(ln) == _calls(ref) and h.objects == hr.objects
+    ln.close()
+    ref.close()
+    lib.close()
+
+
 def test_a_moved_user_definition_is_patched(tmp_path, user_value):
     prog, ar = _program(tmp_path / "src")
     cache = LinkCache(tmp_path / "cache")
