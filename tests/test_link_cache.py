@@ -195,6 +195,60 @@ def test_a_warm_batch_keeps_the_earlier_batch_it_calls_from_removal(tmp_path):
         ln.close()
 
 
+def test_a_warm_batch_read_by_two_threads_at_once_gives_both_the_same_objects_and_pulls(tmp_path, user_value,
+                                                                                       monkeypatch):
+    import threading
+
+    from rtdyld.linkcache import placed
+
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    ln, h = _link(cache, prog, ar, user_value[1])
+    assert _outcome(cache)["hits"] == 1
+    lb = h.batch
+    assert lb.objects._made is None and lb.pulls._made is None  # nothing has read them yet
+    second_reader = threading.Event()
+    real_lock = placed._making
+    entered = []
+
+    class Watched:  # the lock, noting when the second reader asks for it
+        def __enter__(self):
+            entered.append(threading.current_thread())
+            if len(entered) == 2:
+                second_reader.set()
+            return real_lock.__enter__()
+
+        def __exit__(self, *exc):
+            return real_lock.__exit__(*exc)
+
+    monkeypatch.setattr(placed, "_making", Watched())
+    make = lb.objects._make
+
+    making = threading.Event()
+
+    def slow():
+        making.set()
+        second_reader.wait(timeout=20)  # the other thread reads while this one makes the list
+        return make()
+
+    lb.objects._make = slow
+    results: dict = {}
+
+    def read(who):
+        results[who] = (list(lb.objects), dict(lb.pulls))
+
+    first = threading.Thread(target=read, args=("first",))
+    first.start()
+    making.wait(timeout=20)
+    read("second")
+    first.join()
+    (objs_a, pulls_a), (objs_b, pulls_b) = results["first"], results["second"]
+    assert len(objs_a) == 3 and all(a is b for a, b in zip(objs_a, objs_b, strict=True))
+    assert pulls_a == pulls_b and sorted(pulls_a) == sorted(id(o) for o in objs_a[1:])
+    ln.close()
+
+
 def test_a_modified_object_misses(tmp_path, user_value):
     prog, ar = _program(tmp_path / "src")
     cache = LinkCache(tmp_path / "cache")
