@@ -701,6 +701,21 @@ def test_a_lazy_object_survives_a_protocol_probe(tmp_path):
     assert names == [s.name for s in full.sections] and ".data" in names
 
 
+def test_a_lazy_object_read_from_within_its_own_load_finds_no_field_rather_than_recursing(tmp_path):
+    from rtdyld.inputs import parse_object
+    from rtdyld.linkcache import tables
+
+    full = parse_object(compile_c("int g = 3;", tmp_path / "g.o", *CFLAGS).read_bytes(), "g.o")
+
+    def load():
+        with pytest.raises(AttributeError, match="sections"):
+            obj.sections
+        return full
+
+    obj = tables.LazyObject.deferred("g.o", load)
+    assert [s.name for s in obj.sections] == [s.name for s in full.sections]
+
+
 def test_a_lazy_object_read_by_two_threads_at_once_is_made_once_for_both(tmp_path, monkeypatch):
     import threading
 

@@ -185,9 +185,13 @@ class LazyObject(model.ObjectFile):
         with _loading:
             load = self.__dict__.get("_load")
             if load is not None:
-                # The loader goes only once its fields are in: a load that
-                # fails fails again, with its own error, when next read.
-                full = load()
+                self.__dict__["_load"] = None  # (a read from within the load finds no loader, not itself)
+                try:
+                    full = load()
+                except BaseException:
+                    # Kept: a load that fails fails again, with its own error, when next read.
+                    self.__dict__["_load"] = load
+                    raise
                 for f in dataclasses.fields(full):
                     if f.name != "name":
                         self.__dict__[f.name] = getattr(full, f.name)
