@@ -687,12 +687,12 @@ def test_an_object_added_through_the_cache_reports_its_error_each_time_it_is_rea
     obj = LinkCache(tmp_path / "cache").add_object(str(bad))
     for _ in range(2):
         with pytest.raises(rtdyld.MalformedObjectError, match=r"bad\.o: not an ELF object"):
-            obj.sections
+            _ = obj.sections
 
 
 def test_a_lazy_object_survives_a_protocol_probe(tmp_path):
-    from rtdyld.linkcache import tables
     from rtdyld.inputs import parse_object
+    from rtdyld.linkcache import tables
 
     full = parse_object(compile_c("int g = 3;", tmp_path / "g.o", *CFLAGS).read_bytes(), "g.o")
     obj = tables.LazyObject.deferred("g.o", lambda: full)
@@ -709,7 +709,7 @@ def test_a_lazy_object_read_from_within_its_own_load_finds_no_field_rather_than_
 
     def load():
         with pytest.raises(AttributeError, match="sections"):
-            obj.sections
+            _ = obj.sections
         return full
 
     obj = tables.LazyObject.deferred("g.o", load)
@@ -719,8 +719,8 @@ def test_a_lazy_object_read_from_within_its_own_load_finds_no_field_rather_than_
 def test_a_lazy_object_read_by_two_threads_at_once_is_made_once_for_both(tmp_path, monkeypatch):
     import threading
 
-    from rtdyld.linkcache import tables
     from rtdyld.inputs import parse_object
+    from rtdyld.linkcache import tables
 
     full = parse_object(compile_c("int g = 3;", tmp_path / "g.o", *CFLAGS).read_bytes(), "g.o")
     second_reader = threading.Event()
