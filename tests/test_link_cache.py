@@ -195,6 +195,60 @@ def test_a_warm_batch_keeps_the_earlier_batch_it_calls_from_removal(tmp_path):
         ln.close()
 
 
+def test_a_warm_batch_read_by_two_threads_at_once_gives_both_the_same_objects_and_pulls(tmp_path, user_value,
+                                                                                       monkeypatch):
+    import threading
+
+    from rtdyld.linkcache import placed
+
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    _link(cache, prog, ar, user_value[1])[0].close()
+    ln, h = _link(cache, prog, ar, user_value[1])
+    assert _outcome(cache)["hits"] == 1
+    lb = h.batch
+    assert lb.objects._made is None and lb.pulls._made is None  # nothing has read them yet
+    second_reader = threading.Event()
+    real_lock = placed._making
+    entered = []
+
+    class Watched:  # the lock, noting when the second reader asks for it
+        def __enter__(self):
+            entered.append(threading.current_thread())
+            if len(entered) == 2:
+                second_reader.set()
+            return real_lock.__enter__()
+
+        def __exit__(self, *exc):
+            return real_lock.__exit__(*exc)
+
+    monkeypatch.setattr(placed, "_making", Watched())
+    make = lb.objects._make
+
+    making = threading.Event()
+
+    def slow():
+        making.set()
+        second_reader.wait(timeout=20)  # the other thread reads while this one makes the list
+        return make()
+
+    lb.objects._make = slow
+    results: dict = {}
+
+    def read(who):
+        results[who] = (list(lb.objects), dict(lb.pulls))
+
+    first = threading.Thread(target=read, args=("first",))
+    first.start()
+    making.wait(timeout=20)
+    read("second")
+    first.join()
+    (objs_a, pulls_a), (objs_b, pulls_b) = results["first"], results["second"]
+    assert len(objs_a) == 3 and all(a is b for a, b in zip(objs_a, objs_b, strict=True))
+    assert pulls_a == pulls_b and sorted(pulls_a) == sorted(id(o) for o in objs_a[1:])
+    ln.close()
+
+
 def test_a_modified_object_misses(tmp_path, user_value):
     prog, ar = _program(tmp_path / "src")
     cache = LinkCache(tmp_path / "cache")
@@ -237,6 +291,36 @@ def test_a_user_definition_of_a_pulled_symbol_misses(tmp_path, user_value):
     ln, _ = _link(cache, prog, ar, user_value[1], lambda ln: ln.define("helper", lib.lookup("helper")))
     assert _outcome(cache)["hits"] == 1
     ln.close()
+    lib.close()
+
+
+def test_a_pulled_symbol_now_defined_by_a_dylib_of_the_link_order_misses(tmp_path, user_value):
+    """What outranks archives includes the dylibs of the link order, not only the batch's own."""
+    prog, ar = _program(tmp_path / "src")
+    cache = LinkCache(tmp_path / "cache")
+    lib = Linker()
+    lib.add_object(compile_c("int helper(int x) { return -x; }", tmp_path / "h.o", *CFLAGS))
+    lib.finalize()
+
+    def order(define_helper: bool):
+        def extra(ln):
+            first = ln.create_dylib("first")
+            if define_helper:
+                ln.define("helper", lib.lookup("helper"), dylib=first)
+            ln.main.link_order([first, "process"])
+        return extra
+
+    _link(cache, prog, ar, user_value[1], order(False))[0].close()
+    ln, _ = _link(cache, prog, ar, user_value[1], order(False))
+    assert _outcome(cache)["hits"] == 1
+    ln.close()
+    ln, h = _link(cache, prog, ar, user_value[1], order(True))
+    assert _outcome(cache)["stale"] == 1
+    assert any("'helper', which pulled an archive member" in why for _, what, why in cache.events if what == "stale")
+    ref, hr = _link(False, prog, ar, user_value[1], order(True))
+    assert _calls(ln) == _calls(ref) and h.objects == hr.objects
+    ln.close()
+    ref.close()
     lib.close()
 
 
@@ -595,6 +679,91 @@ def test_object_tables_round_trip_field_by_field(tmp_path):
                 assert a == b, f.name
 
 
+def test_an_object_added_through_the_cache_reports_its_error_each_time_it_is_read(tmp_path):
+    """Its bytes are read when first needed: a failed read fails again, with its
+    own error, not with an AttributeError for a field that was never made."""
+    bad = tmp_path / "bad.o"
+    bad.write_bytes(b"\x7fELF not an object")
+    obj = LinkCache(tmp_path / "cache").add_object(str(bad))
+    for _ in range(2):
+        with pytest.raises(rtdyld.MalformedObjectError, match=r"bad\.o: not an ELF object"):
+            _ = obj.sections
+
+
+def test_a_lazy_object_survives_a_protocol_probe(tmp_path):
+    from rtdyld.inputs import parse_object
+    from rtdyld.linkcache import tables
+
+    full = parse_object(compile_c("int g = 3;", tmp_path / "g.o", *CFLAGS).read_bytes(), "g.o")
+    obj = tables.LazyObject.deferred("g.o", lambda: full)
+    assert not hasattr(obj, "__deepcopy__")  # as copy.deepcopy asks, before any field is read
+    names = [s.name for s in obj.sections]
+    assert names == [s.name for s in full.sections] and ".data" in names
+
+
+def test_a_lazy_object_read_from_within_its_own_load_finds_no_field_rather_than_recursing(tmp_path):
+    from rtdyld.inputs import parse_object
+    from rtdyld.linkcache import tables
+
+    full = parse_object(compile_c("int g = 3;", tmp_path / "g.o", *CFLAGS).read_bytes(), "g.o")
+
+    def load():
+        with pytest.raises(AttributeError, match="sections"):
+            _ = obj.sections
+        return full
+
+    obj = tables.LazyObject.deferred("g.o", load)
+    assert [s.name for s in obj.sections] == [s.name for s in full.sections]
+
+
+def test_a_lazy_object_read_by_two_threads_at_once_is_made_once_for_both(tmp_path, monkeypatch):
+    import threading
+
+    from rtdyld.inputs import parse_object
+    from rtdyld.linkcache import tables
+
+    full = parse_object(compile_c("int g = 3;", tmp_path / "g.o", *CFLAGS).read_bytes(), "g.o")
+    second_reader = threading.Event()
+    real_lock = tables._loading
+    entered = []
+
+    class Watched:  # the lock, noting when the second reader asks for it
+        def __enter__(self):
+            entered.append(threading.current_thread())
+            if len(entered) == 2:
+                second_reader.set()
+            return real_lock.__enter__()
+
+        def __exit__(self, *exc):
+            return real_lock.__exit__(*exc)
+
+    monkeypatch.setattr(tables, "_loading", Watched())
+    loads = []
+
+    def load():
+        loads.append(1)
+        second_reader.wait(timeout=20)  # the other thread reads while this one is loading
+        return full
+
+    obj = tables.LazyObject.deferred("g.o", load)
+    results: dict = {}
+
+    def read(who):
+        try:
+            results[who] = [s.name for s in obj.sections]
+        except Exception as e:  # noqa: BLE001 - what the test reports
+            results[who] = e
+
+    first = threading.Thread(target=read, args=("first",))
+    first.start()
+    while not loads:
+        first.join(timeout=0.01)
+    read("second")
+    first.join()
+    names = [s.name for s in full.sections]
+    assert results == {"first": names, "second": names} and len(loads) == 1
+
+
 def test_an_outside_symbol_moving_into_reach_misses(tmp_path, user_value):
     from rtdyld.linker import default_memory
     from rtdyld.x86_64.scan import in_reach
@@ -800,6 +969,26 @@ def test_residual_groups_range_checked_at_the_field_limits():
             assert not fits(kind, v) and not fits(kind, v - 4096, 1, 4096), (kind, v)
     # Wrapping around 2**64 as the cold link's arithmetic does: 2**64 - 8 plus 16 is 8.
     assert fits(Edge.Pointer8, (1 << 64) - 8, 1, 16)
+
+
+def test_residual_targets_are_int32_and_a_fixup_past_2_gib_is_not_cached():
+    from rtdyld.linkcache import image
+    from rtdyld.linkcache.tables import Uncacheable
+    from rtdyld.x86_64.edges import Edge
+
+    def targets(kind: Edge, where: int):
+        res = image.Residual(np.array([where], np.int64), np.array([int(kind)], np.uint8), np.zeros(1, np.uint64),
+                             np.ones(1, np.int8), np.full(1, -1, np.int32))
+        rec, groups = image.grouped(res)
+        index, quads = image.targets(rec, groups)
+        return index.dtype, index.tolist(), quads
+
+    # An aligned pointer is stored as its word's index: far past 2 GiB, it still fits.
+    assert targets(Edge.Pointer64, 1 << 33) == (np.dtype(np.int32), [1 << 30], True)
+    assert targets(Edge.Pointer32, (1 << 31) - 4)[:2] == (np.dtype(np.int32), [(1 << 31) - 4 + i for i in range(4)])
+    for kind, where in ((Edge.Pointer32, (1 << 31) - 3), (Edge.Pointer64, (1 << 31) + 1), (Edge.Pointer8, 1 << 32)):
+        with pytest.raises(Uncacheable, match="beyond 2 GiB"):
+            targets(kind, where)
 
 
 @pytest.mark.parametrize("listed", [True, False])
@@ -1031,6 +1220,26 @@ def test_a_damaged_by_identity_entry_falls_back(tmp_path, user_value, settled, d
     assert last.stats["inputs"]["corrupt"] == 1 and last.stats["batches"]["corrupt"] == 1
     assert last.stats["batches"]["stores"] == 1
     assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    ln.close()
+
+
+def test_a_by_identity_entry_that_restores_but_does_not_adopt_leaves_no_memory_behind(tmp_path, user_value,
+                                                                                     settled):
+    from rtdyld.linkcache.container import pack, unpack
+
+    prog, ar = _program(tmp_path / "src")
+    _link(_fresh(tmp_path / "cache"), prog, ar, user_value[1])[0].close()
+    (entry,) = (tmp_path / "cache").glob("inputs/*.ent")
+    key = bytes.fromhex(entry.stem)
+    meta, blobs = unpack(entry.read_bytes(), key)
+    meta["inputs"]["archives"].append(meta["inputs"]["archives"][0])  # one archive more than the session searches
+    entry.write_bytes(pack(key, meta, dict(blobs.items()), blobs.tail))  # checksums fine
+    again = _fresh(tmp_path / "cache")
+    before = {id(a) for a in rtdyld.linker.default_memory().live_allocations()}
+    ln, h = _link(again, prog, ar, user_value[1])
+    assert again.stats["inputs"]["corrupt"] == 1 and again.stats["batches"]["hits"] == 1
+    assert _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
+    assert [a for a in ln.memory.live_allocations() if id(a) not in before] == [h.batch.allocation]
     ln.close()
 
 

@@ -101,7 +101,11 @@ class BatchPlan:
                 meta, blobs = opened.meta, opened.blobs
                 lb, image_bytes = self._restore(opened, keep_image)
             if self.planned_digests is None:
-                by_identity.adopt(meta, self.search)
+                try:
+                    by_identity.adopt(meta, self.search)
+                except BaseException:
+                    lb.allocation.release()  # a miss leaves no batch behind
+                    raise
             self.entry = (meta, blobs, image_bytes)
             return lb
         except _Stale as e:

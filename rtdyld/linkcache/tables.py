@@ -11,6 +11,7 @@ other kind makes the object uncacheable rather than half stored.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import typing
 from collections.abc import Mapping
 from enum import Enum
@@ -179,14 +180,31 @@ class LazyObject(model.ObjectFile):
         return self
 
     def __getattr__(self, attr: str):
-        load = self.__dict__.pop("_load", None)
-        if load is None or attr.startswith("__"):
+        if attr.startswith("__"):  # a protocol probe (copy, pickle): no field, and no reason to load
             raise AttributeError(attr)
-        full = load()
-        for f in dataclasses.fields(full):
-            if f.name != "name":
-                self.__dict__[f.name] = getattr(full, f.name)
+        with _loading:
+            load = self.__dict__.get("_load")
+            if load is not None:
+                self.__dict__["_load"] = None  # (a read from within the load finds no loader, not itself)
+                try:
+                    full = load()
+                except BaseException:
+                    # Kept: a load that fails fails again, with its own error, when next read.
+                    self.__dict__["_load"] = load
+                    raise
+                for f in dataclasses.fields(full):
+                    if f.name != "name":
+                        self.__dict__[f.name] = getattr(full, f.name)
+                del self.__dict__["_load"]
+            elif attr not in self.__dict__:  # (made by another thread meanwhile, or no such field)
+                raise AttributeError(attr)
         return getattr(self, attr)
+
+
+# Held while a LazyObject's fields are made: a thread reading one meanwhile
+# waits for them rather than finding neither them nor the loader.  Re-entrant:
+# a load may read another lazy object.
+_loading = threading.RLock()
 
 
 def encode_columns(columns: dict[str, list], blobs: list) -> dict:
