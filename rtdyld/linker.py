@@ -474,8 +474,10 @@ class Linker:
                 dylib.published.withdraw(lb.definitions)
                 self.kept_groups -= lb.kept_groups
                 archives = self._archives(dylib)
-                for p in lb.pulls.values():
-                    archives.loaded.discard(archives.key(p.member))
+                # A warm batch knows its members' keys without making its pulls.
+                keys = getattr(lb.pulls, "member_keys", None)
+                archives.loaded.difference_update(
+                    keys if keys is not None else [archives.key(p.member) for p in lb.pulls.values()])
                 lb.allocation.release()
             handle.removed = True
             self.handles.remove(handle)

@@ -164,8 +164,12 @@ def test_warm_batch_can_be_removed_and_relinked(tmp_path, user_value):
     ln.close()
     ln, h = _link(cache, prog, ar, user_value[1])
     assert _outcome(cache)["hits"] == 1
+    loaded = ln._archives(ln.main).loaded
+    assert len(loaded) == 2
+    lb = h.batch
     h.remove()
     assert "run" not in ln.main.published
+    assert loaded == set() and lb.pulls._made is None  # the members' keys freed without making the pulls
     ln.add_object(prog)
     h2 = ln.finalize()  # the archive's members are free to be pulled again
     assert _calls(ln)[0] == 4 * 3 + 5 + 22 + 5000
