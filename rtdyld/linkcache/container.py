@@ -40,7 +40,7 @@ import numpy as np
 from ..cache_entry import CorruptEntry, check_stamp
 
 MAGIC = b"RTDYLDLC"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 HEADER = struct.Struct("<8sI32sIQQII")
 _ALIGN = 16
 _MARSHAL_VERSION = 4  # read by every Python rtdyld supports
