@@ -1329,3 +1329,48 @@ def test_a_damaged_image_is_refused_where_it_landed(tmp_path, user_value, settle
     ln, _ = _link(last, prog, ar, user_value[1])
     assert last.stats["inputs"]["hits"] == 1 and _calls(ln) == (4 * 3 + 5 + 22 + 5000, 7, 42)
     ln.close()
+
+
+def test_a_by_identity_key_depends_on_the_values_alone_and_tells_any_part_apart():
+    from types import SimpleNamespace
+
+    from rtdyld.linkcache import by_identity
+
+    def key(obj_path="/src/prog.o", ident=(1, 2, 3, 1 << 62, (1 << 62) + 5), offsets=(8, 68), kept=("g",),
+            identity=None, memory="MemoryManager"):
+        obj = SimpleNamespace(name="prog.o")
+        setattr(obj, by_identity.INPUT_ATTR, SimpleNamespace(path=obj_path, ident=ident))
+        archive = SimpleNamespace(name="libx.a", source=SimpleNamespace(path="/lib/libx.a", ident=(4, 5, 6, 7, 8)))
+        return by_identity.key(identity or {"rtdyld": "1", "format": 5, "code": "c"}, [obj], [archive],
+                               [list(offsets)], list(kept), memory, 5)
+
+    base = key()
+    # Equal values built anew (strings neither interned nor shared, other reference counts): the same key.
+    fresh = "".join(["/src/", "prog.o"])
+    assert key(obj_path=fresh, ident=tuple(int(str(v)) for v in (1, 2, 3, 1 << 62, (1 << 62) + 5))) == base
+    others = [key(obj_path="/src/prog2.o"), key(ident=(1, 2, 3, 1 << 62, (1 << 62) + 6)), key(offsets=(8,)),
+              key(kept=()), key(identity={"rtdyld": "2", "format": 5, "code": "c"}), key(memory="VirtualMemory"),
+              key(obj_path="/src/\udcffprog.o")]  # an undecodable byte of a file name
+    assert len({base, *others}) == len(others) + 1
+
+    class Name(str):  # a value marshal refuses: keyed by its exact repr instead
+        pass
+
+    assert key(obj_path=Name("/src/prog.o")) not in (base, None)
+    # The same key in another process.
+    code = ("import sys; sys.path[:0] = [%r, %r]; import test_link_cache as t;"
+            "print(t._key_of_the_default_batch().hex())") % (str(REPO), str(Path(__file__).parent))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == _key_of_the_default_batch().hex()
+
+
+def _key_of_the_default_batch() -> bytes:
+    from types import SimpleNamespace
+
+    from rtdyld.linkcache import by_identity
+
+    obj = SimpleNamespace(name="prog.o")
+    setattr(obj, by_identity.INPUT_ATTR, SimpleNamespace(path="/src/prog.o", ident=(1, 2, 3, 1 << 62, 9)))
+    archive = SimpleNamespace(name="libx.a", source=SimpleNamespace(path="/lib/libx.a", ident=(4, 5, 6, 7, 8)))
+    return by_identity.key({"rtdyld": "1", "format": 5, "code": "c"}, [obj], [archive], [[8]], ["g"],
+                           "MemoryManager", 5)
