@@ -444,11 +444,14 @@ class Linker:
 
     def _executable(self) -> bool:
         """Whether batches land in this process's memory (not VirtualMemory): code may run."""
-        # The package, not a name from it: a from-import of a package runs
-        # Python-level import code on every call.
-        import memmgr
+        executable = self.__dict__.get("_lands_in_process")
+        if executable is None:  # asked once: the session's memory never changes
+            # The package, not a name from it: a from-import of a package runs
+            # Python-level import code.
+            import memmgr
 
-        return isinstance(self.memory, memmgr.MemoryManager)
+            executable = self._lands_in_process = isinstance(self.memory, memmgr.MemoryManager)
+        return executable
 
     def remove(self, handle: Handle, force: bool = False) -> None:
         """Unload a batch.  Refused while live batches refer to it, unless ``force``."""
@@ -464,12 +467,13 @@ class Linker:
                     f"cannot remove batch #{handle.number} ({', '.join(handle.objects)}): still referenced by "
                     f"{names}; remove those first or pass force=True"
                 )
+            executable = self._executable()
             for dylib, lb in reversed(handle.parts):
-                if self._executable():
+                if executable:
                     self.runtime.unloading(lb)
-                if self.run_initializers and self._executable():
+                if self.run_initializers and executable:
                     initfini.call_all(initfini.finalizer_order(lb.allocation.memory, lb.finalizers))
-                if self._executable():
+                if executable:
                     self.runtime.unloaded(lb)
                 dylib.published.withdraw(lb.definitions)
                 self.kept_groups -= lb.kept_groups
