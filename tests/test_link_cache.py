@@ -1346,7 +1346,8 @@ def test_a_by_identity_key_depends_on_the_values_alone_and_tells_any_part_apart(
 
     base = key()
     # Equal values built anew (strings neither interned nor shared, other reference counts): the same key.
-    fresh = "".join(["/src/", "prog.o"])
+    stem = "prog"
+    fresh = f"/src/{stem}.o"
     assert key(obj_path=fresh, ident=tuple(int(str(v)) for v in (1, 2, 3, 1 << 62, (1 << 62) + 5))) == base
     others = [key(obj_path="/src/prog2.o"), key(ident=(1, 2, 3, 1 << 62, (1 << 62) + 6)), key(offsets=(8,)),
               key(kept=()), key(identity={"rtdyld": "2", "format": 5, "code": "c"}), key(memory="VirtualMemory"),
@@ -1358,8 +1359,8 @@ def test_a_by_identity_key_depends_on_the_values_alone_and_tells_any_part_apart(
 
     assert key(obj_path=Name("/src/prog.o")) not in (base, None)
     # The same key in another process.
-    code = ("import sys; sys.path[:0] = [%r, %r]; import test_link_cache as t;"
-            "print(t._key_of_the_default_batch().hex())") % (str(REPO), str(Path(__file__).parent))
+    code = (f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(Path(__file__).parent)!r}];"
+            "import test_link_cache as t; print(t._key_of_the_default_batch().hex())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == _key_of_the_default_batch().hex()
 
