@@ -100,11 +100,15 @@ class PublishedSymbols(MutableMapping):
         return f"<PublishedSymbols: {len(self._holder)} names>"
 
 
-@dataclass
 class Library:
-    name: str
-    path: str
-    handle: object = field(repr=False)
+    # A plain class: a dataclass decoration execs generated code at import (start-up).
+    def __init__(self, name: str, path: str, handle: object) -> None:
+        self.name = name
+        self.path = path
+        self.handle = handle
+
+    def __repr__(self) -> str:
+        return f"Library(name={self.name!r}, path={self.path!r})"
 
 
 def host_names(name: str, prefix: str) -> list[str]:

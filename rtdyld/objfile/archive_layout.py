@@ -9,7 +9,6 @@ symbol index and long-name table.  Member bytes are never read here.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from rtdyld.errors import MalformedObjectError
@@ -55,15 +54,19 @@ class RawMember(NamedTuple):
     size: int
 
 
-@dataclass(slots=True)
 class Layout:
-    kind: str  # "gnu" | "bsd" | "thin"
-    # (name, header_offset, data_offset, size) as in RawMember, but plain
-    # tuples: one is made per member, and a plain tuple costs a tenth as much.
-    members: list[tuple[str, int, int, int]]
-    index_layout: str | None  # INDEX_* or None
-    index_data: memoryview | None
-    index_offset: int  # header offset of the index member, for messages
+    # A plain class: a dataclass decoration execs generated code at import (start-up).
+    __slots__ = ("kind", "members", "index_layout", "index_data", "index_offset")
+
+    def __init__(self, kind: str, members: list[tuple[str, int, int, int]], index_layout: str | None,
+                 index_data: memoryview | None, index_offset: int) -> None:
+        self.kind = kind  # "gnu" | "bsd" | "thin"
+        # (name, header_offset, data_offset, size) as in RawMember, but plain
+        # tuples: one is made per member, and a plain tuple costs a tenth as much.
+        self.members = members
+        self.index_layout = index_layout  # INDEX_* or None
+        self.index_data = index_data
+        self.index_offset = index_offset  # header offset of the index member, for messages
 
 
 def is_archive(data: bytes | bytearray | memoryview) -> bool:
