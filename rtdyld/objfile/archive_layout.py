@@ -9,7 +9,7 @@ symbol index and long-name table.  Member bytes are never read here.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from operator import itemgetter
 
 from rtdyld.errors import MalformedObjectError
 
@@ -45,13 +45,22 @@ NAME_ENCODING = "utf-8"
 NAME_ERRORS = "surrogateescape"
 
 
-class RawMember(NamedTuple):
-    """Where one member is: ``data_offset`` is meaningless for thin members."""
+class RawMember(tuple):
+    """Where one member is, (name, header_offset, data_offset, size):
+    ``data_offset`` is meaningless for thin members.
 
-    name: str
-    header_offset: int
-    data_offset: int
-    size: int
+    A named tuple written out: a NamedTuple class compiles each field's
+    annotation and execs generated code, at every start-up."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: str, header_offset: int, data_offset: int, size: int) -> RawMember:
+        return tuple.__new__(cls, (name, header_offset, data_offset, size))
+
+    name = property(itemgetter(0))
+    header_offset = property(itemgetter(1))
+    data_offset = property(itemgetter(2))
+    size = property(itemgetter(3))
 
 
 class Layout:
