@@ -195,3 +195,21 @@ def test_rtdyld_run_generates_no_dataclass_methods_of_the_link_path(build):
     assert status == "7"
     others = {"rtdyld.unwind.EhFrameImage", "rtdyld.definitions.DefinitionTable", "memmgr.procmaps.Mapping"}
     assert set(eval(made)) <= others  # noqa: S307 (a list of names this test printed)
+
+
+def test_a_command_named_first_is_parsed_by_its_own_parser_alone(capsys):
+    """No top-level parser is made to pass ``rtdyld run ...`` on; the command's
+    parser is the one the subcommand would have been, usage, errors and all."""
+    from rtdyld.cli import build_parser, main
+
+    args = build_parser("run").parse_args(["--stats", "-l", "m", "a.o", "b.o"])
+    assert (args.command, args.inputs, args.libraries, args.stats) == ("run", ["a.o", "b.o"], ["m"], True)
+    assert main(["run", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: rtdyld run [-h] ")
+    assert main(["map", "a.o", "--no-such-option"]) == 1
+    assert capsys.readouterr().err == (
+        "rtdyld: error: unrecognized arguments: --no-such-option (see 'rtdyld map --help')\n")
+    assert main(["run"]) == 1
+    assert "the following arguments are required: INPUT (see 'rtdyld run --help')" in capsys.readouterr().err
+    full = build_parser()
+    assert full.parse_args(["symbols", "--undefined", "a.o"]).command == "symbols"
