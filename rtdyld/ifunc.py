@@ -22,7 +22,6 @@ resolved address.  IFUNCs of the host (libc's ``memcpy``) come resolved from
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from . import layout as L

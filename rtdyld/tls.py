@@ -37,7 +37,6 @@ statically linked program would have.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from .errors import LinkError, RelocationOverflowError

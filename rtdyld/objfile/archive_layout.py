@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from operator import itemgetter
+from typing import Self
 
 from rtdyld.errors import MalformedObjectError
 
@@ -54,7 +55,7 @@ class RawMember(tuple):
 
     __slots__ = ()
 
-    def __new__(cls, name: str, header_offset: int, data_offset: int, size: int) -> RawMember:
+    def __new__(cls, name: str, header_offset: int, data_offset: int, size: int) -> Self:
         return tuple.__new__(cls, (name, header_offset, data_offset, size))
 
     name = property(itemgetter(0))
@@ -65,7 +66,7 @@ class RawMember(tuple):
 
 class Layout:
     # A plain class: a dataclass decoration execs generated code at import (start-up).
-    __slots__ = ("kind", "members", "index_layout", "index_data", "index_offset")
+    __slots__ = ("index_data", "index_layout", "index_offset", "kind", "members")
 
     def __init__(self, kind: str, members: list[tuple[str, int, int, int]], index_layout: str | None,
                  index_data: memoryview | None, index_offset: int) -> None:

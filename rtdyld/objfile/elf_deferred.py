@@ -135,8 +135,8 @@ class BatchTables:
 
     # A plain class, not a NamedTuple: making one of those compiles each
     # field's annotation and execs generated code, at every start-up.
-    __slots__ = ("raw_symbols", "symbol_attrs", "object_sections", "symbol_counts", "symbol_owner",
-                 "symbol_sections", "relocs", "kind_counts", "made")
+    __slots__ = ("kind_counts", "made", "object_sections", "raw_symbols", "relocs", "symbol_attrs", "symbol_counts",
+                 "symbol_owner", "symbol_sections")
 
     def __init__(self, raw_symbols: np.ndarray, symbol_attrs: np.ndarray, object_sections: np.ndarray,
                  symbol_counts: list[int], symbol_owner: np.ndarray, symbol_sections: np.ndarray,

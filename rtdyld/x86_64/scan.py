@@ -10,7 +10,6 @@ ones), as JITLink and lld do, so such targets need no slot.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from .edges import ABSOLUTE_32, NEEDS_GOT_SLOT, Edge, kind_mask
