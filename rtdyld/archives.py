@@ -11,7 +11,6 @@ once per session; removing the batch that holds it makes it available again.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,13 +55,14 @@ def list_member_definitions(data: memoryview, name: str) -> list[str]:
     return defined_globals(parse_member(data, name))
 
 
-@dataclass
 class Pull:
     """Why a member was loaded: ``symbol`` was undefined in ``referrer``."""
 
-    member: Member
-    symbol: str
-    referrer: str
+    # A plain class: a dataclass decoration execs generated code at import (start-up).
+    def __init__(self, member: Member, symbol: str, referrer: str) -> None:
+        self.member = member
+        self.symbol = symbol
+        self.referrer = referrer
 
 
 class ArchiveSet:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import textwrap
 
 from .errors import LinkError, UsageError
 
@@ -37,6 +36,8 @@ addresses:
 
 
 def _wrap(text: str) -> str:
+    import textwrap  # (only the inspecting commands' descriptions: ~1 ms of 'rtdyld run' otherwise)
+
     return textwrap.fill(text, 79)
 
 
@@ -125,7 +126,7 @@ def _add_inspect_parser(sub, name: str, help: str, description: str, formats: bo
 # 'rtdyld run' adds to numpy's import.
 
 
-def _run_parser(sub, name: str, help: str) -> None:
+def _run_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     run = sub.add_parser(
         name,
         help=help,
@@ -143,9 +144,10 @@ def _run_parser(sub, name: str, help: str) -> None:
     run.add_argument("--stats", action="store_true",
                      help="print the seconds each link phase took to stderr, as NAME_s=SECONDS lines; the "
                      "last is link_s (first input read to symbols published)")
+    return run
 
 
-def _trace_parser(sub, name: str, help: str) -> None:
+def _trace_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     trace = _add_inspect_parser(
         sub, name, help,
         "Link the inputs (without running them, unless --run) and print every relocation "
@@ -165,9 +167,10 @@ def _trace_parser(sub, name: str, help: str) -> None:
     trace.add_argument("--type", metavar="TYPE", help="only relocations of TYPE (R_X86_64_PLT32, or just PLT32)")
     trace.add_argument("--no-disasm", dest="disasm", action="store_false",
                        help="do not disassemble the instructions around each fixup")
+    return trace
 
 
-def _symbols_parser(sub, name: str, help: str) -> None:
+def _symbols_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     symbols = _add_inspect_parser(
         sub, name, help,
         "Link the inputs and print every symbol the batch defines (address, size, type, "
@@ -179,10 +182,11 @@ def _symbols_parser(sub, name: str, help: str) -> None:
     symbols.add_argument("--undefined", action="store_true",
                          help="list the names the inputs need from elsewhere, without failing on missing ones")
     symbols.add_argument("--locals", action="store_true", help="include local symbols")
+    return symbols
 
 
-def _map_parser(sub, name: str, help: str) -> None:
-    _add_inspect_parser(
+def _map_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return _add_inspect_parser(
         sub, name, help,
         "Link the inputs and print the memory layout like a linker map file: each segment "
         "with its protection and size, the sections placed in it with their objects, the stub area, the "
@@ -190,7 +194,7 @@ def _map_parser(sub, name: str, help: str) -> None:
     )
 
 
-def _check_parser(sub, name: str, help: str) -> None:
+def _check_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     check = _add_inspect_parser(
         sub, name, help,
         "Link the inputs and evaluate the '# rtdyld-check: EXPR = EXPR' and "
@@ -206,9 +210,10 @@ def _check_parser(sub, name: str, help: str) -> None:
     check.add_argument("--check-prefix", dest="check_prefixes", action="append", default=[], metavar="NAME",
                        help="look for 'NAME:' lines (repeatable; default: rtdyld-check and jitlink-check)")
     check.add_argument("-v", "--verbose", action="store_true", help="print passing checks too")
+    return check
 
 
-def _cache_parser(sub, name: str, help: str) -> None:
+def _cache_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     cachep = sub.add_parser(
         name, help=help,
         description="'stats' prints the entries and bytes of the object cache in DIR (made by --cache); "
@@ -217,6 +222,7 @@ def _cache_parser(sub, name: str, help: str) -> None:
     cachep.add_argument("action", choices=("stats", "clear"))
     cachep.add_argument("directory", metavar="DIR")
     cachep.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
+    return cachep
 
 
 SUBCOMMANDS = {  # name -> (one-line help, the function adding its parser)
@@ -229,15 +235,31 @@ SUBCOMMANDS = {  # name -> (one-line help, the function adding its parser)
 }
 
 
+class _OneCommand:
+    """In place of the subparsers action when the command line names its
+    command first: that command's parser is made alone, as ``rtdyld NAME``
+    (what the action would call it), and parses the rest of the line.  The
+    top-level parser would only pass the line on, at the cost of a parser
+    (argparse asks gettext for each of its messages)."""
+
+    def add_parser(self, name: str, help: str, **kwargs) -> _Parser:
+        parser = _Parser(prog=f"rtdyld {name}", **kwargs)
+        parser.set_defaults(command=name)
+        return parser
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with ``command``, the parser of that
-    subcommand only (the others matter only to ``rtdyld --help`` and to a
-    command line that names none of them)."""
+    subcommand alone, for the arguments after the command's name (the others
+    matter only to ``rtdyld --help`` and to a command line that names none of
+    them)."""
+    if command is not None:
+        text, add_parser = SUBCOMMANDS[command]
+        return add_parser(_OneCommand(), command, text)
     parser = _Parser(prog="rtdyld", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (help, add_parser) in SUBCOMMANDS.items():
-        if command is None or command == name:
-            add_parser(sub, name, help)
+        add_parser(sub, name, help)
     return parser
 
 
@@ -520,9 +542,10 @@ def _import_numpy_without_blas_threads() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, program_args = split_program_args(argv)
-    parser = build_parser(own[0] if own and own[0] in SUBCOMMANDS else None)
+    named = bool(own) and own[0] in SUBCOMMANDS
+    parser = build_parser(own[0] if named else None)
     try:
-        args = parser.parse_args(own)
+        args = parser.parse_args(own[1:] if named else own)
     except SystemExit as e:
         return int(e.code or 0)
     if not args.command:

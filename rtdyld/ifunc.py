@@ -22,8 +22,6 @@ resolved address.  IFUNCs of the host (libc's ``memcpy``) come resolved from
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from . import layout as L
@@ -61,13 +59,15 @@ class IfuncError(LinkError):
     """An IFUNC resolver gave no usable address."""
 
 
-@dataclass
 class IfuncPlan:
-    targets: np.ndarray  # canonical symbol ids of the batch's IFUNC symbols
-    deferred: np.ndarray  # bool per relocation: written again once resolved
-    names: dict[str, int] = field(default_factory=dict)  # published name -> target id
-    resolver: np.ndarray | None = None  # resolver address per target
-    slot_work: dict[int, int] = field(default_factory=dict)  # target -> GOT slot work offset
+    # A plain class: a dataclass decoration execs generated code at import (start-up).
+    def __init__(self, targets: np.ndarray, deferred: np.ndarray, names: dict[str, int] | None = None,
+                 resolver: np.ndarray | None = None, slot_work: dict[int, int] | None = None) -> None:
+        self.targets = targets  # canonical symbol ids of the batch's IFUNC symbols
+        self.deferred = deferred  # bool per relocation: written again once resolved
+        self.names = {} if names is None else names  # published name -> target id
+        self.resolver = resolver  # resolver address per target
+        self.slot_work = {} if slot_work is None else slot_work  # target -> GOT slot work offset
 
 
 def plan(batch, scanned: scan.ScanResult) -> tuple[scan.ScanResult, IfuncPlan | None]:

@@ -9,7 +9,6 @@ can live with the read-only data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from operator import attrgetter
 
 from .objfile.model import Section, SectionFlags, SectionRole
@@ -58,12 +57,13 @@ def segments_of(sections: list[Section]) -> list[str]:
     return segments
 
 
-@dataclass
 class SegmentPlan:
     """A segment being laid out: ``size`` is the end of what is placed so far."""
 
-    name: str
-    size: int = 0
+    # A plain class: a dataclass decoration execs generated code at import (start-up).
+    def __init__(self, name: str, size: int = 0) -> None:
+        self.name = name
+        self.size = size
 
     def place(self, size: int, align: int) -> int:
         """Offset of ``size`` more bytes aligned to ``align``."""

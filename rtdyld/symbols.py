@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 
 from . import host
 
 PROCESS = "process"
 
 
-@dataclass(eq=False)
+# A dataclass for the link cache, which stores it by field, but with its
+# methods written out: generating them execs code in every new process.
+# Compared by identity.
+@dataclass(init=False, repr=False, eq=False)
 class SymbolDef:
     """A definition: where a name lives and who put it there."""
 
@@ -34,6 +37,21 @@ class SymbolDef:
     origin: str = ""  # defining object, "user definition", a library path, "process"
     section: str = ""
     batch: object | None = None  # the Handle whose memory holds it
+
+    def __init__(self, name: str, address: int, size: int = 0, type: int = 0, bind: int = 1, vis: int = 0,
+                 origin: str = "", section: str = "", batch: object | None = None) -> None:
+        self.name = name
+        self.address = address
+        self.size = size
+        self.type = type
+        self.bind = bind
+        self.vis = vis
+        self.origin = origin
+        self.section = section
+        self.batch = batch
+
+    def __repr__(self) -> str:  # as the generated one would be
+        return f"{type(self).__qualname__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in fields(self))})"
 
 
 class PublishedSymbols(MutableMapping):
@@ -100,11 +118,15 @@ class PublishedSymbols(MutableMapping):
         return f"<PublishedSymbols: {len(self._holder)} names>"
 
 
-@dataclass
 class Library:
-    name: str
-    path: str
-    handle: object = field(repr=False)
+    # A plain class: a dataclass decoration execs generated code at import (start-up).
+    def __init__(self, name: str, path: str, handle: object) -> None:
+        self.name = name
+        self.path = path
+        self.handle = handle
+
+    def __repr__(self) -> str:
+        return f"Library(name={self.name!r}, path={self.path!r})"
 
 
 def host_names(name: str, prefix: str) -> list[str]:

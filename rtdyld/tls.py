@@ -37,8 +37,6 @@ statically linked program would have.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .errors import LinkError, RelocationOverflowError
@@ -118,24 +116,28 @@ def keep_tls_calls(batch, scanned):
     return type(scanned)(got_targets=got, stub_targets=scanned.stub_targets, use_stub=scanned.use_stub, relax=relax)
 
 
-@dataclass
+# Plain classes: a dataclass decoration execs generated code at import (start-up).
+
+
 class TlsPlan:
-    sections: np.ndarray  # global section ids of the TLS sections
-    gd_targets: np.ndarray  # canonical targets with a general-dynamic GOT pair
-    ie_targets: np.ndarray  # canonical targets with an initial-exec GOT slot
-    local_dynamic: bool  # the batch needs the {module, 0} pair
-    got_off: int  # of the TLS GOT entries within the read-only data segment
-    got_size: int
-    module: object = None  # TlsModule once loaded (or the static stand-in)
-    got_address: int = 0
+    def __init__(self, sections: np.ndarray, gd_targets: np.ndarray, ie_targets: np.ndarray, local_dynamic: bool,
+                 got_off: int, got_size: int, module: object = None, got_address: int = 0) -> None:
+        self.sections = sections  # global section ids of the TLS sections
+        self.gd_targets = gd_targets  # canonical targets with a general-dynamic GOT pair
+        self.ie_targets = ie_targets  # canonical targets with an initial-exec GOT slot
+        self.local_dynamic = local_dynamic  # the batch needs the {module, 0} pair
+        self.got_off = got_off  # of the TLS GOT entries within the read-only data segment
+        self.got_size = got_size
+        self.module = module  # TlsModule once loaded (or the static stand-in)
+        self.got_address = got_address
 
 
-@dataclass
 class StaticPlacement:
     """The TLS block as a static executable would have it: module 1, just below %fs."""
 
-    modid: int
-    tp_offset: int
+    def __init__(self, modid: int, tp_offset: int) -> None:
+        self.modid = modid
+        self.tp_offset = tp_offset
 
     def close(self) -> None:
         pass

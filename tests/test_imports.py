@@ -118,3 +118,98 @@ def test_rtdyld_run_starts_no_blas_threads_and_hands_the_program_its_environment
     if plain > 1:  # (one core: OpenBLAS starts no thread either way)
         given = run(OPENBLAS_NUM_THREADS=str(plain))
         assert given == f"{plain} {plain}\n"  # a value the user set is theirs
+
+
+WRITTEN_OUT = ("rtdyld.objfile.model:Section", "rtdyld.objfile.model:Group", "rtdyld.objfile.model:ObjectFile",
+               "rtdyld.symbols:SymbolDef")
+
+
+@pytest.mark.parametrize("where", WRITTEN_OUT)
+def test_a_dataclass_with_written_out_methods_takes_its_fields_in_order_with_their_defaults(where):
+    """The link cache walks these by field; their __init__ must stay the one
+    dataclass would generate (a mutable default, None, making a fresh one)."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    module, name = where.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(cls)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for p, f in zip(params, fields):
+        if f.default is not dataclasses.MISSING:
+            assert p.default == f.default, f.name
+        elif f.default_factory is not dataclasses.MISSING:
+            assert p.default is None, f.name
+        else:
+            assert p.default is inspect.Parameter.empty, f.name
+    args = {p.name: object() for p in params if p.default is inspect.Parameter.empty}
+    made = cls(**args)
+    for f in fields:
+        expected = args[f.name] if f.name in args else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        assert getattr(made, f.name) == expected or getattr(made, f.name) is expected, f.name
+    assert repr(made).startswith(f"{name}({fields[0].name}={getattr(made, fields[0].name)!r}, ")
+
+
+def test_records_compare_as_before():
+    """Sections and groups compare by value (the link cache's round trip is
+    checked that way), objects and definitions by identity."""
+    import dataclasses
+
+    from rtdyld.objfile.model import Group, ObjectFile, Section, SectionFlags
+    from rtdyld.symbols import SymbolDef
+
+    s = Section(".text", b"\x90", 1, 16, SectionFlags.EXEC)
+    assert s == dataclasses.replace(s) and s != dataclasses.replace(s, align=8) and s != (s.name,)
+    assert Group("g", [1, 2]) == Group("g", [1, 2]) != Group("g", [1])
+    obj = ObjectFile("a.o", "elf", [s], None, [], None)
+    assert obj != dataclasses.replace(obj)
+    assert SymbolDef("f", 16) != SymbolDef("f", 16)
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(s)
+
+
+def test_rtdyld_run_generates_no_dataclass_methods_of_the_link_path(build):
+    """A dataclass decoration execs generated code in every new process; the
+    records ``rtdyld run`` loads are plain classes, or dataclasses with their
+    methods written out.  (The listed ones belong to other layers.)"""
+    obj = build.cc_text("int main(void) { return 7; }\n", "-O2", "-fPIC", stem="run_seven")
+    code = (
+        "import dataclasses, sys\n"
+        "made = []\n"
+        "plain = dataclasses.dataclass\n"
+        "def record(cls=None, /, **kw):\n"
+        "    def wrap(c):\n"
+        "        if kw.get('init', True) or kw.get('repr', True) or kw.get('eq', True):\n"
+        "            made.append(f'{c.__module__}.{c.__qualname__}')\n"
+        "        return plain(c, **kw)\n"
+        "    return wrap if cls is None else wrap(cls)\n"
+        "dataclasses.dataclass = record\n"
+        "from rtdyld.cli import main\n"
+        f"status = main(['run', {str(obj)!r}])\n"
+        "print(status, sorted(m for m in made if m.startswith(('rtdyld', 'memmgr'))))\n"
+    )
+    status, made = _child(code).split(" ", 1)
+    assert status == "7"
+    others = {"rtdyld.unwind.EhFrameImage", "rtdyld.definitions.DefinitionTable", "memmgr.procmaps.Mapping"}
+    assert set(eval(made)) <= others
+
+
+def test_a_command_named_first_is_parsed_by_its_own_parser_alone(capsys):
+    """No top-level parser is made to pass ``rtdyld run ...`` on; the command's
+    parser is the one the subcommand would have been, usage, errors and all."""
+    from rtdyld.cli import build_parser, main
+
+    args = build_parser("run").parse_args(["--stats", "-l", "m", "a.o", "b.o"])
+    assert (args.command, args.inputs, args.libraries, args.stats) == ("run", ["a.o", "b.o"], ["m"], True)
+    assert main(["run", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: rtdyld run [-h] ")
+    assert main(["map", "a.o", "--no-such-option"]) == 1
+    assert capsys.readouterr().err == (
+        "rtdyld: error: unrecognized arguments: --no-such-option (see 'rtdyld map --help')\n")
+    assert main(["run"]) == 1
+    assert "the following arguments are required: INPUT (see 'rtdyld run --help')" in capsys.readouterr().err
+    full = build_parser()
+    assert full.parse_args(["symbols", "--undefined", "a.o"]).command == "symbols"

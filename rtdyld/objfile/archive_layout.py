@@ -9,8 +9,8 @@ symbol index and long-name table.  Member bytes are never read here.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import NamedTuple
+from operator import itemgetter
+from typing import Self
 
 from rtdyld.errors import MalformedObjectError
 
@@ -46,24 +46,37 @@ NAME_ENCODING = "utf-8"
 NAME_ERRORS = "surrogateescape"
 
 
-class RawMember(NamedTuple):
-    """Where one member is: ``data_offset`` is meaningless for thin members."""
+class RawMember(tuple):
+    """Where one member is, (name, header_offset, data_offset, size):
+    ``data_offset`` is meaningless for thin members.
 
-    name: str
-    header_offset: int
-    data_offset: int
-    size: int
+    A named tuple written out: a NamedTuple class compiles each field's
+    annotation and execs generated code, at every start-up."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: str, header_offset: int, data_offset: int, size: int) -> Self:
+        return tuple.__new__(cls, (name, header_offset, data_offset, size))
+
+    name = property(itemgetter(0))
+    header_offset = property(itemgetter(1))
+    data_offset = property(itemgetter(2))
+    size = property(itemgetter(3))
 
 
-@dataclass(slots=True)
 class Layout:
-    kind: str  # "gnu" | "bsd" | "thin"
-    # (name, header_offset, data_offset, size) as in RawMember, but plain
-    # tuples: one is made per member, and a plain tuple costs a tenth as much.
-    members: list[tuple[str, int, int, int]]
-    index_layout: str | None  # INDEX_* or None
-    index_data: memoryview | None
-    index_offset: int  # header offset of the index member, for messages
+    # A plain class: a dataclass decoration execs generated code at import (start-up).
+    __slots__ = ("index_data", "index_layout", "index_offset", "kind", "members")
+
+    def __init__(self, kind: str, members: list[tuple[str, int, int, int]], index_layout: str | None,
+                 index_data: memoryview | None, index_offset: int) -> None:
+        self.kind = kind  # "gnu" | "bsd" | "thin"
+        # (name, header_offset, data_offset, size) as in RawMember, but plain
+        # tuples: one is made per member, and a plain tuple costs a tenth as much.
+        self.members = members
+        self.index_layout = index_layout  # INDEX_* or None
+        self.index_data = index_data
+        self.index_offset = index_offset  # header offset of the index member, for messages
 
 
 def is_archive(data: bytes | bytearray | memoryview) -> bool:

@@ -12,7 +12,6 @@ MalformedObjectError naming the object and the offending section or entry.
 from __future__ import annotations
 
 import functools
-import re
 import struct
 from array import array
 from dataclasses import fields
@@ -50,7 +49,10 @@ from .model import (
 from .records import join
 from .strtab import names_at, read_names
 
-_PRIORITY = re.compile(r"^\.(init_array|fini_array|ctors|dtors)\.(\d+)$")
+# Sections whose name may end in ".N", an init/fini priority (read with str
+# methods, not a regular expression: compiling one is most of what a pattern
+# costs a process that reads a few objects).
+_PRIORITY_KINDS = ("init_array", "fini_array", "ctors", "dtors")
 # Sections and objects are made with positional arguments, in the order of
 # the model's fields: a dataclass takes keyword arguments at twice the cost,
 # which is a tenth of reading a small archive member.
@@ -552,10 +554,18 @@ def _kind(name: str, sh_type: int, sh_flags: int) -> tuple[SectionFlags, Section
     return (_section_flags(sh_flags, sh_type == T.SHT_NOBITS), *_role(name, sh_type))
 
 
+def _priority(name: str) -> tuple[str, int] | None:
+    """(kind, N) for a name ".KIND.N" of _PRIORITY_KINDS with N decimal digits, else None."""
+    kind, dot, digits = name[1:].partition(".")
+    if name[:1] == "." and dot and kind in _PRIORITY_KINDS and digits.isdecimal():
+        return kind, int(digits)
+    return None
+
+
 def _role(name: str, sh_type: int) -> tuple[SectionRole, int | None]:
-    m = _PRIORITY.match(name)
-    priority = int(m.group(2)) if m else None
-    base = m.group(1) if m else name.lstrip(".")
+    m = _priority(name)
+    priority = m[1] if m else None
+    base = m[0] if m else name.lstrip(".")
     if sh_type == T.SHT_PREINIT_ARRAY:
         return SectionRole.INIT_ARRAY, -1
     if sh_type == T.SHT_INIT_ARRAY or base == "init_array":

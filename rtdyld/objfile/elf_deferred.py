@@ -30,7 +30,6 @@ from array import array
 from dataclasses import fields
 from itertools import accumulate
 from operator import ge, gt
-from typing import NamedTuple
 
 import numpy as np
 
@@ -126,7 +125,7 @@ class _Pending:
         self.blocks = _section_blocks(reader) if blocks else None
 
 
-class BatchTables(NamedTuple):
+class BatchTables:
     """The symbol and relocation tables of a batch's objects, converted
     together: each object's rows in its own numbering (its sections, its
     symbols), the objects' rows end to end in batch order.
@@ -134,22 +133,30 @@ class BatchTables(NamedTuple):
     The batch reads the symbols' columns; the model's table of them
     (``symbols``) is made only if an object's own is asked for."""
 
-    raw_symbols: np.ndarray  # the ELF rows (_SYM_IN): ``value`` and ``size`` are the model's
-    symbol_attrs: np.ndarray  # per symbol, its model bind, type and vis
-    object_sections: np.ndarray  # per symbol, its section in its object's numbering (the model's)
-    symbol_counts: list[int]  # per object
-    symbol_owner: np.ndarray  # per symbol, its object
-    # the symbols' sections numbered across the batch as ``relocs`` numbers
-    # them (SEC_* numbers as they are), in 64 bits, for the batch to renumber in place
-    symbol_sections: np.ndarray
-    # BATCH_RELOC_DTYPE, each object's rows sorted by (section, offset), the
-    # sections numbered across the batch (each object's after the previous
-    # one's, an object without sections taking one number); ``sym`` numbered
-    # across the batch, ``lsym`` the object's own.
-    relocs: np.ndarray
-    kind_counts: list[int]  # rows of each edge kind, indexed by kind
-    # The model's symbol table (SYM_DTYPE) once made, in a list so the tuple can hold it.
-    made: list
+    # A plain class, not a NamedTuple: making one of those compiles each
+    # field's annotation and execs generated code, at every start-up.
+    __slots__ = ("kind_counts", "made", "object_sections", "raw_symbols", "relocs", "symbol_attrs", "symbol_counts",
+                 "symbol_owner", "symbol_sections")
+
+    def __init__(self, raw_symbols: np.ndarray, symbol_attrs: np.ndarray, object_sections: np.ndarray,
+                 symbol_counts: list[int], symbol_owner: np.ndarray, symbol_sections: np.ndarray,
+                 relocs: np.ndarray, kind_counts: list[int], made: list) -> None:
+        self.raw_symbols = raw_symbols  # the ELF rows (_SYM_IN): ``value`` and ``size`` are the model's
+        self.symbol_attrs = symbol_attrs  # per symbol, its model bind, type and vis
+        self.object_sections = object_sections  # per symbol, its section in its object's numbering (the model's)
+        self.symbol_counts = symbol_counts  # per object
+        self.symbol_owner = symbol_owner  # per symbol, its object
+        # the symbols' sections numbered across the batch as ``relocs`` numbers
+        # them (SEC_* numbers as they are), in 64 bits, for the batch to renumber in place
+        self.symbol_sections = symbol_sections
+        # BATCH_RELOC_DTYPE, each object's rows sorted by (section, offset), the
+        # sections numbered across the batch (each object's after the previous
+        # one's, an object without sections taking one number); ``sym`` numbered
+        # across the batch, ``lsym`` the object's own.
+        self.relocs = relocs
+        self.kind_counts = kind_counts  # rows of each edge kind, indexed by kind
+        # The model's symbol table (SYM_DTYPE) once made (a list, as when this was a tuple).
+        self.made = made
 
     @property
     def symbols(self) -> np.ndarray:

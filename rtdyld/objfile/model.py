@@ -11,7 +11,7 @@ error messages).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum, IntFlag
 
 import numpy as np
@@ -110,7 +110,13 @@ class SectionRole(IntEnum):
     EH_FRAME = 5
 
 
-@dataclass(slots=True)  # (no dict per section: half the memory to fill, an archive member having a dozen)
+# The classes below are dataclasses for what walks them by field (the link
+# cache stores them with dataclasses.fields and replace), but their methods are
+# written out: generating them execs code, ~0.4 ms a class in every new
+# process.  tests/test_imports.py checks that each __init__ takes the fields.
+
+
+@dataclass(slots=True, init=False, repr=False, eq=False)  # (slots: no dict per section, a member having a dozen)
 class Section:
     """One loadable section of an object."""
 
@@ -124,16 +130,55 @@ class Section:
     group: int | None = None  # index into ObjectFile.groups (COMDAT)
     source_index: int = -1  # the format's own section number, for messages
 
+    def __init__(self, name: str, data: bytes | memoryview, size: int, align: int, flags: SectionFlags,
+                 role: SectionRole = SectionRole.NORMAL, priority: int | None = None, group: int | None = None,
+                 source_index: int = -1) -> None:
+        self.name = name
+        self.data = data
+        self.size = size
+        self.align = align
+        self.flags = flags
+        self.role = role
+        self.priority = priority
+        self.group = group
+        self.source_index = source_index
 
-@dataclass
+    def _key(self) -> tuple:
+        return (self.name, self.data, self.size, self.align, self.flags, self.role, self.priority, self.group,
+                self.source_index)
+
+    def __eq__(self, other):
+        return self._key() == other._key() if other.__class__ is self.__class__ else NotImplemented
+
+    __hash__ = None  # (mutable, compared by value)
+
+    def __repr__(self) -> str:
+        return field_repr(self)
+
+
+@dataclass(init=False, repr=False, eq=False)
 class Group:
     """A COMDAT group: keep one copy per signature, drop the others."""
 
     signature: str
     sections: list[int]
 
+    def __init__(self, signature: str, sections: list[int]) -> None:
+        self.signature = signature
+        self.sections = sections
 
-@dataclass
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.signature, self.sections) == (other.signature, other.sections)
+
+    __hash__ = None  # (mutable, compared by value)
+
+    def __repr__(self) -> str:
+        return field_repr(self)
+
+
+@dataclass(init=False, repr=False, eq=False)
 class ObjectFile:
     """A relocatable object, read into tables.
 
@@ -153,6 +198,25 @@ class ObjectFile:
     rtype_names: Mapping[int, str] = field(default_factory=dict)
     subsections_via_symbols: bool = False
 
+    def __init__(self, name: str, format: str, sections: list[Section], symbols: np.ndarray, names: list[str],
+                 relocs: np.ndarray, groups: list[Group] | None = None, symbol_prefix: str = "",
+                 rtype_names: Mapping[int, str] | None = None, subsections_via_symbols: bool = False) -> None:
+        self.name = name
+        self.format = format
+        self.sections = sections
+        self.symbols = symbols
+        self.names = names
+        self.relocs = relocs
+        self.groups = [] if groups is None else groups
+        self.symbol_prefix = symbol_prefix
+        self.rtype_names = {} if rtype_names is None else rtype_names
+        self.subsections_via_symbols = subsections_via_symbols
+
+    # Compared by identity: its fields hold numpy tables, which compare element-wise.
+
+    def __repr__(self) -> str:
+        return field_repr(self)
+
     def reloc_type_name(self, rtype: int) -> str:
         return self.rtype_names.get(int(rtype), f"type {int(rtype)}")
 
@@ -165,6 +229,11 @@ class ObjectFile:
         if 0 <= sec < len(self.sections):
             return self.sections[sec].name
         return f"<symbol {index}>"
+
+
+def field_repr(record) -> str:
+    """What a generated dataclass __repr__ would say: the class and each field."""
+    return f"{type(record).__qualname__}({', '.join(f'{f.name}={getattr(record, f.name)!r}' for f in fields(record))})"
 
 
 _LOCAL_BIND, _GLOBAL_BIND = int(Bind.LOCAL), int(Bind.GLOBAL)  # plain ints: an enum member costs a look-up per use

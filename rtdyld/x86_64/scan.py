@@ -10,8 +10,6 @@ ones), as JITLink and lld do, so such targets need no slot.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .edges import ABSOLUTE_32, NEEDS_GOT_SLOT, Edge, kind_mask
@@ -30,12 +28,14 @@ _SLOT_KINDS = [int(k) for k in NEEDS_GOT_SLOT]
 _BRANCH32 = int(Edge.Branch32)
 
 
-@dataclass
 class ScanResult:
-    got_targets: np.ndarray  # unique canonical target ids that get a GOT slot
-    stub_targets: np.ndarray  # unique canonical target ids that get a stub
-    use_stub: np.ndarray  # bool per relocation: S is the target's stub
-    relax: np.ndarray  # RELAX_* per relocation
+    # A plain class: a dataclass decoration execs generated code at import (start-up).
+    def __init__(self, got_targets: np.ndarray, stub_targets: np.ndarray, use_stub: np.ndarray,
+                 relax: np.ndarray) -> None:
+        self.got_targets = got_targets  # unique canonical target ids that get a GOT slot
+        self.stub_targets = stub_targets  # unique canonical target ids that get a stub
+        self.use_stub = use_stub  # bool per relocation: S is the target's stub
+        self.relax = relax  # RELAX_* per relocation
 
 
 def needs_low_memory(kind: np.ndarray, internal_target: np.ndarray) -> np.ndarray:
