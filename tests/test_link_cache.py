@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import cffi
@@ -177,6 +178,22 @@ def test_warm_batch_can_be_removed_and_relinked(tmp_path, user_value):
     h2.remove()
 
 
+class _WatchedLock:
+    """A lock that sets ``second_reader`` when a second thread asks for it."""
+
+    def __init__(self, lock, second_reader) -> None:
+        self.lock, self.second_reader, self.entered = lock, second_reader, []
+
+    def __enter__(self):
+        self.entered.append(threading.current_thread())  # (an append is atomic; += 1 is not)
+        if len(self.entered) == 2:
+            self.second_reader.set()
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
+
+
 def test_a_warm_batch_keeps_the_earlier_batch_it_calls_from_removal(tmp_path):
     lib = compile_c("int base_value(void) { return 7; }", tmp_path / "lib.o", *CFLAGS)
     use = compile_c("extern int base_value(void); int use(void) { return base_value() * 6; }", tmp_path / "use.o",
@@ -213,20 +230,7 @@ def test_a_warm_batch_read_by_two_threads_at_once_gives_both_the_same_objects_an
     lb = h.batch
     assert lb.objects._made is None and lb.pulls._made is None  # nothing has read them yet
     second_reader = threading.Event()
-    real_lock = placed._making
-    entered = []
-
-    class Watched:  # the lock, noting when the second reader asks for it
-        def __enter__(self):
-            entered.append(threading.current_thread())
-            if len(entered) == 2:
-                second_reader.set()
-            return real_lock.__enter__()
-
-        def __exit__(self, *exc):
-            return real_lock.__exit__(*exc)
-
-    monkeypatch.setattr(placed, "_making", Watched())
+    monkeypatch.setattr(placed, "_making", _WatchedLock(placed._making, second_reader))
     make = lb.objects._make
 
     making = threading.Event()
@@ -728,20 +732,7 @@ def test_a_lazy_object_read_by_two_threads_at_once_is_made_once_for_both(tmp_pat
 
     full = parse_object(compile_c("int g = 3;", tmp_path / "g.o", *CFLAGS).read_bytes(), "g.o")
     second_reader = threading.Event()
-    real_lock = tables._loading
-    entered = []
-
-    class Watched:  # the lock, noting when the second reader asks for it
-        def __enter__(self):
-            entered.append(threading.current_thread())
-            if len(entered) == 2:
-                second_reader.set()
-            return real_lock.__enter__()
-
-        def __exit__(self, *exc):
-            return real_lock.__exit__(*exc)
-
-    monkeypatch.setattr(tables, "_loading", Watched())
+    monkeypatch.setattr(tables, "_loading", _WatchedLock(tables._loading, second_reader))
     loads = []
 
     def load():
