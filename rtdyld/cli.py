@@ -355,6 +355,10 @@ def _call_entry(ln, args, program_args: list[str]) -> int:
     c_argv = host.ffi.new("char *[]", keep + [host.ffi.NULL])
     sys.stdout.flush()
     status = main(len(argv), c_argv)
+    # Returning from main runs the program's destructors, as exit() would:
+    # now, not at interpreter exit, where they would be lost had a garbage
+    # collection taken the session (by then unreferenced) first.
+    ln.close()
     host.flush_stdio()
     return status & 0xFF
 

@@ -90,6 +90,17 @@ def test_run_runs_destructors(build):
     assert proc.returncode == 0
 
 
+def test_run_runs_destructors_when_the_session_is_collected_before_exit(build):
+    """The destructors run when main returns, so a garbage collection between
+    the command and the interpreter's exit cannot take them with the session."""
+    obj = build.cc("prog/fini.c", *PIE)
+    code = ("import gc, sys\nfrom rtdyld.cli import main\n"
+            f"status = main(['run', {str(obj)!r}])\ngc.collect()\nsys.exit(status)\n")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert (proc.stdout, proc.returncode) == ("fini ran\n", 0)
+
+
 def test_error_undefined_symbol(build):
     obj = build.cc("prog/undefined.c", *PIE)
     assert_error_line(rtdyld_run(obj), "not_defined_anywhere")
