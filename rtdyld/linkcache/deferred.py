@@ -16,6 +16,7 @@ import os
 
 from ..errors import MalformedObjectError
 from ..objfile.archive import Archive, Member
+from ..objfile.archive_index import group
 from .digests import digest
 
 MAGIC = b"!<arch>\n"  # a regular archive: a thin one's members are other files, which no digest covers
@@ -64,7 +65,7 @@ class DeferredArchive(Archive):
         self.content_digest = digest(view) if regular else None
         known = self.tables.load_archive(self.content_digest) if self.tables is not None and regular else None
         if known is None:
-            Archive.__init__(self, self.name, view, mapping, self.list_definitions, os.path.dirname(self.path))
+            Archive.__init__(self, self.name, view, mapping, self.list_definitions, self.path)
             if self._index is not None and self.tables is not None and regular:
                 self.tables.store_archive(self)
             return
@@ -72,7 +73,7 @@ class DeferredArchive(Archive):
         self._view, self._mapping = view, mapping
         self.kind, self.has_index = kind, has_index
         self.members = [Member(self, r, i, None) for i, r in enumerate(raw)]
-        self._index = self._group(names, positions) if names is not None else None
+        self._index = group(names, positions) if names is not None else None
 
     def _index_by_callback(self):
         # An archive without a symbol index is indexed by reading every member:

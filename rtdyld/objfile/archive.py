@@ -26,7 +26,6 @@ from rtdyld.objfile.archive_index import group, read_index
 from rtdyld.objfile.archive_layout import (
     NAME_ENCODING,
     NAME_ERRORS,
-    THIN_MAGIC,
     RawMember,
     is_archive,
     walk,
@@ -141,7 +140,7 @@ class Archive:
         view: memoryview,
         mapping: mmap.mmap | None,
         list_definitions: ListDefinitions | None,
-        thin_dir: str,
+        path: str,
     ):
         self.name = name
         self.list_definitions = list_definitions
@@ -150,7 +149,8 @@ class Archive:
         layout = walk(view, name)
         self.kind = layout.kind
         self.has_index = layout.index_layout is not None
-        if self.kind == "thin":
+        if self.kind == "thin":  # members beside the archive at ``path``
+            thin_dir = os.path.dirname(path)
             self.members = [
                 Member(self, raw, i, os.path.join(thin_dir, raw[0])) for i, raw in enumerate(layout.members)
             ]
@@ -241,11 +241,7 @@ class Archive:
             defined = list(self.list_definitions(member.data, member.display_name))
             names.extend(defined)
             positions.extend([member.index] * len(defined))
-        return self._group(names, positions)
-
-    # name -> position(s) from the names and positions of a symbol index
-    # (archive_index.group), for an index read some other way.
-    _group = staticmethod(group)
+        return group(names, positions)
 
 
 def read_archive(
@@ -265,7 +261,7 @@ def read_archive(
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         display = name if name is not None else "<memory>"
         view = memoryview(path_or_bytes).cast("B")
-        return Archive(display, view, None, list_definitions, _thin_dir(view, name or ""))
+        return Archive(display, view, None, list_definitions, name or "")
     path = os.fspath(path_or_bytes)
     return _read_file(path, name if name is not None else path, list_definitions)[2]
 
@@ -297,7 +293,7 @@ def _parse_file(
     display: str, view: memoryview, mapping: mmap.mmap | None, list_definitions: ListDefinitions | None, path: str
 ) -> Archive:
     try:
-        return Archive(display, view, mapping, list_definitions, _thin_dir(view, path))
+        return Archive(display, view, mapping, list_definitions, path)
     except BaseException:
         view.release()
         if mapping is not None:
@@ -306,13 +302,6 @@ def _parse_file(
             except BufferError:
                 pass  # the traceback still holds views of it; they unmap it when they go
         raise
-
-
-def _thin_dir(view: memoryview, path: str) -> str:
-    """Where the members of the archive in ``view``, found at ``path``, are
-    if it is a thin one: beside it.  (Worked out only then: os.path.dirname
-    is some microseconds of a cold link.)"""
-    return os.path.dirname(path) if bytes(view[:8]) == THIN_MAGIC else ""
 
 
 def _open(path: str, display: str) -> int:

@@ -60,18 +60,14 @@ def read_index(
         names, offsets = _gnu(data, _WORD[layout], where)
     else:
         names, offsets = _bsd(data, _WORD[layout], where)
-    if len(offsets) <= SMALL_INDEX:  # plain ints
+    if len(offsets) <= SMALL_INDEX:  # plain ints: a bad offset shows as None
         position = dict(zip(header_offsets, range(len(header_offsets))))
-        # Names defined once, nearly all of them: the index in one step, a
-        # bad offset showing as None among its values.
-        index: dict[str, int | list[int]] = dict(zip(names, map(position.get, offsets)))
-        if len(index) == len(names) and None not in index.values():
-            return index
         positions = list(map(position.get, offsets))
         if None in positions:
             _no_member(positions.index(None), offsets, names, where)
-        return group(names, positions)
-    return group(names, _members_at(offsets, header_offsets, names, where))
+    else:
+        positions = _members_at(offsets, header_offsets, names, where)
+    return group(names, positions)
 
 
 def group(names: list[str], positions: list[int]) -> dict[str, int | list[int]]:
