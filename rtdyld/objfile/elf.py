@@ -204,7 +204,7 @@ class _ElfReader:
         # Where a non-local symbol is a definition: a loaded section, SHN_ABS or SHN_COMMON.
         self.defining = {*loadable, T.SHN_ABS, T.SHN_COMMON}
         # What the headers say of each other, for the few sections it concerns, in section order.
-        tables = sorted({*symtabs, *rel_sections, *compressed}) if compressed else sorted(symtabs + rel_sections)
+        tables = sorted({*symtabs, *rel_sections, *compressed})
         check_section_tables(headers, tables, self._name, self.fail)
         self._read_symtab(symtabs, shndx_sections)
         if oversized is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from itertools import compress
 from operator import add
 
-from ..x86_64.edges import WIDTH, Edge
+from ..x86_64.edges import WIDTH
 from . import elf_tables as T
 from .model import Bind
 
@@ -42,7 +42,7 @@ _STRONG = frozenset(i for i, bind in enumerate(_BIND) if bind == Bind.GLOBAL)  #
 _EDGE = T.ELF_EDGE.tolist()[:-1]  # per relocation type; T.UNSUPPORTED: no edge kind
 _SUPPORTED = frozenset(t for t, kind in enumerate(_EDGE) if kind != T.UNSUPPORTED)
 # Per supported relocation type: how many bytes it writes (none for R_X86_64_NONE).
-_REACH = [0 if kind == Edge.NONE or kind == T.UNSUPPORTED else int(WIDTH[kind]) for kind in _EDGE]
+_REACH = [0 if kind == T.UNSUPPORTED else int(WIDTH[kind]) for kind in _EDGE]  # (WIDTH[NONE] is 0)
 
 
 # A table's fields are strided slices of its bytes viewed as words: each
