@@ -41,7 +41,7 @@ from .objfile.model import (
 from .objfile.records import join
 from .symbols import Resolver, SymbolDef
 from .x86_64 import fixup, scan
-from .x86_64.edges import ABSOLUTE_32, DIFFERENCE_KINDS, N_EDGES, SIZE_KINDS, WIDTH, Edge, kind_mask
+from .x86_64.edges import ABSOLUTE_32, DIFFERENCE_KINDS, N_EDGES, NEEDS_GOT_SLOT, SIZE_KINDS, WIDTH, Edge, kind_mask
 
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
@@ -240,7 +240,7 @@ class BatchLinker:
         else:
             counts = [len(o.symbols) for o in objects]
             syms = attrs = join([o.symbols for o in objects], SYM_DTYPE)
-            owner = None
+            owner = np.repeat(np.arange(len(objects)), counts)
             gsec = syms["section"].astype(np.int64)
         # Each object's first symbol's number: a list, read for messages (and
         # an array made of it only for tables joined here, below).
@@ -251,7 +251,7 @@ class BatchLinker:
         self.bind = attrs["bind"]
         self.stype = attrs["type"]
         self.vis = attrs["vis"]
-        self.sym_obj = owner if owner is not None else np.repeat(np.arange(len(objects)), counts)
+        self.sym_obj = owner
         self.names = list(chain.from_iterable(o.names for o in objects))
         sec_base = None
         if converted is None:
@@ -321,7 +321,7 @@ class BatchLinker:
 
     def _joined_relocs(self, out: np.ndarray, gid_of: np.ndarray | None, census: list[int]) -> None:
         """The batch's relocations from the rows converted in its layout
-        (sections numbered as ``sec_base`` does, symbols as the batch does,
+        (sections numbered as ``starts`` numbers them, symbols as the batch does,
         ``census`` their kinds' count): when sections were dropped, sections
         renumbered.  The converted rows keep their sections (the objects'
         own tables are cut from them), so the renumbered rows are a copy."""
@@ -363,7 +363,7 @@ class BatchLinker:
 
     def name_of(self, gsym: int) -> str:
         oi = int(self.sym_obj[gsym])
-        return self.objects[oi].describe_symbol(gsym - int(self.sym_base[oi]))
+        return self.objects[oi].describe_symbol(gsym - self.sym_base[oi])
 
     def where(self, k: int) -> str:
         """'obj: section+0xoff' for relocation k."""
@@ -435,7 +435,7 @@ class BatchLinker:
             else:
                 refs.setdefault(name, []).append(i)
         published = self.resolver.published
-        if strong is None and (commons or published):
+        if strong is None and (commons or (published and not published.keys().isdisjoint(defs))):
             strong = dict(zip(def_names, (bind[def_idx] != _WEAK).tolist()))
         # Tentative definitions merge into one zero-filled object unless a real one exists.
         self.commons: dict[str, tuple[int, int, int]] = {}  # name -> (canonical sym, size, align)
@@ -641,7 +641,8 @@ class BatchLinker:
             opcode = np.zeros(len(r), dtype=np.uint8)
             modrm = np.zeros(len(r), dtype=np.uint8)
             opcode[relaxable], modrm[relaxable] = self._opcode_bytes(relaxable)
-        self.scanned = scan.scan(kind, tgt, reachable, relaxable, opcode, modrm, branch_like, self.kind_count)
+        self.scanned = scan.scan(kind, tgt, reachable, relaxable, opcode, modrm, branch_like,
+                                 self.has_kind(NEEDS_GOT_SLOT))
         self.scanned = tls.keep_tls_calls(self, self.scanned)
         self.scanned, self.ifunc = ifunc.plan(self, self.scanned)
         self.scanned, self.stub_slots = stub_slots.plan(self, self.scanned)
@@ -656,11 +657,11 @@ class BatchLinker:
         which 32-bit data references cannot reach; which fixups are branches
         (None and None when every target is in reach: nothing to tell apart)."""
         kind, tgt, n, internal = self.relocs["kind"], self.target, self.nsyms, self.internal
-        from memmgr import MemMgrError
+        import memmgr  # (the package, as in allocate)
 
         try:
             lo, hi = self.memory.reach_range(low=low)
-        except MemMgrError as e:
+        except memmgr.MemMgrError as e:
             raise LayoutError(f"cannot reserve memory for the batch: {e}") from None
         self.reach = (lo, hi)
         stuck = _NO_ROWS
@@ -903,9 +904,9 @@ class BatchLinker:
         S = tls.resolve(self, kind, S, P, G, Z, S2, where)
         stub_slots.bind(self, kind, S)
         relaxing = self.kind_count[_RELAXABLE] and np.count_nonzero(sc.relax)  # (only those loads relax)
-        # The kinds' census, when it holds (TLS and stub slots rewrite kinds),
-        # spares the fixups counting them again; relaxed loads are Delta32 now.
-        census = self.kind_count if self.tls is None and self.stub_slots is None else None
+        # The kinds' census, when it holds (stub slots rewrite kinds), spares
+        # the fixups counting them again; relaxed loads are Delta32 now.
+        census = self.kind_count if self.stub_slots is None else None
         if relaxing:  # relaxed GOT loads become plain PC-relative references
             relaxed = sc.relax != scan.RELAX_NONE
             kind[relaxed] = Edge.Delta32

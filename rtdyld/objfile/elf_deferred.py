@@ -127,20 +127,20 @@ class _Pending:
 
 class BatchTables:
     """The symbol and relocation tables of a batch's objects, converted
-    together: each object's rows in its own numbering (its sections, its
-    symbols), the objects' rows end to end in batch order.
+    together, the objects' rows end to end in batch order (how each column
+    is numbered, the object's own way or across the batch, is said below).
 
     The batch reads the symbols' columns; the model's table of them
     (``symbols``) is made only if an object's own is asked for."""
 
     # A plain class, not a NamedTuple: making one of those compiles each
     # field's annotation and execs generated code, at every start-up.
-    __slots__ = ("kind_counts", "made", "object_sections", "raw_symbols", "relocs", "symbol_attrs", "symbol_counts",
+    __slots__ = ("_symbols", "kind_counts", "object_sections", "raw_symbols", "relocs", "symbol_attrs", "symbol_counts",
                  "symbol_owner", "symbol_sections")
 
     def __init__(self, raw_symbols: np.ndarray, symbol_attrs: np.ndarray, object_sections: np.ndarray,
                  symbol_counts: list[int], symbol_owner: np.ndarray, symbol_sections: np.ndarray,
-                 relocs: np.ndarray, kind_counts: list[int], made: list) -> None:
+                 relocs: np.ndarray, kind_counts: list[int]) -> None:
         self.raw_symbols = raw_symbols  # the ELF rows (_SYM_IN): ``value`` and ``size`` are the model's
         self.symbol_attrs = symbol_attrs  # per symbol, its model bind, type and vis
         self.object_sections = object_sections  # per symbol, its section in its object's numbering (the model's)
@@ -155,14 +155,13 @@ class BatchTables:
         # across the batch, ``lsym`` the object's own.
         self.relocs = relocs
         self.kind_counts = kind_counts  # rows of each edge kind, indexed by kind
-        # The model's symbol table (SYM_DTYPE) once made (a list, as when this was a tuple).
-        self.made = made
+        self._symbols: np.ndarray | None = None  # the model's symbol table (SYM_DTYPE), once made
 
     @property
     def symbols(self) -> np.ndarray:
-        if not self.made:
-            self.made.append(_symbol_table(self.raw_symbols, self.symbol_attrs, self.object_sections))
-        return self.made[0]
+        if self._symbols is None:
+            self._symbols = _symbol_table(self.raw_symbols, self.symbol_attrs, self.object_sections)
+        return self._symbols
 
 
 class DeferredElfObject(ObjectFile):
@@ -329,7 +328,7 @@ def convert_batch(objects: list[ObjectFile]) -> BatchTables | None:
     if converted is None:
         return None
     relocs, rows, firsts, kinds = converted
-    tables = BatchTables(raw, attrs, own, counts, owner, sections, relocs, kinds, [])
+    tables = BatchTables(raw, attrs, own, counts, owner, sections, relocs, kinds)
     s0 = r0 = 0
     for o, n, m, first in zip(objects, counts, rows, firsts):
         o._pending = None

@@ -23,7 +23,6 @@ MOV_LOAD, LEA = 0x8B, 0x8D
 RELAX_NONE, RELAX_MOV, RELAX_CALL, RELAX_JMP = 0, 1, 2, 3
 _ABSOLUTE_32 = kind_mask(ABSOLUTE_32)
 _NEEDS_GOT_SLOT = kind_mask(NEEDS_GOT_SLOT)
-_SLOT_KINDS = [int(k) for k in NEEDS_GOT_SLOT]
 # Plain ints: numpy probes an enum operand's attributes on every comparison.
 _BRANCH32 = int(Edge.Branch32)
 
@@ -72,7 +71,7 @@ def scan(
     opcode: np.ndarray | None,
     modrm: np.ndarray | None,
     branch_like: np.ndarray | None,
-    kind_count: list[int],
+    slot_kinds: bool,
 ) -> ScanResult:
     """Classify relocations.
 
@@ -83,12 +82,12 @@ def scan(
     where not applicable; None with ``relaxable``),
     ``branch_like`` marks Delta32 fixups that are the operand of a call/jmp
     (which a stub can serve as well as a PLT entry would; read only where a
-    target is out of reach), ``kind_count`` is how many relocations there
-    are of each kind.
+    target is out of reach), ``slot_kinds`` whether the batch has a
+    relocation of a kind that needs a GOT slot.
     """
     n = len(kind)
     relax = np.zeros(n, dtype=np.uint8)
-    # Each class is worked out only if the batch has one, as the kinds' count says.
+    # Each class is worked out only if the batch has one.
     if relaxable is not None:
         rip = (modrm & 0xC7) == 0x05
         can = relaxable & rip if reachable is None else relaxable & reachable & rip
@@ -96,7 +95,7 @@ def scan(
         relax[can & (opcode == 0xFF) & (modrm == 0x15)] = RELAX_CALL
         relax[can & (opcode == 0xFF) & (modrm == 0x25)] = RELAX_JMP
     needs_slot = None
-    if any(kind_count[k] for k in _SLOT_KINDS):
+    if slot_kinds:
         needs_slot = _NEEDS_GOT_SLOT[kind]
         if relaxable is not None:
             needs_slot &= relax == RELAX_NONE
