@@ -16,7 +16,8 @@ def child_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
-def run_python(code: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_python(code: str, args: list[str], env: dict[str, str] | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -c code args...`` in the repository, output captured as text."""
     return subprocess.run(
         [sys.executable, "-c", code, *args],
@@ -25,7 +26,7 @@ def run_python(code: str, args: list[str], env: dict[str, str] | None = None) ->
         env=child_env() if env is None else env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
 
 
@@ -39,8 +40,11 @@ def probe(code: str, args: list[str]) -> str | None:
     """Run a peer's trial link in a child, since a failed LLVM link can end the
     process: None if it exited 0, else why not."""
     proc = run_python(code, args)
-    if proc.returncode == 0:
-        return None
+    return None if proc.returncode == 0 else _why(proc)
+
+
+def _why(proc: subprocess.CompletedProcess) -> str:
+    """Why a child failed: its last line, without LLVM's prefix."""
     return last_line(proc).removeprefix("LLVM ERROR: ")
 
 
@@ -61,13 +65,11 @@ def run_json(code: str, args: list[str], env: dict[str, str] | None = None,
     seconds, so a child that fails or hangs is reported rather than ending or
     stalling the benchmark."""
     try:
-        proc = subprocess.run([sys.executable, "-c", code, *args], check=False, cwd=REPO,
-                              env=child_env() if env is None else env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = run_python(code, args, env, timeout)
     except subprocess.TimeoutExpired:
         return None, f"no answer within {timeout:g} s"
     if proc.returncode != 0:
-        return None, last_line(proc).removeprefix("LLVM ERROR: ")
+        return None, _why(proc)
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1]), None
     except (IndexError, ValueError):

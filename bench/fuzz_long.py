@@ -181,7 +181,7 @@ class Run:
                 if now - c["last"] > limit:
                     c["proc"].kill()
                     c["proc"].wait()
-                    self._crashed(live, c, f"no progress for {self.args.timeout:.0f} s (hang)")
+                    self._crashed(live, c, f"no progress for {limit:.0f} s (hang)")
             if now - last_print > 30:
                 last_print = now
                 rate = self.done / (now - t0)

@@ -85,7 +85,13 @@ class ArchiveSet:
 
     @staticmethod
     def key(member: Member) -> tuple[int, int]:
-        return (id(member.archive), member.header_offset)
+        return (id(member.archive), member.header_offset)  # (a warm batch's pulls write it out: linkcache.plan)
+
+    def member_keys(self, pulls) -> list[tuple[int, int]]:
+        """The keys of the members a batch's ``pulls`` loaded: a warm batch
+        knows them without making its pulls."""
+        keys = getattr(pulls, "member_keys", None)
+        return keys if keys is not None else [self.key(p.member) for p in pulls.values()]
 
     def pull(self, objects: list[ObjectFile], is_defined_elsewhere, extra: list[Archive] = ()
              ) -> list[tuple[ObjectFile, Pull]]:

@@ -124,12 +124,16 @@ class Linker:
     def _reserve(self) -> None:
         """Reserve address space now, so that no batch, failed or not, is the
         one that changes the session's reservations."""
-        from memmgr import MemMgrError
+        # The package, not names from it: a from-import of a package runs
+        # Python-level import code.
+        import memmgr
 
+        # Whether batches land in this process's memory (not VirtualMemory): fixed with the memory.
+        self._lands_in_process = isinstance(self.memory, memmgr.MemoryManager)
         for low in (False, True):
             try:
                 self.memory.reach_range(low=low)
-            except MemMgrError:
+            except memmgr.MemMgrError:
                 pass  # reported by the batch that needs it
 
     @property
@@ -370,10 +374,16 @@ class Linker:
         return lb
 
     @staticmethod
+    def archive_outrankers(dylib: Dylib) -> list[Dylib]:
+        """The dylibs whose definitions come before archives in ``dylib``'s
+        chain: itself (earlier batches, user definitions) and the dylibs of its
+        link order; libraries and the process come after archives."""
+        return [dylib, *(d for d in dylib.order() if isinstance(d, Dylib))]
+
+    @staticmethod
     def _outranks_archives(dylib: Dylib):
-        """Earlier batches, user definitions and the dylibs of the link order come
-        before archives in the chain; libraries and the process after them."""
-        others = [d for d in dylib.order() if isinstance(d, Dylib)]
+        """``defined(name, prefix)``: does one of :meth:`archive_outrankers` define it."""
+        _, *others = Linker.archive_outrankers(dylib)
         if not others:  # the usual link order: libraries and the process only
             return dylib.defines
 
@@ -436,22 +446,13 @@ class Linker:
             self.kept_groups |= lb.kept_groups
             if lb.pulls:
                 archives = self._archives(dylib)
-                # A warm batch knows its members' keys without making its pulls.
-                keys = getattr(lb.pulls, "member_keys", None)
-                archives.loaded.update(keys if keys is not None else [archives.key(p.member) for p in lb.pulls.values()])
+                archives.loaded.update(archives.member_keys(lb.pulls))
         self.handles.append(handle)
         return handle
 
     def _executable(self) -> bool:
         """Whether batches land in this process's memory (not VirtualMemory): code may run."""
-        executable = self.__dict__.get("_lands_in_process")
-        if executable is None:  # asked once: the session's memory never changes
-            # The package, not a name from it: a from-import of a package runs
-            # Python-level import code.
-            import memmgr
-
-            executable = self._lands_in_process = isinstance(self.memory, memmgr.MemoryManager)
-        return executable
+        return self._lands_in_process
 
     def remove(self, handle: Handle, force: bool = False) -> None:
         """Unload a batch.  Refused while live batches refer to it, unless ``force``."""
@@ -471,17 +472,13 @@ class Linker:
             for dylib, lb in reversed(handle.parts):
                 if executable:
                     self.runtime.unloading(lb)
-                if self.run_initializers and executable:
-                    initfini.call_all(initfini.finalizer_order(lb.allocation.memory, lb.finalizers))
-                if executable:
+                    if self.run_initializers:
+                        initfini.call_all(initfini.finalizer_order(lb.allocation.memory, lb.finalizers))
                     self.runtime.unloaded(lb)
                 dylib.published.withdraw(lb.definitions)
                 self.kept_groups -= lb.kept_groups
                 archives = self._archives(dylib)
-                # A warm batch knows its members' keys without making its pulls.
-                keys = getattr(lb.pulls, "member_keys", None)
-                archives.loaded.difference_update(
-                    keys if keys is not None else [archives.key(p.member) for p in lb.pulls.values()])
+                archives.loaded.difference_update(archives.member_keys(lb.pulls))
                 lb.allocation.release()
             handle.removed = True
             self.handles.remove(handle)

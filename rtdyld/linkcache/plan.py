@@ -41,7 +41,7 @@ from memmgr import MemMgrError, Prot, SegmentRequest
 from .. import unwind
 from ..archives import Pull
 from ..batch import External, LinkedBatch
-from ..symbols import Dylib, ProcessSymbolDef, SymbolDef
+from ..symbols import ProcessSymbolDef, SymbolDef
 from ..x86_64 import scan
 from . import by_identity, container, image, resolutions, tables
 from .container import FORMAT_VERSION, OpenEntry, pack, unpack
@@ -100,12 +100,6 @@ class BatchPlan:
             with opened:
                 meta, blobs = opened.meta, opened.blobs
                 lb, image_bytes = self._restore(opened, keep_image)
-            if self.planned_digests is None:
-                try:
-                    by_identity.adopt(meta, self.search)
-                except BaseException:
-                    lb.allocation.release()  # a miss leaves no batch behind
-                    raise
             self.entry = (meta, blobs, image_bytes)
             return lb
         except _Stale as e:
@@ -152,8 +146,10 @@ class BatchPlan:
             if not fits:
                 raise _Stale("a residual fixup no longer fits at the new addresses")
             self._finish(lb, meta, blobs, names, pulls, base, externals, outside)
+            if self.planned_digests is None:
+                by_identity.adopt(meta, self.search)
         except BaseException:
-            lb.allocation.release()
+            lb.allocation.release()  # a miss leaves no batch behind
             raise
         return lb, image_bytes
 
@@ -209,11 +205,9 @@ class BatchPlan:
         return addr, out, outside
 
     def _check_pulls(self, meta: dict, pulls: dict) -> None:
-        # What outranks archives (Linker._outranks_archives): this dylib's
-        # batches and user definitions, and the dylibs of its link order;
-        # each asked once for all the names.
+        # Each dylib that outranks archives asked once for all the names.
         symbols = [s for s in pulls["symbol"] if s]  # "" for a whole-archive member
-        for d in (self.dylib, *(d for d in self.dylib.order() if isinstance(d, Dylib))):
+        for d in self.linker.archive_outrankers(self.dylib):
             symbol = d.first_defined(symbols, meta["prefix"])
             if symbol is not None:
                 raise _Stale(f"{symbol!r}, which pulled an archive member, is now defined elsewhere")
@@ -257,6 +251,7 @@ class BatchPlan:
         lb.segments = {seg.name: seg for seg in lb.allocation.segments}
         search = self.search
         lb.pulls = WarmPulls(functools.partial(_pulls, lb.objects, search, pulls, later),
+                             # ArchiveSet.key of each member, written out: a call per member costs a warm link
                              [(id(search[ar]), off) for ar, off in zip(pulls["archive"], pulls["header_offset"])])
 
     # --- cold -------------------------------------------------------------------------
