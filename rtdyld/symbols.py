@@ -200,8 +200,9 @@ class Dylib:
         return bool(user) and any(n in user for n in host_names(name, prefix))
 
     def first_defined(self, names: list[str], prefix: str = "") -> str | None:
-        """The first of ``names`` that :meth:`defines` finds, or None: one set
-        operation for the published names, a pass only if there are user definitions."""
+        """One of ``names`` that :meth:`defines` finds (the first published one,
+        else the first user-defined one), or None: one set operation for the
+        published names, a pass only if there are user definitions."""
         published = self.published.keys()
         if not published.isdisjoint(names):
             return next(name for name in names if name in published)
