@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 import operator
 import threading
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from .errors import MemMgrError
 
@@ -122,6 +123,7 @@ class _Owner(Protocol):
     def _release(self, alloc: Allocation) -> None: ...
 
 
+_NO_BYTES = memoryview(b"")
 IN_FLIGHT = "in-flight"
 FINALIZED = "finalized"
 RELEASED = "released"
@@ -146,7 +148,7 @@ class Allocation:
         target_base: int,
         size: int,
         segments: list[Segment],
-        memory: np.ndarray,
+        buffer: memoryview,
         page_size: int,
         low: bool,
     ):
@@ -156,7 +158,8 @@ class Allocation:
         self.segments = segments
         self.page_size = page_size
         self.low = low
-        self._memory = memory
+        self._buffer = buffer  # the working memory as bytes ('B')
+        self._memory: np.ndarray | None = None  # the same as a numpy array, made when first asked for
         self._state = IN_FLIGHT
         self._lock = threading.Lock()
         self._sealed: set[str] = set()
@@ -179,11 +182,31 @@ class Allocation:
         """
         if self._state == RELEASED:
             raise MemMgrError(f"{self!r} is released; its memory is gone")
+        memory = self._array()
         if self._state == FINALIZED:
-            view = self._memory.view()
+            view = memory.view()
             view.flags.writeable = False
             return view
+        return memory
+
+    def _array(self) -> np.ndarray:
+        if self._memory is None:
+            # Made on first use: a batch restored from a link cache is written
+            # through :attr:`buffer` and never imports numpy.
+            import numpy as np
+
+            self._memory = np.frombuffer(self._buffer, dtype=np.uint8)
         return self._memory
+
+    @property
+    def buffer(self) -> memoryview:
+        """:attr:`memory` as a memoryview of bytes, under the same rules
+        (read-only after finalize); for code that needs no numpy."""
+        if self._state == RELEASED:
+            raise MemMgrError(f"{self!r} is released; its memory is gone")
+        if self._state == FINALIZED:
+            return self._buffer.toreadonly()
+        return self._buffer
 
     def segment(self, name: str) -> Segment:
         """The first segment called ``name``; KeyError if there is none."""
@@ -207,7 +230,7 @@ class Allocation:
             seg = segment
         if self._state == RELEASED:
             raise MemMgrError(f"{self!r} is released; its memory is gone")
-        view = self._memory[seg.offset : seg.offset + seg.size]
+        view = self._array()[seg.offset : seg.offset + seg.size]
         if (self._state == FINALIZED or seg.name in self._sealed) and Prot.W not in seg.prot:
             view.flags.writeable = False
         return view
@@ -264,7 +287,8 @@ class Allocation:
 
     def _mark_released(self) -> None:
         self._state = RELEASED
-        self._memory = np.zeros(0, dtype=np.uint8)
+        self._buffer = _NO_BYTES
+        self._memory = None
         hooks, self._release_hooks = self._release_hooks, []
         for fn in reversed(hooks):
             fn()

@@ -7,8 +7,6 @@ import weakref
 from collections.abc import Iterable
 from typing import Self
 
-import numpy as np
-
 from . import libc, placement
 from .allocation import Allocation, SegmentRequest, layout
 from .errors import AllocationError, MemMgrError
@@ -71,7 +69,7 @@ class MemoryManager:
         self._low: Reservation | None = None
         self._near_ok: bool | None = None
         self._live: dict[int, Allocation] = {}
-        self._views: dict[int, np.ndarray] = {}  # reservation base -> uint8 array over all of it
+        self._views: dict[int, memoryview] = {}  # reservation base -> its bytes, all of them
         self._closed = False
         self._lock = threading.RLock()
         with _registry_lock:
@@ -184,7 +182,7 @@ class MemoryManager:
                 r = self._main or self._reserve_main()
             if total == 0:
                 alloc = Allocation(
-                    self, r.base, 0, segments, np.zeros(0, dtype=np.uint8), self.page_size, low
+                    self, r.base, 0, segments, memoryview(bytearray()), self.page_size, low
                 )
                 self._live[id(alloc)] = alloc
                 return alloc
@@ -201,11 +199,10 @@ class MemoryManager:
             return alloc
 
     def _viewed(self, r: Reservation) -> Reservation:
-        # One array over the whole reservation, made with it: slicing it costs
+        # One view of the whole reservation, made with it: slicing it costs
         # a tenth of wrapping every block in a cffi buffer of its own, and
         # the first allocation does not pay for making it.
-        buffer = libc.ffi.buffer(libc.ffi.cast("char *", r.base), r.size)
-        self._views[r.base] = np.frombuffer(buffer, dtype=np.uint8)
+        self._views[r.base] = memoryview(libc.ffi.buffer(libc.ffi.cast("char *", r.base), r.size))
         return r
 
     def live_allocations(self) -> list[Allocation]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Self
 
-import numpy as np
-
 from .allocation import Allocation, SegmentRequest, layout
 from .errors import AllocationError, MemMgrError
 
@@ -105,7 +103,7 @@ class VirtualMemory:
         """Make an in-flight allocation exactly as MemoryManager.allocate, at the next free target address."""
         segments, total = layout(list(requests), self.page_size)
         base = self._region(low).bump(total, self.page_size)
-        memory = np.frombuffer(bytearray(total), dtype=np.uint8)
+        memory = memoryview(bytearray(total))
         alloc = Allocation(self, base, total, segments, memory, self.page_size, low)
         self._live[id(alloc)] = alloc
         return alloc

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from .inputs import parse_member
+from .lazy_numpy import np
 from .objfile.archive import Archive, ArchiveCache, Member
 from .objfile.model import ObjectFile, names_by_role_of_rows
 

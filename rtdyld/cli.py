@@ -525,22 +525,46 @@ def _one_line(message: str) -> str:
 BLAS_THREADS = "OPENBLAS_NUM_THREADS"
 
 
-def _import_numpy_without_blas_threads() -> None:
-    """Import numpy with its OpenBLAS held to the calling thread.
+def _hold_blas_to_one_thread() -> None:
+    """Have numpy, when something first imports it, load OpenBLAS held to the
+    calling thread.
 
     The command never calls BLAS, but OpenBLAS starts a thread per core when
     numpy loads it, which spin at once: on two cores that is ~100 ms of CPU
-    and ~10 ms of wall time of every ``rtdyld run``.  The variable is read
-    only when the library loads, so it is set for the import alone and the
-    program run sees the environment it was given (a value the user set is
-    left as it is)."""
+    and ~10 ms of wall time of every ``rtdyld run`` that links cold.  (A warm
+    run from the link cache does not import numpy at all.)  The variable is
+    read only when the library loads, so it is set for numpy's import alone
+    and the program run sees the environment it was given (a value the user
+    set is left as it is)."""
     if "numpy" in sys.modules or BLAS_THREADS in os.environ:
         return
-    os.environ[BLAS_THREADS] = "1"
-    try:
-        import numpy  # noqa: F401
-    finally:
-        del os.environ[BLAS_THREADS]
+    sys.meta_path.insert(0, _OneBlasThreadWhileNumpyLoads())
+
+
+class _OneBlasThreadWhileNumpyLoads:
+    """A one-shot import hook: numpy's import runs with the variable set."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "numpy":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.util import find_spec
+
+        spec = find_spec(name)
+        if spec is None or spec.loader is None or BLAS_THREADS in os.environ:
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module(module) -> None:
+            os.environ[BLAS_THREADS] = "1"
+            try:
+                load(module)
+            finally:
+                os.environ.pop(BLAS_THREADS, None)
+
+        # On this loader instance only (numpy's own), so the module keeps its loader.
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -555,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 1
-    _import_numpy_without_blas_threads()
+    _hold_blas_to_one_thread()
     try:
         return COMMANDS[args.command](args, program_args)
     except Exception as e:

@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
 
-import numpy as np
-
+from .lazy_numpy import np
 from .symbols import SymbolDef
 
 # Up to this many SymbolDefs at once, per-element reads (``ndarray.item``)

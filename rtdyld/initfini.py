@@ -8,18 +8,17 @@ legacy ``.dtors`` forwards.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .host import ffi
 
 _SENTINELS = (0, 0xFFFFFFFFFFFFFFFF)
 
 
-def _pointers(memory: np.ndarray, work: int, count: int) -> list[int]:
-    return [p for p in memory[work : work + 8 * count].view("<u8").tolist() if p not in _SENTINELS]
+def _pointers(memory, work: int, count: int) -> list[int]:
+    # Native 64-bit words are the little-endian pointers the arrays hold (x86-64).
+    return [p for p in memoryview(memory)[work : work + 8 * count].cast("Q").tolist() if p not in _SENTINELS]
 
 
-def initializer_order(memory: np.ndarray, entries: list[tuple]) -> list[int]:
+def initializer_order(memory, entries: list[tuple]) -> list[int]:
     out: list[int] = []
     for _prio, _order, work, count, reverse, _dtors in entries:
         ptrs = _pointers(memory, work, count)
@@ -27,7 +26,7 @@ def initializer_order(memory: np.ndarray, entries: list[tuple]) -> list[int]:
     return out
 
 
-def finalizer_order(memory: np.ndarray, entries: list[tuple]) -> list[int]:
+def finalizer_order(memory, entries: list[tuple]) -> list[int]:
     out: list[int] = []
     for _prio, _order, work, count, _reverse, dtors in reversed(entries):
         ptrs = _pointers(memory, work, count)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from .errors import MalformedObjectError
-from .objfile.elf import is_elf, read_elf
 from .objfile.model import ObjectFile
 
 
@@ -35,6 +34,8 @@ def parse_member(data: bytes, name: str) -> ObjectFile:
     """:func:`parse_object` for an archive member pulled into a batch: ELF
     symbol and relocation tables are converted with the batch's
     (rtdyld.objfile.elf_deferred)."""
+    from .objfile.elf import is_elf, read_elf  # the readers load numpy: imported when first used
+
     if is_elf(data):
         return read_elf(data, name, defer_tables=True)
     return parse_object(data, name)
@@ -42,6 +43,8 @@ def parse_member(data: bytes, name: str) -> ObjectFile:
 
 def parse_object(data: bytes, name: str) -> ObjectFile:
     """Dispatch on the magic number to the right reader."""
+    from .objfile.elf import is_elf, read_elf
+
     if is_elf(data):
         return read_elf(data, name)
     if data[:4] in (b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xfe\xed\xfa\xce"):

@@ -6,17 +6,20 @@ import atexit
 import os
 import threading
 import weakref
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-from . import host, ifunc, initfini, suggest
-from .archives import ArchiveSet, Pull
-from .batch import BatchLinker, LinkedBatch
+from . import host, initfini, suggest
+from .archives import ArchiveSet
 from .batch_runtime import BatchRuntime
 from .errors import LinkError, UndefinedSymbolError, UsageError, ValidationError
 from .inputs import parse_object, read_input
 from .link_cache_setting import open_link_cache
-from .objfile.model import ObjectFile
 from .symbols import Dylib, Library, SymbolDef
+
+if TYPE_CHECKING:
+    from .archives import Pull
+    from .linked import LinkedBatch
+    from .objfile.model import ObjectFile
 
 _default_memory = None
 _default_lock = threading.Lock()
@@ -364,6 +367,9 @@ class Linker:
             lb = in_flight.get(other)
             return lb.definitions.get(name) if lb else None
 
+        # The linker's phases (and numpy) load with the first batch linked cold.
+        from .batch import BatchLinker
+
         lb = BatchLinker(objs + [o for o, _ in pulls], dylib, self.memory, kept, self.pinned, pending).link()
         lb.pulls = {id(o): p for o, p in pulls}
         try:
@@ -420,6 +426,8 @@ class Linker:
         try:
             for _, lb in parts:
                 if lb.ifunc is not None:
+                    from . import ifunc
+
                     ifunc.bind(lb, executable, run_code=self.run_initializers)
                 lb.allocation.finalize()
         except Exception as e:
@@ -441,7 +449,7 @@ class Linker:
             if executable:
                 self.runtime.loaded(lb)
                 if self.run_initializers and lb.initializers:
-                    initfini.call_all(initfini.initializer_order(lb.allocation.memory, lb.initializers))
+                    initfini.call_all(initfini.initializer_order(lb.allocation.buffer, lb.initializers))
             dylib.published.update(lb.definitions)
             self.kept_groups |= lb.kept_groups
             if lb.pulls:
@@ -473,7 +481,7 @@ class Linker:
                 if executable:
                     self.runtime.unloading(lb)
                     if self.run_initializers:
-                        initfini.call_all(initfini.finalizer_order(lb.allocation.memory, lb.finalizers))
+                        initfini.call_all(initfini.finalizer_order(lb.allocation.buffer, lb.finalizers))
                     self.runtime.unloaded(lb)
                 dylib.published.withdraw(lb.definitions)
                 self.kept_groups -= lb.kept_groups

@@ -26,10 +26,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import numpy as np
-
 from . import host
 from . import layout as L
+from .lazy_numpy import np
 from .objfile.model import ObjectFile
 
 TERMINATOR = 4  # bytes of zero length word ending the image

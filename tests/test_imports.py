@@ -83,6 +83,34 @@ def test_a_link_cache_stores_and_reuses_a_batch_without_numpy_ma(build, tmp_path
     assert second.startswith("42 ") and "'hits': 1" in second and second.endswith(" False")
 
 
+def test_rtdyld_run_from_the_link_cache_does_not_import_numpy(build, tmp_path):
+    """A batch restored from the link cache with few residual fixups is written
+    through memoryviews: the warm run imports no numpy (the cold one must)."""
+    obj = build.cc_text("#include <stdio.h>\nstatic const char *msg = \"warm\";\n"
+                        "int main(void) { puts(msg); return 7; }\n", "-O2", "-fPIC", stem="warm_seven")
+    code = (
+        "import sys\n"
+        "from rtdyld.cli import main\n"
+        f"status = main(['run', '--link-cache', {str(tmp_path / 'cache')!r}, {str(obj)!r}])\n"
+        "sys.stdout.flush()\n"
+        "print(status, 'numpy' in sys.modules)\n"
+    )
+    assert _child(code) == "warm\n7 True\n"
+    assert _child(code) == "warm\n7 False\n"
+
+
+def test_numpy_stand_in_imports_numpy_when_first_read():
+    out = _child(
+        "import sys\n"
+        "from rtdyld.lazy_numpy import np\n"
+        "print('numpy' in sys.modules, repr(np))\n"
+        "import numpy\n"
+        "print(np.uint64 is numpy.uint64, np.frombuffer(b'ab', np.uint8).tolist(), np.ndarray is numpy.ndarray)\n"
+        "print(np.testing is numpy.testing)\n"
+    )
+    assert out.splitlines() == ["False <numpy, imported when first used>", "True [97, 98] True", "True"]
+
+
 THREADS_PROGRAM = r"""
 #include <dirent.h>
 #include <stdio.h>

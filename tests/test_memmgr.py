@@ -183,6 +183,32 @@ def test_working_memory_of_each_allocation_is_its_own_block(mm):
     second.release()
 
 
+def test_buffer_is_the_working_memory_as_bytes_under_the_same_rules(mm):
+    alloc = mm.allocate([SegmentRequest("text", len(RET42), Prot.RX), SegmentRequest("data", 8, Prot.RW)])
+    buf = alloc.buffer
+    assert (buf.format, buf.readonly, len(buf)) == ("B", False, alloc.size)
+    buf[: len(RET42)] = RET42  # written as bytes, seen by the array and at the target address
+    assert bytes(alloc.memory[: len(RET42)]) == RET42
+    alloc.memory[-1] = 9
+    assert buf[-1] == 9 and _ffi.cast("unsigned char *", alloc.target_base)[alloc.size - 1] == 9
+    alloc.finalize()
+    sealed = alloc.buffer
+    assert sealed.readonly and bytes(sealed[: len(RET42)]) == RET42
+    with pytest.raises(TypeError):
+        sealed[0] = 0
+    assert call_int(alloc.target_base) == 42
+    alloc.release()
+    with pytest.raises(MemMgrError, match="released"):
+        alloc.buffer  # noqa: B018
+
+
+def test_buffer_of_a_virtual_allocation_is_its_working_copy():
+    vm = VirtualMemory()
+    alloc = vm.allocate([SegmentRequest("data", 16, Prot.RW)])
+    alloc.buffer[:4] = b"\x01\x02\x03\x04"
+    assert alloc.memory[:4].tolist() == [1, 2, 3, 4] and alloc.target_base == vm.reach_range()[0]
+
+
 def test_finalized_code_runs(mm):
     alloc = mm.allocate([SegmentRequest("text", len(RET42), Prot.RX)])
     alloc.memory[: len(RET42)] = np.frombuffer(RET42, np.uint8)

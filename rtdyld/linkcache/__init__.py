@@ -42,16 +42,15 @@ import threading
 import warnings
 from functools import cache
 
-import numpy as np
-
 from ..archives import list_member_definitions
 from ..cache_entry import TEMP_PREFIX, atomic_write
 from ..errors import MalformedObjectError
 from ..inputs import parse_object, read_input
+from ..lazy_numpy import np
 from ..link_cache_setting import ENV
 from ..objfile.archive_layout import RawMember
 from ..objfile.model import ObjectFile
-from . import by_identity, container, image, tables
+from . import by_identity, container, tables
 from .by_identity import INPUT_ATTR, InputFile
 from .container import FORMAT_VERSION, CorruptEntry, pack, read_file, unpack
 from .deferred import DeferredArchive
@@ -103,9 +102,9 @@ def _prime() -> None:
     warm link would otherwise pay inside the link: the code identity, cffi's
     parsing of the C types the host look-ups use, the model's field
     annotations, and the unwinder's entry points (libgcc_s found and opened,
-    as an LLVM engine has it from the start)."""
-    import numpy as np
-
+    as an LLVM engine has it from the start).  numpy's set-up too, if the
+    process has numpy: a warm link needs it only for a batch with many
+    residual fixups, and does not import it for the others."""
     from memmgr import libc
 
     from .. import host, unwind
@@ -122,11 +121,14 @@ def _prime() -> None:
     for cls in (model.ObjectFile, model.Section, model.Group):
         tables.enum_fields(cls)
     digest(b"")
-    # numpy sets up each kind of operation on first use (tens of µs each in a
-    # new process): re-apply two fixups of each width to scratch memory once.
-    image.prime()
-    # The dtypes of a batch entry's blobs: residual fixups' constants and targets, integer columns.
-    container.prime((np.uint64, np.int32, np.int64))
+    if "numpy" in sys.modules:
+        # numpy sets up each kind of operation on first use (tens of µs each in a
+        # new process): re-apply two fixups of each width to scratch memory once.
+        from . import image
+
+        image.prime()
+        # The dtypes of a batch entry's blobs: residual fixups' constants and targets, integer columns.
+        container.prime((np.uint64, np.int32, np.int64))
 
 
 @functools.lru_cache(maxsize=8)

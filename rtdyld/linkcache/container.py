@@ -35,9 +35,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Self
 
-import numpy as np
-
 from ..cache_entry import CorruptEntry, check_stamp
+from ..lazy_numpy import np
 
 MAGIC = b"RTDYLDLC"
 FORMAT_VERSION = 5

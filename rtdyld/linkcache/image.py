@@ -31,7 +31,6 @@ never approximately cached.
 from __future__ import annotations
 
 import dataclasses
-import struct
 
 import numpy as np
 
@@ -39,6 +38,7 @@ from ..batch import GOT_SYMBOL, LinkedBatch
 from ..objfile.model import SEC_ABS
 from ..x86_64 import fixup, scan
 from ..x86_64.edges import WIDTH, Edge
+from .listed import _HIGH, _LOW, _M64, _UNCHECKED, _WIDTH, FEW_LISTED, apply_listed  # noqa: F401 - FEW_LISTED, apply_listed: this module's API
 from .tables import Uncacheable
 
 U = np.uint64
@@ -225,10 +225,6 @@ _BYTE = {w: np.arange(w, dtype=np.int64) for w in (1, 2, 4, 8)}
 # Up to this many fixups, plain integers beat numpy in a new process: each
 # numpy call costs 10-40 µs there (cold caches after start-up), a fixup ~1 µs.
 _FEW = 512
-_M64 = (1 << 64) - 1
-_LOW = fixup.LOW.tolist()
-_HIGH = fixup.HIGH.tolist()
-_WIDTH = WIDTH.tolist()
 _ANY_VALUE_IN_64 = bool(np.all((fixup.LOW[WIDTH == 8] == np.iinfo(np.int64).min)
                                & (fixup.HIGH[WIDTH == 8] == np.iinfo(np.int64).max)))
 
@@ -279,10 +275,6 @@ def _apply_rows(rows: list[tuple], mem: np.ndarray, base: int, ext: np.ndarray) 
         w = _WIDTH[k]
         view[at : at + w] = (v & ((1 << (8 * w)) - 1)).to_bytes(w, "little")
     return True
-
-
-# A kind whose field takes any 64-bit value is never range-checked.
-_UNCHECKED = [lo == np.iinfo(np.int64).min and hi == np.iinfo(np.int64).max for lo, hi in zip(_LOW, _HIGH)]
 
 
 def grouped(res: Residual) -> tuple[np.ndarray, list[list[int]]]:
@@ -370,8 +362,6 @@ def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, e
 
 
 _LITTLE = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
-_PACK = {1: struct.Struct("<B").pack_into, 2: struct.Struct("<H").pack_into, 4: struct.Struct("<I").pack_into,
-         8: struct.Struct("<Q").pack_into}
 
 
 def listed(rec: np.ndarray) -> bytes:
@@ -382,49 +372,6 @@ def listed(rec: np.ndarray) -> bytes:
     metadata, not two lists of integers: the metadata decodes with a
     hundred-odd fewer objects, and the load reads the rows through a view."""
     return np.concatenate([rec["where"], rec["const"].view(np.int64)]).astype("<i8", copy=False).tobytes()
-
-
-# Up to this many residual fixups an entry lists them in its metadata: a warm
-# load in a new process then writes them with plain integers, with no numpy
-# call (each costs 10-40 µs there, while caches are cold; a row ~0.1 µs).
-FEW_LISTED = 1024
-
-
-def apply_listed(rows: bytes, groups: list, mem: np.ndarray, base: int, ext) -> bool:
-    """:func:`apply_grouped` for rows :func:`listed` gives, with the externals'
-    addresses ``ext`` as a list or an array: the same values, range checks and
-    bytes, with Python integers."""
-    # Native int64 is the little-endian layout listed() wrote (x86-64 only);
-    # a length that is not whole rows raises TypeError (a corrupt entry).
-    both = memoryview(rows).cast("q")
-    n = len(both) // 2
-    where, const = both[:n], both[n:]
-    if n and min(where) < 0:  # pack_into counts a negative offset from the end; past the end it raises
-        raise ValueError("a residual fixup outside the batch's memory")
-    ext_ = ext.tolist() if isinstance(ext, np.ndarray) else ext
-    deltas = []
-    at = 0
-    for kind, cb, j, count, cmin, cmax in groups:
-        d = cb * base + (ext_[j] if j >= 0 else 0)
-        if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
-            lo, hi = _LOW[kind], _HIGH[kind]
-            for c in const[at : at + count]:
-                v = (c + d) & _M64
-                if not lo <= (v - (1 << 64) if v >> 63 else v) <= hi:
-                    return False
-        deltas.append(d)
-        at += count
-    if at != len(where) or len(const) != len(where):
-        raise ValueError("residual groups do not cover the rows")
-    view = memoryview(mem)
-    at = 0
-    for (kind, _cb, _j, count, _lo, _hi), d in zip(groups, deltas):
-        w = _WIDTH[kind]
-        put, mask = _PACK[w], (1 << 8 * w) - 1
-        for i in range(at, at + count):
-            put(view, where[i], (const[i] + d) & mask)
-        at += count
-    return True
 
 
 def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndarray) -> None:

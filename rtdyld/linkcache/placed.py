@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping, Sequence
 
 from ..archives import Pull
-from ..batch import PlacedSection
+from ..linked import PlacedSection
 
 # Held while one of these is made, so threads reading a batch at once see
 # the same objects (pulls are keyed by the objects' ids).  Re-entrant: making

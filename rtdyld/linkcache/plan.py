@@ -34,19 +34,19 @@ import json
 import warnings
 import zlib
 
-import numpy as np
-
 from memmgr import MemMgrError, Prot, SegmentRequest
 
 from .. import unwind
 from ..archives import Pull
-from ..batch import External, LinkedBatch
+from ..lazy_numpy import np
+from ..linked import External, LinkedBatch
 from ..symbols import ProcessSymbolDef, SymbolDef
-from ..x86_64 import scan
-from . import by_identity, container, image, resolutions, tables
+from ..x86_64.edges import REACH
+from . import by_identity, container, resolutions, tables
 from .container import FORMAT_VERSION, OpenEntry, pack, unpack
 from .deferred import CachedMember, DeferredArchive
 from .definitions import warm_definitions
+from .listed import apply_listed
 from .placed import FirstRead, WarmExternals, WarmPulls, placed_sections
 
 DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their bytes' sha256
@@ -131,17 +131,20 @@ class BatchPlan:
         try:
             alloc = lb.allocation
             base = alloc.target_base
-            mem = alloc.memory
+            # Bytes, not a numpy array: a batch with few residual fixups loads without numpy.
+            mem = alloc.buffer
             image_bytes = None
             if keep_image:
                 image_bytes = opened.tail_bytes()
-                memoryview(mem)[: len(image_bytes)] = image_bytes
+                mem[: len(image_bytes)] = image_bytes
             else:
                 opened.read_tail_into(mem)
             if listed is not None:
-                fits = image.apply_listed(listed, meta["residual_groups"], mem, base, ext_addr)
+                fits = apply_listed(listed, meta["residual_groups"], mem, base, ext_addr)
             else:
-                fits = image.apply_grouped(residual, meta["residual_groups"], mem, base,
+                from . import image
+
+                fits = image.apply_grouped(residual, meta["residual_groups"], alloc.memory, base,
                                            np.array(ext_addr, dtype=np.uint64), (targets, bool(meta["residual_quads"])))
             if not fits:
                 raise _Stale("a residual fixup no longer fits at the new addresses")
@@ -198,7 +201,7 @@ class BatchPlan:
             # A handful of addresses: plain integers, with scan.in_reach's interval.
             for bit, low in ((1, False), (2, True)):
                 lo, hi = self.linker.memory.reach_range(low=low)
-                above, below = max(lo, hi) - scan.REACH, min(lo, hi) + scan.REACH
+                above, below = max(lo, hi) - REACH, min(lo, hi) + REACH
                 for a, reach in check:
                     if (above < a < below) != bool(reach & bit):
                         raise _Stale("an outside symbol moved in or out of 32-bit reach")
@@ -291,6 +294,9 @@ class BatchPlan:
                                pack(self.key, {**meta, "inputs": inputs}, dict(blobs.items()), image_bytes))
 
     def _capture(self, lb: LinkedBatch) -> tuple[dict, dict]:
+        from ..x86_64 import scan
+        from . import image
+
         alloc = lb.allocation
         base = alloc.target_base
         prefixes = {o.symbol_prefix for o in lb.objects}

@@ -14,7 +14,7 @@ its description only if something asks for that
 
 from __future__ import annotations
 
-from ..batch import External
+from ..linked import External
 from ..symbols import ProcessSymbolDef
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import types
 import typing
 from collections.abc import Mapping
 from enum import Enum
 from functools import cache
 
-import numpy as np
-
+from ..lazy_numpy import np
 from ..objfile import model
 
 _SEP = b"\0"
@@ -120,10 +120,16 @@ def _add(blobs: list, value) -> int:
     return len(blobs) - 1
 
 
+# The model annotates its tables as np.ndarray; enum fields are all
+# enum_fields looks for, so numpy's names stand in as ``object`` and reading
+# the annotations does not import numpy.
+_NOT_NUMPY = {"np": types.SimpleNamespace(ndarray=object)}
+
+
 @cache
 def enum_fields(cls) -> dict[str, type]:
     out = {}
-    for name, hint in typing.get_type_hints(cls).items():
+    for name, hint in typing.get_type_hints(cls, localns=_NOT_NUMPY).items():
         for t in (hint, *typing.get_args(hint)):
             if isinstance(t, type) and issubclass(t, Enum):
                 out[name] = t

@@ -18,8 +18,6 @@ import struct
 from collections.abc import Sequence
 from typing import NoReturn
 
-import numpy as np
-
 from rtdyld.errors import MalformedObjectError
 from rtdyld.objfile.archive_layout import (
     INDEX_BSD32,
@@ -30,6 +28,8 @@ from rtdyld.objfile.archive_layout import (
     NAME_ERRORS,
 )
 from rtdyld.objfile.strtab import read_names
+
+from ..lazy_numpy import np
 
 _WORD = {INDEX_GNU32: 4, INDEX_GNU64: 8, INDEX_BSD32: 4, INDEX_BSD64: 8}
 

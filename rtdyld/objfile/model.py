@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import IntEnum, IntFlag
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 # --- symbols -----------------------------------------------------------------
 
@@ -52,40 +54,19 @@ class Visibility(IntEnum):
     PROTECTED = 3
 
 
-SYM_DTYPE = np.dtype(
-    [
-        ("value", "<u8"),  # offset within ``section``; see SEC_* for the others
-        ("size", "<u8"),
-        ("section", "<i4"),  # index into ObjectFile.sections, or SEC_*
-        ("bind", "u1"),
-        ("type", "u1"),
-        ("vis", "u1"),
-    ]
-)
-
-# --- relocations ---------------------------------------------------------------
-
-RELOC_DTYPE = np.dtype(
-    [
-        ("section", "<i4"),  # the section being patched (index into sections)
-        ("offset", "<u8"),  # where in that section
-        ("kind", "u1"),  # rtdyld.x86_64.edges.Edge
-        ("rtype", "<u4"),  # the type as the object wrote it, for traces
-        ("sym", "<i4"),  # target symbol (index into the symbol table)
-        ("sym2", "<i4"),  # subtrahend symbol for Difference kinds, else -1
-        ("addend", "<i8"),  # format quirks (PLT32 -4, SIGNED_N, ...) already applied
-    ]
-)
+# The symbol table's and relocation table's columns (SYM_DTYPE, RELOC_DTYPE,
+# BATCH_RELOC_DTYPE) and empty_relocs live in .columns, with numpy: a warm
+# link from the link cache reads neither table, and so never imports numpy.
+_COLUMNS = frozenset({"SYM_DTYPE", "RELOC_DTYPE", "BATCH_RELOC_DTYPE", "empty_relocs"})
 
 
-# A batch's relocations (rtdyld.batch): an object's, plus which object and its own symbol number.
-BATCH_RELOC_DTYPE = np.dtype(RELOC_DTYPE.descr + [("obj", "<i4"), ("lsym", "<i4")])
+def __getattr__(name: str):
+    if name in _COLUMNS:
+        from . import columns
 
-
-def empty_relocs(n: int = 0) -> np.ndarray:
-    r = np.zeros(n, dtype=RELOC_DTYPE)
-    r["sym2"] = -1
-    return r
+        value = globals()[name] = getattr(columns, name)
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- sections ----------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import accumulate, count
 from operator import add
 
-import numpy as np
+from ..lazy_numpy import np
 
 # Below this many names, Python's dict beats numpy's per-call overhead at
 # finding where each name starts; above it, numpy's bulk search wins.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-import numpy as np
+from ..lazy_numpy import np
 
 
 class Edge(IntEnum):
@@ -53,12 +53,49 @@ class Edge(IntEnum):
 
 N_EDGES = len(Edge)
 
-# Bytes written by each kind (index = Edge value).
-WIDTH = np.array(
-    [0, 8, 4, 4, 2, 1, 8, 4, 2, 1, 4, 4, 4, 8, 8, 8, 4, 8, 8, 4, 8, 8, 4, 4, 4, 4, 4, 8, 4, 8],
-    dtype=np.int64,
-)
-assert len(WIDTH) == N_EDGES
+# Bytes written by each kind (index = Edge value); WIDTH is the same as an
+# int64 array, made when first imported (a warm link needs no numpy).
+WIDTHS = (0, 8, 4, 4, 2, 1, 8, 4, 2, 1, 4, 4, 4, 8, 8, 8, 4, 8, 8, 4, 8, 8, 4, 4, 4, 4, 4, 8, 4, 8)
+assert len(WIDTHS) == N_EDGES
+
+
+def __getattr__(name: str):
+    if name == "WIDTH":
+        width = np.array(WIDTHS, dtype=np.int64)
+        width.flags.writeable = False
+        globals()["WIDTH"] = width
+        return width
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Accepted value ranges per kind, as (low, high) inclusive on the signed view;
+# a kind not listed (64-bit fields) accepts anything.
+_I32 = (-(1 << 31), (1 << 31) - 1)
+FIELD_RANGE = {
+    Edge.Pointer32: (0, (1 << 32) - 1),
+    Edge.Pointer32Signed: _I32,
+    Edge.Pointer16: (-(1 << 15), (1 << 16) - 1),
+    Edge.Pointer8: (-(1 << 7), (1 << 8) - 1),
+    Edge.Delta32: _I32,
+    Edge.Delta16: (-(1 << 15), (1 << 15) - 1),
+    Edge.Delta8: (-(1 << 7), (1 << 7) - 1),
+    Edge.Branch32: _I32,
+    Edge.GOTDelta32: _I32,
+    Edge.GOTDelta32Relaxable: _I32,
+    Edge.GOTBaseDelta32: _I32,
+    Edge.Size32: (0, (1 << 32) - 1),
+    Edge.Difference32: (-(1 << 31), (1 << 32) - 1),
+    Edge.TLSGDDelta32: _I32,
+    Edge.TLSLDDelta32: _I32,
+    Edge.GOTTPOffDelta32: _I32,
+    Edge.TPOffset32: _I32,
+    Edge.DTPOffset32: _I32,
+}
+
+# How far a 32-bit displacement is trusted to reach: a margin keeps the
+# region's own size and instruction lengths from turning an "in reach"
+# verdict into an overflow.
+REACH = (1 << 31) - (64 << 20)
 
 # Kinds whose value depends on a GOT slot for the target.
 NEEDS_GOT_SLOT = frozenset(

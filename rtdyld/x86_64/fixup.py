@@ -12,32 +12,12 @@ from itertools import compress
 
 import numpy as np
 
-from .edges import N_EDGES, WIDTH, Edge
+from .edges import FIELD_RANGE, N_EDGES, WIDTH, Edge
 
 U = np.uint64
 
-# Accepted value ranges per kind, as (low, high) inclusive on the signed view.
-_I32 = (-(1 << 31), (1 << 31) - 1)
-_RANGE = {
-    Edge.Pointer32: (0, (1 << 32) - 1),
-    Edge.Pointer32Signed: _I32,
-    Edge.Pointer16: (-(1 << 15), (1 << 16) - 1),
-    Edge.Pointer8: (-(1 << 7), (1 << 8) - 1),
-    Edge.Delta32: _I32,
-    Edge.Delta16: (-(1 << 15), (1 << 15) - 1),
-    Edge.Delta8: (-(1 << 7), (1 << 7) - 1),
-    Edge.Branch32: _I32,
-    Edge.GOTDelta32: _I32,
-    Edge.GOTDelta32Relaxable: _I32,
-    Edge.GOTBaseDelta32: _I32,
-    Edge.Size32: (0, (1 << 32) - 1),
-    Edge.Difference32: (-(1 << 31), (1 << 32) - 1),
-    Edge.TLSGDDelta32: _I32,
-    Edge.TLSLDDelta32: _I32,
-    Edge.GOTTPOffDelta32: _I32,
-    Edge.TPOffset32: _I32,
-    Edge.DTPOffset32: _I32,
-}
+# Accepted value ranges per kind (the signed view, inclusive).
+_RANGE = FIELD_RANGE
 # Kinds grouped by formula, and the formula of each kind as a table indexed by kind.
 _POINTER, _DELTA, _GOT_DELTA, _GOT_OFFSET, _GOT_BASE_OFFSET, _GOT_BASE_DELTA, _SIZE, _DIFFERENCE, _UNHANDLED = range(9)
 _FORMULA_KINDS = {

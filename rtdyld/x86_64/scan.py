@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .edges import ABSOLUTE_32, NEEDS_GOT_SLOT, Edge, kind_mask
-
-# Keep a margin so that the region's own size and instruction lengths never
-# turn an "in reach" verdict into an overflow.
-REACH = (1 << 31) - (64 << 20)
+from .edges import ABSOLUTE_32, NEEDS_GOT_SLOT, REACH, Edge, kind_mask
 
 # Opcode bytes (at offset-2, offset-1 of the displacement) we can relax.
 MOV_LOAD, LEA = 0x8B, 0x8D
