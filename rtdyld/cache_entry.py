@@ -12,12 +12,9 @@ refused rather than handed to the linker.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import struct
-import tempfile
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAGIC = b"RTDYLDOC"
 FORMAT_VERSION = 1
@@ -29,8 +26,10 @@ class CorruptEntry(Exception):
     """An entry whose header, lengths or checksum do not hold."""
 
 
-@dataclass(frozen=True)
-class Entry:
+# The link cache's entries share this module's stamp check and atomic writes,
+# so it imports hashlib, json and tempfile only where an object-cache entry
+# or a write needs them: a warm link from the link cache needs none.
+class Entry(NamedTuple):
     """A verified cache entry."""
 
     key: bytes
@@ -41,6 +40,9 @@ class Entry:
 
 def encode(key: bytes, data: bytes, module: str, symbols: list[str], settings: dict) -> bytes:
     """The bytes of an entry for object ``data`` stored under ``key``."""
+    import hashlib
+    import json
+
     meta = json.dumps({"module": module, "symbols": sorted(symbols), "settings": settings},
                       sort_keys=True).encode()
     checksum = hashlib.sha256(meta + data).digest()
@@ -74,6 +76,9 @@ def _verify_header(blob, key: bytes) -> tuple[int, bytes]:
 
 def decode(blob: bytes, key: bytes) -> Entry:
     """The entry in ``blob``, which must be stored under ``key``; raises CorruptEntry."""
+    import hashlib
+    import json
+
     meta_len, checksum = _verify_header(blob, key)
     body = memoryview(blob)[HEADER.size:]
     if hashlib.sha256(body).digest() != checksum:
@@ -93,6 +98,8 @@ def atomic_write(path: str, blob: bytes, durable: bool = True) -> None:
     renamed over the target.  ``durable`` syncs it to disk first (and the
     directory after); without, a crash may leave a damaged file, which is
     fine for entries whose readers check them and treat damage as a miss."""
+    import tempfile
+
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
     try:

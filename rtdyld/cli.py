@@ -541,6 +541,20 @@ def _hold_blas_to_one_thread() -> None:
     sys.meta_path.insert(0, _OneBlasThreadWhileNumpyLoads())
 
 
+def _cold_link_code_up_front(args) -> None:
+    """Without a link cache a command links cold: the batch linker, the ELF
+    reader and numpy are imported now, as start-up, not inside the link that
+    ``--stats`` times.  With one, a batch restored from it needs none of
+    them, and a miss imports them within the link."""
+    from .link_cache_setting import ENV
+
+    setting = getattr(args, "link_cache", False)
+    if args.command == "cache" or setting or (setting is None and os.environ.get(ENV)):
+        return
+    from . import batch, ifunc  # noqa: F401
+    from .objfile import elf  # noqa: F401
+
+
 class _OneBlasThreadWhileNumpyLoads:
     """A one-shot import hook: numpy's import runs with the variable set."""
 
@@ -580,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     _hold_blas_to_one_thread()
+    _cold_link_code_up_front(args)
     try:
         return COMMANDS[args.command](args, program_args)
     except Exception as e:

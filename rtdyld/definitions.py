@@ -13,7 +13,6 @@ as ``published.get(name) is d`` hold.  Asking for all the values
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
-from dataclasses import dataclass
 
 from .lazy_numpy import np
 from .symbols import SymbolDef
@@ -23,20 +22,22 @@ from .symbols import SymbolDef
 _SCALAR_ROWS = 8
 
 
-@dataclass
 class DefinitionTable:
     """The columns a SymbolDef is made from, indexed by batch-wide symbol number."""
 
-    address: np.ndarray  # final addresses (uint64)
-    size: np.ndarray
-    type: np.ndarray
-    bind: np.ndarray
-    vis: np.ndarray
-    obj: np.ndarray  # index into ``objects`` of each symbol's object
-    section: np.ndarray  # index into ``placed``, negative for absolute and common symbols
-    objects: list  # ObjectFile per batch object: the definition's origin
-    placed: list  # PlacedSection per batch section: the definition's section name
-    commons: dict  # name -> (symbol, size, align) of merged tentative definitions
+    def __init__(self, address: np.ndarray, size: np.ndarray, type: np.ndarray, bind: np.ndarray,
+                 vis: np.ndarray, obj: np.ndarray, section: np.ndarray, objects: list, placed: list,
+                 commons: dict) -> None:
+        self.address = address  # final addresses (uint64)
+        self.size = size
+        self.type = type
+        self.bind = bind
+        self.vis = vis
+        self.obj = obj  # index into ``objects`` of each symbol's object
+        self.section = section  # index into ``placed``, negative for absolute and common symbols
+        self.objects = objects  # ObjectFile per batch object: the definition's origin
+        self.placed = placed  # PlacedSection per batch section: the definition's section name
+        self.commons = commons  # name -> (symbol, size, align) of merged tentative definitions
 
     def make(self, names: list[str], rows: list[int], batch) -> list[SymbolDef]:
         """SymbolDefs of ``names`` (symbol ``rows``), attributed to ``batch``."""

@@ -13,10 +13,10 @@ the user's half-built batch).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 
+from . import fieldwise
 from .errors import UsageError
 from .inputs import parse_object, read_input
 from .objfile.model import Bind, ObjectFile
@@ -65,7 +65,7 @@ def renamed(obj: ObjectFile, name: str, new: str) -> ObjectFile:
         if hits:
             names = list(obj.names)
             names[hits[0]] = obj.symbol_prefix + new if candidate != name else new
-            return dataclasses.replace(obj, names=names)
+            return fieldwise.replace(obj, names=names)
     raise UsageError(f"{obj.name} does not define {name!r}")
 
 

@@ -72,20 +72,44 @@ class PhaseLog:
 @contextmanager
 def timed_phases() -> Iterator[PhaseLog]:
     """Instrument Linker and BatchLinker; restore them on exit."""
-    from .batch import BatchLinker
     from .linker import Linker
 
     log = PhaseLog()
     patched = []
-    groups = ((Linker, LINKER_INPUT_PHASES), (BatchLinker, BATCH_PHASES), (Linker, LINKER_OUTPUT_PHASES))
-    for cls, phases in groups:
+
+    def patch(cls, phases, at: int) -> None:
+        labels = []
         for attr, label in phases:
             original = cls.__dict__.get(attr)
             if original is None:
                 continue
             setattr(cls, attr, _timed(original, label, log))
             patched.append((cls, attr, original))
-            log.labels.append(label)
+            labels.append(label)
+        log.labels[at:at] = labels
+
+    patch(Linker, LINKER_INPUT_PHASES, 0)
+    batch_at = len(log.labels)
+    patch(Linker, LINKER_OUTPUT_PHASES, batch_at)
+    batch = sys.modules.get(f"{__package__}.batch")
+    if batch is not None:
+        patch(batch.BatchLinker, BATCH_PHASES, batch_at)
+    else:
+        # A batch restored from the link cache never loads the batch linker
+        # (nor numpy, which it imports): its phases are instrumented when the
+        # first cold link loads it.
+        cold = Linker.__dict__["_link_group_cold"]
+
+        def first_cold_link(self, *args, **kwargs):
+            if Linker.__dict__.get("_link_group_cold") is first_cold_link:
+                Linker._link_group_cold = cold
+                from .batch import BatchLinker
+
+                patch(BatchLinker, BATCH_PHASES, batch_at)
+            return cold(self, *args, **kwargs)
+
+        Linker._link_group_cold = first_cold_link
+        patched.append((Linker, "_link_group_cold", cold))
     try:
         yield log
     finally:

@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, fields
 
 from . import host
+from .fieldwise import field_repr
 
 PROCESS = "process"
 
 
-# A dataclass for the link cache, which stores it by field, but with its
-# methods written out: generating them execs code in every new process.
-# Compared by identity.
-@dataclass(init=False, repr=False, eq=False)
+# A record the link cache stores by field (rtdyld.fieldwise).  Compared by identity.
 class SymbolDef:
     """A definition: where a name lives and who put it there."""
 
+    FIELDS = ("name", "address", "size", "type", "bind", "vis", "origin", "section", "batch")
+
+    # The defaults are class attributes too: ProcessSymbolDef sets two fields and keeps the rest.
     name: str
     address: int
     size: int = 0
@@ -50,8 +50,8 @@ class SymbolDef:
         self.section = section
         self.batch = batch
 
-    def __repr__(self) -> str:  # as the generated one would be
-        return f"{type(self).__qualname__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in fields(self))})"
+    def __repr__(self) -> str:
+        return field_repr(self)
 
 
 class PublishedSymbols(MutableMapping):

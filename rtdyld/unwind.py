@@ -24,7 +24,6 @@ Only ELF sections take part: Mach-O unwind data is for Mach-O targets.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 from . import host
 from . import layout as L
@@ -34,14 +33,18 @@ from .objfile.model import ObjectFile
 TERMINATOR = 4  # bytes of zero length word ending the image
 
 
-@dataclass
 class EhFrameImage:
     """The batch's concatenated ``.eh_frame``: ``size`` includes the terminator."""
 
-    work: int  # offset into the allocation (set once segments are placed)
-    address: int
-    size: int
-    segment_offset: int  # offset within the read-only segment, before placement
+    def __init__(self, work: int, address: int, size: int, segment_offset: int) -> None:
+        self.work = work  # offset into the allocation (set once segments are placed)
+        self.address = address
+        self.size = size
+        self.segment_offset = segment_offset  # offset within the read-only segment, before placement
+
+    def __repr__(self) -> str:
+        return (f"EhFrameImage(work={self.work!r}, address={self.address!r}, size={self.size!r}, "
+                f"segment_offset={self.segment_offset!r})")
 
 
 def table_objects(objects: list[ObjectFile]) -> set[int]:

@@ -34,8 +34,6 @@ corrupt ones; ``events`` says why, most recent last.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import sys
 import threading
@@ -54,7 +52,7 @@ from . import by_identity, container, tables
 from .by_identity import INPUT_ATTR, InputFile
 from .container import FORMAT_VERSION, CorruptEntry, pack, read_file, unpack
 from .deferred import DeferredArchive
-from .digests import StatDigests, digest
+from .digests import StatDigests, digest, key_hash
 from .plan import DIGEST_ATTR, identity_plan, make_plan, session_of
 
 _PACKAGE = sys.modules[__package__.rpartition(".")[0]]  # rtdyld, imported before its subpackages
@@ -84,16 +82,15 @@ def _code_identity() -> str:
 
     from .. import __file__ as rtdyld_init
 
-    h = hashlib.sha256()
+    parts = []
     for top in (os.path.dirname(rtdyld_init), os.path.dirname(memmgr.__file__)):
         for root, dirs, files in os.walk(top):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
             for fn in sorted(files):
                 if fn.endswith(".py"):
                     st = os.stat(os.path.join(root, fn))
-                    h.update(f"{os.path.relpath(os.path.join(root, fn), top)}\0{st.st_size}\0{st.st_mtime_ns}\n"
-                             .encode())
-    return h.hexdigest()
+                    parts.append(f"{os.path.relpath(os.path.join(root, fn), top)}\0{st.st_size}\0{st.st_mtime_ns}\n")
+    return key_hash("".join(parts).encode()).hex()
 
 
 @cache
@@ -120,7 +117,8 @@ def _prime() -> None:
     unwind._functions()
     for cls in (model.ObjectFile, model.Section, model.Group):
         tables.enum_fields(cls)
-    digest(b"")
+    if "hashlib" in sys.modules:  # (as numpy below: set up if loaded, not loaded for this)
+        digest(b"")
     if "numpy" in sys.modules:
         # numpy sets up each kind of operation on first use (tens of µs each in a
         # new process): re-apply two fixups of each width to scratch memory once.
@@ -133,8 +131,9 @@ def _prime() -> None:
 
 @functools.lru_cache(maxsize=8)
 def _identity_text(items: tuple) -> bytes:
-    # The identity, serialised once rather than at every key.
-    return json.dumps(dict(items), sort_keys=True).encode()
+    # The identity (sorted pairs of names and strings or integers), serialised
+    # once rather than at every key; repr is exact for those, and escapes NUL.
+    return repr(items).encode()
 
 
 class LinkCache:
@@ -163,9 +162,9 @@ class LinkCache:
 
     def _key(self, what: str, content: str) -> bytes:
         """The key of the ``what`` (object, archive) whose bytes have sha256 ``content``.
-        JSON escapes NUL, so the separators keep the parts apart."""
+        repr escapes NUL, so the separators keep the parts apart."""
         text = _identity_text(tuple(sorted(self.identity().items())))
-        return hashlib.sha256(b"%s\0%s\0%s" % (text, what.encode(), content.encode())).digest()
+        return key_hash(b"%s\0%s\0%s" % (text, what.encode(), content.encode()))
 
     # --- objects ------------------------------------------------------------------
 

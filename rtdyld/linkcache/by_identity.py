@@ -23,7 +23,6 @@ the rest of the session as for any batch entry (:class:`.plan.BatchPlan`).
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
 import time
@@ -108,8 +107,8 @@ def key(identity: dict, objs, search, loaded: list, kept, memory: str, version: 
     except ValueError:  # a value marshal does not take (an int or str subclass): its exact repr
         raw = b"r" + repr(parts).encode()  # repr escapes unpaired surrogates
     # BLAKE2 is built into Python: unlike sha256, no OpenSSL digest is looked
-    # up for each hash (tens of µs in a new process).
-    return hashlib.blake2b(b"rtdyld link cache: batch by input identity\0" + raw, digest_size=32).digest()
+    # up for each hash (tens of µs in a new process), nor OpenSSL loaded.
+    return digests.key_hash(b"rtdyld link cache: batch by input identity\0" + raw)
 
 
 def recorded_inputs(cache, objs, search, planned: list[str]) -> dict | None:

@@ -10,15 +10,13 @@ made: the same fields, the address moved to where the batch now lies.
 
 from __future__ import annotations
 
-import dataclasses
-
 from ..definitions import BatchDefinitions
 from ..symbols import SymbolDef
 
 _M64 = (1 << 64) - 1
 # SymbolDef's fields in order, up to the last one an entry holds (``batch`` is set at publication).
-POSITIONAL = tuple(f.name for f in dataclasses.fields(SymbolDef))[:-1]
-assert dataclasses.fields(SymbolDef)[-1].name == "batch" and POSITIONAL[:2] == ("name", "address")
+POSITIONAL = SymbolDef.FIELDS[:-1]
+assert SymbolDef.FIELDS[-1] == "batch" and POSITIONAL[:2] == ("name", "address")
 
 
 class EntryColumns:

@@ -15,8 +15,6 @@ next time.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 
@@ -27,8 +25,24 @@ SETTLE_NS = 2_000_000_000
 HEAD = 8  # bytes of the file's start a record keeps: an archive's magic
 
 
+try:
+    # hashlib's BLAKE2 is always this built-in module's.  Imported alone, it
+    # spares a warm link, which hashes only keys, hashlib's import of
+    # OpenSSL's bindings (~5 ms of a new process).
+    from _blake2 import blake2b
+except ImportError:  # an interpreter built without it
+    from hashlib import blake2b
+
+
+def key_hash(data: bytes) -> bytes:
+    """The 32-byte hash the link cache's keys are made with."""
+    return blake2b(data, digest_size=32).digest()
+
+
 def digest(data) -> str:
     """sha256 of ``data``, hex."""
+    import hashlib  # only when content is hashed: a warm link by identity hashes none
+
     return hashlib.sha256(data).hexdigest()
 
 
@@ -84,6 +98,8 @@ class StatDigests:
         """The record of the file at ``real`` if it was made while the file had
         identity ``ident`` and holds a digest, else None."""
         try:
+            import json  # (records are read only when an archive's digest is asked for)
+
             doc = json.loads(read_file(self._record_path(real)))
             if doc["path"] == real and doc["ident"] == ident and isinstance(doc["digest"], str):
                 return doc
@@ -98,6 +114,8 @@ class StatDigests:
         head = data[:HEAD]
         ident = file_identity(st)
         if had_settled(st, before) and os.stat(real).st_ctime_ns == st.st_ctime_ns:
+            import json
+
             try:
                 atomic_write(self._record_path(real), json.dumps(
                     {"path": real, "ident": ident, "digest": value, "head": head.hex()}).encode(), durable=False)

@@ -26,11 +26,8 @@ Any difference is a miss, and the batch is linked cold.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gc
-import hashlib
-import json
 import warnings
 import zlib
 
@@ -55,10 +52,13 @@ DIGEST_ATTR = "_link_cache_digest"  # set on objects the cache read, to their by
 _PROT = {int(p): p for p in map(Prot, range(8))}
 _tuple_new = tuple.__new__
 _IMAGE = "image"  # the blob _capture makes of the batch's bytes, stored as the entry's tail
-_SYMBOL_FIELDS = tuple(f.name for f in dataclasses.fields(SymbolDef) if f.name not in ("address", "batch"))
+_SYMBOL_FIELDS = tuple(f for f in SymbolDef.FIELDS if f not in ("address", "batch"))
 
 
 def batch_key(identity: dict, parts: dict) -> bytes:
+    import hashlib  # (a batch found by its inputs' identities needs neither)
+    import json
+
     h = hashlib.sha256(b"rtdyld link cache: batch\0")
     h.update(json.dumps({**identity, **parts}, sort_keys=True).encode())
     return h.digest()

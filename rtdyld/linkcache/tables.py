@@ -1,16 +1,15 @@
-"""Object files as cache entries, generically over the model's dataclasses.
+"""Object files as cache entries, generically over the model's records.
 
 An :class:`~rtdyld.objfile.model.ObjectFile` is written field by field, so a
 reader that adds or changes fields needs no change here: numpy arrays and
-byte strings become blobs, lists of strings one packed blob, dataclasses
-(sections, groups) JSON objects tagged with their class, enums their integer
+byte strings become blobs, lists of strings one packed blob, records
+(sections, groups; :mod:`rtdyld.fieldwise`) JSON objects tagged with their class, enums their integer
 values — restored to the enum the field is annotated with.  A value of any
 other kind makes the object uncacheable rather than half stored.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import types
 import typing
@@ -18,6 +17,7 @@ from collections.abc import Mapping
 from enum import Enum
 from functools import cache
 
+from .. import fieldwise
 from ..lazy_numpy import np
 from ..objfile import model
 
@@ -38,17 +38,17 @@ def encode(value, blobs: list) -> object:
         return {"$a": _add(blobs, value)}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$b": _add(blobs, value)}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if fieldwise.is_record(value):
         cls = _model_class(value)
         if cls is None:
             raise Uncacheable(f"{type(value).__name__} is not a model class")
-        return {"$d": cls.__name__, **{f.name: encode(getattr(value, f.name), blobs) for f in dataclasses.fields(value)}}
+        return {"$d": cls.__name__, **{f: encode(getattr(value, f), blobs) for f in value.FIELDS}}
     if isinstance(value, (list, tuple)):
         kinds = set(map(type, value))
         if len(value) > 1 and len(kinds) == 1 and _model_class(value[0]) is not None:
             # Many records of one class (sections): a column per field.
             cls = _model_class(value[0])
-            columns = {f.name: [getattr(v, f.name) for v in value] for f in dataclasses.fields(cls)}
+            columns = {f: [getattr(v, f) for v in value] for f in cls.FIELDS}
             return {"$c": cls.__name__, "n": len(value), "cols": encode_columns(columns, blobs)}
         if kinds == {str}:
             raw = [v.encode("utf-8", "surrogateescape") for v in value]
@@ -104,9 +104,9 @@ def decode(doc, blobs: list):
 
 
 def _model_class(value) -> type | None:
-    """The model dataclass ``value`` is an instance of (also for a LazyObject
+    """The model record class ``value`` is an instance of (also for a LazyObject
     standing in for an ObjectFile), or None."""
-    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+    if not fieldwise.is_record(value):
         return None
     return next((c for c in type(value).__mro__ if getattr(model, c.__name__, None) is c), None)
 
@@ -161,9 +161,9 @@ def skeleton(obj: model.ObjectFile) -> model.ObjectFile:
     """``obj`` with only what a linked batch keeps of an archive member after a
     warm link: its name and its sections' names, sizes and flags (with no
     relocations left, no names of their types either)."""
-    return dataclasses.replace(
+    return fieldwise.replace(
         obj,
-        sections=[dataclasses.replace(s, data=b"") for s in obj.sections],
+        sections=[fieldwise.replace(s, data=b"") for s in obj.sections],
         symbols=obj.symbols[:0],
         names=[],
         relocs=obj.relocs[:0],
@@ -198,9 +198,9 @@ class LazyObject(model.ObjectFile):
                     # Kept: a load that fails fails again, with its own error, when next read.
                     self.__dict__["_load"] = load
                     raise
-                for f in dataclasses.fields(full):
-                    if f.name != "name":
-                        self.__dict__[f.name] = getattr(full, f.name)
+                for f in full.FIELDS:
+                    if f != "name":
+                        self.__dict__[f] = getattr(full, f)
                 del self.__dict__["_load"]
             elif attr not in self.__dict__:  # (made by another thread meanwhile, or no such field)
                 raise AttributeError(attr)

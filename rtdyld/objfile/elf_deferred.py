@@ -27,7 +27,6 @@ which remains for SHT_REL tables and for naming bad entries.
 from __future__ import annotations
 
 from array import array
-from dataclasses import fields
 from itertools import accumulate
 from operator import ge, gt
 
@@ -259,7 +258,7 @@ def _deferred(reader, symbols: np.ndarray | None, tables: tuple[list[memoryview]
 
 
 # What _deferred sets: the model's fields, ``symbols`` and ``relocs`` as their attributes behind the properties.
-assert {f.name for f in fields(ObjectFile)} == {
+assert set(ObjectFile.FIELDS) == {
     "name", "format", "sections", "symbols", "names", "relocs", "groups", "symbol_prefix", "rtype_names",
     "subsections_via_symbols"}
 

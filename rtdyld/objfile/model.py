@@ -11,9 +11,10 @@ error messages).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from enum import IntEnum, IntFlag
 from typing import TYPE_CHECKING
+
+from ..fieldwise import field_repr
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,25 +92,27 @@ class SectionRole(IntEnum):
     EH_FRAME = 5
 
 
-# The classes below are dataclasses for what walks them by field (the link
-# cache stores them with dataclasses.fields and replace), but their methods are
-# written out: generating them execs code, ~0.4 ms a class in every new
-# process.  tests/test_imports.py checks that each __init__ takes the fields.
+# The classes below are records the link cache walks by field (rtdyld.fieldwise):
+# FIELDS lists them in the order __init__ takes them, which
+# tests/test_imports.py checks.  The annotations say each field's type, and
+# the cache restores an enum field from its annotation.
 
 
-@dataclass(slots=True, init=False, repr=False, eq=False)  # (slots: no dict per section, a member having a dozen)
 class Section:
     """One loadable section of an object."""
+
+    FIELDS = ("name", "data", "size", "align", "flags", "role", "priority", "group", "source_index")
+    __slots__ = FIELDS  # no dict per section, a member having a dozen
 
     name: str  # as the object names it (".text.foo", "__TEXT,__text")
     data: bytes | memoryview  # file bytes; empty for ZERO_FILL
     size: int
     align: int
     flags: SectionFlags
-    role: SectionRole = SectionRole.NORMAL
-    priority: int | None = None  # init/fini priority (".init_array.00101" -> 101)
-    group: int | None = None  # index into ObjectFile.groups (COMDAT)
-    source_index: int = -1  # the format's own section number, for messages
+    role: SectionRole  # NORMAL unless given
+    priority: int | None  # init/fini priority (".init_array.00101" -> 101)
+    group: int | None  # index into ObjectFile.groups (COMDAT)
+    source_index: int  # the format's own section number, for messages; -1 unless given
 
     def __init__(self, name: str, data: bytes | memoryview, size: int, align: int, flags: SectionFlags,
                  role: SectionRole = SectionRole.NORMAL, priority: int | None = None, group: int | None = None,
@@ -137,10 +140,10 @@ class Section:
         return field_repr(self)
 
 
-@dataclass(init=False, repr=False, eq=False)
 class Group:
     """A COMDAT group: keep one copy per signature, drop the others."""
 
+    FIELDS = ("signature", "sections")
     signature: str
     sections: list[int]
 
@@ -159,7 +162,6 @@ class Group:
         return field_repr(self)
 
 
-@dataclass(init=False, repr=False, eq=False)
 class ObjectFile:
     """A relocatable object, read into tables.
 
@@ -168,15 +170,17 @@ class ObjectFile:
     decoration ("_" for Mach-O C symbols): host look-ups strip exactly it.
     """
 
+    FIELDS = ("name", "format", "sections", "symbols", "names", "relocs", "groups", "symbol_prefix", "rtype_names",
+              "subsections_via_symbols")
     name: str
     format: str  # "elf" or "macho"
     sections: list[Section]
     symbols: np.ndarray  # SYM_DTYPE
     names: list[str]
     relocs: np.ndarray  # RELOC_DTYPE
-    groups: list[Group] = field(default_factory=list)
-    symbol_prefix: str = ""
-    rtype_names: Mapping[int, str] = field(default_factory=dict)
+    groups: list[Group]  # none unless given
+    symbol_prefix: str = ""  # (the defaults with a value are class attributes too, as they always were)
+    rtype_names: Mapping[int, str]  # none unless given
     subsections_via_symbols: bool = False
 
     def __init__(self, name: str, format: str, sections: list[Section], symbols: np.ndarray, names: list[str],
@@ -210,11 +214,6 @@ class ObjectFile:
         if 0 <= sec < len(self.sections):
             return self.sections[sec].name
         return f"<symbol {index}>"
-
-
-def field_repr(record) -> str:
-    """What a generated dataclass __repr__ would say: the class and each field."""
-    return f"{type(record).__qualname__}({', '.join(f'{f.name}={getattr(record, f.name)!r}' for f in fields(record))})"
 
 
 _LOCAL_BIND, _GLOBAL_BIND = int(Bind.LOCAL), int(Bind.GLOBAL)  # plain ints: an enum member costs a look-up per use
