@@ -201,6 +201,16 @@ def test_a_record_takes_its_fields_in_order(where):
     assert all(getattr(copy, f) is getattr(made, f) for f in cls.FIELDS[1:])
     with pytest.raises(TypeError, match=f"{name} has no field 'nonesuch'"):
         fieldwise.replace(made, nonesuch=1)
+    # The enum fields the link cache restores are those annotated with an enum.
+    import enum
+    import typing
+
+    import numpy
+
+    hints = typing.get_type_hints(cls, localns={"np": numpy})
+    annotated = {f: t for f, h in hints.items() for t in (h, *typing.get_args(h))
+                 if isinstance(t, type) and issubclass(t, enum.Enum)}
+    assert getattr(cls, "ENUM_FIELDS", {}) == annotated
 
 
 def test_records_compare_as_before():

@@ -82,14 +82,21 @@ def _code_identity() -> str:
 
     from .. import __file__ as rtdyld_init
 
-    parts = []
+    parts: list[str] = []
+
+    def walk(directory: str, prefix: str) -> None:
+        # scandir, not os.walk and relpath: a new process pays this in every warm run.
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            if e.name.endswith(".py") and e.is_file():
+                st = e.stat()
+                parts.append(f"{prefix}{e.name}\0{st.st_size}\0{st.st_mtime_ns}\n")
+            elif e.is_dir() and e.name != "__pycache__":
+                walk(e.path, f"{prefix}{e.name}/")
+
     for top in (os.path.dirname(rtdyld_init), os.path.dirname(memmgr.__file__)):
-        for root, dirs, files in os.walk(top):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            for fn in sorted(files):
-                if fn.endswith(".py"):
-                    st = os.stat(os.path.join(root, fn))
-                    parts.append(f"{os.path.relpath(os.path.join(root, fn), top)}\0{st.st_size}\0{st.st_mtime_ns}\n")
+        walk(top, "")
     return key_hash("".join(parts).encode()).hex()
 
 
@@ -97,15 +104,13 @@ def _code_identity() -> str:
 def _prime() -> None:
     """Pay once per process, when a cache is opened, the lazy set-up a first
     warm link would otherwise pay inside the link: the code identity, cffi's
-    parsing of the C types the host look-ups use, the model's field
-    annotations, and the unwinder's entry points (libgcc_s found and opened,
-    as an LLVM engine has it from the start).  numpy's set-up too, if the
+    parsing of the C types the host look-ups use, and the unwinder's entry
+    points (libgcc_s found and opened, as an LLVM engine has it from the start).  numpy's set-up too, if the
     process has numpy: a warm link needs it only for a batch with many
     residual fixups, and does not import it for the others."""
     from memmgr import libc
 
     from .. import host, unwind
-    from ..objfile import model
 
     _code_identity()
     host.describe_address(host.process_symbol("malloc"))
@@ -115,8 +120,6 @@ def _prime() -> None:
     libc.libc.mprotect  # noqa: B018 - the accessor is made when first read
     host.ffi.typeof("void *")
     unwind._functions()
-    for cls in (model.ObjectFile, model.Section, model.Group):
-        tables.enum_fields(cls)
     if "hashlib" in sys.modules:  # (as numpy below: set up if loaded, not loaded for this)
         digest(b"")
     if "numpy" in sys.modules:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import IntEnum, IntFlag
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from ..fieldwise import field_repr
@@ -103,6 +104,7 @@ class Section:
 
     FIELDS = ("name", "data", "size", "align", "flags", "role", "priority", "group", "source_index")
     __slots__ = FIELDS  # no dict per section, a member having a dozen
+    ENUM_FIELDS = MappingProxyType({"flags": SectionFlags, "role": SectionRole})  # restored as enums by the cache
 
     name: str  # as the object names it (".text.foo", "__TEXT,__text")
     data: bytes | memoryview  # file bytes; empty for ZERO_FILL
