@@ -5,8 +5,8 @@ needs no numpy, while importing numpy costs a new process more than all the
 rest of a warm ``rtdyld run``.  A module that calls numpy only inside its
 functions, and is loaded on that path, writes ``from .lazy_numpy import np``
 instead of ``import numpy as np``: ``np`` is a stand-in that imports numpy
-when an attribute is first read, then holds numpy's attributes as its own,
-so reading them costs what reading the module's would.
+when an attribute is first read, and then puts numpy itself in its place in
+every module of the package that holds it.
 
 (The standard library's ``importlib.util.LazyLoader`` cannot do this for a
 package other modules import by name: the import statement itself reads
@@ -15,12 +15,25 @@ the lazy module's ``__spec__``, which loads it.)
 
 from __future__ import annotations
 
+import sys
+
 
 class _Numpy:
     def __getattr__(self, name: str):
         import numpy
 
-        # Only names not yet copied get here: numpy's own lazily made ones after the first read.
+        # From now on the modules read numpy itself: the stand-in's own
+        # attribute reads go through this class's lookup, several times the
+        # cost of a module's, in the hot paths too.  Every module of the
+        # package holding the stand-in gets numpy, and a later import of the
+        # name gets numpy; the stand-in keeps numpy's attributes for anything
+        # that holds it still (only the names read after this one go through
+        # here: numpy's lazily made ones).
+        globals()["np"] = numpy
+        prefix = f"{__package__}."
+        for module_name, module in list(sys.modules.items()):
+            if module_name.startswith(prefix) and vars(module).get("np") is self:
+                module.np = numpy
         self.__dict__.update(numpy.__dict__)
         return getattr(numpy, name)
 

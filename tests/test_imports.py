@@ -127,6 +127,24 @@ def test_numpy_stand_in_imports_numpy_when_first_read():
     assert out.splitlines() == ["False <numpy, imported when first used>", "True [97, 98] True", "True"]
 
 
+def test_numpy_stand_in_is_replaced_by_numpy_once_used():
+    """After the first read every module of the package that held the stand-in
+    holds numpy itself (a module's attribute reads cost less), and a later
+    import of the name gets numpy."""
+    out = _child(
+        "import sys\n"
+        "from rtdyld.objfile import strtab\n"
+        "from rtdyld import lazy_numpy\n"
+        "stand_in = strtab.np\n"
+        "print(type(stand_in).__name__, 'numpy' in sys.modules)\n"
+        "stand_in.zeros(1)\n"
+        "import numpy\n"
+        "from rtdyld.lazy_numpy import np\n"
+        "print(strtab.np is numpy, np is numpy, stand_in.zeros is numpy.zeros)\n"
+    )
+    assert out.splitlines() == ["_Numpy False", "True True True"]
+
+
 THREADS_PROGRAM = r"""
 #include <dirent.h>
 #include <stdio.h>
