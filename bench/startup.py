@@ -10,12 +10,16 @@ is the process's wall time less the link: what the goal compares with
 does, and from a link cache the warm-up round filled (``--link-cache``, as
 ``RTDYLD_LINK_CACHE`` sets it), as every later run of the same object does;
 that run loads neither the batch linker nor numpy.  ``import numpy,
-_cffi_backend`` (the floor of a cold link; the cffi package itself is not
-imported, the C declarations being pre-parsed) and ``from rtdyld import
-Linker`` are timed too.  What ``python -c pass`` itself imports is counted,
-with the third-party packages among them (a ``.pth`` file in
-site-packages can import one at every start-up and so inflate the
-baseline).  One run of each ``rtdyld run`` lists the heavy optional packages
+_cffi_backend`` (the floor of a cold link, numpy with one BLAS thread as
+``rtdyld run`` loads it; the cffi package itself is not imported, the C
+declarations being pre-parsed) and ``from rtdyld import Linker`` are timed
+too.  What ``python -c pass`` itself imports is counted, with the
+third-party packages among them: a ``.pth`` file in site-packages can import
+one at every start-up and so inflate the baseline.  So the baseline, the
+floor and both runs are also timed under ``python -S``, which reads no
+``.pth`` file (site-packages is put on ``PYTHONPATH`` instead): the
+interpreter's own start-up, as on a machine whose site-packages imports
+nothing.  One run of each ``rtdyld run`` lists the heavy optional packages
 it imported: there should be none (capstone is for traces and checks,
 llvmlite for IR inputs, pyelftools for nothing on the link path, pycparser
 for nothing at all), and from the link cache not numpy either.
@@ -23,10 +27,12 @@ for nothing at all), and from the link cache not numpy either.
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +53,7 @@ define i32 @main(i32 %argc, ptr %argv) {
 }
 """
 STATS = ("command", "cached")
+BARE = " -S"
 
 
 def run(session: Session) -> list[Row]:
@@ -54,22 +61,25 @@ def run(session: Session) -> list[Row]:
     runs = max(3, session.options.runs * (2 if session.options.quick else 3))
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="rtdyld-startup-") as link_cache:
-        commands = {
-            "plain": [python, "-c", "pass"],
-            "floor": [python, "-c", "import numpy, _cffi_backend"],
-            "imported": [python, "-c", "from rtdyld import Linker"],
-            "command": [python, "-m", "rtdyld", "run", "--stats", str(obj)],
-            "cached": [python, "-m", "rtdyld", "run", "--stats", "--link-cache", link_cache, str(obj)],
+        base = {
+            "plain": ["-c", "pass"],
+            "floor": ["-c", "import numpy, _cffi_backend"],
+            "imported": ["-c", "from rtdyld import Linker"],
+            "command": ["-m", "rtdyld", "run", "--stats", str(obj)],
+            "cached": ["-m", "rtdyld", "run", "--stats", "--link-cache", link_cache, str(obj)],
         }
-        wall, cpu, links = _time(commands, runs, stats=STATS)
+        commands = {k: ([python, *argv], _env(floor=k == "floor")) for k, argv in base.items()}
+        # The same without site's start-up files (-S; site-packages on the path instead):
+        # what python -c pass costs where no .pth file imports anything.
+        commands |= {k + BARE: ([python, "-S", *base[k]], _env(floor=k == "floor", bare=True))
+                     for k in ("plain", "floor", *STATS)}
+        wall, cpu, links = _time(commands, runs, stats=(*STATS, *(k + BARE for k in STATS)))
         heavy = {"command": _heavy_imports(obj, None, HEAVY), "cached": _heavy_imports(obj, link_cache,
                                                                                      HEAVY_WHEN_CACHED)}
-    baseline = _baseline_modules()
+    count, third_party = _baseline_modules()
     med = {k: statistics.median(v) for k, v in wall.items()}
     cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
-    link = {k: statistics.median(links[k]) for k in STATS}
-    ratio = {k: (med[k] - link[k]) / med["plain"] for k in STATS}
-    cpu_ratio = {k: (cpu_med[k] - link[k]) / cpu_med["plain"] for k in STATS}
+    link = {k: statistics.median(v) for k, v in links.items()}
     headers = ["command", "runs", "median ms", "min ms", "cpu ms"]
     labels = {
         "plain": "python -c pass",
@@ -78,24 +88,28 @@ def run(session: Session) -> list[Row]:
         "command": "rtdyld run --stats small.o",
         "cached": "rtdyld run --stats --link-cache DIR small.o",
     }
+    labels |= {k + BARE: f"{labels[k]}, python -S" for k in ("plain", "floor", *STATS)}
     lines = []
     for k in commands:
         lines.append([labels[k], str(runs), report.ms(med[k]), report.ms(min(wall[k])), report.ms(cpu_med[k])])
-        if k in STATS:
+        if k in links:
             lines.append(["  of which link_s", str(runs), report.ms(link[k]), report.ms(min(links[k])), ""])
-    print(report.table(headers, lines, "startup: a new process per run, the commands taking turns"))
-    count, third_party = baseline
-    for k, how in (("command", "linking cold"), ("cached", "from the link cache, a repeated run")):
-        verdict = "meets" if ratio[k] <= GOAL else "misses"
-        print(f"start-up {how} (run less link_s) = {ratio[k]:.2f}x python -c pass "
-              f"(CPU time: {cpu_ratio[k]:.2f}x); the goal is <= {GOAL}x, which this {verdict}.")
+    print(report.table(headers, lines, "startup: a new process per run, the commands taking turns "
+                                       "(numpy with one BLAS thread, as rtdyld run loads it)"))
+    for suffix, where in (("", ""), (BARE, "; python -S")):
+        plain, cpu_plain = med["plain" + suffix], cpu_med["plain" + suffix]
+        for k, how in (("command", "linking cold"), ("cached", "from the link cache, a repeated run")):
+            k += suffix
+            ratio, cpu_ratio = (med[k] - link[k]) / plain, (cpu_med[k] - link[k]) / cpu_plain
+            verdict = "meets" if ratio <= GOAL else "misses"
+            print(f"start-up {how}{where} (run less link_s) = {ratio:.2f}x python -c pass "
+                  f"(CPU time: {cpu_ratio:.2f}x); the goal is <= {GOAL}x, which this {verdict}.")
+        print(f"importing numpy and _cffi_backend alone (what a cold link needs){where}: "
+              f"{med['floor' + suffix] / plain:.2f}x python -c pass.")
     print(
-        f"importing numpy and _cffi_backend alone, which a cold link needs, is "
-        f"{med['floor'] / med['plain']:.2f}x python -c pass; cold start-up is "
-        f"{(med['command'] - link['command']) / med['floor']:.2f}x that, "
-        f"{report.ms(med['command'] - link['command'] - med['floor'])} ms above it.\n"
         f"python -c pass imports {count} modules here"
-        + (f", among them third-party {', '.join(third_party)} (from a .pth file in site-packages)"
+        + (f", among them third-party {', '.join(third_party)} (from a .pth file in site-packages; "
+           f"python -S runs none: {report.ms(med['plain' + BARE])} ms against {report.ms(med['plain'])} ms)"
            if third_party else ", none of them third-party")
         + ".\n"
         f"heavy packages imported by 'rtdyld run': {', '.join(heavy['command']) or 'none'}; "
@@ -120,17 +134,24 @@ def _small_object() -> Path:
     return path
 
 
-def _env() -> dict[str, str]:
+def _env(floor: bool = False, bare: bool = False) -> dict[str, str]:
     # Bytecode is cached (outside the source tree) as an installed package's
     # would be, even where PYTHONDONTWRITEBYTECODE is set: otherwise every run
     # compiles rtdyld from source, which is not start-up as users see it.
     env = child_env()
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(cache_dir() / "pycache")
+    if floor:
+        # As 'rtdyld run' imports numpy (rtdyld.cli): OpenBLAS with one thread, not one per core.
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if bare:
+        # python -S reads no .pth file: site-packages goes on the path by hand.
+        paths = sysconfig.get_paths()
+        env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], *dict.fromkeys((paths["purelib"], paths["platlib"]))])
     return env
 
 
-def _time(commands: dict[str, list[str]], runs: int, stats) -> tuple[dict, dict, dict[str, list[float]]]:
+def _time(commands: dict[str, tuple[list[str], dict]], runs: int, stats) -> tuple[dict, dict, dict[str, list[float]]]:
     """Wall and CPU seconds per run of each command after one warm-up round,
     and ``link_s`` per run of each command named in ``stats``.
 
@@ -145,7 +166,8 @@ def _time(commands: dict[str, list[str]], runs: int, stats) -> tuple[dict, dict,
         for key in order[i % len(order):] + order[: i % len(order)]:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            proc = subprocess.run(commands[key], env=_env(), cwd=REPO, capture_output=True, text=True, check=True)
+            argv, env = commands[key]
+            proc = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, check=True)
             elapsed = time.perf_counter() - t0
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             if not i:

@@ -176,15 +176,18 @@ def test_cold_link_times_every_engine_in_the_same_rounds(tmp_path):
 def test_startup_times_each_command_in_turn_and_imports_nothing_heavy(tmp_path):
     out = run_bench(tmp_path, "--only", "startup", timeout=300)
     header, rows = table_after("startup:", out)
-    rows = rows[:7]  # the verdict lines follow the table
+    rows = rows[:13]  # the verdict lines follow the table
     assert header == ["command", "runs", "median ms", "min ms", "cpu ms"], header
     commands = [r[0] for r in rows]
+    cold, cached = "rtdyld run --stats small.o", "rtdyld run --stats --link-cache DIR small.o"
     assert commands == ["python -c pass", "python -c 'import numpy, _cffi_backend'",
-                        "python -c 'from rtdyld import Linker'", "rtdyld run --stats small.o", "of which link_s",
-                        "rtdyld run --stats --link-cache DIR small.o", "of which link_s"], commands
+                        "python -c 'from rtdyld import Linker'", cold, "of which link_s", cached, "of which link_s",
+                        "python -c pass, python -S", "python -c 'import numpy, _cffi_backend', python -S",
+                        f"{cold}, python -S", "of which link_s", f"{cached}, python -S", "of which link_s"], commands
     assert len({r[1] for r in rows}) == 1, rows  # every command ran as often
     for how in ("linking cold", "from the link cache, a repeated run"):
-        assert re.search(rf"start-up {how} \(run less link_s\) = \d+\.\d\dx python -c pass "
-                         rf"\(CPU time: \d+\.\d\dx\)", out), out
+        for where in ("", "; python -S"):
+            assert re.search(rf"start-up {how}{where} \(run less link_s\) = \d+\.\d\dx python -c pass "
+                             rf"\(CPU time: \d+\.\d\dx\)", out), out
     assert re.search(r"python -c pass imports \d+ modules here", out), out
     assert "heavy packages imported by 'rtdyld run': none; from the link cache: none" in out, out
