@@ -108,8 +108,9 @@ class CachedMember:
 
     @property
     def data(self) -> memoryview:
-        member = self.archive.members[self.index]
-        if member.header_offset != self.header_offset:
+        members = self.archive.members
+        member = members[self.index] if 0 <= self.index < len(members) else None
+        if member is None or member.header_offset != self.header_offset:
             raise MalformedObjectError(f"{self.display_name}: the archive changed since it was linked")
         return member.data
 

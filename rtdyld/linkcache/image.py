@@ -35,7 +35,7 @@ import struct
 
 import numpy as np
 
-from ..batch import GOT_SYMBOL, LinkedBatch
+from ..batch import GOT_SYMBOL, STUB_SIZE, LinkedBatch
 from ..objfile.model import SEC_ABS
 from ..x86_64 import fixup, scan
 from ..x86_64.edges import WIDTH, Edge
@@ -283,6 +283,17 @@ def _apply_rows(rows: list[tuple], mem: np.ndarray, base: int, ext: np.ndarray) 
 
 # A kind whose field takes any 64-bit value is never range-checked.
 _UNCHECKED = [lo == np.iinfo(np.int64).min and hi == np.iinfo(np.int64).max for lo, hi in zip(_LOW, _HIGH)]
+_WRITTEN = [w in (1, 2, 4, 8) for w in _WIDTH]  # the kinds a residual fixup may have
+
+
+def _check_group(kind: int, cb: int, j: int, count: int, nexternals: int) -> None:
+    """Raise ValueError unless a stored group of residual fixups is one
+    :func:`grouped` could make: a kind that writes a field, ``cb`` in -1..1,
+    an external within the table or -1 (a negative index would pick another
+    external from the end), a count that is not negative."""
+    if not (0 <= kind < len(_WRITTEN) and _WRITTEN[kind] and -1 <= cb <= 1 and -1 <= j < nexternals
+            and count >= 0):
+        raise ValueError(f"a residual group {[kind, cb, j, count]} that no capture makes")
 
 
 def grouped(res: Residual) -> tuple[np.ndarray, list[list[int]]]:
@@ -324,11 +335,15 @@ def targets(rec: np.ndarray, groups: list) -> tuple[np.ndarray, bool]:
 
 
 def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray,
-                  stored_targets: tuple[np.ndarray, bool]) -> bool:
+                  stored_targets: tuple[np.ndarray, bool], limit: int | None = None) -> bool:
     """:func:`apply_records` for rows :func:`grouped` arranged, given as their
     constants (``const``, uint64) and written where their :func:`targets`
     (``stored_targets``) say, as an entry stores them: the same values, range
-    checks and bytes, in a handful of numpy calls whatever the count.
+    checks and bytes, in a handful of numpy calls whatever the count.  Raises
+    ValueError, before writing anything, if a group is not one
+    :func:`grouped` makes or a field lies outside the first ``limit`` bytes
+    of ``mem`` (all of it by default; at load, the image: no fixup lands in
+    zero-fill memory).
 
     Every row of a group moves by the same ``cb * base + ext[j]``: if the
     group's smallest and largest constants, moved, lie within the field's
@@ -340,6 +355,7 @@ def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, e
     runs: dict[int, list[int]] = {}  # width -> [first row, end]: rows are sorted by width
     at = 0
     for kind, cb, j, count, cmin, cmax in groups:
+        _check_group(kind, cb, j, count, len(ext_))
         d = cb * base + (ext_[j] if j >= 0 else 0)
         if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
             v = (const[at : at + count] + U(d & _M64)).view(np.int64)
@@ -353,8 +369,17 @@ def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, e
         raise ValueError("residual groups do not cover the rows")
     if not at:
         return True
-    value = const + np.array(deltas, dtype=U).repeat(counts)
     index, quads = stored_targets
+    # Every write position checked before any is written: the 8-byte fields,
+    # last, by word index when aligned (quads), all others byte by byte.
+    words = runs[8][1] - runs[8][0] if quads and 8 in runs else 0
+    nbytes = sum((e - s) * w for w, (s, e) in runs.items()) - 8 * words
+    if len(index) != nbytes + words:
+        raise ValueError("residual targets do not match the rows")
+    end = len(mem) if limit is None else min(limit, len(mem))
+    if index.min() < 0 or (nbytes and index[:nbytes].max() >= end) or (words and index[nbytes:].max() >= end // 8):
+        raise ValueError("a residual fixup outside the batch's image")
+    value = const + np.array(deltas, dtype=U).repeat(counts)
     done = 0
     for w, (s, e) in sorted(runs.items()):
         if w == 8 and quads:
@@ -364,8 +389,6 @@ def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, e
             n = (e - s) * w
             mem[index[done : done + n]] = value[s:e].astype(_LITTLE[w]).view(np.uint8)
         done += n
-    if done != len(index):
-        raise ValueError("residual targets do not match the rows")
     return True
 
 
@@ -390,21 +413,20 @@ def listed(rec: np.ndarray) -> bytes:
 FEW_LISTED = 1024
 
 
-def apply_listed(rows: bytes, groups: list, mem: np.ndarray, base: int, ext) -> bool:
+def apply_listed(rows: bytes, groups: list, mem: np.ndarray, base: int, ext, limit: int | None = None) -> bool:
     """:func:`apply_grouped` for rows :func:`listed` gives, with the externals'
-    addresses ``ext`` as a list or an array: the same values, range checks and
-    bytes, with Python integers."""
+    addresses ``ext`` as a list or an array: the same values, range checks,
+    bytes and errors, with Python integers."""
     # Native int64 is the little-endian layout listed() wrote (x86-64 only);
     # a length that is not whole rows raises TypeError (a corrupt entry).
     both = memoryview(rows).cast("q")
     n = len(both) // 2
     where, const = both[:n], both[n:]
-    if n and min(where) < 0:  # pack_into counts a negative offset from the end; past the end it raises
-        raise ValueError("a residual fixup outside the batch's memory")
     ext_ = ext.tolist() if isinstance(ext, np.ndarray) else ext
     deltas = []
     at = 0
     for kind, cb, j, count, cmin, cmax in groups:
+        _check_group(kind, cb, j, count, len(ext_))
         d = cb * base + (ext_[j] if j >= 0 else 0)
         if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
             lo, hi = _LOW[kind], _HIGH[kind]
@@ -416,6 +438,15 @@ def apply_listed(rows: bytes, groups: list, mem: np.ndarray, base: int, ext) -> 
         at += count
     if at != len(where) or len(const) != len(where):
         raise ValueError("residual groups do not cover the rows")
+    # pack_into counts a negative offset from the end: every position checked
+    # before any is written, field by field only near the end.
+    end = len(mem) if limit is None else min(limit, len(mem))
+    if n and (min(where) < 0 or max(where) + 8 > end):
+        at = 0
+        for kind, _cb, _j, count, _lo, _hi in groups:
+            if count and (min(where[at : at + count]) < 0 or max(where[at : at + count]) + _WIDTH[kind] > end):
+                raise ValueError("a residual fixup outside the batch's image")
+            at += count
     view = memoryview(mem)
     at = 0
     for (kind, _cb, _j, count, _lo, _hi), d in zip(groups, deltas):
@@ -425,6 +456,85 @@ def apply_listed(rows: bytes, groups: list, mem: np.ndarray, base: int, ext) -> 
             put(view, where[i], (const[i] + d) & mask)
         at += count
     return True
+
+
+def check_meta(meta: dict, size: int, narchives: int) -> None:
+    """Raise ValueError unless the metadata of a batch entry restored into an
+    allocation of ``size`` bytes, searching ``narchives`` archives, has the
+    shape :meth:`~rtdyld.linkcache.plan.BatchPlan` capture gives it: every
+    offset it publishes (GOT, stubs, ``__dso_handle``, unwind tables, init
+    and fini arrays) inside one of the batch's segments, every name a str,
+    every count a non-negative int.  The checksums guard against damage, not
+    against an entry written by something else: a value of the wrong type or
+    out of range must be a miss here, not a wrong write, a call to a wrong
+    address or a bare exception once the batch is in use.  Plain integer
+    comparisons, a few per item."""
+    spans = []
+    for name, off, n, prot, zero_fill in meta["segments"]:
+        if type(name) is not str or type(zero_fill) is not bool:
+            raise ValueError("a segment of the wrong shape")
+        spans.append((off, off + n, prot))
+
+    def inside(lo: int, hi: int, what: str, prot: int = 0) -> None:
+        for start, end, p in spans:
+            if start <= lo and hi <= end and p & prot == prot:
+                return
+        raise ValueError(f"{what} at [{lo:#x}, {hi:#x}) lies outside the batch's segments")
+
+    for name in ("nsections", "nobjects", "got_off"):
+        v = meta[name]
+        if type(v) is not int or v < 0:
+            raise ValueError(f"{name} {v!r} is not a count or offset")
+    if meta["got"]:
+        inside(meta["got_off"], meta["got_off"] + 8 * len(meta["got"]), "the GOT")
+    elif meta["got_off"] > size:
+        raise ValueError("the GOT lies outside the batch's memory")
+    for name, width in (("got", 8), ("stubs", STUB_SIZE)):
+        rows = meta[name]
+        if rows:
+            if any(type(t) is not int or type(o) is not int for t, o in rows):
+                raise ValueError(f"{name} rows of the wrong type")
+            inside(min(o for _t, o in rows), max(o for _t, o in rows) + width, name)
+    dso = meta["dso_handle"]
+    if dso is not None:
+        if type(dso) is not int:
+            raise ValueError("__dso_handle of the wrong type")
+        inside(dso, dso + 1, "__dso_handle")
+    eh = meta["eh_frame"]
+    if eh is not None:
+        work, n, segment_offset = eh
+        if type(work) is not int or type(n) is not int or type(segment_offset) is not int or n < 0:
+            raise ValueError("unwind tables of the wrong type")
+        if not any(start == work - segment_offset for start, _e, _p in spans):
+            raise ValueError("unwind tables not where their segment offset says")
+        inside(work, work + n, "the unwind tables", 1)
+    for name in ("init", "fini"):
+        for row in meta[name]:
+            _prio, _order, work, count, reverse, dtors = row
+            if type(work) is not int or type(count) is not int or count < 0 \
+                    or type(reverse) is not bool or type(dtors) is not bool:
+                raise ValueError(f"an {name} array of the wrong shape")
+            inside(work, work + 8 * count, f"an {name} array", 1)
+    if type(meta["low"]) is not bool or type(meta["residual_quads"]) is not bool:
+        raise ValueError("a flag that is not a bool")
+    if type(meta["prefix"]) is not str or type(meta["later"]) is not bytes:
+        raise ValueError("a prefix or a deferred part of the wrong type")
+    for name in ("definition_names", "kept"):
+        names = meta[name]
+        if type(names) is not list or not all(type(x) is str for x in names):
+            raise ValueError(f"{name} are not a list of names")
+    pulls = meta["pulls"]
+    archive, offset, symbol = pulls["archive"], pulls["header_offset"], pulls["symbol"]
+    if not len(archive) == len(offset) == len(symbol):
+        raise ValueError("pull columns of unequal length")
+    for ar, off, sym in zip(archive, offset, symbol):
+        if type(ar) is not int or not 0 <= ar < narchives or type(off) is not int or off < 0 or type(sym) is not str:
+            raise ValueError("an archive pull of the wrong shape")
+    inputs = meta.get("inputs")
+    if inputs is not None:
+        for _path, _ident, dg in (*inputs["objects"], *inputs["archives"]):
+            if type(dg) is not str:
+                raise ValueError("an input digest that is not a str")
 
 
 def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndarray) -> None:

@@ -7,6 +7,11 @@ its ``externals`` (beyond the definitions they resolved to) or its ``pulls``
 and removal do.  Decoding the entry's columns and making the Python object
 per member, section, external and pull only then keeps them off the way to
 the first call.
+
+An entry's checksums guard against damage, not against content no capture
+wrote: whatever of these parts does not decode, or decodes to something
+outside the batch, raises :class:`~rtdyld.errors.CorruptCacheEntryError`
+naming the entry, when first read (:func:`made_from`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 from ..archives import Pull
 from ..batch import PlacedSection
+from ..errors import CorruptCacheEntryError, LinkError
 
 # Held while one of these is made, so threads reading a batch at once see
 # the same objects (pulls are keyed by the objects' ids).  Re-entrant: making
@@ -23,22 +29,38 @@ from ..batch import PlacedSection
 _making = threading.RLock()
 
 
+def made_from(entry: str, what: str, make):
+    """``make()``, which decodes ``what`` from the cache entry file ``entry``;
+    any failure but a LinkError (which names its own culprit) is the entry's,
+    raised as a CorruptCacheEntryError."""
+    try:
+        return make()
+    except LinkError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the entry holds that no capture wrote
+        raise CorruptCacheEntryError(f"link cache entry {entry}: {what}: {type(e).__name__}: {e}") from None
+
+
 class FirstRead(Sequence):
     """A read-only sequence of ``count`` items that ``make()`` gives when
-    first read; equal to the list it stands for."""
+    first read, decoding ``what`` from the cache entry file ``entry``; equal
+    to the list it stands for."""
 
-    def __init__(self, make, count: int) -> None:
+    def __init__(self, make, count: int, entry: str, what: str) -> None:
         self._make = make
         self._count = count
+        self._entry = entry
+        self._what = what
         self._made: list | None = None
 
     def _list(self) -> list:
         if self._made is None:
             with _making:
                 if self._made is None:
-                    made = self._make()
+                    made = made_from(self._entry, self._what, self._make)
                     if len(made) != self._count:
-                        raise ValueError(f"{len(made)} items where the entry promised {self._count}")
+                        raise CorruptCacheEntryError(f"link cache entry {self._entry}: {self._what}: {len(made)} "
+                                                     f"where the entry promised {self._count}")
                     self._made = made
         return self._made
 
@@ -65,24 +87,32 @@ class WarmExternals(FirstRead):
     :attr:`outside_definitions` is what publishing needs without them: the
     definitions, outside the process, that they resolved to."""
 
-    def __init__(self, make, count: int, outside_definitions: list) -> None:
-        super().__init__(make, count)
+    def __init__(self, make, count: int, outside_definitions: list, entry: str) -> None:
+        super().__init__(make, count, entry, "externals")
         self.outside_definitions = outside_definitions
 
 
-def placed_sections(columns, count: int, base: int) -> FirstRead:
-    """``LinkedBatch.sections`` of ``count`` sections, for a batch at ``base``,
-    from the entry's columns (obj, index, segment, work) that ``columns()``
-    gives when first needed."""
+def placed_sections(columns, count: int, base: int, entry: str, segments: list, objects: Sequence) -> FirstRead:
+    """``LinkedBatch.sections`` of ``count`` sections, for a batch at ``base``
+    with ``segments`` and ``objects``, from the columns (obj, index, segment,
+    work) of the cache entry file ``entry`` that ``columns()`` gives when
+    first needed; each must name a section of one of the objects, placed
+    within its segment."""
 
     def make() -> list[PlacedSection]:
         c = columns()
         obj, index, segment, work = c["obj"], c["index"], c["segment"], c["work"]
         if not len(obj) == len(index) == len(segment) == len(work):
             raise ValueError("placed-section columns of unequal length")
+        spans = {s.name: (s.offset, s.offset + s.size) for s in segments}
+        for o, i, seg, w in zip(obj, index, segment, work):
+            start, end = spans[seg]
+            if not (type(w) is int and 0 <= o < len(objects) and 0 <= i < len(objects[o].sections)
+                    and start <= w and w + objects[o].sections[i].size <= end):
+                raise ValueError(f"section {i!r} of object {o!r} placed at {w!r}, outside its segment {seg!r}")
         return [PlacedSection(o, i, seg, base + w, w) for o, i, seg, w in zip(obj, index, segment, work)]
 
-    return FirstRead(make, count)
+    return FirstRead(make, count, entry, "placed sections")
 
 
 class WarmPulls(Mapping):
@@ -91,16 +121,17 @@ class WarmPulls(Mapping):
     :attr:`member_keys` is what publishing needs without them: each member's
     ``ArchiveSet.key``."""
 
-    def __init__(self, make, member_keys: list[tuple[int, int]]) -> None:
+    def __init__(self, make, member_keys: list[tuple[int, int]], entry: str) -> None:
         self._make = make
         self.member_keys = member_keys
+        self._entry = entry
         self._made: dict[int, Pull] | None = None
 
     def _dict(self) -> dict[int, Pull]:
         if self._made is None:
             with _making:
                 if self._made is None:
-                    self._made = self._make()
+                    self._made = made_from(self._entry, "archive pulls", self._make)
         return self._made
 
     def __getitem__(self, key: int) -> Pull:

@@ -130,6 +130,7 @@ class BatchPlan:
         lb = self._allocate(meta)
         try:
             alloc = lb.allocation
+            image.check_meta(meta, alloc.size, len(self.search))
             base = alloc.target_base
             mem = alloc.memory
             image_bytes = None
@@ -139,13 +140,14 @@ class BatchPlan:
             else:
                 opened.read_tail_into(mem)
             if listed is not None:
-                fits = image.apply_listed(listed, meta["residual_groups"], mem, base, ext_addr)
+                fits = image.apply_listed(listed, meta["residual_groups"], mem, base, ext_addr, opened.tail_length)
             else:
                 fits = image.apply_grouped(residual, meta["residual_groups"], mem, base,
-                                           np.array(ext_addr, dtype=np.uint64), (targets, bool(meta["residual_quads"])))
+                                           np.array(ext_addr, dtype=np.uint64), (targets, bool(meta["residual_quads"])),
+                                           opened.tail_length)
             if not fits:
                 raise _Stale("a residual fixup no longer fits at the new addresses")
-            self._finish(lb, meta, blobs, names, pulls, base, externals, outside)
+            self._finish(lb, meta, blobs, names, pulls, base, externals, outside, opened.path)
             if self.planned_digests is None:
                 by_identity.adopt(meta, self.search)
         except BaseException:
@@ -159,6 +161,7 @@ class BatchPlan:
         process they resolved to: each resolved again and checked against the entry."""
         prefix = meta["prefix"]
         recorded = meta["externals"]
+        resolutions.check_recorded(recorded)
         # One walk of the resolver chain for all of them (one dlsym each, for the process).
         found = self.dylib.resolve_many([row[0] for row in recorded if row[1] in ("resolved", "none")], prefix,
                                         self.pending, resolutions.found_in_process)
@@ -227,7 +230,7 @@ class BatchPlan:
                            stubs={}, got_base=0)
 
     def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, names: list[str], pulls: dict, base: int,
-                externals: list, outside: list[SymbolDef]) -> None:
+                externals: list, outside: list[SymbolDef], entry: str) -> None:
         got_base = base + meta["got_off"]
         lb.got_base = got_base
         if meta["dso_handle"] is not None:
@@ -235,11 +238,14 @@ class BatchPlan:
         # The GOT symbol and __dso_handle move with the batch.
         own = {"got": (got_base, "the batch's GOT"), "dso": (lb.dso_handle, "the batch's DSO handle")}
         lb.externals = WarmExternals(functools.partial(resolutions.made, meta["externals"], externals, own),
-                                     len(externals), outside)
+                                     len(externals), outside, entry)
         later = _Later(meta["later"])
-        lb.objects = FirstRead(functools.partial(_objects, self.objs, later, blobs), meta["nobjects"])
-        lb.sections = placed_sections(functools.partial(later.get, "sections"), meta["nsections"], base)
-        lb.definitions = warm_definitions(names, functools.partial(later.get, "definitions"), base)
+        lb.objects = FirstRead(functools.partial(_objects, self.objs, later, blobs, entry), meta["nobjects"], entry,
+                               "objects")
+        lb.sections = placed_sections(functools.partial(later.get, "sections"), meta["nsections"], base, entry,
+                                      lb.allocation.segments, lb.objects)
+        lb.definitions = warm_definitions(names, functools.partial(later.get, "definitions"), base, entry,
+                                          lb.allocation.size)
         lb.got = {t: base + o for t, o in meta["got"]}
         lb.stubs = {t: base + o for t, o in meta["stubs"]}
         lb.initializers = [tuple(x) for x in meta["init"]]
@@ -252,7 +258,8 @@ class BatchPlan:
         search = self.search
         lb.pulls = WarmPulls(functools.partial(_pulls, lb.objects, search, pulls, later),
                              # ArchiveSet.key of each member, written out: a call per member costs a warm link
-                             [(id(search[ar]), off) for ar, off in zip(pulls["archive"], pulls["header_offset"])])
+                             [(id(search[ar]), off) for ar, off in zip(pulls["archive"], pulls["header_offset"])],
+                             entry)
 
     # --- cold -------------------------------------------------------------------------
 
@@ -412,18 +419,20 @@ _PULL_FIELDS = ("obj", "archive", "header_offset", "index", "name", "size", "sym
 _PULLS_CHECKED = ("archive", "header_offset", "symbol")
 
 
-def _objects(own: list, later: _Later, blobs) -> list:
+def _objects(own: list, later: _Later, blobs, entry: str) -> list:
     """A warm batch's objects: the batch's own, then its members, each known by
     name and decoded from the entry's skeletons only if asked for more."""
     skeletons = None
     out = []
     for kind, value, k in later.get("objects"):
-        if kind == "own":
+        if kind == "own" and 0 <= value < len(own):
             out.append(own[value])
             continue
+        if kind != "member" or type(value) is not str or k < 0:
+            raise ValueError(f"an object {[kind, value, k]!r} of the wrong shape")
         if skeletons is None:
             skeletons = _Skeletons(blobs["skeletons"])
-        out.append(tables.LazyObject.deferred(value, skeletons.loader(k)))
+        out.append(tables.LazyObject.deferred(value, skeletons.loader(k), entry))
     return out
 
 
@@ -434,6 +443,9 @@ def _pulls(objects, search: list, pulls: dict, later: _Later) -> dict:
     for oi, ar, off, index, name, size, symbol, referrer in zip(
             more["obj"], pulls["archive"], pulls["header_offset"], more["index"], more["name"], more["size"],
             pulls["symbol"], more["referrer"], strict=True):
+        if not (0 <= oi < len(objects) and type(index) is int and index >= 0 and type(name) is str
+                and type(size) is int and size >= 0 and type(referrer) is str):
+            raise ValueError(f"an archive pull of {name!r} of the wrong shape")
         out[id(objects[oi])] = Pull(CachedMember(search[ar], off, index, name, size), symbol, referrer)
     return out
 

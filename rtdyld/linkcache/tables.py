@@ -11,6 +11,7 @@ other kind makes the object uncacheable rather than half stored.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import typing
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from functools import cache
 
 import numpy as np
 
+from ..errors import CorruptCacheEntryError, LinkError
 from ..objfile import model
 
 _SEP = b"\0"
@@ -68,9 +70,9 @@ def decode(doc, blobs: list):
     if not isinstance(doc, dict):
         return doc
     if "$a" in doc:
-        return blobs[doc["$a"]]
+        return _blob(blobs, doc["$a"])
     if "$b" in doc:
-        return blobs[doc["$b"]]
+        return _blob(blobs, doc["$b"])
     if "$s" in doc:
         if doc["n"] == 0:
             return []
@@ -79,7 +81,7 @@ def decode(doc, blobs: list):
         keys, values = doc["$m"]
         return dict(zip(_plain_list(decode(keys, blobs)), _plain_list(decode(values, blobs)), strict=True))
     if "$c" in doc:
-        cls = getattr(model, doc["$c"])
+        cls = _named_class(doc["$c"])
         kinds = enum_fields(cls)
         columns = decode_columns(doc["cols"], blobs)
         for name, enum in kinds.items():
@@ -89,7 +91,7 @@ def decode(doc, blobs: list):
         if any(len(c) != doc["n"] for c in columns.values()):
             raise ValueError(f"{doc['$c']} columns of unequal length")
         return [cls(**dict(zip(names, row))) for row in zip(*columns.values())]
-    cls = getattr(model, doc["$d"])
+    cls = _named_class(doc["$d"])
     kinds = enum_fields(cls)
     args = {}
     for k, v in doc.items():
@@ -101,6 +103,21 @@ def decode(doc, blobs: list):
             v = enum(v)
         args[k] = v
     return cls(**args)
+
+
+def _blob(blobs: list, i: int):
+    # A negative index would pick another blob from the end.
+    if not 0 <= i < len(blobs):
+        raise IndexError(f"blob {i!r} of {len(blobs)}")
+    return blobs[i]
+
+
+def _named_class(name: str) -> type:
+    """The model dataclass called ``name``, never another attribute of the model module."""
+    cls = getattr(model, name, None) if type(name) is str else None
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise ValueError(f"{name!r} is not a model class")
+    return cls
 
 
 def _model_class(value) -> type | None:
@@ -172,11 +189,13 @@ class LazyObject(model.ObjectFile):
     and section lists that maps and listings may ask for."""
 
     @classmethod
-    def deferred(cls, name: str, load) -> LazyObject:
-        """An object called ``name`` whose other fields ``load()`` makes."""
+    def deferred(cls, name: str, load, entry: str | None = None) -> LazyObject:
+        """An object called ``name`` whose other fields ``load()`` makes; with
+        ``entry``, a cache entry file whose part ``load()`` decodes, any
+        failure but a LinkError is a CorruptCacheEntryError naming it."""
         self = cls.__new__(cls)
         self.name = name
-        self._load = load
+        self._load = load if entry is None else functools.partial(_member_from_entry, name, load, entry)
         return self
 
     def __getattr__(self, attr: str):
@@ -199,6 +218,29 @@ class LazyObject(model.ObjectFile):
             elif attr not in self.__dict__:  # (made by another thread meanwhile, or no such field)
                 raise AttributeError(attr)
         return getattr(self, attr)
+
+
+def _member_from_entry(name: str, load, entry: str) -> model.ObjectFile:
+    try:
+        obj = load()
+        check_skeleton(obj)
+        return obj
+    except LinkError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the entry holds that no capture wrote
+        raise CorruptCacheEntryError(f"link cache entry {entry}: the tables of {name}: {type(e).__name__}: {e}") \
+            from None
+
+
+def check_skeleton(obj) -> None:
+    """Raise ValueError unless ``obj`` is an ObjectFile whose sections have
+    what maps and listings read of them: a name, a size and an alignment."""
+    if not isinstance(obj, model.ObjectFile) or type(obj.sections) is not list:
+        raise ValueError("not an object with a list of sections")
+    for s in obj.sections:
+        if not (isinstance(s, model.Section) and type(s.name) is str and type(s.size) is int and s.size >= 0
+                and type(s.align) is int and s.align >= 0):
+            raise ValueError(f"a section {s!r} of the wrong shape")
 
 
 # Held while a LazyObject's fields are made: a thread reading one meanwhile
