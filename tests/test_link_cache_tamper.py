@@ -30,6 +30,7 @@ from rtdyld import Linker, mapfile, symmap
 from rtdyld.errors import CorruptCacheEntryError
 from rtdyld.linkcache import LinkCache, container, digests, image
 from rtdyld.linkcache.container import pack, unpack
+from rtdyld.objfile import model
 
 CFLAGS = ("-O2", "-fPIC")
 
@@ -557,3 +558,65 @@ def test_junk_anywhere_in_a_batch_entry_is_never_a_bare_exception(tmp_path, sour
             _put(meta, key, path, junk)
 
     _outcome(_tampered(tmp_path, templates[form], mutate), sources, hit_allowed=True)
+
+
+# --- the tables of objects (objects/), read when a batch is linked cold ------------------
+
+def _table_rows(table: str, column: str, value):
+    """Set ``column`` of every row but the first of each object's ``table`` blob (``symbols`` or ``relocs``)."""
+    dtype = {"symbols": model.SYM_DTYPE, "relocs": model.RELOC_DTYPE}[table]
+
+    def mutate(_meta, blobs):
+        for name, blob in blobs.items():
+            if getattr(blob, "dtype", None) == dtype and len(blob) > 1:
+                blob = blob.copy()
+                blob[column][1:] = value
+                blobs[name] = blob
+    return mutate
+
+
+def _object_doc(field: str, value):
+    def mutate(meta, blobs):
+        meta["object"][field] = value(meta["object"], blobs) if callable(value) else value
+    return mutate
+
+
+OBJECT_MUTATIONS = [
+    ("reloc-offset-far", _table_rows("relocs", "offset", 1 << 40)),
+    ("reloc-offset-past-section", _table_rows("relocs", "offset", (1 << 64) - 2)),
+    ("reloc-section", _table_rows("relocs", "section", 77)),
+    ("reloc-section-negative", _table_rows("relocs", "section", -1)),
+    ("reloc-kind", _table_rows("relocs", "kind", 250)),
+    ("reloc-symbol-beyond", _table_rows("relocs", "sym", 1 << 20)),
+    ("reloc-symbol-negative", _table_rows("relocs", "sym", -5)),  # was a crash
+    ("reloc-subtrahend", _table_rows("relocs", "sym2", -7)),
+    ("symbol-section", _table_rows("symbols", "section", 999)),
+    ("symbol-section-negative", _table_rows("symbols", "section", -99)),
+    ("symbols-dtype", lambda meta, blobs: _object_doc("symbols", {"$b": len(blobs) - 1})(meta, blobs)),
+    ("names-fewer", _object_doc("names", ["only"])),
+    ("sections-type", _object_doc("sections", 3)),
+    ("format-type", _object_doc("format", 5)),
+    ("groups-type", _object_doc("groups", [{"$d": "Group", "signature": "g", "sections": [99]}])),
+    ("class", _object_doc("$d", "SEC_ABS")),
+    ("blob-negative", _object_doc("symbols", {"$a": -1})),
+]
+
+
+@pytest.mark.parametrize("mutate", [pytest.param(m, id=name) for name, m in OBJECT_MUTATIONS])
+def test_tampered_object_tables_are_a_miss_and_the_object_parsed_again(tmp_path, sources, templates, mutate):
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(templates["listed"], cache_dir)
+    _entry(cache_dir).unlink()  # the batch linked cold, from the objects' tables
+    entries = sorted(cache_dir.glob("objects/*.ent"))
+    for entry in entries:
+        meta, blobs, tail = _read(entry)
+        mutate(meta, blobs)
+        _write(entry, meta, blobs, tail)
+    cache = LinkCache(cache_dir)
+    ln, _ = _link(cache, sources)
+    try:
+        assert cache.stats["objects"]["corrupt"] == len(entries) == 3, cache.events
+        assert cache.stats["objects"]["stores"] == len(entries)  # parsed again and stored
+        assert ln.function("run", "int(int)")(4) == RESULT
+    finally:
+        ln.close()

@@ -458,10 +458,13 @@ def apply_listed(rows: bytes, groups: list, mem: np.ndarray, base: int, ext, lim
     return True
 
 
+_STR = {str}
+
+
 def check_meta(meta: dict, size: int, narchives: int) -> None:
     """Raise ValueError unless the metadata of a batch entry restored into an
     allocation of ``size`` bytes, searching ``narchives`` archives, has the
-    shape :meth:`~rtdyld.linkcache.plan.BatchPlan` capture gives it: every
+    shape a capture (:mod:`.plan`) gives it: every
     offset it publishes (GOT, stubs, ``__dso_handle``, unwind tables, init
     and fini arrays) inside one of the batch's segments, every name a str,
     every count a non-negative int.  The checksums guard against damage, not
@@ -521,7 +524,7 @@ def check_meta(meta: dict, size: int, narchives: int) -> None:
         raise ValueError("a prefix or a deferred part of the wrong type")
     for name in ("definition_names", "kept"):
         names = meta[name]
-        if type(names) is not list or not all(type(x) is str for x in names):
+        if type(names) is not list or (names and set(map(type, names)) != _STR):
             raise ValueError(f"{name} are not a list of names")
     pulls = meta["pulls"]
     archive, offset, symbol = pulls["archive"], pulls["header_offset"], pulls["symbol"]

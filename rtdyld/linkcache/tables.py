@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import CorruptCacheEntryError, LinkError
 from ..objfile import model
+from ..x86_64.edges import WIDTH
 
 _SEP = b"\0"
 
@@ -165,7 +166,58 @@ def object_doc(obj: model.ObjectFile, blobs: list) -> dict:
 
 
 def object_from_doc(doc: dict, blobs: list, name: str) -> model.ObjectFile:
-    return decode({**doc, "name": name}, blobs)
+    """The object :func:`object_doc` made ``doc`` from, called ``name``; raises
+    ValueError (or another exception of decoding) unless its tables hold
+    together as a reader makes them (:func:`check_tables`)."""
+    obj = decode({**doc, "name": name}, blobs)
+    check_tables(obj)
+    return obj
+
+
+_SECTION_TYPES = (("name", str), ("size", int), ("align", int), ("flags", model.SectionFlags),
+                  ("role", model.SectionRole), ("source_index", int))
+
+
+def check_tables(obj) -> None:
+    """Raise TypeError unless ``obj`` is an ObjectFile, ValueError unless its tables refer
+    only within themselves, as a reader's checks leave them: every symbol in
+    a section of the object (or one of the ``SEC_*`` values), every
+    relocation patching a field inside a section and naming symbols of the
+    table.  An entry whose checksum holds may still hold tables no reader
+    made; the link indexes with these numbers unchecked."""
+    if not isinstance(obj, model.ObjectFile):
+        raise TypeError(f"{type(obj).__name__} is not an object")
+    if type(obj.format) is not str or type(obj.symbol_prefix) is not str or type(obj.sections) is not list \
+            or type(obj.names) is not list or type(obj.groups) is not list:
+        raise ValueError("object fields of the wrong type")
+    sections = obj.sections
+    for s in sections:
+        if not isinstance(s, model.Section) or not all(isinstance(getattr(s, f), t) for f, t in _SECTION_TYPES) \
+                or s.size < 0 or s.align < 0 or len(s.data) not in (0, s.size) \
+                or not (s.group is None or type(s.group) is int and 0 <= s.group < len(obj.groups)):
+            raise ValueError(f"a section {getattr(s, 'name', s)!r} of the wrong shape")
+    for g in obj.groups:
+        if not isinstance(g, model.Group) or type(g.signature) is not str \
+                or any(type(i) is not int or not 0 <= i < len(sections) for i in g.sections):
+            raise ValueError("a COMDAT group of the wrong shape")
+    syms, relocs = obj.symbols, obj.relocs
+    if not (isinstance(syms, np.ndarray) and syms.dtype == model.SYM_DTYPE and syms.ndim == 1
+            and isinstance(relocs, np.ndarray) and relocs.dtype == model.RELOC_DTYPE and relocs.ndim == 1):
+        raise ValueError("symbol or relocation table of the wrong type")
+    if len(obj.names) != len(syms) or not all(type(n) is str for n in obj.names):
+        raise ValueError("symbol names that do not match the symbol table")
+    if len(syms) and (syms["section"].min() < model.SEC_DISCARDED or syms["section"].max() >= len(sections)):
+        raise ValueError("a symbol in no section of the object")
+    if len(relocs):
+        sec, kind = relocs["section"], relocs["kind"]
+        if sec.min() < 0 or sec.max() >= len(sections) or kind.max() >= len(WIDTH):
+            raise ValueError("a relocation of no section or of an unknown kind")
+        sizes = np.array([s.size for s in sections], dtype=np.uint64)
+        if np.any(relocs["offset"] > sizes[sec] - WIDTH[kind].astype(np.uint64)) or np.any(WIDTH[kind] > sizes[sec]):
+            raise ValueError("a relocation patching a field outside its section")
+        sym, sym2 = relocs["sym"], relocs["sym2"]
+        if sym.min() < 0 or sym.max() >= len(syms) or sym2.min() < -1 or sym2.max() >= len(syms):
+            raise ValueError("a relocation naming no symbol of the table")
 
 
 def skeleton(obj: model.ObjectFile) -> model.ObjectFile:
@@ -222,25 +274,12 @@ class LazyObject(model.ObjectFile):
 
 def _member_from_entry(name: str, load, entry: str) -> model.ObjectFile:
     try:
-        obj = load()
-        check_skeleton(obj)
-        return obj
+        return load()
     except LinkError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the entry holds that no capture wrote
         raise CorruptCacheEntryError(f"link cache entry {entry}: the tables of {name}: {type(e).__name__}: {e}") \
             from None
-
-
-def check_skeleton(obj) -> None:
-    """Raise ValueError unless ``obj`` is an ObjectFile whose sections have
-    what maps and listings read of them: a name, a size and an alignment."""
-    if not isinstance(obj, model.ObjectFile) or type(obj.sections) is not list:
-        raise ValueError("not an object with a list of sections")
-    for s in obj.sections:
-        if not (isinstance(s, model.Section) and type(s.name) is str and type(s.size) is int and s.size >= 0
-                and type(s.align) is int and s.align >= 0):
-            raise ValueError(f"a section {s!r} of the wrong shape")
 
 
 # Held while a LazyObject's fields are made: a thread reading one meanwhile
