@@ -620,3 +620,40 @@ def test_tampered_object_tables_are_a_miss_and_the_object_parsed_again(tmp_path,
         assert ln.function("run", "int(int)")(4) == RESULT
     finally:
         ln.close()
+
+
+# --- an archive's member table and symbol index (archives/), read when it is opened ------
+
+def _members(column: int, value):
+    return _blob("at", lambda _m, at: np.concatenate([at[:, :column], np.full((len(at), 1), value, np.int64),
+                                                      at[:, column + 1 :]], axis=1))
+
+
+ARCHIVE_MUTATIONS = [
+    ("header-negative", _members(0, -5)),
+    ("data-before-header", _members(1, 20)),
+    ("data-past-the-end", _members(1, 1 << 40)),
+    ("size-negative", _members(2, -5)),
+    ("size-past-the-end", _members(2, 1 << 40)),
+    ("table-flat", _blob("at", lambda _m, at: at.reshape(-1))),
+    ("table-dtype", _blob("at", lambda _m, at: at.astype(np.float64))),
+    ("index-position-negative", _blob("p", lambda _m, p: p * 0 - 1)),
+    ("kind-thin", _set("kind", "thin")),  # whose members would be read as files named by the entry
+    ("kind-type", _set("kind", 5)),
+    ("has_index-type", _set("has_index", "yes")),
+    ("members-type", _set("members", 4)),
+]
+
+
+@pytest.mark.parametrize("mutate", [pytest.param(m, id=name) for name, m in ARCHIVE_MUTATIONS])
+def test_a_tampered_archive_table_is_a_miss_and_the_archive_read_again(tmp_path, sources, templates, mutate):
+    cache_dir = _tampered(tmp_path, templates["listed"], mutate, layer="archives")
+    for entry in (*cache_dir.glob("batches/*.ent"), *cache_dir.glob("objects/*.ent")):
+        entry.unlink()  # a cold link, which opens the archive
+    cache = LinkCache(cache_dir)
+    ln, _ = _link(cache, sources)
+    try:
+        assert cache.stats["archives"]["corrupt"] == 1 and cache.stats["archives"]["hits"] == 0, cache.events
+        assert ln.function("run", "int(int)")(4) == RESULT
+    finally:
+        ln.close()

@@ -246,9 +246,9 @@ class LinkCache:
     def _archive_key(self, content: str) -> bytes:
         return self._key("archive", content)
 
-    def load_archive(self, content: str):
+    def load_archive(self, content: str, size: int):
         """``(kind, has_index, raw members, index names, index positions)`` of the
-        archive whose bytes have sha256 ``content``, or None."""
+        archive whose bytes (``size`` of them) have sha256 ``content``, or None."""
         key = self._archive_key(content)
         entry = self.read_entry("archives", key)
         if entry is None:
@@ -257,7 +257,14 @@ class LinkCache:
         try:
             bl = tables.unnamed(blobs, "b", meta["nblobs"])
             names = tables.decode(meta["members"], bl)
-            offsets = blobs["at"].tolist()
+            at = blobs["at"]
+            if at.dtype != np.int64 or at.shape != (len(names), 3) or meta["kind"] not in ("gnu", "bsd") \
+                    or type(meta["has_index"]) is not bool:  # (a thin archive's members are other files)
+                raise ValueError("a member table of the wrong shape")
+            offsets = at.tolist()
+            # Each member's 60-byte header, then its data, within the archive.
+            if any(not (8 <= h and h + 60 <= d and 0 <= z and d + z <= size) for h, d, z in offsets):
+                raise ValueError("a member outside the archive")
             raw = [RawMember(n, h, d, z) for n, (h, d, z) in zip(names, offsets, strict=True)]
             index_names = positions = None
             if meta["index"] is not None:
