@@ -657,3 +657,19 @@ def test_a_tampered_archive_table_is_a_miss_and_the_archive_read_again(tmp_path,
         assert ln.function("run", "int(int)")(4) == RESULT
     finally:
         ln.close()
+
+
+def test_a_pulled_member_recorded_at_no_position_of_the_archive_reports_the_archive_changed(tmp_path, sources,
+                                                                                            templates):
+    from rtdyld.errors import MalformedObjectError
+
+    cache_dir = _tampered(tmp_path, templates["listed"], _column("pulls", "index", 99))
+    cache = LinkCache(cache_dir)
+    ln, h = _link(cache, sources)
+    try:
+        assert cache.stats["batches"]["hits"] == 1
+        pull = next(p for p in h.batch.pulls.values() if p.member.index == 99)
+        with pytest.raises(MalformedObjectError, match=r"libsmall\.a\(.*\): the archive changed since it was linked"):
+            pull.member.data  # noqa: B018 - the property reads the archive
+    finally:
+        ln.close()

@@ -26,7 +26,12 @@ The reader's identity is the rtdyld version, the cache format, and the size
 and mtime of every module of rtdyld and memmgr: editing the linker
 invalidates everything.  Entries are written atomically (temporary file and
 rename), so processes may share a directory; a truncated or damaged entry is
-a miss, deleted and rewritten by the cold link that follows.  ``stats``
+a miss, deleted and rewritten by the cold link that follows.  So is one
+whose checksums hold but whose content no capture wrote (a value of the
+wrong type, an offset outside the batch or the archive), as far as a load
+checks it; in the parts of a warm batch decoded only when first read (its
+objects, sections, definitions, pulls) that is a
+:class:`~rtdyld.errors.CorruptCacheEntryError` naming the entry.  ``stats``
 counts, per layer, hits, misses, stale entries (the session differed) and
 corrupt ones; ``events`` says why, most recent last.
 """
