@@ -283,17 +283,11 @@ def _apply_rows(rows: list[tuple], mem: np.ndarray, base: int, ext: np.ndarray) 
 
 # A kind whose field takes any 64-bit value is never range-checked.
 _UNCHECKED = [lo == np.iinfo(np.int64).min and hi == np.iinfo(np.int64).max for lo, hi in zip(_LOW, _HIGH)]
-_WRITTEN = [w in (1, 2, 4, 8) for w in _WIDTH]  # the kinds a residual fixup may have
-
-
-def _check_group(kind: int, cb: int, j: int, count: int, nexternals: int) -> None:
-    """Raise ValueError unless a stored group of residual fixups is one
-    :func:`grouped` could make: a kind that writes a field, ``cb`` in -1..1,
-    an external within the table or -1 (a negative index would pick another
-    external from the end), a count that is not negative."""
-    if not (0 <= kind < len(_WRITTEN) and _WRITTEN[kind] and -1 <= cb <= 1 and -1 <= j < nexternals
-            and count >= 0):
-        raise ValueError(f"a residual group {[kind, cb, j, count]} that no capture makes")
+# The kinds a residual fixup may have.  A stored group must be one grouped()
+# makes: such a kind, cb in -1..1, an external within the table or -1 (a
+# negative index would pick another external from the end), a count >= 0.
+_WRITTEN = [w in (1, 2, 4, 8) for w in _WIDTH]
+_NKINDS = len(_WRITTEN)
 
 
 def grouped(res: Residual) -> tuple[np.ndarray, list[list[int]]]:
@@ -351,11 +345,13 @@ def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, e
     then exact, two comparisons per group); otherwise the group's rows are
     checked one by one, with the cold link's 64-bit arithmetic."""
     ext_ = ext.tolist()
+    nexternals = len(ext_)
     deltas, counts = [], []
     runs: dict[int, list[int]] = {}  # width -> [first row, end]: rows are sorted by width
     at = 0
     for kind, cb, j, count, cmin, cmax in groups:
-        _check_group(kind, cb, j, count, len(ext_))
+        if not (0 <= kind < _NKINDS and _WRITTEN[kind] and -1 <= cb <= 1 and -1 <= j < nexternals and count >= 0):
+            raise ValueError(f"a residual group {[kind, cb, j, count]} that no capture makes")
         d = cb * base + (ext_[j] if j >= 0 else 0)
         if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
             v = (const[at : at + count] + U(d & _M64)).view(np.int64)
@@ -423,10 +419,12 @@ def apply_listed(rows: bytes, groups: list, mem: np.ndarray, base: int, ext, lim
     n = len(both) // 2
     where, const = both[:n], both[n:]
     ext_ = ext.tolist() if isinstance(ext, np.ndarray) else ext
+    nexternals = len(ext_)
     deltas = []
     at = 0
     for kind, cb, j, count, cmin, cmax in groups:
-        _check_group(kind, cb, j, count, len(ext_))
+        if not (0 <= kind < _NKINDS and _WRITTEN[kind] and -1 <= cb <= 1 and -1 <= j < nexternals and count >= 0):
+            raise ValueError(f"a residual group {[kind, cb, j, count]} that no capture makes")
         d = cb * base + (ext_[j] if j >= 0 else 0)
         if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
             lo, hi = _LOW[kind], _HIGH[kind]
@@ -452,92 +450,93 @@ def apply_listed(rows: bytes, groups: list, mem: np.ndarray, base: int, ext, lim
     for (kind, _cb, _j, count, _lo, _hi), d in zip(groups, deltas):
         w = _WIDTH[kind]
         put, mask = _PACK[w], (1 << 8 * w) - 1
-        for i in range(at, at + count):
-            put(view, where[i], (const[i] + d) & mask)
+        for w_at, c in zip(where[at : at + count], const[at : at + count]):
+            put(view, w_at, (c + d) & mask)
         at += count
     return True
-
-
-_STR = {str}
 
 
 def check_meta(meta: dict, size: int, narchives: int) -> None:
     """Raise ValueError unless the metadata of a batch entry restored into an
     allocation of ``size`` bytes, searching ``narchives`` archives, has the
-    shape a capture (:mod:`.plan`) gives it: every
-    offset it publishes (GOT, stubs, ``__dso_handle``, unwind tables, init
-    and fini arrays) inside one of the batch's segments, every name a str,
-    every count a non-negative int.  The checksums guard against damage, not
-    against an entry written by something else: a value of the wrong type or
-    out of range must be a miss here, not a wrong write, a call to a wrong
-    address or a bare exception once the batch is in use.  Plain integer
-    comparisons, a few per item."""
-    spans = []
-    for name, off, n, prot, zero_fill in meta["segments"]:
-        if type(name) is not str or type(zero_fill) is not bool:
-            raise ValueError("a segment of the wrong shape")
-        spans.append((off, off + n, prot))
-
-    def inside(lo: int, hi: int, what: str, prot: int = 0) -> None:
-        for start, end, p in spans:
-            if start <= lo and hi <= end and p & prot == prot:
-                return
-        raise ValueError(f"{what} at [{lo:#x}, {hi:#x}) lies outside the batch's segments")
-
-    for name in ("nsections", "nobjects", "got_off"):
-        v = meta[name]
-        if type(v) is not int or v < 0:
-            raise ValueError(f"{name} {v!r} is not a count or offset")
-    if meta["got"]:
-        inside(meta["got_off"], meta["got_off"] + 8 * len(meta["got"]), "the GOT")
-    elif meta["got_off"] > size:
-        raise ValueError("the GOT lies outside the batch's memory")
-    for name, width in (("got", 8), ("stubs", STUB_SIZE)):
-        rows = meta[name]
-        if rows:
-            if any(type(t) is not int or type(o) is not int for t, o in rows):
-                raise ValueError(f"{name} rows of the wrong type")
-            inside(min(o for _t, o in rows), max(o for _t, o in rows) + width, name)
+    shape a capture (:mod:`.plan`) gives it: every offset it publishes (GOT,
+    stubs, ``__dso_handle``, unwind tables, init and fini arrays) inside one
+    of the batch's segments, every name a str, every count a non-negative
+    int.  The checksums guard against damage, not against an entry written
+    by something else: a value of the wrong type or out of range must be a
+    miss here, not a wrong write, a call to a wrong address or a bare
+    exception once the batch is in use.  Written for a new process, where
+    every line run costs several times what it does once warm: what most
+    batches lack (GOT, stubs, init arrays) is checked apart, lists in C."""
+    spans = [(off, off + n, prot) for name, off, n, prot, zero_fill in meta["segments"]
+             if type(name) is str and type(zero_fill) is bool]
+    nsections, nobjects, got_off = meta["nsections"], meta["nobjects"], meta["got_off"]
+    if not (len(spans) == len(meta["segments"]) and type(nsections) is int and type(nobjects) is int
+            and nsections >= 0 and nobjects >= 0 and 0 <= got_off <= size and type(meta["low"]) is bool
+            and type(meta["residual_quads"]) is bool and type(meta["prefix"]) is str
+            and type(meta["later"]) is bytes):
+        raise ValueError("segments, counts, flags or a GOT offset of the wrong type or out of range")
+    names, kept, pulls = meta["definition_names"], meta["kept"], meta["pulls"]
+    archive, offset, symbol = pulls["archive"], pulls["header_offset"], pulls["symbol"]
+    if type(names) is not list or type(kept) is not list or type(symbol) is not list \
+            or not len(archive) == len(offset) == len(symbol):
+        raise ValueError("names or archive pulls of the wrong shape")
+    "".join(names + kept + symbol)  # a TypeError unless every one is a str, in one pass in C
+    # (min and max of anything but numbers raise TypeError too.)
+    if archive and not (min(archive) >= 0 and max(archive) < narchives and min(offset) >= 0):
+        raise ValueError("an archive pull out of range")
+    got = meta["got"]
+    if got:
+        _inside(spans, got_off, got_off + 8 * len(got), "the GOT")
+        _check_slots(spans, got, 8, "GOT")
+    if meta["stubs"]:
+        _check_slots(spans, meta["stubs"], STUB_SIZE, "stub")
     dso = meta["dso_handle"]
     if dso is not None:
         if type(dso) is not int:
             raise ValueError("__dso_handle of the wrong type")
-        inside(dso, dso + 1, "__dso_handle")
+        _inside(spans, dso, dso + 1, "__dso_handle")
     eh = meta["eh_frame"]
     if eh is not None:
         work, n, segment_offset = eh
         if type(work) is not int or type(n) is not int or type(segment_offset) is not int or n < 0:
             raise ValueError("unwind tables of the wrong type")
-        if not any(start == work - segment_offset for start, _e, _p in spans):
-            raise ValueError("unwind tables not where their segment offset says")
-        inside(work, work + n, "the unwind tables", 1)
-    for name in ("init", "fini"):
-        for row in meta[name]:
-            _prio, _order, work, count, reverse, dtors = row
-            if type(work) is not int or type(count) is not int or count < 0 \
-                    or type(reverse) is not bool or type(dtors) is not bool:
-                raise ValueError(f"an {name} array of the wrong shape")
-            inside(work, work + 8 * count, f"an {name} array", 1)
-    if type(meta["low"]) is not bool or type(meta["residual_quads"]) is not bool:
-        raise ValueError("a flag that is not a bool")
-    if type(meta["prefix"]) is not str or type(meta["later"]) is not bytes:
-        raise ValueError("a prefix or a deferred part of the wrong type")
-    for name in ("definition_names", "kept"):
-        names = meta[name]
-        if type(names) is not list or (names and set(map(type, names)) != _STR):
-            raise ValueError(f"{name} are not a list of names")
-    pulls = meta["pulls"]
-    archive, offset, symbol = pulls["archive"], pulls["header_offset"], pulls["symbol"]
-    if not len(archive) == len(offset) == len(symbol):
-        raise ValueError("pull columns of unequal length")
-    for ar, off, sym in zip(archive, offset, symbol):
-        if type(ar) is not int or not 0 <= ar < narchives or type(off) is not int or off < 0 or type(sym) is not str:
-            raise ValueError("an archive pull of the wrong shape")
+        _inside(spans, work, work + n, "the unwind tables", 1, work - segment_offset)
+    if meta["init"] or meta["fini"]:
+        _check_arrays(spans, meta["init"], "init")
+        _check_arrays(spans, meta["fini"], "fini")
     inputs = meta.get("inputs")
     if inputs is not None:
         for _path, _ident, dg in (*inputs["objects"], *inputs["archives"]):
             if type(dg) is not str:
                 raise ValueError("an input digest that is not a str")
+
+
+def _inside(spans: list, lo: int, hi: int, what: str, prot: int = 0, start: int | None = None) -> None:
+    """Raise ValueError unless ``[lo, hi)`` lies in one segment (``spans``:
+    start, end, protection) with protection bits ``prot``, and which starts at
+    ``start``, if given."""
+    for s, e, p in spans:
+        if s <= lo and hi <= e and p & prot == prot and (start is None or s == start):
+            return
+    raise ValueError(f"{what} at [{lo:#x}, {hi:#x}) lies outside the batch's segments")
+
+
+def _check_slots(spans: list, rows: list, width: int, what: str) -> None:
+    # [target, offset] rows: GOT slots or stubs.
+    for t, o in rows:
+        if type(t) is not int or type(o) is not int:
+            raise ValueError(f"a {what} row of the wrong type")
+        _inside(spans, o, o + width, f"a {what} slot")
+
+
+def _check_arrays(spans: list, rows: list, what: str) -> None:
+    # [priority, order, work, count, reverse, dtors] rows: where the pointers to call lie.
+    for _prio, _order, work, count, reverse, dtors in rows:
+        if type(work) is not int or type(count) is not int or count < 0 or type(reverse) is not bool \
+                or type(dtors) is not bool:
+            raise ValueError(f"an {what} array of the wrong shape")
+        _inside(spans, work, work + 8 * count, f"an {what} array", 1)
 
 
 def _store(mem: np.ndarray, where: np.ndarray, width: np.ndarray, value: np.ndarray) -> None:
