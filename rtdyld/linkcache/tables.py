@@ -17,6 +17,7 @@ import typing
 from collections.abc import Mapping
 from enum import Enum
 from functools import cache
+from operator import attrgetter
 
 import numpy as np
 
@@ -174,28 +175,41 @@ def object_from_doc(doc: dict, blobs: list, name: str) -> model.ObjectFile:
     return obj
 
 
-_SECTION_TYPES = (("name", str), ("size", int), ("align", int), ("flags", model.SectionFlags),
-                  ("role", model.SectionRole), ("source_index", int))
+_SECTION_FIELDS = ("name", "data", "size", "align", "flags", "role", "group", "source_index")
+_INT, _SECTION, _FLAGS, _ROLE = {int}, {model.Section}, {model.SectionFlags}, {model.SectionRole}
 
 
 def check_tables(obj) -> None:
-    """Raise TypeError unless ``obj`` is an ObjectFile, ValueError unless its tables refer
-    only within themselves, as a reader's checks leave them: every symbol in
-    a section of the object (or one of the ``SEC_*`` values), every
-    relocation patching a field inside a section and naming symbols of the
-    table.  An entry whose checksum holds may still hold tables no reader
-    made; the link indexes with these numbers unchecked."""
+    """Raise TypeError unless ``obj`` is an ObjectFile, ValueError unless its
+    tables refer only within themselves, as a reader's checks leave them:
+    every symbol in a section of the object (or one of the ``SEC_*``
+    values), every relocation patching a field inside a section and naming
+    symbols of the table.  An entry whose checksum holds may still hold
+    tables no reader made; the link indexes with these numbers unchecked.
+    Column by column, in C where it can be: an object may have thousands of
+    sections."""
     if not isinstance(obj, model.ObjectFile):
         raise TypeError(f"{type(obj).__name__} is not an object")
     if type(obj.format) is not str or type(obj.symbol_prefix) is not str or type(obj.sections) is not list \
             or type(obj.names) is not list or type(obj.groups) is not list:
         raise ValueError("object fields of the wrong type")
     sections = obj.sections
-    for s in sections:
-        if not isinstance(s, model.Section) or not all(isinstance(getattr(s, f), t) for f, t in _SECTION_TYPES) \
-                or s.size < 0 or s.align < 0 or len(s.data) not in (0, s.size) \
-                or not (s.group is None or type(s.group) is int and 0 <= s.group < len(obj.groups)):
-            raise ValueError(f"a section {getattr(s, 'name', s)!r} of the wrong shape")
+    if sections:
+        if set(map(type, sections)) != _SECTION:
+            raise ValueError("a section that is not one")
+        name, data, size, align, flags, role, group, index = (list(map(attrgetter(f), sections))
+                                                              for f in _SECTION_FIELDS)
+        "".join(name)  # a TypeError unless every one is a str
+        group = [g for g in group if g is not None]
+        if not (set(map(type, size)) == set(map(type, align)) == set(map(type, index)) == _INT
+                and set(map(type, flags)) == _FLAGS and set(map(type, role)) == _ROLE
+                and min(size) >= 0 and max(size) < 1 << 62 and min(align) >= 0
+                and (not group or (set(map(type, group)) == _INT and min(group) >= 0
+                                   and max(group) < len(obj.groups)))):
+            raise ValueError("a section field of the wrong type or out of range")
+        length = np.fromiter(map(len, data), np.int64, len(data))
+        if np.any((length != 0) & (length != np.array(size, dtype=np.int64))):
+            raise ValueError("section data that is neither empty nor the section's size")
     for g in obj.groups:
         if not isinstance(g, model.Group) or type(g.signature) is not str \
                 or any(type(i) is not int or not 0 <= i < len(sections) for i in g.sections):
@@ -204,8 +218,9 @@ def check_tables(obj) -> None:
     if not (isinstance(syms, np.ndarray) and syms.dtype == model.SYM_DTYPE and syms.ndim == 1
             and isinstance(relocs, np.ndarray) and relocs.dtype == model.RELOC_DTYPE and relocs.ndim == 1):
         raise ValueError("symbol or relocation table of the wrong type")
-    if len(obj.names) != len(syms) or not all(type(n) is str for n in obj.names):
+    if len(obj.names) != len(syms):
         raise ValueError("symbol names that do not match the symbol table")
+    "".join(obj.names)  # a TypeError unless every one is a str
     if len(syms) and (syms["section"].min() < model.SEC_DISCARDED or syms["section"].max() >= len(sections)):
         raise ValueError("a symbol in no section of the object")
     if len(relocs):
