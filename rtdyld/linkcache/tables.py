@@ -23,7 +23,6 @@ import numpy as np
 
 from ..errors import CorruptCacheEntryError, LinkError
 from ..objfile import model
-from ..x86_64.edges import WIDTH
 
 _SEP = b"\0"
 
@@ -224,6 +223,8 @@ def check_tables(obj) -> None:
     if len(syms) and (syms["section"].min() < model.SEC_DISCARDED or syms["section"].max() >= len(sections)):
         raise ValueError("a symbol in no section of the object")
     if len(relocs):
+        from ..x86_64.edges import WIDTH  # (here: only a cold link reads an object's tables)
+
         sec, kind = relocs["section"], relocs["kind"]
         if sec.min() < 0 or sec.max() >= len(sections) or kind.max() >= len(WIDTH):
             raise ValueError("a relocation of no section or of an unknown kind")
