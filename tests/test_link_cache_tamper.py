@@ -8,7 +8,10 @@ residual fixups aimed outside the batch.  A warm link in a new session must
 then either miss (counted ``corrupt`` or ``stale``, the link done cold and
 correct) or, for the parts a warm batch decodes only when first read, raise
 :class:`~rtdyld.errors.CorruptCacheEntryError` naming the entry file — never
-another exception, never a crash, never a write outside the batch.
+another exception, never a crash, never a write outside the batch.  The
+tables of objects and the member tables of archives that a cold link reads
+from the cache are tampered with likewise: each must be a miss, and the
+input read again.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from rtdyld.errors import CorruptCacheEntryError
 from rtdyld.linkcache import LinkCache, container, digests, image
 from rtdyld.linkcache.container import pack, unpack
 from rtdyld.objfile import model
+from rtdyld.x86_64.edges import Edge
 
 CFLAGS = ("-O2", "-fPIC")
 
@@ -675,3 +679,37 @@ def test_a_pulled_member_recorded_at_no_position_of_the_archive_reports_the_arch
             pull.member.data  # noqa: B018 - the property reads the archive
     finally:
         ln.close()
+
+
+# --- residual fixups: every write position checked before any is written ---------------
+
+def _pointer_rows(where: list[int]):
+    n = len(where)
+    res = image.Residual(np.array(where, dtype=np.int64), np.full(n, int(Edge.Pointer64), dtype=np.uint8),
+                         np.arange(n, dtype=np.uint64), np.ones(n, dtype=np.int8), np.full(n, -1, dtype=np.int32))
+    return image.grouped(res)
+
+
+@pytest.mark.parametrize("bad", [-8, 4096, 4096 - 4, 1 << 20], ids=["negative", "past-the-image", "straddling",
+                                                                     "past-the-memory"])
+def test_listed_residual_fixups_outside_the_image_are_refused_before_any_is_written(bad):
+    rec, groups = _pointer_rows([0, 8, 16])
+    rows = np.frombuffer(image.listed(rec), dtype=np.int64).copy()
+    rows[2] = bad  # the last row's position, written last
+    mem = np.full(8192, 0xAA, dtype=np.uint8)  # the image: its first 4096 bytes
+    with pytest.raises(ValueError, match="outside the batch's image"):
+        image.apply_listed(rows.tobytes(), groups, mem, 1 << 40, [], 4096)
+    assert (mem == 0xAA).all()
+
+
+@pytest.mark.parametrize("bad", [-1, 4096 // 8, 1 << 20], ids=["negative", "past-the-image", "past-the-memory"])
+def test_grouped_residual_fixups_outside_the_image_are_refused_before_any_is_written(bad):
+    rec, groups = _pointer_rows([0, 8, 16])
+    index, quads = image.targets(rec, groups)
+    assert quads  # aligned 8-byte fields: written by word index
+    index = index.copy()
+    index[2] = bad
+    mem = np.full(8192, 0xAA, dtype=np.uint8)
+    with pytest.raises(ValueError, match="outside the batch's image"):
+        image.apply_grouped(rec["const"], groups, mem, 1 << 40, np.zeros(0, dtype=np.uint64), (index, quads), 4096)
+    assert (mem == 0xAA).all()
