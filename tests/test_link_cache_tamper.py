@@ -139,7 +139,7 @@ def _outcome(cache_dir: Path, sources, layer: str = "batches", hit_allowed: bool
     ``(kind, why)`` of a miss (``corrupt`` or ``stale``), or ``("error", message)``;
     with ``hit_allowed`` (for a value the capture might have written), also ``("hit", "")``."""
     cache = LinkCache(cache_dir)
-    entry_name = _entry(cache_dir, layer).name
+    entry = _entry(cache_dir, layer)
     ln, h = _link(cache, sources)
     try:
         stats = cache.stats[layer]
@@ -152,7 +152,8 @@ def _outcome(cache_dir: Path, sources, layer: str = "batches", hit_allowed: bool
         try:
             _touch(ln, h)
         except CorruptCacheEntryError as e:
-            assert entry_name in str(e)
+            assert str(entry) in str(e)
+            assert not entry.exists()  # discarded: the next link is cold
             return "error", str(e)
         assert hit_allowed, "a tampered entry was used as it is"
         return "hit", ""
@@ -713,3 +714,28 @@ def test_grouped_residual_fixups_outside_the_image_are_refused_before_any_is_wri
     with pytest.raises(ValueError, match="outside the batch's image"):
         image.apply_grouped(rec["const"], groups, mem, 1 << 40, np.zeros(0, dtype=np.uint64), (index, quads), 4096)
     assert (mem == 0xAA).all()
+
+
+@pytest.mark.parametrize("copied", [False, True], ids=["alone", "copied-by-input-identity"])
+def test_after_a_corrupt_deferred_part_the_next_link_is_cold_and_the_one_after_warm(tmp_path, sources, templates,
+                                                                                   monkeypatch, copied):
+    # Settled inputs: the warm load also stores the entry under their identities, a copy the error deletes too.
+    monkeypatch.setattr(digests, "SETTLE_NS", -(1 << 62) if copied else 1 << 62)
+    cache_dir = _tampered(tmp_path, templates["listed"], _column("sections", "work", -16))
+    cache = LinkCache(cache_dir)
+    ln, h = _link(cache, sources)
+    assert cache.stats["inputs"]["stores"] == copied
+    with pytest.raises(CorruptCacheEntryError, match=r"batches/[0-9a-f]{64}\.ent: placed sections: ValueError: "
+                                                     r"section .* outside its segment 'text'"):
+        list(h.batch.sections)
+    ln.close()
+    assert not list(cache_dir.glob("batches/*.ent")) and not list(cache_dir.glob("inputs/*.ent"))
+    for expected in ("misses", "hits"):
+        cache = LinkCache(cache_dir)
+        ln, h = _link(cache, sources)
+        try:
+            assert cache.stats["batches"][expected] == 1
+            assert ln.function("run", "int(int)")(4) == RESULT
+            _touch(ln, h)
+        finally:
+            ln.close()

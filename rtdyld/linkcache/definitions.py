@@ -33,17 +33,17 @@ class EntryColumns:
     ``columns()`` gives when first needed, for a batch at ``base`` that
     defines ``count`` names."""
 
-    def __init__(self, columns, count: int, base: int, entry: str, size: int) -> None:
+    def __init__(self, columns, count: int, base: int, files: list[str], size: int) -> None:
         self._columns = columns
         self._count = count
         self._base = base
-        self._entry = entry  # the cache entry file, named by errors
+        self._files = files  # those of the cache entry, named and deleted by errors
         self._size = size  # of the batch's memory, which holds every address relative to its base
         self._defs: dict[str, list] | None = None
 
     def _decoded(self) -> dict[str, list]:
         if self._defs is None:
-            self._defs = made_from(self._entry, "definitions", self._check)
+            self._defs = made_from(self._files, "definitions", self._check)
         return self._defs
 
     def _check(self) -> dict[str, list]:
@@ -70,11 +70,11 @@ class EntryColumns:
         return out
 
 
-def warm_definitions(names: list[str], columns, base: int, entry: str, size: int) -> BatchDefinitions:
+def warm_definitions(names: list[str], columns, base: int, files: list[str], size: int) -> BatchDefinitions:
     """name -> SymbolDef of a batch restored at ``base`` (``size`` bytes) that
     defines ``names``, each made on first use from the columns of the cache
-    entry file ``entry`` that ``columns()`` gives."""
+    entry in ``files`` that ``columns()`` gives."""
     rows = dict(zip(names, range(len(names))))
     if len(rows) != len(names):
         raise ValueError("a name defined twice")
-    return BatchDefinitions(rows, EntryColumns(columns, len(names), base, entry, size))
+    return BatchDefinitions(rows, EntryColumns(columns, len(names), base, files, size))

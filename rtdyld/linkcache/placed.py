@@ -11,11 +11,14 @@ the first call.
 An entry's checksums guard against damage, not against content no capture
 wrote: whatever of these parts does not decode, or decodes to something
 outside the batch, raises :class:`~rtdyld.errors.CorruptCacheEntryError`
-naming the entry, when first read (:func:`made_from`).
+naming the entry, when first read (:func:`made_from`).  Each is given the
+entry's ``files``: the file it was read from, then any copy stored from it
+since (under the inputs' identities), all deleted by such an error.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -29,27 +32,40 @@ from ..errors import CorruptCacheEntryError, LinkError
 _making = threading.RLock()
 
 
-def made_from(entry: str, what: str, make):
-    """``make()``, which decodes ``what`` from the cache entry file ``entry``;
+def made_from(files: list[str], what: str, make):
+    """``make()``, which decodes ``what`` from the cache entry in ``files``;
     any failure but a LinkError (which names its own culprit) is the entry's,
-    raised as a CorruptCacheEntryError."""
+    raised as a CorruptCacheEntryError (:func:`corrupt`)."""
     try:
         return make()
     except LinkError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the entry holds that no capture wrote
-        raise CorruptCacheEntryError(f"link cache entry {entry}: {what}: {type(e).__name__}: {e}") from None
+        raise corrupt(files, f"{what}: {type(e).__name__}: {e}") from None
+
+
+def corrupt(files: list[str], why: str) -> CorruptCacheEntryError:
+    """The error for the cache entry in ``files`` holding what no capture
+    wrote, which it names by the file it was read from; the files are
+    deleted, so the next link of the batch is a miss, linked cold and stored
+    again."""
+    for f in files:
+        try:
+            os.unlink(f)
+        except OSError:
+            pass
+    return CorruptCacheEntryError(f"link cache entry {files[0]}: {why}")
 
 
 class FirstRead(Sequence):
     """A read-only sequence of ``count`` items that ``make()`` gives when
-    first read, decoding ``what`` from the cache entry file ``entry``; equal
-    to the list it stands for."""
+    first read, decoding ``what`` from the cache entry in ``files``; equal to
+    the list it stands for."""
 
-    def __init__(self, make, count: int, entry: str, what: str) -> None:
+    def __init__(self, make, count: int, files: list[str], what: str) -> None:
         self._make = make
         self._count = count
-        self._entry = entry
+        self._files = files
         self._what = what
         self._made: list | None = None
 
@@ -57,10 +73,9 @@ class FirstRead(Sequence):
         if self._made is None:
             with _making:
                 if self._made is None:
-                    made = made_from(self._entry, self._what, self._make)
+                    made = made_from(self._files, self._what, self._make)
                     if len(made) != self._count:
-                        raise CorruptCacheEntryError(f"link cache entry {self._entry}: {self._what}: {len(made)} "
-                                                     f"where the entry promised {self._count}")
+                        raise corrupt(self._files, f"{self._what}: {len(made)} where the entry promised {self._count}")
                     self._made = made
         return self._made
 
@@ -87,17 +102,18 @@ class WarmExternals(FirstRead):
     :attr:`outside_definitions` is what publishing needs without them: the
     definitions, outside the process, that they resolved to."""
 
-    def __init__(self, make, count: int, outside_definitions: list, entry: str) -> None:
-        super().__init__(make, count, entry, "externals")
+    def __init__(self, make, count: int, outside_definitions: list, files: list[str]) -> None:
+        super().__init__(make, count, files, "externals")
         self.outside_definitions = outside_definitions
 
 
-def placed_sections(columns, count: int, base: int, entry: str, segments: list, objects: Sequence) -> FirstRead:
+def placed_sections(columns, count: int, base: int, files: list[str], segments: list,
+                    objects: Sequence) -> FirstRead:
     """``LinkedBatch.sections`` of ``count`` sections, for a batch at ``base``
     with ``segments`` and ``objects``, from the columns (obj, index, segment,
-    work) of the cache entry file ``entry`` that ``columns()`` gives when
-    first needed; each must name a section of one of the objects, placed
-    within its segment."""
+    work) of the cache entry in ``files`` that ``columns()`` gives when first
+    needed; each must name a section of one of the objects, placed within
+    its segment."""
 
     def make() -> list[PlacedSection]:
         c = columns()
@@ -112,7 +128,7 @@ def placed_sections(columns, count: int, base: int, entry: str, segments: list, 
                 raise ValueError(f"section {i!r} of object {o!r} placed at {w!r}, outside its segment {seg!r}")
         return [PlacedSection(o, i, seg, base + w, w) for o, i, seg, w in zip(obj, index, segment, work)]
 
-    return FirstRead(make, count, entry, "placed sections")
+    return FirstRead(make, count, files, "placed sections")
 
 
 class WarmPulls(Mapping):
@@ -121,17 +137,17 @@ class WarmPulls(Mapping):
     :attr:`member_keys` is what publishing needs without them: each member's
     ``ArchiveSet.key``."""
 
-    def __init__(self, make, member_keys: list[tuple[int, int]], entry: str) -> None:
+    def __init__(self, make, member_keys: list[tuple[int, int]], files: list[str]) -> None:
         self._make = make
         self.member_keys = member_keys
-        self._entry = entry
+        self._files = files
         self._made: dict[int, Pull] | None = None
 
     def _dict(self) -> dict[int, Pull]:
         if self._made is None:
             with _making:
                 if self._made is None:
-                    self._made = made_from(self._entry, "archive pulls", self._make)
+                    self._made = made_from(self._files, "archive pulls", self._make)
         return self._made
 
     def __getitem__(self, key: int) -> Pull:

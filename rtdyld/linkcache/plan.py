@@ -81,6 +81,8 @@ class BatchPlan:
         self.layer = "batches" if planned_digests is not None else by_identity.LAYER
         # (meta, blobs, image) read or stored under the key; image None if not kept.
         self.entry: tuple[dict, dict, bytes | None] | None = None
+        # The files holding the entry a load read: its own, then copies stored from it (store_entry).
+        self.files: list[str] = []
 
     # --- warm -------------------------------------------------------------------------
 
@@ -147,7 +149,8 @@ class BatchPlan:
                                            opened.tail_length)
             if not fits:
                 raise _Stale("a residual fixup no longer fits at the new addresses")
-            self._finish(lb, meta, blobs, names, pulls, base, externals, outside, opened.path)
+            self.files = [opened.path]
+            self._finish(lb, meta, blobs, names, pulls, base, externals, outside, self.files)
             if self.planned_digests is None:
                 by_identity.adopt(meta, self.search)
         except BaseException:
@@ -230,7 +233,7 @@ class BatchPlan:
                            stubs={}, got_base=0)
 
     def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, names: list[str], pulls: dict, base: int,
-                externals: list, outside: list[SymbolDef], entry: str) -> None:
+                externals: list, outside: list[SymbolDef], files: list[str]) -> None:
         got_base = base + meta["got_off"]
         lb.got_base = got_base
         if meta["dso_handle"] is not None:
@@ -238,13 +241,13 @@ class BatchPlan:
         # The GOT symbol and __dso_handle move with the batch.
         own = {"got": (got_base, "the batch's GOT"), "dso": (lb.dso_handle, "the batch's DSO handle")}
         lb.externals = WarmExternals(functools.partial(resolutions.made, meta["externals"], externals, own),
-                                     len(externals), outside, entry)
+                                     len(externals), outside, files)
         later = _Later(meta["later"])
-        lb.objects = FirstRead(functools.partial(_objects, self.objs, later, blobs, entry), meta["nobjects"], entry,
+        lb.objects = FirstRead(functools.partial(_objects, self.objs, later, blobs, files), meta["nobjects"], files,
                                "objects")
-        lb.sections = placed_sections(functools.partial(later.get, "sections"), meta["nsections"], base, entry,
+        lb.sections = placed_sections(functools.partial(later.get, "sections"), meta["nsections"], base, files,
                                       lb.allocation.segments, lb.objects)
-        lb.definitions = warm_definitions(names, functools.partial(later.get, "definitions"), base, entry,
+        lb.definitions = warm_definitions(names, functools.partial(later.get, "definitions"), base, files,
                                           lb.allocation.size)
         lb.got = {t: base + o for t, o in meta["got"]}
         lb.stubs = {t: base + o for t, o in meta["stubs"]}
@@ -259,7 +262,7 @@ class BatchPlan:
         lb.pulls = WarmPulls(functools.partial(_pulls, lb.objects, search, pulls, later),
                              # ArchiveSet.key of each member, written out: a call per member costs a warm link
                              [(id(search[ar]), off) for ar, off in zip(pulls["archive"], pulls["header_offset"])],
-                             entry)
+                             files)
 
     # --- cold -------------------------------------------------------------------------
 
@@ -296,6 +299,7 @@ class BatchPlan:
             return
         self.cache.write_entry(self.layer, self.key,
                                pack(self.key, {**meta, "inputs": inputs}, dict(blobs.items()), image_bytes))
+        keyed.files.append(self.cache._path(self.layer, self.key))  # a copy, of a batch perhaps not yet read
 
     def _capture(self, lb: LinkedBatch) -> tuple[dict, dict]:
         alloc = lb.allocation
@@ -419,7 +423,7 @@ _PULL_FIELDS = ("obj", "archive", "header_offset", "index", "name", "size", "sym
 _PULLS_CHECKED = ("archive", "header_offset", "symbol")
 
 
-def _objects(own: list, later: _Later, blobs, entry: str) -> list:
+def _objects(own: list, later: _Later, blobs, files: list[str]) -> list:
     """A warm batch's objects: the batch's own, then its members, each known by
     name and decoded from the entry's skeletons only if asked for more."""
     skeletons = None
@@ -432,7 +436,7 @@ def _objects(own: list, later: _Later, blobs, entry: str) -> list:
             raise ValueError(f"an object {[kind, value, k]!r} of the wrong shape")
         if skeletons is None:
             skeletons = _Skeletons(blobs["skeletons"])
-        out.append(tables.LazyObject.deferred(value, skeletons.loader(k), entry))
+        out.append(tables.LazyObject.deferred(value, skeletons.loader(k), files))
     return out
 
 

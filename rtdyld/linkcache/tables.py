@@ -21,8 +21,9 @@ from operator import attrgetter
 
 import numpy as np
 
-from ..errors import CorruptCacheEntryError, LinkError
+from ..errors import LinkError
 from ..objfile import model
+from .placed import corrupt
 
 _SEP = b"\0"
 
@@ -257,13 +258,14 @@ class LazyObject(model.ObjectFile):
     and section lists that maps and listings may ask for."""
 
     @classmethod
-    def deferred(cls, name: str, load, entry: str | None = None) -> LazyObject:
+    def deferred(cls, name: str, load, files: list[str] | None = None) -> LazyObject:
         """An object called ``name`` whose other fields ``load()`` makes; with
-        ``entry``, a cache entry file whose part ``load()`` decodes, any
-        failure but a LinkError is a CorruptCacheEntryError naming it."""
+        ``files``, those of the cache entry whose part ``load()`` decodes,
+        any failure but a LinkError is its CorruptCacheEntryError
+        (:func:`.placed.corrupt`)."""
         self = cls.__new__(cls)
         self.name = name
-        self._load = load if entry is None else functools.partial(_member_from_entry, name, load, entry)
+        self._load = load if files is None else functools.partial(_member_from_entry, name, load, files)
         return self
 
     def __getattr__(self, attr: str):
@@ -288,14 +290,13 @@ class LazyObject(model.ObjectFile):
         return getattr(self, attr)
 
 
-def _member_from_entry(name: str, load, entry: str) -> model.ObjectFile:
+def _member_from_entry(name: str, load, files: list[str]) -> model.ObjectFile:
     try:
         return load()
     except LinkError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the entry holds that no capture wrote
-        raise CorruptCacheEntryError(f"link cache entry {entry}: the tables of {name}: {type(e).__name__}: {e}") \
-            from None
+        raise corrupt(files, f"the tables of {name}: {type(e).__name__}: {e}") from None
 
 
 # Held while a LazyObject's fields are made: a thread reading one meanwhile
