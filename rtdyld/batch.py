@@ -24,7 +24,7 @@ from .errors import (
     RelocationOverflowError,
     UndefinedSymbolError,
 )
-from .linked import GOT_SYMBOL, External, LinkedBatch, PlacedSection
+from .linked import GOT_SYMBOL, STUB_SIZE, External, LinkedBatch, PlacedSection
 from .objfile.elf_deferred import convert_batch, convert_pending
 from .objfile.model import (
     BATCH_RELOC_DTYPE,
@@ -44,7 +44,6 @@ from .symbols import Resolver, SymbolDef
 from .x86_64 import fixup, scan
 from .x86_64.edges import ABSOLUTE_32, DIFFERENCE_KINDS, N_EDGES, NEEDS_GOT_SLOT, SIZE_KINDS, WIDTH, Edge, kind_mask
 
-STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
 PC32_DATA = frozenset({Edge.Delta32, Edge.Delta16, Edge.Delta8})
 _PC32_DATA = kind_mask(PC32_DATA)
 # Plain ints: numpy probes an enum operand's attributes on every comparison (~2.5 us).

@@ -49,7 +49,12 @@ class UsageError(LinkError):
     """The API or command line was used in a way that cannot work."""
 
 
+class CorruptCacheEntryError(LinkError):
+    """A link-cache entry, read after its batch was loaded, holds what no link wrote."""
+
+
 __all__ = [
+    "CorruptCacheEntryError",
     "DuplicateSymbolError",
     "LayoutError",
     "LinkError",

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .symbols import SymbolDef
 
 GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
+STUB_SIZE = 8  # jmp *slot(%rip); int3; int3
 
 
 # The records below are plain classes, not dataclasses: decorating a class

@@ -26,7 +26,12 @@ The reader's identity is the rtdyld version, the cache format, and the size
 and mtime of every module of rtdyld and memmgr: editing the linker
 invalidates everything.  Entries are written atomically (temporary file and
 rename), so processes may share a directory; a truncated or damaged entry is
-a miss, deleted and rewritten by the cold link that follows.  ``stats``
+a miss, deleted and rewritten by the cold link that follows.  So is one
+whose checksums hold but whose content no capture wrote (a value of the
+wrong type, an offset outside the batch or the archive), as far as a load
+checks it; in the parts of a warm batch decoded only when first read (its
+objects, sections, definitions, pulls) that is a
+:class:`~rtdyld.errors.CorruptCacheEntryError` naming the entry.  ``stats``
 counts, per layer, hits, misses, stale entries (the session differed) and
 corrupt ones; ``events`` says why, most recent last.
 """
@@ -250,9 +255,9 @@ class LinkCache:
     def _archive_key(self, content: str) -> bytes:
         return self._key("archive", content)
 
-    def load_archive(self, content: str):
+    def load_archive(self, content: str, size: int):
         """``(kind, has_index, raw members, index names, index positions)`` of the
-        archive whose bytes have sha256 ``content``, or None."""
+        archive whose bytes (``size`` of them) have sha256 ``content``, or None."""
         key = self._archive_key(content)
         entry = self.read_entry("archives", key)
         if entry is None:
@@ -261,7 +266,14 @@ class LinkCache:
         try:
             bl = tables.unnamed(blobs, "b", meta["nblobs"])
             names = tables.decode(meta["members"], bl)
-            offsets = blobs["at"].tolist()
+            at = blobs["at"]
+            if at.dtype != np.int64 or at.shape != (len(names), 3) or meta["kind"] not in ("gnu", "bsd") \
+                    or type(meta["has_index"]) is not bool:  # (a thin archive's members are other files)
+                raise ValueError("a member table of the wrong shape")
+            offsets = at.tolist()
+            # Each member's 60-byte header, then its data, within the archive.
+            if any(not (8 <= h and h + 60 <= d and 0 <= z and d + z <= size) for h, d, z in offsets):
+                raise ValueError("a member outside the archive")
             raw = [RawMember(n, h, d, z) for n, (h, d, z) in zip(names, offsets, strict=True)]
             index_names = positions = None
             if meta["index"] is not None:

@@ -224,8 +224,9 @@ class OpenEntry:
     whose tail is read when asked for, to where the caller wants it.  Holds the
     file open until :meth:`close` (a context manager)."""
 
-    def __init__(self, fd: int, data: bytes, key: bytes) -> None:
+    def __init__(self, fd: int, data: bytes, key: bytes, path: str = "") -> None:
         self._fd = fd
+        self.path = path  # named by errors in parts of the entry decoded later
         meta_len, body_len, tail_len, head_sum, self._tail_sum = _header(data, key)
         self.tail_at = HEADER.size + meta_len + body_len
         self.tail_length = tail_len
@@ -302,7 +303,7 @@ def open_entry(path: str, key: bytes) -> OpenEntry:
     entry) or CorruptEntry."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return OpenEntry(fd, os.read(fd, FIRST_READ), key)
+        return OpenEntry(fd, os.read(fd, FIRST_READ), key, path)
     except BaseException:
         os.close(fd)
         raise

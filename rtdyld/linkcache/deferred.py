@@ -63,7 +63,7 @@ class DeferredArchive(Archive):
         view = memoryview(mapping) if mapping is not None else memoryview(b"")
         regular = view[: len(MAGIC)] == MAGIC
         self.content_digest = digest(view) if regular else None
-        known = self.tables.load_archive(self.content_digest) if self.tables is not None and regular else None
+        known = self.tables.load_archive(self.content_digest, len(view)) if self.tables is not None and regular else None
         if known is None:
             Archive.__init__(self, self.name, view, mapping, self.list_definitions, self.path)
             if self._index is not None and self.tables is not None and regular:
@@ -108,8 +108,9 @@ class CachedMember:
 
     @property
     def data(self) -> memoryview:
-        member = self.archive.members[self.index]
-        if member.header_offset != self.header_offset:
+        members = self.archive.members
+        member = members[self.index] if 0 <= self.index < len(members) else None
+        if member is None or member.header_offset != self.header_offset:
             raise MalformedObjectError(f"{self.display_name}: the archive changed since it was linked")
         return member.data
 

@@ -34,11 +34,11 @@ import dataclasses
 
 import numpy as np
 
-from ..batch import GOT_SYMBOL, LinkedBatch
+from ..linked import GOT_SYMBOL, LinkedBatch
 from ..objfile.model import SEC_ABS
 from ..x86_64 import fixup, scan
 from ..x86_64.edges import WIDTH, Edge
-from .listed import _HIGH, _LOW, _M64, _UNCHECKED, _WIDTH, FEW_LISTED, apply_listed  # noqa: F401 - FEW_LISTED, apply_listed: this module's API
+from .listed import _HIGH, _LOW, _M64, _NKINDS, _UNCHECKED, _WIDTH, _WRITTEN, FEW_LISTED, apply_listed  # noqa: F401 - FEW_LISTED, apply_listed: this module's API
 from .tables import Uncacheable
 
 U = np.uint64
@@ -316,11 +316,15 @@ def targets(rec: np.ndarray, groups: list) -> tuple[np.ndarray, bool]:
 
 
 def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, ext: np.ndarray,
-                  stored_targets: tuple[np.ndarray, bool]) -> bool:
+                  stored_targets: tuple[np.ndarray, bool], limit: int | None = None) -> bool:
     """:func:`apply_records` for rows :func:`grouped` arranged, given as their
     constants (``const``, uint64) and written where their :func:`targets`
     (``stored_targets``) say, as an entry stores them: the same values, range
-    checks and bytes, in a handful of numpy calls whatever the count.
+    checks and bytes, in a handful of numpy calls whatever the count.  Raises
+    ValueError, before writing anything, if a group is not one
+    :func:`grouped` makes or a field lies outside the first ``limit`` bytes
+    of ``mem`` (all of it by default; at load, the image: no fixup lands in
+    zero-fill memory).
 
     Every row of a group moves by the same ``cb * base + ext[j]``: if the
     group's smallest and largest constants, moved, lie within the field's
@@ -328,10 +332,13 @@ def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, e
     then exact, two comparisons per group); otherwise the group's rows are
     checked one by one, with the cold link's 64-bit arithmetic."""
     ext_ = ext.tolist()
+    nexternals = len(ext_)
     deltas, counts = [], []
     runs: dict[int, list[int]] = {}  # width -> [first row, end]: rows are sorted by width
     at = 0
     for kind, cb, j, count, cmin, cmax in groups:
+        if not (0 <= kind < _NKINDS and _WRITTEN[kind] and -1 <= cb <= 1 and -1 <= j < nexternals and count >= 0):
+            raise ValueError(f"a residual group {[kind, cb, j, count]} that no capture makes")
         d = cb * base + (ext_[j] if j >= 0 else 0)
         if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
             v = (const[at : at + count] + U(d & _M64)).view(np.int64)
@@ -345,8 +352,17 @@ def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, e
         raise ValueError("residual groups do not cover the rows")
     if not at:
         return True
-    value = const + np.array(deltas, dtype=U).repeat(counts)
     index, quads = stored_targets
+    # Every write position checked before any is written: the 8-byte fields,
+    # last, by word index when aligned (quads), all others byte by byte.
+    words = runs[8][1] - runs[8][0] if quads and 8 in runs else 0
+    nbytes = sum((e - s) * w for w, (s, e) in runs.items()) - 8 * words
+    if len(index) != nbytes + words:
+        raise ValueError("residual targets do not match the rows")
+    end = len(mem) if limit is None else min(limit, len(mem))
+    if index.min() < 0 or (nbytes and index[:nbytes].max() >= end) or (words and index[nbytes:].max() >= end // 8):
+        raise ValueError("a residual fixup outside the batch's image")
+    value = const + np.array(deltas, dtype=U).repeat(counts)
     done = 0
     for w, (s, e) in sorted(runs.items()):
         if w == 8 and quads:
@@ -356,8 +372,6 @@ def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, e
             n = (e - s) * w
             mem[index[done : done + n]] = value[s:e].astype(_LITTLE[w]).view(np.uint8)
         done += n
-    if done != len(index):
-        raise ValueError("residual targets do not match the rows")
     return True
 
 

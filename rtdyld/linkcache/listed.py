@@ -23,6 +23,11 @@ _LOW = [FIELD_RANGE.get(k, _I64)[0] for k in range(N_EDGES)]
 _HIGH = [FIELD_RANGE.get(k, _I64)[1] for k in range(N_EDGES)]
 _WIDTH = list(WIDTHS)
 _UNCHECKED = [(lo, hi) == _I64 for lo, hi in zip(_LOW, _HIGH)]
+# The kinds a residual fixup may have.  A stored group must be one grouped()
+# makes: such a kind, cb in -1..1, an external within the table or -1 (a
+# negative index would pick another external from the end), a count >= 0.
+_WRITTEN = [w in (1, 2, 4, 8) for w in _WIDTH]
+_NKINDS = len(_WRITTEN)
 _PACK = {1: struct.Struct("<B").pack_into, 2: struct.Struct("<H").pack_into, 4: struct.Struct("<I").pack_into,
          8: struct.Struct("<Q").pack_into}
 
@@ -33,22 +38,23 @@ _PACK = {1: struct.Struct("<B").pack_into, 2: struct.Struct("<H").pack_into, 4: 
 FEW_LISTED = 1024
 
 
-def apply_listed(rows: bytes, groups: list, mem, base: int, ext) -> bool:
+def apply_listed(rows: bytes, groups: list, mem, base: int, ext, limit: int | None = None) -> bool:
     """:func:`~rtdyld.linkcache.image.apply_grouped` for rows
     :func:`~rtdyld.linkcache.image.listed` gives, with the externals'
-    addresses ``ext`` as a list or an array: the same values, range checks and
-    bytes, with Python integers."""
+    addresses ``ext`` as a list or an array: the same values, range checks,
+    bytes and errors, with Python integers."""
     # Native int64 is the little-endian layout listed() wrote (x86-64 only);
     # a length that is not whole rows raises TypeError (a corrupt entry).
     both = memoryview(rows).cast("q")
     n = len(both) // 2
     where, const = both[:n], both[n:]
-    if n and min(where) < 0:  # pack_into counts a negative offset from the end; past the end it raises
-        raise ValueError("a residual fixup outside the batch's memory")
     ext_ = ext if isinstance(ext, list) else ext.tolist()  # a list, or a numpy array
+    nexternals = len(ext_)
     deltas = []
     at = 0
     for kind, cb, j, count, cmin, cmax in groups:
+        if not (0 <= kind < _NKINDS and _WRITTEN[kind] and -1 <= cb <= 1 and -1 <= j < nexternals and count >= 0):
+            raise ValueError(f"a residual group {[kind, cb, j, count]} that no capture makes")
         d = cb * base + (ext_[j] if j >= 0 else 0)
         if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
             lo, hi = _LOW[kind], _HIGH[kind]
@@ -60,12 +66,21 @@ def apply_listed(rows: bytes, groups: list, mem, base: int, ext) -> bool:
         at += count
     if at != len(where) or len(const) != len(where):
         raise ValueError("residual groups do not cover the rows")
+    # pack_into counts a negative offset from the end: every position checked
+    # before any is written, field by field only near the end.
+    end = len(mem) if limit is None else min(limit, len(mem))
+    if n and (min(where) < 0 or max(where) + 8 > end):
+        at = 0
+        for kind, _cb, _j, count, _lo, _hi in groups:
+            if count and (min(where[at : at + count]) < 0 or max(where[at : at + count]) + _WIDTH[kind] > end):
+                raise ValueError("a residual fixup outside the batch's image")
+            at += count
     view = memoryview(mem)
     at = 0
     for (kind, _cb, _j, count, _lo, _hi), d in zip(groups, deltas):
         w = _WIDTH[kind]
         put, mask = _PACK[w], (1 << 8 * w) - 1
-        for i in range(at, at + count):
-            put(view, where[i], (const[i] + d) & mask)
+        for w_at, c in zip(where[at : at + count], const[at : at + count]):
+            put(view, w_at, (c + d) & mask)
         at += count
     return True

@@ -43,6 +43,7 @@ from . import by_identity, container, resolutions, tables
 from .container import FORMAT_VERSION, OpenEntry, pack, unpack
 from .deferred import CachedMember, DeferredArchive
 from .definitions import warm_definitions
+from .entry_checks import check_meta
 from .listed import apply_listed
 from .placed import FirstRead, WarmExternals, WarmPulls, placed_sections
 
@@ -81,6 +82,8 @@ class BatchPlan:
         self.layer = "batches" if planned_digests is not None else by_identity.LAYER
         # (meta, blobs, image) read or stored under the key; image None if not kept.
         self.entry: tuple[dict, dict, bytes | None] | None = None
+        # The files holding the entry a load read: its own, then copies stored from it (store_entry).
+        self.files: list[str] = []
 
     # --- warm -------------------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class BatchPlan:
         lb = self._allocate(meta)
         try:
             alloc = lb.allocation
+            check_meta(meta, alloc.size, len(self.search))
             base = alloc.target_base
             # Bytes, not a numpy array: a batch with few residual fixups loads without numpy.
             mem = alloc.buffer
@@ -140,15 +144,17 @@ class BatchPlan:
             else:
                 opened.read_tail_into(mem)
             if listed is not None:
-                fits = apply_listed(listed, meta["residual_groups"], mem, base, ext_addr)
+                fits = apply_listed(listed, meta["residual_groups"], mem, base, ext_addr, opened.tail_length)
             else:
                 from . import image
 
                 fits = image.apply_grouped(residual, meta["residual_groups"], alloc.memory, base,
-                                           np.array(ext_addr, dtype=np.uint64), (targets, bool(meta["residual_quads"])))
+                                           np.array(ext_addr, dtype=np.uint64), (targets, bool(meta["residual_quads"])),
+                                           opened.tail_length)
             if not fits:
                 raise _Stale("a residual fixup no longer fits at the new addresses")
-            self._finish(lb, meta, blobs, names, pulls, base, externals, outside)
+            self.files = [opened.path]
+            self._finish(lb, meta, blobs, names, pulls, base, externals, outside, self.files)
             if self.planned_digests is None:
                 by_identity.adopt(meta, self.search)
         except BaseException:
@@ -162,6 +168,7 @@ class BatchPlan:
         process they resolved to: each resolved again and checked against the entry."""
         prefix = meta["prefix"]
         recorded = meta["externals"]
+        resolutions.check_recorded(recorded)
         # One walk of the resolver chain for all of them (one dlsym each, for the process).
         found = self.dylib.resolve_many([row[0] for row in recorded if row[1] in ("resolved", "none")], prefix,
                                         self.pending, resolutions.found_in_process)
@@ -230,7 +237,7 @@ class BatchPlan:
                            stubs={}, got_base=0)
 
     def _finish(self, lb: LinkedBatch, meta: dict, blobs: dict, names: list[str], pulls: dict, base: int,
-                externals: list, outside: list[SymbolDef]) -> None:
+                externals: list, outside: list[SymbolDef], files: list[str]) -> None:
         got_base = base + meta["got_off"]
         lb.got_base = got_base
         if meta["dso_handle"] is not None:
@@ -238,11 +245,14 @@ class BatchPlan:
         # The GOT symbol and __dso_handle move with the batch.
         own = {"got": (got_base, "the batch's GOT"), "dso": (lb.dso_handle, "the batch's DSO handle")}
         lb.externals = WarmExternals(functools.partial(resolutions.made, meta["externals"], externals, own),
-                                     len(externals), outside)
+                                     len(externals), outside, files)
         later = _Later(meta["later"])
-        lb.objects = FirstRead(functools.partial(_objects, self.objs, later, blobs), meta["nobjects"])
-        lb.sections = placed_sections(functools.partial(later.get, "sections"), meta["nsections"], base)
-        lb.definitions = warm_definitions(names, functools.partial(later.get, "definitions"), base)
+        lb.objects = FirstRead(functools.partial(_objects, self.objs, later, blobs, files), meta["nobjects"], files,
+                               "objects")
+        lb.sections = placed_sections(functools.partial(later.get, "sections"), meta["nsections"], base, files,
+                                      lb.allocation.segments, lb.objects)
+        lb.definitions = warm_definitions(names, functools.partial(later.get, "definitions"), base, files,
+                                          lb.allocation.size)
         lb.got = {t: base + o for t, o in meta["got"]}
         lb.stubs = {t: base + o for t, o in meta["stubs"]}
         lb.initializers = [tuple(x) for x in meta["init"]]
@@ -255,7 +265,8 @@ class BatchPlan:
         search = self.search
         lb.pulls = WarmPulls(functools.partial(_pulls, lb.objects, search, pulls, later),
                              # ArchiveSet.key of each member, written out: a call per member costs a warm link
-                             [(id(search[ar]), off) for ar, off in zip(pulls["archive"], pulls["header_offset"])])
+                             [(id(search[ar]), off) for ar, off in zip(pulls["archive"], pulls["header_offset"])],
+                             files)
 
     # --- cold -------------------------------------------------------------------------
 
@@ -292,6 +303,7 @@ class BatchPlan:
             return
         self.cache.write_entry(self.layer, self.key,
                                pack(self.key, {**meta, "inputs": inputs}, dict(blobs.items()), image_bytes))
+        keyed.files.append(self.cache._path(self.layer, self.key))  # a copy, of a batch perhaps not yet read
 
     def _capture(self, lb: LinkedBatch) -> tuple[dict, dict]:
         from ..x86_64 import scan
@@ -418,18 +430,20 @@ _PULL_FIELDS = ("obj", "archive", "header_offset", "index", "name", "size", "sym
 _PULLS_CHECKED = ("archive", "header_offset", "symbol")
 
 
-def _objects(own: list, later: _Later, blobs) -> list:
+def _objects(own: list, later: _Later, blobs, files: list[str]) -> list:
     """A warm batch's objects: the batch's own, then its members, each known by
     name and decoded from the entry's skeletons only if asked for more."""
     skeletons = None
     out = []
     for kind, value, k in later.get("objects"):
-        if kind == "own":
+        if kind == "own" and 0 <= value < len(own):
             out.append(own[value])
             continue
+        if kind != "member" or type(value) is not str or k < 0:
+            raise ValueError(f"an object {[kind, value, k]!r} of the wrong shape")
         if skeletons is None:
             skeletons = _Skeletons(blobs["skeletons"])
-        out.append(tables.LazyObject.deferred(value, skeletons.loader(k)))
+        out.append(tables.LazyObject.deferred(value, skeletons.loader(k), files))
     return out
 
 
@@ -440,6 +454,9 @@ def _pulls(objects, search: list, pulls: dict, later: _Later) -> dict:
     for oi, ar, off, index, name, size, symbol, referrer in zip(
             more["obj"], pulls["archive"], pulls["header_offset"], more["index"], more["name"], more["size"],
             pulls["symbol"], more["referrer"], strict=True):
+        if not (0 <= oi < len(objects) and type(index) is int and index >= 0 and type(name) is str
+                and type(size) is int and size >= 0 and type(referrer) is str):
+            raise ValueError(f"an archive pull of {name!r} of the wrong shape")
         out[id(objects[oi])] = Pull(CachedMember(search[ar], off, index, name, size), symbol, referrer)
     return out
 

@@ -28,6 +28,21 @@ class ProcessExternal(External):
     its ``source``, its definition's origin, is described when first read."""
 
 
+ROLES = ("resolved", "got", "dso", "none")  # see rtdyld.linkcache.image.external_roles
+
+
+def check_recorded(recorded: list) -> None:
+    """Raise ValueError unless an entry's rows of externals are of the shape
+    a capture writes: ``[name, role, origin, size, bind, type, reach,
+    via_process]``, with a role the load knows (any other would be taken
+    for a resolved name)."""
+    for name, role, origin, size, bind, stype, reach, via_process in recorded:
+        if (type(name) is not str or role not in ROLES or type(origin) is not str or type(size) is not int
+                or type(bind) is not int or type(stype) is not int or type(reach) is not int
+                or type(via_process) is not bool):
+            raise ValueError(f"an external {name!r} of the wrong shape")
+
+
 def made(recorded: list, parts: list, own: dict) -> list[External]:
     """A warm batch's externals from the entry's ``recorded`` rows and what the
     load found for each (``parts``): an External, a :func:`found_in_process`

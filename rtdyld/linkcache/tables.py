@@ -10,12 +10,16 @@ other kind makes the object uncacheable rather than half stored.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping
+from operator import attrgetter
 
 from .. import fieldwise
+from ..errors import LinkError
 from ..lazy_numpy import np
 from ..objfile import model
+from .placed import corrupt
 
 _SEP = b"\0"
 
@@ -64,9 +68,9 @@ def decode(doc, blobs: list):
     if not isinstance(doc, dict):
         return doc
     if "$a" in doc:
-        return blobs[doc["$a"]]
+        return _blob(blobs, doc["$a"])
     if "$b" in doc:
-        return blobs[doc["$b"]]
+        return _blob(blobs, doc["$b"])
     if "$s" in doc:
         if doc["n"] == 0:
             return []
@@ -75,7 +79,7 @@ def decode(doc, blobs: list):
         keys, values = doc["$m"]
         return dict(zip(_plain_list(decode(keys, blobs)), _plain_list(decode(values, blobs)), strict=True))
     if "$c" in doc:
-        cls = getattr(model, doc["$c"])
+        cls = _named_class(doc["$c"])
         kinds = enum_fields(cls)
         columns = decode_columns(doc["cols"], blobs)
         for name, enum in kinds.items():
@@ -85,7 +89,7 @@ def decode(doc, blobs: list):
         if any(len(c) != doc["n"] for c in columns.values()):
             raise ValueError(f"{doc['$c']} columns of unequal length")
         return [cls(**dict(zip(names, row))) for row in zip(*columns.values())]
-    cls = getattr(model, doc["$d"])
+    cls = _named_class(doc["$d"])
     kinds = enum_fields(cls)
     args = {}
     for k, v in doc.items():
@@ -97,6 +101,21 @@ def decode(doc, blobs: list):
             v = enum(v)
         args[k] = v
     return cls(**args)
+
+
+def _blob(blobs: list, i: int):
+    # A negative index would pick another blob from the end.
+    if not 0 <= i < len(blobs):
+        raise IndexError(f"blob {i!r} of {len(blobs)}")
+    return blobs[i]
+
+
+def _named_class(name: str) -> type:
+    """The model record class called ``name``, never another attribute of the model module."""
+    cls = getattr(model, name, None) if type(name) is str else None
+    if not (isinstance(cls, type) and hasattr(cls, "FIELDS")):
+        raise ValueError(f"{name!r} is not a model class")
+    return cls
 
 
 def _model_class(value) -> type | None:
@@ -142,7 +161,74 @@ def object_doc(obj: model.ObjectFile, blobs: list) -> dict:
 
 
 def object_from_doc(doc: dict, blobs: list, name: str) -> model.ObjectFile:
-    return decode({**doc, "name": name}, blobs)
+    """The object :func:`object_doc` made ``doc`` from, called ``name``; raises
+    ValueError (or another exception of decoding) unless its tables hold
+    together as a reader makes them (:func:`check_tables`)."""
+    obj = decode({**doc, "name": name}, blobs)
+    check_tables(obj)
+    return obj
+
+
+_SECTION_FIELDS = ("name", "data", "size", "align", "flags", "role", "group", "source_index")
+_INT, _SECTION, _FLAGS, _ROLE = {int}, {model.Section}, {model.SectionFlags}, {model.SectionRole}
+
+
+def check_tables(obj) -> None:
+    """Raise TypeError unless ``obj`` is an ObjectFile, ValueError unless its
+    tables refer only within themselves, as a reader's checks leave them:
+    every symbol in a section of the object (or one of the ``SEC_*``
+    values), every relocation patching a field inside a section and naming
+    symbols of the table.  An entry whose checksum holds may still hold
+    tables no reader made; the link indexes with these numbers unchecked.
+    Column by column, in C where it can be: an object may have thousands of
+    sections."""
+    if not isinstance(obj, model.ObjectFile):
+        raise TypeError(f"{type(obj).__name__} is not an object")
+    if type(obj.format) is not str or type(obj.symbol_prefix) is not str or type(obj.sections) is not list \
+            or type(obj.names) is not list or type(obj.groups) is not list:
+        raise ValueError("object fields of the wrong type")
+    sections = obj.sections
+    if sections:
+        if set(map(type, sections)) != _SECTION:
+            raise ValueError("a section that is not one")
+        name, data, size, align, flags, role, group, index = (list(map(attrgetter(f), sections))
+                                                              for f in _SECTION_FIELDS)
+        "".join(name)  # a TypeError unless every one is a str
+        group = [g for g in group if g is not None]
+        if not (set(map(type, size)) == set(map(type, align)) == set(map(type, index)) == _INT
+                and set(map(type, flags)) == _FLAGS and set(map(type, role)) == _ROLE
+                and min(size) >= 0 and max(size) < 1 << 62 and min(align) >= 0
+                and (not group or (set(map(type, group)) == _INT and min(group) >= 0
+                                   and max(group) < len(obj.groups)))):
+            raise ValueError("a section field of the wrong type or out of range")
+        length = np.fromiter(map(len, data), np.int64, len(data))
+        if np.any((length != 0) & (length != np.array(size, dtype=np.int64))):
+            raise ValueError("section data that is neither empty nor the section's size")
+    for g in obj.groups:
+        if not isinstance(g, model.Group) or type(g.signature) is not str \
+                or any(type(i) is not int or not 0 <= i < len(sections) for i in g.sections):
+            raise ValueError("a COMDAT group of the wrong shape")
+    syms, relocs = obj.symbols, obj.relocs
+    if not (isinstance(syms, np.ndarray) and syms.dtype == model.SYM_DTYPE and syms.ndim == 1
+            and isinstance(relocs, np.ndarray) and relocs.dtype == model.RELOC_DTYPE and relocs.ndim == 1):
+        raise ValueError("symbol or relocation table of the wrong type")
+    if len(obj.names) != len(syms):
+        raise ValueError("symbol names that do not match the symbol table")
+    "".join(obj.names)  # a TypeError unless every one is a str
+    if len(syms) and (syms["section"].min() < model.SEC_DISCARDED or syms["section"].max() >= len(sections)):
+        raise ValueError("a symbol in no section of the object")
+    if len(relocs):
+        from ..x86_64.edges import WIDTH  # (here: only a cold link reads an object's tables)
+
+        sec, kind = relocs["section"], relocs["kind"]
+        if sec.min() < 0 or sec.max() >= len(sections) or kind.max() >= len(WIDTH):
+            raise ValueError("a relocation of no section or of an unknown kind")
+        sizes = np.array([s.size for s in sections], dtype=np.uint64)
+        if np.any(relocs["offset"] > sizes[sec] - WIDTH[kind].astype(np.uint64)) or np.any(WIDTH[kind] > sizes[sec]):
+            raise ValueError("a relocation patching a field outside its section")
+        sym, sym2 = relocs["sym"], relocs["sym2"]
+        if sym.min() < 0 or sym.max() >= len(syms) or sym2.min() < -1 or sym2.max() >= len(syms):
+            raise ValueError("a relocation naming no symbol of the table")
 
 
 def skeleton(obj: model.ObjectFile) -> model.ObjectFile:
@@ -166,11 +252,14 @@ class LazyObject(model.ObjectFile):
     and section lists that maps and listings may ask for."""
 
     @classmethod
-    def deferred(cls, name: str, load) -> LazyObject:
-        """An object called ``name`` whose other fields ``load()`` makes."""
+    def deferred(cls, name: str, load, files: list[str] | None = None) -> LazyObject:
+        """An object called ``name`` whose other fields ``load()`` makes; with
+        ``files``, those of the cache entry whose part ``load()`` decodes,
+        any failure but a LinkError is its CorruptCacheEntryError
+        (:func:`.placed.corrupt`)."""
         self = cls.__new__(cls)
         self.name = name
-        self._load = load
+        self._load = load if files is None else functools.partial(_member_from_entry, name, load, files)
         return self
 
     def __getattr__(self, attr: str):
@@ -193,6 +282,15 @@ class LazyObject(model.ObjectFile):
             elif attr not in self.__dict__:  # (made by another thread meanwhile, or no such field)
                 raise AttributeError(attr)
         return getattr(self, attr)
+
+
+def _member_from_entry(name: str, load, files: list[str]) -> model.ObjectFile:
+    try:
+        return load()
+    except LinkError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the entry holds that no capture wrote
+        raise corrupt(files, f"the tables of {name}: {type(e).__name__}: {e}") from None
 
 
 # Held while a LazyObject's fields are made: a thread reading one meanwhile
