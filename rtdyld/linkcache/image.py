@@ -38,7 +38,7 @@ from ..linked import GOT_SYMBOL, LinkedBatch
 from ..objfile.model import SEC_ABS
 from ..x86_64 import fixup, scan
 from ..x86_64.edges import WIDTH, Edge
-from .listed import _HIGH, _LOW, _M64, _NKINDS, _UNCHECKED, _WIDTH, _WRITTEN, FEW_LISTED, apply_listed  # noqa: F401 - FEW_LISTED, apply_listed: this module's API
+from .listed import _HIGH, _LOW, _M64, _WIDTH, FEW_LISTED, apply_listed, group_shift  # noqa: F401 - FEW_LISTED, apply_listed: this module's API
 from .tables import Uncacheable
 
 U = np.uint64
@@ -332,15 +332,13 @@ def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, e
     then exact, two comparisons per group); otherwise the group's rows are
     checked one by one, with the cold link's 64-bit arithmetic."""
     ext_ = ext.tolist()
-    nexternals = len(ext_)
     deltas, counts = [], []
     runs: dict[int, list[int]] = {}  # width -> [first row, end]: rows are sorted by width
     at = 0
-    for kind, cb, j, count, cmin, cmax in groups:
-        if not (0 <= kind < _NKINDS and _WRITTEN[kind] and -1 <= cb <= 1 and -1 <= j < nexternals and count >= 0):
-            raise ValueError(f"a residual group {[kind, cb, j, count]} that no capture makes")
-        d = cb * base + (ext_[j] if j >= 0 else 0)
-        if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
+    for group in groups:
+        d, fits = group_shift(group, base, ext_)
+        kind, count = group[0], group[3]
+        if not fits:
             v = (const[at : at + count] + U(d & _M64)).view(np.int64)
             if ((v < _LOW[kind]) | (v > _HIGH[kind])).any():
                 return False

@@ -38,6 +38,19 @@ _PACK = {1: struct.Struct("<B").pack_into, 2: struct.Struct("<H").pack_into, 4: 
 FEW_LISTED = 1024
 
 
+def group_shift(group: list, base: int, ext: list) -> tuple[int, bool]:
+    """What every row of a residual group ``[kind, cb, j, count, min const,
+    max const]`` moves by, ``cb * base + ext[j]``, and whether its extreme
+    constants, moved, show that every row fits its field without wrapping
+    around 2**64 (if not, the caller checks the rows one by one).  Raises
+    ValueError for a group no capture makes."""
+    kind, cb, j, count, cmin, cmax = group
+    if not (0 <= kind < _NKINDS and _WRITTEN[kind] and -1 <= cb <= 1 and -1 <= j < len(ext) and count >= 0):
+        raise ValueError(f"a residual group {[kind, cb, j, count]} that no capture makes")
+    d = cb * base + (ext[j] if j >= 0 else 0)
+    return d, _UNCHECKED[kind] or (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind])
+
+
 def apply_listed(rows: bytes, groups: list, mem, base: int, ext, limit: int | None = None) -> bool:
     """:func:`~rtdyld.linkcache.image.apply_grouped` for rows
     :func:`~rtdyld.linkcache.image.listed` gives, with the externals'
@@ -49,14 +62,12 @@ def apply_listed(rows: bytes, groups: list, mem, base: int, ext, limit: int | No
     n = len(both) // 2
     where, const = both[:n], both[n:]
     ext_ = ext if isinstance(ext, list) else ext.tolist()  # a list, or a numpy array
-    nexternals = len(ext_)
     deltas = []
     at = 0
-    for kind, cb, j, count, cmin, cmax in groups:
-        if not (0 <= kind < _NKINDS and _WRITTEN[kind] and -1 <= cb <= 1 and -1 <= j < nexternals and count >= 0):
-            raise ValueError(f"a residual group {[kind, cb, j, count]} that no capture makes")
-        d = cb * base + (ext_[j] if j >= 0 else 0)
-        if not _UNCHECKED[kind] and not (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind]):
+    for group in groups:
+        d, fits = group_shift(group, base, ext_)
+        kind, count = group[0], group[3]
+        if not fits:
             lo, hi = _LOW[kind], _HIGH[kind]
             for c in const[at : at + count]:
                 v = (c + d) & _M64

@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from operator import attrgetter
 
 from .. import fieldwise
-from ..errors import LinkError
 from ..lazy_numpy import np
 from ..objfile import model
-from .placed import corrupt
+from .placed import made_from
 
 _SEP = b"\0"
 
@@ -285,12 +284,7 @@ class LazyObject(model.ObjectFile):
 
 
 def _member_from_entry(name: str, load, files: list[str]) -> model.ObjectFile:
-    try:
-        return load()
-    except LinkError:
-        raise
-    except Exception as e:  # noqa: BLE001 - whatever the entry holds that no capture wrote
-        raise corrupt(files, f"the tables of {name}: {type(e).__name__}: {e}") from None
+    return made_from(files, f"the tables of {name}", load)
 
 
 # Held while a LazyObject's fields are made: a thread reading one meanwhile
