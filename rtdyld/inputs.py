@@ -30,23 +30,35 @@ def read_input(src, name: str | None = None) -> tuple[bytes, str]:
     raise TypeError(f"cannot read an object from {type(src).__name__}")
 
 
+# The ELF reader, imported when the first object is read: it loads numpy,
+# which a batch restored from the link cache never needs.  (Held here once
+# loaded: an import statement costs a microsecond or more per member.)
+_elf_reader = None
+
+
+def _load_elf_reader():
+    global _elf_reader
+    from .objfile import elf
+
+    _elf_reader = elf
+    return elf
+
+
 def parse_member(data: bytes, name: str) -> ObjectFile:
     """:func:`parse_object` for an archive member pulled into a batch: ELF
     symbol and relocation tables are converted with the batch's
     (rtdyld.objfile.elf_deferred)."""
-    from .objfile.elf import is_elf, read_elf  # the readers load numpy: imported when first used
-
-    if is_elf(data):
-        return read_elf(data, name, defer_tables=True)
+    elf = _elf_reader or _load_elf_reader()
+    if elf.is_elf(data):
+        return elf.read_elf(data, name, defer_tables=True)
     return parse_object(data, name)
 
 
 def parse_object(data: bytes, name: str) -> ObjectFile:
     """Dispatch on the magic number to the right reader."""
-    from .objfile.elf import is_elf, read_elf
-
-    if is_elf(data):
-        return read_elf(data, name)
+    elf = _elf_reader or _load_elf_reader()
+    if elf.is_elf(data):
+        return elf.read_elf(data, name)
     if data[:4] in (b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xfe\xed\xfa\xce"):
         from .objfile.macho import read_macho
 
