@@ -8,6 +8,7 @@
 """
 
 from .errors import (
+    CorruptCacheEntryError,
     DuplicateSymbolError,
     LayoutError,
     LinkError,
@@ -45,6 +46,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "CorruptCacheEntryError",
     "DuplicateSymbolError",
     "Dylib",
     "Handle",
