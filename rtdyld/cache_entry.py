@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import NamedTuple
 
 MAGIC = b"RTDYLDOC"
 FORMAT_VERSION = 1
@@ -28,14 +27,18 @@ class CorruptEntry(Exception):
 
 # The link cache's entries share this module's stamp check and atomic writes,
 # so it imports hashlib, json and tempfile only where an object-cache entry
-# or a write needs them: a warm link from the link cache needs none.
-class Entry(NamedTuple):
+# or a write needs them, and its one record is a plain class: a warm link
+# from the link cache needs none of them.
+class Entry:
     """A verified cache entry."""
 
-    key: bytes
-    module: str
-    symbols: tuple[str, ...]
-    data: bytes
+    __slots__ = ("data", "key", "module", "symbols")
+
+    def __init__(self, key: bytes, module: str, symbols: tuple[str, ...], data: bytes) -> None:
+        self.key = key
+        self.module = module
+        self.symbols = symbols
+        self.data = data
 
 
 def encode(key: bytes, data: bytes, module: str, symbols: list[str], settings: dict) -> bytes:

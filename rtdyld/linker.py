@@ -8,7 +8,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Self
 
-from . import host, initfini, suggest
+from . import host, initfini
 from .archives import ArchiveSet
 from .batch_runtime import BatchRuntime
 from .errors import LinkError, UndefinedSymbolError, UsageError, ValidationError
@@ -507,7 +507,9 @@ class Linker:
         with self._lock:
             d = self._dylib(dylib).lookup(name)
             if d is None:
-                hint = suggest.lookup_hint(name, self._dylib(dylib), self.dylibs.values())
+                from .suggest import lookup_hint  # (only for the message)
+
+                hint = lookup_hint(name, self._dylib(dylib), self.dylibs.values())
         if d is None:
             where = f" in dylib {dylib.name!r}" if dylib is not None else ""
             raise UndefinedSymbolError(

@@ -101,6 +101,33 @@ def test_run_runs_destructors_when_the_session_is_collected_before_exit(build):
     assert (proc.stdout, proc.returncode) == ("fini ran\n", 0)
 
 
+UNFLUSHED = r"""
+#include <stdio.h>
+__attribute__((destructor)) static void last(void) { printf("|destructor"); }
+int main(void) { printf("main, unflushed"); fprintf(stderr, "to stderr"); return 261; }
+"""
+
+
+def test_the_command_ends_as_exit_would_with_every_stream_flushed(build):
+    """The process ends without the interpreter's teardown, as a C program's
+    exit() ends it: the program's buffered output (stdout is a pipe here, so
+    fully buffered) and its destructors' reach the pipe, after the --stats
+    lines, and the status is main's, as the kernel truncates it."""
+    proc = rtdyld_run("--stats", build.cc_text(UNFLUSHED, *PIE, stem="unflushed"))
+    assert proc.stdout == "main, unflushed|destructor"
+    assert proc.stderr.endswith("\nto stderr") and proc.stderr.splitlines()[-2].startswith("link_s=")
+    assert proc.returncode == 261 & 0xFF
+
+
+def test_exit_now_runs_the_exit_handlers_and_flushes_python_streams():
+    code = ("import atexit, sys\nfrom rtdyld.cli import exit_now\n"
+            "atexit.register(lambda: print('handler ran'))\n"
+            "print('unflushed', end='')\nsys.stderr.write('err')\nexit_now(300)\nprint('not reached')\n")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert (proc.stdout, proc.stderr, proc.returncode) == ("unflushedhandler ran\n", "err", 300 & 0xFF)
+
+
 def test_error_undefined_symbol(build):
     obj = build.cc("prog/undefined.c", *PIE)
     assert_error_line(rtdyld_run(obj), "not_defined_anywhere")
