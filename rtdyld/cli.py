@@ -624,10 +624,13 @@ def exit_now(status: int) -> None:
     loaded and flushes the C streams) and the Python streams are flushed, but
     the interpreter's modules are not torn down one by one, which costs a new
     process more (~13 ms with the linker's modules loaded) than linking a
-    small program.  If a stream cannot be flushed, the interpreter exits
-    normally instead, and reports it."""
+    small program.  If a stream cannot be flushed, or a profiler or tracer
+    is attached (``python -m cProfile -m rtdyld`` reports after the command
+    returns), the interpreter exits normally instead."""
     import atexit
 
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(status)
     atexit._run_exitfuncs()  # what interpreter shutdown runs first (CPython's, as rtdyld needs)
     try:
         sys.stdout.flush()

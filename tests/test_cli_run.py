@@ -128,6 +128,15 @@ def test_exit_now_runs_the_exit_handlers_and_flushes_python_streams():
     assert (proc.stdout, proc.stderr, proc.returncode) == ("unflushedhandler ran\n", "err", 300 & 0xFF)
 
 
+def test_a_profiled_command_exits_normally_so_the_profiler_reports(build):
+    cmd = [sys.executable, "-m", "cProfile", "-s", "tottime", "-m", "rtdyld", "run",
+           build.cc_text(UNFLUSHED, *PIE, stem="unflushed")]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    # (cProfile reports the program's output, then its own; it swallows the exit status.)
+    assert proc.stdout.startswith("main, unflushed|destructor") and "function calls" in proc.stdout
+
+
 def test_error_undefined_symbol(build):
     obj = build.cc("prog/undefined.c", *PIE)
     assert_error_line(rtdyld_run(obj), "not_defined_anywhere")
