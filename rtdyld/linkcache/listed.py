@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import struct
 
-from ..x86_64.edges import FIELD_RANGE, N_EDGES, WIDTHS
+from ..x86_64.edges import FIELD_HIGH, FIELD_LOW, WIDTHS
 
 _M64 = (1 << 64) - 1
-_I64 = (-(1 << 63), (1 << 63) - 1)
 # Per kind: the signed range a value must lie in, the field's width, and
 # whether any 64-bit value fits (then it is never checked).
-_LOW = [FIELD_RANGE.get(k, _I64)[0] for k in range(N_EDGES)]
-_HIGH = [FIELD_RANGE.get(k, _I64)[1] for k in range(N_EDGES)]
-_WIDTH = list(WIDTHS)
-_UNCHECKED = [(lo, hi) == _I64 for lo, hi in zip(_LOW, _HIGH)]
+_LOW, _HIGH, _WIDTH = FIELD_LOW, FIELD_HIGH, WIDTHS
+_UNCHECKED = [lo == -(1 << 63) and hi == _M64 >> 1 for lo, hi in zip(_LOW, _HIGH)]
 # The kinds a residual fixup may have.  A stored group must be one grouped()
 # makes: such a kind, cb in -1..1, an external within the table or -1 (a
 # negative index would pick another external from the end), a count >= 0.

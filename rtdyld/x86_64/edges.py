@@ -91,6 +91,10 @@ FIELD_RANGE = {
     Edge.TPOffset32: _I32,
     Edge.DTPOffset32: _I32,
 }
+# The same as tables indexed by kind, as plain integers.
+_I64 = (-(1 << 63), (1 << 63) - 1)
+FIELD_LOW = tuple(FIELD_RANGE.get(k, _I64)[0] for k in range(N_EDGES))
+FIELD_HIGH = tuple(FIELD_RANGE.get(k, _I64)[1] for k in range(N_EDGES))
 
 # How far a 32-bit displacement is trusted to reach: a margin keeps the
 # region's own size and instruction lengths from turning an "in reach"

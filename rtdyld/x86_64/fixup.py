@@ -12,12 +12,10 @@ from itertools import compress
 
 import numpy as np
 
-from .edges import FIELD_RANGE, N_EDGES, WIDTH, Edge
+from .edges import FIELD_HIGH, FIELD_LOW, N_EDGES, WIDTH, Edge
 
 U = np.uint64
 
-# Accepted value ranges per kind (the signed view, inclusive).
-_RANGE = FIELD_RANGE
 # Kinds grouped by formula, and the formula of each kind as a table indexed by kind.
 _POINTER, _DELTA, _GOT_DELTA, _GOT_OFFSET, _GOT_BASE_OFFSET, _GOT_BASE_DELTA, _SIZE, _DIFFERENCE, _UNHANDLED = range(9)
 _FORMULA_KINDS = {
@@ -36,13 +34,12 @@ _FORMULA = np.full(N_EDGES, _UNHANDLED, dtype=np.intp)
 for _f, _kinds in _FORMULA_KINDS.items():
     _FORMULA[[int(k) for k in _kinds]] = _f
 _FORMULA_OF = _FORMULA.tolist()
-# The same as tables indexed by kind (kinds without a range, 64-bit fields,
-# accept anything), public for the link cache's own checks of replayed
-# values; for the check here, the low end's bits and the span above it.
-LOW = np.full(N_EDGES, np.iinfo(np.int64).min, dtype=np.int64)
-HIGH = np.full(N_EDGES, np.iinfo(np.int64).max, dtype=np.int64)
-for _k, (_lo, _hi) in _RANGE.items():
-    LOW[_k], HIGH[_k] = _lo, _hi
+# Accepted value ranges per kind (rtdyld.x86_64.edges.FIELD_RANGE; kinds
+# without a range, 64-bit fields, accept anything) as arrays, public for the
+# link cache's own checks of replayed values; for the check here, the low
+# end's bits and the span above it.
+LOW = np.array(FIELD_LOW, dtype=np.int64)
+HIGH = np.array(FIELD_HIGH, dtype=np.int64)
 _SPAN = (HIGH - LOW).view(U)  # wraps to 2**64 - 1 for the 64-bit kinds, as meant
 _LOW_BITS = LOW.view(U)
 
