@@ -608,10 +608,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def console_main() -> None:
     """The ``rtdyld`` command (and ``python -m rtdyld``): :func:`main`, then the
     process ends as a C program's does once its work is done."""
@@ -637,5 +633,8 @@ def exit_now(status: int) -> None:
         sys.stderr.flush()
     except (OSError, ValueError):
         sys.exit(status)
-    os._exit(status & 0xFF if status >= 0 else 1)
+    os._exit(status & 0xFF)  # as the kernel keeps of exit()'s status
 
+
+if __name__ == "__main__":
+    console_main()

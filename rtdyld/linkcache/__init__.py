@@ -110,9 +110,10 @@ def _prime() -> None:
     """Pay once per process, when a cache is opened, the lazy set-up a first
     warm link would otherwise pay inside the link: the code identity, cffi's
     parsing of the C types the host look-ups use, and the unwinder's entry
-    points (libgcc_s found and opened, as an LLVM engine has it from the start).  numpy's set-up too, if the
-    process has numpy: a warm link needs it only for a batch with many
-    residual fixups, and does not import it for the others."""
+    points (libgcc_s found and opened, as an LLVM engine has it from the
+    start).  numpy's set-up too, if the process has numpy: a warm link needs
+    it only for a batch with many residual fixups, and does not import it
+    for the others."""
     from memmgr import libc
 
     from .. import host, unwind

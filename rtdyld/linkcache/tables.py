@@ -168,7 +168,6 @@ def object_from_doc(doc: dict, blobs: list, name: str) -> model.ObjectFile:
     return obj
 
 
-_SECTION_FIELDS = ("name", "data", "size", "align", "flags", "role", "group", "source_index")
 _INT, _SECTION, _FLAGS, _ROLE = {int}, {model.Section}, {model.SectionFlags}, {model.SectionRole}
 
 
@@ -190,8 +189,8 @@ def check_tables(obj) -> None:
     if sections:
         if set(map(type, sections)) != _SECTION:
             raise ValueError("a section that is not one")
-        name, data, size, align, flags, role, group, index = (list(map(attrgetter(f), sections))
-                                                              for f in _SECTION_FIELDS)
+        name, data, size, align, flags, role, _priority, group, index = (list(map(attrgetter(f), sections))
+                                                                         for f in model.Section.FIELDS)
         "".join(name)  # a TypeError unless every one is a str
         group = [g for g in group if g is not None]
         if not (set(map(type, size)) == set(map(type, align)) == set(map(type, index)) == _INT
@@ -217,7 +216,9 @@ def check_tables(obj) -> None:
     if len(syms) and (syms["section"].min() < model.SEC_DISCARDED or syms["section"].max() >= len(sections)):
         raise ValueError("a symbol in no section of the object")
     if len(relocs):
-        from ..x86_64.edges import WIDTH  # (here: only a cold link reads an object's tables)
+        # WIDTH is made with numpy when first imported: here, not with the
+        # module, which a warm link loads without reading any object's tables.
+        from ..x86_64.edges import WIDTH
 
         sec, kind = relocs["section"], relocs["kind"]
         if sec.min() < 0 or sec.max() >= len(sections) or kind.max() >= len(WIDTH):

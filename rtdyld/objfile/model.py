@@ -94,9 +94,9 @@ class SectionRole(IntEnum):
 
 
 # The classes below are records the link cache walks by field (rtdyld.fieldwise):
-# FIELDS lists them in the order __init__ takes them, which
-# tests/test_imports.py checks.  The annotations say each field's type, and
-# the cache restores an enum field from its annotation.
+# FIELDS lists them in the order __init__ takes them, and ENUM_FIELDS those
+# the cache restores as enums; tests/test_imports.py checks both against
+# __init__ and the annotations.
 
 
 class Section:
