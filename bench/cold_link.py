@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import bz2
 import functools
-import gc
 import hashlib
 import itertools
 import os
@@ -51,7 +50,7 @@ from .engines import LLJIT, MCJIT, _LLJITSession, _llvm
 from .gen import cache_dir
 from .report import Row
 from .session import Session
-from .timing import Measurement
+from .timing import Measurement, prepared
 
 DRIVERS = REPO / "fixtures" / "archive_link"
 SYSTEM_LIBS = Path("/usr/lib/x86_64-linux-gnu")
@@ -295,8 +294,7 @@ ROUNDS_PER_RUN = 3  # interleaved rounds per --runs in a full run: small links a
 
 
 def _link_once(timed: _Timed, state) -> tuple[float, float]:
-    """Wall and CPU seconds of one link into a prepared session."""
-    gc.collect()
+    """Wall and CPU seconds of one link into a session :func:`.timing.prepared` made."""
     c0, t0 = time.process_time(), time.perf_counter()
     timed.link(state)
     return time.perf_counter() - t0, time.process_time() - c0
@@ -313,7 +311,7 @@ def _measure_interleaved(engines: dict[str, tuple[_Timed, int]], case: Case, rou
     checks: dict[str, tuple[tuple[int, int], str]] = {}
     round_time = 0.0
     for label, (timed, _) in engines.items():
-        state = timed.prepare()
+        state = prepared(timed.prepare)
         try:
             elapsed, _ = _link_once(timed, state)
             checks[label] = check_link(case, functools.partial(timed.address, state))
@@ -327,7 +325,7 @@ def _measure_interleaved(engines: dict[str, tuple[_Timed, int]], case: Case, rou
     for r in range(rounds):
         for label in order[r % len(order):] + order[: r % len(order)]:
             timed = engines[label][0]
-            state = timed.prepare()
+            state = prepared(timed.prepare)
             try:
                 elapsed, used = _link_once(timed, state)
             finally:

@@ -27,9 +27,9 @@ exactly the archive members rtdyld pulled, extracted beforehand to files,
 and are timed under two protocols:
 
 - new process: each timed run is a NEW child process making that peer's
-  first link, timed exactly as rtdyld's warm child is: the engine is created
-  untimed (as ``Linker(link_cache=DIR)`` is), then ``gc.collect()``, then the
-  clock runs from the first object read until the symbols are published
+  first link, timed exactly as rtdyld's warm child is: ``gc.collect()``,
+  then the engine is created untimed (as ``Linker(link_cache=DIR)`` is), then
+  the clock runs from the first object read until the symbols are published
   (MCJIT: ``finalize_object``; LLJIT and JITLink: the library linked with the
   entry exported, so looked up), and the link is checked by calling it.  This
   is the like-for-like comparison: both are the first link in a fresh
@@ -73,7 +73,7 @@ from .engines import _llvm
 from .gen import cache_dir
 from .report import Row
 from .session import Session
-from .timing import Measurement
+from .timing import Measurement, prepared
 
 MEMBERS = 120
 QUICK_MEMBERS = 6
@@ -238,10 +238,10 @@ def child(argv: list[str]) -> int:
     split = rest.index("--")
     programs, archives = rest[:split], rest[split + 1 :]
     case = Case(name, tuple(map(Path, programs)), tuple(map(Path, archives)), (), members)
+    gc.collect()  # before the set-up, as timing.prepared does it, and why
     s0 = time.perf_counter()
     ln = Linker(link_cache=cache_dir_)
     setup = time.perf_counter() - s0
-    gc.collect()
     c0, t0 = time.process_time(), time.perf_counter()
     for p in programs:
         ln.add_object(p)
@@ -348,14 +348,14 @@ def _peer(name: str, paths: list[str], entries: tuple[str, ...]):
 def peer_child(argv: list[str]) -> int:
     """``python -c 'from bench.warm_link import peer_child; ...' PEER CASE MEMBERS ENTRIES PATH...``:
     the peer's first link in this new process, timed as :func:`child` times rtdyld's
-    (engine creation untimed, then ``gc.collect()``, then from the first object read
+    (``gc.collect()``, engine creation untimed, then from the first object read
     until the symbols are published) and checked by calling the entry; prints JSON."""
     name, case_name, members, entries, paths = argv[0], argv[1], int(argv[2]), tuple(argv[3].split(",")), argv[4:]
     prepare, link, address, _release = _peer(name, paths, entries)
+    gc.collect()  # before the set-up, as timing.prepared does it, and why
     s0 = time.perf_counter()
     state = prepare()
     setup = time.perf_counter() - s0
-    gc.collect()
     c0, t0 = time.process_time(), time.perf_counter()
     state = link(state)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -379,9 +379,8 @@ def _measure_peer(name: str, case: Case, paths: list[str], relocs: int, runs: in
     prepare, link, address, release = _peer(name, paths, case.entries)
     times, cpu, check = [], [], "not run"
     for i in range(1 + runs):
-        state = prepare()
+        state = prepared(prepare)
         try:
-            gc.collect()
             c0, t0 = time.process_time(), time.perf_counter()
             state = link(state)
             elapsed, used = time.perf_counter() - t0, time.process_time() - c0
