@@ -27,6 +27,8 @@ _WRITTEN = [w in (1, 2, 4, 8) for w in _WIDTH]
 _NKINDS = len(_WRITTEN)
 _PACK = {1: struct.Struct("<B").pack_into, 2: struct.Struct("<H").pack_into, 4: struct.Struct("<I").pack_into,
          8: struct.Struct("<Q").pack_into}
+# Per written kind: how its field is written, and the mask of its bits.
+_WRITE = [(_PACK[w], (1 << 8 * w) - 1) if ok else None for w, ok in zip(_WIDTH, _WRITTEN)]
 
 
 # Up to this many residual fixups an entry lists them in its metadata: a warm
@@ -57,20 +59,18 @@ def apply_listed(rows: bytes, groups: list, mem, base: int, ext, limit: int | No
     # a length that is not whole rows raises TypeError (a corrupt entry).
     both = memoryview(rows).cast("q")
     n = len(both) // 2
-    where, const = both[:n], both[n:]
+    # As lists: min, max, slices and iteration over a memoryview cost twice as much.
+    where, const = both[:n].tolist(), both[n:].tolist()
     ext_ = ext if isinstance(ext, list) else ext.tolist()  # a list, or a numpy array
-    deltas = []
+    shifts = [group_shift(group, base, ext_) for group in groups]
     at = 0
-    for group in groups:
-        d, fits = group_shift(group, base, ext_)
-        kind, count = group[0], group[3]
+    for (kind, _cb, _j, count, _lo, _hi), (d, fits) in zip(groups, shifts):
         if not fits:
             lo, hi = _LOW[kind], _HIGH[kind]
             for c in const[at : at + count]:
                 v = (c + d) & _M64
                 if not lo <= (v - (1 << 64) if v >> 63 else v) <= hi:
                     return False
-        deltas.append(d)
         at += count
     if at != len(where) or len(const) != len(where):
         raise ValueError("residual groups do not cover the rows")
@@ -85,9 +85,8 @@ def apply_listed(rows: bytes, groups: list, mem, base: int, ext, limit: int | No
             at += count
     view = memoryview(mem)
     at = 0
-    for (kind, _cb, _j, count, _lo, _hi), d in zip(groups, deltas):
-        w = _WIDTH[kind]
-        put, mask = _PACK[w], (1 << 8 * w) - 1
+    for (kind, _cb, _j, count, _lo, _hi), (d, _fits) in zip(groups, shifts):
+        put, mask = _WRITE[kind]
         for w_at, c in zip(where[at : at + count], const[at : at + count]):
             put(view, w_at, (c + d) & mask)
         at += count
