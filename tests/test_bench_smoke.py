@@ -191,3 +191,17 @@ def test_startup_times_each_command_in_turn_and_imports_nothing_heavy(tmp_path):
                              rf"\(CPU time: \d+\.\d\dx\)", out), out
     assert re.search(r"python -c pass imports \d+ modules here", out), out
     assert "heavy packages imported by 'rtdyld run': none; from the link cache: none" in out, out
+
+
+def test_a_timed_link_starts_after_a_collection_and_the_set_up_not_a_collection(monkeypatch):
+    """The full collection before a timed link comes before the engine's
+    set-up, never between it and the clock (bench.timing.prepared)."""
+    from bench import cold_link, timing
+
+    events = []
+    monkeypatch.setattr(timing.gc, "collect", lambda *a: events.append("collect"))
+    timed = cold_link._Timed(prepare=lambda: events.append("prepare") or "session",
+                             link=lambda state: events.append(f"link {state}"), address=None, release=None)
+    elapsed, cpu = cold_link._link_once(timed, timing.prepared(timed.prepare))
+    assert events == ["collect", "prepare", "link session"]
+    assert elapsed >= 0 and cpu >= 0
