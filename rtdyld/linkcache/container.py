@@ -6,7 +6,7 @@
     body length u64 | tail length u64 | adler32(meta + body) u32 |
     adler32(tail) u32 | meta | body | tail
 
-``meta`` is :mod:`marshal` data (version 4) of plain dicts, lists, strings,
+``meta`` is :mod:`marshal` data (version 2) of plain dicts, lists, strings,
 integers, booleans and None, padded with zeros so that the body starts
 16-byte aligned; marshal decodes such data several times faster than JSON
 does, and, unlike pickle, never runs code.  The body is the concatenation of
@@ -42,7 +42,10 @@ MAGIC = b"RTDYLDLC"
 FORMAT_VERSION = 5
 HEADER = struct.Struct("<8sI32sIQQII")
 _ALIGN = 16
-_MARSHAL_VERSION = 4  # read by every Python rtdyld supports
+# Version 2, not the newest (4): versions 3 and up keep a list of every object
+# read that might be referred to again, which made a warm load's metadata
+# (hundreds of small objects) 20-25 µs slower to read in a new process.
+_MARSHAL_VERSION = 2
 # The first read of an entry: the header, and for a batch most of its metadata
 # and blobs; what lies beyond is read where it is needed.
 FIRST_READ = 1 << 15
@@ -121,8 +124,7 @@ def _dtype(descr) -> np.dtype:
 
 @lru_cache(maxsize=256)
 def _descr(dtype: np.dtype) -> object:
-    # One object per dtype: marshal writes an object it meets again as a
-    # reference, so an entry of many arrays of a few dtypes spells each once.
+    # Worked out once per dtype (an entry of many arrays has a few dtypes).
     return _freeze(np.lib.format.dtype_to_descr(dtype))
 
 
