@@ -59,6 +59,7 @@ SAMPLE_SIZE = 64 * 1024
 ZLIB_LEVEL = 6
 BZ2_BLOCK_SIZE = 9
 PEER = "MCJIT"
+GOAL = 1.0  # rtdyld/MCJIT
 GENERATED = "generated.a"
 
 
@@ -408,6 +409,9 @@ def _run_case(session: Session, inputs: Inputs) -> list[Row]:
     print()
     pulled = {engine: m if isinstance(m, Measurement) else None for (engine, members), m in peers.items()
               if members == "pulled"}
+    found = report.peer_ratios(rt, pulled, PEER)
+    if found is not None:
+        session.goal(f"cold link <= {GOAL}x {PEER}", case.name, found[1], found[0] <= GOAL)
     return [Row("cold_link", f"{case.name} (peers given the pulled members)", rt.relocs, rt, pulled)]
 
 

@@ -20,6 +20,34 @@ class Row:
     peers: dict[str, Measurement | None] = field(default_factory=dict)  # None: skipped
 
 
+@dataclass
+class Goal:
+    """One of the performance goals, as one benchmark measured it."""
+
+    goal: str  # the goal, in short
+    case: str
+    measured: str
+    met: bool | None  # None: a figure to read, not one with a threshold
+
+
+def peer_ratios(rtdyld: Measurement, peers: dict[str, Measurement | None], main: str) -> tuple[float, str] | None:
+    """rtdyld's median over peer ``main``'s, to the two places shown (what a
+    goal is judged on), and as text with the other peers' ratios; None when
+    ``main`` was not measured or either linked wrongly."""
+    peer = peers.get(main)
+    if ratio(rtdyld, peer) == MISSING:
+        return None
+    others = [f"{name} {ratio(rtdyld, m)}x" for name, m in peers.items() if name != main and ratio(rtdyld, m) != MISSING]
+    r = round(rtdyld.median / peer.median, 2)
+    return r, f"{r:.2f}x {main}" + (f" ({', '.join(others)})" if others else "")
+
+
+def goals(items: list[Goal]) -> str:
+    """The goals' verdicts, one line per goal and case."""
+    lines = [[g.goal, g.case, g.measured, MISSING if g.met is None else ("met" if g.met else "MISSED")] for g in items]
+    return table(["goal", "case", "measured", "verdict"], lines, "Goals (medians, as in the tables above)", left=3)
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}"
 

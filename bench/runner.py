@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"{__package__}.{name}")
         rows += module.run(session)
     print(report.summary(rows, session.peer_names))
+    if session.goals:
+        print()
+        print(report.goals(session.goals))
     for text in session.notes:
         print(f"note: {text}")
     for text in session.wrong:

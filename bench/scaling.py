@@ -49,7 +49,30 @@ def run(session: Session) -> list[Row]:
     print()
     print(report.table(*_memory(memory), "scaling: memory mapped against section sizes"))
     print()
+    _goals(session, rows, memory)
     return rows
+
+
+def _goals(session: Session, rows: list[Row], memory: list[tuple[int, int, int, int]]) -> None:
+    if len(rows) > 1:
+        per = ", ".join(_per_reloc(r.rtdyld.median, r.relocs) for r in rows)
+        session.goal("time linear in relocations", f"{rows[0].relocs}-{rows[-1].relocs} relocations",
+                     f"µs per relocation: {per}", None)
+    rate = _fixup_rate(rows)
+    if rate is not None:
+        session.goal(f"fixup >= {report.rate(FIXUP_GOAL)} relocations/s", f"{FIXUP_CASE} relocations",
+                     f"{report.rate(rate)}/s", rate >= FIXUP_GOAL)
+    ratios = [round(_memory_ratio(row), 3) for row in memory]  # judged as shown
+    if ratios:
+        session.goal(f"memory <= {MEMORY_GOAL}x sections + a page per segment",
+                     f"{memory[0][0]}-{memory[-1][0]} relocations", f"{min(ratios):.3f}-{max(ratios):.3f}x",
+                     max(ratios) <= MEMORY_GOAL)
+
+
+def _fixup_rate(rows: list[Row]) -> float | None:
+    """Relocations per second of the fixup phase at FIXUP_CASE, if that size ran."""
+    fixup = next((r.rtdyld.phases.get(FIXUP) for r in rows if r.relocs == FIXUP_CASE), None)
+    return FIXUP_CASE / fixup if fixup else None
 
 
 def mapped_memory(gen: Generated) -> tuple[int, int, int, int]:
@@ -66,14 +89,20 @@ def mapped_memory(gen: Generated) -> tuple[int, int, int, int]:
         engine.release(ln)
 
 
-def _memory(rows: list[tuple[int, int, int, int]]) -> tuple[list[str], list[list[str]]]:
+def _memory_ratio(row: tuple[int, int, int, int]) -> float:
+    """Bytes mapped over the sections' bytes plus a page per segment, for a row of :func:`mapped_memory`."""
     from memmgr import libc
 
-    page = libc.PAGE_SIZE
+    _, mapped, sections, segments = row
+    return mapped / (sections + libc.PAGE_SIZE * segments)
+
+
+def _memory(rows: list[tuple[int, int, int, int]]) -> tuple[list[str], list[list[str]]]:
     headers = ["relocs", "mapped KiB", "sections KiB", "segments", "mapped/(sections+pages)", f"goal <= {MEMORY_GOAL}"]
     lines = []
-    for relocs, mapped, sections, segments in rows:
-        ratio = mapped / (sections + page * segments)
+    for row in rows:
+        relocs, mapped, sections, segments = row
+        ratio = _memory_ratio(row)
         lines.append([str(relocs), f"{mapped / 1024:.1f}", f"{sections / 1024:.1f}", str(segments), f"{ratio:.3f}",
                       "ok" if ratio <= MEMORY_GOAL else "MISSED"])
     return headers, lines
@@ -93,9 +122,8 @@ def _linearity(rows: list[Row]) -> str:
         lines.append(
             f"linear fit: t = {a * 1e3:.2f} ms + {b * 1e9:.1f} ns x relocs; worst residual {100 * worst:.0f}% of a median"
         )
-    fixup = next((r.rtdyld.phases.get(FIXUP) for r in rows if r.relocs == FIXUP_CASE), None)
-    if fixup:
-        rate = FIXUP_CASE / fixup
+    rate = _fixup_rate(rows)
+    if rate is not None:
         verdict = "meets" if rate >= FIXUP_GOAL else "misses"
         lines.append(f"fixup throughput at {FIXUP_CASE} relocations: {report.rate(rate)} relocs/s "
                      f"({verdict} the goal of {report.rate(FIXUP_GOAL)})")

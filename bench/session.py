@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .engines import Engine, Rtdyld, peers
 from .gen import MIN_RELOCS, Generated
+from .report import Goal
 from .timing import EngineFailed, Measurement, measure
 
 
@@ -33,11 +34,15 @@ class Session:
     options: Options
     notes: list[str] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)  # rtdyld links that gave wrong results
+    goals: list[Goal] = field(default_factory=list)  # each goal's verdict, as the benchmarks measured it
     engines: list[Engine] = field(default_factory=peers)
 
     @property
     def peer_names(self) -> list[str]:
         return [e.name for e in self.engines]
+
+    def goal(self, goal: str, case: str, measured: str, met: bool | None) -> None:
+        self.goals.append(Goal(goal, case, measured, met))
 
     def note(self, text: str) -> None:
         if text not in self.notes:

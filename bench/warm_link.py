@@ -84,6 +84,7 @@ MASK = (1 << 64) - 1
 GEN_ARG = 7
 PEERS = ("MCJIT", "LLJIT", "JITLink")
 RTDYLD = "rtdyld warm, new process"
+GOAL = 0.3  # rtdyld warm / MCJIT
 CHILD_TIMEOUT = 120  # seconds a child may take to start, link and check before it counts as failed
 
 
@@ -438,10 +439,15 @@ def _run_case(session: Session, case: Case, runs: int) -> list[Row]:
     setup = {RTDYLD: [r["setup"] for r in timed]}  # engine creation in the new process, by table label
     setup.update({m.engine: [r["setup"] for r in fresh[name]] for name, m in new.items()})
     _print_table(case, objects, warm, cold_m, new, hot, failed, steps, setup)
-    return [Row("warm_link", f"{case.name}, warm; peers in a new process", relocs, warm,
+    rows = [Row("warm_link", f"{case.name}, warm; peers in a new process", relocs, warm,
                 {name: new.get(name) for name in peers}),
             Row("warm_link", f"{case.name}, warm; peers hot in the bench", relocs, warm,
                 {name: hot.get(name) for name in peers})]
+    for row, where in zip(rows, ("peers in a new process", "peers hot in the bench")):
+        found = report.peer_ratios(warm, row.peers, "MCJIT")
+        if found is not None:
+            session.goal(f"warm link <= {GOAL}x MCJIT", f"{case.name}, {where}", found[1], found[0] <= GOAL)
+    return rows
 
 
 def _new_process_rounds(cache: Path, case: Case, paths: list[str], peers: list[str], runs: int):

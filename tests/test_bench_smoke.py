@@ -17,6 +17,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RATIO = re.compile(r"^\d+\.\d\d$")
+VERDICTS = ("met", "MISSED", "—")
+
+
+def goal_rows(out: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(goal, case) -> (measured, verdict), from the goals table at the end."""
+    header, rows = table_after("Goals", out)
+    assert header == ["goal", "case", "measured", "verdict"], header
+    assert all(len(r) == 4 and r[3] in VERDICTS for r in rows), rows
+    return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 # The benchmarks that link generated objects, and so honour --max-relocs.
 BENCHMARKS = ("link_object", "scaling")
 
@@ -70,6 +79,13 @@ def test_quick_run_prints_summary_with_ratios(tmp_path):
     for row in rows:
         assert len(row) == len(header), (header, row)
         assert RATIO.match(row[header.index("rtdyld/MCJIT")]), (header, row)
+
+    goals = goal_rows(out)
+    measured, verdict = goals["time linear in relocations", "1000-2000 relocations"]
+    assert re.fullmatch(r"µs per relocation: \d+\.\d\d, \d+\.\d\d", measured) and verdict == "—", goals
+    measured, verdict = goals["memory <= 1.1x sections + a page per segment", "1000-2000 relocations"]
+    low, high = map(float, re.fullmatch(r"(\d\.\d{3})-(\d\.\d{3})x", measured).groups())
+    assert low <= high and verdict == ("met" if high <= 1.1 else "MISSED"), goals
 
 
 def test_generated_object_has_the_requested_relocation_count(tmp_path, monkeypatch):
@@ -141,6 +157,12 @@ def test_warm_link_quick_run_links_warm_and_checks(tmp_path):
         assert case in cases, rows
         assert RATIO.match(cases[case][header.index("rtdyld/MCJIT")]), rows
 
+    goals = goal_rows(out)
+    for where in ("peers in a new process", "peers hot in the bench"):
+        measured, verdict = goals["warm link <= 0.3x MCJIT", f"generated, {where}"]
+        ratio = float(re.fullmatch(r"(\d+\.\d\d)x MCJIT( \(LLJIT \d+\.\d\dx, JITLink \d+\.\d\dx\))?", measured)[1])
+        assert verdict == ("met" if ratio <= 0.3 else "MISSED"), goals
+
 
 def test_warm_link_peer_child_that_fails_or_hangs_is_reported(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
@@ -171,6 +193,11 @@ def test_cold_link_times_every_engine_in_the_same_rounds(tmp_path):
         assert mcjit[header.index("check")] == "ok", out
         assert mcjit[header.index("runs")] == rt[header.index("runs")], out
         assert RATIO.match(mcjit[header.index("rtdyld/engine")]), out
+    goals = goal_rows(out)
+    for case in ("libz.a", "libbz2.a", "libz.a + libbz2.a", "generated.a"):
+        measured, verdict = goals["cold link <= 1.0x MCJIT", case]
+        ratio = float(re.match(r"(\d+\.\d\d)x MCJIT", measured)[1])
+        assert verdict == ("met" if ratio <= 1.0 else "MISSED"), goals
 
 
 def test_startup_times_each_command_in_turn_and_imports_nothing_heavy(tmp_path):
@@ -185,10 +212,14 @@ def test_startup_times_each_command_in_turn_and_imports_nothing_heavy(tmp_path):
                         "python -c pass, python -S", "python -c 'import numpy, _cffi_backend', python -S",
                         f"{cold}, python -S", "of which link_s", f"{cached}, python -S", "of which link_s"], commands
     assert len({r[1] for r in rows}) == 1, rows  # every command ran as often
+    goals = goal_rows(out)
     for how in ("linking cold", "from the link cache, a repeated run"):
         for where in ("", "; python -S"):
-            assert re.search(rf"start-up {how}{where} \(run less link_s\) = \d+\.\d\dx python -c pass "
-                             rf"\(CPU time: \d+\.\d\dx\)", out), out
+            said = re.search(rf"start-up {how}{where} \(run less link_s\) = (\d+\.\d\d)x python -c pass "
+                             rf"\(CPU time: \d+\.\d\dx\); the goal is <= 1.5x, which this (meets|misses)\.", out)
+            assert said, out
+            assert goals["start-up <= 1.5x python -c pass + link", f"rtdyld run small.o, {how}{where}"] == (
+                f"{said[1]}x", "met" if said[2] == "meets" else "MISSED"), goals
     assert re.search(r"python -c pass imports \d+ modules here", out), out
     assert "heavy packages imported by 'rtdyld run': none; from the link cache: none" in out, out
 
