@@ -716,6 +716,31 @@ def test_grouped_residual_fixups_outside_the_image_are_refused_before_any_is_wri
     assert (mem == 0xAA).all()
 
 
+@pytest.mark.parametrize("first", ["misfit", "malformed"])
+def test_listed_and_grouped_fixups_check_a_misfit_and_a_malformed_group_in_the_same_order(first):
+    """Group by group, on both paths: a group whose row no longer fits its
+    field answers False (a stale entry) before a later group no capture makes
+    is looked at; the malformed group first is a ValueError (a corrupt one)."""
+    res = image.Residual(np.zeros(1, np.int64), np.array([int(Edge.Pointer32)], np.uint8),
+                         np.array([1 << 40], np.uint64), np.zeros(1, np.int8), np.full(1, -1, np.int32))
+    rec, groups = image.grouped(res)
+    index, quads = image.targets(rec, groups)
+    malformed = [255, 0, -1, 0, 0, 0]  # no such kind; no rows, so the rows stay covered
+    groups = groups + [malformed] if first == "misfit" else [malformed] + groups
+    listed_mem, grouped_mem = (np.full(64, 0xAA, dtype=np.uint8) for _ in range(2))
+    outcomes = []
+    for apply in (lambda: image.apply_listed(image.listed(rec), groups, listed_mem, 0, [], 64),
+                  lambda: image.apply_grouped(rec["const"], groups, grouped_mem, 0, np.zeros(0, np.uint64),
+                                              (index, quads), 64)):
+        try:
+            outcomes.append(apply())
+        except ValueError as e:
+            outcomes.append(str(e))
+    refused = "a residual group [255, 0, -1, 0] that no capture makes"
+    assert outcomes == ([False, False] if first == "misfit" else [refused, refused])
+    assert (listed_mem == 0xAA).all() and (grouped_mem == 0xAA).all()
+
+
 @pytest.mark.parametrize("copied", [False, True], ids=["alone", "copied-by-input-identity"])
 def test_after_a_corrupt_deferred_part_the_next_link_is_cold_and_the_one_after_warm(tmp_path, sources, templates,
                                                                                    monkeypatch, copied):

@@ -62,15 +62,20 @@ def apply_listed(rows: bytes, groups: list, mem, base: int, ext, limit: int | No
     # As lists: min, max, slices and iteration over a memoryview cost twice as much.
     where, const = both[:n].tolist(), both[n:].tolist()
     ext_ = ext if isinstance(ext, list) else ext.tolist()  # a list, or a numpy array
-    shifts = [group_shift(group, base, ext_) for group in groups]
+    # Group by group, as apply_grouped checks them: a group whose rows do not
+    # fit answers False before a later group is looked at.
+    deltas = []
     at = 0
-    for (kind, _cb, _j, count, _lo, _hi), (d, fits) in zip(groups, shifts):
+    for group in groups:
+        d, fits = group_shift(group, base, ext_)
+        kind, count = group[0], group[3]
         if not fits:
             lo, hi = _LOW[kind], _HIGH[kind]
             for c in const[at : at + count]:
                 v = (c + d) & _M64
                 if not lo <= (v - (1 << 64) if v >> 63 else v) <= hi:
                     return False
+        deltas.append(d)
         at += count
     if at != len(where) or len(const) != len(where):
         raise ValueError("residual groups do not cover the rows")
@@ -85,7 +90,7 @@ def apply_listed(rows: bytes, groups: list, mem, base: int, ext, limit: int | No
             at += count
     view = memoryview(mem)
     at = 0
-    for (kind, _cb, _j, count, _lo, _hi), (d, _fits) in zip(groups, shifts):
+    for (kind, _cb, _j, count, _lo, _hi), d in zip(groups, deltas):
         put, mask = _WRITE[kind]
         for w_at, c in zip(where[at : at + count], const[at : at + count]):
             put(view, w_at, (c + d) & mask)
