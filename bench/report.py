@@ -30,22 +30,28 @@ class Goal:
     met: bool | None  # None: a figure to read, not one with a threshold
 
 
-def peer_ratios(rtdyld: Measurement, peers: dict[str, Measurement | None], main: str) -> tuple[float, str] | None:
+def peer_ratios(rtdyld: Measurement, peers: dict[str, Measurement | None], main: str) -> tuple[float | None, str]:
     """rtdyld's median over peer ``main``'s, to the two places shown (what a
-    goal is judged on), and as text with the other peers' ratios; None when
-    ``main`` was not measured or either linked wrongly."""
+    goal is judged on), and as text with the other peers' ratios; ``(None,
+    why)`` when there is no ratio to judge: ``main`` was skipped or failed,
+    either linked wrongly, or either has no timed run."""
     peer = peers.get(main)
     if ratio(rtdyld, peer) == MISSING:
-        return None
+        if not rtdyld.ok:
+            return None, "rtdyld linked wrongly"
+        if peer is None:
+            return None, f"{main} not measured (see the notes)"
+        return None, f"{main} linked wrongly" if not peer.ok else "no timed runs"
     others = [f"{name} {ratio(rtdyld, m)}x" for name, m in peers.items() if name != main and ratio(rtdyld, m) != MISSING]
     r = round(rtdyld.median / peer.median, 2)
     return r, f"{r:.2f}x {main}" + (f" ({', '.join(others)})" if others else "")
 
 
 def goals(items: list[Goal]) -> str:
-    """The goals' verdicts, one line per goal and case."""
+    """The goals' verdicts, one line per goal and case (MISSING: no verdict)."""
     lines = [[g.goal, g.case, g.measured, MISSING if g.met is None else ("met" if g.met else "MISSED")] for g in items]
-    return table(["goal", "case", "measured", "verdict"], lines, "Goals (medians, as in the tables above)", left=3)
+    return table(["goal", "case", "measured", "verdict"], lines,
+                 f"Goals (judged on the figures as the tables above show them; {MISSING}: no verdict)", left=3)
 
 
 def ms(seconds: float) -> str:

@@ -18,14 +18,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RATIO = re.compile(r"^\d+\.\d\d$")
 VERDICTS = ("met", "MISSED", "—")
-
-
-def goal_rows(out: str) -> dict[tuple[str, str], tuple[str, str]]:
-    """(goal, case) -> (measured, verdict), from the goals table at the end."""
-    header, rows = table_after("Goals", out)
-    assert header == ["goal", "case", "measured", "verdict"], header
-    assert all(len(r) == 4 and r[3] in VERDICTS for r in rows), rows
-    return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 # The benchmarks that link generated objects, and so honour --max-relocs.
 BENCHMARKS = ("link_object", "scaling")
 
@@ -42,6 +34,14 @@ def table_after(title: str, out: str) -> tuple[list[str], list[list[str]]]:
             break
         rows.append(re.split(r"\s{2,}", line.strip()))
     return header, rows
+
+
+def goal_rows(out: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(goal, case) -> (measured, verdict), from the goals table at the end."""
+    header, rows = table_after("Goals", out)
+    assert header == ["goal", "case", "measured", "verdict"], header
+    assert all(len(r) == 4 and r[3] in VERDICTS for r in rows), rows
+    return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
 
 def run_bench(tmp_path, *args: str, timeout: int) -> str:
@@ -160,7 +160,8 @@ def test_warm_link_quick_run_links_warm_and_checks(tmp_path):
     goals = goal_rows(out)
     for where in ("peers in a new process", "peers hot in the bench"):
         measured, verdict = goals["warm link <= 0.3x MCJIT", f"generated, {where}"]
-        ratio = float(re.fullmatch(r"(\d+\.\d\d)x MCJIT( \(LLJIT \d+\.\d\dx, JITLink \d+\.\d\dx\))?", measured)[1])
+        ratio = float(re.fullmatch(r"(\d+\.\d\d)x MCJIT( \((LLJIT|JITLink) \d+\.\d\dx(, JITLink \d+\.\d\dx)?\))?",
+                                   measured)[1])
         assert verdict == ("met" if ratio <= 0.3 else "MISSED"), goals
 
 
@@ -236,3 +237,80 @@ def test_a_timed_link_starts_after_a_collection_and_the_set_up_not_a_collection(
     elapsed, cpu = cold_link._link_once(timed, timing.prepared(timed.prepare))
     assert events == ["collect", "prepare", "link session"]
     assert elapsed >= 0 and cpu >= 0
+
+
+def test_a_ratio_goal_is_judged_as_shown_and_without_a_good_peer_has_no_verdict(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import report
+    from bench.report import Goal
+    from bench.timing import Measurement
+
+    def linked(median: float | None, check: str = "ok") -> Measurement:
+        times = [] if median is None else [median]
+        return Measurement("engine", 1, times, times, (0, 0), check)
+
+    mcjit = linked(1.0)
+    # 0.3049 shows as 0.30 and meets "<= 0.3"; 0.3051 shows as 0.31 and does not.
+    assert report.peer_ratios(linked(0.3049), {"MCJIT": mcjit, "LLJIT": linked(0.5), "JITLink": None}, "MCJIT") == (
+        0.3, "0.30x MCJIT (LLJIT 0.61x)")
+    assert report.peer_ratios(linked(0.3051), {"MCJIT": mcjit}, "MCJIT")[0] == 0.31
+    for rt, peers, why in ((linked(0.2), {}, "MCJIT not measured (see the notes)"),
+                           (linked(0.2), {"MCJIT": None}, "MCJIT not measured (see the notes)"),
+                           (linked(0.2), {"MCJIT": linked(1.0, "bench_check returned 0x1")}, "MCJIT linked wrongly"),
+                           (linked(0.2), {"MCJIT": linked(None)}, "no timed runs"),
+                           (linked(0.2, "bench_check returned 0x1"), {"MCJIT": mcjit}, "rtdyld linked wrongly")):
+        assert report.peer_ratios(rt, peers, "MCJIT") == (None, why)
+    table = report.goals([Goal("warm", "a", "0.30x MCJIT", True), Goal("warm", "b", "0.31x MCJIT", False),
+                          Goal("warm", "c", "MCJIT linked wrongly", None)])
+    assert goal_rows(table) == {("warm", "a"): ("0.30x MCJIT", "met"), ("warm", "b"): ("0.31x MCJIT", "MISSED"),
+                                ("warm", "c"): ("MCJIT linked wrongly", "—")}
+
+
+def test_fixup_and_memory_goals_are_judged_as_shown_and_not_on_a_wrong_link(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from types import SimpleNamespace
+
+    from bench import scaling
+    from bench.phases import FIXUP
+    from bench.report import Row
+    from bench.timing import Measurement
+    from memmgr import libc
+
+    def verdicts(fixup_rate: float, memory_ratio: float, check: str = "ok") -> dict:
+        goals = {}
+        session = SimpleNamespace(goal=lambda goal, case, measured, met: goals.__setitem__(goal, (measured, met)))
+        n = scaling.FIXUP_CASE
+        rows = [Row("scaling", "pic/small", r, Measurement("rtdyld", r, [r * 1e-7], [r * 1e-7], (0, 0), check,
+                                                           {FIXUP: r / fixup_rate}))
+                for r in (1000, n)]
+        whole = 100 * libc.PAGE_SIZE  # sections plus a page per segment
+        memory = [(1000, round(whole * memory_ratio), whole - 2 * libc.PAGE_SIZE, 2)]
+        scaling._goals(session, rows, memory)
+        assert scaling._memory(memory)[1][0][-1] == {True: "ok", False: "MISSED"}[goals[next(
+            g for g in goals if g.startswith("memory"))][1]]  # the table's verdict is the goal's
+        return {goal.split()[0]: v for goal, v in goals.items()}
+
+    got = verdicts(4.996e6, 1.1004)
+    assert got["fixup"] == ("5.00M/s", True) and got["memory"] == ("1.100-1.100x", True), got
+    assert got["time"][1] is None
+    got = verdicts(4.994e6, 1.1006)
+    assert got["fixup"] == ("4.99M/s", False) and got["memory"] == ("1.101-1.101x", False), got
+    assert verdicts(9e6, 1.0, check="bench_check returned 0x1")["fixup"] == ("rtdyld linked wrongly", None)
+
+
+def test_stub_goal_is_judged_as_shown_and_not_on_a_wrong_link(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import stubs
+    from bench.session import Options, Session
+
+    ratios = {("call bump@PLT", "add"): 1.104, ("call bump@PLT", "xorshift x3"): 1.106,
+              ("call *bump@GOTPCREL", "add"): 1.0}
+    wrong = ("call *bump@GOTPCREL", "add")
+    monkeypatch.setattr(stubs, "measure", lambda quick, runs: {"ratios": ratios, "wrong": ["stubs: loop wrong"],
+                                                                "linked_wrongly": {wrong}})
+    session = Session(Options(quick=True), engines=[])
+    assert stubs.run(session) == []
+    assert {g.case: (g.measured, g.met) for g in session.goals} == {
+        "call bump@PLT, add callee": ("1.10x", True), "call bump@PLT, xorshift x3 callee": ("1.11x", False),
+        "call *bump@GOTPCREL, add callee": ("rtdyld linked wrongly", None)}
+    assert session.wrong == ["stubs: loop wrong"]
