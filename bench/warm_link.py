@@ -239,7 +239,7 @@ def child(argv: list[str]) -> int:
     split = rest.index("--")
     programs, archives = rest[:split], rest[split + 1 :]
     case = Case(name, tuple(map(Path, programs)), tuple(map(Path, archives)), (), members)
-    gc.collect()  # before the set-up, as timing.prepared does it, and why
+    gc.collect()  # before the set-up, not before the clock: see timing.prepared
     s0 = time.perf_counter()
     ln = Linker(link_cache=cache_dir_)
     setup = time.perf_counter() - s0
@@ -353,7 +353,7 @@ def peer_child(argv: list[str]) -> int:
     until the symbols are published) and checked by calling the entry; prints JSON."""
     name, case_name, members, entries, paths = argv[0], argv[1], int(argv[2]), tuple(argv[3].split(",")), argv[4:]
     prepare, link, address, _release = _peer(name, paths, entries)
-    gc.collect()  # before the set-up, as timing.prepared does it, and why
+    gc.collect()  # before the set-up, not before the clock: see timing.prepared
     s0 = time.perf_counter()
     state = prepare()
     setup = time.perf_counter() - s0

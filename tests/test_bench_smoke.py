@@ -7,6 +7,7 @@ against a peer measured in the same run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -225,18 +226,80 @@ def test_startup_times_each_command_in_turn_and_imports_nothing_heavy(tmp_path):
     assert "heavy packages imported by 'rtdyld run': none; from the link cache: none" in out, out
 
 
-def test_a_timed_link_starts_after_a_collection_and_the_set_up_not_a_collection(monkeypatch):
-    """The full collection before a timed link comes before the engine's
-    set-up, never between it and the clock (bench.timing.prepared)."""
-    from bench import cold_link, timing
+def _gc_and_timed_link_events(path: str, monkeypatch, capsys) -> list[str]:
+    """What one timed path did, in order: "collect" (gc.collect), "prepare"
+    (the engine's set-up) and "link" (the timed link), with fake engines."""
+    import gc
+    from types import SimpleNamespace
 
-    events = []
-    monkeypatch.setattr(timing.gc, "collect", lambda *a: events.append("collect"))
-    timed = cold_link._Timed(prepare=lambda: events.append("prepare") or "session",
-                             link=lambda state: events.append(f"link {state}"), address=None, release=None)
-    elapsed, cpu = cold_link._link_once(timed, timing.prepared(timed.prepare))
-    assert events == ["collect", "prepare", "link session"]
-    assert elapsed >= 0 and cpu >= 0
+    from bench import cold_link, timing, warm_link
+
+    events: list[str] = []
+    monkeypatch.setattr(gc, "collect", lambda *a: events.append("collect"))
+
+    def prepare(*_):
+        events.append("prepare")
+        return [None]
+
+    def link(state, *_):
+        events.append("link")
+        return state
+
+    if path == "timing.measure":  # link_object, scaling
+        engine = SimpleNamespace(name="fake", prepare=prepare, link=link, release=lambda state: None,
+                                 run_checks=lambda state: (1, 1), instrument=lambda: contextlib.nullcontext(None))
+        gen = SimpleNamespace(name="gen", relocs=1, expected_check=1, expected_pad_ok=1)
+        assert timing.measure(engine, gen, runs=3, budget=10.0).ok
+    elif path == "cold_link":
+        monkeypatch.setattr(cold_link, "check_link", lambda case, address: ((0, 0), "ok"))
+        engines = {label: (cold_link._Timed(prepare, link, lambda state, name: 0, lambda state: None), 1)
+                   for label in ("rtdyld", "MCJIT")}
+        cold_link._measure_interleaved(engines, None, rounds=2, budget=10.0)
+    elif path == "warm_link hot peers":
+        monkeypatch.setattr(warm_link, "_peer", lambda *a: (prepare, link, lambda state, s: 0, lambda state: None))
+        monkeypatch.setattr(warm_link.Case, "check", lambda self, address: "ok")
+        warm_link._measure_peer("MCJIT", warm_link.Case("generated", (), (), ("wg_run",), 1), [], 1, runs=2)
+    elif path == "warm_link peer child":
+        monkeypatch.setattr(warm_link, "_peer", lambda *a: (prepare, link, lambda state, s: 0, lambda state: None))
+        monkeypatch.setattr(warm_link.Case, "check", lambda self, address: "ok")
+        warm_link.peer_child(["MCJIT", "generated", "1", "wg_run"])
+    else:  # rtdyld's warm child
+        import rtdyld
+
+        class Linker:
+            def __init__(self, link_cache):
+                prepare()
+                self.link_cache = SimpleNamespace(stats={"batches": {"hits": 1, "stores": 0}, "inputs": {"hits": 1}})
+
+            def add_object(self, path):
+                link(None)
+
+            add_archive = add_object
+
+            def finalize(self):
+                return SimpleNamespace(objects=2, batch=SimpleNamespace(tables=None))
+
+            def lookup(self, name):
+                return 0
+
+        monkeypatch.setattr(rtdyld, "Linker", Linker)
+        monkeypatch.setattr(warm_link.Case, "check", lambda self, address: "ok")
+        warm_link.child(["cache", "generated", "1", "prog.o", "--", "lib.a"])
+    capsys.readouterr()
+    return events
+
+
+@pytest.mark.parametrize("path", ["timing.measure", "cold_link", "warm_link hot peers", "warm_link peer child",
+                                  "warm_link child"])
+def test_every_timed_link_follows_a_collection_and_the_set_up_with_no_collection_between(path, monkeypatch,
+                                                                                         capsys):
+    """Each timed path of every engine: a full collection, then the engine's
+    untimed set-up, then the timed link (bench.timing.prepared), never a
+    collection between the set-up and the link."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    events = _gc_and_timed_link_events(path, monkeypatch, capsys)
+    steps = [e for i, e in enumerate(events) if not (e == "link" and events[i - 1] == "link")]  # one per link
+    assert steps and steps == ["collect", "prepare", "link"] * (len(steps) // 3), events
 
 
 def test_a_ratio_goal_is_judged_as_shown_and_without_a_good_peer_has_no_verdict(monkeypatch):
