@@ -900,6 +900,33 @@ def test_entries_are_read_whole_in_one_go(tmp_path):
         read_file(str(tmp_path / "missing"))
 
 
+def test_entry_metadata_written_with_marshal_version_4_still_reads_back(monkeypatch):
+    """Entries are written with marshal version 2 (no back-references); those
+    written before with version 4, whose repeated objects are references, read
+    back to the same values, and a value met twice comes back twice, equal."""
+    import marshal
+
+    from rtdyld.linkcache import container
+
+    descr = container._descr(np.dtype([("a", "<u8"), ("b", "u1")]))  # one object for every array of the dtype
+    shared = ["residual", 1 << 70, -1.5, None, True]
+    meta = {"rows": shared, "again": shared, "names": ["wg_f1"] * 3, "nested": container.dumps({"x": shared})}
+    blobs = {f"a{i}": np.zeros(2, np.dtype([("a", "<u8"), ("b", "u1")])) for i in range(3)}
+    key = bytes(32)
+    assert container.dumps(["x", "x"]) == marshal.dumps(["x", "x"], 2)  # what is written now
+    read = {}
+    for version in (2, 4):
+        monkeypatch.setattr(container, "_MARSHAL_VERSION", version)
+        packed = container.pack(key, meta, blobs)
+        read[version] = container.unpack(packed, key)
+    for version, (got, got_blobs) in read.items():
+        assert got == meta, version
+        assert container.loads(got["nested"]) == {"x": shared}, version
+        assert [got_blobs[f"a{i}"].dtype.descr for i in range(3)] == [blobs["a0"].dtype.descr] * 3, version
+    assert read[4][0]["rows"] is read[4][0]["again"] and read[2][0]["rows"] is not read[2][0]["again"]
+    assert container._descr(np.dtype([("a", "<u8"), ("b", "u1")])) is descr
+
+
 def test_residual_fixups_written_alike_grouped():
     from rtdyld.linkcache import image
     from rtdyld.linkcache.container import pack
