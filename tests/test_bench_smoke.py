@@ -82,6 +82,7 @@ def test_quick_run_prints_summary_with_ratios(tmp_path):
         assert RATIO.match(row[header.index("rtdyld/MCJIT")]), (header, row)
 
     goals = goal_rows(out)
+    assert goals["fixup >= 5.00M relocations/s", "200000 relocations"] == ("not run at this size", "—"), goals
     measured, verdict = goals["time linear in relocations", "1000-2000 relocations"]
     assert re.fullmatch(r"µs per relocation: \d+\.\d\d, \d+\.\d\d", measured) and verdict == "—", goals
     measured, verdict = goals["memory <= 1.1x sections + a page per segment", "1000-2000 relocations"]
@@ -339,13 +340,12 @@ def test_fixup_and_memory_goals_are_judged_as_shown_and_not_on_a_wrong_link(monk
     from bench.timing import Measurement
     from memmgr import libc
 
-    def verdicts(fixup_rate: float, memory_ratio: float, check: str = "ok") -> dict:
+    def verdicts(fixup_rate: float, memory_ratio: float, check: str = "ok", sizes=(1000, scaling.FIXUP_CASE)) -> dict:
         goals = {}
         session = SimpleNamespace(goal=lambda goal, case, measured, met: goals.__setitem__(goal, (measured, met)))
-        n = scaling.FIXUP_CASE
         rows = [Row("scaling", "pic/small", r, Measurement("rtdyld", r, [r * 1e-7], [r * 1e-7], (0, 0), check,
                                                            {FIXUP: r / fixup_rate}))
-                for r in (1000, n)]
+                for r in sizes]
         whole = 100 * libc.PAGE_SIZE  # sections plus a page per segment
         memory = [(1000, round(whole * memory_ratio), whole - 2 * libc.PAGE_SIZE, 2)]
         scaling._goals(session, rows, memory)
@@ -359,6 +359,7 @@ def test_fixup_and_memory_goals_are_judged_as_shown_and_not_on_a_wrong_link(monk
     got = verdicts(4.994e6, 1.1006)
     assert got["fixup"] == ("4.99M/s", False) and got["memory"] == ("1.101-1.101x", False), got
     assert verdicts(9e6, 1.0, check="bench_check returned 0x1")["fixup"] == ("rtdyld linked wrongly", None)
+    assert verdicts(9e6, 1.0, sizes=(1000, 5000))["fixup"] == ("not run at this size", None)
 
 
 def test_stub_goal_is_judged_as_shown_and_not_on_a_wrong_link(monkeypatch):
