@@ -27,6 +27,7 @@ import threading
 
 from . import host
 from . import layout as L
+from .fieldwise import field_repr
 from .lazy_numpy import np
 from .objfile.model import ObjectFile
 
@@ -36,6 +37,8 @@ TERMINATOR = 4  # bytes of zero length word ending the image
 class EhFrameImage:
     """The batch's concatenated ``.eh_frame``: ``size`` includes the terminator."""
 
+    FIELDS = ("work", "address", "size", "segment_offset")  # (for its repr: rtdyld.fieldwise)
+
     def __init__(self, work: int, address: int, size: int, segment_offset: int) -> None:
         self.work = work  # offset into the allocation (set once segments are placed)
         self.address = address
@@ -43,8 +46,7 @@ class EhFrameImage:
         self.segment_offset = segment_offset  # offset within the read-only segment, before placement
 
     def __repr__(self) -> str:
-        return (f"EhFrameImage(work={self.work!r}, address={self.address!r}, size={self.size!r}, "
-                f"segment_offset={self.segment_offset!r})")
+        return field_repr(self)
 
 
 def table_objects(objects: list[ObjectFile]) -> set[int]:

@@ -51,7 +51,7 @@ from ..errors import MalformedObjectError
 from ..inputs import parse_object, read_input
 from ..lazy_numpy import np
 from ..link_cache_setting import ENV
-from ..objfile.archive_layout import RawMember
+from ..objfile.archive_layout import ARCH_MAGIC, HEADER_SIZE, RawMember
 from ..objfile.model import ObjectFile
 from . import by_identity, container, tables
 from .by_identity import INPUT_ATTR, InputFile
@@ -273,7 +273,8 @@ class LinkCache:
                 raise ValueError("a member table of the wrong shape")
             offsets = at.tolist()
             # Each member's 60-byte header, then its data, within the archive.
-            if any(not (8 <= h and h + 60 <= d and 0 <= z and d + z <= size) for h, d, z in offsets):
+            if any(not (len(ARCH_MAGIC) <= h and h + HEADER_SIZE <= d and 0 <= z and d + z <= size)
+                   for h, d, z in offsets):
                 raise ValueError("a member outside the archive")
             raw = [RawMember(n, h, d, z) for n, (h, d, z) in zip(names, offsets, strict=True)]
             index_names = positions = None

@@ -18,10 +18,7 @@ def check_meta(meta: dict, size: int, narchives: int) -> None:
     shape a capture (:mod:`.plan`) gives it: every offset it publishes (GOT,
     stubs, ``__dso_handle``, unwind tables, init and fini arrays) inside one
     of the batch's segments, every name a str, every count a non-negative
-    int.  The checksums guard against damage, not against an entry written
-    by something else: a value of the wrong type or out of range must be a
-    miss here, not a wrong write, a call to a wrong address or a bare
-    exception once the batch is in use.  Written for a new process, where
+    int (see the module's docstring for why).  Written for a new process, where
     every line run costs several times what it does once warm: what most
     batches lack (GOT, stubs, init arrays) is checked apart, lists in C."""
     spans = [(off, off + n, prot) for name, off, n, prot, zero_fill in meta["segments"]
