@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 import operator
 import threading
-from typing import TYPE_CHECKING, NamedTuple
+from collections import namedtuple
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 if TYPE_CHECKING:
     import numpy as np
 
@@ -26,30 +27,27 @@ class Prot(enum.IntFlag):
 
 # Requests and segments are immutable records made a few at a time on every
 # link: named tuples, because a frozen dataclass's __init__ costs three times
-# as much (one object.__setattr__ per field).
+# as much (one object.__setattr__ per field).  collections.namedtuple rather
+# than typing.NamedTuple: importing typing is a tenth of a repeated
+# ``rtdyld run``'s start-up where nothing else imports it.
 
 
-class SegmentRequest(NamedTuple):
-    """Ask for ``size`` bytes that end up with protection ``prot``.
+class SegmentRequest(namedtuple("SegmentRequest", "name size prot zero_fill", defaults=(False,))):
+    """Ask for ``size`` bytes (int) that end up with protection ``prot`` (:class:`Prot`)
+    under ``name`` (str).
 
-    ``zero_fill`` marks memory that starts as zeros and is never written by the
-    loader (bss); memmgr itself never writes any segment.
+    ``zero_fill`` (bool) marks memory that starts as zeros and is never
+    written by the loader (bss); memmgr itself never writes any segment.
     """
 
-    name: str
-    size: int
-    prot: Prot
-    zero_fill: bool = False
+    __slots__ = ()
 
 
-class Segment(NamedTuple):
-    """A placed segment: ``offset`` from the allocation's base (page aligned), requested ``size``."""
+class Segment(namedtuple("Segment", "name offset size prot zero_fill", defaults=(False,))):
+    """A placed segment: ``offset`` from the allocation's base (page aligned),
+    requested ``size``, ``prot`` and ``zero_fill`` as in :class:`SegmentRequest`."""
 
-    name: str
-    offset: int
-    size: int
-    prot: Prot
-    zero_fill: bool = False
+    __slots__ = ()
 
 
 _tuple_new = tuple.__new__

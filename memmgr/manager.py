@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterable
-from typing import Self
 
 from . import libc, placement
 from .allocation import Allocation, SegmentRequest, layout
 from .errors import AllocationError, MemMgrError
 from .reservation import Reservation
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Self
 
 _MIN_RESERVE = 16 << 20
 

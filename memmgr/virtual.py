@@ -8,10 +8,13 @@ same sequence of requests always gets the same target addresses.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Self
 
 from .allocation import Allocation, SegmentRequest, layout
 from .errors import AllocationError, MemMgrError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Self
 
 _LOW_LIMIT = 1 << 31
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 
 from .errors import LinkError, UsageError
 
@@ -41,8 +42,30 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, 79)
 
 
+def _help_width() -> int:
+    """What argparse's help formatter takes for its width when given none:
+    the terminal's columns (``shutil.get_terminal_size``'s rule) less 2.
+    Worked out here because argparse imports shutil for it, and with shutil
+    come zlib, bz2, lzma and fnmatch: 3 ms of a repeated ``rtdyld run``
+    where nothing else imports them, since every option added makes a
+    formatter."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns if columns > 0 else 80) - 2
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one ``rtdyld: error:`` line and exit status 1."""
+
+    def __init__(self, *args, formatter_class=argparse.HelpFormatter, **kwargs) -> None:
+        super().__init__(*args, formatter_class=partial(formatter_class, width=_help_width()), **kwargs)
 
     def error(self, message: str):
         sys.stderr.write(f"rtdyld: error: {message} (see '{self.prog} --help')\n")

@@ -7,8 +7,7 @@ the linker's phases or numpy.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 if TYPE_CHECKING:
     from . import unwind
     from .definitions import BatchDefinitions

@@ -6,7 +6,6 @@ import atexit
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, Self
 
 from . import host, initfini
 from .archives import ArchiveSet
@@ -16,7 +15,10 @@ from .inputs import parse_object, read_input
 from .link_cache_setting import open_link_cache
 from .symbols import Dylib, Library, SymbolDef
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 if TYPE_CHECKING:
+    from typing import Self
+
     from .archives import Pull
     from .linked import LinkedBatch
     from .objfile.model import ObjectFile

@@ -228,6 +228,19 @@ def test_run_on_objects_imports_only_what_linking_needs(prog, tmp_path):
     assert sorted(imported.intersection(NOT_IMPORTED_BY_RUN)) == []
 
 
+@pytest.mark.parametrize("columns", ["50", "200", "", "junk", "-3"])
+def test_help_width_is_the_one_argparse_would_take(monkeypatch, columns):
+    """The parsers are given the width argparse works out through shutil
+    (COLUMNS, else the terminal's, else 80; less 2), without importing it."""
+    import argparse
+
+    from rtdyld import cli
+
+    monkeypatch.setenv("COLUMNS", columns)
+    assert cli._help_width() == argparse.HelpFormatter("rtdyld")._width
+    assert cli.build_parser("run")._get_formatter()._width == cli._help_width()
+
+
 def test_help_and_usage_errors_do_not_load_the_linker(tmp_path):
     proc, imported = _modules_after(tmp_path, "--help")
     assert proc.returncode == 0 and "subcommands:" in proc.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 from fixtures_build import REPO
@@ -97,6 +98,26 @@ def test_rtdyld_run_from_the_link_cache_does_not_import_numpy(build, tmp_path):
     )
     assert _child(code) == "warm\n7 True\n"
     assert _child(code) == "warm\n7 False\n"
+
+
+def test_rtdyld_run_imports_neither_typing_nor_shutil(build, tmp_path):
+    """A repeated run, from the link cache, under ``python -S`` (so that
+    nothing else imports them): typing is for annotations only, and
+    argparse's help width is worked out without shutil (which brings bz2,
+    lzma and fnmatch).  (The first run imports numpy, which imports typing,
+    and stores the batch through tempfile, which imports shutil.)"""
+    obj = build.cc_text("int main(void) { return 4; }\n", "-O2", "-fPIC", stem="bare_four")
+    code = (
+        "import sys\n"
+        "from rtdyld.cli import main\n"
+        f"status = main(['run', '--link-cache', {str(tmp_path / 'cache')!r}, {str(obj)!r}])\n"
+        "print(status, 'numpy' in sys.modules, sorted({'typing', 'shutil'} & set(sys.modules)))\n"
+    )
+    paths = sysconfig.get_paths()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *dict.fromkeys((paths["purelib"], paths["platlib"]))]))
+    runs = [subprocess.run([sys.executable, "-S", "-c", code], check=True, cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=120).stdout for _ in range(2)]
+    assert runs[0].startswith("4 True ") and runs[1] == "4 False []\n"
 
 
 def test_rtdyld_run_stats_times_the_batch_phases_only_of_a_cold_link(build, tmp_path):

@@ -33,10 +33,13 @@ import struct
 import zlib
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Self
 
 from ..cache_entry import CorruptEntry, check_stamp
 from ..lazy_numpy import np
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Self
 
 MAGIC = b"RTDYLDLC"
 FORMAT_VERSION = 5

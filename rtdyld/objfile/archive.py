@@ -19,7 +19,6 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Callable, Iterable
-from typing import Self
 
 from rtdyld.errors import MalformedObjectError, UsageError
 from rtdyld.objfile.archive_index import group, read_index
@@ -30,6 +29,10 @@ from rtdyld.objfile.archive_layout import (
     is_archive,
     walk,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Self
 
 ListDefinitions = Callable[[memoryview, str], list[str]]
 

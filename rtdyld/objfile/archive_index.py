@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import NoReturn
 
 from rtdyld.errors import MalformedObjectError
 from rtdyld.objfile.archive_layout import (
@@ -30,6 +29,10 @@ from rtdyld.objfile.archive_layout import (
 from rtdyld.objfile.strtab import read_names
 
 from ..lazy_numpy import np
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 _WORD = {INDEX_GNU32: 4, INDEX_GNU64: 8, INDEX_BSD32: 4, INDEX_BSD64: 8}
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import struct
 from operator import itemgetter
-from typing import Self
 
 from rtdyld.errors import MalformedObjectError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Self
 
 ARCH_MAGIC = b"!<arch>\n"
 THIN_MAGIC = b"!<thin>\n"

@@ -17,7 +17,6 @@ fields and mapping them to sections is vectorised.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from rtdyld.objfile import macho_format as mf
 from rtdyld.objfile.model import empty_relocs
 from rtdyld.x86_64.edges import Edge
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 if TYPE_CHECKING:
     from rtdyld.objfile.macho import RawSection
 

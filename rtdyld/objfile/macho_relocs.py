@@ -28,8 +28,6 @@ These agree with LLVM JITLink's MachO_x86_64 reader and with ld64.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from rtdyld.errors import MalformedObjectError, UnsupportedRelocationError
@@ -37,6 +35,7 @@ from rtdyld.objfile import macho_format as mf
 from rtdyld.objfile.model import empty_relocs
 from rtdyld.x86_64.edges import Edge
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 if TYPE_CHECKING:
     from rtdyld.objfile.macho import RawSection
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import IntEnum, IntFlag
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from ..fieldwise import field_repr
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 if TYPE_CHECKING:
     import numpy as np
 
