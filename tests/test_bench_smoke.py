@@ -206,13 +206,14 @@ def test_cold_link_times_every_engine_in_the_same_rounds(tmp_path):
 def test_startup_times_each_command_in_turn_and_imports_nothing_heavy(tmp_path):
     out = run_bench(tmp_path, "--only", "startup", timeout=300)
     header, rows = table_after("startup:", out)
-    rows = rows[:13]  # the verdict lines follow the table
+    rows = rows[:15]  # the verdict lines follow the table
     assert header == ["command", "runs", "median ms", "min ms", "cpu ms"], header
     commands = [r[0] for r in rows]
     cold, cached = "rtdyld run --stats small.o", "rtdyld run --stats --link-cache DIR small.o"
-    assert commands == ["python -c pass", "python -c 'import numpy, _cffi_backend'",
+    floor, minimal = "python -c 'import numpy, _cffi_backend'", "python -c 'import argparse, _cffi_backend'"
+    assert commands == ["python -c pass", floor, minimal,
                         "python -c 'from rtdyld import Linker'", cold, "of which link_s", cached, "of which link_s",
-                        "python -c pass, python -S", "python -c 'import numpy, _cffi_backend', python -S",
+                        "python -c pass, python -S", f"{floor}, python -S", f"{minimal}, python -S",
                         f"{cold}, python -S", "of which link_s", f"{cached}, python -S", "of which link_s"], commands
     assert len({r[1] for r in rows}) == 1, rows  # every command ran as often
     goals = goal_rows(out)
@@ -223,6 +224,10 @@ def test_startup_times_each_command_in_turn_and_imports_nothing_heavy(tmp_path):
             assert said, out
             assert goals["start-up <= 1.5x python -c pass + link", f"rtdyld run small.o, {how}{where}"] == (
                 f"{said[1]}x", "met" if said[2] == "meets" else "MISSED"), goals
+    for where in ("", "; python -S"):
+        assert re.search(rf"importing numpy and _cffi_backend alone \(what a cold link needs\){where}: "
+                         rf"\d+\.\d\dx python -c pass; argparse and _cffi_backend alone \(what any command "
+                         rf"line calling C through cffi needs\): \d+\.\d\dx\.", out), out
     assert re.search(r"python -c pass imports \d+ modules here", out), out
     assert "heavy packages imported by 'rtdyld run': none; from the link cache: none" in out, out
 
