@@ -15,7 +15,8 @@ _cffi_backend`` (the floor of a cold link, numpy with one BLAS thread as
 declarations being pre-parsed), ``import argparse, _cffi_backend`` (the
 floor of any command line that calls C through cffi) and ``from rtdyld
 import Linker`` are timed too.  ``rtdyld run`` is run as the installed
-command runs it (see ``RTDYLD``), not as ``python -m rtdyld``.  What ``python -c pass`` itself imports is counted, with the
+command runs it (see ``RTDYLD``), not as ``python -m rtdyld``.  What
+``python -c pass`` itself imports is counted, with the
 third-party packages among them: a ``.pth`` file in site-packages can import
 one at every start-up and so inflate the baseline.  So the baseline, the
 floor and both runs are also timed under ``python -S``, which reads no
@@ -58,8 +59,8 @@ STATS = ("command", "cached")
 BARE = " -S"
 # The installed ``rtdyld`` command is the script pip writes for the
 # [project.scripts] entry: it imports re and sys and calls console_main.  The
-# runs do the same from the source tree; ``python -m rtdyld`` would add what
-# runpy imports (importlib.util, contextlib: some 6 ms under -S), which the
+# runs do the same from the source tree; ``python -m rtdyld`` would also
+# import runpy and what it needs (importlib.util, contextlib), which the
 # command does not.
 RTDYLD = ["-c", "import re, sys\nfrom rtdyld.cli import console_main\nsys.exit(console_main())"]
 
