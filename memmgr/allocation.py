@@ -7,11 +7,11 @@ import operator
 import threading
 from collections import namedtuple
 
+from .errors import MemMgrError
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 if TYPE_CHECKING:
     import numpy as np
-
-from .errors import MemMgrError
 
 
 class Prot(enum.IntFlag):

@@ -37,11 +37,12 @@ import numpy as np
 from ..linked import GOT_SYMBOL, LinkedBatch
 from ..objfile.model import SEC_ABS
 from ..x86_64 import fixup, scan
-from ..x86_64.edges import WIDTH, Edge
-from .listed import _HIGH, _LOW, _M64, _WIDTH, FEW_LISTED, apply_listed, group_shift  # noqa: F401 - FEW_LISTED, apply_listed: this module's API
+from ..x86_64.edges import FIELD_HIGH, FIELD_LOW, WIDTH, WIDTHS, Edge
+from .listed import FEW_LISTED, apply_listed, group_shift  # noqa: F401 - FEW_LISTED, apply_listed: this module's API
 from .tables import Uncacheable
 
 U = np.uint64
+_M64 = (1 << 64) - 1
 REL, ABS, EXT = 0, 1, 2  # how an address moves: with the batch, never, with external j
 _SIZE = (int(Edge.Size32), int(Edge.Size64))
 _DIFFERENCE = (int(Edge.Difference32), int(Edge.Difference64))
@@ -267,12 +268,12 @@ def _apply_rows(rows: list[tuple], mem: np.ndarray, base: int, ext: np.ndarray) 
     for _at, c, j, k, b in rows:
         v = (c + b * base + (ext_[j] if j >= 0 else 0)) & _M64
         signed = v - (1 << 64) if v >> 63 else v
-        if signed < _LOW[k] or signed > _HIGH[k]:
+        if signed < FIELD_LOW[k] or signed > FIELD_HIGH[k]:
             return False
         values.append(v)
     view = memoryview(mem)
     for (at, _c, _j, k, _b), v in zip(rows, values):
-        w = _WIDTH[k]
+        w = WIDTHS[k]
         view[at : at + w] = (v & ((1 << (8 * w)) - 1)).to_bytes(w, "little")
     return True
 
@@ -340,11 +341,11 @@ def apply_grouped(const: np.ndarray, groups: list, mem: np.ndarray, base: int, e
         kind, count = group[0], group[3]
         if not fits:
             v = (const[at : at + count] + U(d & _M64)).view(np.int64)
-            if ((v < _LOW[kind]) | (v > _HIGH[kind])).any():
+            if ((v < FIELD_LOW[kind]) | (v > FIELD_HIGH[kind])).any():
                 return False
         deltas.append(d & _M64)
         counts.append(count)
-        runs.setdefault(_WIDTH[kind], [at, at])[1] = at + count
+        runs.setdefault(WIDTHS[kind], [at, at])[1] = at + count
         at += count
     if at != len(const) or sum(e - s for s, e in runs.values()) != at:
         raise ValueError("residual groups do not cover the rows")
