@@ -10,6 +10,7 @@ BENCHMARKS = (
     "link_object",
     "scaling",
     "cold_link",
+    "repeated",
     "startup",
     "soak",
     "stubs",

@@ -5,13 +5,14 @@ them are ever asked for, yet a SymbolDef for each cost a fifth of the link
 (some 5 ms for 7,922 definitions).  So ``LinkedBatch.definitions`` keeps
 the batch's arrays and makes a name's SymbolDef the first time something
 asks for it — a look-up, a later batch resolving against it, a symbol map,
-removal — and returns that same object ever after, so identity checks such
-as ``published.get(name) is d`` hold.  Asking for all the values
+removal — and returns that same object while the batch is loaded, so
+identity checks such as ``published.get(name) is d`` hold.  Asking for all the values
 (``values()``, ``items()``) makes the missing ones in one vectorised pass.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 
 from .lazy_numpy import np
@@ -66,6 +67,14 @@ class BatchDefinitions(Mapping):
 
     ``rows`` maps each defined name to its symbol number in ``table``; its
     order is the mapping's order.  ``batch`` is the Handle once published.
+
+    The Handle holds this mapping (through its LinkedBatch) and every
+    SymbolDef made holds the Handle, so the mapping refers to the Handle
+    weakly and, once the batch is removed (:meth:`detach`), keeps no
+    SymbolDef it makes: a removed batch, its tables and its sections are then
+    freed as soon as nothing else refers to them, not at the next full
+    garbage collection, which would also have to trace them at every
+    collection until then.
     """
 
     def __init__(self, rows: dict[str, int], table: DefinitionTable):
@@ -73,7 +82,13 @@ class BatchDefinitions(Mapping):
         self._table = table
         self._made: dict[str, SymbolDef] = {}
         self._complete = not rows
-        self.batch = None
+        self._batch: weakref.ref | None = None
+        self._detached = False
+
+    @property
+    def batch(self):
+        """The Handle the batch was published as, or None."""
+        return self._batch() if self._batch is not None else None
 
     def __getitem__(self, name: str) -> SymbolDef:
         d = self._made.get(name)
@@ -89,6 +104,8 @@ class BatchDefinitions(Mapping):
 
     def _make_one(self, name: str) -> SymbolDef:
         (d,) = self._table.make([name], [self._rows[name]], self.batch)
+        if self._detached:
+            return d
         # setdefault: two threads making the same name keep one object.
         return self._made.setdefault(name, d)
 
@@ -111,16 +128,19 @@ class BatchDefinitions(Mapping):
         return self._all().items()
 
     def _all(self) -> dict[str, SymbolDef]:
-        if not self._complete:
-            made = self._made
-            missing = [name for name in self._rows if name not in made]
-            rows = self._rows
-            for d in self._table.make(missing, [rows[name] for name in missing], self.batch):
-                made.setdefault(d.name, d)
-            # In the batch's order, as a dict of SymbolDefs would be.
-            self._made = {name: made[name] for name in rows}
+        if self._complete:
+            return self._made
+        made = {} if self._detached else self._made
+        missing = [name for name in self._rows if name not in made]
+        rows = self._rows
+        for d in self._table.make(missing, [rows[name] for name in missing], self.batch):
+            made.setdefault(d.name, d)
+        # In the batch's order, as a dict of SymbolDefs would be.
+        ordered = {name: made[name] for name in rows}
+        if not self._detached:
+            self._made = ordered
             self._complete = True
-        return self._made
+        return ordered
 
     def holders(self) -> dict[str, BatchDefinitions]:
         """``name -> self`` for every name: how PublishedSymbols refers to them."""
@@ -128,9 +148,17 @@ class BatchDefinitions(Mapping):
 
     def set_batch(self, handle) -> None:
         """Attribute every definition, made or yet to be made, to ``handle``."""
-        self.batch = handle
+        self._batch = weakref.ref(handle)
         for d in list(self._made.values()):
             d.batch = handle
+
+    def detach(self) -> None:
+        """The batch was removed: forget the SymbolDefs made, which refer to
+        its Handle (whoever holds one keeps it), and keep none made later
+        (each ask makes a new one)."""
+        self._detached = True
+        self._made = {}
+        self._complete = not self._rows
 
     def __repr__(self) -> str:
         return f"<BatchDefinitions: {len(self._rows)} names, {len(self._made)} made>"

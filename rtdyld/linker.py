@@ -490,7 +490,12 @@ class Linker:
                 archives = self._archives(dylib)
                 archives.loaded.difference_update(archives.member_keys(lb.pulls))
                 lb.allocation.release()
+                lb.definitions.detach()
             handle.removed = True
+            # (A batch that referred into this one holds its Handle through the
+            # definitions it resolved to; this one need not keep holding theirs,
+            # so no reference cycle outlives the removal.)
+            handle.dependents = set()
             self.handles.remove(handle)
 
     def close(self) -> None:

@@ -6,11 +6,13 @@ Archives are built at test time: GNU and thin ones with gcc and the system
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shutil
 import struct
 import subprocess
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -385,6 +387,26 @@ def test_close(objs, tmp_path):
     cached = cache.get(lib)
     cached.close()
     assert cache.get(lib) is not cached
+
+
+def test_members_outlive_their_archive_object(objs, tmp_path):
+    # A member refers to its archive's bytes, not to the Archive that lists
+    # it: the two make no reference cycle, so the archive goes (with its
+    # bytes, once no member is left) as soon as nothing refers to it.
+    lib = build_gnu_archive(tmp_path / "libkept.a", objs.values())
+    ar = read_archive(lib)
+    members = ar.members
+    assert members[0].archive is ar
+    gone = weakref.ref(ar)
+    gc.disable()
+    try:
+        del ar
+        assert gone() is None
+    finally:
+        gc.enable()
+    assert members[0].archive is None
+    assert members[0].display_name == "libkept.a(alpha.o)"
+    assert bytes(members[0].data) == objs["alpha.o"].read_bytes()
 
 
 # --- malformed archives ------------------------------------------------------

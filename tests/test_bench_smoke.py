@@ -203,6 +203,25 @@ def test_cold_link_times_every_engine_in_the_same_rounds(tmp_path):
         assert verdict == ("met" if ratio <= 1.0 else "MISSED"), goals
 
 
+def test_repeated_links_leave_nothing_for_the_collector(tmp_path):
+    """Repeated links in one process: every engine links each case in the
+    same rounds, rtdyld's links are checked, and a closed rtdyld session
+    leaves no object that only the cyclic garbage collector could free."""
+    out = run_bench(tmp_path, "--only", "repeated", timeout=600)
+    assert "WRONG" not in out and "error:" not in out, out
+    for title in ("repeated: zdriver.c + bzdriver.c against libz.a + libbz2.a", "repeated: gen_prog.o against generated.a"):
+        header, rows = table_after(title, out)
+        engines = {r[0]: r for r in rows}
+        rt, mcjit = engines["rtdyld"], engines["MCJIT"]
+        assert rt[header.index("check")] == "ok", out
+        assert rt[header.index("left per session")] == "0", out
+        assert rt[header.index("runs")] == mcjit[header.index("runs")] == "5", out
+        assert RATIO.match(mcjit[header.index("rtdyld/engine (mean)")]), out
+        assert re.fullmatch(r"\d+\.\d", rt[header.index("collector ms per link")]), out
+    header, rows = table_after("Summary", out)
+    assert [r[1] for r in rows] == ["libz.a + libbz2.a (no forced collection)", "generated.a (no forced collection)"]
+
+
 def test_startup_times_each_command_in_turn_and_imports_nothing_heavy(tmp_path):
     out = run_bench(tmp_path, "--only", "startup", timeout=300)
     header, rows = table_after("startup:", out)

@@ -4,7 +4,8 @@ Every failure of ``finalize`` must leave ``Linker.snapshot()`` exactly as it
 was before the batch: published symbols, handles, live allocations,
 reservations and the mappings of the reserved range.  Removing a batch runs
 its finalizers, unpublishes its symbols and gives its memory back; hundreds
-of load/unload cycles leave the process's mappings and RSS flat.
+of load/unload cycles leave the process's mappings and RSS flat, and a
+removed batch or a closed session leaves nothing for the garbage collector.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import struct
+from collections import Counter
 
 import pytest
 from archive_tools import build_gnu_archive
@@ -462,6 +464,97 @@ def test_load_call_remove_cycles_do_not_leak(ln):
     assert mapping_count() - maps_before <= MAPPING_SLACK
     assert rss_bytes() - rss_before < RSS_SLACK
     assert ln.handles == []
+
+
+# --- freed by reference counting ------------------------------------------------------
+#
+# A closed session or a removed batch must leave no reference cycle among
+# rtdyld's objects: a cycle keeps the batch's tables, sections and archive
+# bytes in memory until a garbage collection finds it, and every collection
+# until then traces it, inside whatever the process (often the next link)
+# is doing.
+
+
+def left_for_the_collector(scenario) -> Counter:
+    """rtdyld's and memmgr's objects, by type, that ``scenario`` left in
+    reference cycles: found by a collection after it, with none allowed
+    during it (a collection there would free a cycle before it is counted)."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        scenario()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        return Counter(type(o).__qualname__ for o in gc.garbage
+                       if type(o).__module__.split(".")[0] in ("rtdyld", "memmgr"))
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if enabled:
+            gc.enable()
+
+
+def test_a_closed_session_is_freed_by_reference_counting(answer_archive):
+    def scenario() -> None:
+        linker = rtdyld.Linker()
+        linker.add_archive(answer_archive)
+        linker.add_module(ir("arch_user.ll"), name="arch_user")
+        linker.add_module(ir("provider_one.ll"), name="provider_one")
+        linker.finalize()
+        assert linker.function("use_arch", "int(void)")() == 78
+        assert linker.symbol("answer").batch is linker.handles[0]
+        linker.close()
+
+    assert left_for_the_collector(scenario) == Counter()
+
+
+def test_removed_batches_are_freed_by_reference_counting(ln):
+    def scenario(force: bool) -> None:
+        ln.add_module(ir("provider_one.ll"), name="provider_one")
+        provider = ln.finalize()
+        ln.add_module(ir("consumer.ll"), name="consumer_one")
+        consumer = ln.finalize()
+        assert provider.dependents == {consumer}
+        answer = ln.symbol("answer")
+        assert ln.function("ask", "int(void)")() == 101 * 10 + 5
+        if force:
+            provider.remove(force=True)
+            consumer.remove()
+        else:
+            consumer.remove()
+            provider.remove()
+        # What the caller still holds is still attributed to its batch.
+        assert answer.batch is provider
+        assert provider.symbols["answer"].batch is provider
+        assert ln.handles == []
+
+    assert left_for_the_collector(lambda: scenario(force=False)) == Counter()
+    assert left_for_the_collector(lambda: scenario(force=True)) == Counter()
+
+
+def test_a_session_linked_from_the_link_cache_is_freed_by_reference_counting(answer_archive, tmp_path):
+    def scenario() -> None:
+        for _ in range(2):  # stored, then linked from the cache
+            linker = rtdyld.Linker(link_cache=tmp_path / "cache")
+            linker.add_archive(answer_archive)
+            linker.add_module(ir("arch_user.ll"), name="arch_user")
+            linker.finalize()
+            assert linker.function("use_arch", "int(void)")() == 78
+            linker.close()
+
+    assert left_for_the_collector(scenario) == Counter()
+
+
+def test_a_lazy_session_is_freed_by_reference_counting():
+    def scenario() -> None:
+        linker = rtdyld.Linker()
+        linker.add_module(ir("cycle.ll"), name="cycle", lazy=True)
+        linker.finalize()
+        assert linker.function("cycle_step", "int64_t(int64_t)")(2) == cycle_step(2)
+        linker.close()
+
+    assert left_for_the_collector(scenario) == Counter()
 
 
 # --- order independence -----------------------------------------------------------------

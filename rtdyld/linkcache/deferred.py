@@ -21,7 +21,7 @@ from .digests import digest
 
 MAGIC = b"!<arch>\n"  # a regular archive: a thin one's members are other files, which no digest covers
 # Attributes Archive.__init__ sets from the file; asking for one opens it.
-_FROM_FILE = frozenset({"_view", "_mapping", "kind", "has_index", "members", "_index"})
+_FROM_FILE = frozenset({"_contents", "_view", "_mapping", "kind", "has_index", "members", "_index"})
 
 
 class DeferredArchive(Archive):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import weakref
 from collections.abc import Callable, Iterable
 
 from rtdyld.errors import MalformedObjectError, UsageError
@@ -53,14 +54,45 @@ __all__ = [
 ]
 
 
+class _Contents:
+    """An archive's bytes as its members read them (None once it is closed),
+    its name for their messages, and the archive itself, referred to weakly.
+
+    Members refer to this rather than to their Archive, which lists them: an
+    archive and its members would otherwise make a reference cycle, and the
+    archive's bytes would stay in memory until a garbage collection found
+    the cycle, long after the linker that read them was closed."""
+
+    __slots__ = ("_file_name", "archive", "name", "view")
+
+    def __init__(self, archive: Archive, view: memoryview | None) -> None:
+        self.archive = weakref.ref(archive)
+        self.name = archive.name
+        self.view = view
+        self._file_name: str | None = None
+
+    @property
+    def file_name(self) -> str:
+        """The archive's file name, for messages: worked out when first asked
+        for, not for every member a pull names."""
+        if self._file_name is None:
+            self._file_name = os.path.basename(self.name)
+        return self._file_name
+
+    def slice(self, offset: int, size: int) -> memoryview:
+        if self.view is None:
+            raise UsageError(f"{self.name}: archive is closed")
+        return self.view[offset : offset + size]
+
+
 class Member:
     """One member of an archive, identified by its position in it."""
 
     __slots__ = (
         "_bytes",
+        "_contents",
         "_data_offset",
         "_path",
-        "archive",
         "header_offset",
         "index",
         "name",
@@ -68,16 +100,21 @@ class Member:
     )
 
     def __init__(self, archive: Archive, raw: RawMember | tuple[str, int, int, int], index: int, path: str | None):
-        self.archive = archive
+        self._contents = archive._contents
         self.index = index
         self.name, self.header_offset, self._data_offset, self.size = raw
         self._path = path
         self._bytes: bytes | None = None
 
     @property
+    def archive(self) -> Archive | None:
+        """The archive this member is in (None once nothing else refers to it)."""
+        return self._contents.archive()
+
+    @property
     def display_name(self) -> str:
         """``libfoo.a(member.o)``: how messages name this member."""
-        return f"{self.archive.file_name}({self.name})"
+        return f"{self._contents.file_name}({self.name})"
 
     @property
     def data(self) -> memoryview:
@@ -87,7 +124,7 @@ class Member:
         longer has the size the archive recorded.
         """
         if self._path is None:
-            return self.archive._slice(self._data_offset, self.size)
+            return self._contents.slice(self._data_offset, self.size)
         if self._bytes is None:
             self._bytes = self._read_thin()
         return memoryview(self._bytes)
@@ -116,19 +153,6 @@ class Member:
         return f"<Member {self.display_name} #{self.index} at {self.header_offset:#x}>"
 
 
-class _FileName:
-    """An archive's file name, for messages: worked out when first asked
-    for, not for every member a pull names, and kept in the archive's dict.
-    (Not functools.cached_property: in Python 3.11 that takes a lock, more
-    code to fetch in a cold link than the name costs.)"""
-
-    def __get__(self, archive: Archive | None, owner: type | None = None):
-        if archive is None:
-            return self
-        name = archive.__dict__["file_name"] = os.path.basename(archive.name)
-        return name
-
-
 class Archive:
     """A parsed archive: its members in file order and its symbol index.
 
@@ -147,7 +171,7 @@ class Archive:
     ):
         self.name = name
         self.list_definitions = list_definitions
-        self._view: memoryview | None = view
+        self._contents = _Contents(self, view)
         self._mapping = mapping
         layout = walk(view, name)
         self.kind = layout.kind
@@ -165,7 +189,18 @@ class Archive:
             header_offsets = [raw[1] for raw in layout.members]
             self._index = read_index(layout.index_layout, layout.index_data, header_offsets, name, layout.index_offset)
 
-    file_name = _FileName()
+    @property
+    def _view(self) -> memoryview | None:
+        """The archive's bytes (None once closed), which its members share."""
+        return self._contents.view
+
+    @_view.setter
+    def _view(self, view: memoryview | None) -> None:
+        contents = self.__dict__.get("_contents")
+        if contents is None:
+            self._contents = _Contents(self, view)
+        else:
+            contents.view = view
 
     def definers(self, symbol: str) -> list[Member]:
         """The members the index says define ``symbol``, in index order."""
@@ -221,11 +256,6 @@ class Archive:
     def __repr__(self) -> str:
         index = "indexed" if self.has_index else "no index"
         return f"<Archive {self.name!r} {self.kind}, {len(self.members)} members, {index}>"
-
-    def _slice(self, offset: int, size: int) -> memoryview:
-        if self._view is None:
-            raise UsageError(f"{self.name}: archive is closed")
-        return self._view[offset : offset + size]
 
     def _symbol_index(self) -> dict[str, int | list[int]]:
         if self._index is None:
