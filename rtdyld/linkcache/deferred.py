@@ -21,7 +21,7 @@ from .digests import digest
 
 MAGIC = b"!<arch>\n"  # a regular archive: a thin one's members are other files, which no digest covers
 # Attributes Archive.__init__ sets from the file; asking for one opens it.
-_FROM_FILE = frozenset({"_contents", "_view", "_mapping", "kind", "has_index", "members", "_index"})
+_FROM_FILE = frozenset({"_contents", "_mapping", "kind", "has_index", "members", "_index"})
 
 
 class DeferredArchive(Archive):
@@ -70,7 +70,7 @@ class DeferredArchive(Archive):
                 self.tables.store_archive(self)
             return
         kind, has_index, raw, names, positions = known
-        self._view, self._mapping = view, mapping
+        self._hold(view, mapping)
         self.kind, self.has_index = kind, has_index
         self.members = [Member(self, r, i, None) for i, r in enumerate(raw)]
         self._index = group(names, positions) if names is not None else None

@@ -171,8 +171,7 @@ class Archive:
     ):
         self.name = name
         self.list_definitions = list_definitions
-        self._contents = _Contents(self, view)
-        self._mapping = mapping
+        self._hold(view, mapping)
         layout = walk(view, name)
         self.kind = layout.kind
         self.has_index = layout.index_layout is not None
@@ -189,18 +188,10 @@ class Archive:
             header_offsets = [raw[1] for raw in layout.members]
             self._index = read_index(layout.index_layout, layout.index_data, header_offsets, name, layout.index_offset)
 
-    @property
-    def _view(self) -> memoryview | None:
-        """The archive's bytes (None once closed), which its members share."""
-        return self._contents.view
-
-    @_view.setter
-    def _view(self, view: memoryview | None) -> None:
-        contents = self.__dict__.get("_contents")
-        if contents is None:
-            self._contents = _Contents(self, view)
-        else:
-            contents.view = view
+    def _hold(self, view: memoryview, mapping: mmap.mmap | None) -> None:
+        """Keep the archive's bytes (``view``, of ``mapping`` if mapped), which its members share."""
+        self._contents = _Contents(self, view)
+        self._mapping = mapping
 
     def definers(self, symbol: str) -> list[Member]:
         """The members the index says define ``symbol``, in index order."""
@@ -232,10 +223,11 @@ class Archive:
 
     def close(self) -> None:
         """Drop this archive's mapping; live member views keep it until they go."""
-        if self._view is None:
+        contents = self._contents
+        if contents.view is None:
             return
-        self._view.release()
-        self._view = None
+        contents.view.release()
+        contents.view = None
         if self._mapping is not None:
             try:
                 self._mapping.close()
@@ -245,7 +237,7 @@ class Archive:
 
     @property
     def closed(self) -> bool:
-        return self._view is None
+        return self._contents.view is None
 
     def __enter__(self) -> Self:
         return self
