@@ -224,6 +224,31 @@ def test_map_section_pins_a_section(capsys, demo):
     assert rows["counter"]["address"] == 0x500000
 
 
+def test_map_of_a_batch_whose_record_disagrees_with_its_memory():
+    """An item the batch's record places outside its memory (as a damaged
+    link-cache entry could) is a LayoutError naming it, not a bare ValueError
+    or a map that leaves it out."""
+    from rtdyld import Linker, mapfile
+    from rtdyld.asm import assemble
+    from rtdyld.errors import LayoutError
+
+    data, name = assemble(MAP_DEMO.read_text(), name="map_demo.s")
+    ln = Linker()
+    try:
+        ln.define("far", 0x100010000)
+        ln.add_object(data, name=name)
+        batch = ln.finalize().batch
+        assert "*GOT*" in mapfile.format_map(mapfile.memory_map(batch))
+        base, size = batch.allocation.target_base, batch.allocation.size
+        batch.got_base = base + size
+        with pytest.raises(LayoutError) as e:
+            mapfile.memory_map(batch)
+        assert str(e.value) == (f"memory map: *GOT* at {base + size:#x} is outside the batch's memory "
+                                f"({base:#x}-{base + size:#x})")
+    finally:
+        ln.close()
+
+
 @pytest.mark.parametrize(
     "pin, words",
     [

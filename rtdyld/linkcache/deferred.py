@@ -17,9 +17,9 @@ import os
 from ..errors import MalformedObjectError
 from ..objfile.archive import Archive, Member
 from ..objfile.archive_index import group
+from ..objfile.archive_layout import ARCH_MAGIC
 from .digests import digest
 
-MAGIC = b"!<arch>\n"  # a regular archive: a thin one's members are other files, which no digest covers
 # Attributes Archive.__init__ sets from the file; asking for one opens it.
 _FROM_FILE = frozenset({"_contents", "_mapping", "kind", "has_index", "members", "_index"})
 
@@ -48,7 +48,7 @@ class DeferredArchive(Archive):
             # Added by identity alone: hashed (or its digest and magic number
             # remembered) when first asked for.
             content, head = self.tables.digests.file_digest_and_head(self.path)
-            self.content_digest = content if head == MAGIC else None
+            self.content_digest = content if head == ARCH_MAGIC else None
             return self.content_digest
         raise AttributeError(attr)
 
@@ -61,7 +61,8 @@ class DeferredArchive(Archive):
         except OSError as e:
             raise MalformedObjectError(f"{self.path}: cannot read the archive: {e.strerror or e}") from None
         view = memoryview(mapping) if mapping is not None else memoryview(b"")
-        regular = view[: len(MAGIC)] == MAGIC
+        # A regular archive: a thin one's members are other files, which no digest covers.
+        regular = view[: len(ARCH_MAGIC)] == ARCH_MAGIC
         self.content_digest = digest(view) if regular else None
         known = self.tables.load_archive(self.content_digest, len(view)) if self.tables is not None and regular else None
         if known is None:
