@@ -47,6 +47,12 @@ def peer_ratios(rtdyld: Measurement, peers: dict[str, Measurement | None], main:
     return r, f"{r:.2f}x {main}" + (f" ({', '.join(others)})" if others else "")
 
 
+def within(ratio: float, goal: float) -> bool:
+    """Whether ``ratio`` meets an at-most ``goal`` as it is shown, to two places
+    (how every ratio goal is judged)."""
+    return round(ratio, 2) <= goal
+
+
 def goals(items: list[Goal]) -> str:
     """The goals' verdicts, one line per goal and case (MISSING: no verdict)."""
     lines = [[g.goal, g.case, g.measured, MISSING if g.met is None else ("met" if g.met else "MISSED")] for g in items]

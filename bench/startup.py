@@ -112,7 +112,7 @@ def run(session: Session) -> list[Row]:
         for k, how in (("command", "linking cold"), ("cached", "from the link cache, a repeated run")):
             k += suffix
             ratio, cpu_ratio = (med[k] - link[k]) / plain, (cpu_med[k] - link[k]) / cpu_plain
-            verdict = "meets" if round(ratio, 2) <= GOAL else "misses"  # (judged as shown)
+            verdict = "meets" if report.within(ratio, GOAL) else "misses"
             print(f"start-up {how}{where} (run less link_s) = {ratio:.2f}x python -c pass "
                   f"(CPU time: {cpu_ratio:.2f}x); the goal is <= {GOAL}x, which this {verdict}.")
             session.goal(f"start-up <= {GOAL}x python -c pass + link", f"rtdyld run small.o, {how}{where}",

@@ -213,7 +213,7 @@ def run(session) -> list:
         if (call_site, callee) in result["linked_wrongly"]:  # no verdict on a wrong link's time
             session.goal(goal, case, "rtdyld linked wrongly", None)
             continue
-        met = round(ratio, 2) <= TARGET_RATIO  # judged as shown
+        met = report.within(ratio, TARGET_RATIO)
         session.goal(goal, case, f"{ratio:.2f}x", met)
         if not met:
             session.note(f"stubs: {call_site} of the {callee} callee through a stub took {ratio:.2f}x a direct call "
@@ -234,7 +234,7 @@ def measure(quick: bool, runs: int, out=print) -> dict:
             # best estimate of what the instructions cost.
             d, s = min(direct), min(stub)
             ratios[call_site, callee] = s / d
-            verdict = "ok" if round(s / d, 2) <= TARGET_RATIO else "ABOVE target"
+            verdict = "ok" if report.within(s / d, TARGET_RATIO) else "ABOVE target"
             rows.append([call_site, callee, report.ms(d), report.ms(s), f"{d / calls * 1e9:.2f}",
                          f"{s / calls * 1e9:.2f}", f"{s / d:.2f}", verdict])
     out(

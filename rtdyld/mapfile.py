@@ -63,6 +63,10 @@ def memory_map(batch: LinkedBatch) -> MemoryMap:
     base, page = alloc.target_base, alloc.page_size
     by_segment: dict[str, list[MapItem]] = {s.name: [] for s in alloc.segments}
     pinned: list[MapItem] = []
+
+    def place(item: MapItem) -> None:
+        by_segment[_segment_of(batch, item)].append(item)
+
     for p in batch.sections:
         obj = batch.objects[p.obj]
         s = obj.sections[p.index]
@@ -75,23 +79,19 @@ def memory_map(batch: LinkedBatch) -> MemoryMap:
     if batch.stubs:
         first = min(batch.stubs.values())
         n = len(batch.stubs)
-        by_segment[_segment_at(batch, first, "*stubs*")].append(
-            MapItem(first, STUB_SIZE * n, "stubs", "*stubs*", align=8, note=f"{n} stub{'s' if n != 1 else ''}"))
+        place(MapItem(first, STUB_SIZE * n, "stubs", "*stubs*", align=8, note=f"{n} stub{'s' if n != 1 else ''}"))
     if batch.got:
         n = len(batch.got)
-        by_segment[_segment_at(batch, batch.got_base, "*GOT*")].append(
-            MapItem(batch.got_base, 8 * n, "got", "*GOT*", align=8, note=f"{n} slot{'s' if n != 1 else ''}"))
+        place(MapItem(batch.got_base, 8 * n, "got", "*GOT*", align=8, note=f"{n} slot{'s' if n != 1 else ''}"))
     if batch.tls is not None and batch.tls.got_address and batch.tls.got_size:
         t = batch.tls
         n = len(t.gd_targets) + t.local_dynamic
-        by_segment[_segment_at(batch, t.got_address, "*TLS GOT*")].append(
-            MapItem(t.got_address, t.got_size, "got", "*TLS GOT*", align=16,
-                    note=f"{n} module/offset pair{'s' if n != 1 else ''}, {len(t.ie_targets)} TP-offset slot"
-                    f"{'s' if len(t.ie_targets) != 1 else ''}"))
+        place(MapItem(t.got_address, t.got_size, "got", "*TLS GOT*", align=16,
+                      note=f"{n} module/offset pair{'s' if n != 1 else ''}, {len(t.ie_targets)} TP-offset slot"
+                      f"{'s' if len(t.ie_targets) != 1 else ''}"))
     for d in batch.definitions.values():
         if d.section == "COMMON":
-            by_segment[_segment_at(batch, d.address, f"common symbol {d.name!r} of {d.origin}")].append(
-                MapItem(d.address, d.size, "common", d.name, d.origin, note="tentative definition"))
+            place(MapItem(d.address, d.size, "common", d.name, d.origin, note="tentative definition"))
     segments = []
     for seg in alloc.segments:
         start = base + seg.offset
@@ -110,20 +110,21 @@ def memory_map(batch: LinkedBatch) -> MemoryMap:
     return MemoryMap(base, alloc.size, page, segments, pinned)
 
 
-def _segment_at(batch: LinkedBatch, address: int, what: str) -> str:
-    """The segment holding ``what``, which the batch placed at ``address``.
+def _segment_of(batch: LinkedBatch, item: MapItem) -> str:
+    """The segment holding ``item``, a table or symbol the batch placed.
 
     Raises LayoutError if no segment holds it: the batch's record of where
     it put things disagrees with its memory (only a batch restored from a
     damaged link-cache entry could), and a map that silently dropped or
     misplaced the item would explain bytes wrongly."""
     alloc = batch.allocation
-    off = address - alloc.target_base
+    off = item.address - alloc.target_base
     for seg in alloc.segments:
         if seg.offset <= off < seg.offset + max(seg.size, 1):
             return seg.name
+    what = f"common symbol {item.name!r} of {item.object}" if item.kind == "common" else item.name
     raise LayoutError(
-        f"memory map: {what} at {address:#x} is outside the batch's memory "
+        f"memory map: {what} at {item.address:#x} is outside the batch's memory "
         f"({alloc.target_base:#x}-{alloc.target_base + alloc.size:#x})"
     )
 

@@ -16,19 +16,17 @@ import struct
 from ..x86_64.edges import FIELD_HIGH, FIELD_LOW, WIDTHS
 
 _M64 = (1 << 64) - 1
-# Per kind: the signed range a value must lie in, the field's width, and
-# whether any 64-bit value fits (then it is never checked).
-_LOW, _HIGH, _WIDTH = FIELD_LOW, FIELD_HIGH, WIDTHS
-_UNCHECKED = [lo == -(1 << 63) and hi == _M64 >> 1 for lo, hi in zip(_LOW, _HIGH)]
+# Per kind: whether any 64-bit value fits its field (then it is never checked).
+_UNCHECKED = [lo == -(1 << 63) and hi == _M64 >> 1 for lo, hi in zip(FIELD_LOW, FIELD_HIGH)]
 # The kinds a residual fixup may have.  A stored group must be one grouped()
 # makes: such a kind, cb in -1..1, an external within the table or -1 (a
 # negative index would pick another external from the end), a count >= 0.
-_WRITTEN = [w in (1, 2, 4, 8) for w in _WIDTH]
+_WRITTEN = [w in (1, 2, 4, 8) for w in WIDTHS]
 _NKINDS = len(_WRITTEN)
 _PACK = {1: struct.Struct("<B").pack_into, 2: struct.Struct("<H").pack_into, 4: struct.Struct("<I").pack_into,
          8: struct.Struct("<Q").pack_into}
 # Per written kind: how its field is written, and the mask of its bits.
-_WRITE = [(_PACK[w], (1 << 8 * w) - 1) if ok else None for w, ok in zip(_WIDTH, _WRITTEN)]
+_WRITE = [(_PACK[w], (1 << 8 * w) - 1) if ok else None for w, ok in zip(WIDTHS, _WRITTEN)]
 
 
 # Up to this many residual fixups an entry lists them in its metadata: a warm
@@ -47,7 +45,7 @@ def group_shift(group: list, base: int, ext: list) -> tuple[int, bool]:
     if not (0 <= kind < _NKINDS and _WRITTEN[kind] and -1 <= cb <= 1 and -1 <= j < len(ext) and count >= 0):
         raise ValueError(f"a residual group {[kind, cb, j, count]} that no capture makes")
     d = cb * base + (ext[j] if j >= 0 else 0)
-    return d, _UNCHECKED[kind] or (_LOW[kind] <= cmin + d and cmax + d <= _HIGH[kind])
+    return d, _UNCHECKED[kind] or (FIELD_LOW[kind] <= cmin + d and cmax + d <= FIELD_HIGH[kind])
 
 
 def apply_listed(rows: bytes, groups: list, mem, base: int, ext, limit: int | None = None) -> bool:
@@ -70,7 +68,7 @@ def apply_listed(rows: bytes, groups: list, mem, base: int, ext, limit: int | No
         d, fits = group_shift(group, base, ext_)
         kind, count = group[0], group[3]
         if not fits:
-            lo, hi = _LOW[kind], _HIGH[kind]
+            lo, hi = FIELD_LOW[kind], FIELD_HIGH[kind]
             for c in const[at : at + count]:
                 v = (c + d) & _M64
                 if not lo <= (v - (1 << 64) if v >> 63 else v) <= hi:
@@ -85,7 +83,7 @@ def apply_listed(rows: bytes, groups: list, mem, base: int, ext, limit: int | No
     if n and (min(where) < 0 or max(where) + 8 > end):
         at = 0
         for kind, _cb, _j, count, _lo, _hi in groups:
-            if count and (min(where[at : at + count]) < 0 or max(where[at : at + count]) + _WIDTH[kind] > end):
+            if count and (min(where[at : at + count]) < 0 or max(where[at : at + count]) + WIDTHS[kind] > end):
                 raise ValueError("a residual fixup outside the batch's image")
             at += count
     view = memoryview(mem)
